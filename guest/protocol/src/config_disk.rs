@@ -1,0 +1,117 @@
+//! The config disk: a small read-only raw disk that the host attaches to every machine
+//! and the agent reads at boot. It carries what the guest must know before it can talk
+//! to the host (the token of the TCP carrier, the hostname, which disk holds the data).
+//! It is a disk rather than the kernel command line because `/proc/cmdline` is readable
+//! from every container.
+//!
+//! Layout: the line `RMACHINE-CONFIG\n`, one JSON object, a `\n`, then zero bytes up to
+//! a multiple of 4096 bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// First bytes of a config disk.
+pub const MAGIC: &[u8] = b"RMACHINE-CONFIG\n";
+
+/// Largest config disk the agent reads.
+pub const MAX_SIZE: usize = 64 * 1024;
+
+const ALIGN: usize = 4096;
+
+/// A shared host folder (virtio-fs) to mount in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The virtio-fs tag.
+    pub tag: String,
+    /// Where to mount it in the guest (the same absolute path as on the host).
+    pub guest_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What the host tells the guest at boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    /// Protocol version of the host that wrote it.
+    pub version: u32,
+    /// Secret the host presents on the TCP carrier (hex). Connections without it are
+    /// closed.
+    pub token: String,
+    pub hostname: String,
+    /// Block device of the data disk (formatted ext4 on first boot), e.g. `/dev/vdb`.
+    pub data_disk: String,
+    /// Host wall clock when the disk was written (ns since the epoch): a first guess for
+    /// the guest clock until the host sends `sync_time`.
+    pub host_time_unix_ns: i64,
+    /// Address under which containers reach the host (`host.docker.internal`), if any.
+    #[serde(default)]
+    pub host_addr: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// Why bytes were not a config disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigDiskError {
+    #[error("no rmachine config magic at the start of the disk")]
+    NoMagic,
+    #[error("config disk is not terminated within {MAX_SIZE} bytes")]
+    Unterminated,
+    #[error("config disk JSON is invalid")]
+    Json(#[source] serde_json::Error),
+}
+
+impl GuestConfig {
+    /// The disk image bytes, padded to a multiple of 4096.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        // Plain data with string keys: serialization cannot fail.
+        out.extend(serde_json::to_vec(self).expect("guest config always serializes"));
+        out.push(b'\n');
+        let padded = out.len().div_ceil(ALIGN) * ALIGN;
+        out.resize(padded, 0);
+        out
+    }
+
+    /// Reads a config from the start of a disk's bytes.
+    pub fn decode(bytes: &[u8]) -> Result<GuestConfig, ConfigDiskError> {
+        let rest = bytes.strip_prefix(MAGIC).ok_or(ConfigDiskError::NoMagic)?;
+        let rest = &rest[..rest.len().min(MAX_SIZE)];
+        let end = rest.iter().position(|&b| b == b'\n').ok_or(ConfigDiskError::Unterminated)?;
+        serde_json::from_slice(&rest[..end]).map_err(ConfigDiskError::Json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GuestConfig {
+        GuestConfig {
+            version: crate::PROTOCOL_VERSION,
+            token: "00ff".into(),
+            hostname: "default".into(),
+            data_disk: "/dev/vdb".into(),
+            host_time_unix_ns: 1_700_000_000_000_000_000,
+            host_addr: Some("10.0.2.2".into()),
+            mounts: vec![Mount { tag: "home".into(), guest_path: "/home/u".into(), read_only: false }],
+        }
+    }
+
+    #[test]
+    fn test_config_disk_round_trip_and_padding() {
+        let bytes = sample().encode();
+        assert_eq!(bytes.len() % 4096, 0);
+        assert_eq!(GuestConfig::decode(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn test_config_disk_rejects_foreign_bytes() {
+        assert!(matches!(GuestConfig::decode(&[0u8; 4096]), Err(ConfigDiskError::NoMagic)));
+        let mut unterminated = MAGIC.to_vec();
+        unterminated.extend(vec![b'x'; 100]);
+        assert!(matches!(GuestConfig::decode(&unterminated), Err(ConfigDiskError::Unterminated)));
+        let mut bad = MAGIC.to_vec();
+        bad.extend(b"{not json}\n");
+        assert!(matches!(GuestConfig::decode(&bad), Err(ConfigDiskError::Json(_))));
+    }
+}
