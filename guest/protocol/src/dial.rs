@@ -1,7 +1,8 @@
 //! The dial service: after the hello, the host sends one header line naming an address
 //! inside the guest (`tcp 127.0.0.1 8080`), the agent dials it and answers `OK` or
-//! `ERR <message>`. Then a tcp stream is spliced byte for byte; a udp socket exchanges
-//! datagrams framed as a 2-byte big-endian length followed by the payload.
+//! `ERR <message>` ([`format_answer`], [`parse_answer`]). Then a tcp stream is spliced
+//! byte for byte; a udp socket exchanges datagrams framed as a 2-byte big-endian length
+//! followed by the payload.
 
 use std::net::IpAddr;
 
@@ -34,6 +35,30 @@ pub struct DialRequest {
 pub enum DialError {
     #[error("dial header must be `tcp|udp ADDRESS PORT`, got {0:?}")]
     Malformed(String),
+    #[error("agent could not dial: {0}")]
+    Refused(String),
+    #[error("dial answer must be `OK` or `ERR MESSAGE`, got {0:?}")]
+    BadAnswer(String),
+}
+
+/// The agent's answer to a dial header, newline included: `OK` once the address is
+/// dialed, `ERR <message>` (newlines in the message flattened) when it could not be.
+pub fn format_answer(result: Result<(), &str>) -> String {
+    match result {
+        Ok(()) => "OK\n".to_string(),
+        Err(message) => format!("ERR {}\n", message.replace(['\n', '\r'], " ")),
+    }
+}
+
+/// Parses the agent's answer to a dial header (without its newline).
+pub fn parse_answer(line: &[u8]) -> Result<(), DialError> {
+    match line {
+        b"OK" => Ok(()),
+        _ => match line.strip_prefix(b"ERR ") {
+            Some(message) => Err(DialError::Refused(String::from_utf8_lossy(message).into_owned())),
+            None => Err(DialError::BadAnswer(String::from_utf8_lossy(line).chars().take(80).collect())),
+        },
+    }
 }
 
 impl DialRequest {
@@ -95,6 +120,19 @@ mod tests {
         for bad in ["", "tcp", "sctp 1.2.3.4 80", "tcp localhost 80", "tcp 1.2.3.4 0", "tcp 1.2.3.4 70000", "tcp 1.2.3.4 80 x"] {
             assert!(DialRequest::parse(bad.as_bytes()).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn test_dial_answer_round_trip() {
+        assert_eq!(format_answer(Ok(())), "OK\n");
+        assert_eq!(parse_answer(b"OK"), Ok(()));
+        let line = format_answer(Err("connect 127.0.0.1:80: refused\nbadly"));
+        assert_eq!(line, "ERR connect 127.0.0.1:80: refused badly\n");
+        assert_eq!(
+            parse_answer(line.trim_end().as_bytes()),
+            Err(DialError::Refused("connect 127.0.0.1:80: refused badly".into()))
+        );
+        assert!(matches!(parse_answer(b"HTTP/1.1 200 OK"), Err(DialError::BadAnswer(_))));
     }
 
     #[test]

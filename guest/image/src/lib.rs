@@ -1,0 +1,246 @@
+//! Builds the rmachine guest image: a kernel from Debian trixie's `linux-source-6.12`
+//! with the project's config, and a read-only erofs root filesystem from trixie packages
+//! with the agent as `/sbin/rmachine-agent`.
+//!
+//! Every heavy step is cached by content hash under the cache root (see
+//! `rmachine_machine::paths`): the kernel by (source version, config), the debootstrapped
+//! base by the package list, the final erofs by (base, overlay files, agent binary). A
+//! finished image is a folder `images/<version>/` with a manifest of sha256 sums.
+#![forbid(unsafe_code)]
+
+mod apt;
+mod command;
+mod kernel;
+mod manifest;
+mod rootfs;
+mod tools;
+
+use std::path::{Path, PathBuf};
+
+pub use manifest::{Artifact, Manifest, ManifestError};
+use rmachine_machine::paths::{image_files, Paths};
+use sha2::{Digest, Sha256};
+
+/// Options of one build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The static agent binary to install as `/sbin/rmachine-agent`.
+    pub agent: PathBuf,
+    /// Parallel jobs for the kernel build.
+    pub jobs: usize,
+    /// Debian archive URL; `None`: the one the host's apt uses.
+    pub mirror: Option<String>,
+}
+
+/// Where a build reports what it is doing.
+pub trait Progress {
+    /// A new step begins (`index` counts from 1).
+    fn step(&self, index: usize, total: usize, what: &str);
+    /// A detail within the current step (a compiled file, a package).
+    fn detail(&self, what: &str);
+    /// The current step finished, or was found in the cache.
+    fn finish(&self, what: &str);
+}
+
+/// Why the image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("missing tool `{tool}` (install the Debian package `{package}`)")]
+    MissingTool { tool: String, package: String },
+    #[error("missing file {path} (install the Debian package `{package}`)")]
+    MissingFile { path: PathBuf, package: String },
+    #[error("building the image needs root (debootstrap uses chroot); run it as root or with sudo")]
+    NotRoot,
+    #[error("agent binary {0} not found; build it with `cargo build --profile agent --target x86_64-unknown-linux-musl -p rmachine-agent` or pass --agent")]
+    NoAgent(PathBuf),
+    #[error("agent binary {0} is not a static executable (build it for x86_64-unknown-linux-musl)")]
+    AgentNotStatic(PathBuf),
+    #[error("cannot find a Debian mirror in the host's apt sources; pass --mirror URL")]
+    NoMirror,
+    #[error("Debian trixie has no package `{0}` (is the mirror reachable?)")]
+    MissingPackage(String),
+    #[error("`{command}` failed ({status}); last output:\n{tail}")]
+    CommandFailed { command: String, status: String, tail: String },
+    #[error("cannot run `{command}`")]
+    Spawn { command: String, #[source] source: std::io::Error },
+    #[error("{what} {path}")]
+    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    #[error("image {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+impl ImageError {
+    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { what, path, source }
+    }
+}
+
+/// Builds (or finds in the cache) the kernel and root filesystem and installs the image
+/// under `images/<version>/`.
+pub fn build(paths: &Paths, opts: &BuildOptions, progress: &dyn Progress) -> Result<Manifest, ImageError> {
+    const STEPS: usize = 5;
+    progress.step(1, STEPS, "checking build tools");
+    tools::check_all()?;
+    let agent = rootfs::check_agent(&opts.agent)?;
+    progress.finish("build tools present");
+
+    progress.step(2, STEPS, "resolving Debian trixie packages");
+    let apt = apt::Apt::setup(paths, opts.mirror.as_deref(), progress)?;
+    let source_version = apt.candidate(kernel::SOURCE_PACKAGE)?;
+    progress.finish(&format!("{} {source_version}", kernel::SOURCE_PACKAGE));
+
+    progress.step(3, STEPS, "guest kernel");
+    let kernel = kernel::build(paths, &apt, &source_version, opts.jobs, progress)?;
+
+    progress.step(4, STEPS, "guest root filesystem");
+    let rootfs = rootfs::build(paths, &apt, &agent, progress)?;
+
+    progress.step(5, STEPS, "installing the image");
+    let manifest = install(paths, &kernel, &rootfs, &source_version, &agent)?;
+    progress.finish(&format!("image {} in {}", manifest.version, paths.image_dir(&manifest.version).display()));
+    Ok(manifest)
+}
+
+fn install(
+    paths: &Paths,
+    kernel: &kernel::Built,
+    rootfs: &rootfs::Built,
+    source_version: &str,
+    agent: &rootfs::Agent,
+) -> Result<Manifest, ImageError> {
+    let mut h = Sha256::new();
+    h.update(kernel.key.as_bytes());
+    h.update(rootfs.key.as_bytes());
+    let version = format!("{}-{}", env!("CARGO_PKG_VERSION"), &hex::encode(h.finalize())[..12]);
+    let dir = paths.image_dir(&version);
+    let staging = dir.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(ImageError::io("cannot clear", &staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(ImageError::io("cannot create", &staging))?;
+    let kernel_dst = staging.join(image_files::KERNEL);
+    let rootfs_dst = staging.join(image_files::ROOTFS);
+    link_or_copy(&kernel.bzimage, &kernel_dst)?;
+    link_or_copy(&rootfs.erofs, &rootfs_dst)?;
+    let manifest = Manifest {
+        version: version.clone(),
+        protocol: rmachine_protocol::PROTOCOL_VERSION,
+        kernel: Artifact::describe(&kernel_dst)?,
+        rootfs: Artifact::describe(&rootfs_dst)?,
+        kernel_source: format!("{} {source_version}", kernel::SOURCE_PACKAGE),
+        kernel_config_sha256: kernel.config_sha256.clone(),
+        agent_sha256: agent.sha256.clone(),
+        kernel_cmdline: manifest::KERNEL_CMDLINE.to_string(),
+    };
+    manifest.write(&staging)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(ImageError::io("cannot replace", &dir))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(ImageError::io("cannot install", &dir))?;
+    Ok(manifest)
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to).map(|_| ()).map_err(ImageError::io("cannot copy to", to))
+}
+
+/// Every installed image, newest build first.
+pub fn list(paths: &Paths) -> Result<Vec<(Manifest, std::time::SystemTime)>, ImageError> {
+    let dir = paths.images_dir();
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(ImageError::Io { what: "cannot list", path: dir, source: e }),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "partial") {
+            continue;
+        }
+        if let Ok(m) = Manifest::read(&path) {
+            let built = std::fs::metadata(path.join(image_files::MANIFEST))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            out.push((m, built));
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok(out)
+}
+
+/// Removes an installed image (the build caches stay).
+pub fn remove(paths: &Paths, version: &str) -> Result<(), ImageError> {
+    if version.is_empty() || version.contains('/') || version.starts_with('.') {
+        return Err(ImageError::NotFound(version.to_string()));
+    }
+    let dir = paths.image_dir(version);
+    if !dir.join(image_files::MANIFEST).exists() {
+        return Err(ImageError::NotFound(version.to_string()));
+    }
+    std::fs::remove_dir_all(&dir).map_err(ImageError::io("cannot remove", &dir))
+}
+
+/// The image to use: `version`, or the newest installed one; checksums verified.
+pub fn resolve(paths: &Paths, version: Option<&str>) -> Result<(Manifest, PathBuf), ImageError> {
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => list(paths)?
+            .into_iter()
+            .next()
+            .map(|(m, _)| m.version)
+            .ok_or_else(|| ImageError::NotFound("(none installed: run `rmachine image build`)".into()))?,
+    };
+    let dir = paths.image_dir(&version);
+    let manifest = Manifest::read(&dir).map_err(|_| ImageError::NotFound(version.clone()))?;
+    manifest.verify(&dir)?;
+    Ok((manifest, dir))
+}
+
+/// sha256 of a file, hex.
+pub(crate) fn sha256_file(path: &Path) -> Result<String, ImageError> {
+    let mut f = std::fs::File::open(path).map_err(ImageError::io("cannot open", path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(ImageError::io("cannot read", path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 over labelled parts, hex: the cache keys.
+pub(crate) fn content_key(parts: &[(&str, &[u8])]) -> String {
+    let mut h = Sha256::new();
+    for (label, bytes) in parts {
+        h.update(label.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_content_key_separates_parts() {
+        let a = content_key(&[("x", b"ab"), ("y", b"c")]);
+        let b = content_key(&[("x", b"a"), ("y", b"bc")]);
+        assert_ne!(a, b);
+        assert_eq!(a, content_key(&[("x", b"ab"), ("y", b"c")]));
+    }
+
+    #[test]
+    fn test_list_and_remove_on_empty_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
+        assert!(list(&paths).unwrap().is_empty());
+        assert!(matches!(remove(&paths, "nope"), Err(ImageError::NotFound(_))));
+        assert!(matches!(remove(&paths, "../etc"), Err(ImageError::NotFound(_))));
+        assert!(matches!(resolve(&paths, None), Err(ImageError::NotFound(_))));
+    }
+}

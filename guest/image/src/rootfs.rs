@@ -1,0 +1,289 @@
+//! The guest root filesystem: `debootstrap --variant=minbase` of Debian trixie with the
+//! packages of `rootfs/packages.txt`, stripped of docs, man pages and locales, plus the
+//! files of `rootfs/overlay/` and the agent, packed read-only as erofs (lz4hc).
+//!
+//! The writable state lives elsewhere: `/run` and `/tmp` are tmpfs, `/var/lib/docker`,
+//! `/var/lib/containerd` and `/var/log` are bind mounts from the data disk that the agent
+//! sets up, and `/etc/resolv.conf` points into `/run`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rmachine_machine::paths::Paths;
+
+use crate::apt::{Apt, SUITE};
+use crate::{command, content_key, sha256_file, tools, ImageError, Progress};
+
+const PACKAGES: &str = include_str!("../rootfs/packages.txt");
+
+/// The overlay files, as (path in the guest, content).
+const OVERLAY: &[(&str, &str)] = &[
+    ("etc/docker/daemon.json", include_str!("../rootfs/overlay/etc/docker/daemon.json")),
+    ("etc/hosts", include_str!("../rootfs/overlay/etc/hosts")),
+];
+
+/// Bumped when the base steps (debootstrap, stripping) change.
+const BASE_RECIPE: &str = "1";
+/// Bumped when the final assembly steps change.
+const FINAL_RECIPE: &str = "1";
+
+/// Directories removed from the base to keep the image small.
+const STRIP: &[&str] = &[
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/linda",
+    "usr/share/bug",
+    "usr/share/bash-completion",
+    "usr/share/zsh",
+    "usr/share/fish",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+    "var/cache/debconf",
+    "var/log",
+];
+
+/// Empty directories the agent mounts on (the image is read-only).
+const MOUNT_POINTS: &[&str] = &[
+    "mnt/data",
+    "var/lib/docker",
+    "var/lib/containerd",
+    "var/log",
+    "run",
+    "tmp",
+    "dev",
+    "proc",
+    "sys",
+    "sys/fs/cgroup",
+];
+
+/// Where the agent lives in the guest (the kernel's `init=`).
+pub(crate) const AGENT_PATH: &str = "sbin/rmachine-agent";
+
+pub(crate) struct Agent {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+pub(crate) struct Built {
+    pub key: String,
+    pub erofs: PathBuf,
+}
+
+/// Checks that the agent exists and is statically linked (the guest's libc is not ours).
+pub(crate) fn check_agent(path: &Path) -> Result<Agent, ImageError> {
+    let bytes = std::fs::read(path).map_err(|_| ImageError::NoAgent(path.to_path_buf()))?;
+    if !is_static_elf(&bytes) {
+        return Err(ImageError::AgentNotStatic(path.to_path_buf()));
+    }
+    Ok(Agent { path: path.to_path_buf(), sha256: sha256_file(path)? })
+}
+
+/// A 64-bit little-endian ELF executable without a PT_INTERP program header.
+fn is_static_elf(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize);
+    let u64_at = |o: usize| {
+        b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().expect("slice of 8 bytes")) as usize)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let off = phoff.saturating_add(i.saturating_mul(phentsize));
+        match b.get(off..off + 4) {
+            Some(t) => u32::from_le_bytes(t.try_into().expect("slice of 4 bytes")) != PT_INTERP,
+            None => false,
+        }
+    })
+}
+
+fn packages() -> Vec<&'static str> {
+    PACKAGES.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+}
+
+fn base_key() -> String {
+    content_key(&[("recipe", BASE_RECIPE.as_bytes()), ("suite", SUITE.as_bytes()), ("packages", PACKAGES.as_bytes())])
+}
+
+fn final_key(base: &str, agent: &Agent) -> String {
+    let mut parts: Vec<(&str, &[u8])> = vec![
+        ("recipe", FINAL_RECIPE.as_bytes()),
+        ("base", base.as_bytes()),
+        ("agent", agent.sha256.as_bytes()),
+    ];
+    for (path, content) in OVERLAY {
+        parts.push((path, content.as_bytes()));
+    }
+    content_key(&parts)
+}
+
+pub(crate) fn build(paths: &Paths, apt: &Apt, agent: &Agent, progress: &dyn Progress) -> Result<Built, ImageError> {
+    let cache = paths.rootfs_cache();
+    std::fs::create_dir_all(&cache).map_err(ImageError::io("cannot create", &cache))?;
+    let base_key = base_key();
+    let key = final_key(&base_key, agent);
+    let erofs = cache.join(format!("{key}.erofs"));
+    if erofs.exists() {
+        progress.finish(&format!("root filesystem {} (cached)", &key[..12]));
+        return Ok(Built { key, erofs });
+    }
+    let base = cache.join(format!("base-{base_key}"));
+    if !base.join(".complete").exists() {
+        debootstrap(&cache, &base, apt, progress)?;
+    } else {
+        progress.detail(&format!("base {} (cached)", &base_key[..12]));
+    }
+
+    progress.detail("assembling the root filesystem");
+    let stage = cache.join(format!("stage-{key}"));
+    remove_dir(&stage)?;
+    let log = cache.join("build.log");
+    command::run(Command::new("cp").arg("-a").arg(&base).arg(&stage), &log, &mut |_| {})?;
+    let _ = std::fs::remove_file(stage.join(".complete"));
+    assemble(&stage, agent)?;
+    progress.detail("packing erofs (lz4hc)");
+    let partial = cache.join(format!("{key}.erofs.partial"));
+    command::run(
+        Command::new("mkfs.erofs").arg("-zlz4hc").arg("-T0").arg("--quiet").arg(&partial).arg(&stage),
+        &log,
+        &mut |_| {},
+    )?;
+    std::fs::rename(&partial, &erofs).map_err(ImageError::io("cannot move to", &erofs))?;
+    remove_dir(&stage)?;
+    progress.finish(&format!("root filesystem {} built", &key[..12]));
+    Ok(Built { key, erofs })
+}
+
+fn debootstrap(cache: &Path, base: &Path, apt: &Apt, progress: &dyn Progress) -> Result<(), ImageError> {
+    let tmp = base.with_extension("partial");
+    remove_dir(&tmp)?;
+    remove_dir(base)?;
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs).map_err(ImageError::io("cannot create", &debs))?;
+    progress.detail(&format!("debootstrap {SUITE} from {} (log: {})", apt.mirror(), cache.join("build.log").display()));
+    let mut cmd = Command::new("debootstrap");
+    cmd.arg("--variant=minbase")
+        .arg(format!("--include={}", packages().join(",")))
+        .arg(format!("--keyring={}", tools::TRIXIE_KEYRING))
+        .arg(format!("--cache-dir={}", debs.display()))
+        .arg(SUITE)
+        .arg(&tmp)
+        .arg(apt.mirror());
+    command::run(&mut cmd, &cache.join("build.log"), &mut |line| {
+        if let Some(rest) = line.strip_prefix("I: ") {
+            if rest.starts_with("Retrieving") || rest.starts_with("Configuring") || rest.starts_with("Unpacking") || rest.starts_with("Installing") {
+                progress.detail(rest);
+            }
+        }
+    })?;
+    for dir in STRIP {
+        remove_dir(&tmp.join(dir))?;
+    }
+    std::fs::write(tmp.join(".complete"), "").map_err(ImageError::io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, base).map_err(ImageError::io("cannot move to", base))?;
+    Ok(())
+}
+
+/// Applies the overlay, the agent, the mount points and the symlinks to a staged tree.
+fn assemble(stage: &Path, agent: &Agent) -> Result<(), ImageError> {
+    for (path, content) in OVERLAY {
+        let dst = stage.join(path);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(ImageError::io("cannot create", parent))?;
+        }
+        std::fs::write(&dst, content).map_err(ImageError::io("cannot write", &dst))?;
+    }
+    let agent_dst = stage.join(AGENT_PATH);
+    std::fs::copy(&agent.path, &agent_dst).map_err(ImageError::io("cannot install the agent at", &agent_dst))?;
+    set_mode(&agent_dst, 0o755)?;
+    for dir in MOUNT_POINTS {
+        let d = stage.join(dir);
+        remove_dir(&d)?;
+        std::fs::create_dir_all(&d).map_err(ImageError::io("cannot create", &d))?;
+    }
+    set_mode(&stage.join("tmp"), 0o1777)?;
+    // Files the guest writes at run time live in /run (tmpfs). debootstrap copied the
+    // build host's resolv.conf and hostname: they must not leak into the image.
+    for (link, target) in [("etc/resolv.conf", "/run/resolv.conf"), ("etc/hostname", "/run/hostname")] {
+        let l = stage.join(link);
+        let _ = std::fs::remove_file(&l);
+        std::os::unix::fs::symlink(target, &l).map_err(ImageError::io("cannot link", &l))?;
+    }
+    let machine_id = stage.join("etc/machine-id");
+    std::fs::write(&machine_id, "").map_err(ImageError::io("cannot write", &machine_id))?;
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(ImageError::io("cannot chmod", path))
+}
+
+fn remove_dir(path: &Path) -> Result<(), ImageError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::Io { what: "cannot remove", path: path.to_path_buf(), source: e }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_package_list_has_the_engine() {
+        let p = packages();
+        for needed in ["docker.io", "containerd", "runc", "docker-compose", "docker-buildx", "iptables", "e2fsprogs"] {
+            assert!(p.contains(&needed), "{needed} missing from packages.txt");
+        }
+        assert!(!p.iter().any(|l| l.contains(' ')));
+    }
+
+    #[test]
+    fn test_static_elf_detection() {
+        // This test binary is dynamically linked on the gnu target.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        if cfg!(target_env = "gnu") {
+            assert!(!is_static_elf(&me));
+        }
+        assert!(!is_static_elf(b"#!/bin/sh\necho hi\n"));
+        assert!(!is_static_elf(&[0x7f, b'E', b'L', b'F', 2, 1, 0, 0]));
+        // A minimal static ELF header: no program headers at all.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+        assert!(is_static_elf(&elf));
+        // The same with one PT_INTERP program header.
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+        elf.extend(vec![0u8; 56]);
+        elf[64..68].copy_from_slice(&3u32.to_le_bytes());
+        assert!(!is_static_elf(&elf));
+    }
+
+    #[test]
+    fn test_assemble_writes_overlay_agent_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = dir.path().join("stage");
+        std::fs::create_dir_all(stage.join("etc")).unwrap();
+        std::fs::create_dir_all(stage.join("sbin")).unwrap();
+        std::fs::create_dir_all(stage.join("var/log/apt")).unwrap();
+        std::fs::write(stage.join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+        let agent_file = dir.path().join("agent");
+        std::fs::write(&agent_file, b"agent").unwrap();
+        let agent = Agent { path: agent_file, sha256: "x".into() };
+        assemble(&stage, &agent).unwrap();
+        assert_eq!(std::fs::read(stage.join(AGENT_PATH)).unwrap(), b"agent");
+        assert_eq!(std::fs::read_link(stage.join("etc/resolv.conf")).unwrap(), PathBuf::from("/run/resolv.conf"));
+        assert!(stage.join("etc/docker/daemon.json").exists());
+        assert!(stage.join("mnt/data").is_dir());
+        assert!(!stage.join("var/log/apt").exists(), "var/log must be an empty mount point");
+    }
+}
