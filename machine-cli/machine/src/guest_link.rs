@@ -26,12 +26,34 @@ use tokio::net::{TcpStream, UnixStream};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What carries bytes between host and guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Carrier {
     /// TCP forwards on the host's loopback, one per guest service, with the token.
-    Tcp { ports: BTreeMap<u16, SocketAddr>, token: String },
+    Tcp {
+        #[serde(with = "port_pairs")]
+        ports: BTreeMap<u16, SocketAddr>,
+        token: String,
+    },
     /// rmachine-vmm's hybrid vsock unix socket.
     HybridVsock { uds: PathBuf },
+}
+
+/// The forward map as a list of `[guest_port, "host:port"]` pairs: integer map keys do not
+/// survive serde's buffering of internally tagged enums.
+mod port_pairs {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u16, SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        map.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, SocketAddr>, D::Error> {
+        Ok(Vec::<(u16, SocketAddr)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// Why a guest service could not be reached.

@@ -1,5 +1,14 @@
 //! The `machine` library: everything the `rmachine` CLI and the desktop app share.
 #![forbid(unsafe_code)]
 
+pub mod accel;
+pub mod config;
+pub mod docker_context;
+pub mod driver;
+pub mod forward;
 pub mod guest_link;
+pub mod hostagent_api;
 pub mod paths;
+pub mod qemu;
+pub mod state;
+pub mod store;

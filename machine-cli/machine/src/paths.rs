@@ -87,6 +87,75 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// The files of machine `name`.
+    pub fn machine(&self, name: &str) -> MachinePaths {
+        MachinePaths { dir: self.machine_dir(name) }
+    }
+
+    /// Global defaults for new machines.
+    pub fn defaults_file(&self) -> PathBuf {
+        self.home.join("defaults.toml")
+    }
+}
+
+/// The files of one machine folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachinePaths {
+    dir: PathBuf,
+}
+
+impl MachinePaths {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Settings the user may edit.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("machine.toml")
+    }
+    /// Generated state (0600: it holds the boot's token).
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    /// The guest's /var/lib/docker (sparse ext4, never touched by upgrades).
+    pub fn data_disk(&self) -> PathBuf {
+        self.dir.join("data.img")
+    }
+    /// The config disk written at each start.
+    pub fn config_disk(&self) -> PathBuf {
+        self.dir.join("config.img")
+    }
+    /// The Engine API for the docker CLI.
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+    /// The host agent's control socket.
+    pub fn hostagent_socket(&self) -> PathBuf {
+        self.dir.join("hostagent.sock")
+    }
+    /// rmachine-vmm's control API.
+    pub fn vmm_socket(&self) -> PathBuf {
+        self.dir.join("vmm.sock")
+    }
+    /// rmachine-vmm's hybrid vsock socket.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    /// QEMU's QMP socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn hostagent_log(&self) -> PathBuf {
+        self.dir.join("hostagent.log")
+    }
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+}
+
 /// Files of one image folder.
 pub mod image_files {
     pub const KERNEL: &str = "bzImage";
@@ -105,5 +174,7 @@ mod tests {
         assert_eq!(p.machine_dir("default"), PathBuf::from("/h/machines/default"));
         assert_eq!(p.kernel_cache(), PathBuf::from("/c/kernel"));
         assert_eq!(p.apt_cache(), PathBuf::from("/c/apt-trixie"));
+        assert_eq!(p.machine("m").docker_socket(), PathBuf::from("/h/machines/m/docker.sock"));
+        assert_eq!(p.defaults_file(), PathBuf::from("/h/defaults.toml"));
     }
 }

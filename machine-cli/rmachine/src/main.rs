@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod hostagent;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -16,18 +17,64 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a machine (default: `default`) without starting it.
+    Create(cmd::create::CreateArgs),
+    /// Start a machine, creating `default` when no name is given and none exists.
+    Start(cmd::start::StartArgs),
+    /// Stop a machine cleanly.
+    Stop(cmd::stop::StopArgs),
+    /// Stop and start a machine.
+    Restart(cmd::restart::RestartArgs),
+    /// Remove machines with their data disks and docker contexts.
+    #[command(alias = "remove")]
+    Rm(cmd::rm::RmArgs),
+    /// List machines.
+    #[command(alias = "list")]
+    Ls(cmd::ls::LsArgs),
+    /// Everything about a machine, as JSON.
+    Inspect(cmd::inspect::InspectArgs),
+    /// A machine's state and published ports.
+    Status(cmd::status::StatusArgs),
+    /// The guest's IP address.
+    Ip(cmd::ip::IpArgs),
+    /// Print the environment that points docker at a machine.
+    Env(cmd::env::EnvArgs),
+    /// Make a machine's docker context the current one.
+    Use(cmd::use_context::UseArgs),
+    /// Print a machine's console, host agent or VM log.
+    Logs(cmd::logs::LogsArgs),
+    /// Get or set machine settings (applied at the next start).
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
     /// Build, list and remove guest images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
     /// Print the versions of rmachine and its agent protocol.
     Version(cmd::version::VersionArgs),
+    /// Run a machine's host agent (started by `rmachine start`).
+    #[command(hide = true)]
+    Hostagent(cmd::hostagent::HostAgentArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Create(a) => cmd::create::run(a),
+        Command::Start(a) => cmd::start::run(a),
+        Command::Stop(a) => cmd::stop::run(a),
+        Command::Restart(a) => cmd::restart::run(a),
+        Command::Rm(a) => cmd::rm::run(a),
+        Command::Ls(a) => cmd::ls::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Ip(a) => cmd::ip::run(a),
+        Command::Env(a) => cmd::env::run(a),
+        Command::Use(a) => cmd::use_context::run(a),
+        Command::Logs(a) => cmd::logs::run(a),
+        Command::Config(c) => cmd::config::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Version(a) => cmd::version::run(a),
+        Command::Hostagent(a) => cmd::hostagent::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

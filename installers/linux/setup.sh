@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# rmachine setup for a Debian/Ubuntu host: installs what rmachine needs, builds the
+# rmachine CLI and the guest agent, and builds (or reuses) the guest image.
+#
+#   installers/linux/setup.sh            # everything
+#   installers/linux/setup.sh --no-deps  # skip the apt and rustup steps
+#
+# Run as root (or with sudo): the image build uses debootstrap.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+deps=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-deps) deps=0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n== %s\n' "$*"; }
+
+if [ "$deps" = 1 ]; then
+  step "installing Debian packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    qemu-system-x86 debootstrap erofs-utils e2fsprogs busybox-static \
+    make gcc libc6-dev bc bison flex libelf-dev libssl-dev cpio xz-utils dpkg-dev \
+    debian-archive-keyring ca-certificates tar >/dev/null
+  if ! command -v docker >/dev/null; then
+    # The host's docker CLI (client only).
+    apt-get install -y -qq --no-install-recommends docker.io >/dev/null || apt-get install -y -qq docker-cli >/dev/null
+  fi
+  step "installing Rust targets"
+  rustup target add x86_64-unknown-linux-musl >/dev/null
+fi
+
+step "building the guest agent (static, musl)"
+cargo build --profile agent --target x86_64-unknown-linux-musl -p rmachine-agent
+
+step "building the rmachine CLI"
+cargo build -p rmachine
+
+step "building the guest image"
+./target/debug/rmachine image build --agent target/x86_64-unknown-linux-musl/agent/rmachine-agent
+
+step "done"
+./target/debug/rmachine image ls

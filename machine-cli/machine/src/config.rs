@@ -1,0 +1,308 @@
+//! `machine.toml` (settings the user may edit) and the global `defaults.toml`, merged into
+//! one resolved [`MachineSpec`]. Precedence, lowest first: built-in, `defaults.toml`,
+//! `machine.toml`, command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the `machine.toml` format written by this build.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Which driver runs a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// `vmm` where it can boot the guest, else `qemu`.
+    #[default]
+    Auto,
+    /// rmachine-vmm, our own VMM.
+    Vmm,
+    /// QEMU `-M microvm`.
+    Qemu,
+    /// For tests of the layers above: no VM at all.
+    Fake,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Auto => "auto",
+            DriverKind::Vmm => "vmm",
+            DriverKind::Qemu => "qemu",
+            DriverKind::Fake => "fake",
+        }
+    }
+}
+
+/// A shared host folder (virtio-fs), mounted in the guest at the same path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Settings of one machine or of the defaults; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Format version: required in `machine.toml` (see [`migrate`]), absent in
+    /// `defaults.toml`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Driver; default `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DriverKind>,
+    /// Virtual CPUs; default 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Guest memory in MiB; default 2048.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Data disk size in GiB (sparse); default 64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_size_gib: Option<u32>,
+    /// Guest image version; default the newest installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Shared folders; default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<MountSpec>>,
+}
+
+/// The resolved settings a machine runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSpec {
+    pub driver: DriverKind,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_size_gib: u32,
+    pub image: Option<String>,
+    pub mounts: Vec<MountSpec>,
+}
+
+/// Why settings are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has format version {found}; this rmachine reads up to {CONFIG_VERSION} (upgrade rmachine)")]
+    FutureVersion { path: PathBuf, found: u32 },
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+pub const DEFAULT_CPUS: u32 = 2;
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
+pub const DEFAULT_DISK_SIZE_GIB: u32 = 64;
+
+impl Settings {
+    /// `other`'s fields where set, else ours.
+    pub fn overlay(&self, other: &Settings) -> Settings {
+        Settings {
+            version: None,
+            driver: other.driver.or(self.driver),
+            cpus: other.cpus.or(self.cpus),
+            memory_mib: other.memory_mib.or(self.memory_mib),
+            disk_size_gib: other.disk_size_gib.or(self.disk_size_gib),
+            image: other.image.clone().or_else(|| self.image.clone()),
+            mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
+        }
+    }
+
+    /// Checks each set field against what a machine can have.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        if let Some(c) = self.cpus {
+            let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+            if c == 0 || c > host.max(1) {
+                return invalid("cpus", format!("{c}: must be between 1 and the host's {host} CPUs"));
+            }
+        }
+        if let Some(m) = self.memory_mib {
+            let host = host_memory_mib();
+            if m < 512 {
+                return invalid("memory", format!("{m} MiB: at least 512 MiB"));
+            }
+            if let Some(host) = host.filter(|&h| u64::from(m) > h) {
+                return invalid("memory", format!("{m} MiB: more than the host's {host} MiB"));
+            }
+        }
+        if let Some(d) = self.disk_size_gib {
+            if !(4..=4096).contains(&d) {
+                return invalid("disk", format!("{d} GiB: must be between 4 and 4096 GiB"));
+            }
+        }
+        for m in self.mounts.iter().flatten() {
+            if !m.path.is_absolute() {
+                return invalid("mounts", format!("{}: must be an absolute path", m.path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Built-in defaults filled in.
+    pub fn resolve(&self) -> MachineSpec {
+        MachineSpec {
+            driver: self.driver.unwrap_or_default(),
+            cpus: self.cpus.unwrap_or(DEFAULT_CPUS),
+            memory_mib: self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            disk_size_gib: self.disk_size_gib.unwrap_or(DEFAULT_DISK_SIZE_GIB),
+            image: self.image.clone(),
+            mounts: self.mounts.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Parses a size with an optional unit into MiB (`2048`, `2G`, `2GiB`, `512M`).
+pub fn parse_mib(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a size (examples: 2048, 2G, 512M)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1,
+        "g" | "gb" | "gib" => 1024,
+        _ => return Err(format!("{text:?}: unknown unit (use M or G)")),
+    };
+    u32::try_from(n * factor).map_err(|_| format!("{text:?} is too large"))
+}
+
+/// Parses a size into GiB (`64`, `64G`).
+pub fn parse_gib(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("GiB").or_else(|| t.strip_suffix("GB")).or_else(|| t.strip_suffix('G')).or_else(|| t.strip_suffix('g')).unwrap_or(t);
+    t.trim().parse().map_err(|_| format!("{text:?} is not a size in GiB (example: 64G)"))
+}
+
+/// Reads `machine.toml`.
+pub fn read_machine_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+    let value: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    let value = migrate(path, value)?;
+    // Parsed from text when no migration changed it, so errors point at the line.
+    let file: Settings = if value.get("version").and_then(|v| v.as_integer()) == Some(i64::from(CONFIG_VERSION)) {
+        toml::from_str(&text)
+    } else {
+        value.try_into()
+    }
+    .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    file.validate().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(file)
+}
+
+/// Brings an older `machine.toml` to [`CONFIG_VERSION`]. Version 1 is the first format.
+pub fn migrate(path: &Path, value: toml::Value) -> Result<toml::Value, ConfigError> {
+    let found = value.get("version").and_then(|v| v.as_integer()).ok_or_else(|| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: "missing `version`".into(),
+    })?;
+    match u32::try_from(found) {
+        Ok(CONFIG_VERSION) => Ok(value),
+        Ok(v) if v > CONFIG_VERSION => Err(ConfigError::FutureVersion { path: path.to_path_buf(), found: v }),
+        _ => Err(ConfigError::Parse { path: path.to_path_buf(), message: format!("unknown format version {found}") }),
+    }
+}
+
+/// Writes `machine.toml` atomically.
+pub fn write_machine_file(path: &Path, settings: &Settings) -> Result<(), ConfigError> {
+    let file = Settings { version: Some(CONFIG_VERSION), ..settings.clone() };
+    let text = format!(
+        "# rmachine machine settings; changes apply at the next start.\n{}",
+        toml::to_string(&file).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+    );
+    crate::store::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| ConfigError::Write(path.to_path_buf(), e))
+}
+
+/// Reads `defaults.toml` (missing: no defaults).
+pub fn read_defaults(path: &Path) -> Result<Settings, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
+        Err(e) => return Err(ConfigError::Read(path.to_path_buf(), e)),
+    };
+    let s: Settings = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    s.validate().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(s)
+}
+
+/// Writes `defaults.toml`.
+pub fn write_defaults(path: &Path, settings: &Settings) -> Result<(), ConfigError> {
+    let text = toml::to_string(settings).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    crate::store::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| ConfigError::Write(path.to_path_buf(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_precedence_builtin_defaults_file_flags() {
+        let defaults = Settings { cpus: Some(1), memory_mib: Some(1024), ..Default::default() };
+        let file = Settings { memory_mib: Some(1536), ..Default::default() };
+        let flags = Settings { disk_size_gib: Some(10), ..Default::default() };
+        let spec = defaults.overlay(&file).overlay(&flags).resolve();
+        assert_eq!(spec.cpus, 1);
+        assert_eq!(spec.memory_mib, 1536);
+        assert_eq!(spec.disk_size_gib, 10);
+        assert_eq!(spec.driver, DriverKind::Auto);
+    }
+
+    #[test]
+    fn test_invalid_values_name_the_field() {
+        for (s, field) in [
+            (Settings { cpus: Some(0), ..Default::default() }, "cpus"),
+            (Settings { cpus: Some(100_000), ..Default::default() }, "cpus"),
+            (Settings { memory_mib: Some(16), ..Default::default() }, "memory"),
+            (Settings { memory_mib: Some(u32::MAX), ..Default::default() }, "memory"),
+            (Settings { disk_size_gib: Some(1), ..Default::default() }, "disk"),
+            (Settings { mounts: Some(vec![MountSpec { path: "rel".into(), read_only: false }]), ..Default::default() }, "mounts"),
+        ] {
+            match s.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{s:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn test_machine_file_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("machine.toml");
+        let file = Settings { version: Some(CONFIG_VERSION), cpus: Some(1), driver: Some(DriverKind::Qemu), ..Default::default() };
+        write_machine_file(&path, &file).unwrap();
+        assert_eq!(read_machine_file(&path).unwrap(), file);
+        std::fs::write(&path, "version = 1\ncpus = \"many\"\n").unwrap();
+        let err = read_machine_file(&path).unwrap_err().to_string();
+        assert!(err.contains("machine.toml") && err.contains("cpus"), "{err}");
+        std::fs::write(&path, "version = 1\ncolour = \"red\"\n").unwrap();
+        assert!(read_machine_file(&path).unwrap_err().to_string().contains("colour"));
+        std::fs::write(&path, "version = 9\n").unwrap();
+        assert!(matches!(read_machine_file(&path), Err(ConfigError::FutureVersion { found: 9, .. })));
+        std::fs::write(&path, "\u{0}\u{1}garbage[[").unwrap();
+        assert!(matches!(read_machine_file(&path), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn test_size_parsing() {
+        assert_eq!(parse_mib("2048"), Ok(2048));
+        assert_eq!(parse_mib("2G"), Ok(2048));
+        assert_eq!(parse_mib("512MiB"), Ok(512));
+        assert!(parse_mib("2T").is_err());
+        assert!(parse_mib("lots").is_err());
+        assert_eq!(parse_gib("64G"), Ok(64));
+        assert!(parse_gib("-1").is_err());
+    }
+}

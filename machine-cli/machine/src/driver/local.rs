@@ -1,0 +1,304 @@
+//! The local driver: the VM runs on this host under a host agent process
+//! (`rmachine hostagent <name>`), which boots it with a [`Backend`] (rmachine-vmm or
+//! QEMU), serves `docker.sock` and publishes ports. The CLI and the GUI only start the
+//! host agent and talk to it over `hostagent.sock`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Driver, DriverCaps, Endpoints, MachineError};
+use crate::accel::{self, Accel};
+use crate::config::DriverKind;
+use crate::hostagent_api::{HostAgentReply, HostAgentRequest};
+use crate::state::{MachineState, State};
+use crate::store::{is_hostagent, Machine};
+
+/// How long a start may take (software emulation is slow).
+const START_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a clean stop may take before the VM is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Vmm,
+    Qemu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Vmm => "vmm",
+            Backend::Qemu => "qemu",
+        }
+    }
+}
+
+/// The backend chosen for a machine, with the reason in words (`rmachine inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackendChoice {
+    pub backend: Backend,
+    pub accel: Accel,
+    pub reason: String,
+}
+
+/// Chooses the backend: `vmm` only where it can boot the guest (hardware KVM usable for
+/// Linux and the rmachine-vmm binary present), else `qemu` with the best accelerator.
+pub fn choose_backend(kind: DriverKind) -> BackendChoice {
+    let a = accel::choose();
+    match kind {
+        DriverKind::Qemu => BackendChoice { backend: Backend::Qemu, accel: a.accel, reason: format!("--driver qemu; {}", a.reason) },
+        DriverKind::Vmm => BackendChoice { backend: Backend::Vmm, accel: Accel::Kvm, reason: "--driver vmm".into() },
+        DriverKind::Auto | DriverKind::Fake => {
+            if a.accel != Accel::Kvm {
+                BackendChoice { backend: Backend::Qemu, accel: a.accel, reason: format!("rmachine-vmm needs hardware KVM: {}", a.reason) }
+            } else if vmm_binary().is_none() {
+                BackendChoice { backend: Backend::Qemu, accel: a.accel, reason: "rmachine-vmm is not installed beside rmachine".into() }
+            } else {
+                BackendChoice { backend: Backend::Vmm, accel: Accel::Kvm, reason: a.reason }
+            }
+        }
+    }
+}
+
+/// The rmachine-vmm binary beside this executable, or `RMACHINE_VMM`.
+pub fn vmm_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RMACHINE_VMM").map(PathBuf::from) {
+        return p.is_file().then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join("rmachine-vmm");
+    p.is_file().then_some(p)
+}
+
+/// The `rmachine` binary that runs host agents: `RMACHINE_BIN`, this executable when it
+/// is `rmachine`, else `rmachine` beside it (the desktop app).
+fn rmachine_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RMACHINE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rmachine"));
+    if exe.file_name().is_some_and(|n| n == "rmachine") {
+        return exe;
+    }
+    exe.parent().map(|d| d.join("rmachine")).unwrap_or_else(|| PathBuf::from("rmachine"))
+}
+
+pub struct LocalDriver {
+    kind: DriverKind,
+}
+
+impl LocalDriver {
+    pub fn new(kind: DriverKind) -> LocalDriver {
+        LocalDriver { kind }
+    }
+}
+
+/// Sends one request to a machine's host agent.
+pub fn hostagent_call(machine: &Machine, request: &HostAgentRequest) -> Result<HostAgentReply, MachineError> {
+    let err = |message: String| MachineError::HostAgent { name: machine.name.clone(), message };
+    let path = machine.files.hostagent_socket();
+    let mut stream = UnixStream::connect(&path).map_err(|e| err(format!("cannot connect to {}: {e}", path.display())))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
+    let mut line = serde_json::to_string(request).expect("request serializes");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(|e| err(e.to_string()))?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).map_err(|e| err(e.to_string()))?;
+    let reply: HostAgentReply = serde_json::from_str(&reply).map_err(|e| err(format!("bad reply: {e}")))?;
+    match reply {
+        HostAgentReply::Error { message } => Err(err(message)),
+        other => Ok(other),
+    }
+}
+
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+fn wait_gone(pid: u32, name: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !is_hostagent(pid, name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+impl Driver for LocalDriver {
+    fn kind(&self) -> DriverKind {
+        self.kind
+    }
+
+    fn capabilities(&self) -> DriverCaps {
+        DriverCaps { can_start_stop: true, local_vm: true }
+    }
+
+    fn create(&self, machine: &Machine) -> Result<(), MachineError> {
+        let path = machine.files.data_disk();
+        let size = u64::from(machine.spec.disk_size_gib) << 30;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| MachineError::Io { what: "cannot create", path: path.clone(), source })?;
+        let current = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Grow only: shrinking would cut the guest's file system.
+        if current < size {
+            file.set_len(size).map_err(|source| MachineError::Io { what: "cannot size", path, source })?;
+        }
+        Ok(())
+    }
+
+    fn start(&self, machine: &Machine, progress: &mut dyn FnMut(&str)) -> Result<(), MachineError> {
+        if machine.state.state.has_hostagent() {
+            return match machine.state.state {
+                State::Running => Ok(()),
+                _ => Err(MachineError::StartFailed { name: machine.name.clone(), reason: format!("it is {}", machine.state.state.name()) }),
+            };
+        }
+        self.create(machine)?;
+        let log_path = machine.files.hostagent_log();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| MachineError::Io { what: "cannot open", path: log_path.clone(), source })?;
+        let log2 = log.try_clone().map_err(|source| MachineError::Io { what: "cannot open", path: log_path.clone(), source })?;
+        // The starting state is written before the host agent runs, so a reader never
+        // sees the stale state of the previous run.
+        let mut starting = MachineState::stopped();
+        starting.state = State::Starting;
+        starting.detail = "starting the host agent".into();
+        let state_path = machine.files.state();
+        starting.write(&state_path).map_err(|source| MachineError::Io { what: "cannot write", path: state_path.clone(), source })?;
+        let exe = rmachine_binary();
+        let mut child = Command::new(&exe)
+            .arg("hostagent")
+            .arg(&machine.name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| MachineError::SpawnHostAgent { exe: exe.display().to_string(), source })?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last_detail = String::new();
+        loop {
+            let s = MachineState::read(&state_path);
+            if s.detail != last_detail && !s.detail.is_empty() {
+                progress(&s.detail);
+                last_detail = s.detail.clone();
+            }
+            match s.state {
+                State::Running => return Ok(()),
+                State::Error(reason) => {
+                    return Err(MachineError::StartFailed { name: machine.name.clone(), reason });
+                }
+                _ => {}
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(MachineError::StartFailed {
+                    name: machine.name.clone(),
+                    reason: format!("the host agent exited ({status}); its log ends:\n{}", tail(&log_path, 15)),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(MachineError::Timeout { name: machine.name.clone(), what: "start", timeout: START_TIMEOUT });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
+        let Some(pid) = machine.state.hostagent_pid.filter(|&p| is_hostagent(p, &machine.name)) else {
+            // No host agent: make sure no VM is left behind, and record the stop.
+            return self.kill(machine);
+        };
+        match hostagent_call(machine, &HostAgentRequest::Stop) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "host agent did not take the stop request; terminating it");
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        if wait_gone(pid, &machine.name, STOP_TIMEOUT) {
+            return Ok(());
+        }
+        self.kill(machine)?;
+        Err(MachineError::Timeout { name: machine.name.clone(), what: "stop cleanly (it was killed)", timeout: STOP_TIMEOUT })
+    }
+
+    fn kill(&self, machine: &Machine) -> Result<(), MachineError> {
+        let s = MachineState::read(&machine.files.state());
+        if let Some(pid) = s.hostagent_pid.filter(|&p| is_hostagent(p, &machine.name)) {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(pid) = s.vm_pid {
+            // Only if it still is our VM process (its command line names this machine).
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let dir = machine.files.dir().to_string_lossy().into_owned();
+            if String::from_utf8_lossy(&cmdline).contains(&dir) {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        for sock in [machine.files.docker_socket(), machine.files.hostagent_socket()] {
+            let _ = std::fs::remove_file(sock);
+        }
+        let mut stopped = MachineState::stopped();
+        stopped.image = s.image;
+        let path = machine.files.state();
+        stopped.write(&path).map_err(|source| MachineError::Io { what: "cannot write", path, source })
+    }
+
+    fn remove(&self, _machine: &Machine) -> Result<(), MachineError> {
+        Ok(())
+    }
+
+    fn state(&self, machine: &Machine) -> State {
+        machine.state.state.clone()
+    }
+
+    fn endpoints(&self, machine: &Machine) -> Result<Endpoints, MachineError> {
+        Ok(Endpoints { docker_host: format!("unix://{}", machine.files.docker_socket().display()), ssh: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_explicit_qemu_choice_says_why() {
+        let c = choose_backend(DriverKind::Qemu);
+        assert_eq!(c.backend, Backend::Qemu);
+        assert!(c.reason.contains("--driver qemu"));
+    }
+
+    #[test]
+    fn test_auto_takes_vmm_only_with_hardware_kvm() {
+        let c = choose_backend(DriverKind::Auto);
+        if c.backend == Backend::Vmm {
+            assert_eq!(c.accel, Accel::Kvm);
+        } else {
+            assert!(!c.reason.is_empty());
+        }
+    }
+}

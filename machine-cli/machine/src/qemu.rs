@@ -1,0 +1,124 @@
+//! The QEMU command line for a guest (`-M microvm`, virtio-mmio devices, which QEMU also
+//! announces on the kernel command line): the `qemu` driver's engine, and the real-VM
+//! path of the tests where hardware KVM is missing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::accel::Accel;
+
+/// Everything QEMU needs to boot one machine.
+#[derive(Debug, Clone)]
+pub struct QemuVm {
+    pub kernel: PathBuf,
+    /// Base kernel command line (from the image manifest).
+    pub cmdline: String,
+    /// Read-only root filesystem: `/dev/vda`.
+    pub rootfs: PathBuf,
+    /// Data disk: `/dev/vdb`.
+    pub data_disk: PathBuf,
+    /// Config disk: `/dev/vdc`.
+    pub config_disk: PathBuf,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    /// Serial console output.
+    pub console_log: PathBuf,
+    /// Host loopback address → guest TCP port forwards (user-mode networking).
+    pub forwards: Vec<(SocketAddr, u16)>,
+    /// AF_VSOCK guest CID through the host's vhost-vsock, when available.
+    pub vsock_cid: Option<u32>,
+    /// QEMU's QMP control socket.
+    pub qmp_socket: Option<PathBuf>,
+    /// QEMU's pid file.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The QEMU binary for this host's architecture.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+impl QemuVm {
+    /// The full command. A guest reset ends QEMU (`-no-reboot`): the agent powers off by
+    /// resetting, as a microVM without ACPI has no other way.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(QEMU);
+        let machine = "microvm,acpi=off,rtc=off,pcie=off";
+        cmd.args(["-M", machine, "-accel", self.accel.as_str()]);
+        cmd.args(["-cpu", if self.accel == Accel::Tcg { "max" } else { "host" }]);
+        cmd.args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        cmd.arg("-serial").arg(format!("file:{}", self.console_log.display()));
+        cmd.arg("-kernel").arg(&self.kernel);
+        cmd.arg("-append").arg(format!("{} reboot=t", self.cmdline));
+        let disks = [("root", &self.rootfs, true), ("data", &self.data_disk, false), ("config", &self.config_disk, true)];
+        for (id, path, read_only) in disks {
+            let ro = if read_only { ",readonly=on" } else { "" };
+            cmd.arg("-drive").arg(format!(
+                "id={id},file={},format=raw,if=none,cache=writeback,discard=unmap{ro}",
+                escape(path)
+            ));
+            cmd.args(["-device", &format!("virtio-blk-device,drive={id}")]);
+        }
+        let mut netdev = "user,id=net0".to_string();
+        for (host, guest_port) in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:{}:{}-:{guest_port}", host.ip(), host.port()));
+        }
+        cmd.args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"]);
+        cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0"]);
+        if let Some(cid) = self.vsock_cid {
+            cmd.args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
+        }
+        if let Some(qmp) = &self.qmp_socket {
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", escape(qmp)));
+        }
+        if let Some(pid) = &self.pid_file {
+            cmd.arg("-pidfile").arg(pid);
+        }
+        cmd
+    }
+}
+
+/// QEMU option values separate with commas; a literal comma is doubled.
+fn escape(path: &std::path::Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> QemuVm {
+        QemuVm {
+            kernel: "/i/bzImage".into(),
+            cmdline: "console=ttyS0".into(),
+            rootfs: "/i/rootfs.erofs".into(),
+            data_disk: "/m/data,1.img".into(),
+            config_disk: "/m/config.img".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            accel: Accel::Tcg,
+            console_log: "/m/console.log".into(),
+            forwards: vec![("127.0.0.1:41000".parse().unwrap(), 1024)],
+            vsock_cid: None,
+            qmp_socket: None,
+            pid_file: None,
+        }
+    }
+
+    #[test]
+    fn test_command_has_disks_in_order_and_forwards() {
+        let cmd = vm().command();
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = args.join(" ");
+        let root = joined.find("id=root").unwrap();
+        let data = joined.find("id=data").unwrap();
+        let config = joined.find("id=config").unwrap();
+        assert!(root < data && data < config, "{joined}");
+        assert!(joined.contains("file=/m/data,,1.img"), "commas must be doubled: {joined}");
+        assert!(joined.contains("hostfwd=tcp:127.0.0.1:41000-:1024"), "{joined}");
+        assert!(joined.contains("-no-reboot"));
+        assert!(joined.contains("reboot=t"));
+        assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
+    }
+}

@@ -1,0 +1,150 @@
+//! `state.json`: what the host agent reports about a machine, generated, never edited.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest_link::Carrier;
+
+/// Version of the `state.json` format.
+pub const STATE_VERSION: u32 = 1;
+
+/// A machine's lifecycle state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum State {
+    Creating,
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    /// Something failed; the reason says what (for a dead VM, the console's last lines).
+    Error(String),
+    /// The state cannot be known (an unreachable host).
+    Unknown,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Error(_) => "error",
+            State::Unknown => "unknown",
+        }
+    }
+
+    /// Whether a host agent process should be alive in this state.
+    pub fn has_hostagent(&self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Stopping)
+    }
+}
+
+/// A published port as the host agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub proto: String,
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container: String,
+    /// Set when the host port could not be opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineState {
+    pub version: u32,
+    #[serde(flatten)]
+    pub state: State,
+    /// What the host agent is doing, for progress displays ("booting", "engine starting").
+    #[serde(default)]
+    pub detail: String,
+    pub hostagent_pid: Option<u32>,
+    pub vm_pid: Option<u32>,
+    /// The backend that runs the VM (`qemu`, `vmm`) and why it was chosen.
+    pub backend: Option<String>,
+    pub backend_reason: Option<String>,
+    pub image: Option<String>,
+    /// How to reach the guest this boot (holds the boot's token: the file is 0600).
+    pub carrier: Option<Carrier>,
+    pub started_at_unix: Option<u64>,
+    /// Boot to agent ping and to engine ready, in milliseconds.
+    pub ping_ms: Option<u64>,
+    pub engine_ready_ms: Option<u64>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+}
+
+impl MachineState {
+    pub fn stopped() -> MachineState {
+        MachineState {
+            version: STATE_VERSION,
+            state: State::Stopped,
+            detail: String::new(),
+            hostagent_pid: None,
+            vm_pid: None,
+            backend: None,
+            backend_reason: None,
+            image: None,
+            carrier: None,
+            started_at_unix: None,
+            ping_ms: None,
+            engine_ready_ms: None,
+            ports: Vec::new(),
+        }
+    }
+
+    /// Reads `state.json`; a missing file is a stopped machine, a corrupt one an error
+    /// state naming it (the file is regenerated at the next start).
+    pub fn read(path: &Path) -> MachineState {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| MachineState {
+                state: State::Error(format!("{} is corrupt ({e}); `rmachine start` regenerates it", path.display())),
+                ..MachineState::stopped()
+            }),
+            Err(_) => MachineState::stopped(),
+        }
+    }
+
+    /// Writes `state.json` atomically, mode 0600.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).expect("state always serializes");
+        crate::store::write_atomic(path, &bytes, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn test_state_round_trip_with_carrier() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = MachineState::stopped();
+        s.state = State::Error("VM died".into());
+        s.carrier = Some(Carrier::Tcp { ports: BTreeMap::from([(1024, "127.0.0.1:5000".parse().unwrap())]), token: "t".into() });
+        s.write(&path).unwrap();
+        assert_eq!(MachineState::read(&path), s);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn test_missing_and_corrupt_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(MachineState::read(&path).state, State::Stopped);
+        std::fs::write(&path, "{ broken").unwrap();
+        match MachineState::read(&path).state {
+            State::Error(reason) => assert!(reason.contains("corrupt"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `rmachine env [NAME]`: the exports that point the docker CLI at a machine.
+
+use super::DEFAULT_MACHINE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Sh,
+    Fish,
+    Powershell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnvArgs {
+    /// Machine name.
+    #[arg(default_value = DEFAULT_MACHINE)]
+    pub name: String,
+    /// Shell syntax (default: from $SHELL).
+    #[arg(long, value_enum)]
+    pub shell: Option<Shell>,
+    /// Print the commands that undo the exports.
+    #[arg(long, short)]
+    pub unset: bool,
+}
+
+pub fn run(args: EnvArgs) -> anyhow::Result<()> {
+    let m = super::load(&args.name)?;
+    let shell = args.shell.unwrap_or_else(|| {
+        match std::env::var("SHELL").unwrap_or_default().rsplit('/').next() {
+            Some("fish") => Shell::Fish,
+            Some("pwsh") | Some("powershell") => Shell::Powershell,
+            _ => Shell::Sh,
+        }
+    });
+    let host = format!("unix://{}", m.files.docker_socket().display());
+    print!("{}", render(shell, &host, args.unset, &args.name));
+    Ok(())
+}
+
+fn render(shell: Shell, host: &str, unset: bool, name: &str) -> String {
+    let hint = format!("rmachine env {name}");
+    match (shell, unset) {
+        (Shell::Sh, false) => format!("export DOCKER_HOST=\"{host}\"\nunset DOCKER_CONTEXT\n# eval \"$({hint})\"\n"),
+        (Shell::Sh, true) => "unset DOCKER_HOST\n".into(),
+        (Shell::Fish, false) => format!("set -gx DOCKER_HOST \"{host}\";\nset -e DOCKER_CONTEXT;\n# {hint} | source\n"),
+        (Shell::Fish, true) => "set -e DOCKER_HOST;\n".into(),
+        (Shell::Powershell, false) => format!("$Env:DOCKER_HOST = \"{host}\"\nRemove-Item Env:\\DOCKER_CONTEXT -ErrorAction SilentlyContinue\n# & {hint} | Invoke-Expression\n"),
+        (Shell::Powershell, true) => "Remove-Item Env:\\DOCKER_HOST\n".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_each_shell_sets_docker_host() {
+        let h = "unix:///m/docker.sock";
+        assert!(render(Shell::Sh, h, false, "m").contains("export DOCKER_HOST=\"unix:///m/docker.sock\""));
+        assert!(render(Shell::Fish, h, false, "m").contains("set -gx DOCKER_HOST"));
+        assert!(render(Shell::Powershell, h, false, "m").contains("$Env:DOCKER_HOST = "));
+        assert_eq!(render(Shell::Sh, h, true, "m"), "unset DOCKER_HOST\n");
+    }
+}

@@ -1,0 +1,282 @@
+//! The host agent: one detached process per running machine (`rmachine hostagent NAME`).
+//! It boots the VM with the chosen backend and supervises it, serves the Engine API on
+//! `docker.sock`, publishes container ports on the host, answers `hostagent.sock`, and
+//! keeps `state.json` current. A VM that dies moves the machine to the error state with
+//! the console's last lines.
+
+mod control;
+mod launch;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use rmachine_machine::driver::{choose_backend, Backend};
+use rmachine_machine::guest_link::{Carrier, ControlClient};
+use rmachine_machine::paths::Paths;
+use rmachine_machine::state::{MachineState, State};
+use rmachine_machine::store::{Machine, Store};
+use rmachine_protocol::control::{Reply, Request, ServiceState};
+use rmachine_protocol::Service;
+use tokio::sync::mpsc;
+
+/// Boot to agent ping, per accelerator (software emulation is slow).
+const PING_TIMEOUT: Duration = Duration::from_secs(600);
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Clean shutdown before the VM is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The machine's state, shared by the host agent's tasks; every change is written.
+#[derive(Clone)]
+pub(crate) struct SharedState {
+    inner: Arc<Mutex<MachineState>>,
+    path: std::path::PathBuf,
+}
+
+impl SharedState {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut MachineState)) {
+        let mut s = self.inner.lock().expect("state lock is never poisoned: no panics while held");
+        f(&mut s);
+        if let Err(e) = s.write(&self.path) {
+            tracing::error!(error = %e, path = %self.path.display(), "cannot write state");
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> MachineState {
+        self.inner.lock().expect("state lock is never poisoned: no panics while held").clone()
+    }
+}
+
+/// Why the host agent is winding down.
+#[derive(Debug)]
+pub(crate) enum StopReason {
+    /// `rmachine stop` or a signal.
+    Requested,
+}
+
+pub fn run(name: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RMACHINE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(name))
+}
+
+async fn run_async(name: &str) -> anyhow::Result<()> {
+    let store = Store::new(Paths::from_env()?);
+    let machine = store.load(name)?;
+    let _span = tracing::info_span!("hostagent", machine = %name).entered();
+    tracing::info!(pid = std::process::id(), "host agent starting");
+    let mut initial = MachineState::stopped();
+    initial.state = State::Starting;
+    initial.detail = "preparing".into();
+    initial.hostagent_pid = Some(std::process::id());
+    initial.started_at_unix = Some(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    let state = SharedState { inner: Arc::new(Mutex::new(initial)), path: machine.files.state() };
+    state.update(|_| {});
+
+    let (stop_tx, mut stop_rx) = mpsc::channel::<StopReason>(4);
+    let result = serve(&machine, &state, stop_tx, &mut stop_rx).await;
+    cleanup_sockets(&machine);
+    match result {
+        Ok(()) => {
+            state.update(|s| {
+                let image = s.image.clone();
+                *s = MachineState::stopped();
+                s.image = image;
+            });
+            tracing::info!("machine stopped");
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(error = %reason, "machine failed");
+            state.update(|s| {
+                s.state = State::Error(reason.clone());
+                s.detail.clear();
+                s.hostagent_pid = None;
+                s.carrier = None;
+            });
+            Err(e)
+        }
+    }
+}
+
+fn cleanup_sockets(machine: &Machine) {
+    for sock in [machine.files.docker_socket(), machine.files.hostagent_socket()] {
+        let _ = std::fs::remove_file(sock);
+    }
+}
+
+async fn serve(
+    machine: &Machine,
+    state: &SharedState,
+    stop_tx: mpsc::Sender<StopReason>,
+    stop_rx: &mut mpsc::Receiver<StopReason>,
+) -> anyhow::Result<()> {
+    let choice = choose_backend(machine.spec.driver);
+    tracing::info!(backend = choice.backend.as_str(), accel = choice.accel.as_str(), reason = %choice.reason, "backend chosen");
+    if choice.backend == Backend::Vmm {
+        bail!("the vmm backend cannot run machines yet (rmachine-vmm is still being built); use `--driver qemu`");
+    }
+    state.update(|s| {
+        s.backend = Some(choice.backend.as_str().to_string());
+        s.backend_reason = Some(choice.reason.clone());
+    });
+
+    // The host agent's own socket first, so `rmachine stop` works while booting.
+    let control_task = control::serve(machine, state.clone(), stop_tx.clone())?;
+    let _signals = tokio::spawn(forward_signals(stop_tx.clone()));
+
+    let mut vm = launch::launch_qemu(machine, &choice, state).await?;
+    let carrier = Arc::new(vm.carrier.clone());
+    let boot = Instant::now();
+
+    state.update(|s| s.detail = format!("booting ({} with {})", choice.backend.as_str(), choice.accel.as_str()));
+    let ping_ms = tokio::select! {
+        r = wait_ping(&carrier, PING_TIMEOUT) => r?,
+        status = vm.child.wait() => return Err(vm_died(machine, status)),
+        _ = stop_rx.recv() => { vm.kill().await; return Ok(()) }
+    };
+    tracing::info!(ping_ms, "agent answered ping");
+    sync_time(&carrier).await?;
+    state.update(|s| {
+        s.ping_ms = Some(ping_ms);
+        s.detail = "engine starting".into();
+    });
+    tokio::select! {
+        r = wait_engine(&carrier, ENGINE_TIMEOUT) => r?,
+        status = vm.child.wait() => return Err(vm_died(machine, status)),
+        _ = stop_rx.recv() => { shutdown(&carrier, &mut vm).await; return Ok(()) }
+    };
+    let engine_ms = boot.elapsed().as_millis() as u64;
+    tracing::info!(engine_ms, "engine ready");
+
+    let docker_sock = machine.files.docker_socket();
+    let _ = std::fs::remove_file(&docker_sock);
+    let listener = tokio::net::UnixListener::bind(&docker_sock)
+        .with_context(|| format!("cannot listen on {}", docker_sock.display()))?;
+    set_mode(&docker_sock, 0o600)?;
+    let engine_task = tokio::spawn(rmachine_machine::forward::serve_unix(listener, carrier.clone(), Service::Engine));
+
+    state.update(|s| {
+        s.state = State::Running;
+        s.engine_ready_ms = Some(engine_ms);
+        s.detail.clear();
+    });
+    tracing::info!(socket = %docker_sock.display(), "machine running");
+
+    let result = tokio::select! {
+        status = vm.child.wait() => Err(vm_died(machine, status)),
+        _ = stop_rx.recv() => {
+            state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
+            shutdown(&carrier, &mut vm).await;
+            Ok(())
+        }
+    };
+    engine_task.abort();
+    control_task.abort();
+    result
+}
+
+async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: stopping");
+    let _ = stop_tx.send(StopReason::Requested).await;
+}
+
+fn vm_died(machine: &Machine, status: std::io::Result<std::process::ExitStatus>) -> anyhow::Error {
+    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    let text = std::fs::read_to_string(machine.files.console_log()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    anyhow!("the VM exited unexpectedly ({status}); the console's last lines:\n{tail}")
+}
+
+async fn wait_ping(carrier: &Carrier, timeout: Duration) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < timeout {
+        match ping(carrier).await {
+            Ok(()) => return Ok(started.elapsed().as_millis() as u64),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the guest agent did not answer within {timeout:?} (last error: {last})")
+}
+
+async fn ping(carrier: &Carrier) -> anyhow::Result<()> {
+    let mut c = ControlClient::connect(carrier).await?;
+    match c.call(Request::Ping {}).await? {
+        Reply::Pong => Ok(()),
+        other => bail!("ping answered {other:?}"),
+    }
+}
+
+pub(crate) async fn sync_time(carrier: &Carrier) -> anyhow::Result<i64> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("host clock before 1970")?;
+    let mut c = ControlClient::connect(carrier).await?;
+    match c.call(Request::SyncTime { unix_ns: now.as_nanos() as i64 }).await? {
+        Reply::TimeSynced { offset_ns } => Ok(offset_ns),
+        other => bail!("sync_time answered {other:?}"),
+    }
+}
+
+async fn wait_engine(carrier: &Carrier, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < timeout {
+        if let Ok(mut c) = ControlClient::connect(carrier).await {
+            if let Ok(Reply::Info(info)) = c.call(Request::Info {}).await {
+                match info.dockerd.state {
+                    ServiceState::Running => return Ok(()),
+                    ServiceState::Failed => bail!(
+                        "the engine could not start: {}",
+                        info.dockerd.last_error.clone().unwrap_or_else(|| "no reason given".into())
+                    ),
+                    _ => last = Some(info),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the engine did not become ready within {timeout:?}; last agent info: {last:?}")
+}
+
+async fn shutdown(carrier: &Carrier, vm: &mut launch::RunningVm) {
+    let asked = async {
+        let mut c = ControlClient::connect(carrier).await?;
+        c.call(Request::Shutdown { reboot: false }).await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = asked.await {
+        tracing::warn!(error = %format!("{e:#}"), "guest did not take the shutdown request; killing the VM");
+        vm.kill().await;
+        return;
+    }
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, vm.child.wait()).await {
+        Ok(status) => tracing::info!(status = ?status, "VM exited"),
+        Err(_) => {
+            tracing::warn!("VM still running {SHUTDOWN_TIMEOUT:?} after shutdown; killing it");
+            vm.kill().await;
+        }
+    }
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot chmod {}", path.display()))
+}

@@ -1,0 +1,293 @@
+//! Harness for the end-to-end tests: boots the installed guest image under QEMU with a
+//! data disk and a config disk, reaches the agent over QEMU's TCP forwarding with the
+//! token, forwards the engine to a unix socket and runs the host's real `docker` CLI.
+//!
+//! The tests need the guest image (`rmachine image build`, which the README's setup and
+//! `.ci/run` do) and fail with that instruction when it is missing.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rmachine_machine::accel;
+use rmachine_machine::guest_link::{Carrier, ControlClient};
+use rmachine_machine::paths::Paths;
+use rmachine_machine::qemu::QemuVm;
+use rmachine_protocol::config_disk::GuestConfig;
+use rmachine_protocol::control::{GuestInfo, Reply, Request, ServiceState};
+use rmachine_protocol::Service;
+
+/// The installed guest image (newest), verified; panics with the fix when missing.
+pub fn image() -> (rmachine_image::Manifest, PathBuf) {
+    let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
+    match rmachine_image::resolve(&paths, None) {
+        Ok(found) => found,
+        Err(e) => panic!(
+            "no usable guest image ({e}). Build it first: `rmachine image build` \
+             (the README's setup command and .ci/run do this)"
+        ),
+    }
+}
+
+/// A sparse raw disk of `size_gib`.
+pub fn sparse_disk(path: &Path, size_gib: u64) {
+    let f = std::fs::File::create(path).expect("create data disk");
+    f.set_len(size_gib << 30).expect("size data disk");
+}
+
+/// A random token (hex).
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr")
+}
+
+/// One booted guest.
+pub struct Guest {
+    pub dir: PathBuf,
+    pub carrier: Arc<Carrier>,
+    pub console_log: PathBuf,
+    child: Option<Child>,
+    pub started: Instant,
+}
+
+impl Guest {
+    /// Boots the image with `data_disk` under QEMU (accelerator chosen as the `qemu`
+    /// driver does).
+    pub fn boot(dir: &Path, data_disk: &Path) -> Guest {
+        let (manifest, image_dir) = image();
+        let token = new_token();
+        let config = GuestConfig {
+            version: rmachine_protocol::PROTOCOL_VERSION,
+            token: token.clone(),
+            hostname: "e2e".into(),
+            data_disk: "/dev/vdb".into(),
+            host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64,
+            host_addr: Some("10.0.2.2".into()),
+            mounts: vec![],
+        };
+        let config_disk = dir.join("config.img");
+        std::fs::write(&config_disk, config.encode()).expect("write config disk");
+        let mut ports = BTreeMap::new();
+        let mut forwards = Vec::new();
+        for service in Service::ALL {
+            let host = free_port();
+            ports.insert(service.port(), host);
+            forwards.push((host, service.port()));
+        }
+        let console_log = dir.join("console.log");
+        let choice = accel::choose();
+        eprintln!("booting {} under QEMU ({}: {})", manifest.version, choice.accel.as_str(), choice.reason);
+        let vm = QemuVm {
+            kernel: image_dir.join(&manifest.kernel.file),
+            cmdline: manifest.kernel_cmdline.clone(),
+            rootfs: image_dir.join(&manifest.rootfs.file),
+            data_disk: data_disk.to_path_buf(),
+            config_disk,
+            cpus: 2,
+            memory_mib: 2048,
+            accel: choice.accel,
+            console_log: console_log.clone(),
+            forwards,
+            vsock_cid: None,
+            qmp_socket: None,
+            pid_file: None,
+        };
+        let child = vm
+            .command()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.join("qemu.out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("qemu.err")).unwrap())
+            .spawn()
+            .expect("start qemu-system-x86_64 (Debian package qemu-system-x86)");
+        Guest {
+            dir: dir.to_path_buf(),
+            carrier: Arc::new(Carrier::Tcp { ports, token }),
+            console_log,
+            child: Some(child),
+            started: Instant::now(),
+        }
+    }
+
+    /// The last lines of the console, for failure messages.
+    pub fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let err = std::fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default();
+        format!("--- console (last 60 lines) ---\n{}\n--- qemu stderr ---\n{err}", lines[lines.len().saturating_sub(60)..].join("\n"))
+    }
+
+    /// Sends one control request on a fresh connection.
+    pub fn control(&self, rt: &tokio::runtime::Runtime, request: Request) -> Result<Reply, String> {
+        rt.block_on(async {
+            let mut c = ControlClient::connect(&self.carrier).await.map_err(|e| error_chain(&e))?;
+            c.call(request).await.map_err(|e| error_chain(&e))
+        })
+    }
+
+    /// Waits until the agent answers `ping`; returns the time since QEMU started.
+    pub fn wait_ping(&mut self, rt: &tokio::runtime::Runtime, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            self.assert_running();
+            match self.control(rt, Request::Ping {}) {
+                Ok(Reply::Pong) => return self.started.elapsed(),
+                Ok(other) => panic!("ping answered {other:?}"),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("agent did not answer ping within {timeout:?} (last error: {last})\n{}", self.console_tail());
+    }
+
+    /// Waits until the agent reports dockerd running; returns the time since QEMU started.
+    pub fn wait_engine(&mut self, rt: &tokio::runtime::Runtime, timeout: Duration) -> (Duration, GuestInfo) {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            self.assert_running();
+            if let Ok(Reply::Info(info)) = self.control(rt, Request::Info {}) {
+                if info.dockerd.state == ServiceState::Running {
+                    return (self.started.elapsed(), *info);
+                }
+                last = Some(info);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("engine not running within {timeout:?}; last info: {last:?}\n{}", self.console_tail());
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("QEMU exited early ({status})\n{}", self.console_tail());
+            }
+        }
+    }
+
+    /// Waits for QEMU to exit; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("guest is running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for qemu") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("QEMU still running {timeout:?} after shutdown\n{}", self.console_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Serves the guest's engine on a unix socket in the guest's folder; returns its path.
+    pub fn engine_socket(&self, rt: &tokio::runtime::Runtime) -> PathBuf {
+        let path = self.dir.join("docker.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = rt.block_on(async { tokio::net::UnixListener::bind(&path) }).expect("bind docker.sock");
+        rt.spawn(rmachine_machine::forward::serve_unix(listener, self.carrier.clone(), Service::Engine));
+        path
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// A multi-threaded runtime for the forwarders.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
+/// Runs the host's `docker` CLI against `socket`.
+pub fn docker(socket: &Path, args: &[&str]) -> Output {
+    docker_with_stdin(socket, args, None)
+}
+
+/// Runs `docker` with bytes on stdin.
+pub fn docker_with_stdin(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new("docker");
+    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env_remove("DOCKER_CONTEXT")
+        .args(args)
+        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run the host's docker CLI");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin piped");
+        pipe.write_all(bytes).expect("write docker stdin");
+    }
+    child.wait_with_output().expect("wait for docker")
+}
+
+/// Runs `docker` and asserts success; returns stdout.
+pub fn docker_ok(socket: &Path, args: &[&str]) -> String {
+    let out = docker(socket, args);
+    assert!(
+        out.status.success(),
+        "docker {} failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A root filesystem tarball of busybox-static with its applets linked, for
+/// `docker import` (no registry is reachable).
+pub fn busybox_tarball(dir: &Path) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("busybox not found: install the Debian package busybox-static");
+    let root = dir.join("busybox-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["etc", "tmp", "www", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "ls", "sleep", "httpd", "true", "wc", "sha256sum", "nc", "wget", "env", "date", "id", "mkdir", "rm", "find", "uname"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let tarball = dir.join("busybox.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar failed");
+    tarball
+}
