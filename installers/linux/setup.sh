@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # rmachine setup for a Debian/Ubuntu host: installs what rmachine needs, builds the
-# rmachine CLI and the guest agent, and builds (or reuses) the guest image.
+# rmachine CLI and the guest agent, builds (or reuses) the guest image, installs the
+# docker CLI plugins (compose, buildx), and starts the default machine, whose docker
+# context becomes current: `docker run` then works.
 #
-#   installers/linux/setup.sh            # everything
-#   installers/linux/setup.sh --no-deps  # skip the apt and rustup steps
+#   installers/linux/setup.sh             # everything
+#   installers/linux/setup.sh --no-deps   # skip the apt and rustup steps
+#   installers/linux/setup.sh --no-start  # do not start the default machine
 #
 # Run as root (or with sudo): the image build uses debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 deps=1
+start=1
 for arg in "$@"; do
   case "$arg" in
     --no-deps) deps=0 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --no-start) start=0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,5 +50,19 @@ cargo build -p rmachine
 step "building the guest image"
 ./target/debug/rmachine image build --agent target/x86_64-unknown-linux-musl/agent/rmachine-agent
 
-step "done"
-./target/debug/rmachine image ls
+step "installing the rmachine command"
+bindir=/usr/local/bin
+[ "$(id -u)" = 0 ] || bindir="$HOME/.local/bin"
+mkdir -p "$bindir"
+ln -sf "$PWD/target/debug/rmachine" "$bindir/rmachine"
+echo "$bindir/rmachine -> $PWD/target/debug/rmachine"
+
+step "docker CLI tools (compose, buildx)"
+./target/debug/rmachine setup
+
+if [ "$start" = 1 ]; then
+  step "starting the default machine"
+  ./target/debug/rmachine start
+  echo
+  echo "Ready: try \`docker run --rm -it IMAGE\` (rmachine status, rmachine stop)."
+fi

@@ -100,6 +100,7 @@ impl Guest {
             qmp_socket: None,
             pid_file: None,
         };
+        eprintln!("qemu command: {:?}", vm.command());
         let child = vm
             .command()
             .stdin(std::process::Stdio::null())

@@ -10,6 +10,7 @@
 
 mod apt;
 mod command;
+pub mod host_tools;
 mod kernel;
 mod manifest;
 mod rootfs;

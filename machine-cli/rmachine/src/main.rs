@@ -46,6 +46,8 @@ enum Command {
     /// Get or set machine settings (applied at the next start).
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Install the docker CLI (if missing) and its compose and buildx plugins.
+    Setup(cmd::setup::SetupArgs),
     /// Build, list and remove guest images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -72,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Use(a) => cmd::use_context::run(a),
         Command::Logs(a) => cmd::logs::run(a),
         Command::Config(c) => cmd::config::run(c),
+        Command::Setup(a) => cmd::setup::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Version(a) => cmd::version::run(a),
         Command::Hostagent(a) => cmd::hostagent::run(a),

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod ls;
 pub mod restart;
 pub mod rm;
+pub mod setup;
 pub mod start;
 pub mod status;
 pub mod stop;

@@ -1,0 +1,232 @@
+//! The boot configuration: found on the config disk the host attaches, or defaults when
+//! there is none (vsock only, hostname `rmachine`, data on /dev/vdb).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rmachine_protocol::config_disk::{ConfigDiskError, GuestConfig, MAX_SIZE};
+use rmachine_protocol::PROTOCOL_VERSION;
+use tracing::{debug, info, warn};
+
+pub const DEFAULT_HOSTNAME: &str = "rmachine";
+pub const DEFAULT_DATA_DISK: &str = "/dev/vdb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot list block devices in {path}")]
+    List {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the agent boots with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// The device the config came from, `None` when defaults are used.
+    pub config_device: Option<PathBuf>,
+    /// Token of the TCP carrier; `None` serves vsock only.
+    pub token: Option<String>,
+    pub hostname: String,
+    pub data_disk: String,
+    /// Host time when the config was written, ns since the epoch.
+    pub host_time_unix_ns: Option<i64>,
+}
+
+impl BootConfig {
+    pub fn defaults() -> BootConfig {
+        BootConfig {
+            config_device: None,
+            token: None,
+            hostname: DEFAULT_HOSTNAME.into(),
+            data_disk: DEFAULT_DATA_DISK.into(),
+            host_time_unix_ns: None,
+        }
+    }
+
+    fn from_disk(device: PathBuf, config: GuestConfig) -> BootConfig {
+        if config.version != PROTOCOL_VERSION {
+            warn!(
+                disk = config.version,
+                agent = PROTOCOL_VERSION,
+                "config disk is of another protocol version; using it anyway"
+            );
+        }
+        let hostname = if valid_hostname(&config.hostname) {
+            config.hostname
+        } else {
+            warn!(hostname = %config.hostname, "invalid hostname on the config disk; using {DEFAULT_HOSTNAME}");
+            DEFAULT_HOSTNAME.into()
+        };
+        let data_disk = if config.data_disk.is_empty() {
+            DEFAULT_DATA_DISK.into()
+        } else {
+            config.data_disk
+        };
+        BootConfig {
+            config_device: Some(device),
+            token: Some(config.token).filter(|t| !t.is_empty()),
+            hostname,
+            data_disk,
+            host_time_unix_ns: Some(config.host_time_unix_ns).filter(|&t| t > 0),
+        }
+    }
+}
+
+/// A hostname the kernel and resolvers accept: 1 to 64 letters, digits, `-` and `.`.
+fn valid_hostname(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+}
+
+/// Reads up to the first 64 KiB of a device.
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(MAX_SIZE);
+    File::open(path)?
+        .take(MAX_SIZE as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// Finds the config disk among the virtio disks listed in `sys_block` (`vd*`), opening
+/// them under `dev`. `Ok(None)` when no disk carries the magic.
+pub fn find(sys_block: &Path, dev: &Path) -> Result<Option<(PathBuf, GuestConfig)>, ConfigError> {
+    let entries = std::fs::read_dir(sys_block).map_err(|source| ConfigError::List {
+        path: sys_block.display().to_string(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("vd"))
+        .collect();
+    names.sort();
+    for name in names {
+        let device = dev.join(&name);
+        let head = match read_head(&device) {
+            Ok(head) => head,
+            Err(e) => {
+                debug!(device = %device.display(), error = %e, "cannot read disk");
+                continue;
+            }
+        };
+        match GuestConfig::decode(&head) {
+            Ok(config) => return Ok(Some((device, config))),
+            Err(ConfigDiskError::NoMagic) => {
+                debug!(device = %device.display(), "not a config disk")
+            }
+            Err(e) => warn!(device = %device.display(), error = %e, "config disk is unreadable"),
+        }
+    }
+    Ok(None)
+}
+
+/// The boot configuration of this guest; defaults (logged) when there is no config disk.
+pub fn load() -> BootConfig {
+    match find(Path::new("/sys/block"), Path::new("/dev")) {
+        Ok(Some((device, config))) => {
+            info!(device = %device.display(), hostname = %config.hostname, data_disk = %config.data_disk, "config disk read");
+            BootConfig::from_disk(device, config)
+        }
+        Ok(None) => {
+            warn!("no config disk: serving vsock only (no TCP carrier), hostname {DEFAULT_HOSTNAME}, data disk {DEFAULT_DATA_DISK}");
+            BootConfig::defaults()
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot look for a config disk: using defaults (vsock only, data disk {DEFAULT_DATA_DISK})");
+            BootConfig::defaults()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(token: &str, hostname: &str) -> GuestConfig {
+        GuestConfig {
+            version: PROTOCOL_VERSION,
+            token: token.into(),
+            hostname: hostname.into(),
+            data_disk: "/dev/vdc".into(),
+            host_time_unix_ns: 1_700_000_000_000_000_000,
+            host_addr: None,
+            mounts: Vec::new(),
+        }
+    }
+
+    /// A fake /sys/block and /dev with the given disks.
+    fn fake_disks(disks: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("sys/block/loop0")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(
+            root.path().join("dev/loop0"),
+            sample("loop", "loop").encode(),
+        )
+        .unwrap();
+        for (name, bytes) in disks {
+            std::fs::create_dir_all(root.path().join("sys/block").join(name)).unwrap();
+            std::fs::write(root.path().join("dev").join(name), bytes).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn test_config_disk_is_found_among_virtio_disks() {
+        let root = fake_disks(&[
+            ("vda", vec![0xE2; 8192]),
+            ("vdb", vec![0; 100]),
+            ("vdc", sample("00ff", "box").encode()),
+        ]);
+        let (device, config) = find(&root.path().join("sys/block"), &root.path().join("dev"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(device, root.path().join("dev/vdc"));
+        assert_eq!(config.token, "00ff");
+        let boot = BootConfig::from_disk(device, config);
+        assert_eq!(
+            (
+                boot.token.as_deref(),
+                boot.hostname.as_str(),
+                boot.data_disk.as_str()
+            ),
+            (Some("00ff"), "box", "/dev/vdc")
+        );
+    }
+
+    #[test]
+    fn test_no_config_disk_is_none() {
+        // loop0 carries a config but is not a virtio disk: it must be ignored.
+        let root = fake_disks(&[("vda", vec![0; 4096])]);
+        assert_eq!(
+            find(&root.path().join("sys/block"), &root.path().join("dev")).unwrap(),
+            None
+        );
+        assert!(find(&root.path().join("nonexistent"), &root.path().join("dev")).is_err());
+        let defaults = BootConfig::defaults();
+        assert_eq!(
+            (
+                defaults.token,
+                defaults.hostname.as_str(),
+                defaults.data_disk.as_str()
+            ),
+            (None, "rmachine", "/dev/vdb")
+        );
+    }
+
+    #[test]
+    fn test_empty_token_and_bad_hostname_fall_back() {
+        let boot = BootConfig::from_disk(PathBuf::from("/dev/vdc"), sample("", "bad host\n"));
+        assert_eq!(boot.token, None);
+        assert_eq!(boot.hostname, DEFAULT_HOSTNAME);
+        assert!(valid_hostname("rmachine-default.local"));
+        assert!(!valid_hostname(&"a".repeat(65)));
+        assert!(!valid_hostname("-x"));
+    }
+}

@@ -1,0 +1,173 @@
+//! The container engine: containerd, then dockerd once containerd answers, each under
+//! its own [`Supervisor`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmachine_protocol::control::{ProcessInfo, ServiceState};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::reaper::Reaper;
+use crate::supervisor::{Policy, Readiness, Spec, StartAfter, Supervisor};
+
+pub const CONTAINERD: &str = "/usr/bin/containerd";
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+pub const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
+pub const DOCKER_SOCK: &str = "/run/docker.sock";
+pub const CONTAINERD_LOG: &str = "/var/log/containerd.log";
+pub const DOCKERD_LOG: &str = "/var/log/docker.log";
+
+/// How long dockerd may take to stop before it is killed.
+pub const DOCKERD_STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long containerd may take to stop before it is killed.
+pub const CONTAINERD_STOP_GRACE: Duration = Duration::from_secs(10);
+/// dockerd starts after containerd answers, or after this long regardless.
+const CONTAINERD_WAIT: Duration = Duration::from_secs(30);
+
+/// The running engine.
+pub struct Engine {
+    containerd: Supervisor,
+    dockerd: Supervisor,
+}
+
+fn containerd_spec() -> Spec {
+    Spec {
+        name: "containerd",
+        program: CONTAINERD.into(),
+        args: Vec::new(),
+        log_path: Some(CONTAINERD_LOG.into()),
+        readiness: Readiness::UnixSocket(CONTAINERD_SOCK.into()),
+    }
+}
+
+fn dockerd_spec() -> Spec {
+    Spec {
+        name: "dockerd",
+        program: DOCKERD.into(),
+        args: vec![
+            format!("--containerd={CONTAINERD_SOCK}"),
+            "-H".into(),
+            format!("unix://{DOCKER_SOCK}"),
+        ],
+        log_path: Some(DOCKERD_LOG.into()),
+        readiness: Readiness::HttpOk {
+            socket: PathBuf::from(DOCKER_SOCK),
+            path: "/_ping",
+        },
+    }
+}
+
+impl Engine {
+    /// Starts containerd now and dockerd as soon as containerd answers.
+    pub fn start(
+        reaper: &Reaper,
+        containerd_info: Arc<watch::Sender<ProcessInfo>>,
+        dockerd_info: Arc<watch::Sender<ProcessInfo>>,
+    ) -> Engine {
+        info!("starting containerd and dockerd");
+        let after = StartAfter {
+            name: "containerd",
+            info: containerd_info.subscribe(),
+            timeout: CONTAINERD_WAIT,
+        };
+        let containerd = Supervisor::start(
+            containerd_spec(),
+            Policy::ENGINE,
+            None,
+            reaper.clone(),
+            containerd_info,
+        );
+        let dockerd = Supervisor::start(
+            dockerd_spec(),
+            Policy::ENGINE,
+            Some(after),
+            reaper.clone(),
+            dockerd_info,
+        );
+        Engine {
+            containerd,
+            dockerd,
+        }
+    }
+
+    /// Stops dockerd, then containerd, each with its grace period.
+    pub async fn stop(self) {
+        self.dockerd.stop(DOCKERD_STOP_GRACE).await;
+        self.containerd.stop(CONTAINERD_STOP_GRACE).await;
+    }
+}
+
+/// Marks both engine processes failed: they will not be started.
+pub fn mark_failed(infos: [&watch::Sender<ProcessInfo>; 2], reason: &str) {
+    for info in infos {
+        info.send_modify(|i| {
+            i.state = ServiceState::Failed;
+            i.last_error = Some(reason.to_string());
+        });
+    }
+}
+
+/// The wire name of a state, as in `info` replies.
+pub fn state_name(state: ServiceState) -> &'static str {
+    match state {
+        ServiceState::Pending => "pending",
+        ServiceState::Starting => "starting",
+        ServiceState::Running => "running",
+        ServiceState::Restarting => "restarting",
+        ServiceState::Stopped => "stopped",
+        ServiceState::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_dockerd_uses_containerd_socket_and_docker_socket() {
+        let spec = dockerd_spec();
+        assert_eq!(
+            spec.args,
+            [
+                "--containerd=/run/containerd/containerd.sock",
+                "-H",
+                "unix:///run/docker.sock"
+            ]
+        );
+        assert!(matches!(
+            spec.readiness,
+            Readiness::HttpOk { path: "/_ping", .. }
+        ));
+        assert!(
+            matches!(containerd_spec().readiness, Readiness::UnixSocket(p) if p == std::path::Path::new(CONTAINERD_SOCK))
+        );
+    }
+
+    #[test]
+    fn test_state_names_match_the_wire() {
+        for state in [
+            ServiceState::Pending,
+            ServiceState::Starting,
+            ServiceState::Running,
+            ServiceState::Restarting,
+            ServiceState::Stopped,
+            ServiceState::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state_name(state));
+        }
+    }
+
+    #[test]
+    fn test_mark_failed_keeps_the_reason() {
+        let (a, _ra) = watch::channel(crate::supervisor::pending_info());
+        let (b, rb) = watch::channel(crate::supervisor::pending_info());
+        mark_failed([&a, &b], "data disk /dev/vdb: not found");
+        assert_eq!(rb.borrow().state, ServiceState::Failed);
+        assert_eq!(
+            rb.borrow().last_error.as_deref(),
+            Some("data disk /dev/vdb: not found")
+        );
+    }
+}

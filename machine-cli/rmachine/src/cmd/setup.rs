@@ -1,0 +1,55 @@
+//! `rmachine setup`: puts the docker CLI (when missing) and the compose and buildx CLI
+//! plugins (Debian trixie's) where the docker CLI finds them, so `docker compose` and
+//! `docker buildx` work against machines.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rmachine_image::Progress;
+
+use crate::progress::StepProgress;
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// Where CLI plugins go (default: $DOCKER_CONFIG/cli-plugins or ~/.docker/cli-plugins).
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Where a docker CLI goes when none is installed (default: ~/.local/bin, or
+    /// /usr/local/bin as root).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Debian archive URL (default: the mirror the host's apt uses).
+    #[arg(long)]
+    pub mirror: Option<String>,
+}
+
+pub fn run(args: SetupArgs) -> anyhow::Result<()> {
+    let paths = rmachine_machine::paths::Paths::from_env()?;
+    let plugin_dir = match args.plugin_dir {
+        Some(d) => d,
+        None => rmachine_machine::docker_context::docker_config_dir()?.join("cli-plugins"),
+    };
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None if is_root() => PathBuf::from("/usr/local/bin"),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/bin"),
+    };
+    let progress = StepProgress::new();
+    progress.step(1, 1, "docker CLI tools");
+    let done = rmachine_image::host_tools::install(&paths, &plugin_dir, &bin_dir, args.mirror.as_deref(), &progress)?;
+    for p in &done.plugins {
+        println!("installed {}", p.display());
+    }
+    if let Some(cli) = &done.docker_cli {
+        println!("installed {}", cli.display());
+    }
+    progress.done("docker CLI, compose and buildx ready");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|r| r.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
