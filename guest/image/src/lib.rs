@@ -172,7 +172,7 @@ pub fn list(paths: &Paths) -> Result<Vec<(Manifest, std::time::SystemTime)>, Ima
             out.push((m, built));
         }
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     Ok(out)
 }
 

@@ -38,6 +38,9 @@ pub struct Machine {
     pub state: MachineState,
 }
 
+/// A machine name with the machine, or why it could not be loaded.
+pub type Listed = (String, Result<Machine, StoreError>);
+
 /// The machine store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -101,7 +104,7 @@ impl Store {
     }
 
     /// Every machine; one whose files are broken is reported as an `Err` in its slot.
-    pub fn list(&self) -> Result<Vec<(String, Result<Machine, StoreError>)>, StoreError> {
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
         Ok(self.names()?.into_iter().map(|n| (n.clone(), self.load(&n))).collect())
     }
 
@@ -145,7 +148,7 @@ pub fn is_hostagent(pid: u32, name: &str) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    args.iter().any(|a| *a == b"hostagent") && args.iter().any(|a| *a == name.as_bytes())
+    args.contains(&&b"hostagent"[..]) && args.contains(&name.as_bytes())
 }
 
 /// Machine names: 1-40 of a-z, 0-9, '-', '_', starting with a letter or digit.

@@ -42,7 +42,7 @@ pub fn load(name: &str) -> anyhow::Result<Machine> {
 
 /// Bytes as MiB or GiB for tables.
 pub fn human_mib(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{}GiB", mib / 1024)
     } else {
         format!("{mib}MiB")

@@ -1,0 +1,5 @@
+//! Virtio transports. Only virtio-mmio (virtio 1.2, 4.2), version 2 (no legacy interface).
+
+pub mod mmio;
+
+pub use mmio::{MmioTransport, TransportMetrics, MMIO_SIZE};

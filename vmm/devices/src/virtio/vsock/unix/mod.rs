@@ -1,0 +1,5 @@
+//! The hybrid unix-socket backend of the vsock device.
+
+mod muxer;
+
+pub use muxer::{FdOp, VsockMuxer, LISTENER_TOKEN, TOKEN_BASE};

@@ -1,0 +1,158 @@
+//! KVM smoke tests of the hypervisor layer: real-mode code doing port and MMIO I/O, and kicks.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hypervisor::x86_64::Segment;
+use hypervisor::{Hypervisor, MemoryFlags, Vm, VmConfig, VmExit};
+
+/// The KVM backend, or `None` (with the reason printed) when `/dev/kvm` is unusable. Panics
+/// instead of skipping when `REQUIRE_KVM=1`.
+fn require_kvm() -> Option<Box<dyn Hypervisor>> {
+    match hypervisor::new() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("REQUIRE_KVM=1 but the hypervisor is unusable: {e}");
+            }
+            eprintln!("skipped: the hypervisor is unusable: {e}");
+            None
+        }
+    }
+}
+
+/// Anonymous memory mapped for a test guest.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> Self {
+        // SAFETY: anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Mapping {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.len);
+        // SAFETY: the range is inside the mapping (checked above) and the guest is not running.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`; the VM is dropped before.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A VM whose vCPU starts in real mode at 0x1000 running `code`.
+fn real_mode_vm(h: &dyn Hypervisor, mem: &Mapping, code: &[u8]) -> Box<dyn Vm> {
+    let vm = h.create_vm(&VmConfig { vcpu_count: 1 }).expect("create vm");
+    mem.write(0x1000, code);
+    // SAFETY: the mapping outlives the VM in every test (declared before it).
+    unsafe { vm.map_memory(0, 0, mem.ptr, mem.len as u64, MemoryFlags::default()) }.expect("map");
+    vm
+}
+
+fn setup_real_mode(vcpu: &dyn hypervisor::Vcpu) {
+    let mut sregs = vcpu.sregs().expect("sregs");
+    sregs.cs = Segment {
+        base: 0,
+        selector: 0,
+        ..sregs.cs
+    };
+    vcpu.set_sregs(&sregs).expect("set sregs");
+    let mut regs = vcpu.regs().expect("regs");
+    regs.rip = 0x1000;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).expect("set regs");
+}
+
+#[test]
+fn test_kvm_port_and_mmio_exits() {
+    let Some(h) = require_kvm() else { return };
+    let mem = Mapping::new(0x2000);
+    let code = [
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'K', // mov al, 'K'
+        0xee, // out dx, al
+        0xa2, 0x00, 0x30, // mov [0x3000], al  (unmapped: MMIO write)
+        0xa0, 0x00, 0x30, // mov al, [0x3000]  (MMIO read)
+        0xe6, 0x80, // out 0x80, al
+        0xeb, 0xfe, // jmp $
+    ];
+    let vm = real_mode_vm(h.as_ref(), &mem, &code);
+    let mut vcpu = vm.create_vcpu(0).expect("vcpu");
+    setup_real_mode(vcpu.as_ref());
+    match vcpu.run().expect("run") {
+        VmExit::IoOut { port: 0x3f8, data } => assert_eq!(data, b"K"),
+        other => panic!("unexpected exit {other:?}"),
+    }
+    match vcpu.run().expect("run") {
+        VmExit::MmioWrite { addr: 0x3000, data } => assert_eq!(data, b"K"),
+        other => panic!("unexpected exit {other:?}"),
+    }
+    match vcpu.run().expect("run") {
+        VmExit::MmioRead { addr: 0x3000, data } => data.copy_from_slice(b"Z"),
+        other => panic!("unexpected exit {other:?}"),
+    }
+    match vcpu.run().expect("run") {
+        VmExit::IoOut { port: 0x80, data } => assert_eq!(data, b"Z"),
+        other => panic!("unexpected exit {other:?}"),
+    }
+}
+
+#[test]
+fn test_kvm_kick_interrupts_spinning_guest() {
+    let Some(h) = require_kvm() else { return };
+    let mem = Mapping::new(0x2000);
+    let vm = real_mode_vm(h.as_ref(), &mem, &[0xeb, 0xfe]);
+    let (tx, rx) = mpsc::channel();
+    let vm: std::sync::Arc<dyn Vm> = std::sync::Arc::from(vm);
+    let vcpu_vm = vm.clone();
+    let handle = std::thread::spawn(move || {
+        let mut vcpu = vcpu_vm.create_vcpu(0).expect("vcpu");
+        setup_real_mode(vcpu.as_ref());
+        tx.send(vcpu.kicker()).expect("send kicker");
+        // Two kicks: one likely during KVM_RUN, one possibly before it.
+        for _ in 0..2 {
+            match vcpu.run().expect("run") {
+                VmExit::Interrupted => {}
+                other => panic!("unexpected exit {other:?}"),
+            }
+        }
+    });
+    let kicker = rx.recv().expect("kicker");
+    std::thread::sleep(Duration::from_millis(50));
+    kicker.kick();
+    std::thread::sleep(Duration::from_millis(10));
+    kicker.kick();
+    handle.join().expect("vcpu thread");
+}
+
+#[test]
+fn test_kvm_supported_cpuid_has_basic_leaves() {
+    let Some(h) = require_kvm() else { return };
+    let cpuid = h.supported_cpuid().expect("cpuid");
+    assert!(cpuid.iter().any(|e| e.function == 0));
+    assert!(cpuid.iter().any(|e| e.function == 1));
+    let caps = h.capabilities();
+    assert_eq!(caps.backend, "kvm");
+    assert!(caps.max_vcpus >= 1);
+}

@@ -1,0 +1,97 @@
+//! The hyper server of the control API, on its own thread with a single-threaded runtime.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::{route, VmController};
+
+/// Binds `path` (replacing a stale socket) and serves the API on a background thread.
+pub fn serve(path: &Path, vm: Arc<dyn VmController>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::Builder::new()
+        .name("api".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "api: cannot use the socket");
+                        return;
+                    }
+                };
+                loop {
+                    let stream = match listener.accept().await {
+                        Ok((s, _)) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "api: accept failed");
+                            continue;
+                        }
+                    };
+                    let vm = vm.clone();
+                    tokio::spawn(async move {
+                        let poweroff = Arc::new(AtomicBool::new(false));
+                        let (service_vm, service_poweroff) = (vm.clone(), poweroff.clone());
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let (vm, poweroff) = (service_vm.clone(), service_poweroff.clone());
+                            async move { Ok::<_, Infallible>(handle(req, &vm, &poweroff)) }
+                        });
+                        if let Err(e) = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "api: connection error");
+                        }
+                        // The answer has been written and the client is gone.
+                        if poweroff.load(Ordering::SeqCst) {
+                            vm.poweroff();
+                        }
+                    });
+                }
+            });
+        })?;
+    Ok(())
+}
+
+fn handle(
+    req: Request<Incoming>,
+    vm: &Arc<dyn VmController>,
+    poweroff: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    let reply = route(req.method().as_str(), req.uri().path(), vm.as_ref());
+    if reply.poweroff_after {
+        poweroff.store(true, Ordering::SeqCst);
+        // A client that keeps the connection open does not delay the power-off for long.
+        let vm = vm.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            vm.poweroff();
+        });
+    }
+    tracing::info!(method = %req.method(), path = req.uri().path(), status = reply.status, "api request");
+    let body = reply.body.map(|b| b.to_string()).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if reply.status != 204 && reply.status != 202 {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}

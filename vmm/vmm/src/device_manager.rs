@@ -1,0 +1,292 @@
+//! Creates the devices of a VM, places them on the I/O-port and MMIO buses, and runs their
+//! event loop.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{lock, Bus};
+use devices::interrupt::InterruptLine;
+use devices::legacy::{Cmos, Serial, SerialOutput, I8042};
+use devices::metrics::MetricsSource;
+use devices::transport::{MmioTransport, MMIO_SIZE};
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{Vsock, VsockConfig as DeviceVsockConfig};
+use devices::GuestMemory;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use hypervisor::Vm;
+
+use crate::config::{ResolvedConfig, SlotDevice};
+use crate::layout::*;
+use crate::vcpu::VmmExit;
+
+/// Errors of device creation.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The serial log could not be opened.
+    #[error("cannot open serial log {0}")]
+    SerialLog(String, #[source] std::io::Error),
+    /// A disk could not be opened.
+    #[error("cannot create disk {0}")]
+    Block(String, #[source] devices::virtio::block::BlockError),
+    /// The rng device could not be created.
+    #[error("cannot create the rng device")]
+    Rng(#[source] devices::virtio::rng::RngError),
+    /// The vsock device could not be created.
+    #[error("cannot create the vsock device")]
+    Vsock(#[source] devices::virtio::vsock::VsockError),
+    /// A transport could not be created.
+    #[error("cannot create the virtio-mmio transport of {0}")]
+    Transport(String, #[source] std::io::Error),
+    /// Two devices claim one bus range.
+    #[error("cannot place {0} on its bus")]
+    Bus(String, #[source] devices::bus::BusError),
+    /// The event loop could not start.
+    #[error("cannot start the device event loop")]
+    EventLoop(#[source] std::io::Error),
+}
+
+/// An IOAPIC pin of the VM.
+pub struct VmIrq {
+    vm: Arc<dyn Vm>,
+    line: u32,
+}
+
+impl VmIrq {
+    /// Pin `line` of `vm`.
+    pub fn new(vm: Arc<dyn Vm>, line: u32) -> Arc<Self> {
+        Arc::new(VmIrq { vm, line })
+    }
+}
+
+impl InterruptLine for VmIrq {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.vm.inject_irq(self.line).map_err(std::io::Error::other)
+    }
+}
+
+/// A virtio device as the VMM reports it.
+pub struct VirtioEntry {
+    /// Configured id (`disks[i].id`, `vsock`, `rng`).
+    pub id: String,
+    /// Device kind (`block`, `vsock`, `rng`).
+    pub kind: &'static str,
+    /// virtio-mmio slot.
+    pub slot: u8,
+    /// MMIO window.
+    pub addr: u64,
+    /// IOAPIC pin.
+    pub irq: u32,
+    /// The transport's counters.
+    pub transport_metrics: Arc<dyn MetricsSource>,
+    /// The device's counters.
+    pub device_metrics: Arc<dyn MetricsSource>,
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A freshly created virtio device: id, kind, the device for its transport, the same device as
+/// an event subscriber, and its counters.
+type NewDevice = (
+    String,
+    &'static str,
+    Arc<Mutex<dyn devices::virtio::VirtioDevice>>,
+    Subscriber,
+    Arc<dyn MetricsSource>,
+);
+
+/// All devices of one VM.
+pub struct DeviceManager {
+    /// x86 I/O ports.
+    pub pio: Arc<Bus>,
+    /// Memory-mapped devices.
+    pub mmio: Arc<Bus>,
+    /// COM1.
+    pub serial: Arc<Mutex<Serial>>,
+    /// The keyboard controller (reset, Ctrl-Alt-Del).
+    pub i8042: Arc<Mutex<I8042>>,
+    /// virtio devices, by slot.
+    pub virtio: Vec<VirtioEntry>,
+    subscribers: Vec<Subscriber>,
+}
+
+impl DeviceManager {
+    /// Creates every configured device. A guest reset through the i8042 sends
+    /// [`VmmExit::GuestReset`] on `exit`.
+    pub fn new(
+        config: &ResolvedConfig,
+        vm: Arc<dyn Vm>,
+        mem: &GuestMemory,
+        exit: Sender<VmmExit>,
+    ) -> Result<Self, DeviceError> {
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+
+        let serial_cfg = config.config.serial.clone().unwrap_or_default();
+        let log = match &serial_cfg.log_path {
+            Some(path) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| DeviceError::SerialLog(path.display().to_string(), e))?,
+            ),
+            None => None,
+        };
+        let serial = Arc::new(Mutex::new(Serial::new(
+            VmIrq::new(vm.clone(), SERIAL_IRQ),
+            SerialOutput::new(log, serial_cfg.stdio),
+        )));
+        pio.insert(serial.clone(), SERIAL_PORT, 8)
+            .map_err(|e| DeviceError::Bus("serial".into(), e))?;
+        if serial_cfg.stdio {
+            spawn_stdin_reader(serial.clone());
+        }
+
+        let reset_exit = Mutex::new(exit);
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            VmIrq::new(vm.clone(), I8042_IRQ),
+            Box::new(move || {
+                let _ = lock(&reset_exit).send(VmmExit::GuestReset);
+            }),
+        )));
+        pio.insert(i8042.clone(), I8042_PORT, 5)
+            .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
+        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)
+            .map_err(|e| DeviceError::Bus("cmos".into(), e))?;
+
+        let mut virtio = Vec::new();
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        for (&slot, device) in &config.slots {
+            let (id, kind, dev, sub, metrics): NewDevice = match device {
+                SlotDevice::Disk(i) => {
+                    let disk = &config.config.disks[*i];
+                    let block = Block::new(BlockConfig {
+                        id: disk.id.clone(),
+                        path: disk.path.clone(),
+                        read_only: disk.read_only,
+                    })
+                    .map_err(|e| DeviceError::Block(disk.id.clone(), e))?;
+                    let metrics = block.metrics();
+                    let block = Arc::new(Mutex::new(block));
+                    (disk.id.clone(), "block", block.clone(), block, metrics)
+                }
+                SlotDevice::Rng => {
+                    let rng = Rng::new().map_err(DeviceError::Rng)?;
+                    let metrics = rng.metrics();
+                    let rng = Arc::new(Mutex::new(rng));
+                    ("rng".to_string(), "rng", rng.clone(), rng, metrics)
+                }
+                SlotDevice::Vsock => {
+                    let cfg = config
+                        .config
+                        .vsock
+                        .as_ref()
+                        .expect("a vsock slot exists only with a vsock config");
+                    let vsock = Vsock::new(DeviceVsockConfig {
+                        guest_cid: u64::from(cfg.guest_cid),
+                        uds_path: cfg.uds_path.clone(),
+                    })
+                    .map_err(DeviceError::Vsock)?;
+                    let metrics = vsock.metrics();
+                    let vsock = Arc::new(Mutex::new(vsock));
+                    ("vsock".to_string(), "vsock", vsock.clone(), vsock, metrics)
+                }
+            };
+            let addr = virtio_mmio_addr(slot);
+            let irq = virtio_irq(slot);
+            let transport = MmioTransport::new(mem.clone(), dev, VmIrq::new(vm.clone(), irq))
+                .map_err(|e| DeviceError::Transport(id.clone(), e))?;
+            let transport_metrics = transport.metrics();
+            mmio.insert(Arc::new(Mutex::new(transport)), addr, MMIO_SIZE)
+                .map_err(|e| DeviceError::Bus(id.clone(), e))?;
+            subscribers.push(sub);
+            virtio.push(VirtioEntry {
+                id,
+                kind,
+                slot,
+                addr,
+                irq,
+                transport_metrics,
+                device_metrics: metrics,
+            });
+        }
+        Ok(DeviceManager {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            serial,
+            i8042,
+            virtio,
+            subscribers,
+        })
+    }
+
+    /// `(address, irq)` of each virtio device, for the kernel command line.
+    pub fn virtio_cmdline_entries(&self) -> Vec<(u64, u32)> {
+        self.virtio.iter().map(|v| (v.addr, v.irq)).collect()
+    }
+
+    /// Starts the thread that runs the devices' event handlers.
+    pub fn start_event_loop(&mut self) -> Result<(), DeviceError> {
+        let mut manager: EventManager<Subscriber> = EventManager::new()
+            .map_err(|e| DeviceError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
+        for sub in self.subscribers.drain(..) {
+            manager.add_subscriber(sub);
+        }
+        std::thread::Builder::new()
+            .name("devices".to_string())
+            .spawn(move || loop {
+                if let Err(e) = manager.run() {
+                    tracing::error!(error = ?e, "device event loop failed");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            })
+            .map_err(DeviceError::EventLoop)?;
+        Ok(())
+    }
+
+    /// Per-device counters as JSON.
+    pub fn metrics(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for v in &self.virtio {
+            map.insert(
+                v.id.clone(),
+                serde_json::json!({
+                    "kind": v.kind,
+                    "device": v.device_metrics.snapshot(),
+                    "transport": v.transport_metrics.snapshot(),
+                }),
+            );
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Feeds the VMM's stdin to the serial port.
+fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
+    let spawned = std::thread::Builder::new()
+        .name("serial-stdin".to_string())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut sent = 0;
+                        while sent < n {
+                            sent += lock(&serial).enqueue_input(&buf[sent..n]);
+                            if sent < n {
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the serial stdin reader");
+    }
+}

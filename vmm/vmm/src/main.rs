@@ -1,0 +1,89 @@
+//! `rmachine-vmm --config FILE`: boots the VM the JSON document describes and runs it until
+//! the guest resets or shuts down (exit status 0) or something fails (exit status 1).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use vmm::builder::Vmm;
+use vmm::config::VmConfig;
+
+/// rmachine's KVM microVM monitor.
+#[derive(Debug, Parser)]
+#[command(name = "rmachine-vmm", version, about, long_about = None)]
+struct Cli {
+    /// The VM's JSON configuration (see the `vmm::config` documentation).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Log file (default: stderr). The level comes from RUST_LOG (default: info).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+}
+
+fn init_logging(log_file: Option<&PathBuf>) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = VmConfig::from_file(&cli.config)?.validate()?;
+    let api_socket = config.config.api_socket.clone();
+    let vmm = Vmm::start(config).context("cannot start the vm")?;
+    if let Some(path) = api_socket {
+        vmm::api::serve(&path, vmm.handle())
+            .with_context(|| format!("cannot serve the api on {}", path.display()))?;
+    }
+    let reason = vmm.wait();
+    match &reason {
+        vmm::vcpu::VmmExit::GuestReset => {
+            tracing::info!("guest reset the machine; vmm exiting with status 0")
+        }
+        vmm::vcpu::VmmExit::GuestShutdown => {
+            tracing::info!("guest shut down; vmm exiting with status 0")
+        }
+        vmm::vcpu::VmmExit::Poweroff => {
+            tracing::info!("powered off through the api; vmm exiting with status 0")
+        }
+        vmm::vcpu::VmmExit::Error(e) => {
+            tracing::error!(error = %e, "vm failed; vmm exiting with status 1")
+        }
+    }
+    Ok(reason.exit_code())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_file.as_ref()) {
+        eprintln!("rmachine-vmm: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        // Exit at once: vCPU and device threads are not joined.
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("rmachine-vmm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! vCPU threads: each vCPU is created, configured and run on its own thread; pause and resume
+//! go through [`VcpuControl`] and the vCPUs' kickers.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::Duration;
+
+use devices::bus::{lock, Bus};
+use hypervisor::x86_64::CpuidEntry;
+use hypervisor::{Vcpu, VcpuKicker, Vm, VmExit};
+
+use crate::boot::{cpuid, regs, BootProtocol};
+
+/// Why the VMM stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmExit {
+    /// The guest reset the machine (i8042 0xFE, `reboot=k`, or a hypervisor reset event).
+    GuestReset,
+    /// The guest shut down (triple fault or power-off).
+    GuestShutdown,
+    /// The control API asked for an immediate stop.
+    Poweroff,
+    /// A vCPU failed.
+    Error(String),
+}
+
+impl VmmExit {
+    /// The process exit status: 0 for a guest-initiated or requested stop, 1 for a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmmExit::Error(_) => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// How the vCPUs boot.
+#[derive(Debug, Clone)]
+pub struct BootSetup {
+    /// Entry point.
+    pub entry: u64,
+    /// Protocol.
+    pub protocol: BootProtocol,
+    /// CPUID as KVM supports it.
+    pub supported_cpuid: Vec<CpuidEntry>,
+    /// Features to hide.
+    pub disabled_features: Vec<cpuid::Feature>,
+    /// Number of vCPUs.
+    pub vcpu_count: u8,
+}
+
+#[derive(Default)]
+struct RunState {
+    paused: bool,
+    parked: usize,
+}
+
+/// Pause/resume of all vCPUs.
+#[derive(Default)]
+pub struct VcpuControl {
+    state: Mutex<RunState>,
+    cv: Condvar,
+    kickers: Mutex<Vec<Box<dyn VcpuKicker>>>,
+}
+
+impl VcpuControl {
+    /// Stops every vCPU outside guest mode; returns once all are parked (or after 5 s).
+    pub fn pause(&self) -> Result<(), String> {
+        let count = {
+            let mut state = lock(&self.state);
+            state.paused = true;
+            lock(&self.kickers).len()
+        };
+        for k in lock(&self.kickers).iter() {
+            k.kick();
+        }
+        let state = lock(&self.state);
+        let (state, timeout) = self
+            .cv
+            .wait_timeout_while(state, Duration::from_secs(5), |s| s.parked < count)
+            .unwrap_or_else(|p| p.into_inner());
+        if timeout.timed_out() {
+            return Err(format!("only {} of {count} vcpus paused", state.parked));
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        lock(&self.state).paused = false;
+        self.cv.notify_all();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
+    fn park_if_paused(&self) {
+        let mut state = lock(&self.state);
+        if !state.paused {
+            return;
+        }
+        state.parked += 1;
+        self.cv.notify_all();
+        while state.paused {
+            state = self.cv.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.parked -= 1;
+    }
+}
+
+/// Spawns one thread per vCPU; they start running once all are configured.
+pub fn spawn_vcpus(
+    vm: Arc<dyn Vm>,
+    boot: BootSetup,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    control: Arc<VcpuControl>,
+    exit: Sender<VmmExit>,
+) -> std::io::Result<()> {
+    let barrier = Arc::new(Barrier::new(usize::from(boot.vcpu_count)));
+    for id in 0..boot.vcpu_count {
+        let (vm, boot, pio, mmio, control, exit, barrier) = (
+            vm.clone(),
+            boot.clone(),
+            pio.clone(),
+            mmio.clone(),
+            control.clone(),
+            exit.clone(),
+            barrier.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let vcpu = match create_vcpu(vm.as_ref(), id, &boot) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        let _ = exit.send(VmmExit::Error(e));
+                        None
+                    }
+                };
+                if let Some(vcpu) = &vcpu {
+                    lock(&control.kickers).push(vcpu.kicker());
+                }
+                barrier.wait();
+                if let Some(vcpu) = vcpu {
+                    let reason = run_vcpu(vcpu, id, &pio, &mmio, &control);
+                    let _ = exit.send(reason);
+                }
+            })?;
+    }
+    Ok(())
+}
+
+fn create_vcpu(vm: &dyn Vm, id: u8, boot: &BootSetup) -> Result<Box<dyn Vcpu>, String> {
+    let vcpu = vm
+        .create_vcpu(id)
+        .map_err(|e| format!("cannot create vcpu {id}: {e}"))?;
+    let cpuid = cpuid::filter(
+        &boot.supported_cpuid,
+        id,
+        boot.vcpu_count,
+        &boot.disabled_features,
+    );
+    vcpu.set_cpuid(&cpuid)
+        .map_err(|e| format!("cannot set cpuid of vcpu {id}: {e}"))?;
+    regs::setup_vcpu(vcpu.as_ref(), id, boot.entry, boot.protocol).map_err(|e| error_chain(&e))?;
+    Ok(vcpu)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Runs a vCPU until the VM stops; returns why.
+fn run_vcpu(
+    mut vcpu: Box<dyn Vcpu>,
+    id: u8,
+    pio: &Bus,
+    mmio: &Bus,
+    control: &VcpuControl,
+) -> VmmExit {
+    tracing::debug!(vcpu = id, "vcpu running");
+    loop {
+        control.park_if_paused();
+        match vcpu.run() {
+            Ok(VmExit::IoIn { port, data }) => {
+                if !pio.read(u64::from(port), data) {
+                    tracing::trace!(port, "read from an unhandled port");
+                    data.fill(0xff);
+                }
+            }
+            Ok(VmExit::IoOut { port, data }) => {
+                if !pio.write(u64::from(port), data) {
+                    tracing::trace!(port, "write to an unhandled port");
+                }
+            }
+            Ok(VmExit::MmioRead { addr, data }) => {
+                if !mmio.read(addr, data) {
+                    devices::warn_guest!(vcpu = id, addr, "read from unmapped guest address");
+                    data.fill(0xff);
+                }
+            }
+            Ok(VmExit::MmioWrite { addr, data }) => {
+                if !mmio.write(addr, data) {
+                    devices::warn_guest!(vcpu = id, addr, "write to unmapped guest address");
+                }
+            }
+            Ok(VmExit::Interrupted) => {}
+            Ok(VmExit::Halt) => {
+                tracing::info!(vcpu = id, "vcpu halted");
+                // Nothing will wake it: park until the VMM exits.
+                loop {
+                    std::thread::park();
+                }
+            }
+            Ok(VmExit::Shutdown) => {
+                tracing::info!(vcpu = id, "guest shut down (triple fault or power off)");
+                return VmmExit::GuestShutdown;
+            }
+            Ok(VmExit::Reset) => {
+                tracing::info!(vcpu = id, "guest requested a reset");
+                return VmmExit::GuestReset;
+            }
+            Ok(VmExit::Unhandled(what)) => {
+                tracing::error!(vcpu = id, exit = %what, "unhandled vcpu exit");
+                return VmmExit::Error(format!("vcpu {id}: unhandled exit {what}"));
+            }
+            Err(e) => {
+                tracing::error!(vcpu = id, error = %e, "vcpu run failed");
+                return VmmExit::Error(format!("vcpu {id}: {}", error_chain(&e)));
+            }
+        }
+    }
+}

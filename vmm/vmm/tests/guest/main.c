@@ -1,0 +1,346 @@
+/*
+ * rmachine-vmm test guest: freestanding x86_64 code booted like a Linux kernel. It checks the
+ * boot state, drives every virtio-mmio device announced on the command line (polling, with
+ * interrupts off), reports on COM1 with lines starting "rmguest: ", and resets the machine
+ * through the i8042.
+ */
+#include <stdint.h>
+#include <stddef.h>
+
+typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef uint64_t u64;
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u64 rdmsr(u32 msr) { u32 lo, hi; __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr)); return ((u64)hi << 32) | lo; }
+static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
+static inline u32 mmio_r(u64 a) { return *(volatile u32 *)a; }
+static inline void mmio_w(u64 a, u32 v) { *(volatile u32 *)a = v; }
+
+static void putc_(char c) {
+    for (int i = 0; i < 100000 && !(inb(0x3fd) & 0x20); i++) {}
+    outb(0x3f8, (u8)c);
+}
+static void puts_(const char *s) { while (*s) putc_(*s++); }
+static void putdec(u64 v) { char b[24]; int i = 0; do { b[i++] = '0' + v % 10; v /= 10; } while (v); while (i) putc_(b[--i]); }
+static void puthex(u64 v) { puts_("0x"); for (int i = 60; i >= 0; i -= 4) putc_("0123456789abcdef"[(v >> i) & 15]); }
+
+static int failures;
+static void fail(const char *what) { puts_("rmguest: FAIL "); puts_(what); putc_('\n'); failures++; }
+
+static void *memset_(void *d, int c, size_t n) { u8 *p = d; while (n--) *p++ = (u8)c; return d; }
+static void *memcpy_(void *d, const void *s, size_t n) { u8 *p = d; const u8 *q = s; while (n--) *p++ = *q++; return d; }
+void *memset(void *d, int c, size_t n) { return memset_(d, c, n); }
+void *memcpy(void *d, const void *s, size_t n) { return memcpy_(d, s, n); }
+static int memeq(const void *a, const void *b, size_t n) { const u8 *p = a, *q = b; while (n--) if (*p++ != *q++) return 0; return 1; }
+static int startswith(const char *s, const char *p) { while (*p) if (*s++ != *p++) return 0; return 1; }
+static u64 parse_num(const char **sp) {
+    const char *s = *sp; u64 v = 0; int base = 10;
+    if (s[0] == '0' && s[1] == 'x') { base = 16; s += 2; }
+    for (;;) {
+        char c = *s; int d;
+        if (c >= '0' && c <= '9') d = c - '0';
+        else if (base == 16 && c >= 'a' && c <= 'f') d = c - 'a' + 10;
+        else break;
+        v = v * base + d; s++;
+    }
+    *sp = s; return v;
+}
+
+/* ---- virtio-mmio ---- */
+enum { MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008, DEV_FEAT = 0x010, DEV_FEAT_SEL = 0x014,
+       DRV_FEAT = 0x020, DRV_FEAT_SEL = 0x024, QSEL = 0x030, QNUMMAX = 0x034, QNUM = 0x038,
+       QREADY = 0x044, QNOTIFY = 0x050, ISR = 0x060, IACK = 0x064, STATUS = 0x070,
+       QDESC_LO = 0x080, QDESC_HI = 0x084, QDRV_LO = 0x090, QDRV_HI = 0x094,
+       QDEV_LO = 0x0a0, QDEV_HI = 0x0a4, CONFIG = 0x100 };
+#define QSZ 16
+#define F_NEXT 1
+#define F_WRITE 2
+
+struct desc { u64 addr; u32 len; u16 flags; u16 next; };
+struct avail { u16 flags; u16 idx; u16 ring[QSZ]; u16 used_event; };
+struct used_elem { u32 id; u32 len; };
+struct used { u16 flags; u16 idx; struct used_elem ring[QSZ]; u16 avail_event; };
+
+struct vq {
+    u64 base; u32 index;
+    volatile struct desc *desc; volatile struct avail *avail; volatile struct used *used;
+    u16 last_used;
+};
+
+#define MAX_QUEUES 8
+static u8 ring_mem[MAX_QUEUES][3][4096] __attribute__((aligned(4096)));
+static int rings_used;
+
+static int vq_setup(struct vq *q, u64 base, u32 index) {
+    if (rings_used >= MAX_QUEUES) return -1;
+    u8 (*r)[4096] = ring_mem[rings_used++];
+    q->base = base; q->index = index; q->last_used = 0;
+    q->desc = (volatile struct desc *)r[0];
+    q->avail = (volatile struct avail *)r[1];
+    q->used = (volatile struct used *)r[2];
+    mmio_w(base + QSEL, index);
+    if (mmio_r(base + QNUMMAX) < QSZ) return -1;
+    mmio_w(base + QNUM, QSZ);
+    mmio_w(base + QDESC_LO, (u32)(u64)r[0]); mmio_w(base + QDESC_HI, (u32)((u64)r[0] >> 32));
+    mmio_w(base + QDRV_LO, (u32)(u64)r[1]); mmio_w(base + QDRV_HI, (u32)((u64)r[1] >> 32));
+    mmio_w(base + QDEV_LO, (u32)(u64)r[2]); mmio_w(base + QDEV_HI, (u32)((u64)r[2] >> 32));
+    mmio_w(base + QREADY, 1);
+    return mmio_r(base + QREADY) == 1 ? 0 : -1;
+}
+
+static void vq_post(struct vq *q, u16 head) {
+    q->avail->ring[q->avail->idx % QSZ] = head;
+    mb();
+    q->avail->idx = q->avail->idx + 1;
+    mb();
+    mmio_w(q->base + QNOTIFY, q->index);
+}
+
+/* Waits for the next used element; returns its length, or -1 after a long time. */
+static long vq_wait(struct vq *q, u32 *id) {
+    for (u64 spins = 0; spins < 4000000000ull; spins++) {
+        mb();
+        if (q->used->idx != q->last_used) {
+            volatile struct used_elem *e = &q->used->ring[q->last_used % QSZ];
+            q->last_used++;
+            if (id) *id = e->id;
+            mmio_w(q->base + IACK, mmio_r(q->base + ISR));
+            return e->len;
+        }
+        __asm__ volatile("pause");
+    }
+    return -1;
+}
+
+/* Negotiates features (VERSION_1 plus `want` in the low word); returns the low device features. */
+static int dev_init(u64 base, u32 want, u32 *features) {
+    mmio_w(base + STATUS, 0);
+    mmio_w(base + STATUS, 1);
+    mmio_w(base + STATUS, 1 | 2);
+    mmio_w(base + DEV_FEAT_SEL, 1);
+    u32 hi = mmio_r(base + DEV_FEAT);
+    mmio_w(base + DEV_FEAT_SEL, 0);
+    u32 lo = mmio_r(base + DEV_FEAT);
+    if (!(hi & 1)) return -1;
+    mmio_w(base + DRV_FEAT_SEL, 1); mmio_w(base + DRV_FEAT, 1);
+    mmio_w(base + DRV_FEAT_SEL, 0); mmio_w(base + DRV_FEAT, lo & want);
+    mmio_w(base + STATUS, 1 | 2 | 8);
+    if (!(mmio_r(base + STATUS) & 8)) return -1;
+    *features = lo;
+    return 0;
+}
+
+static void dev_ready(u64 base) { mmio_w(base + STATUS, 1 | 2 | 8 | 4); }
+
+/* ---- virtio-blk ---- */
+struct blk_hdr { u32 type; u32 reserved; u64 sector; };
+static struct blk_hdr bhdr __attribute__((aligned(16)));
+static u8 bdata[8192] __attribute__((aligned(4096)));
+static u8 bcheck[8192];
+static volatile u8 bstatus;
+
+static int blk_req(struct vq *q, u32 type, u64 sector, u32 len, int write_data) {
+    bhdr.type = type; bhdr.reserved = 0; bhdr.sector = sector; bstatus = 0xff;
+    q->desc[0].addr = (u64)&bhdr; q->desc[0].len = sizeof bhdr; q->desc[0].flags = F_NEXT; q->desc[0].next = 1;
+    u16 n = 1;
+    if (len) {
+        q->desc[1].addr = (u64)bdata; q->desc[1].len = len;
+        q->desc[1].flags = F_NEXT | (write_data ? 0 : F_WRITE); q->desc[1].next = 2; n = 2;
+    }
+    q->desc[n].addr = (u64)&bstatus; q->desc[n].len = 1; q->desc[n].flags = F_WRITE; q->desc[n].next = 0;
+    vq_post(q, 0);
+    if (vq_wait(q, 0) < 0) return -1;
+    return bstatus;
+}
+
+static void test_blk(u64 base) {
+    struct vq q; u32 f;
+    /* RO (5), FLUSH (9), DISCARD (13), WRITE_ZEROES (14) */
+    if (dev_init(base, (1u << 5) | (1u << 9) | (1u << 13) | (1u << 14), &f) || vq_setup(&q, base, 0)) { fail("blk init"); return; }
+    dev_ready(base);
+    u64 capacity = mmio_r(base + CONFIG) | ((u64)mmio_r(base + CONFIG + 4) << 32);
+    memset_(bdata, 0, 20);
+    if (blk_req(&q, 8, 0, 20, 0) != 0) { fail("blk get_id"); return; }
+    puts_("rmguest: blk "); puts_((const char *)bdata); puts_(" capacity "); putdec(capacity);
+    if (f & (1u << 5)) {
+        puts_(" read-only\n");
+        if (blk_req(&q, 0, 0, 512, 0) != 0) { fail("blk ro read"); return; }
+        memcpy_(bcheck, bdata, 512);
+        if (blk_req(&q, 1, 0, 512, 1) != 1) { fail("blk ro write not refused"); return; }
+        puts_("rmguest: blk ro ok\n");
+        return;
+    }
+    putc_('\n');
+    for (u32 i = 0; i < 4096; i++) bdata[i] = (u8)(i * 7 + 3);
+    memcpy_(bcheck, bdata, 4096);
+    if (blk_req(&q, 1, 2, 4096, 1) != 0) { fail("blk write"); return; }
+    memset_(bdata, 0, 4096);
+    if (blk_req(&q, 0, 2, 4096, 0) != 0) { fail("blk read"); return; }
+    if (!memeq(bdata, bcheck, 4096)) { fail("blk readback"); return; }
+    if (blk_req(&q, 4, 0, 0, 0) != 0) { fail("blk flush"); return; }
+    if (blk_req(&q, 0, capacity, 512, 0) != 1) { fail("blk read past end not refused"); return; }
+    if (blk_req(&q, 77, 0, 0, 0) != 2) { fail("blk unsupported not refused"); return; }
+    puts_("rmguest: blk rw ok\n");
+}
+
+/* ---- virtio-rng ---- */
+static u8 rbuf[64] __attribute__((aligned(64)));
+static void test_rng(u64 base) {
+    struct vq q; u32 f;
+    if (dev_init(base, 0, &f) || vq_setup(&q, base, 0)) { fail("rng init"); return; }
+    dev_ready(base);
+    memset_(rbuf, 0, sizeof rbuf);
+    q.desc[0].addr = (u64)rbuf; q.desc[0].len = sizeof rbuf; q.desc[0].flags = F_WRITE; q.desc[0].next = 0;
+    vq_post(&q, 0);
+    long len = vq_wait(&q, 0);
+    int nonzero = 0;
+    for (u32 i = 0; i < sizeof rbuf; i++) nonzero |= rbuf[i];
+    if (len != sizeof rbuf || !nonzero) { fail("rng"); return; }
+    puts_("rmguest: rng ok "); putdec(len); putc_('\n');
+}
+
+/* ---- virtio-vsock ---- */
+struct vsock_hdr {
+    u64 src_cid; u64 dst_cid; u32 src_port; u32 dst_port; u32 len; u16 type; u16 op;
+    u32 flags; u32 buf_alloc; u32 fwd_cnt;
+} __attribute__((packed));
+enum { OP_REQUEST = 1, OP_RESPONSE = 2, OP_RST = 3, OP_SHUTDOWN = 4, OP_RW = 5, OP_CREDIT_UPDATE = 6, OP_CREDIT_REQUEST = 7 };
+#define RXBUFS 8
+#define RXBUF_LEN (44 + 4096)
+static u8 vrx[RXBUFS][RXBUF_LEN] __attribute__((aligned(4096)));
+static u8 vtx[44 + 4096] __attribute__((aligned(4096)));
+static struct vq vsock_rx, vsock_tx;
+static u64 guest_cid;
+static u32 fwd_cnt;
+
+static void vsock_post_rx(u16 i) {
+    vsock_rx.desc[i].addr = (u64)vrx[i]; vsock_rx.desc[i].len = RXBUF_LEN;
+    vsock_rx.desc[i].flags = F_WRITE; vsock_rx.desc[i].next = 0;
+    vq_post(&vsock_rx, i);
+}
+
+static int vsock_send(u32 src_port, u32 dst_port, u16 op, u32 flags, const void *data, u32 len) {
+    struct vsock_hdr *h = (struct vsock_hdr *)vtx;
+    h->src_cid = guest_cid; h->dst_cid = 2; h->src_port = src_port; h->dst_port = dst_port;
+    h->len = len; h->type = 1; h->op = op; h->flags = flags; h->buf_alloc = 65536; h->fwd_cnt = fwd_cnt;
+    memcpy_(vtx + 44, data, len);
+    vsock_tx.desc[0].addr = (u64)vtx; vsock_tx.desc[0].len = 44 + len; vsock_tx.desc[0].flags = 0; vsock_tx.desc[0].next = 0;
+    vq_post(&vsock_tx, 0);
+    return vq_wait(&vsock_tx, 0) < 0 ? -1 : 0;
+}
+
+/* Receives the next packet for local port `port`, skipping credit updates; copies the payload. */
+static int vsock_recv(u32 port, struct vsock_hdr *out, u8 *data, u32 cap) {
+    for (;;) {
+        u32 id;
+        if (vq_wait(&vsock_rx, &id) < 0 || id >= RXBUFS) return -1;
+        struct vsock_hdr h;
+        memcpy_(&h, vrx[id], sizeof h);
+        u32 n = h.len < cap ? h.len : cap;
+        memcpy_(data, vrx[id] + 44, n);
+        vsock_post_rx((u16)id);
+        if (h.dst_port != port || h.op == OP_CREDIT_UPDATE) continue;
+        if (h.op == OP_RW) fwd_cnt += h.len;
+        *out = h;
+        return (int)n;
+    }
+}
+
+static u32 cmdline_num(const char *cmdline, const char *key) {
+    for (const char *s = cmdline; *s; s++) {
+        if ((s == cmdline || s[-1] == ' ') && startswith(s, key)) {
+            const char *p = s; while (*p && *p != '=') p++;
+            if (*p == '=') { p++; return (u32)parse_num(&p); }
+        }
+    }
+    return 0;
+}
+
+static void test_vsock(u64 base, const char *cmdline) {
+    u32 f; u8 buf[256]; struct vsock_hdr h;
+    if (dev_init(base, 0, &f) || vq_setup(&vsock_rx, base, 0) || vq_setup(&vsock_tx, base, 1)) { fail("vsock init"); return; }
+    struct vq evq;
+    if (vq_setup(&evq, base, 2)) { fail("vsock evq"); return; }
+    dev_ready(base);
+    guest_cid = mmio_r(base + CONFIG) | ((u64)mmio_r(base + CONFIG + 4) << 32);
+    puts_("rmguest: vsock cid "); putdec(guest_cid); putc_('\n');
+    for (u16 i = 0; i < RXBUFS; i++) vsock_post_rx(i);
+
+    u32 host_port = cmdline_num(cmdline, "rmtest.g2h");
+    if (host_port) {
+        const u32 me = 1234;
+        fwd_cnt = 0;
+        vsock_send(me, host_port, OP_REQUEST, 0, 0, 0);
+        if (vsock_recv(me, &h, buf, sizeof buf) < 0 || h.op != OP_RESPONSE) { fail("vsock g2h connect"); return; }
+        vsock_send(me, host_port, OP_RW, 0, "ping-from-guest", 15);
+        u32 got = 0;
+        while (got < 14) {
+            int n = vsock_recv(me, &h, buf + got, sizeof buf - got);
+            if (n < 0 || h.op != OP_RW) { fail("vsock g2h reply"); return; }
+            got += n;
+        }
+        if (!memeq(buf, "pong-from-host", 14)) { fail("vsock g2h data"); return; }
+        vsock_send(me, host_port, OP_SHUTDOWN, 3, 0, 0);
+        puts_("rmguest: vsock g2h ok\n");
+    }
+    u32 listen_port = cmdline_num(cmdline, "rmtest.h2g");
+    if (listen_port) {
+        fwd_cnt = 0; /* credit counters are per connection */
+        puts_("rmguest: vsock listening "); putdec(listen_port); putc_('\n');
+        int n;
+        do { n = vsock_recv(listen_port, &h, buf, sizeof buf); } while (n >= 0 && h.op != OP_REQUEST);
+        if (n < 0) { fail("vsock h2g request"); return; }
+        u32 peer = h.src_port;
+        vsock_send(listen_port, peer, OP_RESPONSE, 0, 0, 0);
+        u32 got = 0;
+        while (got < 11) {
+            n = vsock_recv(listen_port, &h, buf + got, sizeof buf - got);
+            if (n < 0 || h.op != OP_RW) { fail("vsock h2g data"); return; }
+            got += n;
+        }
+        if (!memeq(buf, "hello-guest", 11)) { fail("vsock h2g content"); return; }
+        vsock_send(listen_port, peer, OP_RW, 0, buf, got);
+        /* The host closes: SHUTDOWN, then we reset the connection. */
+        do { n = vsock_recv(listen_port, &h, buf, sizeof buf); } while (n >= 0 && h.op != OP_SHUTDOWN && h.op != OP_RST);
+        if (n < 0) { fail("vsock h2g close"); return; }
+        vsock_send(listen_port, peer, OP_RST, 0, 0, 0);
+        puts_("rmguest: vsock h2g ok\n");
+    }
+}
+
+/* ---- main ---- */
+void guest_main(u64 boot_params) {
+    puts_("rmguest: hello\n");
+    u64 efer = rdmsr(0xc0000080);
+    if (efer & (1 << 10)) puts_("rmguest: long mode ok\n"); else fail("long mode");
+    const u8 *bp = (const u8 *)boot_params;
+    if (*(const u16 *)(bp + 0x1fe) != 0xaa55 || !memeq(bp + 0x202, "HdrS", 4)) fail("boot_params magic");
+    const char *cmdline = (const char *)(u64)*(const u32 *)(bp + 0x228);
+    puts_("rmguest: cmdline: "); puts_(cmdline); putc_('\n');
+    puts_("rmguest: e820 entries "); putdec(bp[0x1e8]); putc_('\n');
+    const u8 *mp = (const u8 *)0x9fc00;
+    if (memeq(mp, "_MP_", 4)) {
+        const u8 *t = (const u8 *)(u64)*(const u32 *)(mp + 4);
+        u16 count = *(const u16 *)(t + 34); const u8 *e = t + 44; u32 cpus = 0;
+        for (u16 i = 0; i < count; i++) { if (e[0] == 0) { cpus++; e += 20; } else e += 8; }
+        puts_("rmguest: mp cpus "); putdec(cpus); putc_('\n');
+    } else fail("mp table");
+
+    for (const char *s = cmdline; *s; s++) {
+        if (!startswith(s, "virtio_mmio.device=")) continue;
+        const char *p = s + 19;
+        parse_num(&p); if (*p == 'K') p++;
+        if (*p++ != '@') continue;
+        u64 base = parse_num(&p);
+        if (mmio_r(base + MAGIC) != 0x74726976 || mmio_r(base + VERSION) != 2) { fail("virtio magic"); continue; }
+        u32 id = mmio_r(base + DEVICE_ID);
+        puts_("rmguest: virtio device "); putdec(id); puts_(" at "); puthex(base); putc_('\n');
+        if (id == 2) test_blk(base);
+        else if (id == 4) test_rng(base);
+        else if (id == 19) test_vsock(base, cmdline);
+    }
+    if (failures == 0) puts_("rmguest: all ok\n");
+    puts_("rmguest: resetting\n");
+    outb(0x64, 0xfe);
+    for (;;) __asm__ volatile("hlt");
+}

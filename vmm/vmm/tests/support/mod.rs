@@ -1,0 +1,192 @@
+//! Helpers of the KVM integration tests: the `require_kvm()` gate, the test guest (built from
+//! `tests/guest` with gcc at test time), and running `rmachine-vmm` with generous timeouts.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything the guest does (it runs at full speed; this only catches hangs).
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether KVM tests can run. Prints why they skip; panics instead when `REQUIRE_KVM=1`.
+pub fn require_kvm() -> bool {
+    match hypervisor::new() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("REQUIRE_KVM=1 but /dev/kvm is unusable: {e}");
+            }
+            eprintln!("skipped: /dev/kvm is unusable: {e}");
+            false
+        }
+    }
+}
+
+/// Builds the test guest ELF into `dir` and returns its path.
+pub fn build_guest(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
+    let out = dir.join("guest.elf");
+    let status = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-fno-pic",
+            "-no-pie",
+            "-mno-red-zone",
+            "-mgeneral-regs-only",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-O2",
+            "-Wall",
+            "-Werror",
+        ])
+        .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
+        .args(["-Wl,--build-id=none", "-Wl,-z,noexecstack", "-o"])
+        .arg(&out)
+        .arg(src.join("start.S"))
+        .arg(src.join("main.c"))
+        .status()
+        .expect("gcc runs (the test guest needs gcc and binutils)");
+    assert!(status.success(), "building the test guest failed");
+    out
+}
+
+/// A running `rmachine-vmm`.
+pub struct VmmProcess {
+    pub child: Child,
+    pub console: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl VmmProcess {
+    /// Starts `rmachine-vmm --config <dir>/vm.json` with `config` written there.
+    pub fn start(dir: &Path, config: &serde_json::Value) -> Self {
+        let config_path = dir.join("vm.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let stderr_path = dir.join("vmm.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rmachine-vmm"))
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RMTEST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("start rmachine-vmm");
+        VmmProcess {
+            child,
+            console: dir.join("console.log"),
+            stderr_path,
+        }
+    }
+
+    /// The console output so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// The VMM's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until the console contains `needle`.
+    pub fn wait_for_console(&mut self, needle: &str) {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if self.console().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "vmm exited ({status}) before {needle:?}\nconsole:\n{}\nlog:\n{}",
+                    self.console(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "timed out waiting for {needle:?}\nconsole:\n{}\nlog:\n{}",
+            self.console(),
+            self.log()
+        );
+    }
+
+    /// Waits until the VMM's log contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str) {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "timed out waiting for {needle:?} in the log:\n{}\nconsole:\n{}",
+            self.log(),
+            self.console()
+        );
+    }
+
+    /// Waits for the VMM to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "vmm did not exit\nconsole:\n{}\nlog:\n{}",
+            self.console(),
+            self.log()
+        );
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one HTTP/1.1 request over a unix socket; returns (status, body).
+pub fn http(socket: &Path, method: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the api");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Waits for a path to appear.
+pub fn wait_for_path(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
