@@ -292,3 +292,172 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
     assert!(status.success(), "tar failed");
     tarball
 }
+
+/// The `rmachine` binary of this build: `RMACHINE_BIN`, else beside the test binary's
+/// folder (`target/<profile>/rmachine`).
+pub fn rmachine_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RMACHINE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("rmachine");
+    assert!(bin.exists(), "{} not built: run `cargo build -p rmachine` (cargo nextest run --workspace builds it)", bin.display());
+    bin
+}
+
+/// A private rmachine home (sharing the installed guest images) and docker config
+/// (sharing the installed CLI plugins), so tests never touch the user's machines.
+pub struct MachineEnv {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub docker_config: PathBuf,
+}
+
+impl MachineEnv {
+    pub fn new() -> MachineEnv {
+        let (_, image_dir) = image();
+        let images = image_dir.parent().expect("images folder").to_path_buf();
+        // Short paths: unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new().prefix("rm").tempdir_in("/tmp").expect("temp dir");
+        let home = dir.path().join("h");
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
+        let docker_config = dir.path().join("d");
+        std::fs::create_dir_all(&docker_config).unwrap();
+        let user_config = std::env::var_os("DOCKER_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+        if let Some(plugins) = user_config.map(|c| c.join("cli-plugins")).filter(|p| p.exists()) {
+            std::os::unix::fs::symlink(plugins, docker_config.join("cli-plugins")).unwrap();
+        }
+        MachineEnv { dir, home, docker_config }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("RMACHINE_HOME", &self.home)
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .env("RMACHINE_BIN", rmachine_bin())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs `rmachine ARGS`.
+    pub fn rmachine(&self, args: &[&str]) -> Output {
+        self.command(&rmachine_bin()).args(args).output().expect("run rmachine")
+    }
+
+    /// Runs `rmachine ARGS` and asserts success; returns stdout.
+    pub fn rmachine_ok(&self, args: &[&str]) -> String {
+        let out = self.rmachine(args);
+        assert!(
+            out.status.success(),
+            "rmachine {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `rmachine ARGS`, asserts failure, and returns stderr.
+    pub fn rmachine_err(&self, args: &[&str]) -> String {
+        let out = self.rmachine(args);
+        assert!(!out.status.success(), "rmachine {} should have failed; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs the docker CLI with this env's config (its current context), stdin optional.
+    pub fn docker(&self, args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> Output {
+        use std::io::Write;
+        let mut cmd = self.command(Path::new("docker"));
+        cmd.args(args).envs(envs.iter().copied());
+        cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("run docker");
+        if let Some(bytes) = stdin {
+            child.stdin.take().expect("stdin").write_all(bytes).expect("write stdin");
+        }
+        child.wait_with_output().expect("wait docker")
+    }
+
+    /// Runs docker and asserts success; returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        self.docker_ok_with(args, None, &[])
+    }
+
+    pub fn docker_ok_with(&self, args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> String {
+        let out = self.docker(args, stdin, envs);
+        assert!(
+            out.status.success(),
+            "docker {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `rmachine ls --format json` entry of `name`.
+    pub fn listed(&self, name: &str) -> serde_json::Value {
+        let out = self.rmachine_ok(&["ls", "--format", "json"]);
+        let all: serde_json::Value = serde_json::from_str(&out).expect("ls json");
+        all.as_array()
+            .and_then(|a| a.iter().find(|m| m["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} not listed: {out}"))
+    }
+
+    /// The machine's state.json.
+    pub fn state(&self, name: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.home.join("machines").join(name).join("state.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The machine's host agent log, for failure messages.
+    pub fn hostagent_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.home.join("machines").join(name).join("hostagent.log")).unwrap_or_default()
+    }
+}
+
+impl Default for MachineEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MachineEnv {
+    fn drop(&mut self) {
+        // Leave no VM behind: kill every machine of this env.
+        if let Ok(entries) = std::fs::read_dir(self.home.join("machines")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let _ = self.rmachine(&["stop", "--force", &name]);
+            }
+        }
+    }
+}
+
+/// One HTTP GET to 127.0.0.1:port; the body on a 200.
+pub fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("unexpected reply: {out:?}")),
+    }
+}
+
+/// A loopback port that is free now.
+pub fn free_local_port() -> u16 {
+    free_port().port()
+}

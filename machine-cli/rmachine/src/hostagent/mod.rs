@@ -163,6 +163,8 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", docker_sock.display()))?;
     set_mode(&docker_sock, 0o600)?;
     let engine_task = tokio::spawn(rmachine_machine::forward::serve_unix(listener, carrier.clone(), Service::Engine));
+    let ports_shutdown = tokio_util::sync::CancellationToken::new();
+    let ports_task = publish_ports(carrier.clone(), state.clone(), ports_shutdown.clone());
 
     state.update(|s| {
         s.state = State::Running;
@@ -179,9 +181,54 @@ async fn serve(
             Ok(())
         }
     };
+    ports_shutdown.cancel();
+    let _ = ports_task.await;
     engine_task.abort();
     control_task.abort();
     result
+}
+
+/// Publishes the containers' ports on the host and mirrors them into `state.json`.
+fn publish_ports(
+    carrier: Arc<Carrier>,
+    state: SharedState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use rmachine_hostproxy::{PortEvent, Publisher};
+    let (events_tx, mut events_rx) = mpsc::channel::<PortEvent>(64);
+    let connector: Arc<dyn rmachine_hostproxy::GuestConnector> = Arc::new(carrier.as_ref().clone());
+    let publisher = Arc::new(Publisher::new(connector, events_tx));
+    let mut statuses = publisher.subscribe();
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            match &event {
+                PortEvent::Failed { .. } => tracing::warn!(event = %serde_json::to_string(&event).unwrap_or_default(), "port"),
+                _ => tracing::info!(event = %serde_json::to_string(&event).unwrap_or_default(), "port"),
+            }
+        }
+    });
+    let mirror_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = statuses.changed() => if changed.is_err() { break },
+                _ = mirror_shutdown.cancelled() => break,
+            }
+            let ports = statuses
+                .borrow_and_update()
+                .iter()
+                .map(|p| rmachine_machine::state::PublishedPort {
+                    proto: p.port.transport.proto().as_str().to_string(),
+                    host_ip: p.port.host_ip.to_string(),
+                    host_port: p.port.host_port,
+                    container: p.container.name.clone(),
+                    error: p.error.clone(),
+                })
+                .collect();
+            state.update(|s| s.ports = ports);
+        }
+    });
+    tokio::spawn(async move { publisher.run(shutdown).await })
 }
 
 async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
