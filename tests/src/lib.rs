@@ -62,7 +62,7 @@ impl Guest {
     /// Boots the image with `data_disk` under QEMU (accelerator chosen as the `qemu`
     /// driver does).
     pub fn boot(dir: &Path, data_disk: &Path) -> Guest {
-        let (manifest, image_dir) = image();
+        let (manifest, _) = image();
         let token = new_token();
         let config = GuestConfig {
             version: rmachine_protocol::PROTOCOL_VERSION,
@@ -75,6 +75,13 @@ impl Guest {
         };
         let config_disk = dir.join("config.img");
         std::fs::write(&config_disk, config.encode()).expect("write config disk");
+        Guest::boot_custom(dir, data_disk, &manifest.kernel_cmdline, &config_disk, token)
+    }
+
+    /// Boots the image with a given kernel command line and third disk (the config disk
+    /// normally); `token` is what the carrier presents.
+    pub fn boot_custom(dir: &Path, data_disk: &Path, cmdline: &str, third_disk: &Path, token: String) -> Guest {
+        let (manifest, image_dir) = image();
         let mut ports = BTreeMap::new();
         let mut forwards = Vec::new();
         for service in Service::ALL {
@@ -87,10 +94,10 @@ impl Guest {
         eprintln!("booting {} under QEMU ({}: {})", manifest.version, choice.accel.as_str(), choice.reason);
         let vm = QemuVm {
             kernel: image_dir.join(&manifest.kernel.file),
-            cmdline: manifest.kernel_cmdline.clone(),
+            cmdline: cmdline.to_string(),
             rootfs: image_dir.join(&manifest.rootfs.file),
             data_disk: data_disk.to_path_buf(),
-            config_disk,
+            config_disk: third_disk.to_path_buf(),
             cpus: 2,
             memory_mib: 2048,
             accel: choice.accel,
@@ -99,8 +106,8 @@ impl Guest {
             vsock_cid: None,
             qmp_socket: None,
             pid_file: None,
+            shares: vec![],
         };
-        eprintln!("qemu command: {:?}", vm.command());
         let child = vm
             .command()
             .stdin(std::process::Stdio::null())
@@ -115,6 +122,24 @@ impl Guest {
             child: Some(child),
             started: Instant::now(),
         }
+    }
+
+    /// Waits until the console shows `marker`; returns the time since QEMU started.
+    pub fn wait_console(&mut self, marker: &str, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            self.assert_running();
+            if std::fs::read_to_string(&self.console_log).is_ok_and(|t| t.contains(marker)) {
+                return self.started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("console never showed {marker:?} within {timeout:?}\n{}", self.console_tail());
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// The last lines of the console, for failure messages.
@@ -144,7 +169,7 @@ impl Guest {
                 Ok(other) => panic!("ping answered {other:?}"),
                 Err(e) => last = e,
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
         }
         panic!("agent did not answer ping within {timeout:?} (last error: {last})\n{}", self.console_tail());
     }
@@ -161,7 +186,7 @@ impl Guest {
                 }
                 last = Some(info);
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(50));
         }
         panic!("engine not running within {timeout:?}; last info: {last:?}\n{}", self.console_tail());
     }

@@ -33,6 +33,10 @@ pub struct BootConfig {
     pub data_disk: String,
     /// Host time when the config was written, ns since the epoch.
     pub host_time_unix_ns: Option<i64>,
+    /// The host as containers reach it (`host.docker.internal`).
+    pub host_addr: Option<String>,
+    /// Shared host folders (virtio-fs) to mount at their host paths.
+    pub mounts: Vec<rmachine_protocol::config_disk::Mount>,
 }
 
 impl BootConfig {
@@ -43,6 +47,8 @@ impl BootConfig {
             hostname: DEFAULT_HOSTNAME.into(),
             data_disk: DEFAULT_DATA_DISK.into(),
             host_time_unix_ns: None,
+            host_addr: None,
+            mounts: Vec::new(),
         }
     }
 
@@ -71,6 +77,8 @@ impl BootConfig {
             hostname,
             data_disk,
             host_time_unix_ns: Some(config.host_time_unix_ns).filter(|&t| t > 0),
+            host_addr: config.host_addr.filter(|a| a.parse::<std::net::IpAddr>().is_ok()),
+            mounts: config.mounts,
         }
     }
 }

@@ -42,15 +42,22 @@ fn containerd_spec() -> Spec {
     }
 }
 
-fn dockerd_spec() -> Spec {
+/// dockerd's command; `host_gateway` is the address `host-gateway` stands for in a
+/// container's extra hosts (`host.docker.internal:host-gateway`): the host as the guest
+/// reaches it.
+fn dockerd_spec(host_gateway: Option<&str>) -> Spec {
+    let mut args = vec![
+        format!("--containerd={CONTAINERD_SOCK}"),
+        "-H".into(),
+        format!("unix://{DOCKER_SOCK}"),
+    ];
+    if let Some(addr) = host_gateway {
+        args.push(format!("--host-gateway-ip={addr}"));
+    }
     Spec {
         name: "dockerd",
         program: DOCKERD.into(),
-        args: vec![
-            format!("--containerd={CONTAINERD_SOCK}"),
-            "-H".into(),
-            format!("unix://{DOCKER_SOCK}"),
-        ],
+        args,
         log_path: Some(DOCKERD_LOG.into()),
         readiness: Readiness::HttpOk {
             socket: PathBuf::from(DOCKER_SOCK),
@@ -63,6 +70,7 @@ impl Engine {
     /// Starts containerd now and dockerd as soon as containerd answers.
     pub fn start(
         reaper: &Reaper,
+        host_gateway: Option<&str>,
         containerd_info: Arc<watch::Sender<ProcessInfo>>,
         dockerd_info: Arc<watch::Sender<ProcessInfo>>,
     ) -> Engine {
@@ -80,7 +88,7 @@ impl Engine {
             containerd_info,
         );
         let dockerd = Supervisor::start(
-            dockerd_spec(),
+            dockerd_spec(host_gateway),
             Policy::ENGINE,
             Some(after),
             reaper.clone(),
@@ -127,13 +135,16 @@ mod tests {
 
     #[test]
     fn test_dockerd_uses_containerd_socket_and_docker_socket() {
-        let spec = dockerd_spec();
+        let spec = dockerd_spec(Some("10.0.2.2"));
+        assert!(spec.args.iter().any(|a| a == "--host-gateway-ip=10.0.2.2"));
+        assert!(!dockerd_spec(None).args.iter().any(|a| a.starts_with("--host-gateway-ip")));
         assert_eq!(
             spec.args,
             [
                 "--containerd=/run/containerd/containerd.sock",
                 "-H",
-                "unix:///run/docker.sock"
+                "unix:///run/docker.sock",
+                "--host-gateway-ip=10.0.2.2"
             ]
         );
         assert!(matches!(

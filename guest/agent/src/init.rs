@@ -23,6 +23,7 @@ use crate::mounts;
 use crate::network;
 use crate::reaper::Reaper;
 use crate::server::{self, Context};
+use crate::shares;
 use crate::shutdown::{self, ShutdownRequest};
 use crate::status::Status;
 
@@ -121,7 +122,14 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
         tokio::spawn(async move { network::setup(&reaper, &hostname).await })
     };
     let data = prepare_data_disk(&reaper, &config, log);
-    let (network, data) = tokio::join!(network, data);
+    let shares = {
+        let mounts = config.mounts.clone();
+        tokio::task::spawn_blocking(move || shares::mount_all(&mounts))
+    };
+    let (network, data, shares) = tokio::join!(network, data, shares);
+    if let Err(e) = shares {
+        warn!(error = %e, "shared folder task failed");
+    }
     match network {
         Ok(ip) => status.set_ip(ip.map(|ip| ip.to_string())),
         Err(e) => warn!(error = %e, "network setup task failed"),
@@ -133,6 +141,7 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
             status.set_data_disk_mounted(true);
             Some(Engine::start(
                 &reaper,
+                config.host_addr.as_deref(),
                 status.containerd.clone(),
                 status.dockerd.clone(),
             ))

@@ -26,6 +26,7 @@ mod proxy;
 mod rate_limit;
 mod reaper;
 mod server;
+mod shares;
 mod shutdown;
 mod status;
 mod supervisor;

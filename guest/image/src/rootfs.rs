@@ -25,7 +25,7 @@ const OVERLAY: &[(&str, &str)] = &[
 /// Bumped when the base steps (debootstrap, stripping) change.
 const BASE_RECIPE: &str = "1";
 /// Bumped when the final assembly steps change.
-const FINAL_RECIPE: &str = "1";
+const FINAL_RECIPE: &str = "2";
 
 /// Directories removed from the base to keep the image small.
 const STRIP: &[&str] = &[
@@ -48,6 +48,7 @@ const STRIP: &[&str] = &[
 /// Empty directories the agent mounts on (the image is read-only).
 const MOUNT_POINTS: &[&str] = &[
     "mnt/data",
+    "Users",
     "var/lib/docker",
     "var/lib/containerd",
     "var/log",

@@ -140,8 +140,11 @@ impl Settings {
             }
         }
         for m in self.mounts.iter().flatten() {
-            if !m.path.is_absolute() {
-                return invalid("mounts", format!("{}: must be an absolute path", m.path.display()));
+            if !m.path.is_absolute() || m.path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return invalid("mounts", format!("{}: must be an absolute path without `..`", m.path.display()));
+            }
+            if m.path == Path::new("/") {
+                return invalid("mounts", "/: sharing the whole host file system is not allowed".into());
             }
         }
         Ok(())
@@ -155,9 +158,32 @@ impl Settings {
             memory_mib: self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
             disk_size_gib: self.disk_size_gib.unwrap_or(DEFAULT_DISK_SIZE_GIB),
             image: self.image.clone(),
-            mounts: self.mounts.clone().unwrap_or_default(),
+            mounts: self.mounts.clone().unwrap_or_else(default_mounts),
         }
     }
+}
+
+/// The default shares: the user's home directory, read-write.
+pub fn default_mounts() -> Vec<MountSpec> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|h| h.is_absolute() && h != Path::new("/"))
+        .map(|path| vec![MountSpec { path, read_only: false }])
+        .unwrap_or_default()
+}
+
+/// Parses `PATH[:ro|:rw]` (the `--mount` flag).
+pub fn parse_mount(text: &str) -> Result<MountSpec, String> {
+    let (path, read_only) = match text.rsplit_once(':') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        _ => (text, false),
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!("{text:?}: the shared folder must be an absolute path"));
+    }
+    Ok(MountSpec { path, read_only })
 }
 
 fn host_memory_mib() -> Option<u64> {
@@ -293,6 +319,20 @@ mod tests {
         assert!(matches!(read_machine_file(&path), Err(ConfigError::FutureVersion { found: 9, .. })));
         std::fs::write(&path, "\u{0}\u{1}garbage[[").unwrap();
         assert!(matches!(read_machine_file(&path), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn test_mount_flag_and_default_share() {
+        assert_eq!(parse_mount("/src:ro"), Ok(MountSpec { path: "/src".into(), read_only: true }));
+        assert_eq!(parse_mount("/src"), Ok(MountSpec { path: "/src".into(), read_only: false }));
+        assert!(parse_mount("src").is_err());
+        if let Some(home) = std::env::var_os("HOME").filter(|h| h != "/") {
+            assert_eq!(Settings::default().resolve().mounts, vec![MountSpec { path: home.into(), read_only: false }]);
+        }
+        let none = Settings { mounts: Some(vec![]), ..Default::default() };
+        assert!(none.resolve().mounts.is_empty());
+        let root = Settings { mounts: Some(vec![MountSpec { path: "/".into(), read_only: false }]), ..Default::default() };
+        assert!(root.validate().is_err());
     }
 
     #[test]

@@ -154,6 +154,14 @@ impl MachinePaths {
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
     }
+    /// virtiofsd's vhost-user socket for shared folder `index`.
+    pub fn virtiofs_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("fs{index}.sock"))
+    }
+    /// The virtiofsd daemons' log.
+    pub fn virtiofsd_log(&self) -> PathBuf {
+        self.dir.join("virtiofsd.log")
+    }
 }
 
 /// Files of one image folder.

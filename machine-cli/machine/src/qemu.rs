@@ -33,6 +33,17 @@ pub struct QemuVm {
     pub qmp_socket: Option<PathBuf>,
     /// QEMU's pid file.
     pub pid_file: Option<PathBuf>,
+    /// Shared folders: vhost-user-fs devices fed by virtiofsd over these sockets.
+    pub shares: Vec<QemuShare>,
+}
+
+/// One virtio-fs device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuShare {
+    /// The tag the guest mounts.
+    pub tag: String,
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
 }
 
 /// The QEMU binary for this host's architecture.
@@ -43,8 +54,13 @@ impl QemuVm {
     /// resetting, as a microVM without ACPI has no other way.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(QEMU);
-        let machine = "microvm,acpi=off,rtc=off,pcie=off";
-        cmd.args(["-M", machine, "-accel", self.accel.as_str()]);
+        let mut machine = "microvm,acpi=off,rtc=off,pcie=off".to_string();
+        if !self.shares.is_empty() {
+            // vhost-user devices need the guest memory shared with virtiofsd.
+            machine.push_str(",memory-backend=mem");
+            cmd.args(["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib)]);
+        }
+        cmd.args(["-M", &machine, "-accel", self.accel.as_str()]);
         cmd.args(["-cpu", if self.accel == Accel::Tcg { "max" } else { "host" }]);
         cmd.args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
@@ -66,6 +82,10 @@ impl QemuVm {
         }
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"]);
         cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0"]);
+        for (i, share) in self.shares.iter().enumerate() {
+            cmd.arg("-chardev").arg(format!("socket,id=fs{i},path={}", escape(&share.socket)));
+            cmd.args(["-device", &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag)]);
+        }
         if let Some(cid) = self.vsock_cid {
             cmd.args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
         }
@@ -103,6 +123,7 @@ mod tests {
             vsock_cid: None,
             qmp_socket: None,
             pid_file: None,
+            shares: vec![],
         }
     }
 
@@ -120,5 +141,18 @@ mod tests {
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("reboot=t"));
         assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
+        assert!(!joined.contains("memory-backend"), "no shared memory without shares");
+    }
+
+    #[test]
+    fn test_shares_get_shared_memory_and_vhost_user_fs() {
+        let mut v = vm();
+        v.shares = vec![QemuShare { tag: "share0".into(), socket: "/m/fs0.sock".into() }];
+        let joined: Vec<String> = v.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = joined.join(" ");
+        assert!(joined.contains("memory-backend-memfd,id=mem,size=2048M,share=on"), "{joined}");
+        assert!(joined.contains("microvm,acpi=off,rtc=off,pcie=off,memory-backend=mem"), "{joined}");
+        assert!(joined.contains("socket,id=fs0,path=/m/fs0.sock"), "{joined}");
+        assert!(joined.contains("vhost-user-fs-device,chardev=fs0,tag=share0"), "{joined}");
     }
 }

@@ -1,7 +1,7 @@
 //! `rmachine create [NAME]`: a new machine with its settings and docker context.
 
 use anyhow::Context;
-use rmachine_machine::config::{parse_gib, parse_mib, DriverKind, Settings};
+use rmachine_machine::config::{parse_gib, parse_mib, parse_mount, DriverKind, MountSpec, Settings};
 use rmachine_machine::docker_context;
 use rmachine_machine::store::Machine;
 
@@ -25,6 +25,13 @@ pub struct SettingsArgs {
     /// Guest image version (default: the newest installed).
     #[arg(long)]
     pub image: Option<String>,
+    /// Share a host folder with the machine at the same path: PATH or PATH:ro; repeat for
+    /// more (default: your home directory).
+    #[arg(long = "mount", value_parser = parse_mount)]
+    pub mounts: Vec<MountSpec>,
+    /// Share no host folder at all.
+    #[arg(long, conflicts_with = "mounts")]
+    pub no_mounts: bool,
 }
 
 fn parse_driver(s: &str) -> Result<DriverKind, String> {
@@ -45,6 +52,7 @@ impl SettingsArgs {
             memory_mib: self.memory,
             disk_size_gib: self.disk,
             image: self.image.clone(),
+            mounts: if self.no_mounts { Some(Vec::new()) } else { Some(self.mounts.clone()).filter(|m| !m.is_empty()) },
             ..Settings::default()
         }
     }

@@ -35,15 +35,18 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/bin"),
     };
     let progress = StepProgress::new();
-    progress.step(1, 1, "docker CLI tools");
+    progress.step(1, 2, "docker CLI tools");
     let done = rmachine_image::host_tools::install(&paths, &plugin_dir, &bin_dir, args.mirror.as_deref(), &progress)?;
+    progress.step(2, 2, "virtiofsd (shared folders)");
+    let virtiofsd = rmachine_image::host_tools::install_virtiofsd(&paths, args.mirror.as_deref(), &progress)?;
+    println!("virtiofsd: {}", virtiofsd.binary.display());
     for p in &done.plugins {
         println!("installed {}", p.display());
     }
     if let Some(cli) = &done.docker_cli {
         println!("installed {}", cli.display());
     }
-    progress.done("docker CLI, compose and buildx ready");
+    progress.done("docker CLI, compose, buildx and virtiofsd ready");
     Ok(())
 }
 

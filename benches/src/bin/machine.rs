@@ -1,0 +1,167 @@
+//! Machines benchmark: `rmachine start` to the engine answering `_ping` (cold boot),
+//! the Engine API round trip through the host agent's docker.sock against a direct
+//! forward of the guest's engine service, published-port throughput host → container
+//! against host loopback, and the host agent's RSS and CPU while idle.
+//!
+//! `cargo run --release -p rmachine-bench --bin machine`
+//! (BENCH_RUNS=5 starts, BENCH_IDLE_SECS=60, BENCH_MIB=128 per transfer).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmachine_bench::{cpu_time, median, report, rss_kib, secs};
+use rmachine_e2e::{busybox_tarball, free_local_port, runtime, MachineEnv};
+use rmachine_machine::guest_link::Carrier;
+use rmachine_protocol::Service;
+
+const M: &str = "bench";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One `GET /_ping` on a new connection to a unix socket, as the docker CLI does.
+fn ping(socket: &Path) -> Result<(), String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.starts_with("HTTP/1.1 200") && out.ends_with("OK") {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+/// `GET /version` round trips on fresh connections; the median.
+fn version_round_trips(socket: &Path, n: usize) -> Duration {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut s = UnixStream::connect(socket).expect("connect");
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+        samples.push(t.elapsed());
+    }
+    median(samples)
+}
+
+/// Sends `bytes` to 127.0.0.1:port and waits for the peer to close; returns MiB/s.
+fn upload(port: u16, bytes: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("connect to {port}: {e}"),
+        }
+    };
+    let chunk = vec![0x5au8; 256 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min((bytes - sent) as usize);
+        s.write_all(&chunk[..n]).expect("upload");
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    bytes as f64 / 1048576.0 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let env = MachineEnv::new();
+    let runs = env_num("BENCH_RUNS", 5) as usize;
+    env.rmachine_ok(&["create", M, "--driver", "qemu", "--disk", "8G"]);
+
+    // 1. rmachine start → engine _ping, cold boots.
+    let socket = env.home.join("machines").join(M).join("docker.sock");
+    let mut starts = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        env.rmachine_ok(&["start", M]);
+        ping(&socket).expect("engine _ping after start");
+        starts.push(t.elapsed());
+        eprintln!("start {i}: {:?}", t.elapsed());
+        if i + 1 < runs {
+            env.rmachine_ok(&["stop", M]);
+        }
+    }
+
+    // 2. API round trip: host agent socket vs. a direct forward of the engine service.
+    let state = env.state(M);
+    let carrier: Carrier = serde_json::from_value(state["carrier"].clone()).expect("carrier in state.json");
+    let rt = runtime();
+    let direct = env.dir.path().join("direct.sock");
+    let listener = rt.block_on(async { tokio::net::UnixListener::bind(&direct) }).unwrap();
+    rt.spawn(rmachine_machine::forward::serve_unix(listener, Arc::new(carrier), Service::Engine));
+    let n = env_num("BENCH_REQUESTS", 100) as usize;
+    version_round_trips(&socket, 5);
+    let via_agent = version_round_trips(&socket, n);
+    let via_direct = version_round_trips(&direct, n);
+
+    // 3. Published-port upload throughput vs. host loopback.
+    let mib = env_num("BENCH_MIB", 128);
+    let work = env.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let tarball = busybox_tarball(&work);
+    env.docker_ok(&["import", tarball.to_str().unwrap(), "bench/busybox:1"]);
+    let port = free_local_port();
+    env.docker_ok(&[
+        "run", "-d", "--name", "sink", "-p", &format!("127.0.0.1:{port}:9000"), "bench/busybox:1",
+        "sh", "-c", "while true; do nc -l -p 9000 > /dev/null; done",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let published = upload(port, mib << 20);
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let loop_port = sink.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in sink.incoming().flatten() {
+            let mut c = conn;
+            let mut buf = vec![0u8; 256 * 1024];
+            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let loopback = upload(loop_port, mib << 20);
+    env.docker_ok(&["rm", "-f", "sink"]);
+
+    // 4. Host agent idle RSS and CPU.
+    let idle = Duration::from_secs(env_num("BENCH_IDLE_SECS", 60));
+    let pid = env.state(M)["hostagent_pid"].as_u64().expect("hostagent pid") as u32;
+    let vm_pid = env.state(M)["vm_pid"].as_u64().map(|p| p as u32);
+    let cpu0 = cpu_time(pid).unwrap();
+    let vm_cpu0 = vm_pid.and_then(cpu_time);
+    std::thread::sleep(idle);
+    let cpu = cpu_time(pid).unwrap() - cpu0;
+    let rss = rss_kib(pid).unwrap();
+    let vm_cpu = vm_pid.and_then(cpu_time).zip(vm_cpu0).map(|(a, b)| a - b);
+    env.rmachine_ok(&["stop", M]);
+
+    println!("# machines, backend qemu ({}), median of {runs}", rmachine_machine::accel::choose().accel.as_str());
+    report("rmachine start to engine _ping (cold)", &secs(median(starts)), "");
+    report("GET /version via host agent docker.sock", &secs(via_agent), &format!("median of {n}"));
+    report("GET /version via direct engine forward", &secs(via_direct), "peer");
+    report("API round trip, host agent / direct", &format!("{:.2}x", via_agent.as_secs_f64() / via_direct.as_secs_f64()), "target <= 1.2x");
+    report("published port upload", &format!("{published:.1} MiB/s"), &format!("{mib} MiB"));
+    report("host loopback upload", &format!("{loopback:.1} MiB/s"), "peer");
+    report("published port / loopback", &format!("{:.1} %", 100.0 * published / loopback), "target >= 50 % on hardware KVM");
+    report("host agent RSS (idle)", &format!("{:.1} MiB", rss as f64 / 1024.0), "");
+    report(
+        "host agent CPU (idle)",
+        &format!("{:.3} % of a core", 100.0 * cpu.as_secs_f64() / idle.as_secs_f64()),
+        &format!("over {} s; target <= 0.5 %", idle.as_secs()),
+    );
+    if let Some(vm_cpu) = vm_cpu {
+        report("VM process CPU (idle)", &format!("{:.1} % of a core", 100.0 * vm_cpu.as_secs_f64() / idle.as_secs_f64()), "QEMU");
+    }
+}

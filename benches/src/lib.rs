@@ -1,0 +1,66 @@
+//! Shared pieces of the benchmarks: statistics and report lines.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+/// The median of some durations (the mean of the middle two for an even count).
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    assert!(!samples.is_empty(), "no samples");
+    samples.sort();
+    let n = samples.len();
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2
+    }
+}
+
+/// Seconds with millisecond precision.
+pub fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+/// Prints one result line: `name: value (detail)`.
+pub fn report(name: &str, value: &str, detail: &str) {
+    if detail.is_empty() {
+        println!("{name}: {value}");
+    } else {
+        println!("{name}: {value} ({detail})");
+    }
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// User plus system CPU time of a process so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks are 100 per second on Linux x86_64.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_median_odd_and_even() {
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        assert_eq!(median(ms(&[5, 1, 3])), Duration::from_millis(3));
+        assert_eq!(median(ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
+    }
+
+    #[test]
+    fn test_own_process_stats_are_readable() {
+        let me = std::process::id();
+        assert!(rss_kib(me).unwrap() > 0);
+        assert!(cpu_time(me).is_some());
+    }
+}
