@@ -302,7 +302,7 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "ls", "sleep", "httpd", "true", "wc", "sha256sum", "nc", "wget", "env", "date", "id", "mkdir", "rm", "find", "uname"] {
+    for applet in ["sh", "echo", "cat", "ls", "sleep", "httpd", "true", "wc", "sha256sum", "nc", "wget", "env", "date", "id", "mkdir", "rm", "find", "uname", "inotifyd", "mv", "touch"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tarball = dir.join("busybox.tar");

@@ -9,6 +9,11 @@
 //! that cannot be opened (already in use, no permission) is reported as a
 //! [`PortEvent::Failed`]; the other ports keep working.
 //!
+//! [`serve_engine`] serves the guest's Engine API on the machine's `docker.sock`: an
+//! HTTP/1.1 proxy that streams everything through (upgrades included) and lets a
+//! [`CreatePolicy`] review container creations ([`MachinePolicy`]: bind mounts only
+//! from shared folders, `host.docker.internal` added).
+//!
 //! ```no_run
 //! # async fn example(carrier: rmachine_machine::guest_link::Carrier) {
 //! use std::sync::Arc;
@@ -31,7 +36,9 @@
 #![forbid(unsafe_code)]
 
 pub mod connector;
+pub mod create_policy;
 pub mod engine;
+pub mod engine_proxy;
 mod forwarder;
 mod json_lines;
 pub mod port;
@@ -39,8 +46,12 @@ mod port_table;
 pub mod publisher;
 
 #[cfg(test)]
+mod fake_engine;
+#[cfg(test)]
 mod fake_guest;
 
 pub use connector::{GuestConnector, GuestIo};
+pub use create_policy::{CreatePolicy, MachinePolicy, Share};
+pub use engine_proxy::serve_engine;
 pub use port::{ContainerRef, PortEvent, PortStatus, PublishedPort, Transport};
 pub use publisher::{run, Publisher};

@@ -8,7 +8,7 @@ mod local;
 use std::time::Duration;
 
 pub use fake::FakeDriver;
-pub use local::{choose_backend, Backend, BackendChoice, LocalDriver};
+pub use local::{choose_backend, vmm_binary, Backend, BackendChoice, LocalDriver};
 
 use crate::config::DriverKind;
 use crate::state::State;

@@ -30,6 +30,9 @@ pub(crate) struct RunningVm {
 impl RunningVm {
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
+        for daemon in &mut self.virtiofsd {
+            let _ = daemon.kill().await;
+        }
     }
 }
 
@@ -166,4 +169,73 @@ async fn start_virtiofsd(
         children.push(child);
     }
     Ok((children, shares, mounts))
+}
+
+/// The guest CID rmachine-vmm gives the guest (any value above 2 works: the hybrid
+/// socket is per VM).
+const VMM_GUEST_CID: u32 = 3;
+
+/// Boots the machine under rmachine-vmm: the guest link is the VMM's hybrid vsock socket,
+/// so the config disk carries no token and the agent listens on vsock only.
+pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow::Result<RunningVm> {
+    let paths = Paths::from_env()?;
+    let vmm = rmachine_machine::driver::vmm_binary()
+        .context("rmachine-vmm is not installed beside rmachine (or set RMACHINE_VMM)")?;
+    let (manifest, image_dir) = rmachine_image::resolve(&paths, machine.spec.image.as_deref())
+        .context("the guest image is missing or damaged")?;
+    LocalDriver::new(machine.spec.driver).create(machine)?;
+    if !machine.spec.mounts.is_empty() {
+        tracing::warn!("rmachine-vmm has no virtio-fs device yet: shared folders are not available with the vmm backend");
+    }
+    let config = GuestConfig {
+        version: rmachine_protocol::PROTOCOL_VERSION,
+        token: String::new(),
+        hostname: machine.name.clone(),
+        data_disk: "/dev/vdb".into(),
+        host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        host_addr: None,
+        mounts: vec![],
+    };
+    let config_disk = machine.files.config_disk();
+    std::fs::write(&config_disk, config.encode()).with_context(|| format!("cannot write {}", config_disk.display()))?;
+    let console_log = machine.files.console_log();
+    std::fs::write(&console_log, b"").with_context(|| format!("cannot reset {}", console_log.display()))?;
+    let uds = machine.files.vsock_socket();
+    let api = machine.files.vmm_socket();
+    for stale in [&uds, &api] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let vm_config = serde_json::json!({
+        "vcpus": machine.spec.cpus,
+        "memory_mib": machine.spec.memory_mib,
+        "kernel": {
+            "path": image_dir.join(&manifest.kernel.file),
+            "cmdline": format!("{} reboot=k", manifest.kernel_cmdline),
+        },
+        "serial": { "log_path": console_log },
+        "disks": [
+            { "id": "root", "path": image_dir.join(&manifest.rootfs.file), "read_only": true },
+            { "id": "data", "path": machine.files.data_disk() },
+            { "id": "config", "path": config_disk, "read_only": true },
+        ],
+        "vsock": { "guest_cid": VMM_GUEST_CID, "uds_path": uds },
+        "rng": {},
+        "api_socket": api,
+    });
+    let config_path = machine.files.dir().join("vmm.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&vm_config)?)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let log_path = machine.files.vmm_log();
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut cmd = tokio::process::Command::new(&vmm);
+    cmd.arg("--config").arg(&config_path).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    tracing::info!(vmm = %vmm.display(), config = %config_path.display(), "starting rmachine-vmm");
+    let child = cmd.spawn().with_context(|| format!("cannot run {}", vmm.display()))?;
+    let carrier = Carrier::HybridVsock { uds };
+    state.update(|s| {
+        s.vm_pid = child.id();
+        s.image = Some(manifest.version.clone());
+        s.carrier = Some(carrier.clone());
+    });
+    Ok(RunningVm { child, carrier, virtiofsd: vec![] })
 }

@@ -17,7 +17,6 @@ use rmachine_machine::paths::Paths;
 use rmachine_machine::state::{MachineState, State};
 use rmachine_machine::store::{Machine, Store};
 use rmachine_protocol::control::{Reply, Request, ServiceState};
-use rmachine_protocol::Service;
 use tokio::sync::mpsc;
 
 /// Boot to agent ping, per accelerator (software emulation is slow).
@@ -121,9 +120,6 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let choice = choose_backend(machine.spec.driver);
     tracing::info!(backend = choice.backend.as_str(), accel = choice.accel.as_str(), reason = %choice.reason, "backend chosen");
-    if choice.backend == Backend::Vmm {
-        bail!("the vmm backend cannot run machines yet (rmachine-vmm is still being built); use `--driver qemu`");
-    }
     state.update(|s| {
         s.backend = Some(choice.backend.as_str().to_string());
         s.backend_reason = Some(choice.reason.clone());
@@ -133,13 +129,21 @@ async fn serve(
     let control_task = control::serve(machine, state.clone(), stop_tx.clone())?;
     let _signals = tokio::spawn(forward_signals(stop_tx.clone()));
 
-    let mut vm = launch::launch_qemu(machine, &choice, state).await?;
+    let mut vm = match choice.backend {
+        Backend::Qemu => launch::launch_qemu(machine, &choice, state).await?,
+        Backend::Vmm => launch::launch_vmm(machine, state).await?,
+    };
+    // Hardware KVM boots in about a second; software emulation takes far longer.
+    let (ping_timeout, engine_timeout) = match choice.accel {
+        rmachine_machine::accel::Accel::Tcg => (PING_TIMEOUT, ENGINE_TIMEOUT),
+        _ => (Duration::from_secs(60), Duration::from_secs(180)),
+    };
     let carrier = Arc::new(vm.carrier.clone());
     let boot = Instant::now();
 
     state.update(|s| s.detail = format!("booting ({} with {})", choice.backend.as_str(), choice.accel.as_str()));
     let ping_ms = tokio::select! {
-        r = wait_ping(&carrier, PING_TIMEOUT) => r?,
+        r = wait_ping(&carrier, ping_timeout) => r?,
         status = vm.child.wait() => return Err(vm_died(machine, status)),
         _ = stop_rx.recv() => { vm.kill().await; return Ok(()) }
     };
@@ -150,7 +154,7 @@ async fn serve(
         s.detail = "engine starting".into();
     });
     tokio::select! {
-        r = wait_engine(&carrier, ENGINE_TIMEOUT) => r?,
+        r = wait_engine(&carrier, engine_timeout) => r?,
         status = vm.child.wait() => return Err(vm_died(machine, status)),
         _ = stop_rx.recv() => { shutdown(&carrier, &mut vm).await; return Ok(()) }
     };
@@ -162,7 +166,19 @@ async fn serve(
     let listener = tokio::net::UnixListener::bind(&docker_sock)
         .with_context(|| format!("cannot listen on {}", docker_sock.display()))?;
     set_mode(&docker_sock, 0o600)?;
-    let engine_task = tokio::spawn(rmachine_machine::forward::serve_unix(listener, carrier.clone(), Service::Engine));
+    let policy = rmachine_hostproxy::MachinePolicy {
+        machine: machine.name.clone(),
+        shares: (machine.spec.mounts.iter())
+            .map(|m| rmachine_hostproxy::Share { host_path: m.path.clone(), read_only: m.read_only })
+            .collect(),
+        host_gateway: true,
+    };
+    let engine_task = tokio::spawn(rmachine_hostproxy::serve_engine(
+        listener,
+        machine.name.clone(),
+        Arc::new(carrier.as_ref().clone()),
+        Arc::new(policy),
+    ));
     let ports_shutdown = tokio_util::sync::CancellationToken::new();
     let ports_task = publish_ports(carrier.clone(), state.clone(), ports_shutdown.clone());
 
