@@ -101,6 +101,20 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     drop(busy);
     assert_eq!(env.listed(M)["state"], "running");
 
+    // host.docker.internal reaches a server on the host's loopback.
+    let host_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host_server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = host_server.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nhello-host");
+        }
+    });
+    let url = format!("http://host.docker.internal:{host_port}/");
+    assert_eq!(env.docker_ok(&["run", "--rm", "e2e/busybox:1", "wget", "-qO-", &url]), "hello-host");
+
     // stdin passes through; logs -f follows to the container's end.
     let out = env.docker_ok_with(&["run", "--rm", "-i", "e2e/busybox:1", "cat"], Some(b"through stdin\n"), &[]);
     assert_eq!(out, "through stdin\n");
