@@ -258,34 +258,40 @@ pub fn docker(socket: &Path, args: &[&str]) -> Output {
 
 /// Runs `docker` with bytes on stdin.
 pub fn docker_with_stdin(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
     let mut cmd = Command::new("docker");
-    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display()))
-        .env_remove("DOCKER_CONTEXT")
-        .args(args)
-        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("run the host's docker CLI");
-    if let Some(bytes) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        pipe.write_all(bytes).expect("write docker stdin");
-    }
-    child.wait_with_output().expect("wait for docker")
+    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display())).env_remove("DOCKER_CONTEXT").args(args);
+    output_with_stdin(cmd, stdin)
 }
 
 /// Runs `docker` and asserts success; returns stdout.
 pub fn docker_ok(socket: &Path, args: &[&str]) -> String {
-    let out = docker(socket, args);
+    expect_success("docker", args, docker(socket, args))
+}
+
+/// Asserts that `program args` succeeded; returns its stdout.
+fn expect_success(program: &str, args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
-        "docker {} failed ({}):\nstdout: {}\nstderr: {}",
+        "{program} {} failed ({}):\nstdout: {}\nstderr: {}",
         args.join(" "),
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` with `stdin` bytes (or none) and collects its output.
+fn output_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    if let Some(bytes) = stdin {
+        child.stdin.take().expect("stdin piped").write_all(bytes).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for the command")
 }
 
 /// A root filesystem tarball of busybox-static with its applets linked, for
@@ -377,16 +383,7 @@ impl MachineEnv {
 
     /// Runs `rmachine ARGS` and asserts success; returns stdout.
     pub fn rmachine_ok(&self, args: &[&str]) -> String {
-        let out = self.rmachine(args);
-        assert!(
-            out.status.success(),
-            "rmachine {} failed ({}):\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        expect_success("rmachine", args, self.rmachine(args))
     }
 
     /// Runs `rmachine ARGS`, asserts failure, and returns stderr.
@@ -398,17 +395,9 @@ impl MachineEnv {
 
     /// Runs the docker CLI with this env's config (its current context), stdin optional.
     pub fn docker(&self, args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> Output {
-        use std::io::Write;
         let mut cmd = self.command(Path::new("docker"));
         cmd.args(args).envs(envs.iter().copied());
-        cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("run docker");
-        if let Some(bytes) = stdin {
-            child.stdin.take().expect("stdin").write_all(bytes).expect("write stdin");
-        }
-        child.wait_with_output().expect("wait docker")
+        output_with_stdin(cmd, stdin)
     }
 
     /// Runs docker and asserts success; returns stdout.
@@ -417,16 +406,7 @@ impl MachineEnv {
     }
 
     pub fn docker_ok_with(&self, args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> String {
-        let out = self.docker(args, stdin, envs);
-        assert!(
-            out.status.success(),
-            "docker {} failed ({}):\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        expect_success("docker", args, self.docker(args, stdin, envs))
     }
 
     /// `rmachine ls --format json` entry of `name`.
