@@ -33,6 +33,10 @@ if [ "$deps" = 1 ]; then
     qemu-system-x86 debootstrap erofs-utils e2fsprogs busybox-static \
     make gcc libc6-dev bc bison flex libelf-dev libssl-dev cpio xz-utils dpkg-dev \
     debian-archive-keyring ca-certificates tar >/dev/null
+  # The desktop app (Tauri: WebKitGTK 4.1) and its window test (Xvfb, WebKitWebDriver).
+  apt-get install -y -qq --no-install-recommends \
+    pkg-config libwebkit2gtk-4.1-dev libsoup-3.0-dev libjavascriptcoregtk-4.1-dev librsvg2-dev \
+    libayatana-appindicator3-dev libxdo-dev fonts-dejavu-core xvfb xauth webkit2gtk-driver >/dev/null
   if ! command -v docker >/dev/null; then
     # The host's docker CLI (client only).
     apt-get install -y -qq --no-install-recommends docker.io >/dev/null || apt-get install -y -qq docker-cli >/dev/null

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod forward;
 pub mod guest_link;
 pub mod hostagent_api;
+pub mod lifecycle;
 pub mod paths;
 pub mod qemu;
 pub mod state;

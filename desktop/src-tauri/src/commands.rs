@@ -1,0 +1,254 @@
+//! The Tauri commands: thin wrappers over [`crate::machines`] and [`crate::engine`].
+//! Machine lifecycle work runs on a blocking thread; each returns `{ kind, message }` on
+//! failure.
+
+use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary};
+use serde::{Deserialize, Serialize};
+use tauri::{AppHandle, Emitter, State};
+
+use crate::engine::{self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow};
+use crate::error::{CommandError, CommandResult, ErrorKind};
+use crate::machines::{self, Defaults, LogText, MachineList, NewDefaults, NewMachine};
+use crate::AppState;
+
+/// Progress of a machine operation (`machine-progress`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub name: String,
+    pub op: MachineOp,
+    pub detail: String,
+    pub done: bool,
+    pub error: Option<CommandError>,
+}
+
+/// A lifecycle operation on a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineOp {
+    Start,
+    Stop,
+    Restart,
+    /// Stop at once.
+    Kill,
+}
+
+/// Runs a blocking machine function on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> CommandResult<T> + Send + 'static) -> CommandResult<T> {
+    tauri::async_runtime::spawn_blocking(f)
+        .await
+        .map_err(|e| CommandError::new(ErrorKind::Internal, format!("the operation thread failed: {e}")))?
+}
+
+/// Runs `op` on machine `name`, telling the UI its progress; used by the window and the tray.
+pub async fn run_machine_op(app: AppHandle, lc: Lifecycle, name: String, op: MachineOp) -> CommandResult<MachineSummary> {
+    let emit = {
+        let app = app.clone();
+        let name = name.clone();
+        move |detail: &str, done: bool, error: Option<CommandError>| {
+            let p = Progress { name: name.clone(), op, detail: detail.to_string(), done, error };
+            if let Err(e) = app.emit("machine-progress", p) {
+                tracing::debug!(error = %e, "cannot emit progress");
+            }
+        }
+    };
+    let emit2 = emit.clone();
+    emit(
+        match op {
+            MachineOp::Start | MachineOp::Restart => "starting",
+            MachineOp::Stop | MachineOp::Kill => "stopping",
+        },
+        false,
+        None,
+    );
+    let n = name.clone();
+    let result = blocking(move || {
+        let mut progress = |d: &str| emit2(d, false, None);
+        match op {
+            MachineOp::Start => machines::start(&lc, &n, &mut progress),
+            MachineOp::Stop => machines::stop(&lc, &n, false),
+            MachineOp::Kill => machines::stop(&lc, &n, true),
+            MachineOp::Restart => machines::restart(&lc, &n, &mut progress),
+        }
+    })
+    .await;
+    match &result {
+        Ok(m) => emit(&m.state, true, None),
+        Err(e) => {
+            tracing::error!(machine = name, ?op, error = %e, "machine operation failed");
+            emit("failed", true, Some(e.clone()))
+        }
+    }
+    result
+}
+
+#[tauri::command]
+pub async fn list_machines(state: State<'_, AppState>) -> CommandResult<MachineList> {
+    let lc = state.lc.clone();
+    blocking(move || machines::list(&lc)).await
+}
+
+#[tauri::command]
+pub async fn create_machine(state: State<'_, AppState>, machine: NewMachine) -> CommandResult<MachineSummary> {
+    let lc = state.lc.clone();
+    blocking(move || machines::create(&lc, &machine)).await
+}
+
+#[tauri::command]
+pub async fn machine_op(app: AppHandle, state: State<'_, AppState>, name: String, op: MachineOp) -> CommandResult<MachineSummary> {
+    run_machine_op(app, state.lc.clone(), name, op).await
+}
+
+#[tauri::command]
+pub async fn remove_machine(state: State<'_, AppState>, name: String, force: bool) -> CommandResult<()> {
+    let lc = state.lc.clone();
+    blocking(move || machines::remove(&lc, &name, force)).await
+}
+
+#[tauri::command]
+pub async fn use_machine(state: State<'_, AppState>, name: Option<String>) -> CommandResult<MachineList> {
+    let lc = state.lc.clone();
+    blocking(move || machines::use_context(&lc, name.as_deref())).await
+}
+
+#[tauri::command]
+pub async fn machine_logs(state: State<'_, AppState>, name: String, kind: LogKind, max_bytes: u64) -> CommandResult<LogText> {
+    let lc = state.lc.clone();
+    blocking(move || machines::logs(&lc, &name, kind, max_bytes.min(4 << 20))).await
+}
+
+#[tauri::command]
+pub async fn get_defaults(state: State<'_, AppState>) -> CommandResult<Defaults> {
+    let lc = state.lc.clone();
+    blocking(move || machines::defaults(&lc)).await
+}
+
+#[tauri::command]
+pub async fn set_defaults(state: State<'_, AppState>, defaults: NewDefaults) -> CommandResult<Defaults> {
+    let lc = state.lc.clone();
+    blocking(move || machines::set_defaults(&lc, &defaults)).await
+}
+
+#[tauri::command]
+pub async fn list_containers(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<ContainerGroup>> {
+    engine::containers(&engine::connect(&state.lc, &machine)?).await
+}
+
+#[tauri::command]
+pub async fn container_action(state: State<'_, AppState>, machine: String, id: String, action: ContainerAction) -> CommandResult<()> {
+    engine::container_action(&engine::connect(&state.lc, &machine)?, &id, action).await
+}
+
+#[tauri::command]
+pub async fn inspect_container(state: State<'_, AppState>, machine: String, id: String) -> CommandResult<String> {
+    engine::inspect_container(&engine::connect(&state.lc, &machine)?, &id).await
+}
+
+#[tauri::command]
+pub async fn follow_container_logs(state: State<'_, AppState>, machine: String, id: String) -> CommandResult<()> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    state.logs.follow(docker, machine, id, 500);
+    Ok(())
+}
+
+#[tauri::command]
+pub async fn stop_container_logs(state: State<'_, AppState>) -> CommandResult<()> {
+    state.logs.stop();
+    Ok(())
+}
+
+#[tauri::command]
+pub async fn list_images(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<ImageRow>> {
+    engine::images(&engine::connect(&state.lc, &machine)?).await
+}
+
+#[tauri::command]
+pub async fn remove_image(state: State<'_, AppState>, machine: String, id: String, force: bool) -> CommandResult<()> {
+    engine::remove_image(&engine::connect(&state.lc, &machine)?, &id, force).await
+}
+
+#[tauri::command]
+pub async fn prune_images(state: State<'_, AppState>, machine: String) -> CommandResult<Pruned> {
+    engine::prune_images(&engine::connect(&state.lc, &machine)?).await
+}
+
+#[tauri::command]
+pub async fn import_image(state: State<'_, AppState>, machine: String, request: ImportRequest) -> CommandResult<String> {
+    engine::import_image(&engine::connect(&state.lc, &machine)?, &request).await
+}
+
+#[tauri::command]
+pub async fn list_volumes(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<VolumeRow>> {
+    engine::volumes(&engine::connect(&state.lc, &machine)?).await
+}
+
+#[tauri::command]
+pub async fn remove_volume(state: State<'_, AppState>, machine: String, name: String) -> CommandResult<()> {
+    engine::remove_volume(&engine::connect(&state.lc, &machine)?, &name).await
+}
+
+#[tauri::command]
+pub async fn prune_volumes(state: State<'_, AppState>, machine: String) -> CommandResult<Pruned> {
+    engine::prune_volumes(&engine::connect(&state.lc, &machine)?).await
+}
+
+#[tauri::command]
+pub async fn list_networks(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<NetworkRow>> {
+    engine::networks(&engine::connect(&state.lc, &machine)?).await
+}
+
+/// Opens a published port's page in the default browser (only local http URLs).
+#[tauri::command]
+pub async fn open_url(app: AppHandle, url: String) -> CommandResult<()> {
+    if !is_local_http(&url) {
+        return Err(CommandError::new(ErrorKind::Invalid, format!("{url} is not a local http address")));
+    }
+    use tauri_plugin_opener::OpenerExt;
+    app.opener().open_url(&url, None::<&str>).map_err(|e| CommandError::new(ErrorKind::Io, format!("cannot open {url}: {e}")))
+}
+
+/// Whether `url` is `http://localhost:PORT…` or `http://127.0.0.1:PORT…`.
+pub fn is_local_http(url: &str) -> bool {
+    ["http://localhost:", "http://127.0.0.1:"].iter().any(|p| {
+        url.strip_prefix(p).is_some_and(|rest| {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            !port.is_empty() && port.parse::<u16>().is_ok() && rest[port.len()..].chars().next().is_none_or(|c| c == '/')
+        })
+    })
+}
+
+/// Asks for a tarball with the system's file chooser; `None` when cancelled.
+#[tauri::command]
+pub async fn pick_tarball(app: AppHandle) -> CommandResult<Option<String>> {
+    use tauri_plugin_dialog::DialogExt;
+    blocking(move || {
+        let picked = app.dialog().file().add_filter("Tarballs", &["tar", "gz", "tgz", "xz", "zst"]).blocking_pick_file();
+        Ok(picked.and_then(|p| p.into_path().ok()).map(|p| p.display().to_string()))
+    })
+    .await
+}
+
+/// The window painted its first machine list: for the start-up benchmark.
+#[tauri::command]
+pub fn first_paint(state: State<'_, AppState>) {
+    let since_start = state.started.elapsed();
+    let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    tracing::info!(ms = since_start.as_millis() as u64, "first machine list painted");
+    if std::env::var_os("RMACHINE_DESKTOP_BENCH").is_some() {
+        println!("first-paint since_main_ms={} unix_ms={unix_ms}", since_start.as_millis());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_only_local_http_urls_open() {
+        assert!(is_local_http("http://localhost:8080"));
+        assert!(is_local_http("http://127.0.0.1:80/path"));
+        assert!(!is_local_http("http://localhost:99999"));
+        assert!(!is_local_http("http://localhost:80@evil.example"));
+        assert!(!is_local_http("file:///etc/passwd"));
+        assert!(!is_local_http("https://example.com"));
+    }
+}

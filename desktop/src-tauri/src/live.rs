@@ -1,0 +1,183 @@
+//! Live streams from the engines: each running machine's `/events` (so the UI refreshes
+//! a list when something changed, without polling the engine) and the followed logs of
+//! one container. Both end when the machine stops or the UI stops following.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::query_parameters::{EventsOptions, LogsOptionsBuilder};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::Serialize;
+use tauri::async_runtime::JoinHandle;
+
+use crate::engine;
+use crate::machines::MachineList;
+
+/// An engine event, as the UI receives it (`engine-event`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineEvent {
+    pub machine: String,
+    /// `container`, `image`, `volume`, `network`, …
+    pub kind: String,
+    /// `start`, `die`, `destroy`, `pull`, …
+    pub action: String,
+    pub id: String,
+}
+
+/// A piece of a followed container log (`container-log`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogChunk {
+    pub machine: String,
+    pub id: String,
+    pub text: String,
+    /// The stream ended (the container stopped or the engine went away).
+    pub end: bool,
+}
+
+/// Where events go (the Tauri app handle, or a test's collector).
+pub type Sink<T> = Arc<dyn Fn(T) + Send + Sync>;
+
+/// The events streams of the running machines.
+pub struct EngineEvents {
+    tasks: Mutex<HashMap<String, (PathBuf, JoinHandle<()>)>>,
+    sink: Sink<EngineEvent>,
+}
+
+impl EngineEvents {
+    pub fn new(sink: Sink<EngineEvent>) -> EngineEvents {
+        EngineEvents { tasks: Mutex::new(HashMap::new()), sink }
+    }
+
+    /// Follows the events of every running machine in `list` and stops following the
+    /// others. Call it from within the async runtime, with each new machine list.
+    pub fn sync(&self, list: &MachineList) {
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        let running: HashMap<String, PathBuf> = list
+            .machines
+            .iter()
+            .filter(|m| m.state == "running")
+            .filter_map(|m| Some((m.name.clone(), PathBuf::from(m.docker_host.as_deref()?.strip_prefix("unix://")?))))
+            .collect();
+        tasks.retain(|name, (socket, task)| {
+            let keep = running.get(name) == Some(socket) && !task.inner().is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, socket) in running {
+            if tasks.contains_key(&name) {
+                continue;
+            }
+            let sink = self.sink.clone();
+            let machine = name.clone();
+            let path = socket.clone();
+            let task = tauri::async_runtime::spawn(async move { follow_events(machine, path, sink).await });
+            tasks.insert(name, (socket, task));
+        }
+    }
+}
+
+impl Drop for EngineEvents {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for (_, task) in tasks.values() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Follows one engine's events, reconnecting (while the task lives) when the stream ends.
+async fn follow_events(machine: String, socket: PathBuf, sink: Sink<EngineEvent>) {
+    loop {
+        match engine::connect_socket(&socket) {
+            Ok(docker) => {
+                tracing::debug!(machine, "following engine events");
+                // A change the UI missed while not connected.
+                sink(EngineEvent { machine: machine.clone(), kind: "engine".into(), action: "connected".into(), id: String::new() });
+                let mut stream = docker.events(None::<EventsOptions>);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(ev) => sink(EngineEvent {
+                            machine: machine.clone(),
+                            kind: ev.typ.map(|t| t.to_string()).unwrap_or_default(),
+                            action: ev.action.unwrap_or_default(),
+                            id: ev.actor.and_then(|a| a.id).unwrap_or_default(),
+                        }),
+                        Err(e) => {
+                            tracing::debug!(machine, error = %e, "engine events stream ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(machine, error = %e, "cannot reach the engine"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The one container log the UI follows.
+pub struct LogFollower {
+    current: Mutex<Option<JoinHandle<()>>>,
+    sink: Sink<LogChunk>,
+}
+
+/// How long chunks are gathered before they are sent, in milliseconds.
+const LOG_BATCH_MS: u64 = 100;
+
+impl LogFollower {
+    pub fn new(sink: Sink<LogChunk>) -> LogFollower {
+        LogFollower { current: Mutex::new(None), sink }
+    }
+
+    /// Follows container `id` (its last `tail` lines first), replacing the one followed.
+    pub fn follow(&self, docker: Docker, machine: String, id: String, tail: u32) {
+        self.stop();
+        let sink = self.sink.clone();
+        let task = tauri::async_runtime::spawn(async move {
+            let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).tail(&tail.to_string()).build();
+            let mut stream = docker.logs(&id, Some(options));
+            let mut buf = String::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(LOG_BATCH_MS));
+            let send = |text: String, end: bool| sink(LogChunk { machine: machine.clone(), id: id.clone(), text, end });
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(Ok(out)) => buf.push_str(&String::from_utf8_lossy(&out.into_bytes())),
+                        Some(Err(e)) => {
+                            buf.push_str(&format!("\n[log stream error: {e}]\n"));
+                            send(std::mem::take(&mut buf), true);
+                            return;
+                        }
+                        None => {
+                            send(std::mem::take(&mut buf), true);
+                            return;
+                        }
+                    },
+                    _ = tick.tick() => {
+                        if !buf.is_empty() {
+                            send(std::mem::take(&mut buf), false);
+                        }
+                    }
+                }
+            }
+        });
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = Some(task);
+        }
+    }
+
+    /// Stops following.
+    pub fn stop(&self) {
+        if let Ok(mut cur) = self.current.lock() {
+            if let Some(task) = cur.take() {
+                task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The real window under Xvfb, driven through WebDriver (WebKitWebDriver, Debian's
+//! webkit2gtk-driver, talking to the app's WebKitGTK view as tauri-driver would): create
+//! a QEMU machine and start it from the Machines page, see a container made through the
+//! machine's docker.sock running in the Containers page, stop it from there, see its
+//! state change, visit every page, and stop the machine. A PNG of each page is written to
+//! `target/desktop-screenshots/` (printed).
+//!
+//! Needs: Xvfb (xvfb), WebKitWebDriver (webkit2gtk-driver), the docker CLI, busybox-static,
+//! QEMU and the guest image (`rmachine image build`). A missing one fails the test and
+//! says what to install.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a23f-4a2e7d42a7ea";
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.is_file()))
+}
+
+fn require(bin: &str, package: &str) -> PathBuf {
+    which(bin).unwrap_or_else(|| panic!("{bin} not found: install the Debian package {package} (see installers/linux/setup.sh)"))
+}
+
+/// The workspace's target profile folder (where the test binary's `deps/` is).
+fn profile_dir() -> PathBuf {
+    let app = PathBuf::from(env!("CARGO_BIN_EXE_rmachine-desktop"));
+    app.parent().expect("binary has a folder").to_path_buf()
+}
+
+/// The `rmachine` binary beside the app, built when missing.
+fn rmachine_bin() -> PathBuf {
+    let bin = profile_dir().join("rmachine");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "rmachine"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .status()
+            .expect("run cargo build -p rmachine");
+        assert!(status.success(), "cargo build -p rmachine failed");
+    }
+    assert!(bin.is_file(), "{} missing after cargo build -p rmachine", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Processes killed when the test ends, however it ends.
+struct Procs(Vec<(&'static str, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in self.0.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stops the test machine however the test ends (a running VM must not outlive it).
+struct MachineGuard {
+    rmachine: PathBuf,
+    env: Vec<(String, String)>,
+    name: &'static str,
+}
+
+impl Drop for MachineGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.rmachine).args(["stop", "--force", self.name]).envs(self.env.clone()).status();
+    }
+}
+
+/// A minimal W3C WebDriver client.
+struct Driver {
+    base: String,
+    session: String,
+    shots: PathBuf,
+}
+
+impl Driver {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = ureq::request(method, &url).timeout(Duration::from_secs(60));
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => r.into_json::<Value>().expect("webdriver json")["value"].take(),
+            Err(ureq::Error::Status(code, r)) => panic!("webdriver {method} {path}: {code} {}", r.into_string().unwrap_or_default()),
+            Err(e) => panic!("webdriver {method} {path}: {e}"),
+        }
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": [] })))
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.call("POST", "/element", Some(json!({ "using": "css selector", "value": css })));
+        // The W3C key, or the one this WebKitWebDriver uses: the object's only value.
+        v.get(ELEMENT)
+            .or_else(|| v.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("element-")).map(|(_, id)| id)))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.find(css);
+        self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.call("POST", &format!("/element/{id}/clear"), Some(json!({})));
+        self.call("POST", &format!("/element/{id}/value"), Some(json!({ "text": text })));
+    }
+
+    /// Waits until `script` (an expression) is truthy; returns its value.
+    fn wait_for(&self, what: &str, expr: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let script = format!("try {{ return ({expr}) || null; }} catch (e) {{ return null; }}");
+        loop {
+            let v = self.js(&script);
+            if !v.is_null() && v != json!(false) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let page = self.js("return document.querySelector('main').innerText");
+                self.screenshot(&format!("failed-{}", what.replace(' ', "-")));
+                panic!("timed out after {timeout:?} waiting for {what}; the page says:\n{}", page.as_str().unwrap_or(""));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn screenshot(&self, name: &str) {
+        // Let the last change paint.
+        std::thread::sleep(Duration::from_millis(500));
+        let v = self.call("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).expect("screenshot base64");
+        let path = self.shots.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("write screenshot");
+        eprintln!("screenshot {}", path.display());
+    }
+}
+
+fn start_session(base: &str, app: &Path, shots: PathBuf) -> Driver {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caps = json!({ "capabilities": { "alwaysMatch": {
+        "webkitgtk:browserOptions": { "binary": app.display().to_string(), "args": [] }
+    } } });
+    loop {
+        match ureq::post(&format!("{base}/session")).timeout(Duration::from_secs(60)).send_json(caps.clone()) {
+            Ok(r) => {
+                let v: Value = r.into_json().expect("session json");
+                let session = v["value"]["sessionId"].as_str().expect("sessionId").to_string();
+                return Driver { base: base.to_string(), session, shots };
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for WebKitWebDriver: {e}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => panic!("cannot start a WebDriver session with the app: {e}"),
+        }
+    }
+}
+
+fn docker(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env_remove("DOCKER_CONTEXT")
+        .args(args)
+        .output()
+        .expect("run the docker CLI");
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn busybox_tarball(dir: &Path) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("busybox not found: install the Debian package busybox-static");
+    let root = dir.join("busybox-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["etc", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "echo", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let tarball = dir.join("busybox.tar");
+    let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tarball).arg(".").status().unwrap().success();
+    assert!(ok, "tar failed");
+    tarball
+}
+
+#[test]
+fn test_window_starts_machine_and_stops_container() {
+    let xvfb = require("Xvfb", "xvfb");
+    let webdriver = require("WebKitWebDriver", "webkit2gtk-driver");
+    require("docker", "docker.io (or docker-cli)");
+    require("qemu-system-x86_64", "qemu-system-x86");
+    let user_home = PathBuf::from(std::env::var("HOME").expect("HOME"));
+    let images = std::env::var_os("RMACHINE_HOME")
+        .map(|h| PathBuf::from(h).join("images"))
+        .unwrap_or_else(|| user_home.join(".local/share/rmachine/images"));
+    assert!(
+        std::fs::read_dir(&images).map(|mut d| d.next().is_some()).unwrap_or(false),
+        "no guest image in {}: build it first (`rmachine image build`, as installers/linux/setup.sh does)",
+        images.display()
+    );
+    let app = PathBuf::from(env!("CARGO_BIN_EXE_rmachine-desktop"));
+    let rmachine = rmachine_bin();
+
+    let tmp = tempfile::Builder::new().prefix("rmd-").tempdir_in("/tmp").unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
+    let docker_config = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let shots = profile_dir().parent().expect("target dir").join("desktop-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    eprintln!("screenshots go to {}", shots.display());
+
+    let env: Vec<(String, String)> = vec![
+        ("RMACHINE_HOME".into(), home.display().to_string()),
+        ("DOCKER_CONFIG".into(), docker_config.display().to_string()),
+        ("RMACHINE_BIN".into(), rmachine.display().to_string()),
+    ];
+    let _guard = MachineGuard { rmachine: rmachine.clone(), env: env.clone(), name: "gui" };
+
+    // An X display of our own.
+    let display = (90..200).find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists()).expect("a free X display");
+    let mut procs = Procs(Vec::new());
+    let x = Command::new(&xvfb)
+        .args([format!(":{display}"), "-screen".into(), "0".into(), "1280x800x24".into(), "-nolisten".into(), "tcp".into()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("xvfb.log")).unwrap())
+        .spawn()
+        .expect("start Xvfb");
+    procs.0.push(("Xvfb", x));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
+        assert!(Instant::now() < deadline, "Xvfb did not start: {}", std::fs::read_to_string(tmp.path().join("xvfb.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let port = free_port();
+    let wd = Command::new(&webdriver)
+        .arg(format!("--port={port}"))
+        .envs(env.clone())
+        .env("DISPLAY", format!(":{display}"))
+        .env("TAURI_WEBVIEW_AUTOMATION", "true")
+        .env("RMACHINE_LOG", "info")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(std::fs::File::create(tmp.path().join("webdriver.log")).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("app.log")).unwrap())
+        .spawn()
+        .expect("start WebKitWebDriver");
+    procs.0.push(("WebKitWebDriver", wd));
+
+    let d = start_session(&format!("http://127.0.0.1:{port}"), &app, shots.clone());
+    // The smallest size the UI is meant for.
+    d.call("POST", "/window/rect", Some(json!({ "width": 1024, "height": 700 })));
+
+    // Machines: empty, then create a QEMU machine from the form.
+    d.wait_for("the empty machine list", "document.querySelector('#no-machines')", Duration::from_secs(30));
+    d.screenshot("1-machines-empty");
+    d.click("#new-machine");
+    d.type_into("#create-name", "gui");
+    d.js("document.querySelector('#create-driver').value = 'qemu'; return true;");
+    d.type_into("#create-cpus", "2");
+    d.type_into("#create-memory", "2048");
+    d.type_into("#create-disk", "8");
+    d.screenshot("2-machines-create-form");
+    d.click("#create-submit");
+    d.wait_for("the new machine row", "document.querySelector('#machine-gui')?.dataset.state === 'stopped'", Duration::from_secs(30));
+
+    // Start it: progress shows, then running.
+    let started = Instant::now();
+    d.click("#machine-gui [data-action='start']");
+    d.wait_for("the starting state", "['starting','running'].includes(document.querySelector('#machine-gui .badge')?.dataset.state)", Duration::from_secs(30));
+    d.screenshot("3-machines-starting");
+    d.wait_for("the machine running", "document.querySelector('#machine-gui')?.dataset.state === 'running'", Duration::from_secs(600));
+    eprintln!("machine running {:.1} s after the click", started.elapsed().as_secs_f64());
+    d.click("#machine-gui [data-action='use']");
+    d.wait_for("the active machine", "document.querySelector('#machine-gui .active-tag')", Duration::from_secs(10));
+    d.screenshot("4-machines-running");
+
+    // A container, made behind the app's back through the machine's docker.sock.
+    let socket = home.join("machines/gui/docker.sock");
+    let tarball = busybox_tarball(tmp.path());
+    docker(&socket, &["import", &tarball.display().to_string(), "busybox-gui:1"]);
+    docker(&socket, &["run", "-d", "--name", "sleeper", "-p", "18080:80", "busybox-gui:1", "sleep", "300"]);
+    docker(&socket, &["run", "-d", "--name", "shop-web", "--label", "com.docker.compose.project=shop", "--label", "com.docker.compose.service=web", "busybox-gui:1", "sleep", "300"]);
+    docker(&socket, &["volume", "create", "gui-data"]);
+
+    // Containers: the running container is there (the list follows engine events).
+    d.click("#nav-containers");
+    d.wait_for("the running container", "document.querySelector('tr[data-name=\"sleeper\"]')?.dataset.state === 'running'", Duration::from_secs(60));
+    d.wait_for("the compose group", "document.querySelector('section[aria-label=\"Compose project shop\"] tr[data-name=\"shop-web\"]')", Duration::from_secs(30));
+    let link = d.js("return document.querySelector('tr[data-name=\"sleeper\"] a.port')?.getAttribute('href')");
+    assert_eq!(link, json!("http://localhost:18080"), "published port link");
+    d.screenshot("5-containers-running");
+
+    // Inspect shows formatted JSON.
+    d.click("tr[data-name='sleeper'] [data-action='inspect']");
+    d.wait_for("the inspect document", "document.querySelector('#text-body').textContent.includes('\"Id\"')", Duration::from_secs(30));
+    d.screenshot("6-container-inspect");
+    d.click("#text-close");
+
+    // Stop it from the UI and see the state change.
+    d.click("tr[data-name='sleeper'] [data-action='stop']");
+    d.wait_for("the stopped container", "document.querySelector('tr[data-name=\"sleeper\"]')?.dataset.state === 'exited'", Duration::from_secs(60));
+    d.screenshot("7-containers-stopped");
+
+    // Live updates: a container made while the page is open shows up (engine events).
+    docker(&socket, &["run", "-d", "--name", "late", "busybox-gui:1", "sleep", "300"]);
+    d.wait_for("the container made after the page loaded", "document.querySelector('tr[data-name=\"late\"]')?.dataset.state === 'running'", Duration::from_secs(30));
+
+    // The other pages.
+    d.click("#nav-images");
+    d.wait_for("the imported image", "document.querySelector('#images-table')?.innerText.includes('busybox-gui:1')", Duration::from_secs(30));
+    d.screenshot("8-images");
+    d.click("#nav-volumes");
+    d.wait_for("the volume", "document.querySelector('#volumes-table')?.innerText.includes('gui-data')", Duration::from_secs(30));
+    d.screenshot("9-volumes");
+    d.click("#nav-networks");
+    d.wait_for("the networks", "document.querySelector('#networks-table')?.innerText.includes('bridge')", Duration::from_secs(30));
+    d.screenshot("10-networks");
+    d.click("#nav-settings");
+    d.wait_for("the defaults form", "document.querySelector('#defaults-file').textContent.includes('defaults.toml')", Duration::from_secs(30));
+    d.screenshot("11-settings");
+
+    // Machine logs, then stop the machine from the UI.
+    d.click("#nav-machines");
+    d.click("#machine-gui [data-action='logs']");
+    d.wait_for("the console log", "document.querySelector('#text-body').textContent.length > 100", Duration::from_secs(30));
+    d.screenshot("12-machine-console-log");
+    d.click("#text-close");
+    d.click("#machine-gui [data-action='stop']");
+    d.wait_for("the machine stopped", "document.querySelector('#machine-gui')?.dataset.state === 'stopped'", Duration::from_secs(180));
+    d.screenshot("13-machines-stopped");
+
+    // A stopped machine's engine pages offer to start it instead of an error.
+    d.click("#nav-containers");
+    d.wait_for("the start offer", "document.querySelector('#engine-start')", Duration::from_secs(30));
+    d.screenshot("14-containers-machine-stopped");
+
+    let _ = ureq::delete(&format!("{}/session/{}", d.base, d.session)).call();
+    drop(procs);
+    eprintln!("screenshots: {}", shots.display());
+}

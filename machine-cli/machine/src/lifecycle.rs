@@ -1,0 +1,430 @@
+//! Whole machine operations, as the CLI's verbs and the desktop app's buttons need them:
+//! create (settings, data disk, docker context), start, stop, restart, remove (with the
+//! context), make a machine's context current, a serializable summary for listings, and
+//! the machine's logs. Each step is the one `rmachine create|start|stop|rm|use|ls|logs`
+//! takes, so the CLI and the GUI behave the same.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{self, ConfigError, Settings};
+use crate::docker_context::{self, ContextError};
+use crate::driver::{self, MachineError};
+use crate::state::{PublishedPort, State};
+use crate::store::{Machine, Store, StoreError};
+
+/// The machine `rmachine start` and the tray act on when none is named.
+pub const DEFAULT_MACHINE: &str = "default";
+
+/// Why a machine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathsError),
+    #[error("cannot prepare machine {name}")]
+    Prepare { name: String, #[source] source: MachineError },
+}
+
+/// One machine as a listing shows it (`rmachine ls --format json`, the GUI's table).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MachineSummary {
+    pub name: String,
+    /// `stopped`, `starting`, `running`, `stopping`, `error`, …
+    pub state: String,
+    /// Why the machine is in the error state, or why it could not be loaded.
+    pub error: Option<String>,
+    /// What the host agent is doing (progress of a start).
+    pub detail: String,
+    pub driver: Option<String>,
+    pub backend: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub disk_size_gib: Option<u32>,
+    pub docker_context: String,
+    /// Whether its docker context is the current one.
+    pub active: bool,
+    /// `unix://…/docker.sock`.
+    pub docker_host: Option<String>,
+    pub can_start_stop: bool,
+    pub ports: Vec<PublishedPort>,
+    pub started_at_unix: Option<u64>,
+    pub engine_ready_ms: Option<u64>,
+}
+
+impl MachineSummary {
+    /// The summary of a loaded machine.
+    pub fn of(machine: &Machine, current_context: Option<&str>) -> MachineSummary {
+        let context = docker_context::context_name(&machine.name);
+        let d = driver::for_machine(machine);
+        let s = &machine.state;
+        MachineSummary {
+            name: machine.name.clone(),
+            state: s.state.name().to_string(),
+            error: match &s.state {
+                State::Error(r) => Some(r.clone()),
+                _ => None,
+            },
+            detail: s.detail.clone(),
+            driver: Some(machine.spec.driver.as_str().to_string()),
+            backend: s.backend.clone(),
+            cpus: Some(machine.spec.cpus),
+            memory_mib: Some(machine.spec.memory_mib),
+            disk_size_gib: Some(machine.spec.disk_size_gib),
+            active: current_context == Some(context.as_str()),
+            docker_context: context,
+            docker_host: Some(format!("unix://{}", machine.files.docker_socket().display())),
+            can_start_stop: d.capabilities().can_start_stop,
+            ports: s.ports.clone(),
+            started_at_unix: s.started_at_unix,
+            engine_ready_ms: s.engine_ready_ms,
+        }
+    }
+
+    /// The summary of a machine whose files could not be loaded.
+    pub fn broken(name: &str, error: &dyn std::error::Error, current_context: Option<&str>) -> MachineSummary {
+        let context = docker_context::context_name(name);
+        MachineSummary {
+            name: name.to_string(),
+            state: "error".into(),
+            error: Some(error_chain(error)),
+            detail: String::new(),
+            driver: None,
+            backend: None,
+            cpus: None,
+            memory_mib: None,
+            disk_size_gib: None,
+            active: current_context == Some(context.as_str()),
+            docker_context: context,
+            docker_host: None,
+            can_start_stop: false,
+            ports: Vec::new(),
+            started_at_unix: None,
+            engine_ready_ms: None,
+        }
+    }
+}
+
+/// Which log of a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    /// The guest's serial console.
+    Console,
+    /// The host agent.
+    Hostagent,
+    /// The VM process (rmachine-vmm or QEMU).
+    Vmm,
+}
+
+impl LogKind {
+    /// The file of this log.
+    pub fn path(self, machine: &Machine) -> PathBuf {
+        match self {
+            LogKind::Console => machine.files.console_log(),
+            LogKind::Hostagent => machine.files.hostagent_log(),
+            LogKind::Vmm => machine.files.vmm_log(),
+        }
+    }
+}
+
+/// The machine store together with the docker CLI's config folder (for the contexts).
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    store: Store,
+    docker_config: PathBuf,
+}
+
+impl Lifecycle {
+    pub fn new(store: Store, docker_config: PathBuf) -> Lifecycle {
+        Lifecycle { store, docker_config }
+    }
+
+    /// The store and docker config folder the environment names (`RMACHINE_HOME`,
+    /// `DOCKER_CONFIG`, `HOME`).
+    pub fn from_env() -> Result<Lifecycle, LifecycleError> {
+        let paths = crate::paths::Paths::from_env()?;
+        Ok(Lifecycle::new(Store::new(paths), docker_context::docker_config_dir()?))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn docker_config(&self) -> &Path {
+        &self.docker_config
+    }
+
+    /// The docker CLI's current context, if one is set (a broken config.json reads as none).
+    pub fn current_context(&self) -> Option<String> {
+        docker_context::current(&self.docker_config).ok().flatten()
+    }
+
+    /// The machine whose context is current, if any.
+    pub fn active_machine(&self) -> Option<String> {
+        self.current_context().and_then(|c| c.strip_prefix("rmachine-").map(str::to_string))
+    }
+
+    /// Every machine, a broken one as an error row.
+    pub fn summaries(&self) -> Result<Vec<MachineSummary>, LifecycleError> {
+        let current = self.current_context();
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|(name, m)| match m {
+                Ok(m) => MachineSummary::of(&m, current.as_deref()),
+                Err(e) => MachineSummary::broken(&name, &e, current.as_deref()),
+            })
+            .collect())
+    }
+
+    /// One machine's summary.
+    pub fn summary(&self, name: &str) -> Result<MachineSummary, LifecycleError> {
+        let m = self.store.load(name)?;
+        Ok(MachineSummary::of(&m, self.current_context().as_deref()))
+    }
+
+    /// Creates a machine with `settings` over the defaults, prepares what its driver needs
+    /// (the data disk) and writes its docker context. A failed preparation leaves nothing.
+    pub fn create(&self, name: &str, settings: &Settings) -> Result<Machine, LifecycleError> {
+        let machine = self.store.create(name, settings)?;
+        let d = driver::for_machine(&machine);
+        if let Err(source) = d.create(&machine) {
+            let _ = self.store.remove(name);
+            return Err(LifecycleError::Prepare { name: name.to_string(), source });
+        }
+        self.write_context(&machine)?;
+        tracing::info!(machine = name, driver = machine.spec.driver.as_str(), "machine created");
+        Ok(machine)
+    }
+
+    /// Writes (or refreshes) the machine's docker context.
+    pub fn write_context(&self, machine: &Machine) -> Result<(), ContextError> {
+        docker_context::write(
+            &self.docker_config,
+            &docker_context::context_name(&machine.name),
+            &machine.files.docker_socket(),
+            &format!("rmachine machine {}", machine.name),
+        )
+    }
+
+    /// Starts a machine and waits until its engine answers (a running one is left as it
+    /// is); `progress` hears what the start is doing. Returns the machine as it is then.
+    pub fn start(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<Machine, LifecycleError> {
+        let machine = self.store.load(name)?;
+        if machine.state.state != State::Running {
+            self.write_context(&machine)?;
+            let d = driver::for_machine(&machine);
+            if !d.capabilities().can_start_stop {
+                return Err(MachineError::Unsupported { driver: machine.spec.driver.as_str(), op: "start" }.into());
+            }
+            let _span = tracing::info_span!("start", machine = name).entered();
+            d.start(&machine, progress)?;
+            tracing::info!("machine running");
+        }
+        Ok(self.store.load(name)?)
+    }
+
+    /// Stops a machine cleanly, or at once with `force`. A stopped machine is left as is.
+    pub fn stop(&self, name: &str, force: bool) -> Result<Machine, LifecycleError> {
+        let machine = self.store.load(name)?;
+        if machine.state.state != State::Stopped {
+            let d = driver::for_machine(&machine);
+            let _span = tracing::info_span!("stop", machine = name, force).entered();
+            if force {
+                d.kill(&machine)?;
+            } else {
+                d.stop(&machine)?;
+            }
+            tracing::info!("machine stopped");
+        }
+        Ok(self.store.load(name)?)
+    }
+
+    /// Stops (when not stopped) and starts a machine.
+    pub fn restart(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<Machine, LifecycleError> {
+        self.stop(name, false)?;
+        self.start(name, progress)
+    }
+
+    /// Removes a machine with its data disk and docker context. A machine that is not
+    /// stopped (or in error) is refused unless `force`, which kills it first.
+    pub fn remove(&self, name: &str, force: bool) -> Result<(), LifecycleError> {
+        let machine = match self.store.load(name) {
+            Ok(m) => Some(m),
+            // A machine whose machine.toml is broken can still be removed with force.
+            Err(StoreError::Config(_)) if force => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(m) = &machine {
+            let busy = !matches!(m.state.state, State::Stopped | State::Error(_));
+            if busy && !force {
+                return Err(StoreError::Busy { name: name.to_string(), state: m.state.state.name() }.into());
+            }
+            // Also for an error state: a VM process may be left.
+            let d = driver::for_machine(m);
+            d.kill(m)?;
+            d.remove(m)?;
+        }
+        self.store.remove(name)?;
+        docker_context::remove(&self.docker_config, &docker_context::context_name(name))?;
+        tracing::info!(machine = name, "machine removed");
+        Ok(())
+    }
+
+    /// Makes the machine's docker context the current one.
+    pub fn use_machine(&self, name: &str) -> Result<(), LifecycleError> {
+        let m = self.store.load(name)?;
+        self.write_context(&m)?;
+        docker_context::set_current(&self.docker_config, Some(&docker_context::context_name(name)))?;
+        Ok(())
+    }
+
+    /// Switches the docker CLI back to its `default` context.
+    pub fn use_default_context(&self) -> Result<(), LifecycleError> {
+        docker_context::set_current(&self.docker_config, None)?;
+        Ok(())
+    }
+
+    /// The last `max_bytes` of a machine's log (empty when it has none yet), cut at a
+    /// line start, and the file's length (to follow it from there).
+    pub fn log_tail(&self, name: &str, kind: LogKind, max_bytes: u64) -> Result<(String, u64), LifecycleError> {
+        let m = self.store.load(name)?;
+        let path = kind.path(&m);
+        Ok(read_tail(&path, max_bytes).map_err(|source| StoreError::Io { what: "cannot read", path, source })?)
+    }
+
+    /// The defaults for new machines (`defaults.toml`).
+    pub fn defaults(&self) -> Result<Settings, LifecycleError> {
+        Ok(config::read_defaults(&self.store.paths().defaults_file())?)
+    }
+
+    /// Replaces the defaults for new machines after checking them.
+    pub fn set_defaults(&self, settings: &Settings) -> Result<(), LifecycleError> {
+        settings.validate()?;
+        let defaults = Settings { version: None, ..settings.clone() };
+        let home = self.store.paths().home();
+        std::fs::create_dir_all(home)
+            .map_err(|source| StoreError::Io { what: "cannot create", path: home.to_path_buf(), source })?;
+        Ok(config::write_defaults(&self.store.paths().defaults_file(), &defaults)?)
+    }
+}
+
+/// The last `max_bytes` of a file from a line start, and the file's length; a missing
+/// file is empty.
+pub fn read_tail(path: &Path, max_bytes: u64) -> std::io::Result<(String, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let from = len.saturating_sub(max_bytes);
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(len - from).read_to_end(&mut buf)?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if from > 0 {
+        if let Some(nl) = text.find('\n') {
+            text.drain(..=nl);
+        }
+    }
+    Ok((text, len))
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DriverKind;
+    use crate::paths::Paths;
+
+    fn lifecycle() -> (tempfile::TempDir, Lifecycle) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
+        let lc = Lifecycle::new(store, dir.path().join("docker"));
+        (dir, lc)
+    }
+
+    fn fake() -> Settings {
+        Settings { driver: Some(DriverKind::Fake), cpus: Some(1), memory_mib: Some(1024), ..Default::default() }
+    }
+
+    #[test]
+    fn test_fake_machine_lifecycle_with_context() {
+        let (_d, lc) = lifecycle();
+        lc.create("dev", &fake()).unwrap();
+        assert!(docker_context::exists(lc.docker_config(), "rmachine-dev"));
+        let mut heard = Vec::new();
+        let m = lc.start("dev", &mut |d| heard.push(d.to_string())).unwrap();
+        assert_eq!(m.state.state, State::Running);
+        assert!(!heard.is_empty());
+        assert!(matches!(lc.remove("dev", false), Err(LifecycleError::Store(StoreError::Busy { .. }))));
+        lc.use_machine("dev").unwrap();
+        assert_eq!(lc.active_machine().as_deref(), Some("dev"));
+        let rows = lc.summaries().unwrap();
+        assert!(rows[0].active && rows[0].state == "running" && rows[0].cpus == Some(1));
+        assert_eq!(lc.stop("dev", false).unwrap().state.state, State::Stopped);
+        lc.remove("dev", false).unwrap();
+        assert!(!docker_context::exists(lc.docker_config(), "rmachine-dev"));
+        assert_eq!(lc.active_machine(), None);
+    }
+
+    #[test]
+    fn test_broken_machine_is_an_error_row() {
+        let (_d, lc) = lifecycle();
+        lc.create("dev", &fake()).unwrap();
+        std::fs::write(lc.store().paths().machine("dev").config(), "version = 1\ncpus = [").unwrap();
+        let rows = lc.summaries().unwrap();
+        assert_eq!(rows[0].state, "error");
+        assert!(rows[0].error.as_deref().unwrap_or("").contains("machine.toml"));
+        lc.remove("dev", true).unwrap();
+        assert!(lc.summaries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_log_tail_starts_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        assert_eq!(read_tail(&path, 10).unwrap(), (String::new(), 0));
+        std::fs::write(&path, "first line\nsecond\nthird\n").unwrap();
+        let (text, len) = read_tail(&path, 10).unwrap();
+        assert_eq!(len, 24);
+        assert_eq!(text, "third\n");
+    }
+
+    #[test]
+    fn test_defaults_round_trip_and_validation() {
+        let (_d, lc) = lifecycle();
+        assert_eq!(lc.defaults().unwrap(), Settings::default());
+        lc.set_defaults(&Settings { cpus: Some(1), disk_size_gib: Some(10), ..Default::default() }).unwrap();
+        assert_eq!(lc.defaults().unwrap().disk_size_gib, Some(10));
+        assert!(lc.set_defaults(&Settings { disk_size_gib: Some(1), ..Default::default() }).is_err());
+        let m = lc.create("dev", &fake()).unwrap();
+        assert_eq!(m.spec.disk_size_gib, 10);
+    }
+}
