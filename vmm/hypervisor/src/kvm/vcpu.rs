@@ -181,6 +181,24 @@ fn set_lapic_reg(regs: &mut [libc::c_char], offset: usize, value: u32) {
     }
 }
 
+/// `KVM_EXIT_INTERNAL_ERROR` in words: the suberror (linux/kvm.h `KVM_INTERNAL_ERROR_*`) and
+/// the data words KVM attached (for an emulation failure: the instruction bytes, for a
+/// delivery event: the exit reason and vectoring information).
+fn describe_internal_error(suberror: u32, data: &[u64]) -> String {
+    let kind = match suberror {
+        1 => "emulation failure",
+        2 => "simultaneous #PF while delivering an event",
+        3 => "delivery event",
+        4 => "unexpected exit reason",
+        _ => "unknown suberror",
+    };
+    let data: Vec<String> = data.iter().map(|d| format!("{d:#x}")).collect();
+    format!(
+        "kvm internal error: {kind} (suberror {suberror}), data [{}]",
+        data.join(", ")
+    )
+}
+
 /// An LVT value with the delivery mode (bits 8..11) replaced.
 fn with_delivery_mode(lvt: u32, mode: u32) -> u32 {
     (lvt & !0x700) | (mode << 8)
@@ -205,7 +223,16 @@ impl Vcpu for KvmVcpu {
                 VcpuExit::FailEntry(reason, cpu) => VmExit::Unhandled(format!(
                     "entry failed: hardware reason {reason:#x} on cpu {cpu}"
                 )),
-                VcpuExit::InternalError => VmExit::Unhandled("kvm internal error".to_string()),
+                VcpuExit::InternalError => {
+                    // SAFETY: `run_area` is the `kvm_run` mapping owned by `self.fd`, alive as
+                    // long as `self`; KVM_RUN has returned with KVM_EXIT_INTERNAL_ERROR, so the
+                    // `internal` member of the exit union is the one KVM filled in.
+                    let internal = unsafe { (*self.run_area).__bindgen_anon_1.internal };
+                    VmExit::Unhandled(describe_internal_error(
+                        internal.suberror,
+                        &internal.data[..(internal.ndata as usize).min(internal.data.len())],
+                    ))
+                }
                 other => VmExit::Unhandled(format!("{other:?}")),
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -420,6 +447,15 @@ mod tests {
             0x0001_0700
         );
         assert_eq!(with_delivery_mode(0x0000_0700, APIC_MODE_NMI), 0x0000_0400);
+    }
+
+    #[test]
+    fn test_describe_internal_error() {
+        assert_eq!(
+            describe_internal_error(1, &[0x2, 0x0f01ca]),
+            "kvm internal error: emulation failure (suberror 1), data [0x2, 0xf01ca]"
+        );
+        assert!(describe_internal_error(9, &[]).contains("unknown suberror"));
     }
 
     #[test]

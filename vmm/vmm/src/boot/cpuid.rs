@@ -44,12 +44,14 @@ const fn f(name: &'static str, leaf: u32, subleaf: u32, register: Register, bit:
 /// Features the configuration may hide.
 pub const FEATURES: &[Feature] = &[
     f("vmx", 1, 0, Register::Ecx, 5),
+    f("cx16", 1, 0, Register::Ecx, 13),
     f("pdcm", 1, 0, Register::Ecx, 15),
     f("pcid", 1, 0, Register::Ecx, 17),
     f("sse4_1", 1, 0, Register::Ecx, 19),
     f("sse4_2", 1, 0, Register::Ecx, 20),
     f("x2apic", 1, 0, Register::Ecx, 21),
     f("movbe", 1, 0, Register::Ecx, 22),
+    f("popcnt", 1, 0, Register::Ecx, 23),
     f("tsc_deadline_timer", 1, 0, Register::Ecx, 24),
     f("aes", 1, 0, Register::Ecx, 25),
     f("xsave", 1, 0, Register::Ecx, 26),
@@ -101,6 +103,9 @@ pub const FEATURES: &[Feature] = &[
     f("avx512_fp16", 7, 0, Register::Edx, 23),
     f("amx_tile", 7, 0, Register::Edx, 24),
     f("amx_int8", 7, 0, Register::Edx, 25),
+    f("xsaveopt", 0xd, 1, Register::Eax, 0),
+    f("xsavec", 0xd, 1, Register::Eax, 1),
+    f("xsaves", 0xd, 1, Register::Eax, 3),
     f("svm", 0x8000_0001, 0, Register::Ecx, 2),
     f("pdpe1gb", 0x8000_0001, 0, Register::Edx, 26),
     f("rdtscp", 0x8000_0001, 0, Register::Edx, 27),
@@ -232,5 +237,19 @@ mod tests {
         assert_eq!(out[2].ebx, 1 << 16);
         assert_eq!(out[0].ecx & (1 << 28), 0);
         assert!(Feature::by_name("nope").is_none());
+        // What PVM's instruction emulator cannot do can be hidden too.
+        let mut with_cx16_popcnt = supported();
+        with_cx16_popcnt[0].ecx |= (1 << 13) | (1 << 23);
+        let out = filter(
+            &with_cx16_popcnt,
+            0,
+            1,
+            &[
+                Feature::by_name("cx16").unwrap(),
+                Feature::by_name("popcnt").unwrap(),
+            ],
+        );
+        assert_eq!(out[0].ecx & ((1 << 13) | (1 << 23)), 0);
+        assert_ne!(out[0].ecx & (1 << 28), 0);
     }
 }

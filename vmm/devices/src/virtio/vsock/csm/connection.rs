@@ -54,6 +54,9 @@ pub struct Connection {
     pub rx_pending: bool,
     /// Guest-to-host bytes not yet accepted by the host stream.
     tx_buf: VecDeque<u8>,
+    /// How many bytes at the front of `tx_buf` the VMM wrote itself (the `OK <port>` line):
+    /// they are not guest data and do not count in `fwd_cnt`.
+    control_bytes: usize,
     /// Bytes forwarded to the host (our `fwd_cnt`).
     fwd_cnt: Wrapping<u32>,
     /// `fwd_cnt` as last told to the guest.
@@ -78,6 +81,7 @@ impl Connection {
             peer_shut_recv: false,
             rx_pending: false,
             tx_buf: VecDeque::new(),
+            control_bytes: 0,
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -124,6 +128,7 @@ impl Connection {
         for b in bytes.iter().rev() {
             self.tx_buf.push_front(*b);
         }
+        self.control_bytes += bytes.len();
     }
 
     /// Takes guest data for the host: written at once where the stream accepts it, buffered
@@ -155,7 +160,9 @@ impl Connection {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     self.tx_buf.drain(..n);
-                    self.fwd_cnt += Wrapping(n as u32);
+                    let control = n.min(self.control_bytes);
+                    self.control_bytes -= control;
+                    self.fwd_cnt += Wrapping((n - control) as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -208,7 +215,9 @@ mod tests {
         let mut buf = [0u8; 9];
         peer.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"OK 7\ndata");
-        assert_eq!(c.fwd_cnt_for_header(), 9);
+        // Only guest bytes count: the guest's credit would underflow if the VMM's own
+        // `OK` line were counted as forwarded guest data.
+        assert_eq!(c.fwd_cnt_for_header(), 4);
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! The L1 initramfs: busybox, the init script, the KVM and virtio modules, rmachine-vmm with
+//! its shared libraries, the static nested client, the guest kernel and the VMM's
+//! configuration. It is cached by content hash under `<cache>/initramfs-<hash>.cpio`
+//! (uncompressed: the L1 kernel would spend longer inflating it under TCG than QEMU spends
+//! loading it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::cpio::{self, Entry};
+use crate::kernel::L1Kernel;
+
+/// The L1 init script.
+const INIT: &str = include_str!("l1-init.sh");
+
+/// What goes into the initramfs besides busybox and the init script.
+pub struct Inputs<'a> {
+    /// L1's kernel and modules.
+    pub kernel: &'a L1Kernel,
+    /// `rmachine-vmm` (dynamically linked: its libraries are copied too).
+    pub vmm: &'a Path,
+    /// `rmachine-nested-client` (static).
+    pub client: &'a Path,
+    /// The guest kernel (bzImage).
+    pub guest_kernel: &'a Path,
+    /// rmachine-vmm's JSON configuration.
+    pub vm_json: String,
+    /// Shell variables for the init script (`NAME=value` lines).
+    pub env: String,
+}
+
+/// Whether an ELF executable has a program interpreter (is dynamically linked).
+pub fn elf_has_interp(elf: &[u8]) -> Result<bool, String> {
+    const PT_INTERP: u32 = 3;
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
+        return Err("not a 64-bit ELF file".into());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let Some(ty) = elf.get(at..at + 4) else {
+            return Err("program headers run past the end".into());
+        };
+        if u32::from_le_bytes(ty.try_into().expect("4 bytes")) == PT_INTERP {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The absolute library paths in `ldd` output (the loader included, the vDSO not).
+pub fn parse_ldd(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn static_busybox() -> Vec<u8> {
+    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
+        if let Ok(bytes) = std::fs::read(candidate) {
+            if elf_has_interp(&bytes) == Ok(false) {
+                return bytes;
+            }
+        }
+    }
+    panic!(
+        "no static busybox (/bin/busybox) for the L1 initramfs: install the Debian package \
+         busybox-static"
+    )
+}
+
+/// The entries of the archive, in order.
+pub fn entries(inputs: &Inputs) -> Vec<Entry> {
+    let mut e = vec![
+        Entry::file("init", 0o755, INIT.as_bytes().to_vec()),
+        Entry::file("bin/busybox", 0o755, static_busybox()),
+        Entry::char_dev("dev/console", 0o600, 5, 1),
+    ];
+    for dir in ["proc", "sys", "tmp", "run"] {
+        e.push(Entry::dir(dir));
+    }
+    let mut module_names = String::new();
+    for module in &inputs.kernel.modules {
+        let name = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("module file name");
+        e.push(Entry::file(
+            &format!("lib/modules/{name}"),
+            0o644,
+            read(module),
+        ));
+        module_names.push_str(name);
+        module_names.push('\n');
+    }
+    e.push(Entry::file(
+        "etc/nested/modules",
+        0o644,
+        module_names.into_bytes(),
+    ));
+
+    e.push(Entry::file("bin/rmachine-vmm", 0o755, read(inputs.vmm)));
+    let out = Command::new("ldd")
+        .arg(inputs.vmm)
+        .output()
+        .expect("run ldd (Debian package libc-bin) to list rmachine-vmm's libraries");
+    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !libs.is_empty(),
+        "ldd found no libraries of {}: {}",
+        inputs.vmm.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for lib in libs {
+        // The path as the loader looks it up, with the contents of what it points to.
+        e.push(Entry::file(&lib, 0o755, read(Path::new(&lib))));
+    }
+
+    let client = read(inputs.client);
+    assert_eq!(
+        elf_has_interp(&client),
+        Ok(false),
+        "{} must be static (built for x86_64-unknown-linux-musl)",
+        inputs.client.display()
+    );
+    e.push(Entry::file("bin/rmachine-nested-client", 0o755, client));
+    e.push(Entry::file("l2/bzImage", 0o644, read(inputs.guest_kernel)));
+    e.push(Entry::file(
+        "etc/nested/vm.json",
+        0o644,
+        inputs.vm_json.clone().into_bytes(),
+    ));
+    e.push(Entry::file(
+        "etc/nested/env",
+        0o644,
+        inputs.env.clone().into_bytes(),
+    ));
+    e
+}
+
+/// sha256 over every entry's path, mode, device and contents.
+pub fn content_key(entries: &[Entry]) -> String {
+    let mut h = Sha256::new();
+    for e in entries {
+        h.update((e.path.len() as u64).to_le_bytes());
+        h.update(e.path.as_bytes());
+        h.update(e.mode.to_le_bytes());
+        h.update(e.rdev.0.to_le_bytes());
+        h.update(e.rdev.1.to_le_bytes());
+        h.update((e.data.len() as u64).to_le_bytes());
+        h.update(&e.data);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The cached initramfs for `inputs`, written if missing. Older initramfs files of the cache
+/// are removed.
+pub fn build(cache: &Path, inputs: &Inputs) -> PathBuf {
+    let entries = entries(inputs);
+    let key = content_key(&entries);
+    let path = cache.join(format!("initramfs-{}.cpio", &key[..16]));
+    if path.exists() {
+        eprintln!("nested: initramfs cached: {}", path.display());
+        return path;
+    }
+    std::fs::create_dir_all(cache).expect("create the nested cache");
+    let tmp = cache.join(format!("tmp-initramfs-{}", std::process::id()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create initramfs"));
+    cpio::write_archive(&mut out, &entries).expect("write initramfs");
+    drop(out);
+    for old in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name.starts_with("initramfs-") && name.ends_with(".cpio") {
+            let _ = std::fs::remove_file(old.path());
+        }
+    }
+    std::fs::rename(&tmp, &path).expect("move the initramfs into the cache");
+    eprintln!("nested: initramfs built: {}", path.display());
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_ldd() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+            \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f55)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f55)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f55)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        assert!(parse_ldd("\tstatically linked\n").is_empty());
+    }
+
+    #[test]
+    fn test_elf_has_interp() {
+        // The test binary itself is dynamically linked (gnu target); `sh` too.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(elf_has_interp(&me), Ok(true));
+        assert!(elf_has_interp(b"#!/bin/sh\n").is_err());
+        // A minimal ELF header with no program headers is static.
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        assert_eq!(elf_has_interp(&elf), Ok(false));
+    }
+
+    #[test]
+    fn test_content_key_changes_with_any_input() {
+        let a = [Entry::file("x", 0o644, vec![1])];
+        let b = [Entry::file("x", 0o755, vec![1])];
+        let c = [Entry::file("x", 0o644, vec![2])];
+        let d = [Entry::file("y", 0o644, vec![1])];
+        let keys: std::collections::BTreeSet<String> = [&a, &b, &c, &d]
+            .iter()
+            .map(|e| content_key(&e[..]))
+            .collect();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(content_key(&a), content_key(&a.clone()));
+    }
+}

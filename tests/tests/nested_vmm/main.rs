@@ -1,0 +1,284 @@
+//! rmachine-vmm boots the real guest image on real KVM, nested: this machine's `/dev/kvm` (PVM)
+//! cannot run a stock Linux kernel, but QEMU's software emulation (TCG) emulates AMD SVM, so
+//! a Linux L1 VM under TCG gets a working `/dev/kvm` from kvm-amd and rmachine-vmm runs inside
+//! it.
+//!
+//! The host side builds rmachine-vmm (gnu, with its shared libraries) and the static
+//! `rmachine-nested-client` (musl), takes Debian's stock kernel and its KVM and virtio modules
+//! (`kernel`), packs them with busybox, the guest kernel and the VMM's configuration into an
+//! initramfs (`initramfs`, cached by content hash under `~/.cache/rmachine/nested/`), and boots
+//! L1 under QEMU with the guest image's root filesystem, a fresh sparse data disk and a config
+//! disk as virtio disks (`l1`). L1's init (`l1-init.sh`) runs rmachine-vmm on its /dev/vdX
+//! disks and the client beside it: the agent must answer `ping` over the VMM's hybrid vsock
+//! socket, the engine must answer `GET /version` with Docker 26 through the `engine` service,
+//! and the guest must power off cleanly when asked. L1 prints `NESTED PASS` or
+//! `NESTED FAIL <why>`, the guest's console (`L2| `) and the VMM's log (`VMM| `).
+
+mod cpio;
+mod initramfs;
+mod kernel;
+mod l1;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rmachine_machine::paths::Paths;
+use rmachine_protocol::config_disk::GuestConfig;
+use vmm::config::{DiskConfig, KernelConfig, RngConfig, SerialConfig, VmConfig, VsockConfig};
+
+/// The guest's RAM in MiB.
+pub const L2_MEMORY_MIB: u64 = 1024;
+/// How long the client in L1 tries to reach the agent and the engine.
+const CLIENT_TIMEOUT_S: u64 = 600;
+/// How long the guest may take to power off once asked.
+const SHUTDOWN_TIMEOUT_S: u64 = 120;
+/// The whole L1 run, boot to power off.
+const L1_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Extra guest command-line words, for debugging (e.g. `loglevel=7`).
+const L2_CMDLINE_EXTRA_ENV: &str = "RMACHINE_NESTED_L2_CMDLINE_EXTRA";
+/// The musl target of the static client.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate lives in <workspace>/tests")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// `cargo build --release <args>` in the workspace; fails with `fix` in the message.
+fn cargo_build(args: &[&str], fix: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let started = Instant::now();
+    let out = Command::new(&cargo)
+        .args(["build", "--release"])
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    assert!(
+        out.status.success(),
+        "cargo build --release {} failed ({}). {fix}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "nested: cargo build --release {} took {:.1}s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// rmachine-vmm's configuration inside L1: the guest image's kernel (in the initramfs), the
+/// three disks as L1's block devices (named by the init script after their serials), the
+/// hybrid vsock socket the client uses and the guest console in a file the init streams.
+fn vm_config(cmdline: String) -> VmConfig {
+    let disk = |id: &str, read_only| DiskConfig {
+        id: id.to_string(),
+        path: PathBuf::from(format!("/dev/rm-{id}")),
+        read_only,
+        slot: None,
+    };
+    VmConfig {
+        vcpus: Some(1),
+        memory_mib: Some(L2_MEMORY_MIB),
+        kernel: KernelConfig {
+            path: "/l2/bzImage".into(),
+            cmdline: Some(cmdline),
+            initrd: None,
+        },
+        cpu: None,
+        serial: Some(SerialConfig {
+            log_path: Some("/tmp/l2-console.log".into()),
+            stdio: false,
+        }),
+        // Order matters: the guest sees root, data, config as vda, vdb, vdc.
+        disks: vec![
+            disk("root", true),
+            disk("data", false),
+            disk("config", true),
+        ],
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/run/vsock.sock".into(),
+            slot: None,
+        }),
+        rng: Some(RngConfig::default()),
+        api_socket: None,
+    }
+}
+
+/// The guest command line: the image's, a reset through the i8042 on reboot (the VMM exits
+/// on reset), and the debugging extras.
+fn guest_cmdline(image_cmdline: &str, extra: Option<&str>) -> String {
+    let mut cmdline = format!("{image_cmdline} reboot=k");
+    // The guest kernel's RTC probing costs one exit per CMOS read: 16-24 s nested.
+    if !cmdline.contains("initcall_blacklist=") {
+        cmdline.push_str(" initcall_blacklist=cmos_init,early_resume_init");
+    }
+    if let Some(extra) = extra.filter(|e| !e.trim().is_empty()) {
+        cmdline.push(' ');
+        cmdline.push_str(extra.trim());
+    }
+    cmdline
+}
+
+#[test]
+fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
+    let total = Instant::now();
+    let (manifest, image_dir) = rmachine_e2e::image();
+    l1::require_qemu();
+    let cache = Paths::from_env()
+        .expect("HOME or RMACHINE_CACHE is set")
+        .cache()
+        .join("nested");
+
+    cargo_build(&["-p", "rmachine-vmm"], "");
+    cargo_build(
+        &["-p", "rmachine-nested-client", "--target", MUSL_TARGET],
+        "The client runs inside L1 and must be static: `rustup target add x86_64-unknown-linux-musl`",
+    );
+    let kernel = kernel::l1_kernel(&cache);
+
+    let cmdline = guest_cmdline(
+        &manifest.kernel_cmdline,
+        std::env::var(L2_CMDLINE_EXTRA_ENV).ok().as_deref(),
+    );
+    let vm_json = serde_json::to_string_pretty(&vm_config(cmdline)).expect("vm config to json");
+    let env = format!(
+        "CLIENT_TIMEOUT_S={CLIENT_TIMEOUT_S}\nSHUTDOWN_TIMEOUT_S={SHUTDOWN_TIMEOUT_S}\nVMM_LOG_LEVEL=info\n"
+    );
+    let target = target_dir();
+    let initrd = initramfs::build(
+        &cache,
+        &initramfs::Inputs {
+            kernel: &kernel,
+            vmm: &target.join("release/rmachine-vmm"),
+            client: &target
+                .join(MUSL_TARGET)
+                .join("release/rmachine-nested-client"),
+            guest_kernel: &image_dir.join(&manifest.kernel.file),
+            vm_json,
+            env,
+        },
+    );
+    let prepared_s = total.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data.img");
+    rmachine_e2e::sparse_disk(&data, 8);
+    let config = GuestConfig {
+        version: rmachine_protocol::PROTOCOL_VERSION,
+        token: rmachine_e2e::new_token(),
+        hostname: "nested".into(),
+        data_disk: "/dev/vdb".into(),
+        host_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as i64,
+        host_addr: None,
+        mounts: vec![],
+    };
+    let config_disk = dir.path().join("config.img");
+    std::fs::write(&config_disk, config.encode()).expect("write the config disk");
+
+    let log_dir = l1::log_dir(&target);
+    std::fs::create_dir_all(&log_dir).expect("create the log folder");
+    let log = log_dir.join("l1-console.log");
+    let cmd = l1::command(
+        &kernel.vmlinuz,
+        &initrd,
+        &l1::Disks {
+            root: &image_dir.join(&manifest.rootfs.file),
+            data: &data,
+            config: &config_disk,
+        },
+    );
+    eprintln!(
+        "nested: image {}, L1 kernel {}, L1 console in {}\nnested: {cmd:?}",
+        manifest.version,
+        kernel.package,
+        log.display()
+    );
+    let run = l1::run(cmd, L1_TIMEOUT, &log);
+    let o = l1::parse(&run.lines);
+
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    eprintln!(
+        "nested timings (s): prepare={prepared_s:.1} l1_boot={} vmm_start={} \
+         l2_to_ping={} l2_to_docker_version={} l1_run={:.1} total={:.1}",
+        fmt(o.l1_init_s),
+        fmt(o.vmm_start_s),
+        fmt(o.l2_ping_s),
+        fmt(o.l2_docker_version_s),
+        run.elapsed.as_secs_f64(),
+        total.elapsed().as_secs_f64()
+    );
+    if !o.pass {
+        let status = if run.timed_out {
+            format!("L1 killed after {L1_TIMEOUT:?}")
+        } else {
+            "L1 exited".to_string()
+        };
+        panic!(
+            "no NESTED PASS ({status}); failures: {:?}\n\
+             --- L1 console (last 40 lines) ---\n{}\n\
+             --- L2 guest console (last 60 lines) ---\n{}\n\
+             --- rmachine-vmm log (last 20 lines) ---\n{}\n\
+             --- qemu stderr ---\n{}\n(full L1 console: {})",
+            o.failures,
+            l1::tail(&run.lines, 40, |l| !l.starts_with("L2| ")
+                && !l.starts_with("VMM| ")),
+            l1::tail(&run.lines, 60, |l| l.starts_with("L2| ")),
+            l1::tail(&run.lines, 20, |l| l.starts_with("VMM| ")),
+            run.stderr,
+            log.display()
+        );
+    }
+    assert!(
+        o.failures.is_empty(),
+        "PASS with failures: {:?}",
+        o.failures
+    );
+    assert!(
+        o.l2_ping_s.is_some() && o.l2_docker_version_s.is_some(),
+        "PASS without the client's timings: {o:?}"
+    );
+}
+
+#[test]
+fn test_guest_cmdline_adds_reset_and_rtc_blacklist_once() {
+    assert_eq!(
+        guest_cmdline("console=ttyS0 quiet", None),
+        "console=ttyS0 quiet reboot=k initcall_blacklist=cmos_init,early_resume_init"
+    );
+    let image = "console=ttyS0 initcall_blacklist=cmos_init,early_resume_init";
+    assert_eq!(
+        guest_cmdline(image, Some(" loglevel=7 ")),
+        format!("{image} reboot=k loglevel=7")
+    );
+}
+
+#[test]
+fn test_vm_config_is_valid_for_the_vmm() {
+    let config = vm_config("console=ttyS0".into());
+    let json = serde_json::to_string(&config).unwrap();
+    let parsed = VmConfig::from_json(&json).unwrap();
+    assert_eq!(parsed, config);
+    let ids: Vec<&str> = parsed.disks.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["root", "data", "config"]);
+    assert!(parsed.disks[0].read_only && !parsed.disks[1].read_only && parsed.disks[2].read_only);
+    // The init script streams exactly these files and hands the client this socket.
+    let init = include_str!("l1-init.sh");
+    assert!(init.contains("/tmp/l2-console.log") && init.contains("--uds /run/vsock.sock"));
+    assert!(init.contains("/etc/nested/vm.json"));
+}
