@@ -108,8 +108,11 @@ impl Guest {
             pid_file: None,
             shares: vec![],
         };
-        let child = vm
-            .command()
+        let mut command = vm.command();
+        if std::env::var_os("RMACHINE_E2E_VERBOSE").is_some() {
+            eprintln!("qemu command: {command:?}");
+        }
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(dir.join("qemu.out")).unwrap())
             .stderr(std::fs::File::create(dir.join("qemu.err")).unwrap())
@@ -129,7 +132,7 @@ impl Guest {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             self.assert_running();
-            if std::fs::read_to_string(&self.console_log).is_ok_and(|t| t.contains(marker)) {
+            if self.console().contains(marker) {
                 return self.started.elapsed();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -142,9 +145,15 @@ impl Guest {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The console so far; it is bytes, not always UTF-8 (a serial line may start with
+    /// 0xff), so it is read lossily.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console_log).unwrap_or_default()).into_owned()
+    }
+
     /// The last lines of the console, for failure messages.
     pub fn console_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.console_log).unwrap_or_default();
+        let text = self.console();
         let lines: Vec<&str> = text.lines().collect();
         let err = std::fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default();
         format!("--- console (last 60 lines) ---\n{}\n--- qemu stderr ---\n{err}", lines[lines.len().saturating_sub(60)..].join("\n"))

@@ -73,7 +73,7 @@ fn test_guest_serves_docker_and_keeps_data_across_boots() {
     assert!(matches!(guest.control(&rt, Request::Shutdown { reboot: false }), Ok(Reply::ShuttingDown)));
     let status = guest.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "QEMU exit status {status}\n{}", guest.console_tail());
-    let console = std::fs::read_to_string(&guest.console_log).unwrap_or_default();
+    let console = guest.console();
     drop(guest);
 
     // Second boot with the same data disk: the container and image are still there.

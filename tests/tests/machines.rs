@@ -165,6 +165,8 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     });
     let error = env.listed(M)["error"].as_str().unwrap_or("").to_string();
     assert!(error.contains("exited unexpectedly") && error.contains("console"), "{error}");
+    // The console's last lines are in the error: the kernel's and the agent's.
+    assert!(error.contains("rmachine-agent") || error.contains("INFO"), "no console lines in the error: {error}");
     // And it recovers, data disk intact.
     env.rmachine_ok(&["start", M]);
     assert_eq!(env.docker_ok(&["run", "--rm", "-v", "keep:/data", "e2e/busybox:1", "cat", "/data/f"]), "kept\n");

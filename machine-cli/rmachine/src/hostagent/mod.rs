@@ -262,7 +262,8 @@ async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
 
 fn vm_died(machine: &Machine, status: std::io::Result<std::process::ExitStatus>) -> anyhow::Error {
     let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-    let text = std::fs::read_to_string(machine.files.console_log()).unwrap_or_default();
+    // The console is bytes, not always UTF-8 (a serial line may start with 0xff).
+    let text = String::from_utf8_lossy(&std::fs::read(machine.files.console_log()).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     anyhow!("the VM exited unexpectedly ({status}); the console's last lines:\n{tail}")
