@@ -333,17 +333,18 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
     tarball
 }
 
-/// The `rmachine` binary of this build: `RMACHINE_BIN`, else beside the test binary's
-/// folder (`target/<profile>/rmachine`).
+/// The `rmachine` binary of this build: `RMACHINE_BIN`, else beside the running binary
+/// (`target/<profile>/` for a bench) or one folder up (`target/<profile>/deps/<test>`).
 pub fn rmachine_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("RMACHINE_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("rmachine");
-    assert!(bin.exists(), "{} not built: run `cargo build -p rmachine` (cargo nextest run --workspace builds it)", bin.display());
-    bin
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable folder");
+    let candidates = [dir.join("rmachine"), dir.parent().map(|d| d.join("rmachine")).unwrap_or_default()];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!("rmachine not built beside {}: run `cargo build -p rmachine` (cargo nextest run --workspace builds it)", exe.display())
+    })
 }
 
 /// A private rmachine home (sharing the installed guest images) and docker config
