@@ -16,6 +16,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The plain init: what any VM-based Docker must do at least, no agent.
 const SHELL_INIT: &str = r#"#!/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp; mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -28,7 +29,11 @@ echo SHELL-INIT-UP > /dev/console
 containerd > /var/log/containerd.log 2>&1 &
 until [ -S /run/containerd/containerd.sock ]; do sleep 0.05; done
 dockerd --containerd=/run/containerd/containerd.sock -H unix:///run/docker.sock > /var/log/docker.log 2>&1 &
-until docker -H unix:///run/docker.sock version > /dev/null 2>&1; do sleep 0.05; done
+n=0
+until docker -H unix:///run/docker.sock version > /dev/null 2>&1; do
+  sleep 0.05; n=$((n+1))
+  [ $n = 2000 ] && tail -20 /var/log/docker.log > /dev/console
+done
 echo DOCKERD-READY > /dev/console
 exec sleep 100000
 "#;
