@@ -113,6 +113,8 @@ fn vm_config(cmdline: String) -> VmConfig {
             slot: None,
         }),
         rng: Some(RngConfig::default()),
+        net: None,
+        balloon: None,
         api_socket: None,
     }
 }

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::boot::cpuid;
 use crate::layout::{self, VIRTIO_SLOTS};
 
+mod balloon;
+mod net;
+
+pub use balloon::BalloonConfig;
+pub use net::{parse_mac, NetBackendKind, NetConfig, DEFAULT_MAC};
+
 /// Default kernel command line: serial console, reset through the i8042 on reboot, no PCI, and
 /// an i8042 driver that does not probe for a mouse or a PnP description.
 pub const DEFAULT_CMDLINE: &str =
@@ -44,6 +50,10 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The entropy device. Default: none.
     pub rng: Option<RngConfig>,
+    /// The network device. Default: none.
+    pub net: Option<NetConfig>,
+    /// The memory balloon. Default: none.
+    pub balloon: Option<BalloonConfig>,
     /// Unix socket of the control API. Default: no API.
     pub api_socket: Option<PathBuf>,
 }
@@ -154,6 +164,10 @@ pub enum SlotDevice {
     Vsock,
     /// The rng device.
     Rng,
+    /// The net device.
+    Net,
+    /// The balloon device.
+    Balloon,
 }
 
 /// A validated configuration with every default resolved.
@@ -289,6 +303,13 @@ impl VmConfig {
         }
         if let Some(rng) = &self.rng {
             wanted.push(("rng".to_string(), rng.slot, SlotDevice::Rng));
+        }
+        if let Some(net) = &self.net {
+            net.validate()?;
+            wanted.push(("net".to_string(), net.slot, SlotDevice::Net));
+        }
+        if let Some(balloon) = &self.balloon {
+            wanted.push(("balloon".to_string(), balloon.slot, SlotDevice::Balloon));
         }
 
         // Explicit slots first, then the rest in order.
@@ -494,8 +515,8 @@ mod tests {
     #[test]
     fn test_refuses_unknown_field() {
         let f = Files::new();
-        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")}, "net": {}}));
-        assert!(e.contains("unknown field `net`"), "{e}");
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")}, "gpu": {}}));
+        assert!(e.contains("unknown field `gpu`"), "{e}");
     }
 
     #[test]

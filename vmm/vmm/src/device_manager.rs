@@ -22,6 +22,8 @@ use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
 use crate::vcpu::VmmExit;
 
+mod net_balloon;
+
 /// Errors of device creation.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -37,6 +39,15 @@ pub enum DeviceError {
     /// The vsock device could not be created.
     #[error("cannot create the vsock device")]
     Vsock(#[source] devices::virtio::vsock::VsockError),
+    /// The net device's backend could not be opened; the message names the field.
+    #[error("{0}")]
+    NetBackend(String, #[source] std::io::Error),
+    /// The net device could not be created.
+    #[error("cannot create the net device")]
+    Net(#[source] devices::virtio::net::NetError),
+    /// The balloon device could not be created.
+    #[error("cannot create the balloon device")]
+    Balloon(#[source] devices::virtio::balloon::BalloonError),
     /// A transport could not be created.
     #[error("cannot create the virtio-mmio transport of {0}")]
     Transport(String, #[source] std::io::Error),
@@ -194,6 +205,21 @@ impl DeviceManager {
                     let vsock = Arc::new(Mutex::new(vsock));
                     ("vsock".to_string(), "vsock", vsock.clone(), vsock, metrics)
                 }
+                SlotDevice::Net => net_balloon::create_net(
+                    config
+                        .config
+                        .net
+                        .as_ref()
+                        .expect("a net slot exists only with a net config"),
+                )?,
+                SlotDevice::Balloon => net_balloon::create_balloon(
+                    config
+                        .config
+                        .balloon
+                        .as_ref()
+                        .expect("a balloon slot exists only with a balloon config"),
+                    mem,
+                )?,
             };
             let addr = virtio_mmio_addr(slot);
             let irq = virtio_irq(slot);

@@ -11,4 +11,5 @@ pub mod config;
 pub mod device_manager;
 pub mod layout;
 pub mod memory;
+pub mod tap;
 pub mod vcpu;

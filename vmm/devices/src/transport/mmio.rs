@@ -252,11 +252,14 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let not_ready = self.queues.iter().position(|q| !q.ready());
+        // Queues that exist only with a feature the driver declined stay unused.
+        let count = lock(&self.device)
+            .active_queue_count(self.acked_features)
+            .min(self.queues.len());
+        let not_ready = self.queues[..count].iter().position(|q| !q.ready());
         let result = match not_ready {
             Some(idx) => Err(format!("queue {idx} is not ready")),
-            None => self
-                .queues
+            None => self.queues[..count]
                 .iter()
                 .map(|q| Queue::try_from(q.state()).map_err(|e| e.to_string()))
                 .collect::<Result<Vec<_>, _>>()

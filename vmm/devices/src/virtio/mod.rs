@@ -1,8 +1,10 @@
 //! Virtio devices (virtio 1.2) and what they share: the [`VirtioDevice`] trait the transport
 //! drives, the interrupt/status block shared with the transport, and descriptor-chain checks.
 
+pub mod balloon;
 pub mod block;
 pub mod chain;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
@@ -49,6 +51,8 @@ pub mod defs {
         pub const BLOCK: u32 = 2;
         /// Entropy source.
         pub const RNG: u32 = 4;
+        /// Memory balloon.
+        pub const BALLOON: u32 = 5;
         /// Socket device.
         pub const VSOCK: u32 = 19;
     }
@@ -159,6 +163,13 @@ pub trait VirtioDevice: Send {
 
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
+
+    /// How many of the queues (the first ones) the driver sets up once it accepted
+    /// `acked_features`: some queues exist only with a feature (the balloon's reporting queue).
+    /// Default: all of them.
+    fn active_queue_count(&self, _acked_features: u64) -> usize {
+        self.queue_max_sizes().len()
+    }
 
     /// Features the device offers (including [`defs::features::VIRTIO_F_VERSION_1`]).
     fn avail_features(&self) -> u64;

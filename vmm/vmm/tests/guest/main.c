@@ -67,7 +67,7 @@ struct vq {
     u16 last_used;
 };
 
-#define MAX_QUEUES 8
+#define MAX_QUEUES 12
 static u8 ring_mem[MAX_QUEUES][3][4096] __attribute__((aligned(4096)));
 static int rings_used;
 
@@ -308,6 +308,130 @@ static void test_vsock(u64 base, const char *cmdline) {
     }
 }
 
+/* Waits for one byte on COM1 (the host's sync signal through the VMM's stdin). */
+static void wait_serial(void) {
+    for (u64 spins = 0; spins < 4000000000ull && !(inb(0x3fd) & 1); spins++) __asm__ volatile("pause");
+    (void)inb(0x3f8);
+}
+
+/* ---- virtio-net: one frame out, one (spanning two merged buffers) in ---- */
+#define NET_HDR 12
+#define NET_RXBUF 2048
+#define NET_RXBUFS 4
+static u8 nrx[NET_RXBUFS][NET_RXBUF] __attribute__((aligned(4096)));
+static u8 nhdr[NET_HDR] __attribute__((aligned(16)));
+static u8 ntx[128] __attribute__((aligned(64)));
+static struct vq net_rx, net_tx;
+
+static void net_post_rx(u16 i) {
+    net_rx.desc[i].addr = (u64)nrx[i]; net_rx.desc[i].len = NET_RXBUF;
+    net_rx.desc[i].flags = F_WRITE; net_rx.desc[i].next = 0;
+    vq_post(&net_rx, i);
+}
+
+/* Sends header (flags as given) + `len` bytes at `data` as two descriptors. */
+static int net_send(u8 flags, u64 data, u32 len) {
+    memset_(nhdr, 0, sizeof nhdr); nhdr[0] = flags;
+    net_tx.desc[0].addr = (u64)nhdr; net_tx.desc[0].len = NET_HDR; net_tx.desc[0].flags = F_NEXT; net_tx.desc[0].next = 1;
+    net_tx.desc[1].addr = data; net_tx.desc[1].len = len; net_tx.desc[1].flags = 0; net_tx.desc[1].next = 0;
+    vq_post(&net_tx, 0);
+    return vq_wait(&net_tx, 0) < 0 ? -1 : 0;
+}
+
+static void net_frame(const u8 *mac, const char *text) {
+    memset_(ntx, 0, 60);
+    memset_(ntx, 0xff, 6); memcpy_(ntx + 6, mac, 6); ntx[12] = 0x88; ntx[13] = 0xb5;
+    for (u32 i = 0; text[i] && i < 40; i++) ntx[14 + i] = (u8)text[i];
+}
+
+/* Receives one frame into `out` (merging buffers); returns its length, -1 on error. */
+static long net_recv(u8 *out, u32 cap, u32 *bufs) {
+    u32 id; long len = vq_wait(&net_rx, &id);
+    if (len < NET_HDR || id >= NET_RXBUFS) return -1;
+    u32 n = nrx[id][10] | (nrx[id][11] << 8), got = 0;
+    *bufs = n;
+    for (u32 b = 0; b < n; b++) {
+        if (b) { len = vq_wait(&net_rx, &id); if (len < 0 || id >= NET_RXBUFS) return -1; }
+        const u8 *src = nrx[id] + (b ? 0 : NET_HDR);
+        u32 l = (u32)len - (b ? 0 : NET_HDR);
+        if (got + l > cap) return -1;
+        memcpy_(out + got, src, l); got += l;
+        net_post_rx((u16)id);
+    }
+    return got;
+}
+
+static u8 nbig[4096];
+static void test_net(u64 base) {
+    u32 f, bufs;
+    if (dev_init(base, (1u << 5) | (1u << 15), &f) || vq_setup(&net_rx, base, 0) || vq_setup(&net_tx, base, 1)) { fail("net init"); return; }
+    if (!(f & (1u << 5)) || !(f & (1u << 15))) { fail("net features"); return; }
+    dev_ready(base);
+    u8 mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = *(volatile u8 *)(base + CONFIG + i);
+    puts_("rmguest: net mac ");
+    for (int i = 0; i < 6; i++) { putc_("0123456789abcdef"[mac[i] >> 4]); putc_("0123456789abcdef"[mac[i] & 15]); if (i < 5) putc_(':'); }
+    putc_('\n');
+    for (u16 i = 0; i < NET_RXBUFS; i++) net_post_rx(i);
+    net_frame(mac, "rmguest-net-ping");
+    if (net_send(0, (u64)ntx, 60)) { fail("net tx"); return; }
+    /* Dropped by the device: an oversized frame and an offload request. */
+    if (net_send(0, 0x2000000, 70000)) { fail("net tx oversized"); return; }
+    net_frame(mac, "rmguest-net-bad-header");
+    if (net_send(1, (u64)ntx, 60)) { fail("net tx bad header"); return; }
+    long n = net_recv(nbig, sizeof nbig, &bufs);
+    if (n != 3000) { fail("net rx length"); return; }
+    if (!memeq(nbig, mac, 6) || nbig[12] != 0x88 || nbig[13] != 0xb5) { fail("net rx header"); return; }
+    for (u32 i = 14; i < 3000; i++) if (nbig[i] != (u8)(i * 7 + 1)) { fail("net rx payload"); return; }
+    puts_("rmguest: net rx ok "); putdec(n); puts_(" bufs "); putdec(bufs); putc_('\n');
+    net_frame(mac, "rmguest-net-bye");
+    if (net_send(0, (u64)ntx, 60)) { fail("net tx bye"); return; }
+    /* The host answers once it checked its counters. */
+    if (net_recv(nbig, sizeof nbig, &bufs) != 60 || !memeq(nbig + 14, "fin", 3)) { fail("net fin"); return; }
+    puts_("rmguest: net ok\n");
+}
+
+/* ---- virtio-balloon: free page reporting and one inflated page ---- */
+static u32 bpfns[4] __attribute__((aligned(16)));
+static void test_balloon(u64 base, const char *cmdline) {
+    u32 f; struct vq inf, def, rep;
+    if (dev_init(base, 1u << 5, &f) || !(f & (1u << 5))) { fail("balloon init"); return; }
+    if (vq_setup(&inf, base, 0) || vq_setup(&def, base, 1) || vq_setup(&rep, base, 2)) { fail("balloon queues"); return; }
+    dev_ready(base);
+    u32 mib = cmdline_num(cmdline, "rmtest.balloon_mib");
+    if (!mib) mib = 8;
+    int sync = cmdline_num(cmdline, "rmtest.sync") != 0;
+    volatile u64 *region = (volatile u64 *)0x2000000; /* 32 MiB */
+    u64 words = ((u64)mib << 20) / 8;
+    for (u64 i = 0; i < words; i += 512) region[i] = 0x5a5a5a5a00000000ull | i;
+    puts_("rmguest: balloon touched "); putdec(mib); putc_('\n');
+    if (sync) wait_serial();
+    u32 half = mib << 19;
+    rep.desc[0].addr = (u64)region; rep.desc[0].len = half; rep.desc[0].flags = F_WRITE | F_NEXT; rep.desc[0].next = 1;
+    rep.desc[1].addr = (u64)region + half; rep.desc[1].len = half; rep.desc[1].flags = F_WRITE; rep.desc[1].next = 0;
+    vq_post(&rep, 0);
+    if (vq_wait(&rep, 0) < 0) { fail("balloon report"); return; }
+    for (u64 i = 0; i < words; i += 512) if (region[i]) { fail("balloon report not zeroed"); return; }
+    puts_("rmguest: balloon reported "); putdec(mib); puts_(" MiB zeroed\n");
+    /* A report outside guest memory is refused but answered. */
+    rep.desc[0].addr = 0x100000000ull; rep.desc[0].len = 4096; rep.desc[0].flags = F_WRITE; rep.desc[0].next = 0;
+    vq_post(&rep, 0);
+    if (vq_wait(&rep, 0) < 0) { fail("balloon bad report"); return; }
+    /* Inflate one page, which then reads as zero, and deflate it. */
+    region[0] = 0x77;
+    bpfns[0] = (u32)((u64)region >> 12);
+    inf.desc[0].addr = (u64)bpfns; inf.desc[0].len = 4; inf.desc[0].flags = 0; inf.desc[0].next = 0;
+    vq_post(&inf, 0);
+    if (vq_wait(&inf, 0) < 0 || region[0] != 0) { fail("balloon inflate"); return; }
+    mmio_w(base + CONFIG + 4, 1);
+    def.desc[0].addr = (u64)bpfns; def.desc[0].len = 4; def.desc[0].flags = 0; def.desc[0].next = 0;
+    vq_post(&def, 0);
+    if (vq_wait(&def, 0) < 0) { fail("balloon deflate"); return; }
+    mmio_w(base + CONFIG + 4, 0);
+    puts_("rmguest: balloon inflate ok\n");
+    if (sync) { puts_("rmguest: balloon waiting\n"); wait_serial(); }
+}
+
 /* ---- main ---- */
 void guest_main(u64 boot_params) {
     puts_("rmguest: hello\n");
@@ -338,6 +462,8 @@ void guest_main(u64 boot_params) {
         if (id == 2) test_blk(base);
         else if (id == 4) test_rng(base);
         else if (id == 19) test_vsock(base, cmdline);
+        else if (id == 1) test_net(base);
+        else if (id == 5) test_balloon(base, cmdline);
     }
     if (failures == 0) puts_("rmguest: all ok\n");
     puts_("rmguest: resetting\n");
