@@ -109,6 +109,7 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
         status.clone(),
         ClockControl::System,
         shutdown_tx,
+        reaper.clone(),
     ));
     let t = Instant::now();
     start_services(&ctx).await;

@@ -3,12 +3,14 @@
 //! As PID 1 (`init=/sbin/rmachine-agent`) it mounts the kernel filesystems, reads the
 //! config disk, sets the clock and hostname, mounts the data disk and configures the
 //! network, starts containerd and dockerd, serves the host's guest services (control,
-//! dial, engine) over vsock and TCP, and shuts the machine down when asked. Command-line
-//! arguments are ignored in that role (the kernel passes stray boot parameters).
+//! dial, exec, engine) over vsock and TCP, and shuts the machine down when asked.
+//! Command-line arguments are ignored in that role (the kernel passes stray boot
+//! parameters).
 //!
 //! Run as any other process, it only serves: `rmachine-agent serve --tcp ADDR:PORT
-//! --token T --docker-sock PATH` serves the three services on PORT, PORT+1 and PORT+2
-//! with no mounts and no engine, for development and tests.
+//! --token T --docker-sock PATH` serves the services on PORT, PORT+1, PORT+2 and PORT+3
+//! (in the order of `Service::ALL`) with no mounts and no engine, for development and
+//! tests.
 #![forbid(unsafe_code)]
 
 mod clock;
@@ -18,6 +20,7 @@ mod data_disk;
 mod dhcp;
 mod dial;
 mod engine;
+mod exec;
 mod init;
 mod logging;
 mod mounts;
@@ -44,6 +47,7 @@ use tracing::info;
 
 use crate::clock::ClockControl;
 use crate::logging::LogSink;
+use crate::reaper::Reaper;
 use crate::server::Context;
 use crate::status::Status;
 
@@ -66,8 +70,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address and first port: control is served on PORT, dial on PORT+1, engine on
-    /// PORT+2.
+    /// Address and first port: control is served on PORT, dial on PORT+1, exec on
+    /// PORT+2, engine on PORT+3.
     #[arg(long, value_name = "ADDR:PORT")]
     tcp: SocketAddr,
     /// Token the host must present on every connection.
@@ -121,6 +125,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             status,
             ClockControl::Observe,
             shutdown_tx,
+            Reaper::start(),
         ));
         for (offset, service) in (0u16..).zip(Service::ALL) {
             let port = args

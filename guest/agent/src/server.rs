@@ -24,9 +24,10 @@ use tracing::{debug, warn};
 
 use crate::clock::ClockControl;
 use crate::rate_limit::RateLimit;
+use crate::reaper::Reaper;
 use crate::shutdown::ShutdownRequest;
 use crate::status::Status;
-use crate::{control, dial, proxy};
+use crate::{control, dial, exec, proxy};
 
 /// How long a peer may take to send its hello line.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +75,8 @@ pub struct Context {
     pub clock: ClockControl,
     /// Where the control service sends a shutdown request.
     pub shutdown: mpsc::Sender<ShutdownRequest>,
+    /// Starts and waits for the exec service's commands.
+    pub reaper: Reaper,
     refusal_log: RateLimit,
     refused: AtomicU64,
 }
@@ -85,6 +88,7 @@ impl Context {
         status: Arc<Status>,
         clock: ClockControl,
         shutdown: mpsc::Sender<ShutdownRequest>,
+        reaper: Reaper,
     ) -> Context {
         Context {
             token,
@@ -92,6 +96,7 @@ impl Context {
             status,
             clock,
             shutdown,
+            reaper,
             refusal_log: RateLimit::new(10, Duration::from_secs(60)),
             refused: AtomicU64::new(0),
         }
@@ -271,6 +276,10 @@ pub async fn handle(
             Ok(()) => dial::serve(&mut stream).await,
             Err(e) => Err(e),
         },
+        Service::Exec => match send(&mut stream, &format_ok()).await {
+            Ok(()) => exec::serve(&mut stream, &ctx).await,
+            Err(e) => Err(e),
+        },
         // The engine service answers the hello itself, once it knows the engine is up.
         Service::Engine => proxy::serve(&mut stream, &ctx).await,
     };
@@ -310,8 +319,13 @@ pub(crate) mod tests {
         }
     }
 
-    /// Serves all three services on loopback with token "secret".
+    /// Serves every service on loopback with token "secret", with a reaper that does not
+    /// reap (tests that start commands use [`start_server_with`] and a started one).
     pub(crate) async fn start_server(docker_sock: PathBuf) -> TestServer {
+        start_server_with(docker_sock, Reaper::default()).await
+    }
+
+    pub(crate) async fn start_server_with(docker_sock: PathBuf, reaper: Reaper) -> TestServer {
         let (tx, rx) = mpsc::channel(4);
         let status = Arc::new(Status::new("test"));
         let ctx = Arc::new(Context::new(
@@ -320,6 +334,7 @@ pub(crate) mod tests {
             status,
             ClockControl::Observe,
             tx,
+            reaper,
         ));
         let mut addrs = Vec::new();
         for service in Service::ALL {
@@ -459,7 +474,10 @@ pub(crate) mod tests {
         .await;
         assert_eq!(answer, format_err("wrong token"));
         assert_closed(&mut stream).await;
-        assert_eq!(server.ctx.refused_connections(), 4);
+        assert_eq!(
+            server.ctx.refused_connections(),
+            Service::ALL.len() as u64 + 1
+        );
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert!(log.contains("refused connection: wrong token"), "{log}");
         let local = server.addr(Service::Control);

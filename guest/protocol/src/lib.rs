@@ -6,7 +6,9 @@
 //! - [`Service::Control`]: newline-delimited JSON, see [`control`];
 //! - [`Service::Engine`]: raw bytes spliced to the guest's `/run/docker.sock`;
 //! - [`Service::Dial`]: one [`dial`] header line, then raw bytes (tcp) or length-prefixed
-//!   datagrams (udp).
+//!   datagrams (udp);
+//! - [`Service::Exec`]: one [`exec`] header line (the command), then typed frames both
+//!   ways (stdin, output, resize, signals, the exit code).
 //!
 //! The guest learns its token and hostname from the [`config_disk`].
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@
 pub mod config_disk;
 pub mod control;
 pub mod dial;
+pub mod exec;
 pub mod hello;
 pub mod line;
 
@@ -32,19 +35,22 @@ pub enum Service {
     Control,
     /// Dial a TCP or UDP address inside the guest and splice.
     Dial,
+    /// Run a command in the guest, on a terminal or with pipes (`rmachine shell`, `cp`).
+    Exec,
     /// The Docker Engine API, spliced to `/run/docker.sock`.
     Engine,
 }
 
 impl Service {
     /// All services, in port order.
-    pub const ALL: [Service; 3] = [Service::Control, Service::Dial, Service::Engine];
+    pub const ALL: [Service; 4] = [Service::Control, Service::Dial, Service::Exec, Service::Engine];
 
     /// The vsock (and TCP) port the agent serves this service on.
     pub fn port(self) -> u16 {
         match self {
             Service::Control => 1024,
             Service::Dial => 1025,
+            Service::Exec => 1026,
             Service::Engine => 2375,
         }
     }
@@ -54,6 +60,7 @@ impl Service {
         match self {
             Service::Control => "control",
             Service::Dial => "dial",
+            Service::Exec => "exec",
             Service::Engine => "engine",
         }
     }

@@ -223,7 +223,7 @@ impl GuestConnector for FakeConnector {
                 Service::Dial => {
                     tokio::spawn(serve_dial(inner, guest_end));
                 }
-                Service::Control => return Err(io::Error::from(io::ErrorKind::ConnectionRefused)),
+                Service::Control | Service::Exec => return Err(io::Error::from(io::ErrorKind::ConnectionRefused)),
             }
             Ok(Box::new(host_end) as Box<dyn GuestIo>)
         })

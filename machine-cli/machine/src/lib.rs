@@ -5,6 +5,7 @@ pub mod accel;
 pub mod config;
 pub mod docker_context;
 pub mod driver;
+pub mod exec;
 pub mod forward;
 pub mod guest_link;
 pub mod hostagent_api;

@@ -37,6 +37,16 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// The guest's IP address.
     Ip(cmd::ip::IpArgs),
+    /// A root shell in a machine, or a command run there (`rmachine shell NAME -- CMD...`).
+    #[command(after_help = "Examples:\n  \
+        rmachine shell                             a login shell in `default`\n  \
+        rmachine shell dev -- uname -a             a command; exits with its status\n  \
+        rmachine shell -T -- tar -cf - /etc > x    binary-safe output\n\n\
+        A terminal is used when stdin and stdout are terminals (-t forces one, -T none).")]
+    Shell(cmd::shell::ShellArgs),
+    /// Copy files and folders between the host and a machine.
+    #[command(after_help = cmd::cp::AFTER_HELP)]
+    Cp(cmd::cp::CpArgs),
     /// Print the environment that points docker at a machine.
     Env(cmd::env::EnvArgs),
     /// Make a machine's docker context the current one.
@@ -70,6 +80,8 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Ip(a) => cmd::ip::run(a),
+        Command::Shell(a) => cmd::shell::run(a),
+        Command::Cp(a) => cmd::cp::run(a),
         Command::Env(a) => cmd::env::run(a),
         Command::Use(a) => cmd::use_context::run(a),
         Command::Logs(a) => cmd::logs::run(a),
@@ -81,6 +93,10 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The status of a command run in the guest, which printed its own messages.
+        Err(e) if e.is::<cmd::ExitWith>() => {
+            std::process::ExitCode::from(e.downcast_ref::<cmd::ExitWith>().map_or(1, |c| c.0))
+        }
         Err(e) => {
             eprintln!("rmachine: {e:#}");
             std::process::ExitCode::FAILURE

@@ -1,6 +1,7 @@
 //! One module per subcommand; shared argument types and store access live here.
 
 pub mod config;
+pub mod cp;
 pub mod create;
 pub mod env;
 pub mod hostagent;
@@ -12,13 +13,16 @@ pub mod ls;
 pub mod restart;
 pub mod rm;
 pub mod setup;
+pub mod shell;
 pub mod start;
 pub mod status;
 pub mod stop;
 pub mod use_context;
 pub mod version;
 
+use rmachine_machine::guest_link::Carrier;
 use rmachine_machine::paths::Paths;
+use rmachine_machine::state::State;
 use rmachine_machine::store::{Machine, Store};
 
 /// The machine a command acts on when none is named.
@@ -39,6 +43,32 @@ pub fn store() -> anyhow::Result<Store> {
 pub fn load(name: &str) -> anyhow::Result<Machine> {
     Ok(store()?.load(name)?)
 }
+
+/// How to reach a running machine's agent; a machine in any other state is an error.
+pub fn running_carrier(m: &Machine) -> anyhow::Result<Carrier> {
+    match (&m.state.state, &m.state.carrier) {
+        (State::Running, Some(carrier)) => Ok(carrier.clone()),
+        (state, _) => anyhow::bail!(
+            "machine {} is not running (it is {}); start it with `rmachine start {}`",
+            m.name,
+            state.name(),
+            m.name
+        ),
+    }
+}
+
+/// Ends `rmachine` with this exit status without printing an error (the status of a
+/// command run in the guest, which printed its own messages).
+#[derive(Debug)]
+pub struct ExitWith(pub u8);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
 
 /// Bytes as MiB or GiB for tables.
 pub fn human_mib(mib: u64) -> String {
