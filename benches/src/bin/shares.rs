@@ -4,7 +4,7 @@
 //! host, on a virtio-fs bind mount in a container, and in a container volume inside the
 //! guest. Ratios against native.
 //!
-//! `cargo run --release -p rmachine-bench --bin shares` (BENCH_RUNS=3).
+//! `cargo run --profile bench -p rmachine-bench --bin shares` (BENCH_RUNS=3).
 
 use std::path::Path;
 use std::process::Command;
@@ -41,7 +41,6 @@ fn main() {
     let mut tar = Command::new("tar");
     tar.arg("-C").arg(&src).arg("-cf").arg(&tarball).args(DIRS);
     assert!(tar.status().unwrap().success(), "tar the source tree");
-    let files = String::from_utf8(Command::new("sh").arg("-c").arg(format!("tar -tf {} | grep -vc '/$'", tarball.display())).output().unwrap().stdout).unwrap();
 
     // Native.
     let native = env.dir.path().join("native");
@@ -54,6 +53,12 @@ fn main() {
         sh("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true");
         native_read.push(sh(&format!("cd {} && find . -type f -exec cat {{}} + > /dev/null", native.display())));
     }
+
+    let files = String::from_utf8(
+        Command::new("sh").arg("-c").arg(format!("find {} -type f | wc -l", native.display())).output().unwrap().stdout,
+    )
+    .unwrap();
+    eprintln!("native: untar {:?}, find+read {:?}, {} files", median(native_write.clone()), median(native_read.clone()), files.trim());
 
     // In the guest: one long-running container with the share and a volume.
     let share_s = share.to_str().unwrap();
@@ -80,6 +85,7 @@ fn main() {
         vol_write.push(timed("tar -xf /s/tree.tar -C /vol/t"));
         exec("sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true");
         vol_read.push(timed("cd /vol/t && find . -type f -exec cat {} + > /dev/null"));
+        eprintln!("virtio-fs: untar {:?}, find+read {:?}; volume: untar {:?}, find+read {:?}", fs_write.last(), fs_read.last(), vol_write.last(), vol_read.last());
     }
     let guest_count = env.docker_ok(&["exec", &c, "sh", "-c", "find /s/t -type f | wc -l"]);
     assert_eq!(guest_count.trim(), files.trim(), "the tree differs between host and guest");
