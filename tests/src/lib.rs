@@ -341,7 +341,10 @@ pub fn rmachine_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("executable path");
     let dir = exe.parent().expect("executable folder");
-    let candidates = [dir.join("rmachine"), dir.parent().map(|d| d.join("rmachine")).unwrap_or_default()];
+    // A bench built with its own profile finds the CLI of a debug or release build.
+    let target = dir.parent().unwrap_or(dir);
+    let candidates =
+        [dir.join("rmachine"), target.join("rmachine"), target.join("debug/rmachine"), target.join("release/rmachine")];
     candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!("rmachine not built beside {}: run `cargo build -p rmachine` (cargo nextest run --workspace builds it)", exe.display())
     })

@@ -4,7 +4,7 @@
 //! dockerd. The difference is the agent's cost. Also the image sizes and the data disk
 //! after a first boot.
 //!
-//! `cargo run --profile bench -p rmachine-bench --bin guest_boot` (BENCH_RUNS=5 by default).
+//! `cargo run --profile benchmark -p rmachine-bench --bin guest_boot` (BENCH_RUNS=5 by default).
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! forward of the guest's engine service, published-port throughput host → container
 //! against host loopback, and the host agent's RSS and CPU while idle.
 //!
-//! `cargo run --profile bench -p rmachine-bench --bin machine`
+//! `cargo run --profile benchmark -p rmachine-bench --bin machine`
 //! (BENCH_RUNS=5 starts, BENCH_IDLE_SECS=60, BENCH_MIB=128 per transfer).
 
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! host, on a virtio-fs bind mount in a container, and in a container volume inside the
 //! guest. Ratios against native.
 //!
-//! `cargo run --profile bench -p rmachine-bench --bin shares` (BENCH_RUNS=3).
+//! `cargo run --profile benchmark -p rmachine-bench --bin shares` (BENCH_RUNS=3).
 
 use std::path::Path;
 use std::process::Command;
