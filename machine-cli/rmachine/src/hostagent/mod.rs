@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 /// Boot to agent ping, per accelerator (software emulation is slow).
 const PING_TIMEOUT: Duration = Duration::from_secs(600);
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Boots tried before a VM that dies during boot is the machine's error.
+const BOOT_ATTEMPTS: u32 = 2;
 /// Clean shutdown before the VM is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -129,23 +131,36 @@ async fn serve(
     let control_task = control::serve(machine, state.clone(), stop_tx.clone())?;
     let _signals = tokio::spawn(forward_signals(stop_tx.clone()));
 
-    let mut vm = match choice.backend {
-        Backend::Qemu => launch::launch_qemu(machine, &choice, state).await?,
-        Backend::Vmm => launch::launch_vmm(machine, state).await?,
-    };
     // Hardware KVM boots in about a second; software emulation takes far longer.
     let (ping_timeout, engine_timeout) = match choice.accel {
         rmachine_machine::accel::Accel::Tcg => (PING_TIMEOUT, ENGINE_TIMEOUT),
         _ => (Duration::from_secs(60), Duration::from_secs(180)),
     };
-    let carrier = Arc::new(vm.carrier.clone());
-    let boot = Instant::now();
-
-    state.update(|s| s.detail = format!("booting ({} with {})", choice.backend.as_str(), choice.accel.as_str()));
-    let ping_ms = tokio::select! {
-        r = wait_ping(&carrier, ping_timeout) => r?,
-        status = vm.child.wait() => return Err(vm_died(machine, status)),
-        _ = stop_rx.recv() => { vm.kill().await; return Ok(()) }
+    // A VM that dies before its agent answers is booted once more: under software
+    // emulation a guest has been seen to reset right as init started, leaving nothing on
+    // the console. A second death is the machine's error, with the console's lines.
+    let mut attempt = 1;
+    let (mut vm, carrier, boot, ping_ms) = loop {
+        let mut vm = match choice.backend {
+            Backend::Qemu => launch::launch_qemu(machine, &choice, state).await?,
+            Backend::Vmm => launch::launch_vmm(machine, state).await?,
+        };
+        let carrier = Arc::new(vm.carrier.clone());
+        let boot = Instant::now();
+        state.update(|s| s.detail = format!("booting ({} with {})", choice.backend.as_str(), choice.accel.as_str()));
+        let died = tokio::select! {
+            r = wait_ping(&carrier, ping_timeout) => {
+                let ping_ms = r?;
+                break (vm, carrier, boot, ping_ms);
+            }
+            status = vm.child.wait() => vm_died(machine, status),
+            _ = stop_rx.recv() => { vm.kill().await; return Ok(()) }
+        };
+        if attempt == BOOT_ATTEMPTS {
+            return Err(died);
+        }
+        tracing::warn!(error = %format!("{died:#}"), attempt, "the VM died before its agent answered; booting it again");
+        attempt += 1;
     };
     tracing::info!(ping_ms, "agent answered ping");
     sync_time(&carrier).await?;
