@@ -74,7 +74,8 @@ impl Vmm {
             })
             .map_err(BuildError::CreateVm)?,
         );
-        let mem = memory::create(config.memory_bytes).map_err(BuildError::Memory)?;
+        let shared = !config.config.filesystems.is_empty();
+        let mem = memory::create(config.memory_bytes, shared).map_err(BuildError::Memory)?;
         memory::register(vm.as_ref(), &mem).map_err(BuildError::Memory)?;
 
         let kernel =

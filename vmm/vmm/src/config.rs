@@ -54,6 +54,10 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// The memory balloon. Default: none.
     pub balloon: Option<BalloonConfig>,
+    /// Shared folders (virtio-fs through vhost-user backends such as virtiofsd), in order.
+    /// With any, guest memory is shared (memfd) so the backends can map it. Default: none.
+    #[serde(default)]
+    pub filesystems: Vec<FsConfig>,
     /// Unix socket of the control API. Default: no API.
     pub api_socket: Option<PathBuf>,
 }
@@ -121,6 +125,18 @@ pub struct VsockConfig {
     pub slot: Option<u8>,
 }
 
+/// One virtio-fs device whose queues a vhost-user backend (virtiofsd) processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Mount tag the guest uses (`mount -t virtiofs TAG DIR`), 1 to 36 bytes, unique.
+    pub tag: String,
+    /// The backend's listening unix socket (`virtiofsd --socket-path`), which must exist.
+    pub socket_path: PathBuf,
+    /// virtio-mmio slot. Default: the next free slot.
+    pub slot: Option<u8>,
+}
+
 /// The virtio-rng device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +184,8 @@ pub enum SlotDevice {
     Net,
     /// The balloon device.
     Balloon,
+    /// `filesystems[i]`.
+    Fs(usize),
 }
 
 /// A validated configuration with every default resolved.
@@ -311,6 +329,21 @@ impl VmConfig {
         if let Some(balloon) = &self.balloon {
             wanted.push(("balloon".to_string(), balloon.slot, SlotDevice::Balloon));
         }
+        let mut tags: BTreeMap<&str, String> = BTreeMap::new();
+        for (i, fs) in self.filesystems.iter().enumerate() {
+            let field = format!("filesystems[{i}]");
+            if fs.tag.is_empty() || fs.tag.len() > 36 {
+                return Err(invalid(format!("{field}.tag"), "must be 1 to 36 bytes"));
+            }
+            if let Some(other) = tags.insert(&fs.tag, field.clone()) {
+                return Err(invalid(
+                    format!("{field}.tag"),
+                    format!("{:?} is already used by {other}", fs.tag),
+                ));
+            }
+            check_socket(&format!("{field}.socket_path"), &fs.socket_path)?;
+            wanted.push((field, fs.slot, SlotDevice::Fs(i)));
+        }
 
         // Explicit slots first, then the rest in order.
         let mut slots: BTreeMap<u8, SlotDevice> = BTreeMap::new();
@@ -414,6 +447,21 @@ impl BlockDeviceLike for std::fs::FileType {
     fn is_block_device_like(&self) -> bool {
         use std::os::unix::fs::FileTypeExt;
         self.is_block_device()
+    }
+}
+
+fn check_socket(field: &str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(invalid(
+            field,
+            format!("{} is not a unix socket", path.display()),
+        )),
+        Err(e) => Err(invalid(
+            field,
+            format!("cannot use {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -565,5 +613,28 @@ mod tests {
         );
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")}, "vcpus": 0}));
         assert!(e.starts_with("vcpus:"), "{e}");
+    }
+
+    #[test]
+    fn test_filesystems_need_a_socket_and_unique_tags() {
+        let f = Files::new();
+        let sock = f.p("fs.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let r = parse(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "filesystems": [{"tag": "home", "socket_path": sock}]}))
+        .unwrap();
+        assert_eq!(r.slots.get(&0), Some(&SlotDevice::Fs(0)));
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "filesystems": [{"tag": "home", "socket_path": f.p("missing.sock")}]}));
+        assert!(e.starts_with("filesystems[0].socket_path: cannot use"), "{e}");
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "filesystems": [{"tag": "home", "socket_path": f.p("a.img")}]}));
+        assert!(e.ends_with("is not a unix socket"), "{e}");
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "filesystems": [{"tag": "a", "socket_path": sock}, {"tag": "a", "socket_path": sock}]}));
+        assert_eq!(e, "filesystems[1].tag: \"a\" is already used by filesystems[0]");
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "filesystems": [{"tag": "x".repeat(37), "socket_path": sock}]}));
+        assert_eq!(e, "filesystems[0].tag: must be 1 to 36 bytes");
     }
 }

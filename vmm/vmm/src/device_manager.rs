@@ -22,6 +22,7 @@ use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
 use crate::vcpu::VmmExit;
 
+mod fs;
 mod net_balloon;
 
 /// Errors of device creation.
@@ -48,6 +49,9 @@ pub enum DeviceError {
     /// The balloon device could not be created.
     #[error("cannot create the balloon device")]
     Balloon(#[source] devices::virtio::balloon::BalloonError),
+    /// A virtio-fs device could not reach its backend; the first string names the field.
+    #[error("{0}: cannot create the virtio-fs device")]
+    Fs(String, #[source] devices::virtio::fs::FsError),
     /// A transport could not be created.
     #[error("cannot create the virtio-mmio transport of {0}")]
     Transport(String, #[source] std::io::Error),
@@ -220,6 +224,7 @@ impl DeviceManager {
                         .expect("a balloon slot exists only with a balloon config"),
                     mem,
                 )?,
+                SlotDevice::Fs(i) => fs::create_fs(*i, &config.config.filesystems[*i], mem)?,
             };
             let addr = virtio_mmio_addr(slot);
             let irq = virtio_irq(slot);

@@ -1,7 +1,7 @@
 //! Guest memory: anonymous mappings for the RAM ranges of the layout, registered with the VM.
 
 use hypervisor::{MemoryFlags, Vm};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::ram_ranges;
 use devices::virtio::balloon::DiscardMemory;
@@ -13,18 +13,43 @@ pub enum MemoryError {
     /// Mapping host memory failed.
     #[error("cannot allocate {0} MiB of guest memory")]
     Allocate(u64, #[source] vm_memory::mmap::FromRangesError),
+    /// The memfd backing shared guest memory could not be created.
+    #[error("cannot create shared guest memory (memfd)")]
+    Memfd(#[source] std::io::Error),
     /// Registering a region with the VM failed.
     #[error("cannot register guest memory with the hypervisor")]
     Register(#[source] hypervisor::HypervisorError),
 }
 
 /// Allocates `size` bytes of guest RAM (lazily: pages are only backed once touched).
-pub fn create(size: u64) -> Result<GuestMemory, MemoryError> {
+///
+/// Private anonymous memory, or with `shared` one memfd mapped shared, whose regions other
+/// processes (vhost-user backends) can map too.
+pub fn create(size: u64, shared: bool) -> Result<GuestMemory, MemoryError> {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemory::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(size >> 20, e))
+    if !shared {
+        return GuestMemory::from_ranges(&ranges)
+            .map_err(|e| MemoryError::Allocate(size >> 20, e));
+    }
+    let memfd = nix::sys::memfd::memfd_create(
+        c"rmachine-guest-ram",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| MemoryError::Memfd(std::io::Error::from(e)))?;
+    let file = std::fs::File::from(memfd);
+    file.set_len(size).map_err(MemoryError::Memfd)?;
+    let mut offset = 0u64;
+    let mut with_files = Vec::with_capacity(ranges.len());
+    for (start, len) in ranges {
+        let clone = file.try_clone().map_err(MemoryError::Memfd)?;
+        with_files.push((start, len, Some(FileOffset::new(clone, offset))));
+        offset += len as u64;
+    }
+    GuestMemory::from_ranges_with_files(with_files)
+        .map_err(|e| MemoryError::Allocate(size >> 20, e))
 }
 
 /// Registers every region of `mem` with `vm`, one slot each.
@@ -51,12 +76,14 @@ pub fn register(vm: &dyn Vm, mem: &GuestMemory) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// Gives guest pages back to the host with `madvise(MADV_DONTNEED)` on the VMM's mapping, for
-/// the balloon device. Guest memory is private anonymous memory: a discarded page reads as zero
-/// at the guest's next access, which faults in a fresh page.
+/// Gives guest pages back to the host with `madvise` on the VMM's mapping, for the balloon
+/// device: `MADV_DONTNEED` for private anonymous memory, `MADV_REMOVE` for shared (memfd)
+/// memory, where DONTNEED would only drop this process's page table entries. Either way a
+/// discarded page reads as zero at the guest's next access, which faults in a fresh page.
 pub struct MadviseDiscard {
     mem: GuestMemory,
     page_size: usize,
+    advice: libc::c_int,
 }
 
 impl MadviseDiscard {
@@ -64,9 +91,15 @@ impl MadviseDiscard {
     pub fn new(mem: GuestMemory) -> Self {
         // SAFETY: sysconf takes an integer and reads no memory of ours.
         let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let shared = mem.iter().any(|r| r.file_offset().is_some());
         MadviseDiscard {
             mem,
             page_size: usize::try_from(page_size).unwrap_or(4096).max(4096),
+            advice: if shared {
+                libc::MADV_REMOVE
+            } else {
+                libc::MADV_DONTNEED
+            },
         }
     }
 }
@@ -97,7 +130,7 @@ impl DiscardMemory for MadviseDiscard {
                 libc::madvise(
                     first as *mut libc::c_void,
                     last - first,
-                    libc::MADV_DONTNEED,
+                    self.advice,
                 )
             };
             if rc != 0 {
@@ -116,7 +149,13 @@ mod tests {
 
     #[test]
     fn test_madvise_discard_zeroes_whole_pages_only() {
-        let mem = create(64 << 20).unwrap();
+        for shared in [false, true] {
+            discard_zeroes_whole_pages_only(shared);
+        }
+    }
+
+    fn discard_zeroes_whole_pages_only(shared: bool) {
+        let mem = create(64 << 20, shared).unwrap();
         mem.write_slice(&[0xabu8; 3 * 4096], GuestAddress(0x10000))
             .unwrap();
         let d = MadviseDiscard::new(mem.clone());
@@ -132,8 +171,20 @@ mod tests {
 
     #[test]
     fn test_create_splits_at_mmio_gap() {
-        let mem = create(64 << 20).unwrap();
+        let mem = create(64 << 20, false).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.last_addr().0, (64 << 20) - 1);
+    }
+
+    #[test]
+    fn test_shared_memory_is_one_memfd_at_increasing_offsets() {
+        let mem = create(4 << 30, true).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        let offsets: Vec<u64> = mem
+            .iter()
+            .map(|r| r.file_offset().expect("shared regions have a file").start())
+            .collect();
+        let first_len = mem.iter().next().unwrap().len();
+        assert_eq!(offsets, vec![0, first_len]);
     }
 }

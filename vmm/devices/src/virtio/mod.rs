@@ -4,6 +4,7 @@
 pub mod balloon;
 pub mod block;
 pub mod chain;
+pub mod fs;
 pub mod net;
 pub mod rng;
 pub mod vsock;
@@ -55,6 +56,8 @@ pub mod defs {
         pub const BALLOON: u32 = 5;
         /// Socket device.
         pub const VSOCK: u32 = 19;
+        /// File system device.
+        pub const FS: u32 = 26;
     }
 
     /// Bits of the MMIO InterruptStatus register (4.2.2).

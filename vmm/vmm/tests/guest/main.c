@@ -432,6 +432,78 @@ static void test_balloon(u64 base, const char *cmdline) {
     if (sync) { puts_("rmguest: balloon waiting\n"); wait_serial(); }
 }
 
+/* ---- virtio-fs: FUSE requests served by the vhost-user backend (virtiofsd) ---- */
+struct fuse_in_hdr { u32 len; u32 opcode; u64 unique; u64 nodeid; u32 uid; u32 gid; u32 pid; u16 extlen; u16 pad; };
+struct fuse_out_hdr { u32 len; int32_t error; u64 unique; };
+static u8 fin[40 + 4096 + 64] __attribute__((aligned(64)));
+static u8 fout[16 + 4096 + 64] __attribute__((aligned(64)));
+static struct vq fs_hiprio, fs_req;
+static u64 fuse_unique;
+
+/* One FUSE request (header, two argument blobs) and its reply; returns the reply's error
+ * (0 or -errno), or 1000+ on a transport failure. `*outlen` gets the reply's payload length. */
+static int fuse_call(u32 opcode, u64 nodeid, const void *a1, u32 l1, const void *a2, u32 l2, u32 outcap, u32 *outlen) {
+    struct fuse_in_hdr *h = (struct fuse_in_hdr *)fin;
+    memset_(h, 0, sizeof *h);
+    h->len = sizeof *h + l1 + l2; h->opcode = opcode; h->unique = ++fuse_unique; h->nodeid = nodeid; h->pid = 1;
+    memcpy_(fin + sizeof *h, a1, l1); memcpy_(fin + sizeof *h + l1, a2, l2);
+    memset_(fout, 0, 16 + outcap);
+    fs_req.desc[0].addr = (u64)fin; fs_req.desc[0].len = h->len; fs_req.desc[0].flags = F_NEXT; fs_req.desc[0].next = 1;
+    fs_req.desc[1].addr = (u64)fout; fs_req.desc[1].len = 16 + outcap; fs_req.desc[1].flags = F_WRITE; fs_req.desc[1].next = 0;
+    vq_post(&fs_req, 0);
+    long n = vq_wait(&fs_req, 0);
+    struct fuse_out_hdr *o = (struct fuse_out_hdr *)fout;
+    if (n < 16) return 1000;
+    if (o->unique != h->unique || o->len > n) return 1001;
+    *outlen = o->len - 16;
+    return o->error;
+}
+
+static void test_fs(u64 base) {
+    u32 f, n;
+    if (dev_init(base, 0, &f) || vq_setup(&fs_hiprio, base, 0) || vq_setup(&fs_req, base, 1)) { fail("fs init"); return; }
+    dev_ready(base);
+    char tag[37]; for (int i = 0; i < 36; i++) tag[i] = *(volatile char *)(base + CONFIG + i); tag[36] = 0;
+    puts_("rmguest: fs tag "); puts_(tag); puts_(" queues "); putdec(mmio_r(base + CONFIG + 36)); putc_('\n');
+    /* FUSE_INIT (26): major 7, minor 31, no flags */
+    u32 init_in[4] = { 7, 31, 0, 0 };
+    int e = fuse_call(26, 0, init_in, sizeof init_in, 0, 0, 64, &n);
+    if (e || n < 8 || ((u32 *)(fout + 16))[0] != 7) { fail("fs FUSE_INIT"); return; }
+    puts_("rmguest: fs init 7."); putdec(((u32 *)(fout + 16))[1]); putc_('\n');
+    /* FUSE_LOOKUP (1) of hello.txt in the root (node 1) */
+    e = fuse_call(1, 1, "hello.txt", 10, 0, 0, 128, &n);
+    if (e || n < 128) { fail("fs lookup"); return; }
+    u64 node = *(u64 *)(fout + 16), size = *(u64 *)(fout + 16 + 48);
+    /* FUSE_OPEN (14) read-only, FUSE_READ (15), FUSE_RELEASE (18) */
+    u32 open_in[2] = { 0, 0 };
+    if (fuse_call(14, node, open_in, sizeof open_in, 0, 0, 16, &n) || n < 8) { fail("fs open"); return; }
+    u64 fh = *(u64 *)(fout + 16);
+    u64 read_in[5] = { fh, 0, 4096, 0, 0 };
+    e = fuse_call(15, node, read_in, sizeof read_in, 0, 0, 4096, &n);
+    if (e || n != size) { fail("fs read"); return; }
+    fout[16 + n] = 0;
+    for (u32 i = 0; i < n; i++) if (fout[16 + i] == '\n') fout[16 + i] = 0;
+    puts_("rmguest: fs read "); puts_((const char *)fout + 16); putc_('\n');
+    u64 release_in[3] = { fh, 0, 0 };
+    if (fuse_call(18, node, release_in, sizeof release_in, 0, 0, 0, &n)) { fail("fs release"); return; }
+    /* FUSE_CREATE (35) from-guest.txt (O_WRONLY|O_CREAT|O_TRUNC, 0644), FUSE_WRITE (16) */
+    u32 create_in[4] = { 1 | 0x40 | 0x200, 0100644, 0, 0 };
+    if (fuse_call(35, 1, create_in, sizeof create_in, "from-guest.txt", 15, 128 + 16, &n) || n < 144) { fail("fs create"); return; }
+    node = *(u64 *)(fout + 16); fh = *(u64 *)(fout + 16 + 128);
+    static const char msg[] = "written by the test guest through virtio-fs\n";
+    u64 write_in[5] = { fh, 0, ((u64)0 << 32) | (sizeof msg - 1), 0, 0 };
+    e = fuse_call(16, node, write_in, sizeof write_in, msg, sizeof msg - 1, 8, &n);
+    if (e || n < 4 || *(u32 *)(fout + 16) != sizeof msg - 1) { fail("fs write"); return; }
+    release_in[0] = fh;
+    if (fuse_call(18, node, release_in, sizeof release_in, 0, 0, 0, &n)) { fail("fs release created"); return; }
+    /* An opcode the backend does not know is answered with ENOSYS, and the device carries on. */
+    e = fuse_call(4242, 1, 0, 0, 0, 0, 0, &n);
+    if (e != -38) { fail("fs unknown opcode"); return; }
+    e = fuse_call(1, 1, "missing.txt", 12, 0, 0, 128, &n);
+    if (e != -2) { fail("fs lookup of a missing file"); return; }
+    puts_("rmguest: fs ok\n");
+}
+
 /* ---- main ---- */
 void guest_main(u64 boot_params) {
     puts_("rmguest: hello\n");
@@ -464,6 +536,7 @@ void guest_main(u64 boot_params) {
         else if (id == 19) test_vsock(base, cmdline);
         else if (id == 1) test_net(base);
         else if (id == 5) test_balloon(base, cmdline);
+        else if (id == 26) test_fs(base);
     }
     if (failures == 0) puts_("rmguest: all ok\n");
     puts_("rmguest: resetting\n");

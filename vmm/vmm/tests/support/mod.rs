@@ -190,3 +190,92 @@ pub fn wait_for_path(path: &Path) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A command running virtiofsd: `RMACHINE_VIRTIOFSD` (a binary), the bundle `rmachine setup`
+/// installs under the cache (`RMACHINE_CACHE`, else `$XDG_CACHE_HOME/rmachine`, else
+/// `~/.cache/rmachine`; run through its own loader), or `/usr/libexec/virtiofsd`. Returns
+/// `None` when there is none; the caller decides whether that skips or fails.
+pub fn virtiofsd_command() -> Option<Command> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(binary) = var("RMACHINE_VIRTIOFSD") {
+        return binary.is_file().then(|| Command::new(binary));
+    }
+    let cache = var("RMACHINE_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/rmachine")));
+    if let Some(dir) = cache.map(|c| c.join("host-tools/virtiofsd")) {
+        if dir.join(".complete").exists() {
+            let mut cmd = Command::new(dir.join("usr/lib64/ld-linux-x86-64.so.2"));
+            cmd.arg("--library-path")
+                .arg(dir.join("usr/lib/x86_64-linux-gnu"))
+                .arg(dir.join("usr/libexec/virtiofsd"));
+            return Some(cmd);
+        }
+    }
+    let host = PathBuf::from("/usr/libexec/virtiofsd");
+    host.is_file().then(|| Command::new(host))
+}
+
+/// A virtiofsd serving `shared` on `socket`, killed on drop.
+pub struct Virtiofsd {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd and waits for its socket. `None` if there is no virtiofsd (after
+    /// printing why; panics instead when `REQUIRE_KVM=1`, as CI installs it).
+    pub fn start(socket: &Path, shared: &Path, log: &Path) -> Option<Self> {
+        let Some(mut cmd) = virtiofsd_command() else {
+            let why = "no virtiofsd: run `rmachine setup` or set RMACHINE_VIRTIOFSD";
+            if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("REQUIRE_KVM=1 but {why}");
+            }
+            eprintln!("skipped: {why}");
+            return None;
+        };
+        let child = cmd
+            .arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared)
+            .args(["--cache", "never", "--sandbox", "none", "--log-level", "info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start virtiofsd");
+        let mut daemon = Virtiofsd {
+            child,
+            log: log.to_path_buf(),
+        };
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "virtiofsd exited ({status}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(start.elapsed() < TIMEOUT, "virtiofsd never created its socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(daemon)
+    }
+
+    /// virtiofsd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

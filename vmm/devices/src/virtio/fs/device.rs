@@ -1,0 +1,326 @@
+//! The virtio-fs device: configuration space, feature negotiation and vring setup for a
+//! vhost-user backend.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{FsConfig, FsError, QUEUE_SIZE, REQUEST_QUEUES, TAG_MAX_LEN};
+use crate::virtio::defs::device_type::FS as DEVICE_TYPE_FS;
+use crate::virtio::defs::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
+use crate::virtio::{
+    feature_bit, read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, VirtioInterrupt,
+};
+use crate::GuestMemory;
+
+/// VIRTIO_RING_F_EVENT_IDX: the backend and the driver suppress notifications themselves.
+const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+/// Queues: the high-priority queue, then the request queues.
+const NUM_QUEUES: usize = 1 + REQUEST_QUEUES;
+
+/// Counters of the fs device.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct FsMetrics {
+    /// Times the driver started the device.
+    pub activations: AtomicU64,
+    /// Used-buffer notifications from the backend passed on as interrupts.
+    pub interrupts: AtomicU64,
+    /// vhost-user requests that failed (the backend went away or refused).
+    pub backend_errors: AtomicU64,
+}
+
+/// What an activated device keeps.
+struct Active {
+    interrupt: Arc<VirtioInterrupt>,
+}
+
+/// A virtio-fs device backed by a vhost-user backend.
+pub struct Fs {
+    tag: String,
+    socket_path: PathBuf,
+    config_space: Vec<u8>,
+    frontend: Frontend,
+    /// Virtio features offered to the driver (what the device supports and the backend has).
+    avail_features: u64,
+    /// Whether VHOST_USER_F_PROTOCOL_FEATURES was negotiated (rings then start disabled).
+    protocol_features: bool,
+    mem: GuestMemory,
+    queue_sizes: [u16; NUM_QUEUES],
+    kick_evts: Vec<EventFd>,
+    pub(super) call_evts: Vec<EventFd>,
+    active: Option<Active>,
+    pub(super) metrics: Arc<FsMetrics>,
+}
+
+impl Fs {
+    /// Connects to the backend at `cfg.socket_path` and negotiates what the device offers.
+    /// `mem` must be shared memory (every region backed by a file).
+    pub fn new(cfg: FsConfig, mem: GuestMemory) -> Result<Self, FsError> {
+        if cfg.tag.is_empty() || cfg.tag.len() > TAG_MAX_LEN {
+            return Err(FsError::Tag(cfg.tag));
+        }
+        if mem.iter().any(|r| r.file_offset().is_none()) {
+            return Err(FsError::MemoryNotShared);
+        }
+        let path = cfg.socket_path.clone();
+        let backend_err = |step: &'static str| {
+            let path = path.clone();
+            move |source| FsError::Backend {
+                path,
+                step,
+                source,
+            }
+        };
+        let mut frontend =
+            Frontend::connect(&cfg.socket_path, NUM_QUEUES as u64).map_err(backend_err("connect"))?;
+        frontend.set_owner().map_err(backend_err("SET_OWNER"))?;
+        let backend_features = frontend
+            .get_features()
+            .map_err(backend_err("GET_FEATURES"))?;
+        if backend_features & feature_bit(VIRTIO_F_VERSION_1) == 0 {
+            return Err(FsError::Unsupported(
+                path.clone(),
+                "the backend does not offer VIRTIO_F_VERSION_1".into(),
+            ));
+        }
+        let supported = feature_bit(VIRTIO_F_VERSION_1)
+            | feature_bit(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature_bit(VIRTIO_RING_F_EVENT_IDX);
+        let avail_features = backend_features & supported;
+        let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let protocol_features = backend_features & protocol_bit != 0;
+        frontend
+            .set_features(avail_features | (backend_features & protocol_bit))
+            .map_err(backend_err("SET_FEATURES"))?;
+        if protocol_features {
+            let theirs = frontend
+                .get_protocol_features()
+                .map_err(backend_err("GET_PROTOCOL_FEATURES"))?;
+            let ours = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+            frontend
+                .set_protocol_features(theirs & ours)
+                .map_err(backend_err("SET_PROTOCOL_FEATURES"))?;
+            if theirs.contains(VhostUserProtocolFeatures::MQ) {
+                let queues = frontend
+                    .get_queue_num()
+                    .map_err(backend_err("GET_QUEUE_NUM"))?;
+                if queues < NUM_QUEUES as u64 {
+                    return Err(FsError::Unsupported(
+                        path.clone(),
+                        format!("the backend has {queues} queues, the device needs {NUM_QUEUES}"),
+                    ));
+                }
+            }
+        }
+
+        // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
+        let mut config_space = vec![0u8; TAG_MAX_LEN + 4];
+        config_space[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
+        config_space[TAG_MAX_LEN..].copy_from_slice(&(REQUEST_QUEUES as u32).to_le_bytes());
+
+        let eventfds = || {
+            (0..NUM_QUEUES)
+                .map(|_| EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        tracing::info!(tag = %cfg.tag, socket = %path.display(), features = format_args!("{avail_features:#x}"), "virtio-fs: backend connected");
+        Ok(Fs {
+            tag: cfg.tag,
+            socket_path: cfg.socket_path,
+            config_space,
+            frontend,
+            avail_features,
+            protocol_features,
+            mem,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            kick_evts: eventfds()?,
+            call_evts: eventfds()?,
+            active: None,
+            metrics: Arc::new(FsMetrics::default()),
+        })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<FsMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The mount tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Passes a backend's used-buffer notification on to the driver.
+    pub(super) fn handle_call(&mut self, queue: usize) {
+        let Some(evt) = self.call_evts.get(queue) else {
+            return;
+        };
+        let _ = evt.read();
+        if let Some(active) = &self.active {
+            self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
+            active.interrupt.signal_used_queue();
+        }
+    }
+
+    fn backend_error(&self, step: &str, e: &vhost::Error) -> ActivateError {
+        self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
+        ActivateError::Backend(std::io::Error::other(format!(
+            "virtio-fs {:?}: vhost-user backend at {}: {step}: {e}",
+            self.tag,
+            self.socket_path.display()
+        )))
+    }
+
+    /// The host address of `len` bytes of guest memory at `addr`, which must lie in one region
+    /// (the backend maps regions separately).
+    fn host_addr(&self, what: &str, addr: u64, len: usize) -> Result<u64, ActivateError> {
+        let slice = self.mem.get_slice(GuestAddress(addr), len).map_err(|e| {
+            ActivateError::Backend(std::io::Error::other(format!(
+                "virtio-fs {:?}: {what} at {addr:#x} ({len} bytes) is not in guest memory: {e}",
+                self.tag
+            )))
+        })?;
+        Ok(slice.ptr_guard().as_ptr() as u64)
+    }
+
+    /// Tells the backend about guest memory and every ring.
+    fn setup_backend(&mut self, queues: &[Queue], acked: u64) -> Result<(), ActivateError> {
+        let protocol_bit = if self.protocol_features {
+            VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        } else {
+            0
+        };
+        self.frontend
+            .set_features((acked & self.avail_features) | protocol_bit)
+            .map_err(|e| self.backend_error("SET_FEATURES", &e))?;
+        let regions: Vec<VhostUserMemoryRegionInfo> = self
+            .mem
+            .iter()
+            .filter_map(|r| {
+                let file = r.file_offset()?;
+                Some(VhostUserMemoryRegionInfo {
+                    guest_phys_addr: r.start_addr().0,
+                    memory_size: r.len(),
+                    userspace_addr: r.as_ptr() as u64,
+                    mmap_offset: file.start(),
+                    mmap_handle: file.file().as_raw_fd(),
+                })
+            })
+            .collect();
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(|e| self.backend_error("SET_MEM_TABLE", &e))?;
+        for (i, q) in queues.iter().enumerate() {
+            let size = q.size();
+            let n = usize::from(size);
+            let desc = self.host_addr("descriptor table", q.desc_table(), 16 * n)?;
+            let avail = self.host_addr("available ring", q.avail_ring(), 6 + 2 * n)?;
+            let used = self.host_addr("used ring", q.used_ring(), 6 + 8 * n)?;
+            let vring = VringConfigData {
+                queue_max_size: self.queue_sizes[i],
+                queue_size: size,
+                flags: 0,
+                desc_table_addr: desc,
+                used_ring_addr: used,
+                avail_ring_addr: avail,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(i, size)
+                .map_err(|e| self.backend_error("SET_VRING_NUM", &e))?;
+            self.frontend
+                .set_vring_addr(i, &vring)
+                .map_err(|e| self.backend_error("SET_VRING_ADDR", &e))?;
+            self.frontend
+                .set_vring_base(i, q.next_avail())
+                .map_err(|e| self.backend_error("SET_VRING_BASE", &e))?;
+            self.frontend
+                .set_vring_call(i, &self.call_evts[i])
+                .map_err(|e| self.backend_error("SET_VRING_CALL", &e))?;
+            self.frontend
+                .set_vring_kick(i, &self.kick_evts[i])
+                .map_err(|e| self.backend_error("SET_VRING_KICK", &e))?;
+            if self.protocol_features {
+                self.frontend
+                    .set_vring_enable(i, true)
+                    .map_err(|e| self.backend_error("SET_VRING_ENABLE", &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the backend's rings (GET_VRING_BASE stops a ring, vhost-user spec).
+    fn stop_backend(&mut self) {
+        for i in 0..NUM_QUEUES {
+            if self.protocol_features {
+                if let Err(e) = self.frontend.set_vring_enable(i, false) {
+                    self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(tag = %self.tag, queue = i, error = %e, "virtio-fs: cannot disable a ring");
+                }
+            }
+            if let Err(e) = self.frontend.get_vring_base(i) {
+                self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tag = %self.tag, queue = i, error = %e, "virtio-fs: cannot stop a ring");
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
+        if active.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: active.queues.len(),
+            });
+        }
+        self.setup_backend(&active.queues, active.acked_features)?;
+        self.metrics.activations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(tag = %self.tag, "virtio-fs: activated");
+        self.active = Some(Active {
+            interrupt: active.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if self.active.take().is_some() {
+            self.stop_backend();
+        }
+        for evt in &self.call_evts {
+            let _ = evt.read();
+        }
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.kick_evts
+    }
+}
