@@ -115,6 +115,7 @@ fn vm_config(cmdline: String) -> VmConfig {
         rng: Some(RngConfig::default()),
         net: None,
         balloon: None,
+        filesystems: vec![],
         api_socket: None,
     }
 }
