@@ -184,9 +184,7 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
     let (manifest, image_dir) = rmachine_image::resolve(&paths, machine.spec.image.as_deref())
         .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
-    if !machine.spec.mounts.is_empty() {
-        tracing::warn!("rmachine-vmm has no virtio-fs device yet: shared folders are not available with the vmm backend");
-    }
+    let (virtiofsd, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
     let config = GuestConfig {
         version: rmachine_protocol::PROTOCOL_VERSION,
         token: String::new(),
@@ -194,7 +192,7 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
         data_disk: "/dev/vdb".into(),
         host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
         host_addr: None,
-        mounts: vec![],
+        mounts: guest_mounts,
     };
     let config_disk = machine.files.config_disk();
     std::fs::write(&config_disk, config.encode()).with_context(|| format!("cannot write {}", config_disk.display()))?;
@@ -205,23 +203,16 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
     for stale in [&uds, &api] {
         let _ = std::fs::remove_file(stale);
     }
-    let vm_config = serde_json::json!({
-        "vcpus": machine.spec.cpus,
-        "memory_mib": machine.spec.memory_mib,
-        "kernel": {
-            "path": image_dir.join(&manifest.kernel.file),
-            "cmdline": format!("{} reboot=k", manifest.kernel_cmdline),
+    let vm_config = vmm_config(
+        machine,
+        &VmmImage {
+            kernel: image_dir.join(&manifest.kernel.file),
+            cmdline: &manifest.kernel_cmdline,
+            rootfs: image_dir.join(&manifest.rootfs.file),
         },
-        "serial": { "log_path": console_log },
-        "disks": [
-            { "id": "root", "path": image_dir.join(&manifest.rootfs.file), "read_only": true },
-            { "id": "data", "path": machine.files.data_disk() },
-            { "id": "config", "path": config_disk, "read_only": true },
-        ],
-        "vsock": { "guest_cid": VMM_GUEST_CID, "uds_path": uds },
-        "rng": {},
-        "api_socket": api,
-    });
+        &config_disk,
+        &shares,
+    );
     let config_path = machine.files.dir().join("vmm.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&vm_config)?)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -237,5 +228,81 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
         s.image = Some(manifest.version.clone());
         s.carrier = Some(carrier.clone());
     });
-    Ok(RunningVm { child, carrier, virtiofsd: vec![] })
+    Ok(RunningVm { child, carrier, virtiofsd })
+}
+
+/// The guest image's parts rmachine-vmm boots.
+struct VmmImage<'a> {
+    kernel: std::path::PathBuf,
+    cmdline: &'a str,
+    rootfs: std::path::PathBuf,
+}
+
+/// rmachine-vmm's boot document for `machine`: root, data and config disks, the hybrid vsock
+/// socket, rng, one virtio-fs device per shared folder (its virtiofsd's socket), the API.
+fn vmm_config(machine: &Machine, image: &VmmImage, config_disk: &std::path::Path, shares: &[QemuShare]) -> serde_json::Value {
+    let filesystems: Vec<serde_json::Value> =
+        shares.iter().map(|s| serde_json::json!({ "tag": s.tag, "socket_path": s.socket })).collect();
+    serde_json::json!({
+        "vcpus": machine.spec.cpus,
+        "memory_mib": machine.spec.memory_mib,
+        "kernel": {
+            "path": image.kernel,
+            "cmdline": format!("{} reboot=k", image.cmdline),
+        },
+        "serial": { "log_path": machine.files.console_log() },
+        "disks": [
+            { "id": "root", "path": image.rootfs, "read_only": true },
+            { "id": "data", "path": machine.files.data_disk() },
+            { "id": "config", "path": config_disk, "read_only": true },
+        ],
+        "vsock": { "guest_cid": VMM_GUEST_CID, "uds_path": machine.files.vsock_socket() },
+        "rng": {},
+        "filesystems": filesystems,
+        "api_socket": machine.files.vmm_socket(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmachine_machine::config::{MountSpec, Settings};
+    use rmachine_machine::store::Store;
+
+    /// The document the host agent writes is one rmachine-vmm accepts, with a virtio-fs
+    /// device per share (the VMM's own validation: unknown fields, files, sockets).
+    #[test]
+    fn test_vmm_config_is_accepted_by_the_vmm_with_one_fs_device_per_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
+        let settings = Settings {
+            mounts: Some(vec![
+                MountSpec { path: dir.path().to_path_buf(), read_only: false },
+                MountSpec { path: "/tmp".into(), read_only: true },
+            ]),
+            ..Settings::default()
+        };
+        let machine = store.create("vmmcfg", &settings).unwrap();
+        let (kernel, rootfs) = (dir.path().join("bzImage"), dir.path().join("root.erofs"));
+        for file in [&kernel, &rootfs, &machine.files.data_disk(), &machine.files.config_disk()] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        let mut listeners = Vec::new();
+        let shares: Vec<QemuShare> = (0..2)
+            .map(|i| {
+                let socket = machine.files.virtiofs_socket(i);
+                listeners.push(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+                QemuShare { tag: format!("share{i}"), socket }
+            })
+            .collect();
+        let image = VmmImage { kernel, cmdline: "console=ttyS0", rootfs };
+        let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares);
+        let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
+        let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
+        let tags: Vec<&str> = parsed.filesystems.iter().map(|f| f.tag.as_str()).collect();
+        assert_eq!(tags, ["share0", "share1"]);
+        assert_eq!(parsed.filesystems[1].socket_path, machine.files.virtiofs_socket(1));
+        assert_eq!(resolved.slots.len(), 7, "3 disks, vsock, rng, 2 fs: {:?}", resolved.slots);
+        assert_eq!(resolved.cmdline, "console=ttyS0 reboot=k");
+    }
 }
