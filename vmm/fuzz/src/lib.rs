@@ -12,11 +12,12 @@
 //! - Setup: `u32` mask of device features (bits 0..31) the driver declines, then one byte per
 //!   queue: the queue size is the device's maximum shifted right by `byte % 9`.
 //! - Then commands, each one opcode byte ([`op`]) and its operands:
-//!   - [`op::ADD_CHAIN`] `queue: u8, count: u8` then `count % 16 + 1` descriptors, each
+//!   - [`op::ADD_CHAIN`] `queue: u8, count: u8` then `count % 64 + 1` descriptors, each
 //!     `ctl: u8` ([`ctl`]), an address (`u16` offset into the data area at [`DATA_START`], or
-//!     a raw `u64` with [`ctl::RAW_ADDR`]), a length (`u16`, or a raw `u32` with
-//!     [`ctl::RAW_LEN`]) and, with [`ctl::RAW_NEXT`], a raw `u16` next index. The chain takes
-//!     the next free slots of the descriptor table and is published in the avail ring.
+//!     a raw `u64` with [`ctl::RAW_ADDR`]), a length (`u16` scaled by [`ctl::LEN_SHIFT`], or a
+//!     raw `u32` with [`ctl::RAW_LEN`]) and, with [`ctl::RAW_NEXT`], a raw `u16` next index.
+//!     The chain takes the next free slots of the descriptor table and is published in the
+//!     avail ring.
 //!   - [`op::NOTIFY`] `queue: u8`: a QueueNotify register write, then the event loop runs.
 //!   - [`op::WRITE_DATA`] `offset: u16, len: u8, bytes`: buffer contents in the data area.
 //!   - [`op::POKE_RINGS`] `offset: u16, len: u8, bytes`: raw bytes over the descriptor tables
@@ -29,6 +30,8 @@
 //! - At the end every queue is notified once more and the event loop runs.
 
 #![forbid(unsafe_code)]
+
+pub mod targets;
 
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +58,8 @@ const USED_OFFSET: u64 = 0x2000;
 const MAX_QUEUES: usize = 3;
 /// End of the rings area.
 const RINGS_END: u64 = RING_STRIDE * MAX_QUEUES as u64;
+/// Most descriptors in a chain the harness publishes.
+const MAX_CHAIN: u8 = 64;
 /// Rounds of the event loop after which a device that still has ready events is busy-looping.
 const MAX_EVENT_ROUNDS: usize = 64;
 
@@ -90,6 +95,9 @@ pub mod ctl {
     pub const RAW_ADDR: u8 = 0x10;
     /// The length is a raw `u32`.
     pub const RAW_LEN: u8 = 0x20;
+    /// Bits 6 and 7 (`ctl >> LEN_SHIFT`): the `u16` length is shifted left by 4 times this
+    /// value, so that one descriptor can cover most of guest memory.
+    pub const LEN_SHIFT: u8 = 6;
 }
 
 /// Descriptor flags (virtio 1.2, 2.7.5).
@@ -302,7 +310,7 @@ impl Session {
         }
         let qi = usize::from(r.u8()) % self.queues.len();
         let q = &mut self.queues[qi];
-        let count = u16::from(r.u8() % 16 + 1).min(q.size);
+        let count = u16::from(r.u8() % MAX_CHAIN + 1).min(q.size);
         let head = q.next_desc;
         for k in 0..count {
             let idx = (head + k) % q.size;
@@ -315,7 +323,7 @@ impl Session {
             let len = if c & ctl::RAW_LEN != 0 {
                 r.u32()
             } else {
-                u32::from(r.u16())
+                u32::from(r.u16()) << (4 * (c >> ctl::LEN_SHIFT))
             };
             let mut flags = 0u16;
             if c & ctl::WRITE != 0 {
@@ -437,7 +445,7 @@ impl SeedBuilder {
 
     /// Publishes a chain of well-formed descriptors on `queue`.
     pub fn chain(mut self, queue: u8, descs: &[SeedDesc]) -> Self {
-        assert!(!descs.is_empty() && descs.len() <= 16);
+        assert!(!descs.is_empty() && descs.len() <= usize::from(MAX_CHAIN));
         self.bytes
             .extend_from_slice(&[op::ADD_CHAIN, queue, descs.len() as u8 - 1]);
         for &(offset, len, writable) in descs {
