@@ -6,13 +6,16 @@
 //! 1. pings the agent on the control service, retrying until the deadline;
 //! 2. sends `GET /version` through the engine service until the engine answers with
 //!    `"Version":"26.`;
-//! 3. asks the agent to shut the guest down.
+//! 3. with `--share-dir DIR`: runs a shell in the guest through the exec service that reads
+//!    `DIR/hello.txt` (written by L1 into the folder its virtiofsd shares) and writes
+//!    `DIR/from-l2.txt` (which L1 checks after the guest is gone);
+//! 4. asks the agent to shut the guest down.
 //!
 //! Every result is one line on stdout starting with `NESTED `, with the time since the client
 //! started (the L1 init starts the VMM right before it); the last line is `NESTED CLIENT OK`
 //! or `NESTED CLIENT FAIL <reason>`, and the exit status says the same.
 //!
-//! Usage: `rmachine-nested-client --uds PATH [--timeout-s N] [--vmm-pid PID]`
+//! Usage: `rmachine-nested-client --uds PATH [--timeout-s N] [--vmm-pid PID] [--share-dir DIR]`
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,12 +24,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rmachine_protocol::control::{self, Reply, Request};
+use rmachine_protocol::exec::{ExecRequest, GuestFrame, HostFrame};
 use rmachine_protocol::{hello, Service};
 
 /// The engine version the guest image ships (Debian trixie's docker.io 26).
 const ENGINE_VERSION_PREFIX: &str = "\"Version\":\"26.";
 /// How long one attempt may wait for an answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// What L1 writes into the shared folder, and what the guest must read back.
+const SHARE_HELLO: &str = "hello from L1\n";
+/// What the guest writes into the shared folder (`from-l2.txt`), checked by L1.
+const SHARE_REPLY: &str = "written by L2\n";
 /// Pause between attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -35,12 +43,14 @@ struct Args {
     uds: PathBuf,
     timeout: Duration,
     vmm_pid: Option<u32>,
+    share_dir: Option<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut uds = None;
     let mut timeout = Duration::from_secs(600);
     let mut vmm_pid = None;
+    let mut share_dir = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -64,6 +74,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                         .map_err(|_| format!("--vmm-pid: {v:?} is not a pid"))?,
                 );
             }
+            "--share-dir" => share_dir = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -71,6 +82,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         uds: uds.ok_or("--uds PATH is required")?,
         timeout,
         vmm_pid,
+        share_dir,
     })
 }
 
@@ -131,6 +143,59 @@ fn engine_version(uds: &Path) -> Result<Vec<u8>, String> {
         .read_to_end(&mut response)
         .map_err(|e| format!("reading the engine's answer: {e}"))?;
     Ok(response)
+}
+
+/// Runs `argv` in the guest through the exec service, stdin closed; returns (exit code,
+/// stdout, stderr).
+fn exec(uds: &Path, argv: &[&str]) -> Result<(i32, String, String), String> {
+    let mut reader = connect(uds, Service::Exec)?;
+    let request = ExecRequest {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        ..ExecRequest::default()
+    };
+    send(&mut reader, request.encode().as_bytes())?;
+    send(&mut reader, &HostFrame::Stdin(Vec::new()).encode())?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut buf = reader.buffer().to_vec();
+    let mut stream = reader.into_inner();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some((frame, used)) =
+            GuestFrame::decode(&buf).map_err(|e| format!("bad exec frame: {e}"))?
+        {
+            buf.drain(..used);
+            match frame {
+                GuestFrame::Stdout(b) => stdout.extend_from_slice(&b),
+                GuestFrame::Stderr(b) => stderr.extend_from_slice(&b),
+                GuestFrame::Exit(code) => {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    return Ok((code, text(&stdout), text(&stderr)));
+                }
+                GuestFrame::Error(e) => return Err(format!("exec refused: {e}")),
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("exec connection closed before the exit code".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("reading exec frames: {e}")),
+        }
+    }
+}
+
+/// Reads `<dir>/hello.txt` and writes `<dir>/from-l2.txt` in the guest.
+fn check_share(uds: &Path, dir: &str) -> Result<(), String> {
+    let script = format!(
+        "cat {dir}/hello.txt && printf '%s\\n' 'written by L2' > {dir}/from-l2.txt && grep -w virtiofs /proc/mounts"
+    );
+    let (code, stdout, stderr) = exec(uds, &["sh", "-c", &script])?;
+    if code != 0 {
+        return Err(format!("share check exited {code}: {stdout:?} {stderr:?}"));
+    }
+    if !stdout.starts_with(SHARE_HELLO) {
+        return Err(format!("the guest read {stdout:?} from {dir}/hello.txt, not {SHARE_HELLO:?}"));
+    }
+    println!("NESTED share mounted in L2: {}", stdout[SHARE_HELLO.len()..].trim());
+    Ok(())
 }
 
 /// Checks an HTTP response to `GET /version`: status 200 and the expected engine version.
@@ -232,6 +297,14 @@ impl Client {
             self.elapsed_s()
         );
 
+        if let Some(dir) = self.args.share_dir.clone() {
+            let (_, tries) = self.retry("share", || check_share(&uds, &dir))?;
+            println!(
+                "NESTED TIMING l2_share_s={:.3} (attempts {tries}; {SHARE_REPLY:?} written)",
+                self.elapsed_s()
+            );
+        }
+
         match call(&uds, 2, Request::Shutdown { reboot: false })? {
             Reply::ShuttingDown => {
                 println!("NESTED shutdown requested at {:.3}s", self.elapsed_s());
@@ -293,7 +366,8 @@ mod tests {
             Args {
                 uds: "/tmp/v.sock".into(),
                 timeout: Duration::from_secs(30),
-                vmm_pid: Some(42)
+                vmm_pid: Some(42),
+                share_dir: None,
             }
         );
         assert!(parse_args(&strings(&["--timeout-s", "1"])).is_err());

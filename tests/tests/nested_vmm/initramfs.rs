@@ -23,6 +23,9 @@ pub struct Inputs<'a> {
     pub vmm: &'a Path,
     /// `rmachine-nested-client` (static).
     pub client: &'a Path,
+    /// virtiofsd, which serves L1's `/share` to the guest (the bundle `rmachine setup`
+    /// installs, run through its own loader inside L1 too).
+    pub virtiofsd: &'a rmachine_image::host_tools::Virtiofsd,
     /// The guest kernel (bzImage).
     pub guest_kernel: &'a Path,
     /// rmachine-vmm's JSON configuration.
@@ -139,6 +142,7 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
         inputs.client.display()
     );
     e.push(Entry::file("bin/rmachine-nested-client", 0o755, client));
+    e.extend(virtiofsd_entries(inputs.virtiofsd));
     e.push(Entry::file("l2/bzImage", 0o644, read(inputs.guest_kernel)));
     e.push(Entry::file(
         "etc/nested/vm.json",
@@ -150,6 +154,46 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
         0o644,
         inputs.env.clone().into_bytes(),
     ));
+    e
+}
+
+/// virtiofsd under `opt/virtiofsd/`: the binary, its loader as `ld.so` and its libraries in
+/// `lib/`, as the loader lists them (the init script runs `ld.so --library-path lib
+/// virtiofsd`, so the bundle's newer glibc never meets rmachine-vmm's).
+fn virtiofsd_entries(tool: &rmachine_image::host_tools::Virtiofsd) -> Vec<Entry> {
+    let loader = tool
+        .loader
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/lib64/ld-linux-x86-64.so.2"));
+    let mut list = Command::new(&loader);
+    if let Some(libs) = &tool.library_path {
+        list.arg("--library-path").arg(libs);
+    }
+    let out = list
+        .arg("--list")
+        .arg(&tool.binary)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --list: {e}", loader.display()));
+    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success() && !libs.is_empty(),
+        "{} --list {} found no libraries: {}",
+        loader.display(),
+        tool.binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut e = vec![
+        Entry::file("opt/virtiofsd/virtiofsd", 0o755, read(&tool.binary)),
+        Entry::file("opt/virtiofsd/ld.so", 0o755, read(&loader)),
+    ];
+    for lib in libs {
+        let path = Path::new(&lib);
+        let name = path.file_name().and_then(|n| n.to_str()).expect("library file name");
+        if name.starts_with("ld-linux") {
+            continue;
+        }
+        e.push(Entry::file(&format!("opt/virtiofsd/lib/{name}"), 0o755, read(path)));
+    }
     e
 }
 

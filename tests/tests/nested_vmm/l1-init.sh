@@ -45,6 +45,21 @@ while :; do
 done
 echo "NESTED L1 disks: $(ls -l /dev/rm-* | sed 's/.* \(rm-[a-z]*\) -> /\1=/' | tr '\n' ' ')"
 
+# The folder L1 shares with the guest through virtio-fs.
+mkdir -p /share
+echo "hello from L1" > /share/hello.txt
+/opt/virtiofsd/ld.so --library-path /opt/virtiofsd/lib /opt/virtiofsd/virtiofsd \
+  --socket-path /run/virtiofsd.sock --shared-dir /share --cache never --sandbox none \
+  --log-level info </dev/null >/tmp/virtiofsd.log 2>&1 &
+VIRTIOFSD=$!
+i=0
+while [ ! -S /run/virtiofsd.sock ]; do
+  i=$((i + 1))
+  [ $i -gt 200 ] && fail "virtiofsd did not create its socket: $(cat /tmp/virtiofsd.log)"
+  sleep 0.1
+done
+echo "NESTED L1 virtiofsd ready uptime=$(up)"
+
 echo "NESTED L1 starting rmachine-vmm uptime=$(up)"
 # Stream the L2 console and the VMM log as they grow, so that a host-side timeout still
 # shows how far the guest got.
@@ -56,7 +71,7 @@ tail -n +1 -f /tmp/vmm.log | while IFS= read -r l; do echo "VMM| $l"; done &
 TAIL_VMM=$!
 RUST_LOG=${VMM_LOG_LEVEL:-info} /bin/rmachine-vmm --config /etc/nested/vm.json --log-file /tmp/vmm.log </dev/null >/tmp/vmm.out 2>&1 &
 VMM=$!
-/bin/rmachine-nested-client --uds /run/vsock.sock --timeout-s "$CLIENT_TIMEOUT_S" --vmm-pid $VMM
+/bin/rmachine-nested-client --uds /run/vsock.sock --timeout-s "$CLIENT_TIMEOUT_S" --vmm-pid $VMM --share-dir "$L2_SHARE_DIR"
 CLIENT=$?
 echo "NESTED L1 client exited status=$CLIENT uptime=$(up)"
 
@@ -72,8 +87,12 @@ echo "NESTED L1 rmachine-vmm exited status=$VMM_STATUS uptime=$(up)"
 sleep 1
 kill $TAIL_L2 $TAIL_VMM 2>/dev/null
 sed 's/^/VMM| /' /tmp/vmm.out
+kill $VIRTIOFSD 2>/dev/null
+sed 's/^/VIRTIOFSD| /' /tmp/virtiofsd.log | tail -n 20
 [ $CLIENT = 0 ] || fail "the client failed (status $CLIENT; see its NESTED CLIENT FAIL line)"
 [ $VMM_STATUS = 0 ] || fail "rmachine-vmm exited with status $VMM_STATUS after the guest was asked to power off"
+[ "$(cat /share/from-l2.txt 2>&1)" = "written by L2" ] || fail "the guest's file in the shared folder: $(cat /share/from-l2.txt 2>&1)"
+echo "NESTED L1 share: the guest's file arrived: $(cat /share/from-l2.txt)"
 echo "NESTED PASS"
 echo "NESTED DONE uptime=$(up)"
 sync

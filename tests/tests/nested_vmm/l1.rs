@@ -162,6 +162,8 @@ pub struct Outcome {
     pub l2_ping_s: Option<f64>,
     /// The engine's `GET /version` answer, in seconds after rmachine-vmm started.
     pub l2_docker_version_s: Option<f64>,
+    /// The guest read and wrote L1's shared folder (virtio-fs), seconds since the client started.
+    pub l2_share_s: Option<f64>,
     /// Host time of `NESTED DONE`.
     pub done_s: Option<f64>,
 }
@@ -201,6 +203,9 @@ pub fn parse(lines: &[Line]) -> Outcome {
             }
             if let Some(v) = timing(text, "l2_docker_version_s=") {
                 o.l2_docker_version_s = Some(v);
+            }
+            if let Some(v) = timing(text, "l2_share_s=") {
+                o.l2_share_s = Some(v);
             }
         }
     }

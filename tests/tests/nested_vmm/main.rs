@@ -11,7 +11,9 @@
 //! disk as virtio disks (`l1`). L1's init (`l1-init.sh`) runs rmachine-vmm on its /dev/vdX
 //! disks and the client beside it: the agent must answer `ping` over the VMM's hybrid vsock
 //! socket, the engine must answer `GET /version` with Docker 26 through the `engine` service,
-//! and the guest must power off cleanly when asked. L1 prints `NESTED PASS` or
+//! the guest must read and write a folder of L1 shared through virtio-fs (a virtiofsd in L1
+//! serving `/share`, mounted by the agent at `/home/nested-share`), and the guest must power off
+//! cleanly when asked. L1 prints `NESTED PASS` or
 //! `NESTED FAIL <why>`, the guest's console (`L2| `) and the VMM's log (`VMM| `).
 
 mod cpio;
@@ -25,7 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rmachine_machine::paths::Paths;
 use rmachine_protocol::config_disk::GuestConfig;
-use vmm::config::{DiskConfig, KernelConfig, RngConfig, SerialConfig, VmConfig, VsockConfig};
+use rmachine_protocol::config_disk::Mount;
+use vmm::config::{
+    DiskConfig, FsConfig, KernelConfig, RngConfig, SerialConfig, VmConfig, VsockConfig,
+};
 
 /// The guest's RAM in MiB.
 pub const L2_MEMORY_MIB: u64 = 1024;
@@ -37,6 +42,10 @@ const SHUTDOWN_TIMEOUT_S: u64 = 120;
 const L1_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Extra guest command-line words, for debugging (e.g. `loglevel=7`).
 const L2_CMDLINE_EXTRA_ENV: &str = "RMACHINE_NESTED_L2_CMDLINE_EXTRA";
+/// Where the guest mounts L1's shared folder (the client's `--share-dir`).
+const L2_SHARE_DIR: &str = "/home/nested-share";
+/// The virtio-fs tag of L1's shared folder.
+const SHARE_TAG: &str = "share0";
 /// The musl target of the static client.
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -115,7 +124,11 @@ fn vm_config(cmdline: String) -> VmConfig {
         rng: Some(RngConfig::default()),
         net: None,
         balloon: None,
-        filesystems: vec![],
+        filesystems: vec![FsConfig {
+            tag: SHARE_TAG.into(),
+            socket_path: "/run/virtiofsd.sock".into(),
+            slot: None,
+        }],
         api_socket: None,
     }
 }
@@ -151,6 +164,9 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
         "The client runs inside L1 and must be static: `rustup target add x86_64-unknown-linux-musl`",
     );
     let kernel = kernel::l1_kernel(&cache);
+    let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
+    let virtiofsd = rmachine_image::host_tools::find_virtiofsd(&paths)
+        .expect("no virtiofsd for L1's shared folder: run `rmachine setup`");
 
     let cmdline = guest_cmdline(
         &manifest.kernel_cmdline,
@@ -158,7 +174,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     );
     let vm_json = serde_json::to_string_pretty(&vm_config(cmdline)).expect("vm config to json");
     let env = format!(
-        "CLIENT_TIMEOUT_S={CLIENT_TIMEOUT_S}\nSHUTDOWN_TIMEOUT_S={SHUTDOWN_TIMEOUT_S}\nVMM_LOG_LEVEL=info\n"
+        "CLIENT_TIMEOUT_S={CLIENT_TIMEOUT_S}\nSHUTDOWN_TIMEOUT_S={SHUTDOWN_TIMEOUT_S}\nVMM_LOG_LEVEL=info\nL2_SHARE_DIR={L2_SHARE_DIR}\n"
     );
     let target = target_dir();
     let initrd = initramfs::build(
@@ -169,6 +185,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
             client: &target
                 .join(MUSL_TARGET)
                 .join("release/rmachine-nested-client"),
+            virtiofsd: &virtiofsd,
             guest_kernel: &image_dir.join(&manifest.kernel.file),
             vm_json,
             env,
@@ -189,7 +206,11 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
             .expect("clock after 1970")
             .as_nanos() as i64,
         host_addr: None,
-        mounts: vec![],
+        mounts: vec![Mount {
+            tag: SHARE_TAG.into(),
+            guest_path: L2_SHARE_DIR.into(),
+            read_only: false,
+        }],
     };
     let config_disk = dir.path().join("config.img");
     std::fs::write(&config_disk, config.encode()).expect("write the config disk");
@@ -218,11 +239,12 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     eprintln!(
         "nested timings (s): prepare={prepared_s:.1} l1_boot={} vmm_start={} \
-         l2_to_ping={} l2_to_docker_version={} l1_run={:.1} total={:.1}",
+         l2_to_ping={} l2_to_docker_version={} l2_share={} l1_run={:.1} total={:.1}",
         fmt(o.l1_init_s),
         fmt(o.vmm_start_s),
         fmt(o.l2_ping_s),
         fmt(o.l2_docker_version_s),
+        fmt(o.l2_share_s),
         run.elapsed.as_secs_f64(),
         total.elapsed().as_secs_f64()
     );
@@ -253,7 +275,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
         o.failures
     );
     assert!(
-        o.l2_ping_s.is_some() && o.l2_docker_version_s.is_some(),
+        o.l2_ping_s.is_some() && o.l2_docker_version_s.is_some() && o.l2_share_s.is_some(),
         "PASS without the client's timings: {o:?}"
     );
 }
@@ -284,4 +306,7 @@ fn test_vm_config_is_valid_for_the_vmm() {
     let init = include_str!("l1-init.sh");
     assert!(init.contains("/tmp/l2-console.log") && init.contains("--uds /run/vsock.sock"));
     assert!(init.contains("/etc/nested/vm.json"));
+    assert_eq!(parsed.filesystems.len(), 1);
+    assert!(init.contains("--socket-path /run/virtiofsd.sock"));
+    assert!(init.contains("--share-dir \"$L2_SHARE_DIR\""));
 }
