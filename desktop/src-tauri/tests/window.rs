@@ -127,12 +127,23 @@ impl Driver {
 
     /// Waits until `script` (an expression) is truthy; returns its value.
     fn wait_for(&self, what: &str, expr: &str, timeout: Duration) -> Value {
+        self.wait_for_unless(what, expr, "false", timeout)
+    }
+
+    /// Waits until `expr` is truthy, failing at once when `failed` (an expression) is.
+    fn wait_for_unless(&self, what: &str, expr: &str, failed: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         let script = format!("try {{ return ({expr}) || null; }} catch (e) {{ return null; }}");
+        let failed_script = format!("try {{ return !!({failed}); }} catch (e) {{ return false; }}");
         loop {
             let v = self.js(&script);
             if !v.is_null() && v != json!(false) {
                 return v;
+            }
+            if self.js(&failed_script) == json!(true) {
+                let page = self.js("return document.querySelector('main').innerText");
+                self.screenshot(&format!("failed-{}", what.replace(' ', "-")));
+                panic!("gave up waiting for {what}: {failed} holds; the page says:\n{}", page.as_str().unwrap_or(""));
             }
             if Instant::now() > deadline {
                 let page = self.js("return document.querySelector('main').innerText");
@@ -294,7 +305,12 @@ fn test_window_starts_machine_and_stops_container() {
     d.click("#machine-gui [data-action='start']");
     d.wait_for("the starting state", "['starting','running'].includes(document.querySelector('#machine-gui .badge')?.dataset.state)", Duration::from_secs(30));
     d.screenshot("3-machines-starting");
-    d.wait_for("the machine running", "document.querySelector('#machine-gui')?.dataset.state === 'running'", Duration::from_secs(600));
+    d.wait_for_unless(
+        "the machine running",
+        "document.querySelector('#machine-gui')?.dataset.state === 'running'",
+        "document.querySelector('#machine-gui')?.dataset.state === 'error'",
+        Duration::from_secs(600),
+    );
     eprintln!("machine running {:.1} s after the click", started.elapsed().as_secs_f64());
     d.click("#machine-gui [data-action='use']");
     d.wait_for("the active machine", "document.querySelector('#machine-gui .active-tag')", Duration::from_secs(10));
