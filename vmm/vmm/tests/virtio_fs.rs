@@ -17,10 +17,16 @@ fn test_guest_reads_and_writes_host_files_through_virtiofsd() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
     let socket = dir.path().join("fs.sock");
-    let Some(daemon) = Virtiofsd::start(&socket, &shared, &dir.path().join("virtiofsd.log"))
-    else {
+    let Some(tool) = require_virtiofsd() else {
         return;
     };
+    let daemon = Virtiofsd::start(
+        &tool,
+        None,
+        &socket,
+        &shared,
+        &dir.path().join("virtiofsd.log"),
+    );
     let guest = build_guest(dir.path());
     let mut vmm = VmmProcess::start(
         dir.path(),
@@ -60,6 +66,56 @@ fn test_guest_reads_and_writes_host_files_through_virtiofsd() {
         std::fs::read_to_string(shared.join("from-guest.txt")).unwrap(),
         "written by the test guest through virtio-fs\n"
     );
+}
+
+/// With virtiofsd running as an unprivileged user (as the host agent runs for a non-root
+/// user), what the guest creates as root belongs to that user on the host.
+#[test]
+fn test_files_the_guest_creates_belong_to_the_user_running_virtiofsd() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !require_kvm() {
+        return;
+    }
+    let Some(tool) = require_virtiofsd() else {
+        return;
+    };
+    // As root, run virtiofsd as `nobody`; otherwise as ourselves.
+    // SAFETY: geteuid has no preconditions and touches no memory of ours.
+    let me = unsafe { libc::geteuid() };
+    let (run_as, owner) = if me == 0 { (Some(65534), 65534) } else { (None, me) };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tool = tool.copied_to(&dir.path().join("virtiofsd"));
+    let (shared, run) = (dir.path().join("shared"), dir.path().join("run"));
+    for d in [&shared, &run] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(owner), Some(owner)).unwrap();
+    }
+    std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
+    std::os::unix::fs::chown(shared.join("hello.txt"), Some(owner), Some(owner)).unwrap();
+    let socket = run.join("fs.sock");
+    let log = dir.path().join("virtiofsd.log");
+    let daemon = Virtiofsd::start(&tool, run_as, &socket, &shared, &log);
+    let guest = build_guest(dir.path());
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &json!({
+            "memory_mib": 64,
+            "kernel": {"path": guest, "cmdline": "console=ttyS0"},
+            "serial": {"log_path": dir.path().join("console.log")},
+            "filesystems": [{"tag": "user", "socket_path": socket}]
+        }),
+    );
+    let status = vmm.wait_exit();
+    let console = vmm.console();
+    assert!(
+        status.success() && console.contains("rmguest: fs ok"),
+        "exit {status}\n{console}\n{}\nvirtiofsd:\n{}",
+        vmm.log(),
+        daemon.log()
+    );
+    let meta = std::fs::metadata(shared.join("from-guest.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (owner, owner), "owner of the guest's file");
 }
 
 #[test]

@@ -29,26 +29,10 @@ pub fn require_kvm() -> bool {
 pub fn build_guest(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     let out = dir.join("guest.elf");
-    let status = Command::new("gcc")
-        .args([
-            "-ffreestanding",
-            "-nostdlib",
-            "-static",
-            "-fno-pic",
-            "-no-pie",
-            "-mno-red-zone",
-            "-mgeneral-regs-only",
-            "-fno-stack-protector",
-            "-fno-asynchronous-unwind-tables",
-            "-O2",
-            "-Wall",
-            "-Werror",
-        ])
-        .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
-        .args(["-Wl,--build-id=none", "-Wl,-z,noexecstack", "-o"])
+    // One gcc command for the tests and the VMM benchmark (benches/src/bin/vmm.rs).
+    let status = Command::new("sh")
+        .arg(src.join("build.sh"))
         .arg(&out)
-        .arg(src.join("start.S"))
-        .arg(src.join("main.c"))
         .status()
         .expect("gcc runs (the test guest needs gcc and binutils)");
     assert!(status.success(), "building the test guest failed");
@@ -191,33 +175,105 @@ pub fn wait_for_path(path: &Path) {
     }
 }
 
-/// A command running virtiofsd: `RMACHINE_VIRTIOFSD` (a binary), the bundle `rmachine setup`
-/// installs under the cache (`RMACHINE_CACHE`, else `$XDG_CACHE_HOME/rmachine`, else
-/// `~/.cache/rmachine`; run through its own loader), or `/usr/libexec/virtiofsd`. Returns
-/// `None` when there is none; the caller decides whether that skips or fails.
-pub fn virtiofsd_command() -> Option<Command> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(binary) = var("RMACHINE_VIRTIOFSD") {
-        return binary.is_file().then(|| Command::new(binary));
+/// A virtiofsd binary and how to run it.
+#[derive(Debug, Clone)]
+pub struct VirtiofsdTool {
+    /// The dynamic loader and library folder of a bundle (trixie's glibc is newer than the
+    /// host's), or `None` for a binary that runs as it is.
+    pub bundle: Option<(PathBuf, PathBuf)>,
+    pub binary: PathBuf,
+}
+
+impl VirtiofsdTool {
+    /// `RMACHINE_VIRTIOFSD` (a binary), the bundle `rmachine setup` installs under the cache
+    /// (`RMACHINE_CACHE`, else `$XDG_CACHE_HOME/rmachine`, else `~/.cache/rmachine`), or
+    /// `/usr/libexec/virtiofsd`. `None` when there is none; the caller decides whether that
+    /// skips or fails.
+    pub fn find() -> Option<Self> {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(binary) = var("RMACHINE_VIRTIOFSD") {
+            return binary.is_file().then_some(VirtiofsdTool { bundle: None, binary });
+        }
+        let cache = var("RMACHINE_CACHE")
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
+            .or_else(|| var("HOME").map(|h| h.join(".cache/rmachine")));
+        if let Some(dir) = cache.map(|c| c.join("host-tools/virtiofsd")) {
+            if dir.join(".complete").exists() {
+                return Some(VirtiofsdTool {
+                    bundle: Some((
+                        dir.join("usr/lib64/ld-linux-x86-64.so.2"),
+                        dir.join("usr/lib/x86_64-linux-gnu"),
+                    )),
+                    binary: dir.join("usr/libexec/virtiofsd"),
+                });
+            }
+        }
+        let binary = PathBuf::from("/usr/libexec/virtiofsd");
+        binary.is_file().then_some(VirtiofsdTool { bundle: None, binary })
     }
-    let cache = var("RMACHINE_CACHE")
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/rmachine")));
-    if let Some(dir) = cache.map(|c| c.join("host-tools/virtiofsd")) {
-        if dir.join(".complete").exists() {
-            let mut cmd = Command::new(dir.join("usr/lib64/ld-linux-x86-64.so.2"));
-            cmd.arg("--library-path")
-                .arg(dir.join("usr/lib/x86_64-linux-gnu"))
-                .arg(dir.join("usr/libexec/virtiofsd"));
-            return Some(cmd);
+
+    /// A copy of a bundle in `dir` (world-readable), for a user who cannot read the cache.
+    pub fn copied_to(&self, dir: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let Some((loader, libs)) = &self.bundle else {
+            return self.clone();
+        };
+        let lib_dir = dir.join("lib");
+        std::fs::create_dir_all(&lib_dir).unwrap();
+        for entry in std::fs::read_dir(libs).unwrap().flatten() {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), lib_dir.join(entry.file_name())).unwrap();
+            }
+        }
+        std::fs::copy(loader, dir.join("ld.so")).unwrap();
+        std::fs::copy(&self.binary, dir.join("virtiofsd")).unwrap();
+        for path in [dir.to_path_buf(), lib_dir.clone()] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        VirtiofsdTool {
+            bundle: Some((dir.join("ld.so"), lib_dir)),
+            binary: dir.join("virtiofsd"),
         }
     }
-    let host = PathBuf::from("/usr/libexec/virtiofsd");
-    host.is_file().then(|| Command::new(host))
+
+    /// A command running virtiofsd, as user and group `run_as` when given (through setpriv).
+    pub fn command(&self, run_as: Option<u32>) -> Command {
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((loader, libs)) = &self.bundle {
+            argv.extend([loader.clone().into(), "--library-path".into(), libs.clone().into()]);
+        }
+        argv.push(self.binary.clone().into());
+        let mut cmd = match run_as {
+            Some(id) => {
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--reuid={id}"))
+                    .arg(format!("--regid={id}"))
+                    .args(["--clear-groups", "--"]);
+                cmd
+            }
+            None => Command::new(&argv[0]),
+        };
+        cmd.args(if run_as.is_some() { &argv[..] } else { &argv[1..] });
+        cmd
+    }
+}
+
+/// Whether virtio-fs tests can run: prints why they skip; panics instead when
+/// `REQUIRE_KVM=1` (CI installs virtiofsd with `rmachine setup`).
+pub fn require_virtiofsd() -> Option<VirtiofsdTool> {
+    let tool = VirtiofsdTool::find();
+    if tool.is_none() {
+        let why = "no virtiofsd: run `rmachine setup` or set RMACHINE_VIRTIOFSD";
+        if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
+            panic!("REQUIRE_KVM=1 but {why}");
+        }
+        eprintln!("skipped: {why}");
+    }
+    tool
 }
 
 /// A virtiofsd serving `shared` on `socket`, killed on drop.
@@ -227,23 +283,22 @@ pub struct Virtiofsd {
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd and waits for its socket. `None` if there is no virtiofsd (after
-    /// printing why; panics instead when `REQUIRE_KVM=1`, as CI installs it).
-    pub fn start(socket: &Path, shared: &Path, log: &Path) -> Option<Self> {
-        let Some(mut cmd) = virtiofsd_command() else {
-            let why = "no virtiofsd: run `rmachine setup` or set RMACHINE_VIRTIOFSD";
-            if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("REQUIRE_KVM=1 but {why}");
-            }
-            eprintln!("skipped: {why}");
-            return None;
-        };
-        let child = cmd
+    /// Starts `tool` (as user and group `run_as`, if given) serving `shared` with the
+    /// namespace sandbox, and waits for its socket.
+    pub fn start(
+        tool: &VirtiofsdTool,
+        run_as: Option<u32>,
+        socket: &Path,
+        shared: &Path,
+        log: &Path,
+    ) -> Self {
+        let child = tool
+            .command(run_as)
             .arg("--socket-path")
             .arg(socket)
             .arg("--shared-dir")
             .arg(shared)
-            .args(["--cache", "never", "--sandbox", "none", "--log-level", "info"])
+            .args(["--cache", "never", "--sandbox", "namespace", "--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -264,7 +319,7 @@ impl Virtiofsd {
             assert!(start.elapsed() < TIMEOUT, "virtiofsd never created its socket");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Some(daemon)
+        daemon
     }
 
     /// virtiofsd's log so far.
