@@ -1,6 +1,7 @@
 //! `rmachine setup`: puts the docker CLI (when missing) and the compose and buildx CLI
 //! plugins (Debian trixie's) where the docker CLI finds them, so `docker compose` and
-//! `docker buildx` work against machines.
+//! `docker buildx` work against machines, and installs the host daemons rmachine-vmm
+//! machines use: virtiofsd (shared folders) and passt (networking).
 
 use std::path::PathBuf;
 
@@ -35,18 +36,21 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/bin"),
     };
     let progress = StepProgress::new();
-    progress.step(1, 2, "docker CLI tools");
+    progress.step(1, 3, "docker CLI tools");
     let done = rmachine_image::host_tools::install(&paths, &plugin_dir, &bin_dir, args.mirror.as_deref(), &progress)?;
-    progress.step(2, 2, "virtiofsd (shared folders)");
+    progress.step(2, 3, "virtiofsd (shared folders)");
     let virtiofsd = rmachine_image::host_tools::install_virtiofsd(&paths, args.mirror.as_deref(), &progress)?;
+    progress.step(3, 3, "passt (machine networking)");
+    let passt = rmachine_image::host_tools::install_passt(&paths, args.mirror.as_deref(), &progress)?;
     println!("virtiofsd: {}", virtiofsd.binary.display());
+    println!("passt: {}", passt.binary.display());
     for p in &done.plugins {
         println!("installed {}", p.display());
     }
     if let Some(cli) = &done.docker_cli {
         println!("installed {}", cli.display());
     }
-    progress.done("docker CLI, compose, buildx and virtiofsd ready");
+    progress.done("docker CLI, compose, buildx, virtiofsd and passt ready");
     Ok(())
 }
 
