@@ -4,12 +4,14 @@
 
 use rmachine_protocol::control::{
     encode_reply, parse_request, ErrorKind, ErrorReply, Outcome, Reply, Request,
+    MAX_CHANGED_PATHS,
 };
 use rmachine_protocol::line::{read_line_limited, Line, MAX_CONTROL_LINE};
 use rmachine_protocol::{AGENT_VERSION, PROTOCOL_VERSION};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock;
+use crate::notify;
 use crate::logging::error_chain;
 use crate::server::{send, Context, Stream};
 use crate::shutdown::ShutdownRequest;
@@ -26,10 +28,16 @@ pub async fn serve(stream: &mut Stream, ctx: &Context) -> std::io::Result<()> {
                 (0, error(ErrorKind::TooLong, message), None)
             }
             Line::Data(line) => match parse_request(&line) {
-                Ok(envelope) => {
-                    let (outcome, shutdown) = handle(envelope.request, ctx);
-                    (envelope.id, outcome, shutdown)
-                }
+                Ok(envelope) => match envelope.request {
+                    // File system work, possibly slow over virtio-fs: off the async threads.
+                    Request::NotifyChanged { paths } => {
+                        (envelope.id, notify_changed(paths, ctx).await, None)
+                    }
+                    request => {
+                        let (outcome, shutdown) = handle(request, ctx);
+                        (envelope.id, outcome, shutdown)
+                    }
+                },
                 Err(failure) => (failure.id, Outcome::Error(failure.error), None),
             },
         };
@@ -41,6 +49,21 @@ pub async fn serve(stream: &mut Stream, ctx: &Context) -> std::io::Result<()> {
                 warn!(error = %e, "shutdown already requested");
             }
         }
+    }
+}
+
+async fn notify_changed(paths: Vec<String>, ctx: &Context) -> Outcome {
+    if paths.len() > MAX_CHANGED_PATHS {
+        let message = format!("{} paths exceed the limit of {MAX_CHANGED_PATHS}", paths.len());
+        return error(ErrorKind::BadRequest, message);
+    }
+    let shares = ctx.shares.clone();
+    match tokio::task::spawn_blocking(move || notify::replay(&paths, &shares)).await {
+        Ok((touched, skipped)) => {
+            debug!(touched, skipped, "host changes replayed");
+            Outcome::Ok(Reply::Notified { touched, skipped })
+        }
+        Err(e) => error(ErrorKind::Failed, format!("replaying host changes failed: {e}")),
     }
 }
 
@@ -69,6 +92,11 @@ fn handle(request: Request, ctx: &Context) -> (Outcome, Option<ShutdownRequest>)
             }
             Err(e) => return (error(ErrorKind::Failed, error_chain(&e)), None),
         },
+        // Answered by `serve` (asynchronously); never routed here.
+        Request::NotifyChanged { .. } => {
+            let message = "notify_changed is served asynchronously".to_string();
+            return (error(ErrorKind::Failed, message), None);
+        }
         Request::Shutdown { reboot } => {
             let reason = if reboot {
                 "reboot requested by the host"
@@ -146,6 +174,37 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn test_notify_changed_touches_paths_inside_shares_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::write(share.join("f.txt"), "x").unwrap();
+        let server = start_server(dir.path().join("docker.sock")).await;
+        let mut stream = connect(&server, Service::Control).await;
+        let paths = vec![
+            share.join("f.txt").display().to_string(),
+            "/etc/passwd".to_string(),
+        ];
+        let line = encode_request(1, Request::NotifyChanged { paths });
+        let reply = roundtrip(&mut stream, line.as_bytes()).await;
+        assert_eq!(
+            parse_reply(reply.trim_end().as_bytes(), 1).unwrap(),
+            Reply::Notified {
+                touched: 1,
+                skipped: 1
+            }
+        );
+        let paths = vec!["/x".to_string(); MAX_CHANGED_PATHS + 1];
+        let line = encode_request(2, Request::NotifyChanged { paths });
+        let reply = roundtrip(&mut stream, line.as_bytes()).await;
+        match parse_reply(reply.trim_end().as_bytes(), 2) {
+            Err(ReplyError::Agent { kind, .. }) => assert_eq!(kind, ErrorKind::BadRequest),
+            other => panic!("unexpected {other:?}"),
+        }
+        ping(&mut stream, 3).await;
     }
 
     #[tokio::test]

@@ -110,7 +110,8 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
         ClockControl::System,
         shutdown_tx,
         reaper.clone(),
-    ));
+    )
+    .with_shares(config.mounts.iter().map(|m| PathBuf::from(&m.guest_path)).collect()));
     let t = Instant::now();
     start_services(&ctx).await;
     step_done("guest services listening", t);

@@ -25,6 +25,7 @@ mod init;
 mod logging;
 mod mounts;
 mod network;
+mod notify;
 mod proxy;
 mod rate_limit;
 mod reaper;

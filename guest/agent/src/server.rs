@@ -77,6 +77,8 @@ pub struct Context {
     pub shutdown: mpsc::Sender<ShutdownRequest>,
     /// Starts and waits for the exec service's commands.
     pub reaper: Reaper,
+    /// Guest paths of the shared folders (where host change notifications may touch).
+    pub shares: Vec<PathBuf>,
     refusal_log: RateLimit,
     refused: AtomicU64,
 }
@@ -97,9 +99,16 @@ impl Context {
             clock,
             shutdown,
             reaper,
+            shares: Vec::new(),
             refusal_log: RateLimit::new(10, Duration::from_secs(60)),
             refused: AtomicU64::new(0),
         }
+    }
+
+    /// The same context knowing the shared folders' guest paths.
+    pub fn with_shares(mut self, shares: Vec<PathBuf>) -> Context {
+        self.shares = shares;
+        self
     }
 
     /// How many connections were refused for a missing or wrong token.
@@ -319,8 +328,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// Serves every service on loopback with token "secret", with a reaper that does not
-    /// reap (tests that start commands use [`start_server_with`] and a started one).
+    /// Serves every service on loopback with token "secret" and one shared folder (`share`
+    /// beside `docker_sock`), with a reaper that does not reap (tests that start commands use [`start_server_with`] and a started one).
     pub(crate) async fn start_server(docker_sock: PathBuf) -> TestServer {
         start_server_with(docker_sock, Reaper::default()).await
     }
@@ -328,14 +337,19 @@ pub(crate) mod tests {
     pub(crate) async fn start_server_with(docker_sock: PathBuf, reaper: Reaper) -> TestServer {
         let (tx, rx) = mpsc::channel(4);
         let status = Arc::new(Status::new("test"));
-        let ctx = Arc::new(Context::new(
-            Some("secret".into()),
-            docker_sock,
-            status,
-            ClockControl::Observe,
-            tx,
-            reaper,
-        ));
+        // A shared folder beside the engine socket, for change notifications.
+        let share = docker_sock.with_file_name("share");
+        let ctx = Arc::new(
+            Context::new(
+                Some("secret".into()),
+                docker_sock,
+                status,
+                ClockControl::Observe,
+                tx,
+                reaper,
+            )
+            .with_shares(vec![share]),
+        );
         let mut addrs = Vec::new();
         for service in Service::ALL {
             let (addr, _) = listen_tcp("127.0.0.1:0".parse().unwrap(), service, ctx.clone())

@@ -31,7 +31,16 @@ pub enum Request {
         #[serde(default)]
         reboot: bool,
     },
+    /// Files or folders of shared folders changed on the host (absolute paths, the same in
+    /// the guest): the agent touches their attributes in the guest so that inotify
+    /// watchers there (file watchers of dev servers) hear of it, which virtio-fs cannot
+    /// tell them. At most [`MAX_CHANGED_PATHS`] paths.
+    NotifyChanged { paths: Vec<String> },
 }
+
+/// Most paths in one [`Request::NotifyChanged`] (the host sends their folders instead
+/// when more changed at once).
+pub const MAX_CHANGED_PATHS: usize = 256;
 
 /// A request with its envelope (`v` and `id` beside the operation's fields).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +62,9 @@ pub enum Reply {
         offset_ns: i64,
     },
     ShuttingDown,
+    /// Change notifications replayed: paths touched, paths skipped (outside every share,
+    /// gone, or refused).
+    Notified { touched: u32, skipped: u32 },
 }
 
 /// What went wrong with a request.
