@@ -104,7 +104,7 @@ mod tests {
             share.join("link").display().to_string(),
             "/etc/passwd".to_string(),
         ];
-        assert_eq!(replay(&paths, &[share.clone()]), (2, 2));
+        assert_eq!(replay(&paths, std::slice::from_ref(&share)), (2, 2));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "content");
         let meta = std::fs::metadata(&file).unwrap();
         assert_eq!(meta.modified().unwrap(), before);
