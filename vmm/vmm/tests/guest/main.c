@@ -361,8 +361,114 @@ static long net_recv(u8 *out, u32 cap, u32 *bufs) {
     return got;
 }
 
+/* Whether the command line holds `word` (a whole space-separated word, e.g. "rmtest.net=passt"). */
+static int cmdline_has(const char *cmdline, const char *word) {
+    for (const char *s = cmdline; *s; s++) {
+        if ((s != cmdline && s[-1] != ' ') || !startswith(s, word)) continue;
+        u32 n = 0; while (word[n]) n++;
+        if (s[n] == ' ' || !s[n]) return 1;
+    }
+    return 0;
+}
+
+static void putmac(const u8 *m) {
+    for (int i = 0; i < 6; i++) { putc_("0123456789abcdef"[m[i] >> 4]); putc_("0123456789abcdef"[m[i] & 15]); if (i < 5) putc_(':'); }
+}
+static void putip(const u8 *a) { for (int i = 0; i < 4; i++) { putdec(a[i]); if (i < 3) putc_('.'); } }
+
+/* ---- virtio-net against a real passt (rmtest.net=passt): an ARP request for the gateway
+ * 10.0.2.2, then a DHCP DISCOVER; the guest prints passt's answers for the host to check.
+ * Frames passt sends on its own (its ARP request for the guest, IPv6 neighbour discovery)
+ * are reported by EtherType and skipped. ---- */
+static u8 nptx[512] __attribute__((aligned(64)));
+static u8 nprx[4096];
+static const u8 NP_GATEWAY[4] = {10, 0, 2, 2};
+#define NP_XID 0x524d5431u /* "RMT1" */
+
+/* Receives frames until `want(frame, len)` holds; 0 on success, -1 after 16 other frames or
+ * a silent device. */
+static int np_wait(int (*want)(const u8 *, long)) {
+    u32 bufs;
+    for (int i = 0; i < 16; i++) {
+        long n = net_recv(nprx, sizeof nprx, &bufs);
+        if (n < 0) return -1;
+        if (n >= 14 && want(nprx, n)) return 0;
+        puts_("rmguest: net passt skipped ethertype "); puthex(n >= 14 ? (nprx[12] << 8 | nprx[13]) : 0);
+        puts_(" len "); putdec(n); putc_('\n');
+    }
+    return -1;
+}
+
+static int np_is_arp_reply(const u8 *f, long n) {
+    return n >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[20] == 0 && f[21] == 2 && memeq(f + 28, NP_GATEWAY, 4);
+}
+
+static int np_is_dhcp_offer(const u8 *f, long n) {
+    if (n < 14 + 20 + 8 + 240 || f[12] != 0x08 || f[13] != 0x00 || f[23] != 17) return 0;
+    const u8 *udp = f + 14 + (f[14] & 15) * 4, *m = udp + 8;
+    if (udp + 8 + 240 > f + n || udp[2] != 0 || udp[3] != 68 || m[0] != 2) return 0;
+    return (u32)(m[4] << 24 | m[5] << 16 | m[6] << 8 | m[7]) == NP_XID && m[236] == 99 && m[237] == 130 && m[238] == 83 && m[239] == 99;
+}
+
+/* The value of DHCP option `code` in the message `m` of `len` bytes, or 0. */
+static const u8 *np_dhcp_option(const u8 *m, long len, u8 code, u8 *optlen) {
+    for (long i = 240; i + 1 < len && m[i] != 255;) {
+        if (m[i] == 0) { i++; continue; }
+        if (m[i] == code && i + 2 + m[i + 1] <= len) { *optlen = m[i + 1]; return m + i + 2; }
+        i += 2 + m[i + 1];
+    }
+    return 0;
+}
+
+static u16 np_ip_checksum(const u8 *h, u32 len) {
+    u32 sum = 0;
+    for (u32 i = 0; i < len; i += 2) sum += (u32)(h[i] << 8 | h[i + 1]);
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return (u16)~sum;
+}
+
+static void test_net_passt(const u8 *mac) {
+    /* ARP who-has 10.0.2.2 from 0.0.0.0 (the guest has no address yet), broadcast. */
+    memset_(nptx, 0, 60);
+    memset_(nptx, 0xff, 6); memcpy_(nptx + 6, mac, 6); nptx[12] = 0x08; nptx[13] = 0x06;
+    u8 *a = nptx + 14;
+    a[1] = 1; a[2] = 0x08; a[4] = 6; a[5] = 4; a[7] = 1; /* Ethernet, IPv4, request */
+    memcpy_(a + 8, mac, 6); memcpy_(a + 24, NP_GATEWAY, 4);
+    if (net_send(0, (u64)nptx, 60)) { fail("net passt arp tx"); return; }
+    if (np_wait(np_is_arp_reply)) { fail("net passt arp reply"); return; }
+    const u8 *r = nprx + 14;
+    puts_("rmguest: net passt arp reply "); putip(r + 14); puts_(" is-at "); putmac(r + 8);
+    puts_(" to "); putmac(nprx); putc_('\n');
+
+    /* DHCP DISCOVER from 0.0.0.0:68 to 255.255.255.255:67, asking for a broadcast answer. */
+    u32 len = 14 + 20 + 8 + 240 + 3 + 1;
+    memset_(nptx, 0, len);
+    memset_(nptx, 0xff, 6); memcpy_(nptx + 6, mac, 6); nptx[12] = 0x08; nptx[13] = 0x00;
+    u8 *ip = nptx + 14, *udp = ip + 20, *m = udp + 8;
+    ip[0] = 0x45; ip[2] = (u8)((len - 14) >> 8); ip[3] = (u8)(len - 14); ip[8] = 64; ip[9] = 17;
+    memset_(ip + 16, 0xff, 4);
+    u16 sum = np_ip_checksum(ip, 20); ip[10] = (u8)(sum >> 8); ip[11] = (u8)sum;
+    udp[1] = 68; udp[3] = 67; udp[4] = (u8)((len - 34) >> 8); udp[5] = (u8)(len - 34); /* no UDP checksum */
+    m[0] = 1; m[1] = 1; m[2] = 6;
+    m[4] = (u8)(NP_XID >> 24); m[5] = (u8)(NP_XID >> 16); m[6] = (u8)(NP_XID >> 8); m[7] = (u8)NP_XID;
+    m[10] = 0x80; /* broadcast */
+    memcpy_(m + 28, mac, 6);
+    m[236] = 99; m[237] = 130; m[238] = 83; m[239] = 99;
+    m[240] = 53; m[241] = 1; m[242] = 1; m[243] = 255; /* DHCPDISCOVER */
+    if (net_send(0, (u64)nptx, len)) { fail("net passt dhcp tx"); return; }
+    if (np_wait(np_is_dhcp_offer)) { fail("net passt dhcp offer"); return; }
+    const u8 *o = nprx + 14 + (nprx[14] & 15) * 4 + 8;
+    long olen = (long)(sizeof nprx) - (o - nprx);
+    u8 l; const u8 *type = np_dhcp_option(o, olen, 53, &l), *mask = np_dhcp_option(o, olen, 1, &l);
+    const u8 *router = np_dhcp_option(o, olen, 3, &l), *server = np_dhcp_option(o, olen, 54, &l);
+    if (!type || *type != 2 || !mask || !router || !server) { fail("net passt dhcp options"); return; }
+    puts_("rmguest: net passt dhcp offer "); putip(o + 16); puts_(" mask "); putip(mask);
+    puts_(" router "); putip(router); puts_(" server "); putip(server); putc_('\n');
+    puts_("rmguest: net passt ok\n");
+}
+
 static u8 nbig[4096];
-static void test_net(u64 base) {
+static void test_net(u64 base, const char *cmdline) {
     u32 f, bufs;
     if (dev_init(base, (1u << 5) | (1u << 15), &f) || vq_setup(&net_rx, base, 0) || vq_setup(&net_tx, base, 1)) { fail("net init"); return; }
     if (!(f & (1u << 5)) || !(f & (1u << 15))) { fail("net features"); return; }
@@ -373,6 +479,7 @@ static void test_net(u64 base) {
     for (int i = 0; i < 6; i++) { putc_("0123456789abcdef"[mac[i] >> 4]); putc_("0123456789abcdef"[mac[i] & 15]); if (i < 5) putc_(':'); }
     putc_('\n');
     for (u16 i = 0; i < NET_RXBUFS; i++) net_post_rx(i);
+    if (cmdline_has(cmdline, "rmtest.net=passt")) { test_net_passt(mac); return; }
     net_frame(mac, "rmguest-net-ping");
     if (net_send(0, (u64)ntx, 60)) { fail("net tx"); return; }
     /* Dropped by the device: an oversized frame and an offload request. */
@@ -534,7 +641,7 @@ void guest_main(u64 boot_params) {
         if (id == 2) test_blk(base);
         else if (id == 4) test_rng(base);
         else if (id == 19) test_vsock(base, cmdline);
-        else if (id == 1) test_net(base);
+        else if (id == 1) test_net(base, cmdline);
         else if (id == 5) test_balloon(base, cmdline);
         else if (id == 26) test_fs(base);
     }
