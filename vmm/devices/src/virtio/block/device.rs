@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::defs::*;
 use super::metrics::BlockMetrics;
 use super::request::{self, Request, RequestType};
-use super::{BlockError, MAX_DESCRIPTORS, QUEUE_SIZE, SECTOR_SIZE};
+use super::{BlockError, MAX_DESCRIPTORS, MAX_DISCARD_SEGMENTS, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::chain::{self, scatter};
 use crate::virtio::defs::{device_type, features::VIRTIO_F_VERSION_1};
 use crate::virtio::{feature_bit, read_config_bytes, ActivateError, ActiveQueues, VirtioDevice};
@@ -238,11 +238,11 @@ fn build_config_space(capacity_sectors: u64) -> Vec<u8> {
     c[34..36].copy_from_slice(&1u16.to_le_bytes());
     // max_discard_sectors, max_discard_seg, discard_sector_alignment
     c[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
-    c[40..44].copy_from_slice(&1u32.to_le_bytes());
+    c[40..44].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
     c[44..48].copy_from_slice(&1u32.to_le_bytes());
     // max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap
     c[48..52].copy_from_slice(&u32::MAX.to_le_bytes());
-    c[52..56].copy_from_slice(&1u32.to_le_bytes());
+    c[52..56].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
     c[56] = 1;
     c
 }
@@ -768,6 +768,43 @@ mod tests {
             &[(0x10000, 32, false), (0x30000, 1, true)],
             0x30000,
         );
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn test_discard_with_more_segments_than_announced_is_ioerr() {
+        // Found in review, reproduced through the blk_request fuzz harness: every range of a
+        // discard was read into memory, as many as the chain's length allowed (4 GiB of chain
+        // by repeating one buffer).
+        let mut h = harness(1 << 20, false);
+        let mem = memory();
+        h.file.as_file().write_all(&[0x5a; 4096]).unwrap();
+        header(&mem, 0x10000, VIRTIO_BLK_T_DISCARD, 0);
+        for (i, sector) in [0u64, 4].into_iter().enumerate() {
+            let at = 0x10010 + 16 * i as u64;
+            mem.write_obj(sector.to_le(), GuestAddress(at)).unwrap();
+            mem.write_obj(4u32.to_le(), GuestAddress(at + 8)).unwrap();
+            mem.write_obj(0u32, GuestAddress(at + 12)).unwrap();
+        }
+        let mut cap = [0u8; 4];
+        h.block.read_config(40, &mut cap);
+        assert_eq!(u32::from_le_bytes(cap), MAX_DISCARD_SEGMENTS);
+        let (status, len) = run(
+            &mut h,
+            &mem,
+            &[(0x10000, 16 + 32, false), (0x30000, 1, true)],
+            0x30000,
+        );
+        assert_eq!((status, len), (VIRTIO_BLK_S_IOERR, 1));
+        assert_eq!(h.block.metrics.discard_count.load(Ordering::Relaxed), 0);
+        let mut content = [0u8; 4096];
+        h.file.reopen().unwrap().read_exact(&mut content).unwrap();
+        assert!(content.iter().all(|&b| b == 0x5a));
+        // Many segments, one buffer repeated: refused the same way.
+        let mut descs: Vec<Desc> = vec![(0x10000, 16, false)];
+        descs.extend((0..13).map(|_| (0x100000, 0xeff00, false)));
+        descs.push((0x30000, 1, true));
+        let (status, _) = run(&mut h, &mem, &descs, 0x30000);
         assert_eq!(status, VIRTIO_BLK_S_IOERR);
     }
 

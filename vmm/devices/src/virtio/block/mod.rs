@@ -16,6 +16,10 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SECTOR_SIZE: u64 = 512;
 /// Maximum descriptors in one request (the `seg_max` we announce, plus header and status).
 pub const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+/// Most ranges in one discard or write-zeroes request (the `max_discard_seg` and
+/// `max_write_zeroes_seg` we announce). Requests with more are refused before their ranges are
+/// read: a chain may repeat the same guest buffer up to 4 GiB.
+pub const MAX_DISCARD_SEGMENTS: u32 = 1;
 
 /// Constants of the virtio-blk specification (virtio 1.2, 5.2).
 pub mod defs {

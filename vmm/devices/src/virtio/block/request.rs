@@ -8,6 +8,7 @@
 use vm_memory::GuestAddress;
 
 use super::defs::*;
+use super::MAX_DISCARD_SEGMENTS;
 use crate::virtio::chain::{gather, sub_segments, Buffers, Segment};
 use crate::GuestMemory;
 
@@ -82,7 +83,8 @@ pub enum RequestError {
     /// Data buffers in the wrong direction for the request type.
     #[error("data buffers in the wrong direction for {0:?}")]
     WrongDirection(RequestType),
-    /// A discard/write-zeroes payload that is not a whole number of segments.
+    /// A discard/write-zeroes payload that is not a whole number of segments, or has more
+    /// than [`MAX_DISCARD_SEGMENTS`].
     #[error("bad discard or write-zeroes payload length {0}")]
     BadSegmentPayload(u64),
     /// Guest memory could not be read.
@@ -128,7 +130,9 @@ pub fn parse(mem: &GuestMemory, buffers: &Buffers) -> Result<Request, RequestErr
                 return Err(RequestError::WrongDirection(request_type));
             }
             if request_type != RequestType::Out
-                && (readable_data == 0 || readable_data % DISCARD_SEGMENT_LEN != 0)
+                && (readable_data == 0
+                    || readable_data % DISCARD_SEGMENT_LEN != 0
+                    || readable_data / DISCARD_SEGMENT_LEN > u64::from(MAX_DISCARD_SEGMENTS))
             {
                 return Err(RequestError::BadSegmentPayload(readable_data));
             }
@@ -309,6 +313,30 @@ mod tests {
             writable: vec![seg(0x30000, 1, true)],
         };
         assert_eq!(parse(&mem, &b), Err(RequestError::BadSegmentPayload(8)));
+    }
+
+    #[test]
+    fn test_parse_rejects_more_discard_segments_than_announced() {
+        // Found in review, reproduced through the blk_request fuzz harness: 62 descriptors
+        // repeating 960 KiB of guest memory made `discard_segments` allocate 61 MB; a chain of
+        // 4 GiB would have made it allocate 4 GiB.
+        let mem = memory();
+        write_header(&mem, 0x10000, VIRTIO_BLK_T_DISCARD, 0);
+        let mut readable = vec![seg(0x10000, 16, false)];
+        readable.extend((0..62).map(|_| seg(0x20000, 0xeff00, false)));
+        let b = Buffers {
+            readable,
+            writable: vec![seg(0x30000, 1, true)],
+        };
+        let len = 62 * 0xeff00;
+        assert_eq!(parse(&mem, &b), Err(RequestError::BadSegmentPayload(len)));
+        // Two segments, one more than announced.
+        write_header(&mem, 0x10000, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+        let b = Buffers {
+            readable: vec![seg(0x10000, 16 + 32, false)],
+            writable: vec![seg(0x30000, 1, true)],
+        };
+        assert_eq!(parse(&mem, &b), Err(RequestError::BadSegmentPayload(32)));
     }
 
     #[test]
