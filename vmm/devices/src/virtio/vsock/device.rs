@@ -33,6 +33,9 @@ pub struct Vsock {
     pub(super) muxer: VsockMuxer,
     queue_evts: Vec<EventFd>,
     active: Option<ActiveQueues>,
+    /// Tx packets were left in the queue because too many answers wait for rx buffers
+    /// ([`VsockMuxer::control_backlogged`]); receiving resumes transmitting.
+    tx_stalled: bool,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -49,6 +52,7 @@ impl Vsock {
             muxer,
             queue_evts,
             active: None,
+            tx_stalled: false,
             metrics,
         })
     }
@@ -80,14 +84,21 @@ impl Vsock {
         }
     }
 
-    /// Forwards every packet the guest queued.
+    /// Forwards every packet the guest queued, or as many as the muxer can answer before the
+    /// guest receives.
     pub fn process_tx(&mut self) {
+        self.tx_stalled = false;
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = active.mem.clone();
         let mut used = false;
         while Self::avail_ok(active, TXQ, &self.metrics) {
+            if self.muxer.control_backlogged() {
+                // The packets stay in the queue; `process_rx` comes back for them.
+                self.tx_stalled = true;
+                break;
+            }
             let queue = &mut active.queues[TXQ];
             let Some(desc_chain) = queue.pop_descriptor_chain(&mem) else {
                 break;
@@ -114,8 +125,21 @@ impl Vsock {
         }
     }
 
-    /// Fills guest rx buffers with whatever the muxer has.
+    /// Fills guest rx buffers with whatever the muxer has, and takes the tx packets that
+    /// waited for room meanwhile.
     pub fn process_rx(&mut self) {
+        loop {
+            self.fill_rx();
+            if !self.tx_stalled || self.muxer.control_backlogged() {
+                return;
+            }
+            // Each round uses rx buffers or tx packets, which the guest posted in finite number.
+            self.process_tx();
+        }
+    }
+
+    /// Fills guest rx buffers with whatever the muxer has.
+    fn fill_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -205,6 +229,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.tx_stalled = false;
         self.muxer.reset();
     }
 
@@ -214,5 +239,96 @@ impl VirtioDevice for Vsock {
 
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    use super::*;
+    use crate::interrupt::NoInterrupt;
+    use crate::virtio::chain::test_utils::{chain_descs, memory};
+    use crate::virtio::vsock::defs::{OP_RST, OP_RW, TYPE_STREAM};
+    use crate::virtio::vsock::packet::PacketHeader;
+    use crate::virtio::vsock::unix::MAX_PENDING_CONTROL;
+    use crate::virtio::VirtioInterrupt;
+    use crate::GuestMemory;
+
+    /// A 256-entry mock queue at `base` with its used ring moved clear of the avail ring (the
+    /// mock places it by element count, not bytes).
+    fn queue(q: &MockSplitQueue<'_, GuestMemory>) -> Queue {
+        let mut queue: Queue = q.create_queue().unwrap();
+        queue
+            .try_set_used_ring_address(q.desc_table_addr().unchecked_add(0x2000))
+            .unwrap();
+        queue
+    }
+
+    fn used_idx(mem: &GuestMemory, q: &MockSplitQueue<'_, GuestMemory>) -> u16 {
+        mem.read_obj(q.desc_table_addr().unchecked_add(0x2002))
+            .unwrap()
+    }
+
+    #[test]
+    fn test_tx_waits_while_answers_wait_for_rx_buffers() {
+        // Found in review: each tx packet for an unknown connection queued an RST for the
+        // guest; a guest that sends without posting rx buffers grew that queue without bound.
+        let dir = tempfile::tempdir().unwrap();
+        let mut vsock = Vsock::new(VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.path().join("v.sock"),
+        })
+        .unwrap();
+        let mem = memory();
+        let rxq = MockSplitQueue::create(&mem, GuestAddress(0x100000), 256);
+        let txq = MockSplitQueue::create(&mem, GuestAddress(0x200000), 256);
+        let evq = MockSplitQueue::create(&mem, GuestAddress(0x300000), 256);
+        let packet = PacketHeader {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1000,
+            dst_port: 7,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            ..Default::default()
+        };
+        mem.write_slice(&packet.to_bytes(), GuestAddress(0x10000))
+            .unwrap();
+        let sent = 200u16;
+        for i in 0..sent {
+            txq.add_desc_chains(&chain_descs(&[(0x10000, 44, false)], i), i)
+                .unwrap();
+        }
+        vsock
+            .activate(ActiveQueues {
+                mem: mem.clone(),
+                queues: vec![queue(&rxq), queue(&txq), queue(&evq)],
+                interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoInterrupt))),
+                acked_features: feature_bit(VIRTIO_F_VERSION_1),
+            })
+            .unwrap();
+        // No rx buffers: the device stops once MAX_PENDING_CONTROL answers wait.
+        assert_eq!(usize::from(used_idx(&mem, &txq)), MAX_PENDING_CONTROL);
+        assert_eq!(
+            vsock.metrics.tx_packets.load(Ordering::Relaxed),
+            MAX_PENDING_CONTROL as u64
+        );
+        // Rx buffers arrive: the answers go out and the rest of the tx packets are taken.
+        for i in 0..sent {
+            let addr = 0x20000 + u64::from(i) * 0x100;
+            rxq.add_desc_chains(&chain_descs(&[(addr, 64, true)], i), i)
+                .unwrap();
+        }
+        vsock.process_rx();
+        assert_eq!(used_idx(&mem, &txq), sent);
+        assert_eq!(used_idx(&mem, &rxq), sent);
+        assert!(!vsock.muxer.has_rx());
+        let mut raw = [0u8; HEADER_LEN];
+        mem.read_slice(&mut raw, GuestAddress(0x20000 + 199 * 0x100))
+            .unwrap();
+        assert_eq!(PacketHeader::from_bytes(&raw).op, OP_RST);
     }
 }

@@ -30,6 +30,10 @@ pub const TOKEN_BASE: u32 = 16;
 const MAX_CONNECT_LINE: usize = 32;
 /// First host port handed out to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// Control packets held for the guest (answers: RST, RESPONSE, CREDIT_UPDATE, ...) beyond which
+/// the device takes no more tx packets, any of which may add one, until the guest posts receive
+/// buffers. Without it a guest that sends without receiving grows the queue without bound.
+pub const MAX_PENDING_CONTROL: usize = 128;
 
 /// An epoll change for a host fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +132,12 @@ impl VsockMuxer {
     /// Whether packets wait for the guest.
     pub fn has_rx(&self) -> bool {
         !self.control.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    /// Whether so many control packets wait for the guest that no more tx packets should be
+    /// taken ([`MAX_PENDING_CONTROL`]).
+    pub fn control_backlogged(&self) -> bool {
+        self.control.len() >= MAX_PENDING_CONTROL
     }
 
     /// Number of live connections.
