@@ -8,6 +8,9 @@ use std::path::Path;
 
 use fuzz_harness::{targets, SeedBuilder};
 
+/// Named seeds of one target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
 /// A little-endian virtio-blk request header.
 fn blk_header(request_type: u32, sector: u64) -> Vec<u8> {
     let mut h = request_type.to_le_bytes().to_vec();
@@ -25,7 +28,7 @@ fn blk_segment(sector: u64, num_sectors: u32, flags: u32) -> Vec<u8> {
 }
 
 /// virtio-blk seeds: a setup byte (read-only bit), then the driver session.
-fn blk() -> Vec<(&'static str, Vec<u8>)> {
+fn blk() -> Seeds {
     let with = |read_only: u8, b: SeedBuilder| {
         let mut v = vec![read_only];
         v.extend(b.build());
@@ -34,17 +37,26 @@ fn blk() -> Vec<(&'static str, Vec<u8>)> {
     let write_read = SeedBuilder::new(1)
         .data(0x0, &blk_header(1, 2))
         .data(0x100, &[0xab; 512])
-        .chain(0, &[(0x0, 16, false), (0x100, 512, false), (0x1000, 1, true)])
+        .chain(
+            0,
+            &[(0x0, 16, false), (0x100, 512, false), (0x1000, 1, true)],
+        )
         .notify(0)
         .data(0x20, &blk_header(0, 2))
-        .chain(0, &[(0x20, 16, false), (0x400, 512, true), (0x1001, 1, true)])
+        .chain(
+            0,
+            &[(0x20, 16, false), (0x400, 512, true), (0x1001, 1, true)],
+        )
         .notify(0);
     let misc = SeedBuilder::new(1)
         .data(0x0, &blk_header(4, 0))
         .data(0x20, &blk_header(8, 0))
         .data(0x40, &blk_header(99, 0))
         .chain(0, &[(0x0, 16, false), (0x1000, 1, true)])
-        .chain(0, &[(0x20, 16, false), (0x400, 20, true), (0x1001, 1, true)])
+        .chain(
+            0,
+            &[(0x20, 16, false), (0x400, 20, true), (0x1001, 1, true)],
+        )
         .chain(0, &[(0x40, 16, false), (0x1002, 1, true)])
         .notify(0);
     let mut discard = blk_header(11, 0);
@@ -74,7 +86,10 @@ fn blk() -> Vec<(&'static str, Vec<u8>)> {
         .notify(0);
     let read_only = SeedBuilder::new(1)
         .data(0x0, &blk_header(1, 0))
-        .chain(0, &[(0x0, 16, false), (0x100, 512, false), (0x1000, 1, true)])
+        .chain(
+            0,
+            &[(0x0, 16, false), (0x100, 512, false), (0x1000, 1, true)],
+        )
         .notify(0);
     vec![
         ("write_read", with(0, write_read)),
@@ -108,7 +123,7 @@ fn vsock_rx_buffers(mut b: SeedBuilder, n: u16) -> SeedBuilder {
     b.notify(0)
 }
 
-fn vsock() -> Vec<(&'static str, Vec<u8>)> {
+fn vsock() -> Seeds {
     const OP_REQUEST: u16 = 1;
     const OP_RESPONSE: u16 = 2;
     const OP_RST: u16 = 3;
@@ -187,13 +202,15 @@ fn net_tx(flags: u8, gso_type: u8, frame_len: usize) -> Vec<u8> {
 fn net_peer_frame(len: u16) -> Vec<u8> {
     let mut c = vec![0u8];
     c.extend_from_slice(&len.to_le_bytes());
-    let head = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 9, 0x08, 0x00];
+    let head = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 9, 0x08, 0x00,
+    ];
     c.push(head.len() as u8);
     c.extend_from_slice(&head);
     c
 }
 
-fn net() -> Vec<(&'static str, Vec<u8>)> {
+fn net() -> Seeds {
     const MRG_RXBUF: u32 = 1 << 15;
     let tx = SeedBuilder::new(2)
         .data(0x0, &net_tx(0, 0, 60))
@@ -219,7 +236,13 @@ fn net() -> Vec<(&'static str, Vec<u8>)> {
         .device(0, &net_peer_frame(1514));
     let mut rx_mrg = SeedBuilder::new(2);
     for i in 0..8 {
-        rx_mrg = rx_mrg.chain(0, &[(0x1000 + i * 0x100, 128, true), (0x4000 + i * 0x100, 128, true)]);
+        rx_mrg = rx_mrg.chain(
+            0,
+            &[
+                (0x1000 + i * 0x100, 128, true),
+                (0x4000 + i * 0x100, 128, true),
+            ],
+        );
     }
     let rx_mrg = rx_mrg.notify(0).device(0, &net_peer_frame(1500));
     let mut rx_plain = SeedBuilder::with_setup(MRG_RXBUF, &[0, 0]);
@@ -241,8 +264,12 @@ fn net() -> Vec<(&'static str, Vec<u8>)> {
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    // The vsock target's sockets go to a directory removed at the end.
+    let tmp = std::env::temp_dir().join(format!("rmfz-seeds-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    std::env::set_var("TMPDIR", &tmp);
     type Run = fn(&[u8]) -> String;
-    let targets: [(&str, Vec<(&str, Vec<u8>)>, Run); 3] = [
+    let targets: [(&str, Seeds, Run); 3] = [
         ("blk_request", blk(), targets::blk_request::run),
         ("vsock_packet", vsock(), targets::vsock_packet::run),
         ("net_frame", net(), targets::net_frame::run),
@@ -255,5 +282,5 @@ fn main() -> std::io::Result<()> {
             println!("{target}/{name}: {} bytes: {}", bytes.len(), run(&bytes));
         }
     }
-    Ok(())
+    std::fs::remove_dir_all(&tmp)
 }

@@ -221,7 +221,10 @@ impl Session {
             let d = device.lock().expect("device lock");
             (d.queue_max_sizes().to_vec(), d.avail_features())
         };
-        assert!(max_sizes.len() <= MAX_QUEUES, "the harness lays out 3 queues at most");
+        assert!(
+            max_sizes.len() <= MAX_QUEUES,
+            "the harness lays out 3 queues at most"
+        );
         let as_device: Arc<Mutex<dyn VirtioDevice>> = device.clone();
         let transport = MmioTransport::new(mem.clone(), as_device, Arc::new(NoInterrupt))
             .expect("the transport clones the device's eventfds");

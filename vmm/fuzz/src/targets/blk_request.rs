@@ -7,9 +7,9 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use devices::virtio::block::{Block, BlockConfig};
 use crate::{Reader, Session};
 use devices::metrics::MetricsSource;
+use devices::virtio::block::{Block, BlockConfig};
 
 /// Disk size: 128 sectors and a trailing partial one, which is not exposed.
 const DISK_SIZE: u64 = 64 * 1024 + 100;

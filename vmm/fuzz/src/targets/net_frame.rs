@@ -17,9 +17,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::{Net, NetConfig, StreamBackend};
 use crate::{Reader, Session};
 use devices::metrics::MetricsSource;
+use devices::virtio::net::{Net, NetConfig, StreamBackend};
 
 /// Writes what the socket takes now.
 fn send(peer: &mut UnixStream, mut bytes: &[u8]) {
@@ -33,7 +33,12 @@ fn send(peer: &mut UnixStream, mut bytes: &[u8]) {
     }
 }
 
-fn peer_command(session: &mut Session, peer: &mut Option<UnixStream>, opcode: u8, r: &mut Reader<'_>) {
+fn peer_command(
+    session: &mut Session,
+    peer: &mut Option<UnixStream>,
+    opcode: u8,
+    r: &mut Reader<'_>,
+) {
     match opcode % 4 {
         0 => {
             let c = r.u8();

@@ -19,9 +19,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use devices::virtio::vsock::{Vsock, VsockConfig};
 use crate::{Reader, Session};
 use devices::metrics::MetricsSource;
+use devices::virtio::vsock::{Vsock, VsockConfig};
 
 /// The guest's CID.
 const GUEST_CID: u64 = 3;
@@ -77,7 +77,7 @@ fn host_command(
     match opcode % 6 {
         0 => {
             let kind = r.u8();
-            let line = if kind % 2 == 0 {
+            let line = if kind.is_multiple_of(2) {
                 format!("CONNECT {}\n", r.u32()).into_bytes()
             } else {
                 let len = usize::from(r.u8());
