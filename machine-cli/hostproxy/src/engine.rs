@@ -98,6 +98,19 @@ pub struct ContainerInspect {
     pub state: ContainerState,
     #[serde(rename = "NetworkSettings", default)]
     pub network_settings: NetworkSettings,
+    #[serde(rename = "Mounts", default)]
+    pub mounts: Vec<MountPoint>,
+}
+
+/// An entry of a container's `Mounts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MountPoint {
+    /// `bind`, `volume`, `tmpfs`, …
+    #[serde(rename = "Type", default)]
+    pub kind: String,
+    /// The source path (in the guest, which for shared folders is the host's path).
+    #[serde(rename = "Source", default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,6 +135,18 @@ pub struct PortBinding {
 }
 
 impl ContainerInspect {
+    /// The sources of its bind mounts while it runs (none once it stopped).
+    pub fn bind_sources(&self) -> Vec<std::path::PathBuf> {
+        if !self.state.running {
+            return Vec::new();
+        }
+        let mut out: Vec<std::path::PathBuf> =
+            self.mounts.iter().filter(|m| m.kind == "bind" && !m.source.is_empty()).map(|m| m.source.clone().into()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Who owns this container's ports.
     pub fn container_ref(&self) -> ContainerRef {
         ContainerRef { id: self.id.clone(), name: self.name.trim_start_matches('/').to_string() }

@@ -44,6 +44,7 @@ mod json_lines;
 pub mod port;
 mod port_table;
 pub mod publisher;
+pub mod share_events;
 
 #[cfg(test)]
 mod fake_engine;
@@ -55,3 +56,4 @@ pub use create_policy::{CreatePolicy, MachinePolicy, Share};
 pub use engine_proxy::serve_engine;
 pub use port::{ContainerRef, PortEvent, PortStatus, PublishedPort, Transport};
 pub use publisher::{run, Publisher};
+pub use share_events::BindEvent;

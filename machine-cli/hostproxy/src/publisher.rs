@@ -26,6 +26,7 @@ use crate::connector::GuestConnector;
 use crate::engine::{EngineClient, EngineError, EngineSession, Event};
 use crate::port::{ContainerRef, PortEvent, PortStatus, PublishedPort};
 use crate::port_table::PortTable;
+use crate::share_events::BindEvent;
 
 /// Default time after which a udp peer's guest stream is closed when no datagram went
 /// either way.
@@ -45,6 +46,7 @@ pub struct Publisher {
     events: mpsc::Sender<PortEvent>,
     status: watch::Sender<Vec<PortStatus>>,
     udp_idle_timeout: Duration,
+    binds: Option<mpsc::UnboundedSender<BindEvent>>,
 }
 
 /// Follows the engine and publishes ports until `shutdown` is cancelled, then closes them
@@ -58,7 +60,14 @@ impl Publisher {
     /// Events are sent with back-pressure: the receiver must keep reading (or be
     /// dropped).
     pub fn new(connector: Arc<dyn GuestConnector>, events: mpsc::Sender<PortEvent>) -> Publisher {
-        Publisher { connector, events, status: watch::Sender::new(Vec::new()), udp_idle_timeout: UDP_IDLE_TIMEOUT }
+        Publisher { connector, events, status: watch::Sender::new(Vec::new()), udp_idle_timeout: UDP_IDLE_TIMEOUT, binds: None }
+    }
+
+    /// Also reports the bind mounts of running containers on `binds` (for
+    /// [`crate::share_events`]), from the same event stream.
+    pub fn with_bind_events(mut self, binds: mpsc::UnboundedSender<BindEvent>) -> Publisher {
+        self.binds = Some(binds);
+        self
     }
 
     /// Sets how long a udp peer may stay silent (both ways) before its guest stream is
@@ -93,7 +102,7 @@ impl Publisher {
             let started = Instant::now();
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                outcome = session(&engine, &mut table).instrument(tracing::info_span!("engine_session")) => outcome,
+                outcome = session(&engine, &mut table, self.binds.as_ref()).instrument(tracing::info_span!("engine_session")) => outcome,
             };
             match outcome {
                 Ok(()) => info!("engine event stream ended, reconnecting"),
@@ -118,10 +127,14 @@ impl Publisher {
 
 /// One connection to the engine: subscribe, resync, then follow events. `Ok` when the
 /// engine ended the event stream.
-async fn session(engine: &EngineClient, table: &mut PortTable) -> Result<(), EngineError> {
+async fn session(
+    engine: &EngineClient,
+    table: &mut PortTable,
+    binds: Option<&mpsc::UnboundedSender<BindEvent>>,
+) -> Result<(), EngineError> {
     let mut events = engine.events().await?;
     let mut requests = engine.session().await?;
-    resync(&mut requests, table).await?;
+    resync(&mut requests, table, binds).await?;
     while let Some(event) = events.next().await? {
         if !event.is_container() {
             continue;
@@ -132,11 +145,12 @@ async fn session(engine: &EngineClient, table: &mut PortTable) -> Result<(), Eng
                 if requests.is_closed() {
                     requests = engine.session().await?;
                 }
-                container_started(&mut requests, table, id).await?;
+                container_started(&mut requests, table, binds, id).await?;
             }
             "die" | "stop" | "destroy" => {
                 debug!(container = id, action = event.action(), "container stopped");
                 table.remove_container(id).await;
+                report(binds, BindEvent::Stopped { id: id.to_string() });
             }
             _ => log_ignored(&event),
         }
@@ -144,27 +158,49 @@ async fn session(engine: &EngineClient, table: &mut PortTable) -> Result<(), Eng
     Ok(())
 }
 
+/// Sends a bind event if someone listens (a closed receiver only means nobody does).
+fn report(binds: Option<&mpsc::UnboundedSender<BindEvent>>, event: BindEvent) {
+    if let Some(binds) = binds {
+        let _ = binds.send(event);
+    }
+}
+
 fn log_ignored(event: &Event) {
     debug!(container = event.actor_id(), action = event.action(), "event ignored");
 }
 
-async fn container_started(requests: &mut EngineSession, table: &mut PortTable, id: &str) -> Result<(), EngineError> {
+async fn container_started(
+    requests: &mut EngineSession,
+    table: &mut PortTable,
+    binds: Option<&mpsc::UnboundedSender<BindEvent>>,
+    id: &str,
+) -> Result<(), EngineError> {
     match inspect(requests, id).await? {
-        Some((container, ports)) => table.set_container(container, &ports).await,
-        None => table.remove_container(id).await,
+        Some(found) => {
+            report(binds, BindEvent::Started { id: id.to_string(), sources: found.binds });
+            table.set_container(found.container, &found.ports).await
+        }
+        None => {
+            report(binds, BindEvent::Stopped { id: id.to_string() });
+            table.remove_container(id).await
+        }
     }
     Ok(())
 }
 
-/// A container's owner reference and published ports; `None` if it is gone. An engine
-/// error about this one container is logged and counts as gone; a broken connection is
-/// an error.
-async fn inspect(
-    requests: &mut EngineSession,
-    id: &str,
-) -> Result<Option<(ContainerRef, Vec<PublishedPort>)>, EngineError> {
+/// What the publisher keeps of an inspected container.
+struct Inspected {
+    container: ContainerRef,
+    ports: Vec<PublishedPort>,
+    binds: Vec<std::path::PathBuf>,
+}
+
+/// A container's owner reference, published ports and bind sources; `None` if it is gone.
+/// An engine error about this one container is logged and counts as gone; a broken
+/// connection is an error.
+async fn inspect(requests: &mut EngineSession, id: &str) -> Result<Option<Inspected>, EngineError> {
     match requests.inspect(id).await {
-        Ok(Some(c)) => Ok(Some((c.container_ref(), c.published_ports()))),
+        Ok(Some(c)) => Ok(Some(Inspected { container: c.container_ref(), ports: c.published_ports(), binds: c.bind_sources() })),
         Ok(None) => Ok(None),
         Err(err @ (EngineError::Status { .. } | EngineError::Parse { .. })) => {
             warn!(container = id, error = %err, "cannot inspect container");
@@ -174,16 +210,23 @@ async fn inspect(
     }
 }
 
-async fn resync(requests: &mut EngineSession, table: &mut PortTable) -> Result<(), EngineError> {
+async fn resync(
+    requests: &mut EngineSession,
+    table: &mut PortTable,
+    binds: Option<&mpsc::UnboundedSender<BindEvent>>,
+) -> Result<(), EngineError> {
     let running = requests.running_containers().await?;
     let mut containers = Vec::with_capacity(running.len());
+    let mut bound = Vec::new();
     for summary in running {
         if let Some(found) = inspect(requests, &summary.id).await? {
-            containers.push(found);
+            bound.push((summary.id.clone(), found.binds));
+            containers.push((found.container, found.ports));
         }
     }
     let published: usize = containers.iter().map(|(_, ports)| ports.len()).sum();
     info!(containers = containers.len(), ports = published, "resynced with the engine");
+    report(binds, BindEvent::Resync(bound));
     table.resync(containers).await;
     Ok(())
 }

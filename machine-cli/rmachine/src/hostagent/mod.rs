@@ -195,7 +195,8 @@ async fn serve(
         Arc::new(policy),
     ));
     let ports_shutdown = tokio_util::sync::CancellationToken::new();
-    let ports_task = publish_ports(carrier.clone(), state.clone(), ports_shutdown.clone());
+    let shares: Vec<std::path::PathBuf> = machine.spec.mounts.iter().map(|m| m.path.clone()).collect();
+    let ports_task = publish_ports(carrier.clone(), state.clone(), shares, ports_shutdown.clone());
 
     state.update(|s| {
         s.state = State::Running;
@@ -219,16 +220,30 @@ async fn serve(
     result
 }
 
-/// Publishes the containers' ports on the host and mirrors them into `state.json`.
+/// Publishes the containers' ports on the host and mirrors them into `state.json`; tells
+/// the guest of host changes under the folders running containers bind from `shares`
+/// (for file watchers in containers).
 fn publish_ports(
     carrier: Arc<Carrier>,
     state: SharedState,
+    shares: Vec<std::path::PathBuf>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    use rmachine_hostproxy::{PortEvent, Publisher};
+    use rmachine_hostproxy::{share_events, PortEvent, Publisher};
     let (events_tx, mut events_rx) = mpsc::channel::<PortEvent>(64);
     let connector: Arc<dyn rmachine_hostproxy::GuestConnector> = Arc::new(carrier.as_ref().clone());
-    let publisher = Arc::new(Publisher::new(connector, events_tx));
+    let mut publisher = Publisher::new(connector, events_tx);
+    if !shares.is_empty() {
+        let (binds_tx, binds_rx) = mpsc::unbounded_channel();
+        publisher = publisher.with_bind_events(binds_tx);
+        let notify_carrier = carrier.clone();
+        let notifier: share_events::Notifier = Box::new(move |paths| {
+            let carrier = notify_carrier.clone();
+            Box::pin(async move { notify_changed(&carrier, paths).await.map_err(|e| format!("{e:#}")) })
+        });
+        tokio::spawn(share_events::run(shares, binds_rx, notifier, shutdown.clone()));
+    }
+    let publisher = Arc::new(publisher);
     let mut statuses = publisher.subscribe();
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -302,6 +317,18 @@ async fn ping(carrier: &Carrier) -> anyhow::Result<()> {
     match c.call(Request::Ping {}).await? {
         Reply::Pong => Ok(()),
         other => bail!("ping answered {other:?}"),
+    }
+}
+
+/// Tells the guest agent which shared paths changed on the host.
+async fn notify_changed(carrier: &Carrier, paths: Vec<String>) -> anyhow::Result<()> {
+    let mut c = ControlClient::connect(carrier).await?;
+    match c.call(Request::NotifyChanged { paths }).await? {
+        Reply::Notified { touched, skipped } => {
+            tracing::debug!(touched, skipped, "host changes replayed in the guest");
+            Ok(())
+        }
+        other => bail!("notify_changed answered {other:?}"),
     }
 }
 
