@@ -162,6 +162,18 @@ impl MachinePaths {
     pub fn virtiofsd_log(&self) -> PathBuf {
         self.dir.join("virtiofsd.log")
     }
+    /// passt's unix socket, where rmachine-vmm's virtio-net device connects.
+    pub fn passt_socket(&self) -> PathBuf {
+        self.dir.join("passt.sock")
+    }
+    /// passt's pid file, written once it is ready.
+    pub fn passt_pid(&self) -> PathBuf {
+        self.dir.join("passt.pid")
+    }
+    /// passt's log.
+    pub fn passt_log(&self) -> PathBuf {
+        self.dir.join("passt.log")
+    }
 }
 
 /// Files of one image folder.

@@ -259,6 +259,16 @@ impl Driver for LocalDriver {
                 signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // passt exits once its VM is gone, but not one whose VM never connected; its pid file
+        // names it (again only if its command line names this machine's socket).
+        let passt_pid = std::fs::read_to_string(machine.files.passt_pid()).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        if let Some(pid) = passt_pid {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let socket = machine.files.passt_socket().to_string_lossy().into_owned();
+            if String::from_utf8_lossy(&cmdline).contains(&socket) {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         for sock in [machine.files.docker_socket(), machine.files.hostagent_socket()] {
             let _ = std::fs::remove_file(sock);
         }

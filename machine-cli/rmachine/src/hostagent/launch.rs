@@ -16,21 +16,28 @@ use rmachine_protocol::Service;
 
 use super::SharedState;
 
-/// Address of the host as containers see it under QEMU user networking.
+/// Address of the host as containers see it under QEMU user networking, and under passt
+/// (which maps it to the host's loopback) with rmachine-vmm.
 const QEMU_HOST_ADDR: &str = "10.0.2.2";
+
+/// The guest's address and prefix length under passt: QEMU user networking's, so both
+/// backends give the guest the same network.
+const PASST_GUEST_ADDR: &str = "10.0.2.15";
+const PASST_GUEST_PREFIX_LEN: &str = "24";
 
 pub(crate) struct RunningVm {
     pub child: tokio::process::Child,
     pub carrier: Carrier,
-    /// One virtiofsd per shared folder; they exit when the VM disconnects, and are killed
-    /// with the host agent.
-    pub virtiofsd: Vec<tokio::process::Child>,
+    /// The VM's helper daemons: one virtiofsd per shared folder and, under rmachine-vmm,
+    /// passt. They exit when the VM disconnects, and are killed with the VM and with the
+    /// host agent.
+    pub daemons: Vec<tokio::process::Child>,
 }
 
 impl RunningVm {
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
-        for daemon in &mut self.virtiofsd {
+        for daemon in &mut self.daemons {
             let _ = daemon.kill().await;
         }
     }
@@ -108,7 +115,7 @@ pub(crate) async fn launch_qemu(machine: &Machine, choice: &BackendChoice, state
         s.image = Some(manifest.version.clone());
         s.carrier = Some(carrier.clone());
     });
-    Ok(RunningVm { child, carrier, virtiofsd })
+    Ok(RunningVm { child, carrier, daemons: virtiofsd })
 }
 
 /// How long virtiofsd may take to create its socket.
@@ -184,14 +191,17 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
     let (manifest, image_dir) = rmachine_image::resolve(&paths, machine.spec.image.as_deref())
         .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
-    let (virtiofsd, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
+    let (mut daemons, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
+    let passt = start_passt(machine, &paths).await?;
+    let net_socket = passt.is_some().then(|| machine.files.passt_socket());
+    daemons.extend(passt);
     let config = GuestConfig {
         version: rmachine_protocol::PROTOCOL_VERSION,
         token: String::new(),
         hostname: machine.name.clone(),
         data_disk: "/dev/vdb".into(),
         host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
-        host_addr: None,
+        host_addr: net_socket.is_some().then(|| QEMU_HOST_ADDR.into()),
         mounts: guest_mounts,
     };
     let config_disk = machine.files.config_disk();
@@ -212,6 +222,7 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
         },
         &config_disk,
         &shares,
+        net_socket.as_deref(),
     );
     let config_path = machine.files.dir().join("vmm.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&vm_config)?)
@@ -228,7 +239,52 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
         s.image = Some(manifest.version.clone());
         s.carrier = Some(carrier.clone());
     });
-    Ok(RunningVm { child, carrier, virtiofsd })
+    Ok(RunningVm { child, carrier, daemons })
+}
+
+/// How long passt may take to get ready.
+const PASST_READY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts passt, the machine's network under rmachine-vmm: user-mode networking with QEMU
+/// user networking's addresses (the guest gets 10.0.2.15/24 and router 10.0.2.2 from
+/// passt's DHCP server; 10.0.2.2 also leads to the host's loopback, as host.docker.internal).
+/// passt forwards no host ports (published ports go over vsock), runs in the foreground
+/// for this one VM and exits when the VM disconnects. Started as root, passt switches to
+/// user nobody by itself once its socket, pid file and log are open. `None`, after a
+/// warning, when passt is not installed: the machine then boots without network.
+async fn start_passt(machine: &Machine, paths: &Paths) -> anyhow::Result<Option<tokio::process::Child>> {
+    let Some(tool) = rmachine_image::host_tools::find_passt(paths) else {
+        tracing::warn!("passt is not installed: the machine boots without network (run `rmachine setup` to install it)");
+        return Ok(None);
+    };
+    let (socket, pid_file, log_path) = (machine.files.passt_socket(), machine.files.passt_pid(), machine.files.passt_log());
+    let _ = std::fs::remove_file(&pid_file);
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut cmd = tokio::process::Command::from(tool.command());
+    cmd.args(["--foreground", "--one-off", "--quiet", "--socket"])
+        .arg(&socket)
+        .arg("--pid")
+        .arg(&pid_file)
+        .args(["--address", PASST_GUEST_ADDR, "--netmask", PASST_GUEST_PREFIX_LEN, "--gateway", QEMU_HOST_ADDR])
+        .args(["--map-host-loopback", QEMU_HOST_ADDR])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("cannot run passt {}", tool.binary.display()))?;
+    // The pid file is written once passt is initialised, its socket listening.
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&pid_file).map_or(true, |m| m.len() == 0) {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("passt exited ({status}); see {}", log_path.display());
+        }
+        if started.elapsed() > PASST_READY {
+            anyhow::bail!("passt did not get ready within {PASST_READY:?}; see {}", log_path.display());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::info!(socket = %socket.display(), pid = child.id(), "passt started");
+    Ok(Some(child))
 }
 
 /// The guest image's parts rmachine-vmm boots.
@@ -239,11 +295,18 @@ struct VmmImage<'a> {
 }
 
 /// rmachine-vmm's boot document for `machine`: root, data and config disks, the hybrid vsock
-/// socket, rng, one virtio-fs device per shared folder (its virtiofsd's socket), the API.
-fn vmm_config(machine: &Machine, image: &VmmImage, config_disk: &std::path::Path, shares: &[QemuShare]) -> serde_json::Value {
+/// socket, rng, one virtio-fs device per shared folder (its virtiofsd's socket), the network
+/// device when passt listens at `net_socket` (none without it), the API.
+fn vmm_config(
+    machine: &Machine,
+    image: &VmmImage,
+    config_disk: &std::path::Path,
+    shares: &[QemuShare],
+    net_socket: Option<&std::path::Path>,
+) -> serde_json::Value {
     let filesystems: Vec<serde_json::Value> =
         shares.iter().map(|s| serde_json::json!({ "tag": s.tag, "socket_path": s.socket })).collect();
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "vcpus": machine.spec.cpus,
         "memory_mib": machine.spec.memory_mib,
         "kernel": {
@@ -260,7 +323,11 @@ fn vmm_config(machine: &Machine, image: &VmmImage, config_disk: &std::path::Path
         "rng": {},
         "filesystems": filesystems,
         "api_socket": machine.files.vmm_socket(),
-    })
+    });
+    if let Some(socket) = net_socket {
+        doc["net"] = serde_json::json!({ "backend": "passt", "socket": socket });
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -270,9 +337,10 @@ mod tests {
     use rmachine_machine::store::Store;
 
     /// The document the host agent writes is one rmachine-vmm accepts, with a virtio-fs
-    /// device per share (the VMM's own validation: unknown fields, files, sockets).
+    /// device per share and a virtio-net device on passt's socket (the VMM's own
+    /// validation: unknown fields, files, sockets); without passt there is no net device.
     #[test]
-    fn test_vmm_config_is_accepted_by_the_vmm_with_one_fs_device_per_share() {
+    fn test_vmm_config_is_accepted_by_the_vmm_with_fs_and_net_devices() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
         let settings = Settings {
@@ -295,14 +363,128 @@ mod tests {
                 QemuShare { tag: format!("share{i}"), socket }
             })
             .collect();
+        let passt_socket = machine.files.passt_socket();
+        listeners.push(std::os::unix::net::UnixListener::bind(&passt_socket).unwrap());
         let image = VmmImage { kernel, cmdline: "console=ttyS0", rootfs };
-        let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares);
+        let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares, Some(&passt_socket));
         let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
         let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
         let tags: Vec<&str> = parsed.filesystems.iter().map(|f| f.tag.as_str()).collect();
         assert_eq!(tags, ["share0", "share1"]);
         assert_eq!(parsed.filesystems[1].socket_path, machine.files.virtiofs_socket(1));
-        assert_eq!(resolved.slots.len(), 7, "3 disks, vsock, rng, 2 fs: {:?}", resolved.slots);
+        let net = parsed.net.as_ref().expect("a net device");
+        assert_eq!(net.backend, vmm::config::NetBackendKind::Passt);
+        assert_eq!(net.socket.as_deref(), Some(passt_socket.as_path()));
+        assert_eq!(resolved.slots.len(), 8, "3 disks, vsock, rng, 2 fs, net: {:?}", resolved.slots);
         assert_eq!(resolved.cmdline, "console=ttyS0 reboot=k");
+
+        let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares, None);
+        let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
+        let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
+        assert!(parsed.net.is_none());
+        assert_eq!(resolved.slots.len(), 7, "3 disks, vsock, rng, 2 fs: {:?}", resolved.slots);
+    }
+
+    fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut frame).unwrap();
+        frame
+    }
+
+    /// The next frame of EtherType `ether_type` (passt may send others on its own).
+    fn next_frame(s: &mut std::os::unix::net::UnixStream, ether_type: [u8; 2]) -> Vec<u8> {
+        (0..16).map(|_| read_frame(s)).find(|f| f.len() >= 14 && f[12..14] == ether_type).expect("no such frame from passt")
+    }
+
+    /// The passt the host agent starts gives a guest the QEMU user networking addresses:
+    /// its ARP responder answers for 10.0.2.2 and its DHCP server offers 10.0.2.15/24 with
+    /// router 10.0.2.2. The frames go over passt's socket as rmachine-vmm's would.
+    #[tokio::test]
+    async fn test_passt_gives_the_guest_qemu_user_networking_addresses() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Paths::from_env().unwrap().cache().to_path_buf();
+        let paths = Paths::with_roots(dir.path().join("home"), cache);
+        if rmachine_image::host_tools::find_passt(&paths).is_none() {
+            let why = "no passt: run `rmachine setup` or set RMACHINE_PASST";
+            assert!(std::env::var("REQUIRE_KVM").as_deref() != Ok("1"), "REQUIRE_KVM=1 but {why}");
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let machine = Store::new(paths.clone()).create("passt", &Settings::default()).unwrap();
+        let mut passt = start_passt(&machine, &paths).await.unwrap().expect("passt starts");
+        let pid: u32 = std::fs::read_to_string(machine.files.passt_pid()).unwrap().trim().parse().unwrap();
+        assert_eq!(Some(pid), passt.id());
+        let mut s = std::os::unix::net::UnixStream::connect(machine.files.passt_socket()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let guest_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let send = |s: &mut std::os::unix::net::UnixStream, frame: &[u8]| {
+            s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+            s.write_all(frame).unwrap();
+        };
+
+        // ARP: who has 10.0.2.2, tell 0.0.0.0.
+        let mut arp = vec![0xff; 6];
+        arp.extend(guest_mac);
+        arp.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        arp.extend(guest_mac);
+        arp.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
+        arp.resize(60, 0);
+        send(&mut s, &arp);
+        let reply = next_frame(&mut s, [0x08, 0x06]);
+        assert_eq!(&reply[..6], &guest_mac, "to the guest");
+        assert_eq!(&reply[20..22], &[0, 2], "an ARP reply");
+        assert_eq!(&reply[28..32], &[10, 0, 2, 2], "for the host address");
+
+        // DHCP DISCOVER, broadcast, from 0.0.0.0:68 to 255.255.255.255:67.
+        let mut bootp = vec![0u8; 240];
+        bootp[..3].copy_from_slice(&[1, 1, 6]);
+        bootp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        bootp[10] = 0x80;
+        bootp[28..34].copy_from_slice(&guest_mac);
+        bootp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        bootp.extend([53, 1, 1, 255]);
+        let udp_len = (8 + bootp.len()) as u16;
+        let mut ip = vec![0x45, 0];
+        ip.extend((20 + udp_len).to_be_bytes());
+        ip.extend([0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]);
+        let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+        let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut dhcp = vec![0xff; 6];
+        dhcp.extend(guest_mac);
+        dhcp.extend([0x08, 0x00]);
+        dhcp.extend(ip);
+        dhcp.extend([0, 68, 0, 67]);
+        dhcp.extend(udp_len.to_be_bytes());
+        dhcp.extend([0, 0]);
+        dhcp.extend(bootp);
+        send(&mut s, &dhcp);
+        let offer = next_frame(&mut s, [0x08, 0x00]);
+        let m = &offer[14 + 20 + 8..];
+        assert_eq!(m[0], 2, "a BOOTREPLY");
+        assert_eq!(&m[4..8], &0x1234_5678u32.to_be_bytes());
+        assert_eq!(&m[16..20], &[10, 0, 2, 15], "the offered address");
+        let option = |code: u8| {
+            let mut i = 240;
+            while i + 1 < m.len() && m[i] != 255 {
+                if m[i] == code {
+                    return Some(m[i + 2..i + 2 + usize::from(m[i + 1])].to_vec());
+                }
+                i += 2 + usize::from(m[i + 1]);
+            }
+            None
+        };
+        assert_eq!(option(53), Some(vec![2]), "a DHCPOFFER");
+        assert_eq!(option(1), Some(vec![255, 255, 255, 0]), "the netmask");
+        assert_eq!(option(3), Some(vec![10, 0, 2, 2]), "the router");
+
+        // One-off: passt exits once its client is gone.
+        drop(s);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), passt.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "passt exited {status}: {}", std::fs::read_to_string(machine.files.passt_log()).unwrap());
     }
 }
