@@ -166,6 +166,18 @@ impl Vsock {
             };
             let room = (buffers.writable_len() - HEADER_LEN as u64) as usize;
             let Some((header, payload)) = self.muxer.next_rx_packet(room) else {
+                if room == 0 && self.muxer.has_rx() {
+                    // Data waits and this buffer holds a header only: give it back empty, or
+                    // the data would wait for it forever.
+                    VsockMetrics::add(&self.metrics.malformed_packets, 1);
+                    warn_guest!("vsock: rx buffer without room for data");
+                    if queue.add_used(&mem, head, 0).is_err() {
+                        active.interrupt.set_needs_reset();
+                        break;
+                    }
+                    used = true;
+                    continue;
+                }
                 queue.go_to_previous_position();
                 break;
             };

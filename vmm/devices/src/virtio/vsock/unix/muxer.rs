@@ -13,6 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use vmm_sys_util::epoll::EventSet;
 
 use super::super::csm::{ConnState, Connection};
@@ -82,6 +83,20 @@ pub struct VsockMuxer {
 
 fn token(fd: RawFd) -> u32 {
     fd as u32 + TOKEN_BASE
+}
+
+/// Connects a non-blocking stream to the unix socket at `path`. A service whose accept queue
+/// is full refuses at once (`EAGAIN`) instead of blocking the device thread until it accepts:
+/// the guest decides how fast connections are requested.
+fn connect_nonblocking(path: &str) -> io::Result<UnixStream> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
 }
 
 impl VsockMuxer {
@@ -460,7 +475,7 @@ impl VsockMuxer {
     fn connect_to_host(&mut self, h: &PacketHeader) {
         let key = (h.dst_port, h.src_port);
         let path = format!("{}_{}", self.uds_path.display(), h.dst_port);
-        let stream = UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s));
+        let stream = connect_nonblocking(&path);
         match stream {
             Ok(stream) => {
                 let fd = stream.as_raw_fd();
@@ -481,11 +496,15 @@ impl VsockMuxer {
     }
 
     /// The next packet for the guest, with at most `max_payload` payload bytes; `None` when
-    /// nothing is waiting.
+    /// nothing is waiting, or only data and `max_payload` is 0 (the data keeps waiting, its
+    /// stream unwatched, for a buffer with room).
     pub fn next_rx_packet(&mut self, max_payload: usize) -> Option<(PacketHeader, Vec<u8>)> {
         loop {
             if let Some(h) = self.control.pop_front() {
                 return Some((h, Vec::new()));
+            }
+            if max_payload == 0 {
+                return None;
             }
             let key = self.rx_ready.pop_front()?;
             let Some(conn) = self.conns.get_mut(&key) else {
@@ -595,6 +614,64 @@ mod tests {
         assert_eq!(shut.op, OP_SHUTDOWN);
         m.send_to_host(&guest_pkt(52, FIRST_LOCAL_PORT, OP_RST), &[]);
         assert_eq!(m.connection_count(), 0);
+    }
+
+    #[test]
+    fn test_data_waits_for_a_buffer_with_room() {
+        // Found by the vsock_packet fuzz target: with host data waiting and a header-only rx
+        // buffer, the muxer re-armed the stream's epoll interest on every pass without reading
+        // it, and the device event loop spun.
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let listener = UnixListener::bind(dir.path().join("v.sock_5")).unwrap();
+        m.send_to_host(&guest_pkt(1000, 5, OP_REQUEST), &[]);
+        assert_eq!(m.next_rx_packet(0).unwrap().0.op, OP_RESPONSE);
+        let (mut host, _) = listener.accept().unwrap();
+        host.write_all(b"data").unwrap();
+        let tok = m
+            .take_ops()
+            .iter()
+            .find_map(|op| match op {
+                FdOp::Add(_, t, _) => Some(*t),
+                _ => None,
+            })
+            .unwrap();
+        m.handle_host_event(tok, EventSet::IN);
+        assert!(matches!(m.take_ops()[..], [FdOp::Remove(..)]));
+        // No room for data: nothing, and the stream stays unwatched.
+        assert!(m.next_rx_packet(0).is_none());
+        assert!(m.take_ops().is_empty());
+        assert!(m.has_rx());
+        let (rw, data) = m.next_rx_packet(4096).unwrap();
+        assert_eq!((rw.op, data.as_slice()), (OP_RW, &b"data"[..]));
+    }
+
+    #[test]
+    fn test_guest_connections_to_a_full_service_are_refused_not_waited_for() {
+        // Found in review, reproduced through the vsock_packet fuzz harness: the connection to
+        // the host service was a blocking connect(), so a guest requesting connections faster
+        // than the service accepted them stopped the device thread.
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let listener = UnixListener::bind(dir.path().join("v.sock_5")).unwrap();
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(1).unwrap()).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for port in 1000..1010 {
+                m.send_to_host(&guest_pkt(port, 5, OP_REQUEST), &[]);
+            }
+            let _ = done.send(m);
+        });
+        let m = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("connecting to a service that does not accept blocked");
+        let failures = m
+            .metrics
+            .host_connect_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(failures > 0);
+        assert_eq!(m.connection_count() as u64, 10 - failures);
+        drop(listener);
     }
 
     #[test]
