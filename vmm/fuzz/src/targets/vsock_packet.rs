@@ -2,7 +2,8 @@
 //! connection state machine, rx buffers filled with the muxer's packets, all through the
 //! transport and the event loop. The host side is real unix sockets in a private directory:
 //! host processes connecting to the device's socket (`CONNECT <port>` lines), a host service
-//! listening on guest-initiated port 52, and their streams writing, reading, closing.
+//! listening on guest-initiated port 52 (slow to accept: a backlog of one), and their streams
+//! writing, reading, closing.
 //!
 //! Target commands (`opcode % 6`):
 //! - 0 `kind: u8` then, for an even kind, `port: u32` (a `CONNECT <port>\n` line) or, for an
@@ -22,11 +23,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::{Reader, Session};
 use devices::metrics::MetricsSource;
 use devices::virtio::vsock::{Vsock, VsockConfig};
+use nix::sys::socket::{listen, Backlog};
 
 /// The guest's CID.
 const GUEST_CID: u64 = 3;
 /// The guest port a host service listens on (`<uds_path>_52`).
 const SERVICE_PORT: u32 = 52;
+/// Listen backlog of the host service.
+const SERVICE_BACKLOG: i32 = 1;
 /// Most host streams kept at once.
 const MAX_STREAMS: usize = 8;
 
@@ -45,6 +49,13 @@ fn host() -> &'static Host {
         let uds_path = dir.join("v.sock");
         let service = UnixListener::bind(dir.join(format!("v.sock_{SERVICE_PORT}")))
             .expect("bind the host service");
+        // A service slow to accept: its queue holds two connections, which the harness
+        // accepts only between commands.
+        listen(
+            &service,
+            Backlog::new(SERVICE_BACKLOG).expect("a valid backlog"),
+        )
+        .expect("shrink the host service's backlog");
         service
             .set_nonblocking(true)
             .expect("non-blocking host service");
