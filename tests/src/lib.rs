@@ -4,7 +4,12 @@
 //!
 //! The tests need the guest image (`rmachine image build`, which the README's setup and
 //! `.ci/run` do) and fail with that instruction when it is missing.
+//!
+//! [`nested`] is the nested-KVM harness (rmachine-vmm inside an L1 VM under TCG), shared by
+//! the `nested_vmm` test and the nested benchmark.
 #![forbid(unsafe_code)]
+
+pub mod nested;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

@@ -1,7 +1,10 @@
 //! `rmachine-nested-client`: the guest-facing half of the nested-KVM harness
-//! (`tests/tests/nested_vmm`). It runs inside the L1 VM, next to `rmachine-vmm`, and talks to
-//! the L2 guest's agent through the VMM's hybrid vsock unix socket (`CONNECT <port>\n`, then
-//! the hello line of `rmachine_protocol::hello`):
+//! (`rmachine_e2e::nested`). It runs inside the L1 VM, next to `rmachine-vmm` or QEMU, and
+//! talks to the L2 guest's agent through the VMM's hybrid vsock unix socket (`--uds`:
+//! `CONNECT <port>\n`, then the hello line of `rmachine_protocol::hello`) or through AF_VSOCK
+//! to QEMU's vhost-vsock guest (`--vsock CID`: the hello line only).
+//!
+//! Test mode (the `nested_vmm` test; the L1 init starts the VMM right before the client):
 //!
 //! 1. pings the agent on the control service, retrying until the deadline;
 //! 2. sends `GET /version` through the engine service until the engine answers with
@@ -11,21 +14,35 @@
 //!    `DIR/from-l2.txt` (which L1 checks after the guest is gone);
 //! 4. asks the agent to shut the guest down.
 //!
-//! Every result is one line on stdout starting with `NESTED `, with the time since the client
-//! started (the L1 init starts the VMM right before it); the last line is `NESTED CLIENT OK`
-//! or `NESTED CLIENT FAIL <reason>`, and the exit status says the same.
+//! Bench mode (`--spawn-argv FILE`, the nested benchmark): the client starts the VMM itself
+//! from FILE (one argument per line), with its stdout (the guest console) piped to it and
+//! copied to `--console-log`, and times from that start: the first console line holding
+//! `--init-marker`, the ping, the engine's answer, and, after asking the guest to power off,
+//! the VMM's exit (which must come within `--shutdown-timeout-s`, status 0). It then prints
+//! `NESTED BENCH label=<label> init_s=… ping_s=… engine_s=… exit_s=…`. On any failure it kills
+//! the VMM.
 //!
-//! Usage: `rmachine-nested-client --uds PATH [--timeout-s N] [--vmm-pid PID] [--share-dir DIR]`
+//! Every result is one line on stdout starting with `NESTED `, with the time since the client
+//! started; the last line is `NESTED CLIENT OK` or `NESTED CLIENT FAIL <reason>`, and the exit
+//! status says the same.
+//!
+//! Usage: `rmachine-nested-client (--uds PATH | --vsock CID) [--timeout-s N] [--retry-ms N]
+//! [--vmm-pid PID] [--share-dir DIR] [--spawn-argv FILE --label NAME [--init-marker TEXT]
+//! [--console-log PATH] [--shutdown-timeout-s N]]`
 #![forbid(unsafe_code)]
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rmachine_protocol::control::{self, Reply, Request};
 use rmachine_protocol::exec::{ExecRequest, GuestFrame, HostFrame};
 use rmachine_protocol::{hello, Service};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// The engine version the guest image ships (Debian trixie's docker.io 26).
 const ENGINE_VERSION_PREFIX: &str = "\"Version\":\"26.";
@@ -35,22 +52,60 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 const SHARE_HELLO: &str = "hello from L1\n";
 /// What the guest writes into the shared folder (`from-l2.txt`), checked by L1.
 const SHARE_REPLY: &str = "written by L2\n";
-/// Pause between attempts.
+/// Pause between attempts, unless `--retry-ms` says otherwise.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long the VMM may take to exit once the guest was asked to power off (bench mode),
+/// unless `--shutdown-timeout-s` says otherwise.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How the client reaches the guest's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transport {
+    /// rmachine-vmm's hybrid vsock unix socket.
+    Uds(PathBuf),
+    /// AF_VSOCK to this guest CID (QEMU's vhost-vsock).
+    Vsock(u32),
+}
+
+/// Bench mode: the client starts the VMM itself.
+#[derive(Debug, PartialEq, Eq)]
+struct Spawn {
+    /// The VMM's command, one argument per line.
+    argv_file: PathBuf,
+    /// Names the run in the `NESTED BENCH` line.
+    label: String,
+    /// The console line that shows the guest's init running.
+    init_marker: Option<String>,
+    /// Where the guest console (the VMM's stdout) is copied; its stderr goes to
+    /// `<console_log>.stderr`.
+    console_log: PathBuf,
+    /// How long the VMM may take to exit once the guest was asked to power off.
+    shutdown_timeout: Duration,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
-    uds: PathBuf,
+    transport: Transport,
     timeout: Duration,
+    retry: Duration,
     vmm_pid: Option<u32>,
     share_dir: Option<String>,
+    spawn: Option<Spawn>,
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: {v:?} is not a number"))
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut uds = None;
+    let mut transport = None;
     let mut timeout = Duration::from_secs(600);
+    let mut retry = RETRY_PAUSE;
     let mut vmm_pid = None;
     let mut share_dir = None;
+    let (mut argv_file, mut label, mut init_marker, mut console_log) = (None, None, None, None);
+    let mut shutdown_timeout = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -59,62 +114,117 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 .ok_or_else(|| format!("{arg} needs a value"))
         };
         match arg.as_str() {
-            "--uds" => uds = Some(PathBuf::from(value()?)),
-            "--timeout-s" => {
-                let v = value()?;
-                timeout = Duration::from_secs(
-                    v.parse()
-                        .map_err(|_| format!("--timeout-s: {v:?} is not a number"))?,
-                );
-            }
-            "--vmm-pid" => {
-                let v = value()?;
-                vmm_pid = Some(
-                    v.parse()
-                        .map_err(|_| format!("--vmm-pid: {v:?} is not a pid"))?,
-                );
-            }
+            "--uds" => transport = Some(Transport::Uds(PathBuf::from(value()?))),
+            "--vsock" => transport = Some(Transport::Vsock(number(arg, &value()?)?)),
+            "--timeout-s" => timeout = Duration::from_secs(number(arg, &value()?)?),
+            "--retry-ms" => retry = Duration::from_millis(number(arg, &value()?)?),
+            "--vmm-pid" => vmm_pid = Some(number(arg, &value()?)?),
             "--share-dir" => share_dir = Some(value()?),
+            "--spawn-argv" => argv_file = Some(PathBuf::from(value()?)),
+            "--label" => label = Some(value()?),
+            "--init-marker" => init_marker = Some(value()?),
+            "--console-log" => console_log = Some(PathBuf::from(value()?)),
+            "--shutdown-timeout-s" => {
+                shutdown_timeout = Some(Duration::from_secs(number(arg, &value()?)?))
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    let spawn = match argv_file {
+        Some(argv_file) => {
+            if vmm_pid.is_some() {
+                return Err("--vmm-pid and --spawn-argv exclude each other".into());
+            }
+            let label = label.ok_or("--spawn-argv needs --label NAME")?;
+            Some(Spawn {
+                console_log: console_log
+                    .unwrap_or_else(|| PathBuf::from(format!("/tmp/{label}-console.log"))),
+                argv_file,
+                label,
+                init_marker,
+                shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+            })
+        }
+        None => {
+            if label.is_some()
+                || init_marker.is_some()
+                || console_log.is_some()
+                || shutdown_timeout.is_some()
+            {
+                return Err(
+                    "--label, --init-marker, --console-log and --shutdown-timeout-s \
+                            need --spawn-argv"
+                        .into(),
+                );
+            }
+            None
+        }
+    };
     Ok(Args {
-        uds: uds.ok_or("--uds PATH is required")?,
+        transport: transport.ok_or("--uds PATH or --vsock CID is required")?,
         timeout,
+        retry,
         vmm_pid,
         share_dir,
+        spawn,
     })
 }
 
-/// Connects to guest `service` through the VMM's hybrid vsock socket and does the hello.
-fn connect(uds: &Path, service: Service) -> Result<BufReader<UnixStream>, String> {
-    let stream = UnixStream::connect(uds).map_err(|e| format!("connect {}: {e}", uds.display()))?;
-    stream
-        .set_read_timeout(Some(ATTEMPT_TIMEOUT))
-        .map_err(|e| format!("set timeout: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    send(
-        &mut reader,
-        format!("CONNECT {}\n", service.port()).as_bytes(),
-    )?;
-    let answer = read_line(&mut reader, "vsock CONNECT answer")?;
-    if !answer.starts_with("OK ") {
-        return Err(format!("vmm refused port {}: {answer:?}", service.port()));
-    }
+/// A byte stream to the guest: a unix socket or an AF_VSOCK socket.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A connection to one guest service, after the hello.
+type Conn = BufReader<Box<dyn Stream>>;
+
+/// Connects to guest `service` and does the hello: through the VMM's hybrid vsock socket
+/// (`CONNECT <port>` first) or AF_VSOCK.
+fn connect(transport: &Transport, service: Service) -> Result<Conn, String> {
+    let mut reader: Conn = match transport {
+        Transport::Uds(uds) => {
+            let stream =
+                UnixStream::connect(uds).map_err(|e| format!("connect {}: {e}", uds.display()))?;
+            stream
+                .set_read_timeout(Some(ATTEMPT_TIMEOUT))
+                .map_err(|e| format!("set timeout: {e}"))?;
+            let mut reader: Conn = BufReader::new(Box::new(stream));
+            send(
+                &mut reader,
+                format!("CONNECT {}\n", service.port()).as_bytes(),
+            )?;
+            let answer = read_line(&mut reader, "vsock CONNECT answer")?;
+            if !answer.starts_with("OK ") {
+                return Err(format!("vmm refused port {}: {answer:?}", service.port()));
+            }
+            reader
+        }
+        Transport::Vsock(cid) => {
+            let socket = Socket::new(Domain::VSOCK, Type::STREAM, None)
+                .map_err(|e| format!("AF_VSOCK socket: {e}"))?;
+            socket
+                .set_read_timeout(Some(ATTEMPT_TIMEOUT))
+                .map_err(|e| format!("set timeout: {e}"))?;
+            let port = u32::from(service.port());
+            socket
+                .connect_timeout(&SockAddr::vsock(*cid, port), ATTEMPT_TIMEOUT)
+                .map_err(|e| format!("connect vsock {cid}:{port}: {e}"))?;
+            BufReader::new(Box::new(socket))
+        }
+    };
     send(&mut reader, hello::format_hello(service, None).as_bytes())?;
     let answer = read_line(&mut reader, "hello answer")?;
     hello::parse_answer(answer.as_bytes()).map_err(|e| format!("hello refused: {e}"))?;
     Ok(reader)
 }
 
-fn send(reader: &mut BufReader<UnixStream>, bytes: &[u8]) -> Result<(), String> {
+fn send(reader: &mut Conn, bytes: &[u8]) -> Result<(), String> {
     reader
         .get_mut()
         .write_all(bytes)
         .map_err(|e| format!("write: {e}"))
 }
 
-fn read_line(reader: &mut BufReader<UnixStream>, what: &str) -> Result<String, String> {
+fn read_line(reader: &mut Conn, what: &str) -> Result<String, String> {
     let mut line = String::new();
     match reader.read_line(&mut line) {
         Ok(0) => Err(format!("connection closed before the {what}")),
@@ -124,16 +234,16 @@ fn read_line(reader: &mut BufReader<UnixStream>, what: &str) -> Result<String, S
 }
 
 /// One control request on a fresh connection.
-fn call(uds: &Path, id: u64, request: Request) -> Result<Reply, String> {
-    let mut reader = connect(uds, Service::Control)?;
+fn call(transport: &Transport, id: u64, request: Request) -> Result<Reply, String> {
+    let mut reader = connect(transport, Service::Control)?;
     send(&mut reader, control::encode_request(id, request).as_bytes())?;
     let line = read_line(&mut reader, "control reply")?;
     control::parse_reply(line.as_bytes(), id).map_err(|e| e.to_string())
 }
 
 /// `GET /version` through the engine service; returns the whole HTTP response.
-fn engine_version(uds: &Path) -> Result<Vec<u8>, String> {
-    let mut reader = connect(uds, Service::Engine)?;
+fn engine_version(transport: &Transport) -> Result<Vec<u8>, String> {
+    let mut reader = connect(transport, Service::Engine)?;
     send(
         &mut reader,
         b"GET /version HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n",
@@ -147,8 +257,8 @@ fn engine_version(uds: &Path) -> Result<Vec<u8>, String> {
 
 /// Runs `argv` in the guest through the exec service, stdin closed; returns (exit code,
 /// stdout, stderr).
-fn exec(uds: &Path, argv: &[&str]) -> Result<(i32, String, String), String> {
-    let mut reader = connect(uds, Service::Exec)?;
+fn exec(transport: &Transport, argv: &[&str]) -> Result<(i32, String, String), String> {
+    let mut reader = connect(transport, Service::Exec)?;
     let request = ExecRequest {
         argv: argv.iter().map(|a| a.to_string()).collect(),
         ..ExecRequest::default()
@@ -183,18 +293,23 @@ fn exec(uds: &Path, argv: &[&str]) -> Result<(i32, String, String), String> {
 }
 
 /// Reads `<dir>/hello.txt` and writes `<dir>/from-l2.txt` in the guest.
-fn check_share(uds: &Path, dir: &str) -> Result<(), String> {
+fn check_share(transport: &Transport, dir: &str) -> Result<(), String> {
     let script = format!(
         "cat {dir}/hello.txt && printf '%s\\n' 'written by L2' > {dir}/from-l2.txt && grep -w virtiofs /proc/mounts"
     );
-    let (code, stdout, stderr) = exec(uds, &["sh", "-c", &script])?;
+    let (code, stdout, stderr) = exec(transport, &["sh", "-c", &script])?;
     if code != 0 {
         return Err(format!("share check exited {code}: {stdout:?} {stderr:?}"));
     }
     if !stdout.starts_with(SHARE_HELLO) {
-        return Err(format!("the guest read {stdout:?} from {dir}/hello.txt, not {SHARE_HELLO:?}"));
+        return Err(format!(
+            "the guest read {stdout:?} from {dir}/hello.txt, not {SHARE_HELLO:?}"
+        ));
     }
-    println!("NESTED share mounted in L2: {}", stdout[SHARE_HELLO.len()..].trim());
+    println!(
+        "NESTED share mounted in L2: {}",
+        stdout[SHARE_HELLO.len()..].trim()
+    );
     Ok(())
 }
 
@@ -232,9 +347,20 @@ struct Client {
     args: Args,
     started: Instant,
     deadline: Instant,
+    /// The VMM whose death ends the retries, and what to call it.
+    vmm: Option<(u32, String)>,
 }
 
 impl Client {
+    fn new(args: Args, started: Instant) -> Client {
+        Client {
+            deadline: started + args.timeout,
+            vmm: args.vmm_pid.map(|pid| (pid, "rmachine-vmm".to_string())),
+            args,
+            started,
+        }
+    }
+
     fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -248,10 +374,10 @@ impl Client {
         let mut tries = 0;
         let mut last = String::from("no attempt made");
         loop {
-            if let Some(pid) = self.args.vmm_pid {
-                if !process_alive(pid) {
+            if let Some((pid, name)) = &self.vmm {
+                if !process_alive(*pid) {
                     return Err(format!(
-                        "{what}: rmachine-vmm (pid {pid}) exited after {:.3}s (last error: {last})",
+                        "{what}: {name} (pid {pid}) exited after {:.3}s (last error: {last})",
                         self.elapsed_s()
                     ));
                 }
@@ -275,37 +401,32 @@ impl Client {
                     last = e;
                 }
             }
-            std::thread::sleep(RETRY_PAUSE);
+            std::thread::sleep(self.args.retry);
         }
     }
 
-    fn run(&self) -> Result<(), String> {
-        let uds = self.args.uds.clone();
-        let (_, tries) = self.retry("ping", || match call(&uds, 1, Request::Ping {})? {
+    /// Pings the agent until it answers; returns the time and the attempts.
+    fn ping(&self) -> Result<(f64, u32), String> {
+        let transport = &self.args.transport;
+        let (_, tries) = self.retry("ping", || match call(transport, 1, Request::Ping {})? {
             Reply::Pong => Ok(()),
             other => Err(format!("ping answered {other:?}")),
         })?;
-        println!(
-            "NESTED TIMING l2_ping_s={:.3} (attempts {tries})",
-            self.elapsed_s()
-        );
+        Ok((self.elapsed_s(), tries))
+    }
 
-        let (version, tries) =
-            self.retry("engine", || check_version_response(&engine_version(&uds)?))?;
-        println!(
-            "NESTED TIMING l2_docker_version_s={:.3} (engine {version}, attempts {tries})",
-            self.elapsed_s()
-        );
+    /// Asks the engine its version until it answers; returns the time, the version and the
+    /// attempts.
+    fn engine(&self) -> Result<(f64, String, u32), String> {
+        let transport = &self.args.transport;
+        let (version, tries) = self.retry("engine", || {
+            check_version_response(&engine_version(transport)?)
+        })?;
+        Ok((self.elapsed_s(), version, tries))
+    }
 
-        if let Some(dir) = self.args.share_dir.clone() {
-            let (_, tries) = self.retry("share", || check_share(&uds, &dir))?;
-            println!(
-                "NESTED TIMING l2_share_s={:.3} (attempts {tries}; {SHARE_REPLY:?} written)",
-                self.elapsed_s()
-            );
-        }
-
-        match call(&uds, 2, Request::Shutdown { reboot: false })? {
+    fn shutdown(&self) -> Result<(), String> {
+        match call(&self.args.transport, 2, Request::Shutdown { reboot: false })? {
             Reply::ShuttingDown => {
                 println!("NESTED shutdown requested at {:.3}s", self.elapsed_s());
                 Ok(())
@@ -313,24 +434,188 @@ impl Client {
             other => Err(format!("shutdown answered {other:?}")),
         }
     }
+
+    /// Test mode: ping, engine, share, shutdown.
+    fn run(&self) -> Result<(), String> {
+        let (at, tries) = self.ping()?;
+        println!("NESTED TIMING l2_ping_s={at:.3} (attempts {tries})");
+
+        let (at, version, tries) = self.engine()?;
+        println!("NESTED TIMING l2_docker_version_s={at:.3} (engine {version}, attempts {tries})");
+
+        if let Some(dir) = self.args.share_dir.clone() {
+            let transport = &self.args.transport;
+            let (_, tries) = self.retry("share", || check_share(transport, &dir))?;
+            println!(
+                "NESTED TIMING l2_share_s={:.3} (attempts {tries}; {SHARE_REPLY:?} written)",
+                self.elapsed_s()
+            );
+        }
+        self.shutdown()
+    }
+}
+
+/// The VMM the client started, killed and reaped when dropped unless it has exited.
+struct VmmProcess(Child);
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The arguments of a command, one a line (empty lines skipped).
+fn parse_argv(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Copies the guest console (the VMM's stdout) to `log` line by line; sends the time of the
+/// first line holding `marker` (seconds since `started`).
+fn copy_console(
+    stdout: impl Read,
+    mut log: File,
+    marker: Option<String>,
+    started: Instant,
+    found: mpsc::Sender<f64>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    let mut marker = marker;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let at = started.elapsed().as_secs_f64();
+                let _ = log.write_all(&line);
+                if marker
+                    .as_deref()
+                    .is_some_and(|m| String::from_utf8_lossy(&line).contains(m))
+                {
+                    marker = None;
+                    let _ = found.send(at);
+                }
+            }
+        }
+    }
+}
+
+/// Bench mode: starts the VMM, times the guest's init, ping and engine, powers the guest off
+/// and times the VMM's exit.
+fn bench(args: Args, spawn: &Spawn) -> Result<(), String> {
+    let argv_text = std::fs::read_to_string(&spawn.argv_file)
+        .map_err(|e| format!("read {}: {e}", spawn.argv_file.display()))?;
+    let argv = parse_argv(&argv_text);
+    let Some((program, rest)) = argv.split_first() else {
+        return Err(format!("{} holds no command", spawn.argv_file.display()));
+    };
+    let log = File::create(&spawn.console_log)
+        .map_err(|e| format!("create {}: {e}", spawn.console_log.display()))?;
+    let stderr_path = format!("{}.stderr", spawn.console_log.display());
+    let stderr = File::create(&stderr_path).map_err(|e| format!("create {stderr_path}: {e}"))?;
+    let label = spawn.label.clone();
+
+    let started = Instant::now();
+    let mut vmm = VmmProcess(
+        Command::new(program)
+            .args(rest)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("start {program}: {e}"))?,
+    );
+    let stdout = vmm.0.stdout.take().ok_or("the VMM's stdout is not piped")?;
+    let (found, init_seen) = mpsc::channel();
+    let marker = spawn.init_marker.clone();
+    let console = std::thread::spawn(move || copy_console(stdout, log, marker, started, found));
+    let mut client = Client::new(args, started);
+    client.vmm = Some((vmm.0.id(), label.clone()));
+    println!("NESTED {label} started (pid {})", vmm.0.id());
+
+    let init_s = match &spawn.init_marker {
+        Some(marker) => loop {
+            match init_seen.recv_timeout(Duration::from_millis(200)) {
+                Ok(at) => break at,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < client.deadline => {
+                    if let Ok(Some(status)) = vmm.0.try_wait() {
+                        return Err(format!(
+                            "init: {label} exited ({status}) after {:.3}s before {marker:?}",
+                            client.elapsed_s()
+                        ));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "init: no {marker:?} within {:?}",
+                        client.args.timeout
+                    ))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "init: the console of {label} closed after {:.3}s before {marker:?}",
+                        client.elapsed_s()
+                    ))
+                }
+            }
+        },
+        None => f64::NAN,
+    };
+    println!("NESTED {label} init at {init_s:.3}s");
+    let (ping_s, _) = client.ping()?;
+    println!("NESTED {label} ping at {ping_s:.3}s");
+    let (engine_s, version, _) = client.engine()?;
+    println!("NESTED {label} engine {version} at {engine_s:.3}s");
+    client.shutdown()?;
+
+    let asked = Instant::now();
+    let status = loop {
+        match vmm.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if asked.elapsed() < spawn.shutdown_timeout => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "{label} still running {:?} after the guest was asked to power off",
+                    spawn.shutdown_timeout
+                ))
+            }
+            Err(e) => return Err(format!("waiting for {label}: {e}")),
+        }
+    };
+    let exit_s = client.elapsed_s();
+    let _ = console.join();
+    if !status.success() {
+        return Err(format!("{label} exited with {status} after the power-off"));
+    }
+    println!(
+        "NESTED BENCH label={label} init_s={init_s:.3} ping_s={ping_s:.3} engine_s={engine_s:.3} \
+         exit_s={exit_s:.3}"
+    );
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse_args(&argv) {
+    let mut args = match parse_args(&argv) {
         Ok(a) => a,
         Err(e) => {
             println!("NESTED CLIENT FAIL usage: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    let started = Instant::now();
-    let client = Client {
-        deadline: started + args.timeout,
-        args,
-        started,
+    let result = match args.spawn.take() {
+        Some(spawn) => bench(args, &spawn),
+        None => Client::new(args, Instant::now()).run(),
     };
-    match client.run() {
+    match result {
         Ok(()) => {
             println!("NESTED CLIENT OK");
             std::process::ExitCode::SUCCESS
@@ -364,15 +649,89 @@ mod tests {
         assert_eq!(
             a,
             Args {
-                uds: "/tmp/v.sock".into(),
+                transport: Transport::Uds("/tmp/v.sock".into()),
                 timeout: Duration::from_secs(30),
+                retry: RETRY_PAUSE,
                 vmm_pid: Some(42),
                 share_dir: None,
+                spawn: None,
             }
         );
         assert!(parse_args(&strings(&["--timeout-s", "1"])).is_err());
         assert!(parse_args(&strings(&["--uds"])).is_err());
         assert!(parse_args(&strings(&["--uds", "x", "--bogus"])).is_err());
+    }
+
+    #[test]
+    fn test_parse_bench_args() {
+        let a = parse_args(&strings(&[
+            "--vsock",
+            "3",
+            "--label",
+            "qemu",
+            "--spawn-argv",
+            "/etc/nested/qemu.argv",
+            "--init-marker",
+            "rmachine-agent starting as PID 1",
+            "--retry-ms",
+            "200",
+        ]))
+        .unwrap();
+        assert_eq!(a.transport, Transport::Vsock(3));
+        assert_eq!(a.retry, Duration::from_millis(200));
+        assert_eq!(
+            a.spawn,
+            Some(Spawn {
+                argv_file: "/etc/nested/qemu.argv".into(),
+                label: "qemu".into(),
+                init_marker: Some("rmachine-agent starting as PID 1".into()),
+                console_log: "/tmp/qemu-console.log".into(),
+                shutdown_timeout: SHUTDOWN_TIMEOUT,
+            })
+        );
+        // Bench options without --spawn-argv, a spawn without a label, both VMM sources.
+        assert!(parse_args(&strings(&["--vsock", "3", "--label", "x"])).is_err());
+        assert!(parse_args(&strings(&["--vsock", "3", "--spawn-argv", "f"])).is_err());
+        assert!(parse_args(&strings(&[
+            "--uds",
+            "u",
+            "--vmm-pid",
+            "1",
+            "--spawn-argv",
+            "f",
+            "--label",
+            "x"
+        ]))
+        .is_err());
+        assert!(parse_args(&strings(&["--vsock", "three"])).is_err());
+    }
+
+    #[test]
+    fn test_parse_argv_keeps_spaces_inside_arguments() {
+        assert_eq!(
+            parse_argv("/usr/bin/qemu\n-append\nconsole=ttyS0 quiet\n\n"),
+            ["/usr/bin/qemu", "-append", "console=ttyS0 quiet"]
+        );
+    }
+
+    #[test]
+    fn test_bench_mode_times_a_spawned_console() {
+        let (tx, rx) = mpsc::channel();
+        let dir = std::env::temp_dir().join(format!("nested-client-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("console.log");
+        let console = b"[0.1] kernel\n\xff[2.6] INFO rmachine-agent starting as PID 1\nmore\n";
+        copy_console(
+            &console[..],
+            File::create(&log).unwrap(),
+            Some("rmachine-agent starting as PID 1".into()),
+            Instant::now(),
+            tx,
+        );
+        assert!(rx.try_recv().unwrap() >= 0.0);
+        assert!(rx.try_recv().is_err(), "one time per marker");
+        assert_eq!(std::fs::read(&log).unwrap(), console);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -425,7 +784,10 @@ mod tests {
                 )
                 .unwrap();
         });
-        assert_eq!(call(&path, 7, Request::Ping {}).unwrap(), Reply::Pong);
+        assert_eq!(
+            call(&Transport::Uds(path), 7, Request::Ping {}).unwrap(),
+            Reply::Pong
+        );
         server.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,7 +3,8 @@
 //! a Linux L1 VM under TCG gets a working `/dev/kvm` from kvm-amd and rmachine-vmm runs inside
 //! it.
 //!
-//! The host side builds rmachine-vmm (gnu, with its shared libraries) and the static
+//! The harness is `rmachine_e2e::nested` (shared with the nested benchmark). The host side
+//! builds rmachine-vmm (gnu, with its shared libraries) and the static
 //! `rmachine-nested-client` (musl), takes Debian's stock kernel and its KVM and virtio modules
 //! (`kernel`), packs them with busybox, the guest kernel and the VMM's configuration into an
 //! initramfs (`initramfs`, cached by content hash under `~/.cache/rmachine/nested/`), and boots
@@ -16,24 +17,15 @@
 //! cleanly when asked. L1 prints `NESTED PASS` or
 //! `NESTED FAIL <why>`, the guest's console (`L2| `) and the VMM's log (`VMM| `).
 
-mod cpio;
-mod initramfs;
-mod kernel;
-mod l1;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rmachine_e2e::nested::l2::{self, Console, Share};
+use rmachine_e2e::nested::{build, initramfs, kernel, l1, L1_INIT_TEST};
 use rmachine_machine::paths::Paths;
 use rmachine_protocol::config_disk::GuestConfig;
 use rmachine_protocol::config_disk::Mount;
-use vmm::config::{
-    DiskConfig, FsConfig, KernelConfig, RngConfig, SerialConfig, VmConfig, VsockConfig,
-};
+use vmm::config::VmConfig;
 
-/// The guest's RAM in MiB.
-pub const L2_MEMORY_MIB: u64 = 1024;
 /// How long the client in L1 tries to reach the agent and the engine.
 const CLIENT_TIMEOUT_S: u64 = 600;
 /// How long the guest may take to power off once asked.
@@ -46,106 +38,23 @@ const L2_CMDLINE_EXTRA_ENV: &str = "RMACHINE_NESTED_L2_CMDLINE_EXTRA";
 const L2_SHARE_DIR: &str = "/home/nested-share";
 /// The virtio-fs tag of L1's shared folder.
 const SHARE_TAG: &str = "share0";
-/// The musl target of the static client.
-const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e crate lives in <workspace>/tests")
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => workspace_root().join(dir),
-        None => workspace_root().join("target"),
-    }
-}
-
-/// `cargo build --release <args>` in the workspace; fails with `fix` in the message.
-fn cargo_build(args: &[&str], fix: &str) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let started = Instant::now();
-    let out = Command::new(&cargo)
-        .args(["build", "--release"])
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-    assert!(
-        out.status.success(),
-        "cargo build --release {} failed ({}). {fix}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "nested: cargo build --release {} took {:.1}s",
-        args.join(" "),
-        started.elapsed().as_secs_f64()
-    );
-}
-
-/// rmachine-vmm's configuration inside L1: the guest image's kernel (in the initramfs), the
-/// three disks as L1's block devices (named by the init script after their serials), the
-/// hybrid vsock socket the client uses and the guest console in a file the init streams.
+/// rmachine-vmm's configuration inside L1: the guest console in a file the init streams, and
+/// L1's shared folder through the virtiofsd the init starts.
 fn vm_config(cmdline: String) -> VmConfig {
-    let disk = |id: &str, read_only| DiskConfig {
-        id: id.to_string(),
-        path: PathBuf::from(format!("/dev/rm-{id}")),
-        read_only,
-        slot: None,
-    };
-    VmConfig {
-        vcpus: Some(1),
-        memory_mib: Some(L2_MEMORY_MIB),
-        kernel: KernelConfig {
-            path: "/l2/bzImage".into(),
-            cmdline: Some(cmdline),
-            initrd: None,
-        },
-        cpu: None,
-        serial: Some(SerialConfig {
-            log_path: Some("/tmp/l2-console.log".into()),
-            stdio: false,
-        }),
-        // Order matters: the guest sees root, data, config as vda, vdb, vdc.
-        disks: vec![
-            disk("root", true),
-            disk("data", false),
-            disk("config", true),
-        ],
-        vsock: Some(VsockConfig {
-            guest_cid: 3,
-            uds_path: "/run/vsock.sock".into(),
-            slot: None,
-        }),
-        rng: Some(RngConfig::default()),
-        net: None,
-        balloon: None,
-        filesystems: vec![FsConfig {
+    l2::vm_config(
+        cmdline,
+        Console::File("/tmp/l2-console.log".into()),
+        Some(Share {
             tag: SHARE_TAG.into(),
-            socket_path: "/run/virtiofsd.sock".into(),
-            slot: None,
-        }],
-        api_socket: None,
-    }
+            socket: "/run/virtiofsd.sock".into(),
+        }),
+    )
 }
 
-/// The guest command line: the image's, a reset through the i8042 on reboot (the VMM exits
-/// on reset), and the debugging extras.
+/// The guest command line (see [`l2::guest_cmdline`]).
 fn guest_cmdline(image_cmdline: &str, extra: Option<&str>) -> String {
-    let mut cmdline = format!("{image_cmdline} reboot=k");
-    // The guest kernel's RTC probing costs one exit per CMOS read: 16-24 s nested.
-    if !cmdline.contains("initcall_blacklist=") {
-        cmdline.push_str(" initcall_blacklist=cmos_init,early_resume_init");
-    }
-    if let Some(extra) = extra.filter(|e| !e.trim().is_empty()) {
-        cmdline.push(' ');
-        cmdline.push_str(extra.trim());
-    }
-    cmdline
+    l2::guest_cmdline(image_cmdline, extra)
 }
 
 #[test]
@@ -158,11 +67,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
         .cache()
         .join("nested");
 
-    cargo_build(&["-p", "rmachine-vmm"], "");
-    cargo_build(
-        &["-p", "rmachine-nested-client", "--target", MUSL_TARGET],
-        "The client runs inside L1 and must be static: `rustup target add x86_64-unknown-linux-musl`",
-    );
+    let tools = build::tools();
     let kernel = kernel::l1_kernel(&cache);
     let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
     let virtiofsd = rmachine_image::host_tools::find_virtiofsd(&paths)
@@ -176,19 +81,19 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let env = format!(
         "CLIENT_TIMEOUT_S={CLIENT_TIMEOUT_S}\nSHUTDOWN_TIMEOUT_S={SHUTDOWN_TIMEOUT_S}\nVMM_LOG_LEVEL=info\nL2_SHARE_DIR={L2_SHARE_DIR}\n"
     );
-    let target = target_dir();
+    let target = build::target_dir();
     let initrd = initramfs::build(
         &cache,
         &initramfs::Inputs {
+            name: "test",
+            init: L1_INIT_TEST,
             kernel: &kernel,
-            vmm: &target.join("release/rmachine-vmm"),
-            client: &target
-                .join(MUSL_TARGET)
-                .join("release/rmachine-nested-client"),
-            virtiofsd: &virtiofsd,
+            vmm: &tools.vmm,
+            client: &tools.client,
+            virtiofsd: Some(&virtiofsd),
+            qemu: None,
             guest_kernel: &image_dir.join(&manifest.kernel.file),
-            vm_json,
-            env,
+            files: vec![("vm.json".into(), vm_json), ("env".into(), env)],
         },
     );
     let prepared_s = total.elapsed().as_secs_f64();
@@ -226,6 +131,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
             data: &data,
             config: &config_disk,
         },
+        "",
     );
     eprintln!(
         "nested: image {}, L1 kernel {}, L1 console in {}\nnested: {cmd:?}",
@@ -303,7 +209,7 @@ fn test_vm_config_is_valid_for_the_vmm() {
     assert_eq!(ids, ["root", "data", "config"]);
     assert!(parsed.disks[0].read_only && !parsed.disks[1].read_only && parsed.disks[2].read_only);
     // The init script streams exactly these files and hands the client this socket.
-    let init = include_str!("l1-init.sh");
+    let init = L1_INIT_TEST;
     assert!(init.contains("/tmp/l2-console.log") && init.contains("--uds /run/vsock.sock"));
     assert!(init.contains("/etc/nested/vm.json"));
     assert_eq!(parsed.filesystems.len(), 1);

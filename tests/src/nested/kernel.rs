@@ -1,8 +1,9 @@
 //! The L1 kernel: Debian's stock amd64 kernel (the host's release, found through
 //! `apt-cache depends linux-image-amd64`), downloaded with `apt-get download`, with the
-//! modules the L1 init loads: kvm-amd and its dependencies, and virtio-pci and virtio-blk for
-//! the disks. The kernel and those modules are cached under
-//! `<cache>/kernel-<package>/`, with the package's sha256 beside them.
+//! modules the L1 init loads: kvm-amd and its dependencies, virtio-pci and virtio-blk for
+//! the disks, and vhost-vsock (QEMU's vsock device in the benchmark). The kernel and those
+//! modules are cached under `<cache>/kernel-<package>/`, with the package's sha256 beside
+//! them; a cache that lacks a wanted module is extracted again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 /// Modules the L1 init loads (their dependencies come first).
-pub const WANTED_MODULES: &[&str] = &["kvm_amd", "virtio_pci", "virtio_blk"];
+pub const WANTED_MODULES: &[&str] = &["kvm_amd", "virtio_pci", "virtio_blk", "vhost_vsock"];
 
 /// Set this to a `linux-image-*-amd64` .deb to use it instead of asking apt.
 pub const DEB_ENV: &str = "RMACHINE_NESTED_KERNEL_DEB";
@@ -86,6 +87,14 @@ pub fn load_order(
     Ok(order)
 }
 
+/// Whether a `modules.order` file names every module of [`WANTED_MODULES`].
+pub fn has_wanted_modules(order: &str) -> bool {
+    let have: BTreeSet<&str> = order.lines().map(str::trim).collect();
+    WANTED_MODULES
+        .iter()
+        .all(|m| have.contains(module_name(m).as_str()))
+}
+
 fn run(cmd: &mut Command, fix: &str) -> String {
     let out = cmd
         .output()
@@ -151,7 +160,8 @@ pub fn l1_kernel(cache: &Path) -> L1Kernel {
     };
     let dir = cache.join(format!("kernel-{package}"));
     let order_file = dir.join("modules.order");
-    if !dir.join("complete").exists() {
+    let cached_order = std::fs::read_to_string(&order_file).unwrap_or_default();
+    if !dir.join("complete").exists() || !has_wanted_modules(&cached_order) {
         extract(cache, &dir, &package, deb_override.as_deref());
     }
     let order = std::fs::read_to_string(&order_file).expect("read modules.order");
@@ -304,6 +314,16 @@ mod tests {
         assert!(load_order(&["a"], &mut cyclic)
             .unwrap_err()
             .contains("cycle"));
+    }
+
+    #[test]
+    fn test_has_wanted_modules() {
+        let all = "irqbypass\nkvm\nccp\nkvm_amd\nvirtio_pci\nvirtio_blk\nvhost\nvhost_vsock\n";
+        assert!(has_wanted_modules(all));
+        assert!(!has_wanted_modules(
+            "kvm\nkvm_amd\nvirtio_pci\nvirtio_blk\n"
+        ));
+        assert!(!has_wanted_modules(""));
     }
 
     #[test]

@@ -1,49 +1,11 @@
 #!/bin/busybox sh
 # PID 1 of the nested harness's L1 VM (a busybox initramfs under QEMU TCG with emulated SVM).
-# Loads the KVM and virtio modules, finds the disks the host gave (by serial), runs
+# After the common setup (l1-setup.sh: modules, /dev/kvm, the disks by serial) it runs
 # rmachine-vmm on the L2 guest image and rmachine-nested-client beside it, prints the L2
 # console and the VMM log, then `NESTED PASS` or `NESTED FAIL <why>`, and powers off.
 # Every line meant for the host starts with `NESTED `; L2's console lines with `L2| `,
 # the VMM's log with `VMM| `.
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mkdir -p /run && mount -t tmpfs run /run
-up() { cut -d' ' -f1 /proc/uptime; }
-fail() {
-  echo "NESTED FAIL $*"
-  echo "NESTED DONE uptime=$(up)"
-  sync
-  reboot -f
-  sleep 10
-}
-echo "NESTED L1 init uptime=$(up)"
-. /etc/nested/env
-
-for m in $(cat /etc/nested/modules); do
-  insmod "/lib/modules/$m" || fail "insmod $m"
-done
-echo "NESTED L1 modules loaded uptime=$(up)"
-[ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd (svm: $(grep -c -w svm /proc/cpuinfo) cpus with svm)"
-echo "NESTED L1 /dev/kvm ready: kvm_amd nested=$(cat /sys/module/kvm_amd/parameters/nested) npt=$(cat /sys/module/kvm_amd/parameters/npt)"
-
-# The host names its disks by serial: rm-root, rm-data, rm-config.
-i=0
-while :; do
-  for b in /sys/block/vd*; do
-    [ -e "$b/serial" ] || continue
-    s=$(cat "$b/serial")
-    case "$s" in rm-*) ln -sf "/dev/${b##*/}" "/dev/$s" ;; esac
-  done
-  [ -b /dev/rm-root ] && [ -b /dev/rm-data ] && [ -b /dev/rm-config ] && break
-  i=$((i + 1))
-  [ $i -gt 100 ] && fail "disks rm-root, rm-data, rm-config not found: $(ls /sys/block)"
-  sleep 0.1
-done
-echo "NESTED L1 disks: $(ls -l /dev/rm-* | sed 's/.* \(rm-[a-z]*\) -> /\1=/' | tr '\n' ' ')"
+. /etc/nested/l1-setup.sh
 
 # The folder L1 shares with the guest through virtio-fs.
 mkdir -p /share

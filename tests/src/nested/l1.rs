@@ -4,13 +4,14 @@
 //! `/dev/kvm` from kvm-amd. `-M q35` (SeaBIOS) because `-M microvm` hangs that kernel at timer
 //! calibration under TCG; `-smp 1` because TCG runs one vCPU fastest.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// L1's RAM in MiB (the guest gets [`crate::L2_MEMORY_MIB`] of it).
+/// L1's RAM in MiB (the guest gets [`super::l2::L2_MEMORY_MIB`] of it).
 pub const L1_MEMORY_MIB: u64 = 2560;
 
 /// The disks handed to L1, by the serial the L1 init looks for.
@@ -37,8 +38,20 @@ pub fn require_qemu() {
     );
 }
 
-/// The QEMU command line of L1.
-pub fn command(vmlinuz: &Path, initramfs: &Path, disks: &Disks) -> Command {
+/// `qemu-system-x86_64` on `PATH` (the one that runs L1, and the peer the benchmark copies
+/// into L1).
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("qemu-system-x86_64"))
+        .find(|path| path.is_file())
+        .expect("qemu-system-x86_64 is not on PATH: install the Debian package qemu-system-x86")
+}
+
+/// The QEMU command line of L1; `append_extra` goes on L1's kernel command line (words the
+/// init reads from `/proc/cmdline`).
+pub fn command(vmlinuz: &Path, initramfs: &Path, disks: &Disks, append_extra: &str) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-M", "q35", "-cpu", "max", "-smp", "1"])
         .args(["-m", &L1_MEMORY_MIB.to_string()])
@@ -60,10 +73,11 @@ pub fn command(vmlinuz: &Path, initramfs: &Path, disks: &Disks) -> Command {
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args([
-            "-append",
-            "console=ttyS0 reboot=t panic=-1 mitigations=off quiet",
-        ]);
+        .arg("-append")
+        .arg(
+            format!("console=ttyS0 reboot=t panic=-1 mitigations=off quiet {append_extra}")
+                .trim_end(),
+        );
     cmd
 }
 
@@ -82,18 +96,33 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// L1's QEMU, killed when dropped: a panic anywhere in the caller leaves no VM behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `cmd` until QEMU exits or `timeout` passes. Console lines are saved to `log` as they
 /// come, with their time; lines for the host (`NESTED `) are echoed to stderr at once.
 pub fn run(mut cmd: Command, timeout: Duration, log: &Path) -> Run {
     let stderr_path = log.with_extension("stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).expect("create the qemu stderr file"))
-        .spawn()
-        .expect("start qemu-system-x86_64");
+    let stderr = std::fs::File::create(&stderr_path).expect("create the qemu stderr file");
+    let mut file = std::fs::File::create(log).expect("create the console log");
+    let mut child = KillOnDrop(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start qemu-system-x86_64"),
+    );
     let started = Instant::now();
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let stdout = child.0.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel::<Line>();
     let reader = std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -113,7 +142,6 @@ pub fn run(mut cmd: Command, timeout: Duration, log: &Path) -> Run {
             }
         }
     });
-    let mut file = std::fs::File::create(log).expect("create the console log");
     let mut lines = Vec::new();
     let deadline = started + timeout;
     let mut timed_out = false;
@@ -131,13 +159,13 @@ pub fn run(mut cmd: Command, timeout: Duration, log: &Path) -> Run {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() >= deadline {
                     timed_out = true;
-                    let _ = child.kill();
+                    let _ = child.0.kill();
                     break;
                 }
             }
         }
     }
-    let _ = child.wait();
+    drop(child);
     let _ = reader.join();
     Run {
         lines,
@@ -212,6 +240,45 @@ pub fn parse(lines: &[Line]) -> Outcome {
     o
 }
 
+/// One guest boot of the benchmark: a `NESTED BENCH label=<label> <key>=<seconds> …` line of
+/// the client (`init_s`, `ping_s`, `engine_s`, `exit_s`: seconds since it started the VMM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRun {
+    /// `rmachine-vmm`, `qemu` or `warmup`.
+    pub label: String,
+    /// The timings, by key.
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// The `NESTED BENCH` lines of a run, in order.
+pub fn parse_bench(lines: &[Line]) -> Vec<BenchRun> {
+    let mut runs = Vec::new();
+    for (_, line) in lines {
+        if line.starts_with("L2| ") || line.starts_with("VMM| ") {
+            continue;
+        }
+        let Some(at) = line.find("NESTED BENCH ") else {
+            continue;
+        };
+        let mut label = None;
+        let mut seconds = BTreeMap::new();
+        for word in line[at + "NESTED BENCH ".len()..].split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            if key == "label" {
+                label = Some(value.to_string());
+            } else if let Ok(v) = value.parse() {
+                seconds.insert(key.to_string(), v);
+            }
+        }
+        if let Some(label) = label {
+            runs.push(BenchRun { label, seconds });
+        }
+    }
+    runs
+}
+
 /// The last `n` lines of `lines` that `keep` selects, without their time.
 pub fn tail(lines: &[Line], n: usize, keep: impl Fn(&str) -> bool) -> String {
     let kept: Vec<&str> = lines
@@ -222,7 +289,7 @@ pub fn tail(lines: &[Line], n: usize, keep: impl Fn(&str) -> bool) -> String {
     kept[kept.len().saturating_sub(n)..].join("\n")
 }
 
-/// Where the console log of the last run is kept (`<target>/nested-vmm/`).
+/// Where the console log of the test's last run is kept (`<target>/nested-vmm/`).
 pub fn log_dir(target_dir: &Path) -> PathBuf {
     target_dir.join("nested-vmm")
 }
@@ -265,6 +332,28 @@ mod tests {
         assert_eq!(o.l2_ping_s, Some(6.357));
         assert_eq!(o.l2_docker_version_s, Some(45.324));
         assert_eq!(o.done_s, Some(52.1));
+    }
+
+    #[test]
+    fn test_parse_bench_lines() {
+        let run = lines(&[
+            (5.0, "NESTED L1 run rmachine-vmm uptime=3.1"),
+            (
+                9.0,
+                "NESTED BENCH label=rmachine-vmm init_s=2.500 ping_s=4.125 engine_s=36.000 exit_s=40.5",
+            ),
+            (9.5, "L2| NESTED BENCH label=guest init_s=1"),
+            (60.0, "NESTED BENCH label=qemu init_s=3.25 engine_s=x"),
+            (61.0, "NESTED BENCH init_s=1"),
+        ]);
+        let runs = parse_bench(&run);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].label, "rmachine-vmm");
+        assert_eq!(runs[0].seconds["init_s"], 2.5);
+        assert_eq!(runs[0].seconds["engine_s"], 36.0);
+        assert_eq!(runs[0].seconds.len(), 4);
+        assert_eq!(runs[1].label, "qemu");
+        assert_eq!(runs[1].seconds.get("engine_s"), None);
     }
 
     #[test]

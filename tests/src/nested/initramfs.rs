@@ -1,22 +1,33 @@
-//! The L1 initramfs: busybox, the init script, the KVM and virtio modules, rmachine-vmm with
-//! its shared libraries, the static nested client, the guest kernel and the VMM's
-//! configuration. It is cached by content hash under `<cache>/initramfs-<hash>.cpio`
+//! An L1 initramfs: busybox, an init script and the common setup it sources, the KVM, virtio
+//! and vhost-vsock modules, rmachine-vmm with its shared libraries, the static nested client,
+//! the guest kernel, configuration files under `/etc/nested/`, and for some uses virtiofsd or
+//! QEMU. It is cached by content hash under `<cache>/initramfs-<name>-<hash>.cpio`
 //! (uncompressed: the L1 kernel would spend longer inflating it under TCG than QEMU spends
 //! loading it).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::cpio::{self, Entry};
-use crate::kernel::L1Kernel;
+use super::cpio::{self, Entry};
+use super::kernel::L1Kernel;
 
-/// The L1 init script.
-const INIT: &str = include_str!("l1-init.sh");
+/// QEMU's firmware for `-M microvm` with `-kernel` (qboot, under both names QEMU versions
+/// look for, and the option ROM that loads the kernel through fw_cfg DMA). QEMU finds them in
+/// `<binary>/../share/qemu`, so the binary goes to `/usr/bin`.
+pub const QEMU_FIRMWARE: &[&str] = &["bios-microvm.bin", "qboot.rom", "linuxboot_dma.bin"];
+/// Where QEMU's firmware is on the host (Debian's qemu-system-data).
+const QEMU_FIRMWARE_DIR: &str = "/usr/share/qemu";
 
-/// What goes into the initramfs besides busybox and the init script.
+/// What goes into the initramfs besides busybox.
 pub struct Inputs<'a> {
+    /// Names the cache file, so that the test's and the benchmark's archives do not evict
+    /// each other.
+    pub name: &'a str,
+    /// The init script (PID 1).
+    pub init: &'a str,
     /// L1's kernel and modules.
     pub kernel: &'a L1Kernel,
     /// `rmachine-vmm` (dynamically linked: its libraries are copied too).
@@ -25,13 +36,15 @@ pub struct Inputs<'a> {
     pub client: &'a Path,
     /// virtiofsd, which serves L1's `/share` to the guest (the bundle `rmachine setup`
     /// installs, run through its own loader inside L1 too).
-    pub virtiofsd: &'a rmachine_image::host_tools::Virtiofsd,
+    pub virtiofsd: Option<&'a rmachine_image::host_tools::Virtiofsd>,
+    /// `qemu-system-x86_64` (dynamically linked: its libraries and microvm firmware go along),
+    /// installed as `/usr/bin/qemu-system-x86_64`.
+    pub qemu: Option<&'a Path>,
     /// The guest kernel (bzImage).
     pub guest_kernel: &'a Path,
-    /// rmachine-vmm's JSON configuration.
-    pub vm_json: String,
-    /// Shell variables for the init script (`NAME=value` lines).
-    pub env: String,
+    /// Files under `/etc/nested/` (name, contents): the VMM's configuration, `env` (shell
+    /// variables for the init script, `NAME=value` lines), argument lists.
+    pub files: Vec<(String, String)>,
 }
 
 /// Whether an ELF executable has a program interpreter (is dynamically linked).
@@ -87,10 +100,54 @@ fn static_busybox() -> Vec<u8> {
     )
 }
 
+/// The absolute paths of the shared libraries of a dynamically linked `binary` (`ldd`).
+fn libraries(binary: &Path) -> Vec<String> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("run ldd (Debian package libc-bin) to list a binary's libraries");
+    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !libs.is_empty(),
+        "ldd found no libraries of {}: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    libs
+}
+
+/// QEMU at `/usr/bin` and its microvm firmware at `/usr/share/qemu`.
+fn qemu_entries(qemu: &Path) -> Vec<Entry> {
+    let mut e = vec![Entry::file("usr/bin/qemu-system-x86_64", 0o755, read(qemu))];
+    for name in QEMU_FIRMWARE {
+        let path = Path::new(QEMU_FIRMWARE_DIR).join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => e.push(Entry::file(&format!("usr/share/qemu/{name}"), 0o644, bytes)),
+            Err(_) if *name != "linuxboot_dma.bin" => {}
+            Err(err) => panic!(
+                "cannot read {} ({err}): install the Debian package qemu-system-data",
+                path.display()
+            ),
+        }
+    }
+    assert!(
+        e.iter()
+            .any(|f| f.path.ends_with("qboot.rom") || f.path.ends_with("bios-microvm.bin")),
+        "no qboot.rom or bios-microvm.bin in {QEMU_FIRMWARE_DIR}: install the Debian package \
+         qemu-system-data"
+    );
+    e
+}
+
 /// The entries of the archive, in order.
 pub fn entries(inputs: &Inputs) -> Vec<Entry> {
     let mut e = vec![
-        Entry::file("init", 0o755, INIT.as_bytes().to_vec()),
+        Entry::file("init", 0o755, inputs.init.as_bytes().to_vec()),
+        Entry::file(
+            "etc/nested/l1-setup.sh",
+            0o644,
+            super::L1_SETUP.as_bytes().to_vec(),
+        ),
         Entry::file("bin/busybox", 0o755, static_busybox()),
         Entry::char_dev("dev/console", 0o600, 5, 1),
     ];
@@ -118,17 +175,11 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
     ));
 
     e.push(Entry::file("bin/rmachine-vmm", 0o755, read(inputs.vmm)));
-    let out = Command::new("ldd")
-        .arg(inputs.vmm)
-        .output()
-        .expect("run ldd (Debian package libc-bin) to list rmachine-vmm's libraries");
-    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
-    assert!(
-        !libs.is_empty(),
-        "ldd found no libraries of {}: {}",
-        inputs.vmm.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut libs: BTreeSet<String> = libraries(inputs.vmm).into_iter().collect();
+    if let Some(qemu) = inputs.qemu {
+        e.extend(qemu_entries(qemu));
+        libs.extend(libraries(qemu));
+    }
     for lib in libs {
         // The path as the loader looks it up, with the contents of what it points to.
         e.push(Entry::file(&lib, 0o755, read(Path::new(&lib))));
@@ -142,18 +193,17 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
         inputs.client.display()
     );
     e.push(Entry::file("bin/rmachine-nested-client", 0o755, client));
-    e.extend(virtiofsd_entries(inputs.virtiofsd));
+    if let Some(virtiofsd) = inputs.virtiofsd {
+        e.extend(virtiofsd_entries(virtiofsd));
+    }
     e.push(Entry::file("l2/bzImage", 0o644, read(inputs.guest_kernel)));
-    e.push(Entry::file(
-        "etc/nested/vm.json",
-        0o644,
-        inputs.vm_json.clone().into_bytes(),
-    ));
-    e.push(Entry::file(
-        "etc/nested/env",
-        0o644,
-        inputs.env.clone().into_bytes(),
-    ));
+    for (name, text) in &inputs.files {
+        e.push(Entry::file(
+            &format!("etc/nested/{name}"),
+            0o644,
+            text.clone().into_bytes(),
+        ));
+    }
     e
 }
 
@@ -188,11 +238,18 @@ fn virtiofsd_entries(tool: &rmachine_image::host_tools::Virtiofsd) -> Vec<Entry>
     ];
     for lib in libs {
         let path = Path::new(&lib);
-        let name = path.file_name().and_then(|n| n.to_str()).expect("library file name");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("library file name");
         if name.starts_with("ld-linux") {
             continue;
         }
-        e.push(Entry::file(&format!("opt/virtiofsd/lib/{name}"), 0o755, read(path)));
+        e.push(Entry::file(
+            &format!("opt/virtiofsd/lib/{name}"),
+            0o755,
+            read(path),
+        ));
     }
     e
 }
@@ -212,12 +269,13 @@ pub fn content_key(entries: &[Entry]) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// The cached initramfs for `inputs`, written if missing. Older initramfs files of the cache
-/// are removed.
+/// The cached initramfs for `inputs`, written if missing. Older initramfs files of the same
+/// name are removed.
 pub fn build(cache: &Path, inputs: &Inputs) -> PathBuf {
     let entries = entries(inputs);
     let key = content_key(&entries);
-    let path = cache.join(format!("initramfs-{}.cpio", &key[..16]));
+    let prefix = format!("initramfs-{}-", inputs.name);
+    let path = cache.join(format!("{prefix}{}.cpio", &key[..16]));
     if path.exists() {
         eprintln!("nested: initramfs cached: {}", path.display());
         return path;
@@ -229,7 +287,11 @@ pub fn build(cache: &Path, inputs: &Inputs) -> PathBuf {
     drop(out);
     for old in std::fs::read_dir(cache).into_iter().flatten().flatten() {
         let name = old.file_name().to_string_lossy().into_owned();
-        if name.starts_with("initramfs-") && name.ends_with(".cpio") {
+        // `initramfs-<hash>.cpio`: the unnamed archives of older harness versions.
+        let unnamed = name.len() == "initramfs-".len() + 16 + ".cpio".len();
+        if (name.starts_with(&prefix) || (unnamed && name.starts_with("initramfs-")))
+            && name.ends_with(".cpio")
+        {
             let _ = std::fs::remove_file(old.path());
         }
     }
