@@ -62,12 +62,14 @@ for t in "${targets[@]}"; do
     touch "$stamp"
     echo "== $t: ${seconds}s, corpus $corpus, seeds $here/seeds/$t"
     rc=0
+    started=$SECONDS
     # TMPDIR: the targets' sockets and image files go to the working directory.
     TMPDIR="$tmp" cargo +nightly fuzz run --fuzz-dir . "$t" "$corpus" "$here/seeds/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -max_len="$max_len" \
         -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb="$malloc_limit" \
         -artifact_prefix="$artifacts/" \
         >"$log" 2>&1 || rc=$?
+    elapsed=$((SECONDS - started))
     rm -rf "$tmp"
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$' || true)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$' || true)
@@ -80,7 +82,7 @@ for t in "${targets[@]}"; do
     else
         found="no crash"
     fi
-    line="$t: ${execs:-?} executions in ${seconds}s (${rate:-?}/s), corpus $(find "$corpus" -type f | wc -l) inputs, $found"
+    line="$t: ${execs:-?} executions in ${elapsed}s of ${seconds}s (${rate:-?}/s), corpus $(find "$corpus" -type f | wc -l) inputs, $found"
     echo "   $line"
     summary+=("$line")
 done
