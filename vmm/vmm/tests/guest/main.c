@@ -46,6 +46,43 @@ static u64 parse_num(const char **sp) {
     *sp = s; return v;
 }
 
+/* ---- kernel command line: rmtest.* keys ---- */
+extern u64 boot_params_addr; /* kept by start.S */
+static const char *boot_cmdline(void) { return (const char *)(u64)*(const u32 *)(boot_params_addr + 0x228); }
+static u32 cmdline_num(const char *cmdline, const char *key) {
+    for (const char *s = cmdline; *s; s++) {
+        if ((s == cmdline || s[-1] == ' ') && startswith(s, key)) {
+            const char *p = s; while (*p && *p != '=') p++;
+            if (*p == '=') { p++; return (u32)parse_num(&p); }
+        }
+    }
+    return 0;
+}
+
+/* Benchmarks (benches/src/bin/vmm.rs): rmtest.bench=boot|blk|vsock replaces the test of that
+ * device by a measurement the host times between "rmguest: ready" or "rmguest: bench ..."
+ * lines; without the key the tests run as always. rmtest.bench_mib sets sizes; with
+ * rmtest.sync=1 the guest waits for a byte on COM1 after each "rmguest: bench waiting ..."
+ * line. Buffers lie from 32 MiB up: a bench VM needs 64 MiB of memory. */
+#define BENCH_BUF 0x2000000ull
+static int bench_is(const char *mode) {
+    const char *c = boot_cmdline();
+    for (const char *s = c; *s; s++) {
+        if ((s != c && s[-1] != ' ') || !startswith(s, "rmtest.bench=")) continue;
+        const char *p = s + 13; u32 n = 0;
+        while (mode[n] && p[n] == mode[n]) n++;
+        if (!mode[n] && (p[n] == ' ' || !p[n])) return 1;
+    }
+    return 0;
+}
+static u64 bench_bytes(u32 default_mib) { u32 mib = cmdline_num(boot_cmdline(), "rmtest.bench_mib"); return (u64)(mib ? mib : default_mib) << 20; }
+static void wait_serial(void);
+static void bench_sync(const char *what) {
+    if (!cmdline_num(boot_cmdline(), "rmtest.sync")) return;
+    puts_("rmguest: bench waiting "); puts_(what); putc_('\n');
+    wait_serial();
+}
+
 /* ---- virtio-mmio ---- */
 enum { MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008, DEV_FEAT = 0x010, DEV_FEAT_SEL = 0x014,
        DRV_FEAT = 0x020, DRV_FEAT_SEL = 0x024, QSEL = 0x030, QNUMMAX = 0x034, QNUM = 0x038,
@@ -153,6 +190,58 @@ static int blk_req(struct vq *q, u32 type, u64 sector, u32 len, int write_data) 
     return bstatus;
 }
 
+/* blk benchmark (rmtest.bench=blk): sequential writes of rmtest.bench_mib MiB (default 64) and a
+ * flush, then two sequential read passes, in requests of rmtest.bench_req_kib KiB (default
+ * 1024) with BB_DEPTH in flight, each slot with its own buffer from BENCH_BUF. */
+#define BB_DEPTH 4
+static struct blk_hdr bb_hdr[BB_DEPTH] __attribute__((aligned(16)));
+static volatile u8 bb_status[BB_DEPTH];
+
+static int blk_bench_pass(struct vq *q, u32 type, u64 bytes, u32 req) {
+    u32 busy = 0; u64 next = 0;
+    for (;;) {
+        for (u32 s = 0; s < BB_DEPTH && next < bytes; s++) {
+            if (busy & (1u << s)) continue;
+            u16 d = (u16)(s * 3);
+            bb_hdr[s].type = type; bb_hdr[s].reserved = 0; bb_hdr[s].sector = next >> 9; bb_status[s] = 0xff;
+            q->desc[d].addr = (u64)&bb_hdr[s]; q->desc[d].len = sizeof bb_hdr[s]; q->desc[d].flags = F_NEXT; q->desc[d].next = d + 1;
+            q->desc[d + 1].addr = BENCH_BUF + (u64)s * req; q->desc[d + 1].len = req;
+            q->desc[d + 1].flags = F_NEXT | (type == 0 ? F_WRITE : 0); q->desc[d + 1].next = d + 2;
+            q->desc[d + 2].addr = (u64)&bb_status[s]; q->desc[d + 2].len = 1; q->desc[d + 2].flags = F_WRITE; q->desc[d + 2].next = 0;
+            vq_post(q, d);
+            busy |= 1u << s; next += req;
+        }
+        if (!busy) return 0;
+        u32 id;
+        if (vq_wait(q, &id) < 0 || id / 3 >= BB_DEPTH || bb_status[id / 3] != 0) return -1;
+        busy &= ~(1u << (id / 3));
+    }
+}
+
+static void bench_blk(struct vq *q, u64 capacity) {
+    u64 bytes = bench_bytes(64);
+    u32 kib = cmdline_num(boot_cmdline(), "rmtest.bench_req_kib");
+    u32 req = (kib ? kib : 1024) << 10;
+    if (bytes > capacity << 9 || bytes % req || req % 512) { fail("bench blk size"); return; }
+    /* The first words of every request carry a pattern, checked after each read pass; the guest
+     * touches no more (its instructions, not the device, would be measured). */
+    volatile u64 *buf = (volatile u64 *)BENCH_BUF;
+    for (u32 s = 0; s < BB_DEPTH; s++) for (u32 i = 0; i < 64; i++) buf[s * (req / 8) + i] = (i + 1) * 0x9e3779b97f4a7c15ull;
+    puts_("rmguest: bench blk write start\n");
+    if (blk_bench_pass(q, 1, bytes, req) || blk_req(q, 4, 0, 0, 0) != 0) { fail("bench blk write"); return; }
+    puts_("rmguest: bench blk write done\n");
+    for (int pass = 0; pass < 2; pass++) {
+        for (u32 s = 0; s < BB_DEPTH; s++) for (u32 i = 0; i < 64; i++) buf[s * (req / 8) + i] = 0;
+        bench_sync("blk read");
+        puts_("rmguest: bench blk read start\n");
+        if (blk_bench_pass(q, 0, bytes, req)) { fail("bench blk read"); return; }
+        puts_("rmguest: bench blk read done\n");
+        for (u32 s = 0; s < BB_DEPTH; s++)
+            for (u32 i = 0; i < 64; i++) if (buf[s * (req / 8) + i] != (i + 1) * 0x9e3779b97f4a7c15ull) { fail("bench blk readback"); return; }
+    }
+    bench_sync("blk done");
+}
+
 static void test_blk(u64 base) {
     struct vq q; u32 f;
     /* RO (5), FLUSH (9), DISCARD (13), WRITE_ZEROES (14) */
@@ -171,6 +260,14 @@ static void test_blk(u64 base) {
         return;
     }
     putc_('\n');
+    if (bench_is("boot")) {
+        /* Ready: booted, the disk driven and one read served. */
+        if (blk_req(&q, 0, 0, 4096, 0) != 0) { fail("blk boot read"); return; }
+        puts_("rmguest: ready\n");
+        bench_sync("ready");
+        return;
+    }
+    if (bench_is("blk")) { bench_blk(&q, capacity); return; }
     for (u32 i = 0; i < 4096; i++) bdata[i] = (u8)(i * 7 + 3);
     memcpy_(bcheck, bdata, 4096);
     if (blk_req(&q, 1, 2, 4096, 1) != 0) { fail("blk write"); return; }
@@ -246,14 +343,161 @@ static int vsock_recv(u32 port, struct vsock_hdr *out, u8 *data, u32 cap) {
     }
 }
 
-static u32 cmdline_num(const char *cmdline, const char *key) {
-    for (const char *s = cmdline; *s; s++) {
-        if ((s == cmdline || s[-1] == ' ') && startswith(s, key)) {
-            const char *p = s; while (*p && *p != '=') p++;
-            if (*p == '=') { p++; return (u32)parse_num(&p); }
-        }
+/* vsock benchmark (rmtest.bench=vsock): with rmtest.g2h=P the guest sends rmtest.bench_mib MiB
+ * (default 256) to host port P and half-closes; with rmtest.h2g=P it accepts a host connection
+ * on port P, takes as many bytes and answers one byte. 64 KiB packets, BVS_TXDEPTH of them in
+ * flight, credit respected both ways; the payload is at BENCH_BUF, receive buffers follow. */
+#define BVS_PKT 65536u
+#define BVS_TXDEPTH 4
+#define BVS_RXBUFS QSZ
+#define BVS_BUF_ALLOC (BVS_RXBUFS * BVS_PKT)
+#define BVS_SPINS 4000000000ull
+static struct vsock_hdr bvs_hdr[BVS_TXDEPTH];
+static u32 bvs_tx_busy, bvs_tx_next, bvs_tx_cnt, bvs_fwd_cnt, bvs_fwd_sent, bvs_peer_alloc, bvs_peer_fwd;
+static const u8 bvs_ack = 'k';
+
+static u64 bvs_rxbuf(u32 i) { return BENCH_BUF + BVS_PKT + (u64)i * (BVS_PKT + 4096); }
+
+static void bvs_post_rx(u16 i) {
+    vsock_rx.desc[i].addr = bvs_rxbuf(i); vsock_rx.desc[i].len = 44 + BVS_PKT;
+    vsock_rx.desc[i].flags = F_WRITE; vsock_rx.desc[i].next = 0;
+    vq_post(&vsock_rx, i);
+}
+
+/* Frees the tx slots of the packets the device has taken (polling: no interrupt ack). */
+static void bvs_reclaim(void) {
+    mb();
+    while (vsock_tx.used->idx != vsock_tx.last_used) {
+        u32 id = vsock_tx.used->ring[vsock_tx.last_used % QSZ].id;
+        vsock_tx.last_used++;
+        bvs_tx_busy &= ~(1u << (id / 2));
+    }
+}
+
+/* Queues one packet (the header, then `len` bytes at guest address `data`) in the next tx slot
+ * once it is free. */
+static int bvs_send(u32 src_port, u32 dst_port, u16 op, u32 flags, u64 data, u32 len) {
+    u32 s = bvs_tx_next;
+    bvs_tx_next = (s + 1) % BVS_TXDEPTH;
+    for (u64 spins = 0; bvs_tx_busy & (1u << s); spins++) {
+        if (spins == BVS_SPINS) return -1;
+        bvs_reclaim();
+    }
+    struct vsock_hdr *h = &bvs_hdr[s];
+    h->src_cid = guest_cid; h->dst_cid = 2; h->src_port = src_port; h->dst_port = dst_port; h->len = len;
+    h->type = 1; h->op = op; h->flags = flags; h->buf_alloc = BVS_BUF_ALLOC; h->fwd_cnt = bvs_fwd_cnt;
+    u16 d = (u16)(s * 2);
+    vsock_tx.desc[d].addr = (u64)h; vsock_tx.desc[d].len = 44; vsock_tx.desc[d].flags = len ? F_NEXT : 0; vsock_tx.desc[d].next = d + 1;
+    vsock_tx.desc[d + 1].addr = data; vsock_tx.desc[d + 1].len = len; vsock_tx.desc[d + 1].flags = 0; vsock_tx.desc[d + 1].next = 0;
+    bvs_tx_busy |= 1u << s;
+    if (op == OP_RW) bvs_tx_cnt += len;
+    bvs_fwd_sent = bvs_fwd_cnt;
+    vq_post(&vsock_tx, d);
+    return 0;
+}
+
+static int bvs_drain(void) {
+    for (u64 spins = 0; bvs_tx_busy; spins++) {
+        if (spins == BVS_SPINS) return -1;
+        bvs_reclaim();
+        __asm__ volatile("pause");
     }
     return 0;
+}
+
+/* Takes the next packet for local port `port` without waiting: 1 with its header, or 0. Records
+ * the host's credit, counts the data consumed, and posts the buffer again. */
+static int bvs_poll(u32 port, struct vsock_hdr *out) {
+    mb();
+    while (vsock_rx.used->idx != vsock_rx.last_used) {
+        u32 id = vsock_rx.used->ring[vsock_rx.last_used % QSZ].id;
+        vsock_rx.last_used++;
+        if (id >= BVS_RXBUFS) continue;
+        const struct vsock_hdr *h = (const struct vsock_hdr *)bvs_rxbuf(id);
+        if (h->dst_port != port) { bvs_post_rx((u16)id); continue; }
+        out->src_port = h->src_port; out->op = h->op; out->len = h->len;
+        bvs_peer_alloc = h->buf_alloc; bvs_peer_fwd = h->fwd_cnt;
+        if (h->op == OP_RW) bvs_fwd_cnt += h->len;
+        bvs_post_rx((u16)id);
+        return 1;
+    }
+    return 0;
+}
+
+static int bvs_wait(u32 port, struct vsock_hdr *h) {
+    for (u64 spins = 0; spins < BVS_SPINS; spins++) {
+        if (bvs_poll(port, h)) return 0;
+        __asm__ volatile("pause");
+    }
+    return -1;
+}
+
+/* After our last packet: waits for the host's close, answers it with a reset. */
+static int bvs_close(u32 port, u32 peer) {
+    struct vsock_hdr h;
+    do { if (bvs_wait(port, &h)) return -1; } while (h.op != OP_SHUTDOWN && h.op != OP_RST);
+    if (h.op == OP_SHUTDOWN && bvs_send(port, peer, OP_RST, 0, 0, 0)) return -1;
+    return bvs_drain();
+}
+
+static int bvs_g2h(u32 host_port, u64 bytes) {
+    const u32 me = 1235;
+    struct vsock_hdr h;
+    bvs_tx_cnt = bvs_fwd_cnt = 0;
+    if (bvs_send(me, host_port, OP_REQUEST, 0, 0, 0)) { fail("bench vsock g2h request"); return -1; }
+    do { if (bvs_wait(me, &h)) { fail("bench vsock g2h connect"); return -1; } } while (h.op == OP_CREDIT_UPDATE);
+    if (h.op != OP_RESPONSE) { fail("bench vsock g2h refused"); return -1; }
+    puts_("rmguest: bench vsock g2h start\n");
+    u64 sent = 0, idle = 0;
+    while (sent < bytes) {
+        while (bvs_poll(me, &h)) if (h.op == OP_SHUTDOWN || h.op == OP_RST) { fail("bench vsock g2h closed early"); return -1; }
+        u32 credit = bvs_peer_alloc - (bvs_tx_cnt - bvs_peer_fwd);
+        u64 len = bytes - sent < BVS_PKT ? bytes - sent : BVS_PKT;
+        if (len > credit) len = credit;
+        if (!len) {
+            if (++idle == BVS_SPINS) { fail("bench vsock g2h no credit"); return -1; }
+            __asm__ volatile("pause");
+            continue;
+        }
+        idle = 0;
+        if (bvs_send(me, host_port, OP_RW, 0, BENCH_BUF, (u32)len)) { fail("bench vsock g2h send"); return -1; }
+        sent += len;
+    }
+    /* Half-close: the host reads to the end and closes. */
+    if (bvs_send(me, host_port, OP_SHUTDOWN, 2, 0, 0) || bvs_close(me, host_port)) { fail("bench vsock g2h close"); return -1; }
+    puts_("rmguest: bench vsock g2h sent "); putdec(sent >> 20); puts_(" MiB\n");
+    return 0;
+}
+
+static int bvs_h2g(u32 port, u64 bytes) {
+    struct vsock_hdr h;
+    puts_("rmguest: bench vsock listening "); putdec(port); putc_('\n');
+    do { if (bvs_wait(port, &h)) { fail("bench vsock h2g request"); return -1; } } while (h.op != OP_REQUEST);
+    u32 peer = h.src_port;
+    bvs_tx_cnt = bvs_fwd_cnt = bvs_fwd_sent = 0;
+    if (bvs_send(port, peer, OP_RESPONSE, 0, 0, 0)) { fail("bench vsock h2g response"); return -1; }
+    u64 got = 0;
+    while (got < bytes) {
+        if (bvs_wait(port, &h)) { fail("bench vsock h2g data"); return -1; }
+        if (h.op == OP_RW) got += h.len;
+        else if (h.op == OP_SHUTDOWN || h.op == OP_RST) { fail("bench vsock h2g closed early"); return -1; }
+        if (bvs_fwd_cnt - bvs_fwd_sent >= BVS_BUF_ALLOC / 4 && bvs_send(port, peer, OP_CREDIT_UPDATE, 0, 0, 0)) { fail("bench vsock h2g credit"); return -1; }
+    }
+    /* One byte back: the host stops its clock when it reads it. */
+    if (bvs_send(port, peer, OP_RW, 0, (u64)&bvs_ack, 1) || bvs_close(port, peer)) { fail("bench vsock h2g close"); return -1; }
+    puts_("rmguest: bench vsock h2g received "); putdec(got >> 20); puts_(" MiB\n");
+    return 0;
+}
+
+static void bench_vsock(const char *cmdline) {
+    u64 bytes = bench_bytes(256);
+    for (u64 i = 0; i < 64; i++) ((volatile u64 *)BENCH_BUF)[i] = (i + 1) * 0x9e3779b97f4a7c15ull;
+    for (u16 i = 0; i < BVS_RXBUFS; i++) bvs_post_rx(i);
+    u32 host_port = cmdline_num(cmdline, "rmtest.g2h");
+    if (host_port && bvs_g2h(host_port, bytes)) return;
+    u32 listen_port = cmdline_num(cmdline, "rmtest.h2g");
+    if (listen_port && bvs_h2g(listen_port, bytes)) return;
+    bench_sync("vsock done");
 }
 
 static void test_vsock(u64 base, const char *cmdline) {
@@ -264,6 +508,7 @@ static void test_vsock(u64 base, const char *cmdline) {
     dev_ready(base);
     guest_cid = mmio_r(base + CONFIG) | ((u64)mmio_r(base + CONFIG + 4) << 32);
     puts_("rmguest: vsock cid "); putdec(guest_cid); putc_('\n');
+    if (bench_is("vsock")) { bench_vsock(cmdline); return; }
     for (u16 i = 0; i < RXBUFS; i++) vsock_post_rx(i);
 
     u32 host_port = cmdline_num(cmdline, "rmtest.g2h");
