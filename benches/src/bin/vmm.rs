@@ -1,15 +1,18 @@
 //! rmachine-vmm benchmark, on the KVM tests' freestanding guest (`vmm/vmm/tests/guest`) in its
 //! bench modes (`rmtest.bench=boot|blk|vsock`). Every figure has a peer measured in the same run:
 //!
-//! - Start: process start to the guest's first serial byte (the guest's first output, a few
-//!   instructions after its entry point) and to its `rmguest: ready` line (booted, disk driven,
-//!   one read served), median of BENCH_RUNS, beside QEMU `-M microvm -accel kvm` booting the
-//!   same guest code (linked with the PVH entry `pvh.S`, the only ELF entry QEMU takes) with
-//!   the same disk, and beside a bare spawn and reap of `/bin/true`.
+//! - Start: process start to the first guest instruction (the vCPU thread's `vcpu running`
+//!   debug line, logged right before its first KVM_RUN), to the guest's first serial byte (its
+//!   first output, two port exits after its entry point) and to its `rmguest: ready` line
+//!   (booted, disk driven, one read served), median of BENCH_RUNS, beside QEMU
+//!   `-M microvm -accel kvm` booting the same guest code (linked with the PVH entry `pvh.S`, the
+//!   only ELF entry QEMU takes) with the same disk, and beside a spawn and reap of `/bin/true`.
 //! - Memory: the VMM's resident memory minus the resident part of its guest-memory mapping,
 //!   idle at the ready line (QEMU alike) and after the transfers below.
 //! - vsock: guest → host (a listener on the hybrid socket's `<uds>_PORT`) and host → guest
-//!   (`CONNECT PORT`), beside a unix socketpair moving the same bytes in 64 KiB writes.
+//!   (`CONNECT PORT`), beside a unix socketpair moving the same bytes in 64 KiB writes; also
+//!   how busy the VMM's vCPU and device threads were (on a nested hypervisor the guest's own
+//!   instructions can be the bottleneck).
 //! - virtio-blk: sequential write plus flush, then two sequential reads, in 1 MiB requests
 //!   with four in flight. Before the first read the image leaves the host's page cache
 //!   (fdatasync, POSIX_FADV_DONTNEED); the second read is served from it. The peer does the
@@ -422,7 +425,10 @@ impl Setup {
         let path = self.dir.path().join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
         let mut cmd = Command::new(&self.vmm);
-        cmd.arg("--config").arg(&path).env_remove("RUST_LOG");
+        // The default level, plus the vCPU thread's one debug line (its start).
+        cmd.arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,vmm::vcpu=debug");
         Vm::spawn(name, cmd, self.dir.path().join(format!("{name}.log")))
     }
 
@@ -467,12 +473,12 @@ impl Setup {
     }
 }
 
-/// Process start to the first serial byte and to the ready line; for rmachine-vmm also to its
-/// "booting" log line, written just before the vCPU threads start.
+/// Process start to the first serial byte and to the ready line; for rmachine-vmm also to the
+/// first guest instruction: its vCPU thread logs "vcpu running" right before the first KVM_RUN.
 struct Start {
     first: Duration,
     ready: Duration,
-    booting: Option<Duration>,
+    vcpu_running: Option<Duration>,
 }
 
 fn start_once(vm: &mut Vm) -> Result<Start> {
@@ -481,7 +487,7 @@ fn start_once(vm: &mut Vm) -> Result<Start> {
     Ok(Start {
         first: first - vm.started,
         ready: ready.end - vm.started,
-        booting: vm.log_time(" booting "),
+        vcpu_running: vm.log_time("vcpu running"),
     })
 }
 
@@ -827,17 +833,17 @@ fn main() -> Result<()> {
     let rm_first = median(rm.iter().map(|x| x.first).collect());
     let rm_ready = median(rm.iter().map(|x| x.ready).collect());
     let spawn_true = median(spawn_true);
+    let running: Vec<Duration> = rm.iter().filter_map(|x| x.vcpu_running).collect();
+    if running.len() == rm.len() {
+        table.row(
+            format!("rmachine-vmm: start → first guest instruction (vCPU thread's first KVM_RUN, median of {runs})"),
+            ms(median(running)),
+        );
+    }
     table.row(
         format!("rmachine-vmm: start → first guest serial byte (median of {runs})"),
         ms(rm_first),
     );
-    let booting: Vec<Duration> = rm.iter().filter_map(|x| x.booting).collect();
-    if booting.len() == rm.len() {
-        table.row(
-            "rmachine-vmm: of which start → its `booting` log line (vCPUs start next)",
-            ms(median(booting)),
-        );
-    }
     table.row("rmachine-vmm: start → `rmguest: ready`", ms(rm_ready));
     if let Some(e) = &qemu_error {
         eprintln!("QEMU peer not measured: {e}");

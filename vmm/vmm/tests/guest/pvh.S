@@ -1,7 +1,8 @@
 /*
  * PVH entry of the test guest, linked in only for the benchmark's QEMU peer (QEMU starts an
  * ELF kernel only through its PVH note). QEMU enters in 32-bit protected mode, paging off,
- * EBX = hvm_start_info. This maps the low 4 GiB with 2 MiB pages, enters long mode, fills the
+ * EBX = hvm_start_info. This enters long mode on page tables built at link time (the low 4 GiB
+ * in 2 MiB pages: no loop, as guest instructions are slow on a nested hypervisor), fills the
  * fields of a Linux zero page the guest reads (boot protocol magic, command line, e820 count)
  * and jumps to _start as rmachine-vmm would.
  */
@@ -19,32 +20,11 @@ pvh_start32:
     cli
     cld
     mov %ebx, %esi
-    mov $pvh_tables, %edi       /* page tables and the zero page: 7 pages of zeros */
-    mov $(7 * 4096 / 4), %ecx
-    xor %eax, %eax
-    rep stosl
-    mov $pvh_tables, %edi
-    lea 0x1003(%edi), %eax      /* PML4[0] -> PDPT */
-    mov %eax, (%edi)
-    lea 0x2003(%edi), %eax      /* PDPT[0..3] -> the four page directories */
-    mov %eax, 0x1000(%edi)
-    add $0x1000, %eax
-    mov %eax, 0x1008(%edi)
-    add $0x1000, %eax
-    mov %eax, 0x1010(%edi)
-    add $0x1000, %eax
-    mov %eax, 0x1018(%edi)
-    lea 0x2000(%edi), %edx      /* 2048 2 MiB pages: present, writable, large */
-    mov $0x83, %eax
-    mov $2048, %ecx
-1:  mov %eax, (%edx)
-    add $0x200000, %eax
-    add $8, %edx
-    loop 1b
     mov %cr4, %eax
     or $0x20, %eax              /* PAE */
     mov %eax, %cr4
-    mov %edi, %cr3
+    mov $pvh_pml4, %eax
+    mov %eax, %cr3
     mov $0xc0000080, %ecx       /* EFER.LME */
     rdmsr
     or $0x100, %eax
@@ -83,9 +63,18 @@ pvh_gdt_ptr:
     .word 23
     .long pvh_gdt
 
-    .section .bss
     .balign 4096
-pvh_tables:
-    .space 6 * 4096
+pvh_pml4:
+    .quad pvh_pdpt + 3          /* present, writable */
+    .fill 511, 8, 0
+pvh_pdpt:
+    .quad pvh_pd + 3, pvh_pd + 0x1000 + 3, pvh_pd + 0x2000 + 3, pvh_pd + 0x3000 + 3
+    .fill 508, 8, 0
+pvh_pd:                         /* 2048 2 MiB pages: present, writable, large */
+    .set pvh_page, 0
+    .rept 2048
+    .quad pvh_page + 0x83
+    .set pvh_page, pvh_page + 0x200000
+    .endr
 pvh_zero_page:
-    .space 4096
+    .fill 4096, 1, 0
