@@ -16,10 +16,11 @@
 //! - virtio-blk: sequential write plus flush, then two sequential reads, in 1 MiB requests
 //!   with four in flight. Before the first read the image leaves the host's page cache
 //!   (fdatasync, POSIX_FADV_DONTNEED); the second read is served from it. The peer does the
-//!   same pwrites, fdatasync and preads on a host file of the same size, treated alike.
+//!   same pwrites, fdatasync and preads on a host file of the same size, treated alike, each
+//!   pass right before the guest's (the guest waits on its serial line meanwhile).
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin vmm`
-//! (BENCH_RUNS=20 starts, BENCH_XFER_RUNS=3 transfer runs, BENCH_VSOCK_MIB=256,
+//! (BENCH_RUNS=20 starts, BENCH_XFER_RUNS=5 transfer runs, BENCH_VSOCK_MIB=256,
 //! BENCH_BLK_MIB=64, BENCH_BLK_REQ_KIB=1024; RMACHINE_VMM_BIN=path skips building
 //! rmachine-vmm; BENCH_QEMU=0 skips the QEMU peer).
 
@@ -670,10 +671,53 @@ fn drop_cache(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One blk VM: the three passes timed between the guest's lines, and the overhead after them.
-fn blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<(Blk, u64)> {
+/// The peer: the same requests with pwrite/pread on a host file of the same size.
+struct HostFile {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    bytes: u64,
+}
+
+impl HostFile {
+    fn new(s: &Setup, mib: u64, req_kib: u64) -> Result<HostFile> {
+        let path = s.disk("host.img", mib)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let buf = vec![0x5au8; (req_kib << 10) as usize];
+        Ok(HostFile {
+            path,
+            file,
+            buf,
+            bytes: mib << 20,
+        })
+    }
+
+    /// Writes the whole file in requests, then fdatasync; MiB/s.
+    fn write(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        for off in (0..self.bytes).step_by(self.buf.len()) {
+            self.file.write_all_at(&self.buf, off)?;
+        }
+        self.file.sync_data()?;
+        Ok(mibps(self.bytes, t.elapsed()))
+    }
+
+    /// Reads the whole file in requests; MiB/s.
+    fn read(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        for off in (0..self.bytes).step_by(self.buf.len()) {
+            self.file.read_exact_at(&mut self.buf, off)?;
+        }
+        Ok(mibps(self.bytes, t.elapsed()))
+    }
+}
+
+/// One blk VM and its peer, each pass of the peer right before the guest's (both files alike
+/// at that moment): (guest, host) figures and the VMM's overhead after the passes.
+fn blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<(Blk, Blk, u64)> {
     let bytes = mib << 20;
     let disk = s.disk("blk.img", mib)?;
+    let mut host = HostFile::new(s, mib, req_kib)?;
     let cmdline = format!(
         "rmtest.bench=blk rmtest.bench_mib={mib} rmtest.bench_req_kib={req_kib} rmtest.sync=1"
     );
@@ -683,6 +727,7 @@ fn blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<(Blk, u64)> {
         json!({"disks": [{"id": "data", "path": disk}]}),
     )?;
     let pass = |vm: &mut Vm, what: &str| -> Result<f64> {
+        vm.poke()?;
         let start = vm
             .wait_line(&format!("rmguest: bench blk {what} start"))?
             .end;
@@ -691,46 +736,28 @@ fn blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<(Blk, u64)> {
             .begin;
         Ok(mibps(bytes, done - start))
     };
+    vm.wait_line("rmguest: bench waiting blk write")?;
+    let host_write = host.write()?;
     let write = pass(&mut vm, "write")?;
     vm.wait_line("rmguest: bench waiting blk read")?;
     drop_cache(&disk)?;
-    vm.poke()?;
+    drop_cache(&host.path)?;
+    let host_cold = host.read()?;
     let cold = pass(&mut vm, "read")?;
     vm.wait_line("rmguest: bench waiting blk read")?;
-    vm.poke()?;
+    let host_warm = host.read()?;
     let warm = pass(&mut vm, "read")?;
     vm.wait_line("rmguest: bench waiting blk done")?;
     let (over, _) = overhead(&vm)?;
     vm.poke()?;
     vm.wait_exit()?;
-    Ok((Blk { write, cold, warm }, over))
-}
-
-/// The peer: the same requests with pwrite/pread on a host file.
-fn host_blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<Blk> {
-    let bytes = mib << 20;
-    let req = (req_kib << 10) as usize;
-    let path = s.disk("host.img", mib)?;
-    let f = OpenOptions::new().read(true).write(true).open(&path)?;
-    let mut buf = vec![0x5au8; req];
-    let offsets = || (0..bytes).step_by(req);
-    let t = Instant::now();
-    for off in offsets() {
-        f.write_all_at(&buf, off)?;
-    }
-    f.sync_data()?;
-    let write = mibps(bytes, t.elapsed());
-    drop_cache(&path)?;
-    let mut read = || -> Result<f64> {
-        let t = Instant::now();
-        for off in offsets() {
-            f.read_exact_at(&mut buf, off)?;
-        }
-        Ok(mibps(bytes, t.elapsed()))
+    let guest = Blk { write, cold, warm };
+    let host = Blk {
+        write: host_write,
+        cold: host_cold,
+        warm: host_warm,
     };
-    let cold = read()?;
-    let warm = read()?;
-    Ok(Blk { write, cold, warm })
+    Ok((guest, host, over))
 }
 
 fn ms(d: Duration) -> String {
@@ -772,7 +799,7 @@ impl Table {
 
 fn main() -> Result<()> {
     let runs = env_num("BENCH_RUNS", 20) as usize;
-    let xfer_runs = env_num("BENCH_XFER_RUNS", 3) as usize;
+    let xfer_runs = env_num("BENCH_XFER_RUNS", 5) as usize;
     let vsock_mib = env_num("BENCH_VSOCK_MIB", 256);
     let blk_mib = env_num("BENCH_BLK_MIB", 64);
     let req_kib = env_num("BENCH_BLK_REQ_KIB", 1024);
@@ -917,15 +944,22 @@ fn main() -> Result<()> {
         let (a, b) = (v.g2h, v.h2g);
         vsock.push(v);
         pair.push(socketpair_once(vsock_mib)?);
-        let (blk, over) = blk_once(&s, blk_mib, req_kib)?;
-        vm_blk.push(blk);
+        let (guest, host, over) = blk_once(&s, blk_mib, req_kib)?;
+        vm_blk.push(guest);
+        host_blk.push(host);
         blk_over.push(over);
-        host_blk.push(host_blk_once(&s, blk_mib, req_kib)?);
         eprintln!(
             "transfers {i}: vsock g2h {a:.0} h2g {b:.0} pair {:.0} MiB/s; blk w {:.0} r {:.0}/{:.0}, host w {:.0} r {:.0}/{:.0} MiB/s",
             pair[i], vm_blk[i].write, vm_blk[i].cold, vm_blk[i].warm, host_blk[i].write, host_blk[i].cold, host_blk[i].warm
         );
     }
+    // Ratios: the median of each run's ratio (a run and its peer ran back to back).
+    let ratio = |v: Vec<(f64, f64)>| {
+        let r = fmedian(v.iter().map(|(a, b)| a / b).collect());
+        format!("{:.0} %", 100.0 * r)
+    };
+    let g2h_ratio = ratio(vsock.iter().zip(&pair).map(|(v, p)| (v.g2h, *p)).collect());
+    let h2g_ratio = ratio(vsock.iter().zip(&pair).map(|(v, p)| (v.h2g, *p)).collect());
     let g2h = fmedian(vsock.iter().map(|v| v.g2h).collect());
     let h2g = fmedian(vsock.iter().map(|v| v.h2g).collect());
     let pair = fmedian(pair);
@@ -941,7 +975,6 @@ fn main() -> Result<()> {
             100.0 * devices
         )
     };
-    let pct = |a: f64, b: f64| format!("{:.0} %", 100.0 * a / b);
     table.row(
         format!("vsock guest → host ({vsock_mib} MiB, median of {xfer_runs})"),
         format!("{g2h:.0} MiB/s"),
@@ -951,26 +984,34 @@ fn main() -> Result<()> {
         "unix socketpair on the host (peer)",
         format!("{pair:.0} MiB/s"),
     );
-    table.row("vsock guest → host / socketpair", pct(g2h, pair));
-    table.row("vsock host → guest / socketpair", pct(h2g, pair));
+    table.row("vsock guest → host / socketpair", g2h_ratio);
+    table.row("vsock host → guest / socketpair", h2g_ratio);
     table.row("vsock guest → host: VMM threads busy", busy(|v| v.g2h_busy));
     table.row("vsock host → guest: VMM threads busy", busy(|v| v.h2g_busy));
     let medians = |f: fn(&Blk) -> f64| {
         let guest = fmedian(vm_blk.iter().map(f).collect());
-        (guest, fmedian(host_blk.iter().map(f).collect()))
+        let host = fmedian(host_blk.iter().map(f).collect());
+        (
+            guest,
+            host,
+            ratio(
+                vm_blk
+                    .iter()
+                    .zip(&host_blk)
+                    .map(|(g, h)| (f(g), f(h)))
+                    .collect(),
+            ),
+        )
     };
     let rows = [
         ("write + flush", medians(|b| b.write)),
         ("read, cold", medians(|b| b.cold)),
         ("read, page cache", medians(|b| b.warm)),
     ];
-    for (what, (guest, host)) in rows {
+    for (what, (guest, host, ratio)) in rows {
         table.row(
             format!("virtio-blk {what} ({blk_mib} MiB, {req_kib} KiB requests)"),
-            format!(
-                "{guest:.0} MiB/s; host file (peer) {host:.0} MiB/s; {}",
-                pct(guest, host)
-            ),
+            format!("{guest:.0} MiB/s; host file (peer) {host:.0} MiB/s; ratio {ratio}"),
         );
     }
     let worst = vsock

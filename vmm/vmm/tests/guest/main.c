@@ -227,6 +227,7 @@ static void bench_blk(struct vq *q, u64 capacity) {
      * touches no more (its instructions, not the device, would be measured). */
     volatile u64 *buf = (volatile u64 *)BENCH_BUF;
     for (u32 s = 0; s < BB_DEPTH; s++) for (u32 i = 0; i < 64; i++) buf[s * (req / 8) + i] = (i + 1) * 0x9e3779b97f4a7c15ull;
+    bench_sync("blk write");
     puts_("rmguest: bench blk write start\n");
     if (blk_bench_pass(q, 1, bytes, req) || blk_req(q, 4, 0, 0, 0) != 0) { fail("bench blk write"); return; }
     puts_("rmguest: bench blk write done\n");
