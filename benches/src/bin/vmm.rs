@@ -17,7 +17,8 @@
 //!   with four in flight. Before the first read the image leaves the host's page cache
 //!   (fdatasync, POSIX_FADV_DONTNEED); the second read is served from it. The peer does the
 //!   same pwrites, fdatasync and preads on a host file of the same size, treated alike, each
-//!   pass right before the guest's (the guest waits on its serial line meanwhile).
+//!   pass right before the guest's (right after it in odd runs; the guest waits on its serial
+//!   line meanwhile).
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin vmm`
 //! (BENCH_RUNS=20 starts, BENCH_XFER_RUNS=5 transfer runs, BENCH_VSOCK_MIB=256,
@@ -712,9 +713,9 @@ impl HostFile {
     }
 }
 
-/// One blk VM and its peer, each pass of the peer right before the guest's (both files alike
-/// at that moment): (guest, host) figures and the VMM's overhead after the passes.
-fn blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<(Blk, Blk, u64)> {
+/// One blk VM and its peer, each pass of the peer right before the guest's (`host_first`) or
+/// right after it, the other file waiting alike: (guest, host) figures and the VMM's overhead.
+fn blk_once(s: &Setup, mib: u64, req_kib: u64, host_first: bool) -> Result<(Blk, Blk, u64)> {
     let bytes = mib << 20;
     let disk = s.disk("blk.img", mib)?;
     let mut host = HostFile::new(s, mib, req_kib)?;
@@ -736,18 +737,24 @@ fn blk_once(s: &Setup, mib: u64, req_kib: u64) -> Result<(Blk, Blk, u64)> {
             .begin;
         Ok(mibps(bytes, done - start))
     };
+    // Each step: the peer's pass, the guest's pass, in the order asked; the guest waits on its
+    // serial line at the next point meanwhile.
+    let step = |vm: &mut Vm, what: &str, next: &str, host_pass: &mut dyn FnMut() -> Result<f64>| {
+        let host_before = if host_first { Some(host_pass()?) } else { None };
+        let guest = pass(vm, what)?;
+        vm.wait_line(&format!("rmguest: bench waiting blk {next}"))?;
+        let host = match host_before {
+            Some(host) => host,
+            None => host_pass()?,
+        };
+        anyhow::Ok((guest, host))
+    };
     vm.wait_line("rmguest: bench waiting blk write")?;
-    let host_write = host.write()?;
-    let write = pass(&mut vm, "write")?;
-    vm.wait_line("rmguest: bench waiting blk read")?;
+    let (write, host_write) = step(&mut vm, "write", "read", &mut || host.write())?;
     drop_cache(&disk)?;
     drop_cache(&host.path)?;
-    let host_cold = host.read()?;
-    let cold = pass(&mut vm, "read")?;
-    vm.wait_line("rmguest: bench waiting blk read")?;
-    let host_warm = host.read()?;
-    let warm = pass(&mut vm, "read")?;
-    vm.wait_line("rmguest: bench waiting blk done")?;
+    let (cold, host_cold) = step(&mut vm, "read", "read", &mut || host.read())?;
+    let (warm, host_warm) = step(&mut vm, "read", "done", &mut || host.read())?;
     let (over, _) = overhead(&vm)?;
     vm.poke()?;
     vm.wait_exit()?;
@@ -944,7 +951,7 @@ fn main() -> Result<()> {
         let (a, b) = (v.g2h, v.h2g);
         vsock.push(v);
         pair.push(socketpair_once(vsock_mib)?);
-        let (guest, host, over) = blk_once(&s, blk_mib, req_kib)?;
+        let (guest, host, over) = blk_once(&s, blk_mib, req_kib, i % 2 == 0)?;
         vm_blk.push(guest);
         host_blk.push(host);
         blk_over.push(over);
