@@ -483,6 +483,25 @@ struct Start {
     vcpu_running: Option<Duration>,
 }
 
+/// Iterations of the guest's spin loop (`rmtest.bench=spin`, three instructions each).
+const SPIN_ITERATIONS: u64 = 100_000;
+
+/// Nanoseconds per iteration of the guest's spin loop, timed between its two lines.
+fn spin_once(vm: &mut Vm) -> Result<f64> {
+    let start = vm.wait_line("rmguest: bench spin start")?.end;
+    let done = vm.wait_line("rmguest: bench spin done")?.begin;
+    Ok((done - start).as_secs_f64() * 1e9 / SPIN_ITERATIONS as f64)
+}
+
+/// The same loop natively (its counter through `black_box`, so a few instructions more).
+fn spin_native() -> f64 {
+    let t = Instant::now();
+    for i in 0..SPIN_ITERATIONS * 100 {
+        std::hint::black_box(i);
+    }
+    t.elapsed().as_secs_f64() * 1e9 / (SPIN_ITERATIONS * 100) as f64
+}
+
 fn start_once(vm: &mut Vm) -> Result<Start> {
     let ready = vm.wait_line("rmguest: ready")?;
     let first = vm.first_byte().context("ready line without a first byte")?;
@@ -943,7 +962,32 @@ fn main() -> Result<()> {
         );
     }
 
-    // 3. Transfers, interleaved with their peers.
+    // 3. The guest's own speed: the same loop under both VMMs and natively.
+    let spin = format!("rmtest.bench=spin rmtest.spin_k={}", SPIN_ITERATIONS / 1000);
+    let (mut rm_spin, mut q_spin, mut native_spin) = (vec![], vec![], vec![]);
+    for _ in 0..3 {
+        let disk = json!({"disks": [{"id": "data", "path": boot_disk}]});
+        let mut vm = s.rmachine("spin", &spin, disk)?;
+        rm_spin.push(spin_once(&mut vm)?);
+        vm.wait_exit()?;
+        drop(vm);
+        if qemu_error.is_none() {
+            let mut vm = s.qemu(&spin, &boot_disk)?;
+            q_spin.push(spin_once(&mut vm)?);
+        }
+        native_spin.push(spin_native());
+    }
+    let mut spin_figure = format!("rmachine-vmm {:.0} ns", fmedian(rm_spin));
+    if qemu_error.is_none() {
+        spin_figure.push_str(&format!("; QEMU {:.0} ns", fmedian(q_spin)));
+    }
+    spin_figure.push_str(&format!("; host {:.2} ns", fmedian(native_spin)));
+    table.row(
+        "guest loop iteration (add, cmp, jne; median of 3)",
+        spin_figure,
+    );
+
+    // 4. Transfers, interleaved with their peers.
     let (mut vsock, mut pair) = (vec![], vec![]);
     let (mut vm_blk, mut host_blk, mut blk_over) = (vec![], vec![], vec![]);
     for i in 0..xfer_runs {

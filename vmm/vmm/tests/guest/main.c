@@ -82,6 +82,15 @@ static void bench_sync(const char *what) {
     puts_("rmguest: bench waiting "); puts_(what); putc_('\n');
     wait_serial();
 }
+/* The guest's own speed (rmtest.bench=spin): rmtest.spin_k thousand iterations (default 100) of
+ * a three-instruction loop between two lines. */
+static void bench_spin(void) {
+    u32 k = cmdline_num(boot_cmdline(), "rmtest.spin_k");
+    u64 n = (u64)(k ? k : 100) * 1000;
+    puts_("rmguest: bench spin start\n");
+    for (u64 i = 0; i < n; i++) __asm__ volatile("");
+    puts_("rmguest: bench spin done\n");
+}
 
 /* ---- virtio-mmio ---- */
 enum { MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008, DEV_FEAT = 0x010, DEV_FEAT_SEL = 0x014,
@@ -269,6 +278,7 @@ static void test_blk(u64 base) {
         return;
     }
     if (bench_is("blk")) { bench_blk(&q, capacity); return; }
+    if (bench_is("spin")) { bench_spin(); return; }
     for (u32 i = 0; i < 4096; i++) bdata[i] = (u8)(i * 7 + 3);
     memcpy_(bcheck, bdata, 4096);
     if (blk_req(&q, 1, 2, 4096, 1) != 0) { fail("blk write"); return; }
