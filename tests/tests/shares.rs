@@ -133,6 +133,23 @@ fn test_shared_folders_both_ways() {
     assert_eq!(count(), settled, "events kept coming after two host edits");
     env.docker_ok(&["rm", "-f", watcher]);
 
+    // The host agent supervises the shares' servers: a virtiofsd that dies leaves the
+    // machine running and `rmachine status` saying which folder is gone and what to do.
+    let pattern = format!("--shared-dir {ro_s}");
+    let killed = std::process::Command::new("pkill").args(["-f", "--", &pattern]).status().unwrap();
+    assert!(killed.success(), "no virtiofsd serving {ro_s} to kill");
+    let t = Instant::now();
+    loop {
+        let status = env.rmachine_ok(&["status", M]);
+        if status.contains(&format!("warning: shared folder {ro_s} is no longer available")) {
+            assert!(status.contains("rmachine restart fs"), "{status}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no warning after virtiofsd died:\n{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(run("cat /src/edit.txt"), "version 2\n", "the other share still works");
+
     env.rmachine_ok(&["stop", M]);
 }
 

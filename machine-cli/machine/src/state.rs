@@ -78,6 +78,9 @@ pub struct MachineState {
     pub engine_ready_ms: Option<u64>,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+    /// Problems of a running machine that do not stop it (a shared folder's server exited).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl MachineState {
@@ -96,6 +99,7 @@ impl MachineState {
             ping_ms: None,
             engine_ready_ms: None,
             ports: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

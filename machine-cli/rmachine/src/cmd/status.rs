@@ -33,6 +33,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     if !s.detail.is_empty() {
         println!("doing: {}", s.detail);
     }
+    for warning in &s.warnings {
+        println!("warning: {warning}");
+    }
     if let Some(b) = &s.backend {
         println!("backend: {b} ({})", s.backend_reason.as_deref().unwrap_or(""));
     }

@@ -31,14 +31,34 @@ pub(crate) struct RunningVm {
     /// The VM's helper daemons: one virtiofsd per shared folder and, under rmachine-vmm,
     /// passt. They exit when the VM disconnects, and are killed with the VM and with the
     /// host agent.
-    pub daemons: Vec<tokio::process::Child>,
+    pub daemons: Vec<Daemon>,
+}
+
+/// A helper process of the VM and what its death costs the user.
+pub(crate) struct Daemon {
+    pub child: tokio::process::Child,
+    /// What stops working without it ("shared folder /home/me", "network").
+    pub serves: String,
+}
+
+/// Waits until one of `daemons` exits; removes it and returns it with its status. Never
+/// returns while none exits (or there are none).
+pub(crate) async fn daemon_exited(daemons: &mut Vec<Daemon>) -> (Daemon, std::process::ExitStatus) {
+    loop {
+        for i in 0..daemons.len() {
+            if let Ok(Some(status)) = daemons[i].child.try_wait() {
+                return (daemons.remove(i), status);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 impl RunningVm {
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
         for daemon in &mut self.daemons {
-            let _ = daemon.kill().await;
+            let _ = daemon.child.kill().await;
         }
     }
 }
@@ -129,7 +149,7 @@ const VIRTIOFSD_READY: std::time::Duration = std::time::Duration::from_secs(10);
 async fn start_virtiofsd(
     machine: &Machine,
     paths: &Paths,
-) -> anyhow::Result<(Vec<tokio::process::Child>, Vec<QemuShare>, Vec<Mount>)> {
+) -> anyhow::Result<(Vec<Daemon>, Vec<QemuShare>, Vec<Mount>)> {
     let (mut children, mut shares, mut mounts) = (Vec::new(), Vec::new(), Vec::new());
     if machine.spec.mounts.is_empty() {
         return Ok((children, shares, mounts));
@@ -173,7 +193,7 @@ async fn start_virtiofsd(
         let tag = format!("share{index}");
         shares.push(QemuShare { tag: tag.clone(), socket });
         mounts.push(Mount { tag, guest_path: share.path.display().to_string(), read_only: share.read_only });
-        children.push(child);
+        children.push(Daemon { child, serves: format!("shared folder {}", share.path.display()) });
     }
     Ok((children, shares, mounts))
 }
@@ -194,7 +214,7 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
     let (mut daemons, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
     let passt = start_passt(machine, &paths).await?;
     let net_socket = passt.is_some().then(|| machine.files.passt_socket());
-    daemons.extend(passt);
+    daemons.extend(passt.map(|child| Daemon { child, serves: "network".into() }));
     let config = GuestConfig {
         version: rmachine_protocol::PROTOCOL_VERSION,
         token: String::new(),

@@ -205,12 +205,25 @@ async fn serve(
     });
     tracing::info!(socket = %docker_sock.display(), "machine running");
 
-    let result = tokio::select! {
-        status = vm.child.wait() => Err(vm_died(machine, status)),
-        _ = stop_rx.recv() => {
-            state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
-            shutdown(&carrier, &mut vm).await;
-            Ok(())
+    let result = loop {
+        tokio::select! {
+            status = vm.child.wait() => break Err(vm_died(machine, status)),
+            _ = stop_rx.recv() => {
+                state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
+                shutdown(&carrier, &mut vm).await;
+                break Ok(());
+            }
+            // A helper daemon cannot be replaced under a running guest (the device's
+            // vhost-user or stream connection is gone): the machine keeps running without
+            // what it served, and says so until it is restarted.
+            (daemon, status) = launch::daemon_exited(&mut vm.daemons) => {
+                let warning = format!(
+                    "{} is no longer available: its helper process exited ({status}); restart the machine (`rmachine restart {}`)",
+                    daemon.serves, machine.name
+                );
+                tracing::error!("{warning}");
+                state.update(|s| s.warnings.push(warning));
+            }
         }
     };
     ports_shutdown.cancel();
