@@ -58,6 +58,8 @@ pub struct MachineSummary {
     pub ports: Vec<PublishedPort>,
     pub started_at_unix: Option<u64>,
     pub engine_ready_ms: Option<u64>,
+    /// Problems of a running machine that did not stop it (a shared folder's server exited).
+    pub warnings: Vec<String>,
 }
 
 impl MachineSummary {
@@ -86,6 +88,7 @@ impl MachineSummary {
             ports: s.ports.clone(),
             started_at_unix: s.started_at_unix,
             engine_ready_ms: s.engine_ready_ms,
+            warnings: s.warnings.clone(),
         }
     }
 
@@ -109,6 +112,7 @@ impl MachineSummary {
             ports: Vec::new(),
             started_at_unix: None,
             engine_ready_ms: None,
+            warnings: Vec::new(),
         }
     }
 }
