@@ -1,22 +1,26 @@
 #!/bin/busybox sh
 # PID 1 of the nested benchmark's L1 VM. After the common setup (l1-setup.sh) it reads the
-# guest's root disk once into L1's page cache, then boots the guest once per word of
+# guest's root disk into L1's page cache, then boots the guest once per word of
 # `rmbench.order=` on L1's command line (comma-separated: `warmup` and `rmachine-vmm` run
 # rmachine-vmm, `qemu` runs QEMU -M microvm -enable-kvm), one after the other, on the same
-# disks. Before each boot the data disk leaves L1's page cache, so every boot reads it cold
-# and the root disk warm. rmachine-nested-client starts each VMM itself and times it: the
-# agent's first console line, its ping, the engine's `GET /version`, then it asks the guest
-# to power off and waits for the VMM to exit, and prints `NESTED BENCH label=… init_s=…`.
-# Ends with `NESTED PASS` or `NESTED FAIL <why>`, and powers off.
+# disks; every boot reads the root disk warm and the data disk cold. rmachine-nested-client
+# starts each VMM itself and times it: the agent's first console line, its ping, the
+# engine's `GET /version`; then it asks the guest to power off, waits for the VMM to exit,
+# and prints `NESTED BENCH label=… init_s=…`. Ends with `NESTED PASS` or
+# `NESTED FAIL <why>`, and powers off.
 . /etc/nested/l1-setup.sh
 
 [ -c /dev/vhost-vsock ] || fail "no /dev/vhost-vsock after loading vhost_vsock"
 ORDER=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^rmbench\.order=//p')
 [ -n "$ORDER" ] || fail "no rmbench.order= on L1's command line"
 
+# Linux drops a block device's page cache at its last close: the init holds the root disk
+# open (fd 3) so that what it reads now stays cached for every guest boot. The data disk is
+# not held, so every boot reads it cold.
+exec 3< /dev/rm-root
 echo "NESTED L1 reading the root disk into the page cache uptime=$(up)"
 cat /dev/rm-root > /dev/null || fail "cannot read /dev/rm-root"
-echo "NESTED L1 root disk cached uptime=$(up)"
+echo "NESTED L1 root disk cached uptime=$(up) $(grep -E '^(MemFree|Buffers):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
 
 export RUST_LOG=${VMM_LOG_LEVEL:-info}
 for label in $(echo "$ORDER" | tr ',' ' '); do
@@ -26,9 +30,7 @@ for label in $(echo "$ORDER" | tr ',' ' '); do
     *) fail "unknown run $label in rmbench.order=$ORDER" ;;
   esac
   rm -f /run/vsock.sock /tmp/vmm.log
-  sync
-  blockdev --flushbufs /dev/rm-data || fail "blockdev --flushbufs /dev/rm-data"
-  echo "NESTED L1 run $label uptime=$(up)"
+  echo "NESTED L1 run $label uptime=$(up) loadavg=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,) $(grep -E '^(MemFree|Buffers):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
   /bin/rmachine-nested-client $transport --label "$label" --spawn-argv "$argv" \
     --console-log "/tmp/$label-console.log" --init-marker "$INIT_MARKER" \
     --timeout-s "$CLIENT_TIMEOUT_S" --shutdown-timeout-s "$SHUTDOWN_TIMEOUT_S" \
