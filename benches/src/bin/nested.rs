@@ -17,7 +17,10 @@
 //! disk. Before each guest boot L1 reads the root disk into its page cache.
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin nested` (BENCH_RUNS=5 repetitions
-//! by default). L1 consoles are kept in `target/nested-bench/`.
+//! by default). L1 consoles are kept in `target/nested-bench/`; for a look inside,
+//! BENCH_CONSOLE=1 copies each guest console into them and
+//! RMACHINE_NESTED_L2_CMDLINE_EXTRA adds words to the guest command line (e.g. `loglevel=7`;
+//! the figures then are not comparable).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -77,7 +80,8 @@ fn main() {
     let tools = build::tools();
     let kernel = kernel::l1_kernel(&cache);
 
-    let cmdline = l2::guest_cmdline(&manifest.kernel_cmdline, None);
+    let extra = std::env::var("RMACHINE_NESTED_L2_CMDLINE_EXTRA").ok();
+    let cmdline = l2::guest_cmdline(&manifest.kernel_cmdline, extra.as_deref());
     let vm_json =
         serde_json::to_string_pretty(&l2::vm_config(cmdline.clone(), Console::Stdout, None))
             .expect("vm config to json");
@@ -144,6 +148,7 @@ fn main() {
     // Each VMM boots in a fresh L1 by default: a second guest in the same L1 boots
     // several times slower (see the module doc), whichever VMM runs it.
     let same_l1 = std::env::var("BENCH_SAME_L1").is_ok_and(|v| v == "1");
+    let console = u8::from(std::env::var("BENCH_CONSOLE").is_ok_and(|v| v == "1"));
     let mut boots: Vec<Vec<&str>> = vec![vec![WARMUP]];
     for rep in 0..runs {
         let order = if rep % 2 == 0 {
@@ -168,7 +173,10 @@ fn main() {
                 data: &data,
                 config: &config_disk,
             },
-            &format!("rmbench.order={}", order.join(",")),
+            &format!(
+                "rmbench.order={} rmbench.console={console}",
+                order.join(",")
+            ),
         );
         eprintln!(
             "nested bench: L1 boot {}/{}: {}",

@@ -42,6 +42,9 @@ for label in $(echo "$ORDER" | tr ',' ' '); do
     [ -f /tmp/vmm.log ] && tail -n 20 /tmp/vmm.log | sed 's/^/VMM| /'
     fail "the $label run failed (status $status; see its NESTED CLIENT FAIL line)"
   fi
+  if grep -qw rmbench.console=1 /proc/cmdline; then
+    sed 's/^/L2| /' "/tmp/$label-console.log"
+  fi
 done
 echo "NESTED PASS"
 echo "NESTED DONE uptime=$(up)"
