@@ -12,6 +12,9 @@ use kvm_ioctls::{Cap, Kvm};
 use crate::x86_64::CpuidEntry;
 use crate::{Capabilities, Hypervisor, HypervisorError, Result, Vm, VmConfig};
 
+/// Leaf 1 ECX: the local APIC timer has a TSC-deadline mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
 /// Capabilities the VMM cannot run without.
 const REQUIRED_CAPS: [(Cap, &str); 5] = [
     (Cap::Irqchip, "irqchip"),
@@ -60,17 +63,28 @@ impl Hypervisor for KvmHypervisor {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| HypervisorError::SupportedCpuid(e.into()))?;
+        // KVM emulates the TSC-deadline timer mode of the local APIC but leaves it out of
+        // the supported CPUID (its API documentation: check KVM_CAP_TSC_DEADLINE_TIMER).
+        // Without it a Linux guest calibrates its APIC timer against the PIT, which fails
+        // under nested virtualization ("APIC timer disabled due to verification failure").
+        let tsc_deadline = self.kvm.check_extension(Cap::TscDeadlineTimer);
         Ok(cpuid
             .as_slice()
             .iter()
-            .map(|e| CpuidEntry {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
+            .map(|e| {
+                let mut ecx = e.ecx;
+                if e.function == 1 && tsc_deadline {
+                    ecx |= LEAF1_ECX_TSC_DEADLINE;
+                }
+                CpuidEntry {
+                    function: e.function,
+                    index: e.index,
+                    flags: e.flags,
+                    eax: e.eax,
+                    ebx: e.ebx,
+                    ecx,
+                    edx: e.edx,
+                }
             })
             .collect())
     }
