@@ -114,6 +114,8 @@ fn main() {
                 (format!("{QEMU}.argv"), qemu_argv.join("\n") + "\n"),
                 ("env".into(), env),
             ],
+            programs: vec![],
+            extra: vec![],
         },
     );
 

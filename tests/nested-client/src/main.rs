@@ -91,6 +91,10 @@ struct Args {
     vmm_pid: Option<u32>,
     share_dir: Option<String>,
     spawn: Option<Spawn>,
+    /// A host agent's `docker.sock` that must answer `GET /version` too.
+    docker_sock: Option<PathBuf>,
+    /// Leave the guest running (the caller stops the machine).
+    no_shutdown: bool,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
@@ -106,6 +110,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut share_dir = None;
     let (mut argv_file, mut label, mut init_marker, mut console_log) = (None, None, None, None);
     let mut shutdown_timeout = None;
+    let (mut docker_sock, mut no_shutdown) = (None, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -120,6 +125,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--retry-ms" => retry = Duration::from_millis(number(arg, &value()?)?),
             "--vmm-pid" => vmm_pid = Some(number(arg, &value()?)?),
             "--share-dir" => share_dir = Some(value()?),
+            "--docker-sock" => docker_sock = Some(PathBuf::from(value()?)),
+            "--no-shutdown" => no_shutdown = true,
             "--spawn-argv" => argv_file = Some(PathBuf::from(value()?)),
             "--label" => label = Some(value()?),
             "--init-marker" => init_marker = Some(value()?),
@@ -167,6 +174,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         vmm_pid,
         share_dir,
         spawn,
+        docker_sock,
+        no_shutdown,
     })
 }
 
@@ -451,6 +460,32 @@ impl Client {
                 self.elapsed_s()
             );
         }
+        if let Some(sock) = self.args.docker_sock.clone() {
+            let (version, tries) = self.retry("docker.sock", || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&sock)
+                    .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+                stream
+                    .set_read_timeout(Some(ATTEMPT_TIMEOUT))
+                    .map_err(|e| format!("set timeout: {e}"))?;
+                stream
+                    .write_all(b"GET /version HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n")
+                    .map_err(|e| format!("write: {e}"))?;
+                let mut response = Vec::new();
+                stream
+                    .read_to_end(&mut response)
+                    .map_err(|e| format!("reading the answer: {e}"))?;
+                check_version_response(&response)
+            })?;
+            println!(
+                "NESTED TIMING docker_sock_s={:.3} (engine {version} through {}, attempts {tries})",
+                self.elapsed_s(),
+                sock.display()
+            );
+        }
+        if self.args.no_shutdown {
+            println!("NESTED guest left running at {:.3}s", self.elapsed_s());
+            return Ok(());
+        }
         self.shutdown()
     }
 }
@@ -666,6 +701,8 @@ mod tests {
                 vmm_pid: Some(42),
                 share_dir: None,
                 spawn: None,
+                docker_sock: None,
+                no_shutdown: false,
             }
         );
         assert!(parse_args(&strings(&["--timeout-s", "1"])).is_err());

@@ -45,6 +45,11 @@ pub struct Inputs<'a> {
     /// Files under `/etc/nested/` (name, contents): the VMM's configuration, `env` (shell
     /// variables for the init script, `NAME=value` lines), argument lists.
     pub files: Vec<(String, String)>,
+    /// More dynamically linked programs (path in the archive, program); their libraries
+    /// go along with rmachine-vmm's.
+    pub programs: Vec<(String, PathBuf)>,
+    /// Any other entries, last.
+    pub extra: Vec<Entry>,
 }
 
 /// Whether an ELF executable has a program interpreter (is dynamically linked).
@@ -180,6 +185,10 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
         e.extend(qemu_entries(qemu));
         libs.extend(libraries(qemu));
     }
+    for (path, program) in &inputs.programs {
+        e.push(Entry::file(path, 0o755, read(program)));
+        libs.extend(libraries(program));
+    }
     for lib in libs {
         // The path as the loader looks it up, with the contents of what it points to.
         e.push(Entry::file(&lib, 0o755, read(Path::new(&lib))));
@@ -204,7 +213,35 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
             text.clone().into_bytes(),
         ));
     }
+    e.extend(inputs.extra.iter().cloned());
     e
+}
+
+/// A host tool bundle of `rmachine setup` (`<cache>/host-tools/<name>`: trixie's loader, the
+/// libraries the tool needs as the loader lists them, the tool, `.complete`) copied to
+/// `dest` in the archive, with the same layout, so that `rmachine` finds it there.
+pub fn bundle_entries(tool: &rmachine_image::host_tools::HostTool, bundle: &Path, dest: &str) -> Vec<Entry> {
+    let (Some(loader), Some(lib_dir)) = (&tool.loader, &tool.library_path) else {
+        panic!("{} is not a bundle of `rmachine setup`", tool.binary.display());
+    };
+    let out = Command::new(loader)
+        .arg("--library-path")
+        .arg(lib_dir)
+        .arg("--list")
+        .arg(&tool.binary)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --list: {e}", loader.display()));
+    assert!(out.status.success(), "{} --list {} failed", loader.display(), tool.binary.display());
+    let mut files: BTreeSet<PathBuf> = parse_ldd(&String::from_utf8_lossy(&out.stdout)).into_iter().map(PathBuf::from).collect();
+    files.extend([loader.clone(), tool.binary.clone(), bundle.join(".complete")]);
+    files
+        .iter()
+        .filter_map(|f| {
+            // The loader lists itself by its standard path; the bundle's own is included above.
+            let rel = f.strip_prefix(bundle).ok()?;
+            Some(Entry::file(&format!("{dest}/{}", rel.display()), 0o755, read(f)))
+        })
+        .collect()
 }
 
 /// virtiofsd under `opt/virtiofsd/`: the binary, its loader as `ld.so` and its libraries in

@@ -17,6 +17,8 @@
 //! cleanly when asked. L1 prints `NESTED PASS` or
 //! `NESTED FAIL <why>`, the guest's console (`L2| `) and the VMM's log (`VMM| `).
 
+mod machine;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rmachine_e2e::nested::l2::{self, Console, Share};
@@ -94,6 +96,8 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
             qemu: None,
             guest_kernel: &image_dir.join(&manifest.kernel.file),
             files: vec![("vm.json".into(), vm_json), ("env".into(), env)],
+            programs: vec![],
+            extra: vec![],
         },
     );
     let prepared_s = total.elapsed().as_secs_f64();

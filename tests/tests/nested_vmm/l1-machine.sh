@@ -1,0 +1,58 @@
+#!/bin/busybox sh
+# PID 1 of the nested machine test: `rmachine create/start/stop` with the vmm driver inside L1,
+# as a user on hardware KVM runs them. The host agent boots the guest under rmachine-vmm with
+# one virtiofsd for the shared folder and passt for the network (from the `rmachine setup`
+# bundles the host copied in), serves docker.sock, and stops the machine. Every line meant for
+# the host starts with `NESTED `; the machine's logs are printed with their file name.
+#
+# virtiofsd's and passt's sandboxes pivot_root, which the initramfs (rootfs) refuses: the
+# init first moves everything onto a tmpfs and switches to it.
+if [ "$NESTED_SWITCHED" != 1 ]; then
+  /bin/busybox mkdir -p /newroot
+  /bin/busybox mount -t tmpfs -o size=90% root /newroot
+  for f in /*; do
+    case "$f" in /newroot) ;; *) /bin/busybox cp -a "$f" /newroot/ ;; esac
+  done
+  /bin/busybox mkdir -p /newroot/dev /newroot/proc /newroot/sys
+  export NESTED_SWITCHED=1
+  exec /bin/busybox switch_root /newroot /init
+fi
+. /etc/nested/l1-setup.sh
+export HOME=/root RMACHINE_HOME=/opt/rmhome RMACHINE_CACHE=/opt/rmcache
+M=$RMACHINE_HOME/machines/nested
+show_logs() {
+  for f in hostagent.log vmm.log console.log virtiofsd.log passt.log; do
+    [ -f "$M/$f" ] && tail -n 40 "$M/$f" | sed "s|^|$f\| |"
+  done
+}
+mkdir -p /root "$SHARE"
+echo "hello from L1" > "$SHARE/hello.txt"
+# The image's root filesystem is L1's disk rm-root (the same bytes as the host's file).
+ln -s /dev/rm-root "$RMACHINE_HOME/images/$IMAGE_VERSION/rootfs.erofs"
+
+echo "NESTED L1 rmachine create uptime=$(up)"
+rmachine create nested --driver vmm --cpus 1 --memory "$L2_MEMORY_MIB" --disk 4G --mount "$SHARE" \
+  || fail "rmachine create"
+echo "NESTED L1 rmachine start uptime=$(up)"
+rmachine start nested --no-use </dev/null || { show_logs; fail "rmachine start nested"; }
+echo "NESTED L1 machine running uptime=$(up)"
+rmachine status nested | sed 's/^/NESTED STATUS /'
+# The guest's address comes from passt's DHCP server (L1 has no route, so passt runs in its
+# local mode and offers a link-local address rather than 10.0.2.15).
+IP=$(rmachine ip nested 2>&1) || { show_logs; fail "rmachine ip: $IP"; }
+echo "NESTED L1 guest address from passt: $IP"
+rmachine-nested-client --uds "$M/vsock.sock" --timeout-s "$CLIENT_TIMEOUT_S" --share-dir "$SHARE" \
+  --docker-sock "$M/docker.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
+grep -q "passt started" "$M/hostagent.log" || { show_logs; fail "the host agent did not start passt"; }
+echo "NESTED L1 rmachine stop uptime=$(up)"
+rmachine stop nested || { show_logs; fail "rmachine stop"; }
+rmachine status nested | grep -q "machine nested: stopped" || { show_logs; fail "not stopped: $(rmachine status nested)"; }
+[ "$(cat "$SHARE/from-l2.txt" 2>&1)" = "written by L2" ] \
+  || fail "the guest's file in the shared folder: $(cat "$SHARE/from-l2.txt" 2>&1)"
+echo "NESTED L1 machine stopped, the guest's file arrived uptime=$(up)"
+show_logs | grep -E "^(hostagent|vmm).log" | tail -n 20
+echo "NESTED PASS"
+echo "NESTED DONE uptime=$(up)"
+sync
+reboot -f
+sleep 10
