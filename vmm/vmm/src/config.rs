@@ -341,7 +341,11 @@ impl VmConfig {
                     format!("{:?} is already used by {other}", fs.tag),
                 ));
             }
-            check_socket(&format!("{field}.socket_path"), &fs.socket_path)?;
+            check_socket(
+                &format!("{field}.socket_path"),
+                &fs.socket_path,
+                "the vhost-user backend",
+            )?;
             wanted.push((field, fs.slot, SlotDevice::Fs(i)));
         }
 
@@ -450,7 +454,9 @@ impl BlockDeviceLike for std::fs::FileType {
     }
 }
 
-fn check_socket(field: &str, path: &Path) -> Result<(), ConfigError> {
+/// `path` exists and is a unix socket, where `what` (a backend process) listens; whether it
+/// accepts shows at start.
+fn check_socket(field: &str, path: &Path, what: &str) -> Result<(), ConfigError> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_socket() => Ok(()),
@@ -460,7 +466,7 @@ fn check_socket(field: &str, path: &Path) -> Result<(), ConfigError> {
         )),
         Err(e) => Err(invalid(
             field,
-            format!("cannot use {}: {e}", path.display()),
+            format!("cannot reach {what} at {}: {e}", path.display()),
         )),
     }
 }
@@ -626,7 +632,10 @@ mod tests {
         assert_eq!(r.slots.get(&0), Some(&SlotDevice::Fs(0)));
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
             "filesystems": [{"tag": "home", "socket_path": f.p("missing.sock")}]}));
-        assert!(e.starts_with("filesystems[0].socket_path: cannot use"), "{e}");
+        assert!(
+            e.starts_with("filesystems[0].socket_path: cannot reach the vhost-user backend at"),
+            "{e}"
+        );
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
             "filesystems": [{"tag": "home", "socket_path": f.p("a.img")}]}));
         assert!(e.ends_with("is not a unix socket"), "{e}");

@@ -141,7 +141,7 @@ fn test_missing_backend_is_refused_naming_the_field() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("filesystems[0].socket_path: cannot use"),
+        stderr.contains("filesystems[0].socket_path: cannot reach the vhost-user backend at"),
         "{stderr}"
     );
 }

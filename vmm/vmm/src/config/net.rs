@@ -82,7 +82,7 @@ impl NetConfig {
                     .socket
                     .as_deref()
                     .ok_or_else(|| invalid("net.socket", "required with backend \"passt\""))?;
-                check_socket("net.socket", socket)
+                super::check_socket("net.socket", socket, "passt")
             }
         }
     }
@@ -134,21 +134,6 @@ fn check_tap(field: &str, name: &str, sysfs_net: &Path) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// `path` exists and is a unix socket (whether something accepts on it shows at start).
-fn check_socket(field: &str, path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(path) {
-        Ok(m) if m.file_type().is_socket() => Ok(()),
-        Ok(_) => Err(invalid(
-            field,
-            format!("{} is not a unix socket", path.display()),
-        )),
-        Err(e) => Err(invalid(
-            field,
-            format!("cannot reach passt at {}: {e}", path.display()),
-        )),
-    }
-}
 
 #[cfg(test)]
 mod tests {
