@@ -23,14 +23,13 @@
 //! the figures then are not comparable).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rmachine_bench::median;
 use rmachine_e2e::nested::l1::{self, BenchRun};
 use rmachine_e2e::nested::l2::{self, Console};
 use rmachine_e2e::nested::{build, initramfs, kernel, L1_INIT_BENCH};
 use rmachine_machine::paths::Paths;
-use rmachine_protocol::config_disk::GuestConfig;
 
 /// One L1 boot: both VMMs to the engine and back (and the first boot's warm-up).
 const L1_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -120,22 +119,7 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data.img");
-    rmachine_e2e::sparse_disk(&data, 8);
-    let config = GuestConfig {
-        version: rmachine_protocol::PROTOCOL_VERSION,
-        token: rmachine_e2e::new_token(),
-        hostname: "nested-bench".into(),
-        data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as i64,
-        host_addr: None,
-        mounts: vec![],
-    };
-    let config_disk = dir.path().join("config.img");
-    std::fs::write(&config_disk, config.encode()).expect("write the config disk");
+    let (data, config_disk) = l2::write_disks(dir.path(), "nested-bench", vec![]);
     let log_dir = build::target_dir().join("nested-bench");
     std::fs::create_dir_all(&log_dir).expect("create the log folder");
     eprintln!(

@@ -4,7 +4,10 @@
 //! their serials). [`vm_config`] is rmachine-vmm's configuration; [`qemu_argv`] boots the
 //! same guest under QEMU `-M microvm -enable-kvm` with the same devices.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rmachine_protocol::config_disk::{GuestConfig, Mount};
 
 use vmm::config::{
     DiskConfig, FsConfig, KernelConfig, RngConfig, SerialConfig, VmConfig, VsockConfig,
@@ -20,6 +23,28 @@ pub const VSOCK_UDS: &str = "/run/vsock.sock";
 pub const GUEST_CID: u32 = 3;
 /// The disks in the order the guest sees them (vda, vdb, vdc), read-only or not.
 pub const DISKS: [(&str, bool); 3] = [("root", true), ("data", false), ("config", true)];
+
+/// Writes the guest's data disk (8 GiB sparse) and config disk (a fresh token, `hostname`,
+/// `mounts`) into `dir`; returns their paths.
+pub fn write_disks(dir: &Path, hostname: &str, mounts: Vec<Mount>) -> (PathBuf, PathBuf) {
+    let data = dir.join("data.img");
+    crate::sparse_disk(&data, 8);
+    let config = GuestConfig {
+        version: rmachine_protocol::PROTOCOL_VERSION,
+        token: crate::new_token(),
+        hostname: hostname.into(),
+        data_disk: "/dev/vdb".into(),
+        host_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as i64,
+        host_addr: None,
+        mounts,
+    };
+    let config_disk = dir.join("config.img");
+    std::fs::write(&config_disk, config.encode()).expect("write the config disk");
+    (data, config_disk)
+}
 
 /// Where rmachine-vmm puts the guest console.
 pub enum Console {

@@ -19,12 +19,11 @@
 
 mod machine;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rmachine_e2e::nested::l2::{self, Console, Share};
 use rmachine_e2e::nested::{build, initramfs, kernel, l1, L1_INIT_TEST};
 use rmachine_machine::paths::Paths;
-use rmachine_protocol::config_disk::GuestConfig;
 use rmachine_protocol::config_disk::Mount;
 use vmm::config::VmConfig;
 
@@ -103,26 +102,11 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let prepared_s = total.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data.img");
-    rmachine_e2e::sparse_disk(&data, 8);
-    let config = GuestConfig {
-        version: rmachine_protocol::PROTOCOL_VERSION,
-        token: rmachine_e2e::new_token(),
-        hostname: "nested".into(),
-        data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as i64,
-        host_addr: None,
-        mounts: vec![Mount {
+    let (data, config_disk) = l2::write_disks(dir.path(), "nested", vec![Mount {
             tag: SHARE_TAG.into(),
             guest_path: L2_SHARE_DIR.into(),
             read_only: false,
-        }],
-    };
-    let config_disk = dir.path().join("config.img");
-    std::fs::write(&config_disk, config.encode()).expect("write the config disk");
+        }]);
 
     let log_dir = l1::log_dir(&target);
     std::fs::create_dir_all(&log_dir).expect("create the log folder");
