@@ -554,6 +554,17 @@ mod tests {
         VsockMuxer::new(3, &dir.join("v.sock"), Arc::new(VsockMetrics::default())).unwrap()
     }
 
+    /// The token of the stream the muxer asked to start watching.
+    fn added_token(m: &mut VsockMuxer) -> u32 {
+        m.take_ops()
+            .iter()
+            .find_map(|op| match op {
+                FdOp::Add(_, t, _) => Some(*t),
+                _ => None,
+            })
+            .expect("the muxer watches a new stream")
+    }
+
     fn guest_pkt(src_port: u32, dst_port: u32, op: u16) -> PacketHeader {
         PacketHeader {
             src_cid: 3,
@@ -628,14 +639,7 @@ mod tests {
         assert_eq!(m.next_rx_packet(0).unwrap().0.op, OP_RESPONSE);
         let (mut host, _) = listener.accept().unwrap();
         host.write_all(b"data").unwrap();
-        let tok = m
-            .take_ops()
-            .iter()
-            .find_map(|op| match op {
-                FdOp::Add(_, t, _) => Some(*t),
-                _ => None,
-            })
-            .unwrap();
+        let tok = added_token(&mut m);
         m.handle_host_event(tok, EventSet::IN);
         assert!(matches!(m.take_ops()[..], [FdOp::Remove(..)]));
         // No room for data: nothing, and the stream stays unwatched.
@@ -755,14 +759,7 @@ mod tests {
         let _ = m.next_rx_packet(4096).unwrap();
         let (mut host, _) = listener.accept().unwrap();
         host.write_all(&[1u8; 100]).unwrap();
-        let fd_tok = m
-            .take_ops()
-            .iter()
-            .find_map(|op| match op {
-                FdOp::Add(_, t, _) => Some(*t),
-                _ => None,
-            })
-            .unwrap();
+        let fd_tok = added_token(&mut m);
         m.handle_host_event(fd_tok, EventSet::IN);
         let (_, data) = m.next_rx_packet(4096).unwrap();
         assert_eq!(data.len(), 10);
