@@ -95,6 +95,8 @@ struct Args {
     docker_sock: Option<PathBuf>,
     /// Leave the guest running (the caller stops the machine).
     no_shutdown: bool,
+    /// rmachine-vmm's API socket, whose balloon must give memory back.
+    vmm_api: Option<PathBuf>,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
@@ -110,7 +112,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut share_dir = None;
     let (mut argv_file, mut label, mut init_marker, mut console_log) = (None, None, None, None);
     let mut shutdown_timeout = None;
-    let (mut docker_sock, mut no_shutdown) = (None, false);
+    let (mut docker_sock, mut no_shutdown, mut vmm_api) = (None, false, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -127,6 +129,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--share-dir" => share_dir = Some(value()?),
             "--docker-sock" => docker_sock = Some(PathBuf::from(value()?)),
             "--no-shutdown" => no_shutdown = true,
+            "--vmm-api" => vmm_api = Some(PathBuf::from(value()?)),
             "--spawn-argv" => argv_file = Some(PathBuf::from(value()?)),
             "--label" => label = Some(value()?),
             "--init-marker" => init_marker = Some(value()?),
@@ -176,6 +179,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         spawn,
         docker_sock,
         no_shutdown,
+        vmm_api,
     })
 }
 
@@ -322,6 +326,34 @@ fn check_share(transport: &Transport, dir: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET path` (HTTP/1.1, connection closed after) on a unix socket; the whole response.
+fn unix_get(sock: &std::path::Path, path: &str) -> Result<Vec<u8>, String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+    stream
+        .set_read_timeout(Some(ATTEMPT_TIMEOUT))
+        .map_err(|e| format!("set timeout: {e}"))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    Ok(response)
+}
+
+/// `discarded_bytes` of the balloon device in rmachine-vmm's `GET /metrics` answer.
+fn balloon_discarded_bytes(metrics: &str) -> Option<u64> {
+    let balloon = &metrics[metrics.find("\"balloon\"")?..];
+    let key = "\"discarded_bytes\":";
+    let digits = &balloon[balloon.find(key)? + key.len()..];
+    digits
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Checks an HTTP response to `GET /version`: status 200 and the expected engine version.
 /// Returns the engine version.
 fn check_version_response(response: &[u8]) -> Result<String, String> {
@@ -462,24 +494,26 @@ impl Client {
         }
         if let Some(sock) = self.args.docker_sock.clone() {
             let (version, tries) = self.retry("docker.sock", || {
-                let mut stream = std::os::unix::net::UnixStream::connect(&sock)
-                    .map_err(|e| format!("connect {}: {e}", sock.display()))?;
-                stream
-                    .set_read_timeout(Some(ATTEMPT_TIMEOUT))
-                    .map_err(|e| format!("set timeout: {e}"))?;
-                stream
-                    .write_all(b"GET /version HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n")
-                    .map_err(|e| format!("write: {e}"))?;
-                let mut response = Vec::new();
-                stream
-                    .read_to_end(&mut response)
-                    .map_err(|e| format!("reading the answer: {e}"))?;
-                check_version_response(&response)
+                check_version_response(&unix_get(&sock, "/version")?)
             })?;
             println!(
                 "NESTED TIMING docker_sock_s={:.3} (engine {version} through {}, attempts {tries})",
                 self.elapsed_s(),
                 sock.display()
+            );
+        }
+        if let Some(api) = self.args.vmm_api.clone() {
+            let (bytes, tries) = self.retry("balloon", || {
+                let body = unix_get(&api, "/metrics")?;
+                match balloon_discarded_bytes(&String::from_utf8_lossy(&body)) {
+                    Some(n) if n > 0 => Ok(n),
+                    other => Err(format!("no memory given back yet ({other:?} bytes)")),
+                }
+            })?;
+            println!(
+                "NESTED TIMING balloon_s={:.3} (free page reporting gave {} MiB back to L1, attempts {tries})",
+                self.elapsed_s(),
+                bytes >> 20
             );
         }
         if self.args.no_shutdown {
@@ -682,6 +716,13 @@ mod tests {
     }
 
     #[test]
+    fn test_balloon_discarded_bytes() {
+        let m = r#"{"devices":{"rng":{"kind":"rng","device":{"discarded_bytes":7}},"balloon":{"kind":"balloon","device":{"reports":3,"discarded_bytes":123456}}}}"#;
+        assert_eq!(balloon_discarded_bytes(m), Some(123456));
+        assert_eq!(balloon_discarded_bytes(r#"{"devices":{}}"#), None);
+    }
+
+    #[test]
     fn test_parse_args() {
         let a = parse_args(&strings(&[
             "--uds",
@@ -703,6 +744,7 @@ mod tests {
                 spawn: None,
                 docker_sock: None,
                 no_shutdown: false,
+                vmm_api: None,
             }
         );
         assert!(parse_args(&strings(&["--timeout-s", "1"])).is_err());

@@ -13,6 +13,8 @@ use vmm::config::{
     DiskConfig, FsConfig, KernelConfig, RngConfig, SerialConfig, VmConfig, VsockConfig,
 };
 
+/// The CPU feature the harness hides from the guest under both VMMs (see [`vm_config`]).
+pub const NESTED_DISABLED_CPU_FEATURE: &str = "tsc_deadline_timer";
 /// The guest's RAM in MiB.
 pub const L2_MEMORY_MIB: u64 = 1024;
 /// The guest kernel's path inside L1.
@@ -103,7 +105,13 @@ pub fn vm_config(cmdline: String, console: Console, share: Option<Share>) -> VmC
             cmdline: Some(cmdline),
             initrd: None,
         },
-        cpu: None,
+        // The TSC-deadline timer (which rmachine-vmm offers where KVM has it) stalled a guest
+        // in L1 once for 100 s ("rcu_preempt kthread timer wakeup didn't happen"): L1's KVM
+        // turns deadlines into host times through L1's own TSC calibration, made under TCG on
+        // a loaded machine. The harness keeps the guest on the LAPIC timer, as before.
+        cpu: Some(vmm::config::CpuConfig {
+            disable_features: vec![NESTED_DISABLED_CPU_FEATURE.into()],
+        }),
         serial: Some(serial),
         disks: DISKS
             .iter()
@@ -157,7 +165,7 @@ pub fn qemu_argv(qemu: &str, cmdline: &str) -> Vec<String> {
         "microvm,acpi=off,rtc=off,pcie=off",
         "-enable-kvm",
         "-cpu",
-        "host",
+        "host,-tsc-deadline",
         "-smp",
         "1",
         "-m",

@@ -19,6 +19,8 @@ if [ "$NESTED_SWITCHED" != 1 ]; then
 fi
 . /etc/nested/l1-setup.sh
 export HOME=/root RMACHINE_HOME=/opt/rmhome RMACHINE_CACHE=/opt/rmcache
+# As in the other nested tests: no TSC-deadline timer in L2 (see tests/src/nested/l2.rs).
+export RMACHINE_VMM_DISABLE_CPU_FEATURES=tsc_deadline_timer
 M=$RMACHINE_HOME/machines/nested
 show_logs() {
   for f in hostagent.log vmm.log console.log virtiofsd.log passt.log; do
@@ -42,7 +44,7 @@ rmachine status nested | sed 's/^/NESTED STATUS /'
 IP=$(rmachine ip nested 2>&1) || { show_logs; fail "rmachine ip: $IP"; }
 echo "NESTED L1 guest address from passt: $IP"
 rmachine-nested-client --uds "$M/vsock.sock" --timeout-s "$CLIENT_TIMEOUT_S" --share-dir "$SHARE" \
-  --docker-sock "$M/docker.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
+  --docker-sock "$M/docker.sock" --vmm-api "$M/vmm.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
 grep -q "passt started" "$M/hostagent.log" || { show_logs; fail "the host agent did not start passt"; }
 echo "NESTED L1 rmachine stop uptime=$(up)"
 rmachine stop nested || { show_logs; fail "rmachine stop"; }

@@ -315,8 +315,9 @@ struct VmmImage<'a> {
 }
 
 /// rmachine-vmm's boot document for `machine`: root, data and config disks, the hybrid vsock
-/// socket, rng, one virtio-fs device per shared folder (its virtiofsd's socket), the network
-/// device when passt listens at `net_socket` (none without it), the API.
+/// socket, rng, the balloon with free page reporting, one virtio-fs device per shared folder
+/// (its virtiofsd's socket), the network device when passt listens at `net_socket` (none
+/// without it), the API.
 fn vmm_config(
     machine: &Machine,
     image: &VmmImage,
@@ -341,13 +342,34 @@ fn vmm_config(
         ],
         "vsock": { "guest_cid": VMM_GUEST_CID, "uds_path": machine.files.vsock_socket() },
         "rng": {},
+        // Memory the guest frees goes back to the host (free page reporting), so an idle
+        // machine does not keep the peak of its last build.
+        "balloon": { "free_page_reporting": true },
         "filesystems": filesystems,
         "api_socket": machine.files.vmm_socket(),
     });
     if let Some(socket) = net_socket {
         doc["net"] = serde_json::json!({ "backend": "passt", "socket": socket });
     }
+    let hidden = hidden_cpu_features();
+    if !hidden.is_empty() {
+        doc["cpu"] = serde_json::json!({ "disable_features": hidden });
+    }
     doc
+}
+
+/// CPU features to hide from the guest, from `RMACHINE_VMM_DISABLE_CPU_FEATURES` (comma
+/// separated `/proc/cpuinfo` names): for hosts where a feature misbehaves, such as the
+/// TSC-deadline timer under nested virtualization on an emulated CPU. rmachine-vmm refuses
+/// an unknown name, naming it.
+fn hidden_cpu_features() -> Vec<String> {
+    std::env::var("RMACHINE_VMM_DISABLE_CPU_FEATURES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -395,14 +417,14 @@ mod tests {
         let net = parsed.net.as_ref().expect("a net device");
         assert_eq!(net.backend, vmm::config::NetBackendKind::Passt);
         assert_eq!(net.socket.as_deref(), Some(passt_socket.as_path()));
-        assert_eq!(resolved.slots.len(), 8, "3 disks, vsock, rng, 2 fs, net: {:?}", resolved.slots);
+        assert_eq!(resolved.slots.len(), 9, "3 disks, vsock, rng, balloon, 2 fs, net: {:?}", resolved.slots);
         assert_eq!(resolved.cmdline, "console=ttyS0 reboot=k");
 
         let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares, None);
         let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
         let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
         assert!(parsed.net.is_none());
-        assert_eq!(resolved.slots.len(), 7, "3 disks, vsock, rng, 2 fs: {:?}", resolved.slots);
+        assert_eq!(resolved.slots.len(), 8, "3 disks, vsock, rng, balloon, 2 fs: {:?}", resolved.slots);
     }
 
     fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {

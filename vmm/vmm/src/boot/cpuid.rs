@@ -57,6 +57,7 @@ pub const FEATURES: &[Feature] = &[
     f("xsave", 1, 0, Register::Ecx, 26),
     f("avx", 1, 0, Register::Ecx, 28),
     f("f16c", 1, 0, Register::Ecx, 29),
+    f("tsc_deadline_timer", 1, 0, Register::Ecx, 24),
     f("rdrand", 1, 0, Register::Ecx, 30),
     f("fsgsbase", 7, 0, Register::Ebx, 0),
     f("bmi1", 7, 0, Register::Ebx, 3),
