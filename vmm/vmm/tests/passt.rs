@@ -5,39 +5,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-
-/// A command running passt: `RMACHINE_PASST` (a binary), the bundle `rmachine setup` installs
-/// under the cache (`RMACHINE_CACHE`, else `$XDG_CACHE_HOME/rmachine`, else
-/// `~/.cache/rmachine`; run through its own loader), or `/usr/bin/passt`.
-fn passt_command() -> Option<Command> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(binary) = var("RMACHINE_PASST") {
-        return binary.is_file().then(|| Command::new(binary));
-    }
-    let cache = var("RMACHINE_CACHE")
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/rmachine")));
-    if let Some(dir) = cache.map(|c| c.join("host-tools/passt")) {
-        if dir.join(".complete").exists() {
-            let mut cmd = Command::new(dir.join("usr/lib64/ld-linux-x86-64.so.2"));
-            cmd.arg("--library-path")
-                .arg(dir.join("usr/lib/x86_64-linux-gnu"))
-                .arg(dir.join("usr/bin/passt"));
-            return Some(cmd);
-        }
-    }
-    let host = PathBuf::from("/usr/bin/passt");
-    host.is_file().then(|| Command::new(host))
-}
 
 /// passt's own MAC address on the guest's link (`--mac-addr`).
 const PASST_MAC: &str = "02:50:41:53:53:54";
@@ -54,14 +26,7 @@ impl Passt {
     /// done, after the socket listens). `None` if there is no passt (after printing why;
     /// panics instead when `REQUIRE_KVM=1`, as CI installs it).
     fn start(dir: &Path, socket: &Path) -> Option<Self> {
-        let Some(mut cmd) = passt_command() else {
-            let why = "no passt: run `rmachine setup` or set RMACHINE_PASST";
-            if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("REQUIRE_KVM=1 but {why}");
-            }
-            eprintln!("skipped: {why}");
-            return None;
-        };
+        let mut cmd = require_tool(&PASST)?.command(None);
         let pid_file = dir.join("passt.pid");
         let log = dir.join("passt.log");
         // As root, passt switches to nobody by itself once its socket, pid file and log

@@ -17,7 +17,7 @@ fn test_guest_reads_and_writes_host_files_through_virtiofsd() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
     let socket = dir.path().join("fs.sock");
-    let Some(tool) = require_virtiofsd() else {
+    let Some(tool) = require_tool(&VIRTIOFSD) else {
         return;
     };
     let daemon = Virtiofsd::start(
@@ -76,7 +76,7 @@ fn test_files_the_guest_creates_belong_to_the_user_running_virtiofsd() {
     if !require_kvm() {
         return;
     }
-    let Some(tool) = require_virtiofsd() else {
+    let Some(tool) = require_tool(&VIRTIOFSD) else {
         return;
     };
     // As root, run virtiofsd as `nobody`; otherwise as ourselves.

@@ -175,45 +175,70 @@ pub fn wait_for_path(path: &Path) {
     }
 }
 
-/// A virtiofsd binary and how to run it.
+/// A host tool (virtiofsd, passt) and how to run it.
 #[derive(Debug, Clone)]
-pub struct VirtiofsdTool {
+pub struct HostTool {
     /// The dynamic loader and library folder of a bundle (trixie's glibc is newer than the
     /// host's), or `None` for a binary that runs as it is.
     pub bundle: Option<(PathBuf, PathBuf)>,
     pub binary: PathBuf,
 }
 
-impl VirtiofsdTool {
-    /// `RMACHINE_VIRTIOFSD` (a binary), the bundle `rmachine setup` installs under the cache
-    /// (`RMACHINE_CACHE`, else `$XDG_CACHE_HOME/rmachine`, else `~/.cache/rmachine`), or
-    /// `/usr/libexec/virtiofsd`. `None` when there is none; the caller decides whether that
-    /// skips or fails.
-    pub fn find() -> Option<Self> {
+/// Where a host tool may be: the variable naming a binary, the bundle's folder under
+/// `host-tools`, the binary inside the bundle, the host's own binary.
+pub struct ToolPlaces {
+    pub env_var: &'static str,
+    pub bundle: &'static str,
+    pub bundle_binary: &'static str,
+    pub host_binary: &'static str,
+}
+
+/// virtiofsd's places (as in guest/image/src/host_tools.rs).
+pub const VIRTIOFSD: ToolPlaces = ToolPlaces {
+    env_var: "RMACHINE_VIRTIOFSD",
+    bundle: "virtiofsd",
+    bundle_binary: "usr/libexec/virtiofsd",
+    host_binary: "/usr/libexec/virtiofsd",
+};
+
+/// passt's places.
+pub const PASST: ToolPlaces = ToolPlaces {
+    env_var: "RMACHINE_PASST",
+    bundle: "passt",
+    bundle_binary: "usr/bin/passt",
+    host_binary: "/usr/bin/passt",
+};
+
+impl HostTool {
+    /// The variable's binary, the bundle `rmachine setup` installs under the cache
+    /// (`RMACHINE_CACHE`, else `$XDG_CACHE_HOME/rmachine`, else `~/.cache/rmachine`; run
+    /// through its own loader), or the host's binary. `None` when there is none; the caller
+    /// decides whether that skips or fails.
+    pub fn find(places: &ToolPlaces) -> Option<Self> {
         let var = |name: &str| {
             std::env::var_os(name)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        if let Some(binary) = var("RMACHINE_VIRTIOFSD") {
-            return binary.is_file().then_some(VirtiofsdTool { bundle: None, binary });
+        if let Some(binary) = var(places.env_var) {
+            return binary.is_file().then_some(HostTool { bundle: None, binary });
         }
         let cache = var("RMACHINE_CACHE")
             .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
             .or_else(|| var("HOME").map(|h| h.join(".cache/rmachine")));
-        if let Some(dir) = cache.map(|c| c.join("host-tools/virtiofsd")) {
+        if let Some(dir) = cache.map(|c| c.join("host-tools").join(places.bundle)) {
             if dir.join(".complete").exists() {
-                return Some(VirtiofsdTool {
+                return Some(HostTool {
                     bundle: Some((
                         dir.join("usr/lib64/ld-linux-x86-64.so.2"),
                         dir.join("usr/lib/x86_64-linux-gnu"),
                     )),
-                    binary: dir.join("usr/libexec/virtiofsd"),
+                    binary: dir.join(places.bundle_binary),
                 });
             }
         }
-        let binary = PathBuf::from("/usr/libexec/virtiofsd");
-        binary.is_file().then_some(VirtiofsdTool { bundle: None, binary })
+        let binary = PathBuf::from(places.host_binary);
+        binary.is_file().then_some(HostTool { bundle: None, binary })
     }
 
     /// A copy of a bundle in `dir` (world-readable), for a user who cannot read the cache.
@@ -230,13 +255,14 @@ impl VirtiofsdTool {
             }
         }
         std::fs::copy(loader, dir.join("ld.so")).unwrap();
-        std::fs::copy(&self.binary, dir.join("virtiofsd")).unwrap();
+        let binary = dir.join(self.binary.file_name().expect("a tool binary has a name"));
+        std::fs::copy(&self.binary, &binary).unwrap();
         for path in [dir.to_path_buf(), lib_dir.clone()] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        VirtiofsdTool {
+        HostTool {
             bundle: Some((dir.join("ld.so"), lib_dir)),
-            binary: dir.join("virtiofsd"),
+            binary,
         }
     }
 
@@ -262,12 +288,15 @@ impl VirtiofsdTool {
     }
 }
 
-/// Whether virtio-fs tests can run: prints why they skip; panics instead when
-/// `REQUIRE_KVM=1` (CI installs virtiofsd with `rmachine setup`).
-pub fn require_virtiofsd() -> Option<VirtiofsdTool> {
-    let tool = VirtiofsdTool::find();
+/// The tool at `places`, or `None` after printing why the test skips; panics instead when
+/// `REQUIRE_KVM=1` (CI installs the tools with `rmachine setup`).
+pub fn require_tool(places: &ToolPlaces) -> Option<HostTool> {
+    let tool = HostTool::find(places);
     if tool.is_none() {
-        let why = "no virtiofsd: run `rmachine setup` or set RMACHINE_VIRTIOFSD";
+        let why = format!(
+            "no {}: run `rmachine setup` or set {}",
+            places.bundle, places.env_var
+        );
         if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
             panic!("REQUIRE_KVM=1 but {why}");
         }
@@ -286,7 +315,7 @@ impl Virtiofsd {
     /// Starts `tool` (as user and group `run_as`, if given) serving `shared` with the
     /// namespace sandbox, and waits for its socket.
     pub fn start(
-        tool: &VirtiofsdTool,
+        tool: &HostTool,
         run_as: Option<u32>,
         socket: &Path,
         shared: &Path,
