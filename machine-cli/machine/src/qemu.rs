@@ -60,7 +60,15 @@ impl QemuVm {
             machine.push_str(",memory-backend=mem");
             cmd.args(["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib)]);
         }
-        cmd.args(["-M", &machine, "-accel", self.accel.as_str()]);
+        // Software emulation runs the vCPUs on one host thread: with one thread per vCPU
+        // (MTTCG) a guest kernel's live code patching (static keys, `text_poke_bp`) was seen to
+        // hit a vCPU still running the old code, an `int3` the kernel did not place: "Oops:
+        // int3" and a panic, under a `docker build` that enabled a static key.
+        let accel = match self.accel {
+            Accel::Tcg => "tcg,thread=single".to_string(),
+            other => other.as_str().to_string(),
+        };
+        cmd.args(["-M", &machine, "-accel", &accel]);
         cmd.args(["-cpu", if self.accel == Accel::Tcg { "max" } else { "host" }]);
         cmd.args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
@@ -141,6 +149,7 @@ mod tests {
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("reboot=t"));
         assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
+        assert!(args.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg,thread=single"), "{joined}");
         assert!(!joined.contains("memory-backend"), "no shared memory without shares");
     }
 
