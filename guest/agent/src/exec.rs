@@ -705,6 +705,25 @@ mod tests {
         )
     }
 
+    /// Waits (up to 20 s) until a process runs with exactly this argv.
+    async fn wait_for_process(argv: &[&str]) {
+        let want: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let running = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+                std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want)
+            });
+            if running {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{argv:?} did not start within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn send(stream: &mut BufReader<TcpStream>, frame: HostFrame) {
         stream.get_mut().write_all(&frame.encode()).await.unwrap();
     }
@@ -907,13 +926,16 @@ mod tests {
             eprintln!("SKIPPED the Ctrl-C half: this test process ignores SIGINT, and so would the command");
             return;
         }
-        let mut request = run(&["/bin/sh", "-c", "echo start; sleep 100; echo after"]);
+        let mut request = run(&["/bin/sh", "-c", "echo start; sleep 97; echo after"]);
         request.tty = true;
         let mut s = open(&server, &request).await;
         assert_eq!(
             next(&mut s).await,
             Some(GuestFrame::Stdout(b"start\r\n".to_vec()))
         );
+        // dash defers a SIGINT that arrives while it starts a command until that command
+        // ends: type Ctrl-C once `sleep` runs, as a person at the terminal would.
+        wait_for_process(&["sleep", "97"]).await;
         send(&mut s, HostFrame::Stdin(vec![0x03])).await;
         let (out, _, rest) = collect(&mut s).await;
         assert!(!out.contains("after"), "{out:?}");
