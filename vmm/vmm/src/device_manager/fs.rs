@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::fs::{Fs, FsConfig as DeviceFsConfig};
+use devices::virtio::fs::{Fs, FsConfig as DeviceFsConfig, BACKEND_TIMEOUT};
 use devices::GuestMemory;
 
 use super::{DeviceError, NewDevice};
@@ -19,6 +19,7 @@ pub(super) fn create_fs(
         DeviceFsConfig {
             tag: cfg.tag.clone(),
             socket_path: cfg.socket_path.clone(),
+            timeout: BACKEND_TIMEOUT,
         },
         mem.clone(),
     )

@@ -2,9 +2,11 @@
 //! vhost-user backend.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -13,6 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::watchdog::Watchdog;
 use super::{FsConfig, FsError, QUEUE_SIZE, REQUEST_QUEUES, TAG_MAX_LEN};
 use crate::virtio::defs::device_type::FS as DEVICE_TYPE_FS;
 use crate::virtio::defs::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
@@ -35,6 +38,8 @@ pub struct FsMetrics {
     pub interrupts: AtomicU64,
     /// vhost-user requests that failed (the backend went away or refused).
     pub backend_errors: AtomicU64,
+    /// Exchanges the backend did not answer in time (the connection was shut down).
+    pub backend_timeouts: AtomicU64,
 }
 
 /// What an activated device keeps.
@@ -48,6 +53,9 @@ pub struct Fs {
     socket_path: PathBuf,
     config_space: Vec<u8>,
     frontend: Frontend,
+    /// A duplicate of the frontend's connection, for the deadline of each exchange.
+    conn: UnixStream,
+    timeout: Duration,
     /// Virtio features offered to the driver (what the device supports and the backend has).
     avail_features: u64,
     /// Whether VHOST_USER_F_PROTOCOL_FEATURES was negotiated (rings then start disabled).
@@ -71,55 +79,30 @@ impl Fs {
             return Err(FsError::MemoryNotShared);
         }
         let path = cfg.socket_path.clone();
-        let backend_err = |step: &'static str| {
-            let path = path.clone();
-            move |source| FsError::Backend {
-                path,
-                step,
+        let conn = connect(&path)?;
+        let mut frontend = Frontend::from_stream(
+            conn.try_clone().map_err(|source| FsError::Connect {
+                path: path.clone(),
                 source,
+            })?,
+            NUM_QUEUES as u64,
+        );
+        let deadline = Watchdog::start(&conn, cfg.timeout).map_err(|source| FsError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+        let negotiated = negotiate(&mut frontend, &path);
+        let expired = deadline.finish();
+        let (avail_features, protocol_features) = match negotiated {
+            Err(FsError::Backend { path, step, .. }) if expired => {
+                return Err(FsError::Timeout {
+                    path,
+                    step,
+                    timeout: cfg.timeout,
+                })
             }
+            other => other?,
         };
-        let mut frontend =
-            Frontend::connect(&cfg.socket_path, NUM_QUEUES as u64).map_err(backend_err("connect"))?;
-        frontend.set_owner().map_err(backend_err("SET_OWNER"))?;
-        let backend_features = frontend
-            .get_features()
-            .map_err(backend_err("GET_FEATURES"))?;
-        if backend_features & feature_bit(VIRTIO_F_VERSION_1) == 0 {
-            return Err(FsError::Unsupported(
-                path.clone(),
-                "the backend does not offer VIRTIO_F_VERSION_1".into(),
-            ));
-        }
-        let supported = feature_bit(VIRTIO_F_VERSION_1)
-            | feature_bit(VIRTIO_RING_F_INDIRECT_DESC)
-            | feature_bit(VIRTIO_RING_F_EVENT_IDX);
-        let avail_features = backend_features & supported;
-        let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let protocol_features = backend_features & protocol_bit != 0;
-        frontend
-            .set_features(avail_features | (backend_features & protocol_bit))
-            .map_err(backend_err("SET_FEATURES"))?;
-        if protocol_features {
-            let theirs = frontend
-                .get_protocol_features()
-                .map_err(backend_err("GET_PROTOCOL_FEATURES"))?;
-            let ours = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
-            frontend
-                .set_protocol_features(theirs & ours)
-                .map_err(backend_err("SET_PROTOCOL_FEATURES"))?;
-            if theirs.contains(VhostUserProtocolFeatures::MQ) {
-                let queues = frontend
-                    .get_queue_num()
-                    .map_err(backend_err("GET_QUEUE_NUM"))?;
-                if queues < NUM_QUEUES as u64 {
-                    return Err(FsError::Unsupported(
-                        path.clone(),
-                        format!("the backend has {queues} queues, the device needs {NUM_QUEUES}"),
-                    ));
-                }
-            }
-        }
 
         // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
         let mut config_space = vec![0u8; TAG_MAX_LEN + 4];
@@ -137,6 +120,8 @@ impl Fs {
             socket_path: cfg.socket_path,
             config_space,
             frontend,
+            conn,
+            timeout: cfg.timeout,
             avail_features,
             protocol_features,
             mem,
@@ -189,6 +174,27 @@ impl Fs {
             )))
         })?;
         Ok(slice.ptr_guard().as_ptr() as u64)
+    }
+
+    /// Starts the deadline of one exchange with the backend.
+    fn deadline(&self) -> Result<Watchdog, ActivateError> {
+        Watchdog::start(&self.conn, self.timeout).map_err(ActivateError::Backend)
+    }
+
+    /// Ends the deadline of an exchange; true (counted, logged) when the backend overran it,
+    /// which leaves the connection shut down.
+    fn expired(&self, deadline: Watchdog, what: &str) -> bool {
+        if !deadline.finish() {
+            return false;
+        }
+        self.metrics.backend_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            tag = %self.tag,
+            socket = %self.socket_path.display(),
+            "virtio-fs: the vhost-user backend did not answer within {} s while {what}; its connection is closed, restart the VM to use this share again",
+            self.timeout.as_secs_f64()
+        );
+        true
     }
 
     /// Tells the backend about guest memory and every ring.
@@ -274,6 +280,79 @@ impl Fs {
     }
 }
 
+/// Connects to the backend's socket; it may still be starting (as vhost's own connect, five
+/// retries 100 ms apart while the connection is refused).
+fn connect(path: &Path) -> Result<UnixStream, FsError> {
+    let mut retries = 5;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(conn) => return Ok(conn),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && retries > 0 => {
+                retries -= 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(FsError::Connect {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Negotiates features with the backend: what the device offers the driver, and whether
+/// vhost-user protocol features are on.
+fn negotiate(frontend: &mut Frontend, path: &Path) -> Result<(u64, bool), FsError> {
+    let backend_err = |step: &'static str| {
+        move |source| FsError::Backend {
+            path: path.to_owned(),
+            step,
+            source,
+        }
+    };
+    frontend.set_owner().map_err(backend_err("SET_OWNER"))?;
+    let backend_features = frontend
+        .get_features()
+        .map_err(backend_err("GET_FEATURES"))?;
+    if backend_features & feature_bit(VIRTIO_F_VERSION_1) == 0 {
+        return Err(FsError::Unsupported(
+            path.to_owned(),
+            "the backend does not offer VIRTIO_F_VERSION_1".into(),
+        ));
+    }
+    let supported = feature_bit(VIRTIO_F_VERSION_1)
+        | feature_bit(VIRTIO_RING_F_INDIRECT_DESC)
+        | feature_bit(VIRTIO_RING_F_EVENT_IDX);
+    let avail_features = backend_features & supported;
+    let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let protocol_features = backend_features & protocol_bit != 0;
+    frontend
+        .set_features(avail_features | (backend_features & protocol_bit))
+        .map_err(backend_err("SET_FEATURES"))?;
+    if protocol_features {
+        let theirs = frontend
+            .get_protocol_features()
+            .map_err(backend_err("GET_PROTOCOL_FEATURES"))?;
+        let ours = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        frontend
+            .set_protocol_features(theirs & ours)
+            .map_err(backend_err("SET_PROTOCOL_FEATURES"))?;
+        if theirs.contains(VhostUserProtocolFeatures::MQ) {
+            let queues = frontend
+                .get_queue_num()
+                .map_err(backend_err("GET_QUEUE_NUM"))?;
+            if queues < NUM_QUEUES as u64 {
+                return Err(FsError::Unsupported(
+                    path.to_owned(),
+                    format!("the backend has {queues} queues, the device needs {NUM_QUEUES}"),
+                ));
+            }
+        }
+    }
+    Ok((avail_features, protocol_features))
+}
+
 impl VirtioDevice for Fs {
     fn device_type(&self) -> u32 {
         DEVICE_TYPE_FS
@@ -298,7 +377,17 @@ impl VirtioDevice for Fs {
                 got: active.queues.len(),
             });
         }
-        self.setup_backend(&active.queues, active.acked_features)?;
+        let deadline = self.deadline()?;
+        let setup = self.setup_backend(&active.queues, active.acked_features);
+        if self.expired(deadline, "starting the rings") {
+            return Err(ActivateError::Backend(std::io::Error::other(format!(
+                "virtio-fs {:?}: vhost-user backend at {}: no answer within {} s while starting the rings",
+                self.tag,
+                self.socket_path.display(),
+                self.timeout.as_secs_f64()
+            ))));
+        }
+        setup?;
         self.metrics.activations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(tag = %self.tag, "virtio-fs: activated");
         self.active = Some(Active {
@@ -309,7 +398,13 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) {
         if self.active.take().is_some() {
-            self.stop_backend();
+            match self.deadline() {
+                Ok(deadline) => {
+                    self.stop_backend();
+                    self.expired(deadline, "stopping the rings");
+                }
+                Err(e) => tracing::warn!(tag = %self.tag, error = %e, "virtio-fs: cannot stop the backend's rings"),
+            }
         }
         for evt in &self.call_evts {
             let _ = evt.read();
@@ -322,5 +417,135 @@ impl VirtioDevice for Fs {
 
     fn queue_events(&self) -> &[EventFd] {
         &self.kick_evts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::time::Instant;
+
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::FileOffset;
+
+    use super::*;
+    use crate::interrupt::NoInterrupt;
+    use crate::virtio::fs::BACKEND_TIMEOUT;
+
+    const GET_FEATURES: u32 = 1;
+    /// vhost-user header flags of a reply: version 1, reply bit.
+    const REPLY_FLAGS: u32 = 0x1 | 0x4;
+
+    /// 1 MiB of file-backed guest memory, as a vhost-user backend needs.
+    fn shared_memory() -> GuestMemory {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(1 << 20).unwrap();
+        GuestMemory::from_ranges_with_files([(
+            GuestAddress(0),
+            1 << 20,
+            Some(FileOffset::new(file, 0)),
+        )])
+        .unwrap()
+    }
+
+    /// A backend that answers GET_FEATURES with VERSION_1 when `answers_features`, reads
+    /// and ignores every other message, and never answers anything else.
+    fn backend(dir: &Path, answers_features: bool) -> PathBuf {
+        let path = dir.join("backend.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut hdr = [0u8; 12];
+            while conn.read_exact(&mut hdr).is_ok() {
+                let request = u32::from_le_bytes(hdr[..4].try_into().unwrap());
+                let size = u32::from_le_bytes(hdr[8..].try_into().unwrap());
+                let mut body = vec![0u8; size as usize];
+                if conn.read_exact(&mut body).is_err() {
+                    return;
+                }
+                if request == GET_FEATURES && answers_features {
+                    let mut reply = Vec::new();
+                    reply.extend(GET_FEATURES.to_le_bytes());
+                    reply.extend(REPLY_FLAGS.to_le_bytes());
+                    reply.extend(8u32.to_le_bytes());
+                    reply.extend(feature_bit(VIRTIO_F_VERSION_1).to_le_bytes());
+                    conn.write_all(&reply).unwrap();
+                }
+            }
+        });
+        path
+    }
+
+    fn config(socket_path: PathBuf, timeout: Duration) -> FsConfig {
+        FsConfig {
+            tag: "share".into(),
+            socket_path,
+            timeout,
+        }
+    }
+
+    #[test]
+    fn test_a_backend_that_never_answers_fails_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = backend(dir.path(), false);
+        let started = Instant::now();
+        let err = Fs::new(config(socket, Duration::from_millis(200)), shared_memory())
+            .err()
+            .expect("a silent backend is refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err, FsError::Timeout { step: "GET_FEATURES", .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no answer within 0.2 s"), "{err}");
+    }
+
+    #[test]
+    fn test_a_missing_backend_is_a_connect_error_naming_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("nobody-listens.sock");
+        let err = Fs::new(config(socket.clone(), BACKEND_TIMEOUT), shared_memory())
+            .err()
+            .expect("no backend");
+        assert!(matches!(err, FsError::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains(&*socket.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn test_reset_returns_when_the_backend_stops_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = backend(dir.path(), true);
+        let mem = shared_memory();
+        let mut fs = Fs::new(config(socket, Duration::from_millis(200)), mem.clone()).unwrap();
+        assert_eq!(fs.avail_features(), feature_bit(VIRTIO_F_VERSION_1));
+        let hiprio = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+        let requests = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+        fs.activate(ActiveQueues {
+            mem: mem.clone(),
+            queues: vec![
+                hiprio.create_queue().unwrap(),
+                requests.create_queue().unwrap(),
+            ],
+            interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoInterrupt))),
+            acked_features: feature_bit(VIRTIO_F_VERSION_1),
+        })
+        .unwrap();
+        assert!(fs.is_activated());
+        // Stopping a ring waits for GET_VRING_BASE's reply, which never comes.
+        let started = Instant::now();
+        fs.reset();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!fs.is_activated());
+        assert_eq!(fs.metrics.backend_timeouts.load(Ordering::Relaxed), 1);
+        assert!(fs.metrics.backend_errors.load(Ordering::Relaxed) >= 1);
     }
 }

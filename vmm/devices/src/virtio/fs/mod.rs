@@ -9,10 +9,12 @@
 
 mod device;
 mod event_handler;
+mod watchdog;
 
 pub use device::{Fs, FsMetrics};
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Longest tag the configuration space holds (virtio 1.2, 5.11.4).
 pub const TAG_MAX_LEN: usize = 36;
@@ -20,6 +22,9 @@ pub const TAG_MAX_LEN: usize = 36;
 pub const QUEUE_SIZE: u16 = 1024;
 /// Request queues besides the high-priority queue.
 pub const REQUEST_QUEUES: usize = 1;
+/// How long one exchange with the backend (connecting and negotiating, starting or stopping
+/// the rings) may take before the VMM gives up on the backend.
+pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to create a virtio-fs device.
 #[derive(Debug, Clone)]
@@ -28,6 +33,8 @@ pub struct FsConfig {
     pub tag: String,
     /// The vhost-user backend's listening socket.
     pub socket_path: PathBuf,
+    /// Longest wait for the backend in one exchange ([`BACKEND_TIMEOUT`] unless a test says).
+    pub timeout: Duration,
 }
 
 /// Errors of the fs device's setup.
@@ -49,6 +56,25 @@ pub enum FsError {
         /// The vhost-user error.
         #[source]
         source: vhost::Error,
+    },
+    /// The backend did not answer in time (it hangs): the VMM shut the connection down.
+    #[error("vhost-user backend at {path}: {step}: no answer within {} s", .timeout.as_secs_f64())]
+    Timeout {
+        /// The backend's socket.
+        path: PathBuf,
+        /// What the VMM was doing.
+        step: &'static str,
+        /// How long the VMM waited.
+        timeout: Duration,
+    },
+    /// Connecting to the backend's socket failed.
+    #[error("vhost-user backend at {path}: cannot connect")]
+    Connect {
+        /// The backend's socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The backend lacks something the device needs.
     #[error("vhost-user backend at {0}: {1}")]
