@@ -32,7 +32,14 @@ pub fn report(name: &str, value: &str, detail: &str) {
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// User plus system CPU time of a process so far, from /proc/PID/stat.
@@ -52,7 +59,11 @@ mod tests {
 
     #[test]
     fn test_median_odd_and_even() {
-        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(median(ms(&[5, 1, 3])), Duration::from_millis(3));
         assert_eq!(median(ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
     }

@@ -9,13 +9,18 @@ fn main() {
     let ui = Path::new("../ui");
     println!("cargo:rerun-if-changed=../ui");
     let mut hasher = DefaultHasher::new();
-    let mut files: Vec<_> = std::fs::read_dir(ui).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(ui)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     files.sort();
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());
         f.hash(&mut hasher);
         std::fs::read(&f).unwrap_or_default().hash(&mut hasher);
     }
-    println!("cargo:rustc-env=RMACHINE_UI_DIGEST={:016x}", hasher.finish());
+    println!(
+        "cargo:rustc-env=RMACHINE_UI_DIGEST={:016x}",
+        hasher.finish()
+    );
     tauri_build::build()
 }

@@ -74,18 +74,33 @@ impl Guest {
             token: token.clone(),
             hostname: "e2e".into(),
             data_disk: "/dev/vdb".into(),
-            host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64,
+            host_time_unix_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i64,
             host_addr: Some("10.0.2.2".into()),
             mounts: vec![],
         };
         let config_disk = dir.join("config.img");
         std::fs::write(&config_disk, config.encode()).expect("write config disk");
-        Guest::boot_custom(dir, data_disk, &manifest.kernel_cmdline, &config_disk, token)
+        Guest::boot_custom(
+            dir,
+            data_disk,
+            &manifest.kernel_cmdline,
+            &config_disk,
+            token,
+        )
     }
 
     /// Boots the image with a given kernel command line and third disk (the config disk
     /// normally); `token` is what the carrier presents.
-    pub fn boot_custom(dir: &Path, data_disk: &Path, cmdline: &str, third_disk: &Path, token: String) -> Guest {
+    pub fn boot_custom(
+        dir: &Path,
+        data_disk: &Path,
+        cmdline: &str,
+        third_disk: &Path,
+        token: String,
+    ) -> Guest {
         let (manifest, image_dir) = image();
         let mut ports = BTreeMap::new();
         let mut forwards = Vec::new();
@@ -96,7 +111,12 @@ impl Guest {
         }
         let console_log = dir.join("console.log");
         let choice = accel::choose();
-        eprintln!("booting {} under QEMU ({}: {})", manifest.version, choice.accel.as_str(), choice.reason);
+        eprintln!(
+            "booting {} under QEMU ({}: {})",
+            manifest.version,
+            choice.accel.as_str(),
+            choice.reason
+        );
         let vm = QemuVm {
             kernel: image_dir.join(&manifest.kernel.file),
             cmdline: cmdline.to_string(),
@@ -142,7 +162,10 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("console never showed {marker:?} within {timeout:?}\n{}", self.console_tail());
+        panic!(
+            "console never showed {marker:?} within {timeout:?}\n{}",
+            self.console_tail()
+        );
     }
 
     /// The QEMU process id.
@@ -161,13 +184,18 @@ impl Guest {
         let text = self.console();
         let lines: Vec<&str> = text.lines().collect();
         let err = std::fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default();
-        format!("--- console (last 60 lines) ---\n{}\n--- qemu stderr ---\n{err}", lines[lines.len().saturating_sub(60)..].join("\n"))
+        format!(
+            "--- console (last 60 lines) ---\n{}\n--- qemu stderr ---\n{err}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )
     }
 
     /// Sends one control request on a fresh connection.
     pub fn control(&self, rt: &tokio::runtime::Runtime, request: Request) -> Result<Reply, String> {
         rt.block_on(async {
-            let mut c = ControlClient::connect(&self.carrier).await.map_err(|e| error_chain(&e))?;
+            let mut c = ControlClient::connect(&self.carrier)
+                .await
+                .map_err(|e| error_chain(&e))?;
             c.call(request).await.map_err(|e| error_chain(&e))
         })
     }
@@ -185,11 +213,18 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("agent did not answer ping within {timeout:?} (last error: {last})\n{}", self.console_tail());
+        panic!(
+            "agent did not answer ping within {timeout:?} (last error: {last})\n{}",
+            self.console_tail()
+        );
     }
 
     /// Waits until the agent reports dockerd running; returns the time since QEMU started.
-    pub fn wait_engine(&mut self, rt: &tokio::runtime::Runtime, timeout: Duration) -> (Duration, GuestInfo) {
+    pub fn wait_engine(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        timeout: Duration,
+    ) -> (Duration, GuestInfo) {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         while Instant::now() < deadline {
@@ -202,7 +237,10 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("engine not running within {timeout:?}; last info: {last:?}\n{}", self.console_tail());
+        panic!(
+            "engine not running within {timeout:?}; last info: {last:?}\n{}",
+            self.console_tail()
+        );
     }
 
     fn assert_running(&mut self) {
@@ -223,7 +261,10 @@ impl Guest {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("QEMU still running {timeout:?} after shutdown\n{}", self.console_tail());
+                panic!(
+                    "QEMU still running {timeout:?} after shutdown\n{}",
+                    self.console_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -233,8 +274,14 @@ impl Guest {
     pub fn engine_socket(&self, rt: &tokio::runtime::Runtime) -> PathBuf {
         let path = self.dir.join("docker.sock");
         let _ = std::fs::remove_file(&path);
-        let listener = rt.block_on(async { tokio::net::UnixListener::bind(&path) }).expect("bind docker.sock");
-        rt.spawn(rmachine_machine::forward::serve_unix(listener, self.carrier.clone(), Service::Engine));
+        let listener = rt
+            .block_on(async { tokio::net::UnixListener::bind(&path) })
+            .expect("bind docker.sock");
+        rt.spawn(rmachine_machine::forward::serve_unix(
+            listener,
+            self.carrier.clone(),
+            Service::Engine,
+        ));
         path
     }
 }
@@ -262,7 +309,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A multi-threaded runtime for the forwarders.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// Runs the host's `docker` CLI against `socket`.
@@ -273,7 +324,9 @@ pub fn docker(socket: &Path, args: &[&str]) -> Output {
 /// Runs `docker` with bytes on stdin.
 pub fn docker_with_stdin(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new("docker");
-    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display())).env_remove("DOCKER_CONTEXT").args(args);
+    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env_remove("DOCKER_CONTEXT")
+        .args(args);
     output_with_stdin(cmd, stdin)
 }
 
@@ -298,12 +351,21 @@ fn expect_success(program: &str, args: &[&str], out: Output) -> String {
 /// Runs `cmd` with `stdin` bytes (or none) and collects its output.
 fn output_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
-    cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    })
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     if let Some(bytes) = stdin {
-        child.stdin.take().expect("stdin piped").write_all(bytes).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(bytes)
+            .expect("write stdin");
     }
     child.wait_with_output().expect("wait for the command")
 }
@@ -322,7 +384,29 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "ls", "sleep", "httpd", "true", "wc", "sha256sum", "nc", "wget", "env", "date", "id", "mkdir", "rm", "find", "uname", "inotifyd", "mv", "touch"] {
+    for applet in [
+        "sh",
+        "echo",
+        "cat",
+        "ls",
+        "sleep",
+        "httpd",
+        "true",
+        "wc",
+        "sha256sum",
+        "nc",
+        "wget",
+        "env",
+        "date",
+        "id",
+        "mkdir",
+        "rm",
+        "find",
+        "uname",
+        "inotifyd",
+        "mv",
+        "touch",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tarball = dir.join("busybox.tar");
@@ -348,8 +432,12 @@ pub fn rmachine_bin() -> PathBuf {
     let dir = exe.parent().expect("executable folder");
     // A bench built with its own profile finds the CLI of a debug or release build.
     let target = dir.parent().unwrap_or(dir);
-    let candidates =
-        [dir.join("rmachine"), target.join("rmachine"), target.join("debug/rmachine"), target.join("release/rmachine")];
+    let candidates = [
+        dir.join("rmachine"),
+        target.join("rmachine"),
+        target.join("debug/rmachine"),
+        target.join("release/rmachine"),
+    ];
     candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!("rmachine not built beside {}: run `cargo build -p rmachine` (cargo nextest run --workspace builds it)", exe.display())
     })
@@ -368,7 +456,10 @@ impl MachineEnv {
         let (_, image_dir) = image();
         let images = image_dir.parent().expect("images folder").to_path_buf();
         // Short paths: unix socket paths are limited to 108 bytes.
-        let dir = tempfile::Builder::new().prefix("rm").tempdir_in("/tmp").expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("rm")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
         let home = dir.path().join("h");
         std::fs::create_dir_all(&home).unwrap();
         std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
@@ -377,10 +468,17 @@ impl MachineEnv {
         let user_config = std::env::var_os("DOCKER_CONFIG")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-        if let Some(plugins) = user_config.map(|c| c.join("cli-plugins")).filter(|p| p.exists()) {
+        if let Some(plugins) = user_config
+            .map(|c| c.join("cli-plugins"))
+            .filter(|p| p.exists())
+        {
             std::os::unix::fs::symlink(plugins, docker_config.join("cli-plugins")).unwrap();
         }
-        MachineEnv { dir, home, docker_config }
+        MachineEnv {
+            dir,
+            home,
+            docker_config,
+        }
     }
 
     fn command(&self, program: &Path) -> Command {
@@ -396,7 +494,10 @@ impl MachineEnv {
 
     /// Runs `rmachine ARGS`.
     pub fn rmachine(&self, args: &[&str]) -> Output {
-        self.command(&rmachine_bin()).args(args).output().expect("run rmachine")
+        self.command(&rmachine_bin())
+            .args(args)
+            .output()
+            .expect("run rmachine")
     }
 
     /// Runs `rmachine ARGS` and asserts success; returns stdout.
@@ -407,7 +508,12 @@ impl MachineEnv {
     /// Runs `rmachine ARGS`, asserts failure, and returns stderr.
     pub fn rmachine_err(&self, args: &[&str]) -> String {
         let out = self.rmachine(args);
-        assert!(!out.status.success(), "rmachine {} should have failed; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "rmachine {} should have failed; stdout: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -423,7 +529,12 @@ impl MachineEnv {
         self.docker_ok_with(args, None, &[])
     }
 
-    pub fn docker_ok_with(&self, args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> String {
+    pub fn docker_ok_with(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        envs: &[(&str, &str)],
+    ) -> String {
         expect_success("docker", args, self.docker(args, stdin, envs))
     }
 
@@ -438,13 +549,16 @@ impl MachineEnv {
 
     /// The machine's state.json.
     pub fn state(&self, name: &str) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.home.join("machines").join(name).join("state.json")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.home.join("machines").join(name).join("state.json"))
+                .unwrap_or_default();
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
     /// The machine's host agent log, for failure messages.
     pub fn hostagent_log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.home.join("machines").join(name).join("hostagent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.home.join("machines").join(name).join("hostagent.log"))
+            .unwrap_or_default()
     }
 }
 
@@ -470,12 +584,17 @@ impl Drop for MachineEnv {
 pub fn http_get(port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
     match out.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.to_string())
+        }
         _ => Err(format!("unexpected reply: {out:?}")),
     }
 }

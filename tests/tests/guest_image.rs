@@ -27,42 +27,70 @@ fn test_guest_serves_docker_and_keeps_data_across_boots() {
     eprintln!("boot 1: ping after {ping_after:?}, engine ready after {engine_after:?}");
     assert!(info.data_disk_mounted, "data disk not mounted: {info:?}");
     assert_eq!(info.hostname, "e2e");
-    assert_eq!(info.ip.as_deref(), Some("10.0.2.15"), "DHCP address: {info:?}");
+    assert_eq!(
+        info.ip.as_deref(),
+        Some("10.0.2.15"),
+        "DHCP address: {info:?}"
+    );
 
     match guest.control(&rt, Request::Version {}) {
-        Ok(Reply::Version { protocol, agent, kernel }) => {
+        Ok(Reply::Version {
+            protocol,
+            agent,
+            kernel,
+        }) => {
             assert_eq!(protocol, rmachine_protocol::PROTOCOL_VERSION);
             assert_eq!(agent, rmachine_protocol::AGENT_VERSION);
             assert!(kernel.starts_with("6.12"), "kernel {kernel}");
         }
         other => panic!("version answered {other:?}"),
     }
-    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     match guest.control(&rt, Request::SyncTime { unix_ns: now_ns }) {
         Ok(Reply::TimeSynced { offset_ns }) => {
             // The config disk carried the boot time, so the guest clock was already close.
-            assert!(offset_ns.abs() < 600_000_000_000, "guest clock off by {offset_ns} ns before sync");
+            assert!(
+                offset_ns.abs() < 600_000_000_000,
+                "guest clock off by {offset_ns} ns before sync"
+            );
         }
         other => panic!("sync_time answered {other:?}"),
     }
 
     // A wrong token is refused with a clear error, and the agent keeps serving.
-    let Carrier::Tcp { ports, .. } = guest.carrier.as_ref() else { unreachable!() };
-    let wrong = Carrier::Tcp { ports: ports.clone(), token: "0".repeat(32) };
+    let Carrier::Tcp { ports, .. } = guest.carrier.as_ref() else {
+        unreachable!()
+    };
+    let wrong = Carrier::Tcp {
+        ports: ports.clone(),
+        token: "0".repeat(32),
+    };
     match rt.block_on(ControlClient::connect(&wrong)) {
         Err(e) => {
             let text = error_chain(&e);
             assert!(text.contains("wrong token"), "{text}");
-            assert!(matches!(e, rmachine_machine::guest_link::ControlError::Link(LinkError::Hello { .. })));
+            assert!(matches!(
+                e,
+                rmachine_machine::guest_link::ControlError::Link(LinkError::Hello { .. })
+            ));
         }
         Ok(_) => panic!("a wrong token was accepted"),
     }
-    assert!(matches!(guest.control(&rt, Request::Ping {}), Ok(Reply::Pong)));
+    assert!(matches!(
+        guest.control(&rt, Request::Ping {}),
+        Ok(Reply::Pong)
+    ));
 
     // The host's docker CLI through a local forward of the engine service.
     let sock = guest.engine_socket(&rt);
     let server = docker_ok(&sock, &["version", "--format", "{{.Server.Version}}"]);
-    assert!(server.trim().starts_with("26."), "engine version {server:?}");
+    assert!(
+        server.trim().starts_with("26."),
+        "engine version {server:?}"
+    );
     let tarball = busybox_tarball(dir.path());
     docker_ok(&sock, &["import", tarball.to_str().unwrap(), IMAGE]);
     let out = docker_ok(&sock, &["run", "--rm", IMAGE, "echo", "hi"]);
@@ -70,9 +98,16 @@ fn test_guest_serves_docker_and_keeps_data_across_boots() {
     docker_ok(&sock, &["create", "--name", "keepme", IMAGE, "true"]);
 
     // Clean shutdown: QEMU exits by itself with status 0.
-    assert!(matches!(guest.control(&rt, Request::Shutdown { reboot: false }), Ok(Reply::ShuttingDown)));
+    assert!(matches!(
+        guest.control(&rt, Request::Shutdown { reboot: false }),
+        Ok(Reply::ShuttingDown)
+    ));
     let status = guest.wait_exit(Duration::from_secs(120));
-    assert!(status.success(), "QEMU exit status {status}\n{}", guest.console_tail());
+    assert!(
+        status.success(),
+        "QEMU exit status {status}\n{}",
+        guest.console_tail()
+    );
     let console = guest.console();
     drop(guest);
 
@@ -84,9 +119,18 @@ fn test_guest_serves_docker_and_keeps_data_across_boots() {
     eprintln!("boot 2: engine ready after {engine_after:?}");
     let sock = guest.engine_socket(&rt);
     let names = docker_ok(&sock, &["ps", "-a", "--format", "{{.Names}}"]);
-    assert!(names.lines().any(|n| n == "keepme"), "container lost across boots: {names:?}\nfirst console:\n{console}");
+    assert!(
+        names.lines().any(|n| n == "keepme"),
+        "container lost across boots: {names:?}\nfirst console:\n{console}"
+    );
     let images = docker_ok(&sock, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-    assert!(images.lines().any(|i| i == IMAGE), "image lost across boots: {images:?}");
-    assert!(matches!(guest.control(&rt, Request::Shutdown { reboot: false }), Ok(Reply::ShuttingDown)));
+    assert!(
+        images.lines().any(|i| i == IMAGE),
+        "image lost across boots: {images:?}"
+    );
+    assert!(matches!(
+        guest.control(&rt, Request::Shutdown { reboot: false }),
+        Ok(Reply::ShuttingDown)
+    ));
     assert!(guest.wait_exit(Duration::from_secs(120)).success());
 }

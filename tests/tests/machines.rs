@@ -28,18 +28,40 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     let env = MachineEnv::new();
 
     // Bad input is refused clearly, before anything exists.
-    assert!(env.rmachine_err(&["inspect", "nope"]).contains("no machine named \"nope\""));
-    assert!(env.rmachine_err(&["create", "Bad/Name"]).contains("invalid machine name"));
-    assert!(env.rmachine_err(&["create", "x1", "--cpus", "0"]).contains("cpus"));
-    assert!(env.rmachine_err(&["create", "x2", "--memory", "lots"]).contains("memory"));
-    assert!(env.rmachine_err(&["create", "x3", "--driver", "xen"]).contains("unknown driver"));
-    assert!(env.rmachine_err(&["start", "--bogus-flag"]).contains("--bogus-flag"));
+    assert!(env
+        .rmachine_err(&["inspect", "nope"])
+        .contains("no machine named \"nope\""));
+    assert!(env
+        .rmachine_err(&["create", "Bad/Name"])
+        .contains("invalid machine name"));
+    assert!(env
+        .rmachine_err(&["create", "x1", "--cpus", "0"])
+        .contains("cpus"));
+    assert!(env
+        .rmachine_err(&["create", "x2", "--memory", "lots"])
+        .contains("memory"));
+    assert!(env
+        .rmachine_err(&["create", "x3", "--driver", "xen"])
+        .contains("unknown driver"));
+    assert!(env
+        .rmachine_err(&["start", "--bogus-flag"])
+        .contains("--bogus-flag"));
 
-    env.rmachine_ok(&["create", M, "--driver", "qemu", "--cpus", "2", "--memory", "2G", "--disk", "8G"]);
+    env.rmachine_ok(&[
+        "create", M, "--driver", "qemu", "--cpus", "2", "--memory", "2G", "--disk", "8G",
+    ]);
     assert!(env.rmachine_err(&["create", M]).contains("already exists"));
-    assert!(env.rmachine_err(&["config", "set", "cpus", "many", "-m", M]).contains("cpus"));
-    assert!(env.rmachine_err(&["config", "set", "disk", "4G", "-m", M]).contains("cannot shrink"));
-    assert_eq!(env.rmachine_ok(&["config", "get", "memory", "-m", M]).trim(), "2048M");
+    assert!(env
+        .rmachine_err(&["config", "set", "cpus", "many", "-m", M])
+        .contains("cpus"));
+    assert!(env
+        .rmachine_err(&["config", "set", "disk", "4G", "-m", M])
+        .contains("cannot shrink"));
+    assert_eq!(
+        env.rmachine_ok(&["config", "get", "memory", "-m", M])
+            .trim(),
+        "2048M"
+    );
 
     // Start: the machine's context becomes current and the plain docker CLI works.
     let started = Instant::now();
@@ -50,10 +72,17 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     assert_eq!(listed["active"], true, "{listed}");
     let server = env.docker_ok(&["version", "--format", "{{.Server.Version}}"]);
     assert!(server.trim().starts_with("26."), "{server}");
-    let inspect: serde_json::Value = serde_json::from_str(&env.rmachine_ok(&["inspect", M])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.rmachine_ok(&["inspect", M])).unwrap();
     assert_eq!(inspect["driver"]["backend"], "qemu", "{inspect}");
-    assert!(!inspect["driver"]["reason"].as_str().unwrap_or("").is_empty());
-    assert_eq!(inspect["state"]["carrier"]["token"], "(hidden)", "inspect must not print the token");
+    assert!(!inspect["driver"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty());
+    assert_eq!(
+        inspect["state"]["carrier"]["token"], "(hidden)",
+        "inspect must not print the token"
+    );
 
     // Images made here: busybox imported, a web image built with a build arg.
     let work = env.dir.path().join("work");
@@ -67,17 +96,38 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
         "FROM e2e/busybox:1\nARG GREETING=hi\nRUN echo \"$GREETING\" > /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
     )
     .unwrap();
-    env.docker_ok(&["build", "-q", "-t", "e2e/web:1", "--build-arg", "GREETING=served-by-rmachine", ctx.to_str().unwrap()]);
+    env.docker_ok(&[
+        "build",
+        "-q",
+        "-t",
+        "e2e/web:1",
+        "--build-arg",
+        "GREETING=served-by-rmachine",
+        ctx.to_str().unwrap(),
+    ]);
 
     // Published ports: open on the host while the container runs, closed after stop.
     let port = free_local_port();
     let mapping = format!("127.0.0.1:{port}:80");
     env.docker_ok(&["run", "-d", "--name", "web", "-p", &mapping, "e2e/web:1"]);
     let run_at = Instant::now();
-    wait_until("the published port serving", Duration::from_secs(20), || {
-        http_get(port, "/").and_then(|b| if b.trim() == "served-by-rmachine" { Ok(()) } else { Err(b) })
-    });
-    eprintln!("published port answered {:?} after docker run returned", run_at.elapsed());
+    wait_until(
+        "the published port serving",
+        Duration::from_secs(20),
+        || {
+            http_get(port, "/").and_then(|b| {
+                if b.trim() == "served-by-rmachine" {
+                    Ok(())
+                } else {
+                    Err(b)
+                }
+            })
+        },
+    );
+    eprintln!(
+        "published port answered {:?} after docker run returned",
+        run_at.elapsed()
+    );
     env.docker_ok(&["stop", "-t", "1", "web"]);
     wait_until("the published port closed", Duration::from_secs(5), || {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -89,15 +139,27 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     // A host port already in use is reported, and nothing crashes.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_port = busy.local_addr().unwrap().port();
-    env.docker_ok(&["run", "-d", "--name", "clash", "-p", &format!("127.0.0.1:{busy_port}:80"), "e2e/web:1"]);
-    wait_until("the port conflict reported", Duration::from_secs(20), || {
-        let status = env.rmachine_ok(&["status", M]);
-        if status.contains(&format!("{busy_port}/tcp")) && status.contains("NOT published") {
-            Ok(())
-        } else {
-            Err(status)
-        }
-    });
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "-p",
+        &format!("127.0.0.1:{busy_port}:80"),
+        "e2e/web:1",
+    ]);
+    wait_until(
+        "the port conflict reported",
+        Duration::from_secs(20),
+        || {
+            let status = env.rmachine_ok(&["status", M]);
+            if status.contains(&format!("{busy_port}/tcp")) && status.contains("NOT published") {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    );
     drop(busy);
     assert_eq!(env.listed(M)["state"], "running");
 
@@ -113,12 +175,28 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
         }
     });
     let url = format!("http://host.docker.internal:{host_port}/");
-    assert_eq!(env.docker_ok(&["run", "--rm", "e2e/busybox:1", "wget", "-qO-", &url]), "hello-host");
+    assert_eq!(
+        env.docker_ok(&["run", "--rm", "e2e/busybox:1", "wget", "-qO-", &url]),
+        "hello-host"
+    );
 
     // stdin passes through; logs -f follows to the container's end.
-    let out = env.docker_ok_with(&["run", "--rm", "-i", "e2e/busybox:1", "cat"], Some(b"through stdin\n"), &[]);
+    let out = env.docker_ok_with(
+        &["run", "--rm", "-i", "e2e/busybox:1", "cat"],
+        Some(b"through stdin\n"),
+        &[],
+    );
     assert_eq!(out, "through stdin\n");
-    env.docker_ok(&["run", "-d", "--name", "counter", "e2e/busybox:1", "sh", "-c", "for i in 1 2 3; do echo line$i; sleep 1; done"]);
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "counter",
+        "e2e/busybox:1",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; sleep 1; done",
+    ]);
     let logs = env.docker_ok(&["logs", "-f", "counter"]);
     assert_eq!(logs, "line1\nline2\nline3\n");
 
@@ -134,16 +212,64 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     .unwrap();
     let compose_file = proj.join("compose.yaml");
     let cf = compose_file.to_str().unwrap();
-    env.docker_ok_with(&["compose", "-f", cf, "-p", "e2e", "up", "-d"], None, &[("GREETING", "bonjour")]);
-    let services = env.docker_ok_with(&["compose", "-f", cf, "-p", "e2e", "ps", "--format", "{{.Service}}"], None, &[("GREETING", "bonjour")]);
-    assert!(services.contains("web") && services.contains("worker"), "{services}");
-    let greeting = env.docker_ok_with(&["compose", "-f", cf, "-p", "e2e", "exec", "-T", "web", "cat", "/www/index.html"], None, &[("GREETING", "bonjour")]);
+    env.docker_ok_with(
+        &["compose", "-f", cf, "-p", "e2e", "up", "-d"],
+        None,
+        &[("GREETING", "bonjour")],
+    );
+    let services = env.docker_ok_with(
+        &[
+            "compose",
+            "-f",
+            cf,
+            "-p",
+            "e2e",
+            "ps",
+            "--format",
+            "{{.Service}}",
+        ],
+        None,
+        &[("GREETING", "bonjour")],
+    );
+    assert!(
+        services.contains("web") && services.contains("worker"),
+        "{services}"
+    );
+    let greeting = env.docker_ok_with(
+        &[
+            "compose",
+            "-f",
+            cf,
+            "-p",
+            "e2e",
+            "exec",
+            "-T",
+            "web",
+            "cat",
+            "/www/index.html",
+        ],
+        None,
+        &[("GREETING", "bonjour")],
+    );
     assert_eq!(greeting.trim(), "bonjour");
-    env.docker_ok_with(&["compose", "-f", cf, "-p", "e2e", "down"], None, &[("GREETING", "bonjour")]);
+    env.docker_ok_with(
+        &["compose", "-f", cf, "-p", "e2e", "down"],
+        None,
+        &[("GREETING", "bonjour")],
+    );
 
     // A volume whose data must survive stops and crashes.
     env.docker_ok(&["volume", "create", "keep"]);
-    env.docker_ok(&["run", "--rm", "-v", "keep:/data", "e2e/busybox:1", "sh", "-c", "echo kept > /data/f"]);
+    env.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "keep:/data",
+        "e2e/busybox:1",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
 
     // Clean stop: socket gone, state stopped; a new start finds containers and volumes.
     env.rmachine_ok(&["stop", M]);
@@ -152,24 +278,64 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     assert!(!sock.exists(), "docker.sock left behind after stop");
     env.rmachine_ok(&["start", M]);
     let names = env.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
-    assert!(names.lines().any(|n| n == "web") && names.lines().any(|n| n == "clash"), "{names}");
-    assert_eq!(env.docker_ok(&["run", "--rm", "-v", "keep:/data", "e2e/busybox:1", "cat", "/data/f"]), "kept\n");
+    assert!(
+        names.lines().any(|n| n == "web") && names.lines().any(|n| n == "clash"),
+        "{names}"
+    );
+    assert_eq!(
+        env.docker_ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "keep:/data",
+            "e2e/busybox:1",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
 
     // kill -9 of the VM: the machine shows the error state with the console's lines.
-    let vm_pid = env.state(M)["vm_pid"].as_u64().expect("vm_pid in state.json");
-    let status = std::process::Command::new("kill").args(["-9", &vm_pid.to_string()]).status().unwrap();
+    let vm_pid = env.state(M)["vm_pid"]
+        .as_u64()
+        .expect("vm_pid in state.json");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &vm_pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     wait_until("the error state", Duration::from_secs(30), || {
         let m = env.listed(M);
-        if m["state"] == "error" { Ok(()) } else { Err(m.to_string()) }
+        if m["state"] == "error" {
+            Ok(())
+        } else {
+            Err(m.to_string())
+        }
     });
     let error = env.listed(M)["error"].as_str().unwrap_or("").to_string();
-    assert!(error.contains("exited unexpectedly") && error.contains("console"), "{error}");
+    assert!(
+        error.contains("exited unexpectedly") && error.contains("console"),
+        "{error}"
+    );
     // The console's last lines are in the error: the kernel's and the agent's.
-    assert!(error.contains("rmachine-agent") || error.contains("INFO"), "no console lines in the error: {error}");
+    assert!(
+        error.contains("rmachine-agent") || error.contains("INFO"),
+        "no console lines in the error: {error}"
+    );
     // And it recovers, data disk intact.
     env.rmachine_ok(&["start", M]);
-    assert_eq!(env.docker_ok(&["run", "--rm", "-v", "keep:/data", "e2e/busybox:1", "cat", "/data/f"]), "kept\n");
+    assert_eq!(
+        env.docker_ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "keep:/data",
+            "e2e/busybox:1",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
     env.rmachine_ok(&["stop", M]);
 
     // A corrupt machine.toml: listed as an error, start names the file, nothing lost.
@@ -178,12 +344,17 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     std::fs::write(&toml_path, "version = 1\ncpus = [oops\n").unwrap();
     assert_eq!(env.listed(M)["state"], "error");
     assert!(env.rmachine_err(&["start", M]).contains("machine.toml"));
-    assert!(env.home.join("machines").join(M).join("data.img").exists(), "data disk lost");
+    assert!(
+        env.home.join("machines").join(M).join("data.img").exists(),
+        "data disk lost"
+    );
     std::fs::write(&toml_path, good).unwrap();
 
     // Removal takes the context with it.
     env.rmachine_ok(&["rm", M]);
-    assert!(env.rmachine_err(&["inspect", M]).contains("no machine named"));
+    assert!(env
+        .rmachine_err(&["inspect", M])
+        .contains("no machine named"));
     let contexts = env.docker_ok(&["context", "ls", "--format", "{{.Name}}"]);
     assert!(!contexts.contains("rmachine-e2e"), "{contexts}");
     let _ = env.hostagent_log(M);

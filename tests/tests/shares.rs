@@ -23,12 +23,33 @@ fn test_shared_folders_both_ways() {
     let ro_s = ro_share.to_str().unwrap().to_string();
 
     // A share that does not exist: a clear error at start, before any VM runs.
-    env.rmachine_ok(&["create", "missing", "--driver", "qemu", "--mount", "/nonexistent/rmachine-share"]);
+    env.rmachine_ok(&[
+        "create",
+        "missing",
+        "--driver",
+        "qemu",
+        "--mount",
+        "/nonexistent/rmachine-share",
+    ]);
     let err = env.rmachine_err(&["start", "missing", "--no-use"]);
-    assert!(err.contains("/nonexistent/rmachine-share") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("/nonexistent/rmachine-share") && err.contains("does not exist"),
+        "{err}"
+    );
     env.rmachine_ok(&["rm", "missing"]);
 
-    env.rmachine_ok(&["create", M, "--driver", "qemu", "--disk", "8G", "--mount", &share_s, "--mount", &format!("{ro_s}:ro")]);
+    env.rmachine_ok(&[
+        "create",
+        M,
+        "--driver",
+        "qemu",
+        "--disk",
+        "8G",
+        "--mount",
+        &share_s,
+        "--mount",
+        &format!("{ro_s}:ro"),
+    ]);
     env.rmachine_ok(&["start", M]);
     let work = env.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -43,9 +64,16 @@ fn test_shared_folders_both_ways() {
     // Container write → host read, owned by the user.
     run("echo written in a container > /src/from-container.txt");
     let path = share.join("from-container.txt");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "written in a container\n");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "written in a container\n"
+    );
     let me = std::fs::metadata(env.dir.path()).unwrap().uid();
-    assert_eq!(std::fs::metadata(&path).unwrap().uid(), me, "file not owned by the user");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().uid(),
+        me,
+        "file not owned by the user"
+    );
 
     // Host edits are visible at once (no cache to expire).
     for round in 0..3 {
@@ -54,13 +82,25 @@ fn test_shared_folders_both_ways() {
     }
 
     // Rename and delete, both ways.
-    std::fs::rename(share.join("from-host.txt"), share.join("renamed-on-host.txt")).unwrap();
-    assert_eq!(run("ls /src/from-host.txt 2>/dev/null; cat /src/renamed-on-host.txt"), "written on the host\n");
+    std::fs::rename(
+        share.join("from-host.txt"),
+        share.join("renamed-on-host.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        run("ls /src/from-host.txt 2>/dev/null; cat /src/renamed-on-host.txt"),
+        "written on the host\n"
+    );
     run("mv /src/from-container.txt /src/renamed-in-container.txt && rm /src/renamed-on-host.txt");
     assert!(share.join("renamed-in-container.txt").exists());
-    assert!(!share.join("from-container.txt").exists() && !share.join("renamed-on-host.txt").exists());
+    assert!(
+        !share.join("from-container.txt").exists() && !share.join("renamed-on-host.txt").exists()
+    );
     std::fs::remove_file(share.join("renamed-in-container.txt")).unwrap();
-    assert_eq!(run("ls /src/renamed-in-container.txt 2>&1 >/dev/null | wc -l"), "1\n");
+    assert_eq!(
+        run("ls /src/renamed-in-container.txt 2>&1 >/dev/null | wc -l"),
+        "1\n"
+    );
 
     // A 10,000-file tree: the same count on both sides.
     let tree = share.join("tree");
@@ -80,16 +120,49 @@ fn test_shared_folders_both_ways() {
 
     // A read-only share: readable, not writable.
     let ro_bind = format!("{ro_s}:/ro");
-    assert_eq!(env.docker_ok(&["run", "--rm", "-v", &ro_bind, IMG, "cat", "/ro/r.txt"]), "read only\n");
-    let out = env.docker(&["run", "--rm", "-v", &ro_bind, IMG, "sh", "-c", "echo x > /ro/w.txt"], None, &[]);
-    assert!(!out.status.success(), "write into a read-only share succeeded");
+    assert_eq!(
+        env.docker_ok(&["run", "--rm", "-v", &ro_bind, IMG, "cat", "/ro/r.txt"]),
+        "read only\n"
+    );
+    let out = env.docker(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &ro_bind,
+            IMG,
+            "sh",
+            "-c",
+            "echo x > /ro/w.txt",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        !out.status.success(),
+        "write into a read-only share succeeded"
+    );
     assert!(!ro_share.join("w.txt").exists());
 
     // A bind mount outside every share: the proxy's clear error, not an empty folder.
     let outside = env.dir.path().join("not-shared");
     std::fs::create_dir_all(&outside).unwrap();
-    let out = env.docker(&["run", "--rm", "-v", &format!("{}:/x", outside.display()), IMG, "true"], None, &[]);
-    assert!(!out.status.success(), "a bind outside the shares was accepted");
+    let out = env.docker(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{}:/x", outside.display()),
+            IMG,
+            "true",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        !out.status.success(),
+        "a bind outside the shares was accepted"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not shared"), "{stderr}");
 
@@ -101,14 +174,29 @@ fn test_shared_folders_both_ways() {
     let watch = share.join("watch");
     std::fs::create_dir_all(&watch).unwrap();
     let watch_img = inotify_image(&env, &work);
-    let watcher = env.docker_ok(&["run", "-d", "-v", &bind, &watch_img, "inotify-watch", "/src/watch"]);
+    let watcher = env.docker_ok(&[
+        "run",
+        "-d",
+        "-v",
+        &bind,
+        &watch_img,
+        "inotify-watch",
+        "/src/watch",
+    ]);
     let watcher = watcher.trim();
     // The host agent starts watching once it sees the container start.
     std::thread::sleep(Duration::from_secs(2));
-    for (round, name) in ["created-on-host.txt", "created-on-host.txt"].iter().enumerate() {
+    for (round, name) in ["created-on-host.txt", "created-on-host.txt"]
+        .iter()
+        .enumerate()
+    {
         // Let the previous round's events all arrive first.
         std::thread::sleep(Duration::from_millis(1000));
-        let before = env.docker_ok(&["logs", watcher]).lines().filter(|l| l.ends_with(name)).count();
+        let before = env
+            .docker_ok(&["logs", watcher])
+            .lines()
+            .filter(|l| l.ends_with(name))
+            .count();
         let t = Instant::now();
         std::fs::write(watch.join(name), format!("edit {round}")).unwrap();
         let seen = loop {
@@ -123,10 +211,18 @@ fn test_shared_folders_both_ways() {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        eprintln!("host edit {round} of {name}: first event in the container after {:?}: {seen}", t.elapsed());
+        eprintln!(
+            "host edit {round} of {name}: first event in the container after {:?}: {seen}",
+            t.elapsed()
+        );
     }
     // No echo: once the replays are done, the events stop.
-    let count = || env.docker_ok(&["logs", watcher]).lines().filter(|l| l.contains("created-on-host")).count();
+    let count = || {
+        env.docker_ok(&["logs", watcher])
+            .lines()
+            .filter(|l| l.contains("created-on-host"))
+            .count()
+    };
     std::thread::sleep(Duration::from_secs(1));
     let settled = count();
     std::thread::sleep(Duration::from_secs(3));
@@ -136,19 +232,31 @@ fn test_shared_folders_both_ways() {
     // The host agent supervises the shares' servers: a virtiofsd that dies leaves the
     // machine running and `rmachine status` saying which folder is gone and what to do.
     let pattern = format!("--shared-dir {ro_s}");
-    let killed = std::process::Command::new("pkill").args(["-f", "--", &pattern]).status().unwrap();
+    let killed = std::process::Command::new("pkill")
+        .args(["-f", "--", &pattern])
+        .status()
+        .unwrap();
     assert!(killed.success(), "no virtiofsd serving {ro_s} to kill");
     let t = Instant::now();
     loop {
         let status = env.rmachine_ok(&["status", M]);
-        if status.contains(&format!("warning: shared folder {ro_s} is no longer available")) {
+        if status.contains(&format!(
+            "warning: shared folder {ro_s} is no longer available"
+        )) {
             assert!(status.contains("rmachine restart fs"), "{status}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "no warning after virtiofsd died:\n{status}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no warning after virtiofsd died:\n{status}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(run("cat /src/edit.txt"), "version 2\n", "the other share still works");
+    assert_eq!(
+        run("cat /src/edit.txt"),
+        "version 2\n",
+        "the other share still works"
+    );
 
     env.rmachine_ok(&["stop", M]);
 }
@@ -165,8 +273,16 @@ fn inotify_image(env: &MachineEnv, work: &std::path::Path) -> String {
         .arg(&src)
         .output()
         .expect("gcc runs (Debian package gcc; libc6-dev for the static libc)");
-    assert!(out.status.success(), "building inotify-watch: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(ctx.join("Dockerfile"), format!("FROM {IMG}\nCOPY inotify-watch /bin/inotify-watch\n")).unwrap();
+    assert!(
+        out.status.success(),
+        "building inotify-watch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {IMG}\nCOPY inotify-watch /bin/inotify-watch\n"),
+    )
+    .unwrap();
     let tag = "e2e/inotify:1".to_string();
     env.docker_ok(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()]);
     tag
@@ -176,6 +292,12 @@ fn walk_count(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }

@@ -39,13 +39,18 @@ exec sleep 100000
 "#;
 
 fn runs() -> usize {
-    std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
 }
 
 /// Allocated bytes of a (sparse) file.
 fn allocated(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -73,36 +78,69 @@ fn main() {
     let shell_cmdline =
         "console=ttyS0 root=/dev/vda ro rootfstype=erofs panic=-1 quiet loglevel=4 random.trust_cpu=on init=/bin/sh /dev/vdc";
 
-    let (mut agent_ping, mut agent_engine, mut shell_up, mut shell_engine) = (vec![], vec![], vec![], vec![]);
+    let (mut agent_ping, mut agent_engine, mut shell_up, mut shell_engine) =
+        (vec![], vec![], vec![], vec![]);
     for i in 0..runs() {
         for variant in ["agent", "shell"] {
             let run_dir = dir.path().join(format!("{variant}-{i}"));
             std::fs::create_dir_all(&run_dir).unwrap();
             let data = run_dir.join("data.img");
-            let status = std::process::Command::new("cp").arg("--sparse=always").arg(&template).arg(&data).status().unwrap();
+            let status = std::process::Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&template)
+                .arg(&data)
+                .status()
+                .unwrap();
             assert!(status.success(), "copy data disk");
             if variant == "agent" {
                 let mut g = Guest::boot(&run_dir, &data);
                 agent_ping.push(g.wait_ping(&rt, TIMEOUT));
                 agent_engine.push(g.wait_engine(&rt, TIMEOUT).0);
             } else {
-                let mut g = Guest::boot_custom(&run_dir, &data, shell_cmdline, &script, String::new());
+                let mut g =
+                    Guest::boot_custom(&run_dir, &data, shell_cmdline, &script, String::new());
                 shell_up.push(g.wait_console("SHELL-INIT-UP", TIMEOUT));
                 shell_engine.push(g.wait_console("DOCKERD-READY", TIMEOUT));
             }
             eprintln!("run {i} {variant} done");
         }
     }
-    let (ap, ae, su, se) = (median(agent_ping), median(agent_engine), median(shell_up), median(shell_engine));
-    println!("# guest boot under QEMU ({}), image {}, median of {}", rmachine_machine::accel::choose().accel.as_str(), manifest.version, runs());
+    let (ap, ae, su, se) = (
+        median(agent_ping),
+        median(agent_engine),
+        median(shell_up),
+        median(shell_engine),
+    );
+    println!(
+        "# guest boot under QEMU ({}), image {}, median of {}",
+        rmachine_machine::accel::choose().accel.as_str(),
+        manifest.version,
+        runs()
+    );
     report("agent: boot to ping", &secs(ap), "");
     report("agent: boot to engine ready", &secs(ae), "");
     report("shell init: boot to init running", &secs(su), "peer");
     report("shell init: boot to engine ready", &secs(se), "peer");
-    report("engine ready, agent / shell init", &format!("{:.2}x", ae.as_secs_f64() / se.as_secs_f64()), &format!("agent cost {:+.3} s", ae.as_secs_f64() - se.as_secs_f64()));
-    report("first boot (formats the data disk): engine ready", &secs(first_engine), "");
+    report(
+        "engine ready, agent / shell init",
+        &format!("{:.2}x", ae.as_secs_f64() / se.as_secs_f64()),
+        &format!("agent cost {:+.3} s", ae.as_secs_f64() - se.as_secs_f64()),
+    );
+    report(
+        "first boot (formats the data disk): engine ready",
+        &secs(first_engine),
+        "",
+    );
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
     report("kernel (bzImage)", &mib(manifest.kernel.size_bytes), "");
-    report("root filesystem (erofs, lz4hc)", &mib(manifest.rootfs.size_bytes), "");
-    report("data disk after first boot (allocated)", &mib(data_after_first_boot), "8 GiB sparse");
+    report(
+        "root filesystem (erofs, lz4hc)",
+        &mib(manifest.rootfs.size_bytes),
+        "",
+    );
+    report(
+        "data disk after first boot (allocated)",
+        &mib(data_after_first_boot),
+        "8 GiB sparse",
+    );
 }

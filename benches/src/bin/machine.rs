@@ -20,14 +20,19 @@ use rmachine_protocol::Service;
 const M: &str = "bench";
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One `GET /_ping` on a new connection to a unix socket, as the docker CLI does.
 fn ping(socket: &Path) -> Result<(), String> {
     let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
     if out.starts_with("HTTP/1.1 200") && out.ends_with("OK") {
@@ -43,10 +48,15 @@ fn version_round_trips(socket: &Path, n: usize) -> Duration {
     for _ in 0..n {
         let t = Instant::now();
         let mut s = UnixStream::connect(socket).expect("connect");
-        s.write_all(b"GET /version HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         samples.push(t.elapsed());
     }
     median(samples)
@@ -100,11 +110,18 @@ fn main() {
 
     // 2. API round trip: host agent socket vs. a direct forward of the engine service.
     let state = env.state(M);
-    let carrier: Carrier = serde_json::from_value(state["carrier"].clone()).expect("carrier in state.json");
+    let carrier: Carrier =
+        serde_json::from_value(state["carrier"].clone()).expect("carrier in state.json");
     let rt = runtime();
     let direct = env.dir.path().join("direct.sock");
-    let listener = rt.block_on(async { tokio::net::UnixListener::bind(&direct) }).unwrap();
-    rt.spawn(rmachine_machine::forward::serve_unix(listener, Arc::new(carrier), Service::Engine));
+    let listener = rt
+        .block_on(async { tokio::net::UnixListener::bind(&direct) })
+        .unwrap();
+    rt.spawn(rmachine_machine::forward::serve_unix(
+        listener,
+        Arc::new(carrier),
+        Service::Engine,
+    ));
     let n = env_num("BENCH_REQUESTS", 100) as usize;
     version_round_trips(&socket, 5);
     let via_agent = version_round_trips(&socket, n);
@@ -118,8 +135,16 @@ fn main() {
     env.docker_ok(&["import", tarball.to_str().unwrap(), "bench/busybox:1"]);
     let port = free_local_port();
     env.docker_ok(&[
-        "run", "-d", "--name", "sink", "-p", &format!("127.0.0.1:{port}:9000"), "bench/busybox:1",
-        "sh", "-c", "while true; do nc -l -p 9000 > /dev/null; done",
+        "run",
+        "-d",
+        "--name",
+        "sink",
+        "-p",
+        &format!("127.0.0.1:{port}:9000"),
+        "bench/busybox:1",
+        "sh",
+        "-c",
+        "while true; do nc -l -p 9000 > /dev/null; done",
     ]);
     std::thread::sleep(Duration::from_secs(2));
     let published = upload(port, mib << 20);
@@ -137,7 +162,9 @@ fn main() {
 
     // 4. Host agent idle RSS and CPU.
     let idle = Duration::from_secs(env_num("BENCH_IDLE_SECS", 60));
-    let pid = env.state(M)["hostagent_pid"].as_u64().expect("hostagent pid") as u32;
+    let pid = env.state(M)["hostagent_pid"]
+        .as_u64()
+        .expect("hostagent pid") as u32;
     let vm_pid = env.state(M)["vm_pid"].as_u64().map(|p| p as u32);
     let cpu0 = cpu_time(pid).unwrap();
     let vm_cpu0 = vm_pid.and_then(cpu_time);
@@ -147,21 +174,66 @@ fn main() {
     let vm_cpu = vm_pid.and_then(cpu_time).zip(vm_cpu0).map(|(a, b)| a - b);
     env.rmachine_ok(&["stop", M]);
 
-    println!("# machines, backend qemu ({}), median of {runs}", rmachine_machine::accel::choose().accel.as_str());
-    report("rmachine start to engine _ping (cold)", &secs(median(starts)), "");
-    report("GET /version via host agent docker.sock", &secs(via_agent), &format!("median of {n}"));
-    report("GET /version via direct engine forward", &secs(via_direct), "peer");
-    report("API round trip, host agent / direct", &format!("{:.2}x", via_agent.as_secs_f64() / via_direct.as_secs_f64()), "target <= 1.2x");
-    report("published port upload", &format!("{published:.1} MiB/s"), &format!("{mib} MiB"));
-    report("host loopback upload", &format!("{loopback:.1} MiB/s"), "peer");
-    report("published port / loopback", &format!("{:.1} %", 100.0 * published / loopback), "target >= 50 % on hardware KVM");
-    report("host agent RSS (idle)", &format!("{:.1} MiB", rss as f64 / 1024.0), "");
+    println!(
+        "# machines, backend qemu ({}), median of {runs}",
+        rmachine_machine::accel::choose().accel.as_str()
+    );
+    report(
+        "rmachine start to engine _ping (cold)",
+        &secs(median(starts)),
+        "",
+    );
+    report(
+        "GET /version via host agent docker.sock",
+        &secs(via_agent),
+        &format!("median of {n}"),
+    );
+    report(
+        "GET /version via direct engine forward",
+        &secs(via_direct),
+        "peer",
+    );
+    report(
+        "API round trip, host agent / direct",
+        &format!("{:.2}x", via_agent.as_secs_f64() / via_direct.as_secs_f64()),
+        "target <= 1.2x",
+    );
+    report(
+        "published port upload",
+        &format!("{published:.1} MiB/s"),
+        &format!("{mib} MiB"),
+    );
+    report(
+        "host loopback upload",
+        &format!("{loopback:.1} MiB/s"),
+        "peer",
+    );
+    report(
+        "published port / loopback",
+        &format!("{:.1} %", 100.0 * published / loopback),
+        "target >= 50 % on hardware KVM",
+    );
+    report(
+        "host agent RSS (idle)",
+        &format!("{:.1} MiB", rss as f64 / 1024.0),
+        "",
+    );
     report(
         "host agent CPU (idle)",
-        &format!("{:.3} % of a core", 100.0 * cpu.as_secs_f64() / idle.as_secs_f64()),
+        &format!(
+            "{:.3} % of a core",
+            100.0 * cpu.as_secs_f64() / idle.as_secs_f64()
+        ),
         &format!("over {} s; target <= 0.5 %", idle.as_secs()),
     );
     if let Some(vm_cpu) = vm_cpu {
-        report("VM process CPU (idle)", &format!("{:.1} % of a core", 100.0 * vm_cpu.as_secs_f64() / idle.as_secs_f64()), "QEMU");
+        report(
+            "VM process CPU (idle)",
+            &format!(
+                "{:.1} % of a core",
+                100.0 * vm_cpu.as_secs_f64() / idle.as_secs_f64()
+            ),
+            "QEMU",
+        );
     }
 }

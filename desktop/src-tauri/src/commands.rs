@@ -6,7 +6,9 @@ use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary};
 use serde::{Deserialize, Serialize};
 use tauri::{AppHandle, Emitter, State};
 
-use crate::engine::{self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow};
+use crate::engine::{
+    self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow,
+};
 use crate::error::{CommandError, CommandResult, ErrorKind};
 use crate::machines::{self, Defaults, LogText, MachineList, NewDefaults, NewMachine};
 use crate::AppState;
@@ -33,19 +35,35 @@ pub enum MachineOp {
 }
 
 /// Runs a blocking machine function on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> CommandResult<T> + Send + 'static) -> CommandResult<T> {
-    tauri::async_runtime::spawn_blocking(f)
-        .await
-        .map_err(|e| CommandError::new(ErrorKind::Internal, format!("the operation thread failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> CommandResult<T> + Send + 'static,
+) -> CommandResult<T> {
+    tauri::async_runtime::spawn_blocking(f).await.map_err(|e| {
+        CommandError::new(
+            ErrorKind::Internal,
+            format!("the operation thread failed: {e}"),
+        )
+    })?
 }
 
 /// Runs `op` on machine `name`, telling the UI its progress; used by the window and the tray.
-pub async fn run_machine_op(app: AppHandle, lc: Lifecycle, name: String, op: MachineOp) -> CommandResult<MachineSummary> {
+pub async fn run_machine_op(
+    app: AppHandle,
+    lc: Lifecycle,
+    name: String,
+    op: MachineOp,
+) -> CommandResult<MachineSummary> {
     let emit = {
         let app = app.clone();
         let name = name.clone();
         move |detail: &str, done: bool, error: Option<CommandError>| {
-            let p = Progress { name: name.clone(), op, detail: detail.to_string(), done, error };
+            let p = Progress {
+                name: name.clone(),
+                op,
+                detail: detail.to_string(),
+                done,
+                error,
+            };
             if let Err(e) = app.emit("machine-progress", p) {
                 tracing::debug!(error = %e, "cannot emit progress");
             }
@@ -88,30 +106,50 @@ pub async fn list_machines(state: State<'_, AppState>) -> CommandResult<MachineL
 }
 
 #[tauri::command]
-pub async fn create_machine(state: State<'_, AppState>, machine: NewMachine) -> CommandResult<MachineSummary> {
+pub async fn create_machine(
+    state: State<'_, AppState>,
+    machine: NewMachine,
+) -> CommandResult<MachineSummary> {
     let lc = state.lc.clone();
     blocking(move || machines::create(&lc, &machine)).await
 }
 
 #[tauri::command]
-pub async fn machine_op(app: AppHandle, state: State<'_, AppState>, name: String, op: MachineOp) -> CommandResult<MachineSummary> {
+pub async fn machine_op(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    name: String,
+    op: MachineOp,
+) -> CommandResult<MachineSummary> {
     run_machine_op(app, state.lc.clone(), name, op).await
 }
 
 #[tauri::command]
-pub async fn remove_machine(state: State<'_, AppState>, name: String, force: bool) -> CommandResult<()> {
+pub async fn remove_machine(
+    state: State<'_, AppState>,
+    name: String,
+    force: bool,
+) -> CommandResult<()> {
     let lc = state.lc.clone();
     blocking(move || machines::remove(&lc, &name, force)).await
 }
 
 #[tauri::command]
-pub async fn use_machine(state: State<'_, AppState>, name: Option<String>) -> CommandResult<MachineList> {
+pub async fn use_machine(
+    state: State<'_, AppState>,
+    name: Option<String>,
+) -> CommandResult<MachineList> {
     let lc = state.lc.clone();
     blocking(move || machines::use_context(&lc, name.as_deref())).await
 }
 
 #[tauri::command]
-pub async fn machine_logs(state: State<'_, AppState>, name: String, kind: LogKind, max_bytes: u64) -> CommandResult<LogText> {
+pub async fn machine_logs(
+    state: State<'_, AppState>,
+    name: String,
+    kind: LogKind,
+    max_bytes: u64,
+) -> CommandResult<LogText> {
     let lc = state.lc.clone();
     blocking(move || machines::logs(&lc, &name, kind, max_bytes.min(4 << 20))).await
 }
@@ -123,28 +161,47 @@ pub async fn get_defaults(state: State<'_, AppState>) -> CommandResult<Defaults>
 }
 
 #[tauri::command]
-pub async fn set_defaults(state: State<'_, AppState>, defaults: NewDefaults) -> CommandResult<Defaults> {
+pub async fn set_defaults(
+    state: State<'_, AppState>,
+    defaults: NewDefaults,
+) -> CommandResult<Defaults> {
     let lc = state.lc.clone();
     blocking(move || machines::set_defaults(&lc, &defaults)).await
 }
 
 #[tauri::command]
-pub async fn list_containers(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<ContainerGroup>> {
+pub async fn list_containers(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<Vec<ContainerGroup>> {
     engine::containers(&engine::connect(&state.lc, &machine)?).await
 }
 
 #[tauri::command]
-pub async fn container_action(state: State<'_, AppState>, machine: String, id: String, action: ContainerAction) -> CommandResult<()> {
+pub async fn container_action(
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+    action: ContainerAction,
+) -> CommandResult<()> {
     engine::container_action(&engine::connect(&state.lc, &machine)?, &id, action).await
 }
 
 #[tauri::command]
-pub async fn inspect_container(state: State<'_, AppState>, machine: String, id: String) -> CommandResult<String> {
+pub async fn inspect_container(
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+) -> CommandResult<String> {
     engine::inspect_container(&engine::connect(&state.lc, &machine)?, &id).await
 }
 
 #[tauri::command]
-pub async fn follow_container_logs(state: State<'_, AppState>, machine: String, id: String) -> CommandResult<()> {
+pub async fn follow_container_logs(
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+) -> CommandResult<()> {
     let docker = engine::connect(&state.lc, &machine)?;
     state.logs.follow(docker, machine, id, 500);
     Ok(())
@@ -157,12 +214,20 @@ pub async fn stop_container_logs(state: State<'_, AppState>) -> CommandResult<()
 }
 
 #[tauri::command]
-pub async fn list_images(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<ImageRow>> {
+pub async fn list_images(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<Vec<ImageRow>> {
     engine::images(&engine::connect(&state.lc, &machine)?).await
 }
 
 #[tauri::command]
-pub async fn remove_image(state: State<'_, AppState>, machine: String, id: String, force: bool) -> CommandResult<()> {
+pub async fn remove_image(
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+    force: bool,
+) -> CommandResult<()> {
     engine::remove_image(&engine::connect(&state.lc, &machine)?, &id, force).await
 }
 
@@ -172,17 +237,28 @@ pub async fn prune_images(state: State<'_, AppState>, machine: String) -> Comman
 }
 
 #[tauri::command]
-pub async fn import_image(state: State<'_, AppState>, machine: String, request: ImportRequest) -> CommandResult<String> {
+pub async fn import_image(
+    state: State<'_, AppState>,
+    machine: String,
+    request: ImportRequest,
+) -> CommandResult<String> {
     engine::import_image(&engine::connect(&state.lc, &machine)?, &request).await
 }
 
 #[tauri::command]
-pub async fn list_volumes(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<VolumeRow>> {
+pub async fn list_volumes(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<Vec<VolumeRow>> {
     engine::volumes(&engine::connect(&state.lc, &machine)?).await
 }
 
 #[tauri::command]
-pub async fn remove_volume(state: State<'_, AppState>, machine: String, name: String) -> CommandResult<()> {
+pub async fn remove_volume(
+    state: State<'_, AppState>,
+    machine: String,
+    name: String,
+) -> CommandResult<()> {
     engine::remove_volume(&engine::connect(&state.lc, &machine)?, &name).await
 }
 
@@ -192,7 +268,10 @@ pub async fn prune_volumes(state: State<'_, AppState>, machine: String) -> Comma
 }
 
 #[tauri::command]
-pub async fn list_networks(state: State<'_, AppState>, machine: String) -> CommandResult<Vec<NetworkRow>> {
+pub async fn list_networks(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<Vec<NetworkRow>> {
     engine::networks(&engine::connect(&state.lc, &machine)?).await
 }
 
@@ -200,10 +279,15 @@ pub async fn list_networks(state: State<'_, AppState>, machine: String) -> Comma
 #[tauri::command]
 pub async fn open_url(app: AppHandle, url: String) -> CommandResult<()> {
     if !is_local_http(&url) {
-        return Err(CommandError::new(ErrorKind::Invalid, format!("{url} is not a local http address")));
+        return Err(CommandError::new(
+            ErrorKind::Invalid,
+            format!("{url} is not a local http address"),
+        ));
     }
     use tauri_plugin_opener::OpenerExt;
-    app.opener().open_url(&url, None::<&str>).map_err(|e| CommandError::new(ErrorKind::Io, format!("cannot open {url}: {e}")))
+    app.opener()
+        .open_url(&url, None::<&str>)
+        .map_err(|e| CommandError::new(ErrorKind::Io, format!("cannot open {url}: {e}")))
 }
 
 /// Whether `url` is `http://localhost:PORT…` or `http://127.0.0.1:PORT…`.
@@ -211,7 +295,9 @@ pub fn is_local_http(url: &str) -> bool {
     ["http://localhost:", "http://127.0.0.1:"].iter().any(|p| {
         url.strip_prefix(p).is_some_and(|rest| {
             let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            !port.is_empty() && port.parse::<u16>().is_ok() && rest[port.len()..].chars().next().is_none_or(|c| c == '/')
+            !port.is_empty()
+                && port.parse::<u16>().is_ok()
+                && rest[port.len()..].chars().next().is_none_or(|c| c == '/')
         })
     })
 }
@@ -221,8 +307,14 @@ pub fn is_local_http(url: &str) -> bool {
 pub async fn pick_tarball(app: AppHandle) -> CommandResult<Option<String>> {
     use tauri_plugin_dialog::DialogExt;
     blocking(move || {
-        let picked = app.dialog().file().add_filter("Tarballs", &["tar", "gz", "tgz", "xz", "zst"]).blocking_pick_file();
-        Ok(picked.and_then(|p| p.into_path().ok()).map(|p| p.display().to_string()))
+        let picked = app
+            .dialog()
+            .file()
+            .add_filter("Tarballs", &["tar", "gz", "tgz", "xz", "zst"])
+            .blocking_pick_file();
+        Ok(picked
+            .and_then(|p| p.into_path().ok())
+            .map(|p| p.display().to_string()))
     })
     .await
 }
@@ -231,10 +323,19 @@ pub async fn pick_tarball(app: AppHandle) -> CommandResult<Option<String>> {
 #[tauri::command]
 pub fn first_paint(state: State<'_, AppState>) {
     let since_start = state.started.elapsed();
-    let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    tracing::info!(ms = since_start.as_millis() as u64, "first machine list painted");
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    tracing::info!(
+        ms = since_start.as_millis() as u64,
+        "first machine list painted"
+    );
     if std::env::var_os("RMACHINE_DESKTOP_BENCH").is_some() {
-        println!("first-paint since_main_ms={} unix_ms={unix_ms}", since_start.as_millis());
+        println!(
+            "first-paint since_main_ms={} unix_ms={unix_ms}",
+            since_start.as_millis()
+        );
     }
 }
 

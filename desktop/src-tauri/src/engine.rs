@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, ListNetworksOptions, ListVolumesOptions, PruneImagesOptionsBuilder,
-    PruneVolumesOptions, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
+    CreateImageOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions,
+    ListVolumesOptions, PruneImagesOptionsBuilder, PruneVolumesOptions,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
     RestartContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
@@ -38,8 +39,12 @@ pub fn connect(lc: &Lifecycle, name: &str) -> CommandResult<Docker> {
 
 /// A client of the engine at a unix socket.
 pub fn connect_socket(socket: &Path) -> CommandResult<Docker> {
-    Docker::connect_with_unix(&socket.to_string_lossy(), ENGINE_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-        .map_err(CommandError::from)
+    Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        ENGINE_TIMEOUT_S,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(CommandError::from)
 }
 
 /// A published port of a container.
@@ -88,13 +93,28 @@ pub fn container_row(c: bollard::models::ContainerSummary) -> ContainerRow {
             let host_port = p.public_port?;
             let proto = p.typ.map(|t| t.to_string()).unwrap_or_else(|| "tcp".into());
             let url = (proto == "tcp").then(|| format!("http://localhost:{host_port}"));
-            Some(PortRow { host_ip: p.ip.unwrap_or_default(), host_port, container_port: p.private_port, proto, url })
+            Some(PortRow {
+                host_ip: p.ip.unwrap_or_default(),
+                host_port,
+                container_port: p.private_port,
+                proto,
+                url,
+            })
         })
         .collect();
     // The engine lists a port once for 0.0.0.0 and once for ::; one row is enough.
-    ports.sort_by(|a, b| (a.host_port, &a.proto, &a.host_ip).cmp(&(b.host_port, &b.proto, &b.host_ip)));
-    ports.dedup_by(|a, b| a.host_port == b.host_port && a.proto == b.proto && a.container_port == b.container_port);
-    let name = c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
+    ports.sort_by(|a, b| {
+        (a.host_port, &a.proto, &a.host_ip).cmp(&(b.host_port, &b.proto, &b.host_ip))
+    });
+    ports.dedup_by(|a, b| {
+        a.host_port == b.host_port && a.proto == b.proto && a.container_port == b.container_port
+    });
+    let name = c
+        .names
+        .unwrap_or_default()
+        .first()
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
     ContainerRow {
         id: c.id.unwrap_or_default(),
         name,
@@ -118,22 +138,34 @@ pub fn group_containers(rows: Vec<ContainerRow>) -> Vec<ContainerGroup> {
             None => standalone.push(r),
         }
     }
-    let mut groups: Vec<ContainerGroup> =
-        projects.into_iter().map(|(p, mut c)| {
+    let mut groups: Vec<ContainerGroup> = projects
+        .into_iter()
+        .map(|(p, mut c)| {
             c.sort_by(|a, b| a.name.cmp(&b.name));
-            ContainerGroup { project: Some(p), containers: c }
-        }).collect();
+            ContainerGroup {
+                project: Some(p),
+                containers: c,
+            }
+        })
+        .collect();
     if !standalone.is_empty() {
         standalone.sort_by(|a, b| b.created.cmp(&a.created).then(a.name.cmp(&b.name)));
-        groups.push(ContainerGroup { project: None, containers: standalone });
+        groups.push(ContainerGroup {
+            project: None,
+            containers: standalone,
+        });
     }
     groups
 }
 
 /// Every container (running or not), grouped by compose project.
 pub async fn containers(docker: &Docker) -> CommandResult<Vec<ContainerGroup>> {
-    let list = docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build())).await?;
-    Ok(group_containers(list.into_iter().map(container_row).collect()))
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+        .await?;
+    Ok(group_containers(
+        list.into_iter().map(container_row).collect(),
+    ))
 }
 
 /// What to do with a container.
@@ -148,13 +180,39 @@ pub enum ContainerAction {
 }
 
 /// Applies `action` to container `id`.
-pub async fn container_action(docker: &Docker, id: &str, action: ContainerAction) -> CommandResult<()> {
+pub async fn container_action(
+    docker: &Docker,
+    id: &str,
+    action: ContainerAction,
+) -> CommandResult<()> {
     match action {
-        ContainerAction::Start => docker.start_container(id, None::<StartContainerOptions>).await?,
-        ContainerAction::Stop => docker.stop_container(id, None::<StopContainerOptions>).await?,
-        ContainerAction::Restart => docker.restart_container(id, None::<RestartContainerOptions>).await?,
+        ContainerAction::Start => {
+            docker
+                .start_container(id, None::<StartContainerOptions>)
+                .await?
+        }
+        ContainerAction::Stop => {
+            docker
+                .stop_container(id, None::<StopContainerOptions>)
+                .await?
+        }
+        ContainerAction::Restart => {
+            docker
+                .restart_container(id, None::<RestartContainerOptions>)
+                .await?
+        }
         ContainerAction::Remove => {
-            docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await?
+            docker
+                .remove_container(
+                    id,
+                    Some(
+                        RemoveContainerOptionsBuilder::new()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
+                .await?
         }
     }
     Ok(())
@@ -162,8 +220,11 @@ pub async fn container_action(docker: &Docker, id: &str, action: ContainerAction
 
 /// The engine's inspect document of a container, pretty-printed.
 pub async fn inspect_container(docker: &Docker, id: &str) -> CommandResult<String> {
-    let doc = docker.inspect_container(id, None::<InspectContainerOptions>).await?;
-    serde_json::to_string_pretty(&doc).map_err(|e| CommandError::new(ErrorKind::Internal, e.to_string()))
+    let doc = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await?;
+    serde_json::to_string_pretty(&doc)
+        .map_err(|e| CommandError::new(ErrorKind::Internal, e.to_string()))
 }
 
 /// One image (one row per image, with all its tags).
@@ -178,16 +239,25 @@ pub struct ImageRow {
 }
 
 pub async fn images(docker: &Docker) -> CommandResult<Vec<ImageRow>> {
-    let list = docker.list_images(Some(ListImagesOptionsBuilder::new().all(false).build())).await?;
+    let list = docker
+        .list_images(Some(ListImagesOptionsBuilder::new().all(false).build()))
+        .await?;
     // The engine counts an image's containers only on request (slowly): count them here.
     let mut used: HashMap<String, i64> = HashMap::new();
-    for c in docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build())).await? {
+    for c in docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+        .await?
+    {
         *used.entry(c.image_id.unwrap_or_default()).or_default() += 1;
     }
     let mut rows: Vec<ImageRow> = list
         .into_iter()
         .map(|i| ImageRow {
-            tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+            tags: i
+                .repo_tags
+                .into_iter()
+                .filter(|t| t != "<none>:<none>")
+                .collect(),
             size: i.size,
             created: i.created,
             containers: used.get(&i.id).copied().unwrap_or(0),
@@ -199,7 +269,13 @@ pub async fn images(docker: &Docker) -> CommandResult<Vec<ImageRow>> {
 }
 
 pub async fn remove_image(docker: &Docker, id: &str, force: bool) -> CommandResult<()> {
-    docker.remove_image(id, Some(RemoveImageOptionsBuilder::new().force(force).build()), None).await?;
+    docker
+        .remove_image(
+            id,
+            Some(RemoveImageOptionsBuilder::new().force(force).build()),
+            None,
+        )
+        .await?;
     Ok(())
 }
 
@@ -213,7 +289,11 @@ pub struct Pruned {
 /// Removes every image no container uses (`docker image prune -a`).
 pub async fn prune_images(docker: &Docker) -> CommandResult<Pruned> {
     let filters = HashMap::from([("dangling".to_string(), vec!["false".to_string()])]);
-    let r = docker.prune_images(Some(PruneImagesOptionsBuilder::new().filters(&filters).build())).await?;
+    let r = docker
+        .prune_images(Some(
+            PruneImagesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await?;
     Ok(Pruned {
         removed: r.images_deleted.map(|d| d.len()).unwrap_or(0),
         reclaimed_bytes: r.space_reclaimed.unwrap_or(0),
@@ -254,8 +334,13 @@ pub async fn import_image(docker: &Docker, request: &ImportRequest) -> CommandRe
         }
         ImportRequest::Rootfs { reference, .. } => {
             let (repo, tag) = split_reference(reference);
-            let options = CreateImageOptionsBuilder::new().from_src("-").repo(repo).tag(tag).build();
-            let mut stream = docker.create_image(Some(options), Some(bollard::body_full(bytes.into())), None);
+            let options = CreateImageOptionsBuilder::new()
+                .from_src("-")
+                .repo(repo)
+                .tag(tag)
+                .build();
+            let mut stream =
+                docker.create_image(Some(options), Some(bollard::body_full(bytes.into())), None);
             while let Some(item) = stream.next().await {
                 if let Some(s) = item?.status {
                     said.push(s.trim().to_string());
@@ -263,7 +348,11 @@ pub async fn import_image(docker: &Docker, request: &ImportRequest) -> CommandRe
             }
         }
     }
-    Ok(said.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n"))
+    Ok(said
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// `repo[:tag]` (a registry port is not a tag) into repo and tag (default `latest`).
@@ -303,7 +392,12 @@ pub async fn volumes(docker: &Docker) -> CommandResult<Vec<VolumeRow>> {
 }
 
 pub async fn remove_volume(docker: &Docker, name: &str) -> CommandResult<()> {
-    docker.remove_volume(name, Some(RemoveVolumeOptionsBuilder::new().force(false).build())).await?;
+    docker
+        .remove_volume(
+            name,
+            Some(RemoveVolumeOptionsBuilder::new().force(false).build()),
+        )
+        .await?;
     Ok(())
 }
 
@@ -371,7 +465,12 @@ mod tests {
 
     #[test]
     fn test_container_rows_link_tcp_ports_once() {
-        let port = |ip: &str, typ| Port { ip: Some(ip.into()), private_port: 80, public_port: Some(8080), typ: Some(typ) };
+        let port = |ip: &str, typ| Port {
+            ip: Some(ip.into()),
+            private_port: 80,
+            public_port: Some(8080),
+            typ: Some(typ),
+        };
         let row = container_row(summary(
             "web",
             None,
@@ -379,7 +478,12 @@ mod tests {
                 port("0.0.0.0", PortTypeEnum::TCP),
                 port("::", PortTypeEnum::TCP),
                 port("0.0.0.0", PortTypeEnum::UDP),
-                Port { ip: None, private_port: 9000, public_port: None, typ: Some(PortTypeEnum::TCP) },
+                Port {
+                    ip: None,
+                    private_port: 9000,
+                    public_port: None,
+                    typ: Some(PortTypeEnum::TCP),
+                },
             ],
         ));
         assert_eq!(row.name, "web");
@@ -387,7 +491,13 @@ mod tests {
         assert_eq!(row.ports.len(), 2, "{:?}", row.ports);
         let tcp = row.ports.iter().find(|p| p.proto == "tcp").unwrap();
         assert_eq!(tcp.url.as_deref(), Some("http://localhost:8080"));
-        assert!(row.ports.iter().find(|p| p.proto == "udp").unwrap().url.is_none());
+        assert!(row
+            .ports
+            .iter()
+            .find(|p| p.proto == "udp")
+            .unwrap()
+            .url
+            .is_none());
     }
 
     #[test]
@@ -399,7 +509,14 @@ mod tests {
         let groups = group_containers(rows);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].project.as_deref(), Some("shop"));
-        assert_eq!(groups[0].containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            groups[0]
+                .containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(groups[1].project, None);
     }
 

@@ -42,11 +42,17 @@ pub struct CommandError {
 
 impl CommandError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> CommandError {
-        CommandError { kind, message: message.into() }
+        CommandError {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub fn not_running(machine: &str) -> CommandError {
-        CommandError::new(ErrorKind::NotRunning, format!("machine {machine} is not running"))
+        CommandError::new(
+            ErrorKind::NotRunning,
+            format!("machine {machine} is not running"),
+        )
     }
 }
 
@@ -56,7 +62,9 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         StoreError::NotFound(_) => ErrorKind::NotFound,
         StoreError::Exists(_) => ErrorKind::Exists,
         StoreError::Busy { .. } => ErrorKind::Busy,
-        StoreError::Config(rmachine_machine::config::ConfigError::Invalid { .. }) => ErrorKind::Invalid,
+        StoreError::Config(rmachine_machine::config::ConfigError::Invalid { .. }) => {
+            ErrorKind::Invalid
+        }
         StoreError::Config(_) | StoreError::Io { .. } => ErrorKind::Io,
     }
 }
@@ -78,9 +86,15 @@ impl From<LifecycleError> for CommandError {
     fn from(e: LifecycleError) -> CommandError {
         let kind = match &e {
             LifecycleError::Store(s) => store_kind(s),
-            LifecycleError::Machine(m) | LifecycleError::Prepare { source: m, .. } => machine_kind(m),
-            LifecycleError::Config(rmachine_machine::config::ConfigError::Invalid { .. }) => ErrorKind::Invalid,
-            LifecycleError::Config(_) | LifecycleError::Context(_) | LifecycleError::Paths(_) => ErrorKind::Io,
+            LifecycleError::Machine(m) | LifecycleError::Prepare { source: m, .. } => {
+                machine_kind(m)
+            }
+            LifecycleError::Config(rmachine_machine::config::ConfigError::Invalid { .. }) => {
+                ErrorKind::Invalid
+            }
+            LifecycleError::Config(_) | LifecycleError::Context(_) | LifecycleError::Paths(_) => {
+                ErrorKind::Io
+            }
         };
         CommandError::new(kind, error_chain(&e))
     }
@@ -96,9 +110,15 @@ impl From<bollard::errors::Error> for CommandError {
     fn from(e: bollard::errors::Error) -> CommandError {
         use bollard::errors::Error as B;
         let kind = match &e {
-            B::DockerResponseServerError { status_code: 404, .. } => ErrorKind::NotFound,
-            B::DockerResponseServerError { status_code: 409, .. } => ErrorKind::Busy,
-            B::DockerResponseServerError { status_code: 400, .. } => ErrorKind::Invalid,
+            B::DockerResponseServerError {
+                status_code: 404, ..
+            } => ErrorKind::NotFound,
+            B::DockerResponseServerError {
+                status_code: 409, ..
+            } => ErrorKind::Busy,
+            B::DockerResponseServerError {
+                status_code: 400, ..
+            } => ErrorKind::Invalid,
             _ => ErrorKind::Engine,
         };
         let message = match &e {
@@ -126,7 +146,10 @@ mod tests {
 
     #[test]
     fn test_engine_status_codes_map_to_kinds() {
-        let e = bollard::errors::Error::DockerResponseServerError { status_code: 409, message: "in use".into() };
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message: "in use".into(),
+        };
         assert_eq!(CommandError::from(e).kind, ErrorKind::Busy);
     }
 }

@@ -48,7 +48,10 @@ pub fn run() -> std::process::ExitCode {
     let lc = match Lifecycle::from_env() {
         Ok(lc) => lc,
         Err(e) => {
-            eprintln!("rmachine-desktop: {}", rmachine_machine::lifecycle::error_chain(&e));
+            eprintln!(
+                "rmachine-desktop: {}",
+                rmachine_machine::lifecycle::error_chain(&e)
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -98,23 +101,31 @@ pub fn run() -> std::process::ExitCode {
                     None
                 }
             };
-            app.manage(AppState { lc: lc.clone(), events, logs, tray: Mutex::new(tray), started });
+            app.manage(AppState {
+                lc: lc.clone(),
+                events,
+                logs,
+                tray: Mutex::new(tray),
+                started,
+            });
             let h = handle.clone();
-            std::thread::Builder::new().name("machine-watch".into()).spawn(move || {
-                watch::watch(&lc, |list| {
-                    let state = h.state::<AppState>();
-                    state.events.sync(list);
-                    if let Ok(t) = state.tray.lock() {
-                        if let Some(t) = t.as_ref() {
-                            t.update(list);
+            std::thread::Builder::new()
+                .name("machine-watch".into())
+                .spawn(move || {
+                    watch::watch(&lc, |list| {
+                        let state = h.state::<AppState>();
+                        state.events.sync(list);
+                        if let Ok(t) = state.tray.lock() {
+                            if let Some(t) = t.as_ref() {
+                                t.update(list);
+                            }
                         }
-                    }
-                    if let Err(e) = h.emit("machines-changed", list) {
-                        tracing::debug!(error = %e, "cannot emit machines-changed");
-                    }
-                    true
-                })
-            })?;
+                        if let Err(e) = h.emit("machines-changed", list) {
+                            tracing::debug!(error = %e, "cannot emit machines-changed");
+                        }
+                        true
+                    })
+                })?;
             Ok(())
         })
         .run(tauri::generate_context!());

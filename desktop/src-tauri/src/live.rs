@@ -48,18 +48,28 @@ pub struct EngineEvents {
 
 impl EngineEvents {
     pub fn new(sink: Sink<EngineEvent>) -> EngineEvents {
-        EngineEvents { tasks: Mutex::new(HashMap::new()), sink }
+        EngineEvents {
+            tasks: Mutex::new(HashMap::new()),
+            sink,
+        }
     }
 
     /// Follows the events of every running machine in `list` and stops following the
     /// others. Call it from within the async runtime, with each new machine list.
     pub fn sync(&self, list: &MachineList) {
-        let Ok(mut tasks) = self.tasks.lock() else { return };
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
         let running: HashMap<String, PathBuf> = list
             .machines
             .iter()
             .filter(|m| m.state == "running")
-            .filter_map(|m| Some((m.name.clone(), PathBuf::from(m.docker_host.as_deref()?.strip_prefix("unix://")?))))
+            .filter_map(|m| {
+                Some((
+                    m.name.clone(),
+                    PathBuf::from(m.docker_host.as_deref()?.strip_prefix("unix://")?),
+                ))
+            })
             .collect();
         tasks.retain(|name, (socket, task)| {
             let keep = running.get(name) == Some(socket) && !task.inner().is_finished();
@@ -75,7 +85,10 @@ impl EngineEvents {
             let sink = self.sink.clone();
             let machine = name.clone();
             let path = socket.clone();
-            let task = tauri::async_runtime::spawn(async move { follow_events(machine, path, sink).await });
+            let task =
+                tauri::async_runtime::spawn(
+                    async move { follow_events(machine, path, sink).await },
+                );
             tasks.insert(name, (socket, task));
         }
     }
@@ -98,7 +111,12 @@ async fn follow_events(machine: String, socket: PathBuf, sink: Sink<EngineEvent>
             Ok(docker) => {
                 tracing::debug!(machine, "following engine events");
                 // A change the UI missed while not connected.
-                sink(EngineEvent { machine: machine.clone(), kind: "engine".into(), action: "connected".into(), id: String::new() });
+                sink(EngineEvent {
+                    machine: machine.clone(),
+                    kind: "engine".into(),
+                    action: "connected".into(),
+                    id: String::new(),
+                });
                 let mut stream = docker.events(None::<EventsOptions>);
                 while let Some(item) = stream.next().await {
                     match item {
@@ -132,7 +150,10 @@ const LOG_BATCH_MS: u64 = 100;
 
 impl LogFollower {
     pub fn new(sink: Sink<LogChunk>) -> LogFollower {
-        LogFollower { current: Mutex::new(None), sink }
+        LogFollower {
+            current: Mutex::new(None),
+            sink,
+        }
     }
 
     /// Follows container `id` (its last `tail` lines first), replacing the one followed.
@@ -140,11 +161,23 @@ impl LogFollower {
         self.stop();
         let sink = self.sink.clone();
         let task = tauri::async_runtime::spawn(async move {
-            let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).tail(&tail.to_string()).build();
+            let options = LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .tail(&tail.to_string())
+                .build();
             let mut stream = docker.logs(&id, Some(options));
             let mut buf = String::new();
             let mut tick = tokio::time::interval(Duration::from_millis(LOG_BATCH_MS));
-            let send = |text: String, end: bool| sink(LogChunk { machine: machine.clone(), id: id.clone(), text, end });
+            let send = |text: String, end: bool| {
+                sink(LogChunk {
+                    machine: machine.clone(),
+                    id: id.clone(),
+                    text,
+                    end,
+                })
+            };
             loop {
                 tokio::select! {
                     item = stream.next() => match item {

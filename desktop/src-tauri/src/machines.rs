@@ -2,7 +2,9 @@
 //! what the Machines page, the Settings page and the tray do. Each is blocking (a start
 //! takes seconds to minutes): the Tauri commands run them on a blocking thread.
 
-use rmachine_machine::config::{DriverKind, Settings, DEFAULT_CPUS, DEFAULT_DISK_SIZE_GIB, DEFAULT_MEMORY_MIB};
+use rmachine_machine::config::{
+    DriverKind, Settings, DEFAULT_CPUS, DEFAULT_DISK_SIZE_GIB, DEFAULT_MEMORY_MIB,
+};
 use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary, DEFAULT_MACHINE};
 use rmachine_machine::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,11 @@ pub struct MachineList {
 }
 
 pub fn list(lc: &Lifecycle) -> CommandResult<MachineList> {
-    Ok(MachineList { machines: lc.summaries()?, current_context: lc.current_context(), active: lc.active_machine() })
+    Ok(MachineList {
+        machines: lc.summaries()?,
+        current_context: lc.current_context(),
+        active: lc.active_machine(),
+    })
 }
 
 /// The create form.
@@ -51,7 +57,11 @@ pub fn create(lc: &Lifecycle, new: &NewMachine) -> CommandResult<MachineSummary>
     Ok(lc.summary(&m.name)?)
 }
 
-pub fn start(lc: &Lifecycle, name: &str, progress: &mut dyn FnMut(&str)) -> CommandResult<MachineSummary> {
+pub fn start(
+    lc: &Lifecycle,
+    name: &str,
+    progress: &mut dyn FnMut(&str),
+) -> CommandResult<MachineSummary> {
     lc.start(name, progress)?;
     Ok(lc.summary(name)?)
 }
@@ -61,7 +71,11 @@ pub fn stop(lc: &Lifecycle, name: &str, force: bool) -> CommandResult<MachineSum
     Ok(lc.summary(name)?)
 }
 
-pub fn restart(lc: &Lifecycle, name: &str, progress: &mut dyn FnMut(&str)) -> CommandResult<MachineSummary> {
+pub fn restart(
+    lc: &Lifecycle,
+    name: &str,
+    progress: &mut dyn FnMut(&str),
+) -> CommandResult<MachineSummary> {
     lc.restart(name, progress)?;
     Ok(lc.summary(name)?)
 }
@@ -93,7 +107,10 @@ pub fn ensure_default(lc: &Lifecycle) -> CommandResult<()> {
 }
 
 /// Starts the `default` machine, creating it first when it does not exist.
-pub fn start_default(lc: &Lifecycle, progress: &mut dyn FnMut(&str)) -> CommandResult<MachineSummary> {
+pub fn start_default(
+    lc: &Lifecycle,
+    progress: &mut dyn FnMut(&str),
+) -> CommandResult<MachineSummary> {
     ensure_default(lc)?;
     start(lc, DEFAULT_MACHINE, progress)
 }
@@ -128,7 +145,9 @@ pub fn defaults(lc: &Lifecycle) -> CommandResult<Defaults> {
         builtin_cpus: DEFAULT_CPUS,
         builtin_memory_mib: DEFAULT_MEMORY_MIB,
         builtin_disk_size_gib: DEFAULT_DISK_SIZE_GIB,
-        host_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        host_cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         defaults_file: lc.store().paths().defaults_file().display().to_string(),
     })
 }
@@ -171,20 +190,32 @@ mod tests {
     /// A lifecycle in a temporary RMACHINE_HOME and docker config folder.
     fn lifecycle() -> (tempfile::TempDir, Lifecycle) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
+        let store = Store::new(Paths::with_roots(
+            dir.path().join("home"),
+            dir.path().join("cache"),
+        ));
         let lc = Lifecycle::new(store, dir.path().join("docker"));
         (dir, lc)
     }
 
     fn fake(name: &str) -> NewMachine {
-        NewMachine { name: name.into(), driver: Some(DriverKind::Fake), cpus: Some(1), memory_mib: Some(1024), disk_size_gib: Some(8) }
+        NewMachine {
+            name: name.into(),
+            driver: Some(DriverKind::Fake),
+            cpus: Some(1),
+            memory_mib: Some(1024),
+            disk_size_gib: Some(8),
+        }
     }
 
     #[test]
     fn test_create_lists_machine_with_its_settings() {
         let (_d, lc) = lifecycle();
         let m = create(&lc, &fake("dev")).unwrap();
-        assert_eq!((m.state.as_str(), m.cpus, m.memory_mib, m.disk_size_gib), ("stopped", Some(1), Some(1024), Some(8)));
+        assert_eq!(
+            (m.state.as_str(), m.cpus, m.memory_mib, m.disk_size_gib),
+            ("stopped", Some(1), Some(1024), Some(8))
+        );
         assert_eq!(m.driver.as_deref(), Some("fake"));
         let l = list(&lc).unwrap();
         assert_eq!(l.machines.len(), 1);
@@ -195,9 +226,22 @@ mod tests {
     fn test_create_rejects_bad_input_with_kinds() {
         let (_d, lc) = lifecycle();
         create(&lc, &fake("dev")).unwrap();
-        assert_eq!(create(&lc, &fake("dev")).unwrap_err().kind, ErrorKind::Exists);
-        assert_eq!(create(&lc, &fake("Bad Name")).unwrap_err().kind, ErrorKind::Invalid);
-        let e = create(&lc, &NewMachine { cpus: Some(0), ..fake("x") }).unwrap_err();
+        assert_eq!(
+            create(&lc, &fake("dev")).unwrap_err().kind,
+            ErrorKind::Exists
+        );
+        assert_eq!(
+            create(&lc, &fake("Bad Name")).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
+        let e = create(
+            &lc,
+            &NewMachine {
+                cpus: Some(0),
+                ..fake("x")
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(e.message.contains("cpus"), "{}", e.message);
     }
@@ -207,12 +251,20 @@ mod tests {
         let (_d, lc) = lifecycle();
         create(&lc, &fake("dev")).unwrap();
         let mut heard = Vec::new();
-        assert_eq!(start(&lc, "dev", &mut |d| heard.push(d.to_string())).unwrap().state, "running");
+        assert_eq!(
+            start(&lc, "dev", &mut |d| heard.push(d.to_string()))
+                .unwrap()
+                .state,
+            "running"
+        );
         assert!(!heard.is_empty());
         assert_eq!(stop(&lc, "dev", false).unwrap().state, "stopped");
         assert_eq!(restart(&lc, "dev", &mut |_| {}).unwrap().state, "running");
         assert_eq!(stop(&lc, "dev", true).unwrap().state, "stopped");
-        assert_eq!(start(&lc, "nope", &mut |_| {}).unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            start(&lc, "nope", &mut |_| {}).unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 
     #[test]
@@ -223,7 +275,10 @@ mod tests {
         assert_eq!(remove(&lc, "dev", false).unwrap_err().kind, ErrorKind::Busy);
         remove(&lc, "dev", true).unwrap();
         assert!(list(&lc).unwrap().machines.is_empty());
-        assert_eq!(remove(&lc, "dev", false).unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            remove(&lc, "dev", false).unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 
     #[test]
@@ -242,9 +297,20 @@ mod tests {
     #[test]
     fn test_start_default_creates_it_from_the_defaults() {
         let (_d, lc) = lifecycle();
-        set_defaults(&lc, &NewDefaults { driver: Some(DriverKind::Fake), cpus: Some(1), ..Default::default() }).unwrap();
+        set_defaults(
+            &lc,
+            &NewDefaults {
+                driver: Some(DriverKind::Fake),
+                cpus: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let m = start_default(&lc, &mut |_| {}).unwrap();
-        assert_eq!((m.name.as_str(), m.state.as_str(), m.cpus), ("default", "running", Some(1)));
+        assert_eq!(
+            (m.name.as_str(), m.state.as_str(), m.cpus),
+            ("default", "running", Some(1))
+        );
     }
 
     #[test]
@@ -253,12 +319,38 @@ mod tests {
         let d = defaults(&lc).unwrap();
         assert_eq!(d.settings, Settings::default());
         assert_eq!(d.builtin_memory_mib, DEFAULT_MEMORY_MIB);
-        let d = set_defaults(&lc, &NewDefaults { memory_mib: Some(1024), disk_size_gib: Some(20), ..Default::default() }).unwrap();
-        assert_eq!((d.settings.memory_mib, d.settings.disk_size_gib), (Some(1024), Some(20)));
-        let e = set_defaults(&lc, &NewDefaults { memory_mib: Some(10), ..Default::default() }).unwrap_err();
+        let d = set_defaults(
+            &lc,
+            &NewDefaults {
+                memory_mib: Some(1024),
+                disk_size_gib: Some(20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (d.settings.memory_mib, d.settings.disk_size_gib),
+            (Some(1024), Some(20))
+        );
+        let e = set_defaults(
+            &lc,
+            &NewDefaults {
+                memory_mib: Some(10),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Invalid);
         // A machine created afterwards takes them.
-        let m = create(&lc, &NewMachine { name: "n".into(), driver: Some(DriverKind::Fake), ..Default::default() }).unwrap();
+        let m = create(
+            &lc,
+            &NewMachine {
+                name: "n".into(),
+                driver: Some(DriverKind::Fake),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(m.disk_size_gib, Some(20));
     }
 
@@ -266,7 +358,13 @@ mod tests {
     fn test_logs_of_a_machine_without_logs_are_empty() {
         let (_d, lc) = lifecycle();
         create(&lc, &fake("dev")).unwrap();
-        assert_eq!(logs(&lc, "dev", LogKind::Console, 1000).unwrap(), LogText { text: String::new(), len: 0 });
+        assert_eq!(
+            logs(&lc, "dev", LogKind::Console, 1000).unwrap(),
+            LogText {
+                text: String::new(),
+                len: 0
+            }
+        );
         let path = lc.store().paths().machine("dev").hostagent_log();
         std::fs::write(&path, "line one\nline two\n").unwrap();
         let l = logs(&lc, "dev", LogKind::Hostagent, 1000).unwrap();

@@ -24,9 +24,27 @@ const ICON_STOPPED: &[u8] = include_bytes!("../icons/tray-stopped.png");
 
 /// Builds the tray icon and its menu.
 pub fn build(app: &AppHandle) -> tauri::Result<Tray> {
-    let status = MenuItem::with_id(app, "status", format!("{DEFAULT_MACHINE}: …"), false, None::<&str>)?;
-    let start = MenuItem::with_id(app, "start", format!("Start {DEFAULT_MACHINE}"), true, None::<&str>)?;
-    let stop = MenuItem::with_id(app, "stop", format!("Stop {DEFAULT_MACHINE}"), false, None::<&str>)?;
+    let status = MenuItem::with_id(
+        app,
+        "status",
+        format!("{DEFAULT_MACHINE}: …"),
+        false,
+        None::<&str>,
+    )?;
+    let start = MenuItem::with_id(
+        app,
+        "start",
+        format!("Start {DEFAULT_MACHINE}"),
+        true,
+        None::<&str>,
+    )?;
+    let stop = MenuItem::with_id(
+        app,
+        "stop",
+        format!("Stop {DEFAULT_MACHINE}"),
+        false,
+        None::<&str>,
+    )?;
     let show = MenuItem::with_id(app, "show", "Open rmachine Desktop", true, None::<&str>)?;
     let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
     let sep = PredefinedMenuItem::separator(app)?;
@@ -38,7 +56,12 @@ pub fn build(app: &AppHandle) -> tauri::Result<Tray> {
         .menu(&menu)
         .on_menu_event(|app, event| on_menu(app, event.id().as_ref()))
         .build(app)?;
-    Ok(Tray { icon, status, start, stop })
+    Ok(Tray {
+        icon,
+        status,
+        start,
+        stop,
+    })
 }
 
 fn on_menu(app: &AppHandle, id: &str) {
@@ -52,13 +75,26 @@ fn on_menu(app: &AppHandle, id: &str) {
                 let result = if start {
                     // The default machine is created on first start, as `rmachine start` does.
                     let lc2 = lc.clone();
-                    match tauri::async_runtime::spawn_blocking(move || machines::ensure_default(&lc2)).await {
-                        Ok(Ok(())) => commands::run_machine_op(app, lc, DEFAULT_MACHINE.into(), MachineOp::Start).await.map(|_| ()),
+                    match tauri::async_runtime::spawn_blocking(move || {
+                        machines::ensure_default(&lc2)
+                    })
+                    .await
+                    {
+                        Ok(Ok(())) => commands::run_machine_op(
+                            app,
+                            lc,
+                            DEFAULT_MACHINE.into(),
+                            MachineOp::Start,
+                        )
+                        .await
+                        .map(|_| ()),
                         Ok(Err(e)) => Err(e),
                         Err(e) => Err(CommandError::new(ErrorKind::Internal, e.to_string())),
                     }
                 } else {
-                    commands::run_machine_op(app, lc, DEFAULT_MACHINE.into(), MachineOp::Stop).await.map(|_| ())
+                    commands::run_machine_op(app, lc, DEFAULT_MACHINE.into(), MachineOp::Stop)
+                        .await
+                        .map(|_| ())
                 };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "tray: {}", if start { "start" } else { "stop" });
@@ -87,7 +123,9 @@ impl Tray {
         let _ = self.status.set_text(format!("{DEFAULT_MACHINE}: {state}"));
         let _ = self.start.set_enabled(idle);
         let _ = self.stop.set_enabled(!idle);
-        let _ = self.icon.set_tooltip(Some(format!("rmachine: {DEFAULT_MACHINE} {state}")));
+        let _ = self
+            .icon
+            .set_tooltip(Some(format!("rmachine: {DEFAULT_MACHINE} {state}")));
         if let Ok(img) = Image::from_bytes(if running { ICON_RUNNING } else { ICON_STOPPED }) {
             let _ = self.icon.set_icon(Some(img));
         }

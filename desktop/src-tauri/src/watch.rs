@@ -17,7 +17,10 @@ pub const REBUILD_INTERVAL_MS: u64 = 3000;
 
 /// What the watched files look like now: each one's path, length and modification time.
 pub fn fingerprint(lc: &Lifecycle) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut files = vec![lc.store().paths().defaults_file(), lc.docker_config().join("config.json")];
+    let mut files = vec![
+        lc.store().paths().defaults_file(),
+        lc.docker_config().join("config.json"),
+    ];
     if let Ok(names) = lc.store().names() {
         for n in names {
             let m = lc.store().paths().machine(&n);
@@ -26,10 +29,13 @@ pub fn fingerprint(lc: &Lifecycle) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         }
     }
     files.push(lc.store().paths().machines_dir());
-    files.into_iter().map(|p| {
-        let (len, mtime) = stat(&p);
-        (p, len, mtime)
-    }).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            let (len, mtime) = stat(&p);
+            (p, len, mtime)
+        })
+        .collect()
 }
 
 fn stat(p: &Path) -> (u64, Option<SystemTime>) {
@@ -76,8 +82,21 @@ mod tests {
     #[test]
     fn test_watch_reports_a_state_change() {
         let dir = tempfile::tempdir().unwrap();
-        let lc = Lifecycle::new(Store::new(Paths::with_roots(dir.path().join("h"), dir.path().join("c"))), dir.path().join("d"));
-        lc.create("dev", &Settings { driver: Some(DriverKind::Fake), ..Default::default() }).unwrap();
+        let lc = Lifecycle::new(
+            Store::new(Paths::with_roots(
+                dir.path().join("h"),
+                dir.path().join("c"),
+            )),
+            dir.path().join("d"),
+        );
+        lc.create(
+            "dev",
+            &Settings {
+                driver: Some(DriverKind::Fake),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let lc2 = lc.clone();
         let mut seen = Vec::new();
         let mut started = false;

@@ -20,11 +20,19 @@ use serde_json::{json, Value};
 const ELEMENT: &str = "element-6066-11e4-a23f-4a2e7d42a7ea";
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    })
 }
 
 fn require(bin: &str, package: &str) -> PathBuf {
-    which(bin).unwrap_or_else(|| panic!("{bin} not found: install the Debian package {package} (see installers/linux/setup.sh)"))
+    which(bin).unwrap_or_else(|| {
+        panic!(
+            "{bin} not found: install the Debian package {package} (see installers/linux/setup.sh)"
+        )
+    })
 }
 
 /// The workspace's target profile folder (where the test binary's `deps/` is).
@@ -45,12 +53,20 @@ fn rmachine_bin() -> PathBuf {
             .expect("run cargo build -p rmachine");
         assert!(status.success(), "cargo build -p rmachine failed");
     }
-    assert!(bin.is_file(), "{} missing after cargo build -p rmachine", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} missing after cargo build -p rmachine",
+        bin.display()
+    );
     bin
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Processes killed when the test ends, however it ends.
@@ -74,7 +90,10 @@ struct MachineGuard {
 
 impl Drop for MachineGuard {
     fn drop(&mut self) {
-        let _ = Command::new(&self.rmachine).args(["stop", "--force", self.name]).envs(self.env.clone()).status();
+        let _ = Command::new(&self.rmachine)
+            .args(["stop", "--force", self.name])
+            .envs(self.env.clone())
+            .status();
     }
 }
 
@@ -95,20 +114,37 @@ impl Driver {
         };
         match resp {
             Ok(r) => r.into_json::<Value>().expect("webdriver json")["value"].take(),
-            Err(ureq::Error::Status(code, r)) => panic!("webdriver {method} {path}: {code} {}", r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => panic!(
+                "webdriver {method} {path}: {code} {}",
+                r.into_string().unwrap_or_default()
+            ),
             Err(e) => panic!("webdriver {method} {path}: {e}"),
         }
     }
 
     fn js(&self, script: &str) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": [] })))
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
     }
 
     fn find(&self, css: &str) -> String {
-        let v = self.call("POST", "/element", Some(json!({ "using": "css selector", "value": css })));
+        let v = self.call(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        );
         // The W3C key, or the one this WebKitWebDriver uses: the object's only value.
         v.get(ELEMENT)
-            .or_else(|| v.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("element-")).map(|(_, id)| id)))
+            .or_else(|| {
+                v.as_object().and_then(|o| {
+                    o.iter()
+                        .find(|(k, _)| k.starts_with("element-"))
+                        .map(|(_, id)| id)
+                })
+            })
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("no element {css}: {v}"))
             .to_string()
@@ -122,7 +158,11 @@ impl Driver {
     fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css);
         self.call("POST", &format!("/element/{id}/clear"), Some(json!({})));
-        self.call("POST", &format!("/element/{id}/value"), Some(json!({ "text": text })));
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
     }
 
     /// Waits until `script` (an expression) is truthy; returns its value.
@@ -143,12 +183,18 @@ impl Driver {
             if self.js(&failed_script) == json!(true) {
                 let page = self.js("return document.querySelector('main').innerText");
                 self.screenshot(&format!("failed-{}", what.replace(' ', "-")));
-                panic!("gave up waiting for {what}: {failed} holds; the page says:\n{}", page.as_str().unwrap_or(""));
+                panic!(
+                    "gave up waiting for {what}: {failed} holds; the page says:\n{}",
+                    page.as_str().unwrap_or("")
+                );
             }
             if Instant::now() > deadline {
                 let page = self.js("return document.querySelector('main').innerText");
                 self.screenshot(&format!("failed-{}", what.replace(' ', "-")));
-                panic!("timed out after {timeout:?} waiting for {what}; the page says:\n{}", page.as_str().unwrap_or(""));
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; the page says:\n{}",
+                    page.as_str().unwrap_or("")
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -158,7 +204,9 @@ impl Driver {
         // Let the last change paint.
         std::thread::sleep(Duration::from_millis(500));
         let v = self.call("GET", "/screenshot", None);
-        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).expect("screenshot base64");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or(""))
+            .expect("screenshot base64");
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");
         eprintln!("screenshot {}", path.display());
@@ -171,11 +219,21 @@ fn start_session(base: &str, app: &Path, shots: PathBuf) -> Driver {
         "webkitgtk:browserOptions": { "binary": app.display().to_string(), "args": [] }
     } } });
     loop {
-        match ureq::post(&format!("{base}/session")).timeout(Duration::from_secs(60)).send_json(caps.clone()) {
+        match ureq::post(&format!("{base}/session"))
+            .timeout(Duration::from_secs(60))
+            .send_json(caps.clone())
+        {
             Ok(r) => {
                 let v: Value = r.into_json().expect("session json");
-                let session = v["value"]["sessionId"].as_str().expect("sessionId").to_string();
-                return Driver { base: base.to_string(), session, shots };
+                let session = v["value"]["sessionId"]
+                    .as_str()
+                    .expect("sessionId")
+                    .to_string();
+                return Driver {
+                    base: base.to_string(),
+                    session,
+                    shots,
+                };
             }
             Err(e) if Instant::now() < deadline => {
                 eprintln!("waiting for WebKitWebDriver: {e}");
@@ -193,7 +251,11 @@ fn docker(socket: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run the docker CLI");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -213,7 +275,15 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tarball = dir.join("busybox.tar");
-    let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tarball).arg(".").status().unwrap().success();
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "tar failed");
     tarball
 }
@@ -236,13 +306,19 @@ fn test_window_starts_machine_and_stops_container() {
     let app = PathBuf::from(env!("CARGO_BIN_EXE_rmachine-desktop"));
     let rmachine = rmachine_bin();
 
-    let tmp = tempfile::Builder::new().prefix("rmd-").tempdir_in("/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("rmd-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
     let docker_config = tmp.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
-    let shots = profile_dir().parent().expect("target dir").join("desktop-screenshots");
+    let shots = profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("desktop-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     eprintln!("screenshots go to {}", shots.display());
 
@@ -251,13 +327,29 @@ fn test_window_starts_machine_and_stops_container() {
         ("DOCKER_CONFIG".into(), docker_config.display().to_string()),
         ("RMACHINE_BIN".into(), rmachine.display().to_string()),
     ];
-    let _guard = MachineGuard { rmachine: rmachine.clone(), env: env.clone(), name: "gui" };
+    let _guard = MachineGuard {
+        rmachine: rmachine.clone(),
+        env: env.clone(),
+        name: "gui",
+    };
 
     // An X display of our own.
-    let display = (90..200).find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists()).expect("a free X display");
+    let display = (90..200)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        })
+        .expect("a free X display");
     let mut procs = Procs(Vec::new());
     let x = Command::new(&xvfb)
-        .args([format!(":{display}"), "-screen".into(), "0".into(), "1280x800x24".into(), "-nolisten".into(), "tcp".into()])
+        .args([
+            format!(":{display}"),
+            "-screen".into(),
+            "0".into(),
+            "1280x800x24".into(),
+            "-nolisten".into(),
+            "tcp".into(),
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tmp.path().join("xvfb.log")).unwrap())
         .spawn()
@@ -265,7 +357,11 @@ fn test_window_starts_machine_and_stops_container() {
     procs.0.push(("Xvfb", x));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
-        assert!(Instant::now() < deadline, "Xvfb did not start: {}", std::fs::read_to_string(tmp.path().join("xvfb.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "Xvfb did not start: {}",
+            std::fs::read_to_string(tmp.path().join("xvfb.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -285,10 +381,18 @@ fn test_window_starts_machine_and_stops_container() {
 
     let d = start_session(&format!("http://127.0.0.1:{port}"), &app, shots.clone());
     // The smallest size the UI is meant for.
-    d.call("POST", "/window/rect", Some(json!({ "width": 1024, "height": 700 })));
+    d.call(
+        "POST",
+        "/window/rect",
+        Some(json!({ "width": 1024, "height": 700 })),
+    );
 
     // Machines: empty, then create a QEMU machine from the form.
-    d.wait_for("the empty machine list", "document.querySelector('#no-machines')", Duration::from_secs(30));
+    d.wait_for(
+        "the empty machine list",
+        "document.querySelector('#no-machines')",
+        Duration::from_secs(30),
+    );
     d.screenshot("1-machines-empty");
     d.click("#new-machine");
     d.type_into("#create-name", "gui");
@@ -298,7 +402,11 @@ fn test_window_starts_machine_and_stops_container() {
     d.type_into("#create-disk", "8");
     d.screenshot("2-machines-create-form");
     d.click("#create-submit");
-    d.wait_for("the new machine row", "document.querySelector('#machine-gui')?.dataset.state === 'stopped'", Duration::from_secs(30));
+    d.wait_for(
+        "the new machine row",
+        "document.querySelector('#machine-gui')?.dataset.state === 'stopped'",
+        Duration::from_secs(30),
+    );
 
     // Start it: progress shows, then running.
     let started = Instant::now();
@@ -311,69 +419,164 @@ fn test_window_starts_machine_and_stops_container() {
         "document.querySelector('#machine-gui')?.dataset.state === 'error'",
         Duration::from_secs(600),
     );
-    eprintln!("machine running {:.1} s after the click", started.elapsed().as_secs_f64());
+    eprintln!(
+        "machine running {:.1} s after the click",
+        started.elapsed().as_secs_f64()
+    );
     d.click("#machine-gui [data-action='use']");
-    d.wait_for("the active machine", "document.querySelector('#machine-gui .active-tag')", Duration::from_secs(10));
+    d.wait_for(
+        "the active machine",
+        "document.querySelector('#machine-gui .active-tag')",
+        Duration::from_secs(10),
+    );
     d.screenshot("4-machines-running");
 
     // A container, made behind the app's back through the machine's docker.sock.
     let socket = home.join("machines/gui/docker.sock");
     let tarball = busybox_tarball(tmp.path());
-    docker(&socket, &["import", &tarball.display().to_string(), "busybox-gui:1"]);
-    docker(&socket, &["run", "-d", "--name", "sleeper", "-p", "18080:80", "busybox-gui:1", "sleep", "300"]);
-    docker(&socket, &["run", "-d", "--name", "shop-web", "--label", "com.docker.compose.project=shop", "--label", "com.docker.compose.service=web", "busybox-gui:1", "sleep", "300"]);
+    docker(
+        &socket,
+        &["import", &tarball.display().to_string(), "busybox-gui:1"],
+    );
+    docker(
+        &socket,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "sleeper",
+            "-p",
+            "18080:80",
+            "busybox-gui:1",
+            "sleep",
+            "300",
+        ],
+    );
+    docker(
+        &socket,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "shop-web",
+            "--label",
+            "com.docker.compose.project=shop",
+            "--label",
+            "com.docker.compose.service=web",
+            "busybox-gui:1",
+            "sleep",
+            "300",
+        ],
+    );
     docker(&socket, &["volume", "create", "gui-data"]);
 
     // Containers: the running container is there (the list follows engine events).
     d.click("#nav-containers");
-    d.wait_for("the running container", "document.querySelector('tr[data-name=\"sleeper\"]')?.dataset.state === 'running'", Duration::from_secs(60));
+    d.wait_for(
+        "the running container",
+        "document.querySelector('tr[data-name=\"sleeper\"]')?.dataset.state === 'running'",
+        Duration::from_secs(60),
+    );
     d.wait_for("the compose group", "document.querySelector('section[aria-label=\"Compose project shop\"] tr[data-name=\"shop-web\"]')", Duration::from_secs(30));
-    let link = d.js("return document.querySelector('tr[data-name=\"sleeper\"] a.port')?.getAttribute('href')");
+    let link = d.js(
+        "return document.querySelector('tr[data-name=\"sleeper\"] a.port')?.getAttribute('href')",
+    );
     assert_eq!(link, json!("http://localhost:18080"), "published port link");
     d.screenshot("5-containers-running");
 
     // Inspect shows formatted JSON.
     d.click("tr[data-name='sleeper'] [data-action='inspect']");
-    d.wait_for("the inspect document", "document.querySelector('#text-body').textContent.includes('\"Id\"')", Duration::from_secs(30));
+    d.wait_for(
+        "the inspect document",
+        "document.querySelector('#text-body').textContent.includes('\"Id\"')",
+        Duration::from_secs(30),
+    );
     d.screenshot("6-container-inspect");
     d.click("#text-close");
 
     // Stop it from the UI and see the state change.
     d.click("tr[data-name='sleeper'] [data-action='stop']");
-    d.wait_for("the stopped container", "document.querySelector('tr[data-name=\"sleeper\"]')?.dataset.state === 'exited'", Duration::from_secs(60));
+    d.wait_for(
+        "the stopped container",
+        "document.querySelector('tr[data-name=\"sleeper\"]')?.dataset.state === 'exited'",
+        Duration::from_secs(60),
+    );
     d.screenshot("7-containers-stopped");
 
     // Live updates: a container made while the page is open shows up (engine events).
-    docker(&socket, &["run", "-d", "--name", "late", "busybox-gui:1", "sleep", "300"]);
-    d.wait_for("the container made after the page loaded", "document.querySelector('tr[data-name=\"late\"]')?.dataset.state === 'running'", Duration::from_secs(30));
+    docker(
+        &socket,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "late",
+            "busybox-gui:1",
+            "sleep",
+            "300",
+        ],
+    );
+    d.wait_for(
+        "the container made after the page loaded",
+        "document.querySelector('tr[data-name=\"late\"]')?.dataset.state === 'running'",
+        Duration::from_secs(30),
+    );
 
     // The other pages.
     d.click("#nav-images");
-    d.wait_for("the imported image", "document.querySelector('#images-table')?.innerText.includes('busybox-gui:1')", Duration::from_secs(30));
+    d.wait_for(
+        "the imported image",
+        "document.querySelector('#images-table')?.innerText.includes('busybox-gui:1')",
+        Duration::from_secs(30),
+    );
     d.screenshot("8-images");
     d.click("#nav-volumes");
-    d.wait_for("the volume", "document.querySelector('#volumes-table')?.innerText.includes('gui-data')", Duration::from_secs(30));
+    d.wait_for(
+        "the volume",
+        "document.querySelector('#volumes-table')?.innerText.includes('gui-data')",
+        Duration::from_secs(30),
+    );
     d.screenshot("9-volumes");
     d.click("#nav-networks");
-    d.wait_for("the networks", "document.querySelector('#networks-table')?.innerText.includes('bridge')", Duration::from_secs(30));
+    d.wait_for(
+        "the networks",
+        "document.querySelector('#networks-table')?.innerText.includes('bridge')",
+        Duration::from_secs(30),
+    );
     d.screenshot("10-networks");
     d.click("#nav-settings");
-    d.wait_for("the defaults form", "document.querySelector('#defaults-file').textContent.includes('defaults.toml')", Duration::from_secs(30));
+    d.wait_for(
+        "the defaults form",
+        "document.querySelector('#defaults-file').textContent.includes('defaults.toml')",
+        Duration::from_secs(30),
+    );
     d.screenshot("11-settings");
 
     // Machine logs, then stop the machine from the UI.
     d.click("#nav-machines");
     d.click("#machine-gui [data-action='logs']");
-    d.wait_for("the console log", "document.querySelector('#text-body').textContent.length > 100", Duration::from_secs(30));
+    d.wait_for(
+        "the console log",
+        "document.querySelector('#text-body').textContent.length > 100",
+        Duration::from_secs(30),
+    );
     d.screenshot("12-machine-console-log");
     d.click("#text-close");
     d.click("#machine-gui [data-action='stop']");
-    d.wait_for("the machine stopped", "document.querySelector('#machine-gui')?.dataset.state === 'stopped'", Duration::from_secs(180));
+    d.wait_for(
+        "the machine stopped",
+        "document.querySelector('#machine-gui')?.dataset.state === 'stopped'",
+        Duration::from_secs(180),
+    );
     d.screenshot("13-machines-stopped");
 
     // A stopped machine's engine pages offer to start it instead of an error.
     d.click("#nav-containers");
-    d.wait_for("the start offer", "document.querySelector('#engine-start')", Duration::from_secs(30));
+    d.wait_for(
+        "the start offer",
+        "document.querySelector('#engine-start')",
+        Duration::from_secs(30),
+    );
     d.screenshot("14-containers-machine-stopped");
 
     let _ = ureq::delete(&format!("{}/session/{}", d.base, d.session)).call();

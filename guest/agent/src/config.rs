@@ -77,7 +77,9 @@ impl BootConfig {
             hostname,
             data_disk,
             host_time_unix_ns: Some(config.host_time_unix_ns).filter(|&t| t > 0),
-            host_addr: config.host_addr.filter(|a| a.parse::<std::net::IpAddr>().is_ok()),
+            host_addr: config
+                .host_addr
+                .filter(|a| a.parse::<std::net::IpAddr>().is_ok()),
             mounts: config.mounts,
         }
     }

@@ -3,16 +3,15 @@
 //! reply and the connection stays usable.
 
 use rmachine_protocol::control::{
-    encode_reply, parse_request, ErrorKind, ErrorReply, Outcome, Reply, Request,
-    MAX_CHANGED_PATHS,
+    encode_reply, parse_request, ErrorKind, ErrorReply, Outcome, Reply, Request, MAX_CHANGED_PATHS,
 };
 use rmachine_protocol::line::{read_line_limited, Line, MAX_CONTROL_LINE};
 use rmachine_protocol::{AGENT_VERSION, PROTOCOL_VERSION};
 use tracing::{debug, info, warn};
 
 use crate::clock;
-use crate::notify;
 use crate::logging::error_chain;
+use crate::notify;
 use crate::server::{send, Context, Stream};
 use crate::shutdown::ShutdownRequest;
 use crate::sysinfo;
@@ -54,7 +53,10 @@ pub async fn serve(stream: &mut Stream, ctx: &Context) -> std::io::Result<()> {
 
 async fn notify_changed(paths: Vec<String>, ctx: &Context) -> Outcome {
     if paths.len() > MAX_CHANGED_PATHS {
-        let message = format!("{} paths exceed the limit of {MAX_CHANGED_PATHS}", paths.len());
+        let message = format!(
+            "{} paths exceed the limit of {MAX_CHANGED_PATHS}",
+            paths.len()
+        );
         return error(ErrorKind::BadRequest, message);
     }
     let shares = ctx.shares.clone();
@@ -63,7 +65,10 @@ async fn notify_changed(paths: Vec<String>, ctx: &Context) -> Outcome {
             debug!(touched, skipped, "host changes replayed");
             Outcome::Ok(Reply::Notified { touched, skipped })
         }
-        Err(e) => error(ErrorKind::Failed, format!("replaying host changes failed: {e}")),
+        Err(e) => error(
+            ErrorKind::Failed,
+            format!("replaying host changes failed: {e}"),
+        ),
     }
 }
 

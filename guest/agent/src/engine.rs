@@ -137,7 +137,10 @@ mod tests {
     fn test_dockerd_uses_containerd_socket_and_docker_socket() {
         let spec = dockerd_spec(Some("10.0.2.2"));
         assert!(spec.args.iter().any(|a| a == "--host-gateway-ip=10.0.2.2"));
-        assert!(!dockerd_spec(None).args.iter().any(|a| a.starts_with("--host-gateway-ip")));
+        assert!(!dockerd_spec(None)
+            .args
+            .iter()
+            .any(|a| a.starts_with("--host-gateway-ip")));
         assert_eq!(
             spec.args,
             [

@@ -707,12 +707,16 @@ mod tests {
 
     /// Waits (up to 20 s) until a process runs with exactly this argv.
     async fn wait_for_process(argv: &[&str]) {
-        let want: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+        let want: Vec<u8> = argv
+            .iter()
+            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+            .collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let running = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-                std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want)
-            });
+            let running = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .any(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want));
             if running {
                 return;
             }

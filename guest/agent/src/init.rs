@@ -103,15 +103,23 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
     set_clock_and_hostname(&config);
 
     let status = Arc::new(Status::new(&config.hostname));
-    let ctx = Arc::new(Context::new(
-        config.token.clone(),
-        PathBuf::from(engine::DOCKER_SOCK),
-        status.clone(),
-        ClockControl::System,
-        shutdown_tx,
-        reaper.clone(),
-    )
-    .with_shares(config.mounts.iter().map(|m| PathBuf::from(&m.guest_path)).collect()));
+    let ctx = Arc::new(
+        Context::new(
+            config.token.clone(),
+            PathBuf::from(engine::DOCKER_SOCK),
+            status.clone(),
+            ClockControl::System,
+            shutdown_tx,
+            reaper.clone(),
+        )
+        .with_shares(
+            config
+                .mounts
+                .iter()
+                .map(|m| PathBuf::from(&m.guest_path))
+                .collect(),
+        ),
+    );
     let t = Instant::now();
     start_services(&ctx).await;
     step_done("guest services listening", t);

@@ -237,9 +237,13 @@ mod tests {
     #[test]
     fn test_first_interface_skips_loopback_and_non_ethernet() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, kind, device) in
-            [("lo", "772", false), ("sit0", "776", true), ("dummy0", "1", false), ("eth1", "1", true), ("eth0", "1", true)]
-        {
+        for (name, kind, device) in [
+            ("lo", "772", false),
+            ("sit0", "776", true),
+            ("dummy0", "1", false),
+            ("eth1", "1", true),
+            ("eth0", "1", true),
+        ] {
             std::fs::create_dir_all(dir.path().join(name)).unwrap();
             std::fs::write(dir.path().join(name).join("type"), format!("{kind}\n")).unwrap();
             if device {

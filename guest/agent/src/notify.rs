@@ -79,9 +79,15 @@ mod tests {
         std::fs::create_dir_all(share.join("a")).unwrap();
         std::fs::write(share.join("a/f.txt"), "x").unwrap();
         let shares = vec![share.clone()];
-        assert_eq!(target(&share.join("a/f.txt"), &shares), Some(share.join("a/f.txt")));
+        assert_eq!(
+            target(&share.join("a/f.txt"), &shares),
+            Some(share.join("a/f.txt"))
+        );
         // Deleted on the host: its folder.
-        assert_eq!(target(&share.join("a/gone/deeper.txt"), &shares), Some(share.join("a")));
+        assert_eq!(
+            target(&share.join("a/gone/deeper.txt"), &shares),
+            Some(share.join("a"))
+        );
         // Outside every share, relative, or with `..`: nothing.
         assert_eq!(target(&dir.path().join("other"), &shares), None);
         assert_eq!(target(Path::new("share/a"), &shares), None);

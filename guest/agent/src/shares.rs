@@ -25,19 +25,36 @@ pub enum ShareError {
     #[error("cannot create the mount point {path}: its first component does not exist in the read-only image")]
     NoRoot { path: String },
     #[error("cannot create {path}")]
-    Create { path: String, #[source] source: std::io::Error },
+    Create {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot overlay {path} to make it writable")]
-    Overlay { path: String, #[source] source: Errno },
+    Overlay {
+        path: String,
+        #[source]
+        source: Errno,
+    },
     #[error("cannot mount virtio-fs tag {tag} on {path}")]
-    Mount { tag: String, path: String, #[source] source: Errno },
+    Mount {
+        tag: String,
+        path: String,
+        #[source]
+        source: Errno,
+    },
 }
 
 /// Mounts every share; a failure is logged and the others still mount.
 pub fn mount_all(mounts: &[Mount]) {
     for m in mounts {
         match mount_one(m) {
-            Ok(()) => info!(tag = %m.tag, path = %m.guest_path, read_only = m.read_only, "shared folder mounted"),
-            Err(e) => warn!(tag = %m.tag, error = %crate::logging::error_chain(&e), "shared folder not mounted"),
+            Ok(()) => {
+                info!(tag = %m.tag, path = %m.guest_path, read_only = m.read_only, "shared folder mounted")
+            }
+            Err(e) => {
+                warn!(tag = %m.tag, error = %crate::logging::error_chain(&e), "shared folder not mounted")
+            }
         }
     }
 }
@@ -50,14 +67,27 @@ fn mount_one(m: &Mount) -> Result<(), ShareError> {
         flags |= MsFlags::MS_RDONLY;
     }
     let p = path.display().to_string();
-    mount(Some(m.tag.as_str()), p.as_str(), Some("virtiofs"), flags, None::<&str>)
-        .map_err(|source| ShareError::Mount { tag: m.tag.clone(), path: p.clone(), source })
+    mount(
+        Some(m.tag.as_str()),
+        p.as_str(),
+        Some("virtiofs"),
+        flags,
+        None::<&str>,
+    )
+    .map_err(|source| ShareError::Mount {
+        tag: m.tag.clone(),
+        path: p.clone(),
+        source,
+    })
 }
 
 /// The path if it is absolute without `.`/`..` components.
 fn plain_absolute(text: &str) -> Result<PathBuf, ShareError> {
     let path = PathBuf::from(text);
-    let plain = path.is_absolute() && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     if plain && path != Path::new("/") {
         Ok(path)
     } else {
@@ -72,15 +102,31 @@ fn prepare_mount_point(path: &Path, root: &Path) -> Result<(), ShareError> {
     if full.is_dir() {
         return Ok(());
     }
-    let create = |p: &Path| std::fs::create_dir_all(p).map_err(|source| ShareError::Create { path: p.display().to_string(), source });
+    let create = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|source| ShareError::Create {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     match std::fs::create_dir_all(&full) {
         Ok(()) => return Ok(()),
         Err(e) if e.raw_os_error() == Some(Errno::EROFS as i32) => {}
-        Err(source) => return Err(ShareError::Create { path: full.display().to_string(), source }),
+        Err(source) => {
+            return Err(ShareError::Create {
+                path: full.display().to_string(),
+                source,
+            })
+        }
     }
-    let ancestor = full.ancestors().skip(1).find(|a| a.is_dir()).unwrap_or(root);
+    let ancestor = full
+        .ancestors()
+        .skip(1)
+        .find(|a| a.is_dir())
+        .unwrap_or(root);
     if ancestor == root {
-        return Err(ShareError::NoRoot { path: path.display().to_string() });
+        return Err(ShareError::NoRoot {
+            path: path.display().to_string(),
+        });
     }
     overlay_writable(ancestor)?;
     create(&full)
@@ -88,16 +134,37 @@ fn prepare_mount_point(path: &Path, root: &Path) -> Result<(), ShareError> {
 
 /// Lays a writable overlay over a read-only directory, keeping its content.
 fn overlay_writable(dir: &Path) -> Result<(), ShareError> {
-    let key = dir.display().to_string().trim_start_matches('/').replace('/', "_");
+    let key = dir
+        .display()
+        .to_string()
+        .trim_start_matches('/')
+        .replace('/', "_");
     let state = Path::new(OVERLAY_STATE).join(key);
     let (upper, work) = (state.join("upper"), state.join("work"));
     for d in [&upper, &work] {
-        std::fs::create_dir_all(d).map_err(|source| ShareError::Create { path: d.display().to_string(), source })?;
+        std::fs::create_dir_all(d).map_err(|source| ShareError::Create {
+            path: d.display().to_string(),
+            source,
+        })?;
     }
-    let options = format!("lowerdir={},upperdir={},workdir={}", dir.display(), upper.display(), work.display());
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        dir.display(),
+        upper.display(),
+        work.display()
+    );
     let target = dir.display().to_string();
-    mount(Some("overlay"), target.as_str(), Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-        .map_err(|source| ShareError::Overlay { path: target.clone(), source })?;
+    mount(
+        Some("overlay"),
+        target.as_str(),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|source| ShareError::Overlay {
+        path: target.clone(),
+        source,
+    })?;
     info!(path = %target, "overlaid a read-only directory to hold a share's mount point");
     Ok(())
 }

@@ -23,7 +23,11 @@ pub(crate) struct Apt {
 
 impl Apt {
     /// Writes the configuration and refreshes the package lists when they are stale.
-    pub(crate) fn setup(paths: &Paths, mirror: Option<&str>, progress: &dyn Progress) -> Result<Apt, ImageError> {
+    pub(crate) fn setup(
+        paths: &Paths,
+        mirror: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Apt, ImageError> {
         let mirror = match mirror {
             Some(m) => m.trim_end_matches('/').to_string(),
             None => match std::env::var("RMACHINE_DEBIAN_MIRROR") {
@@ -32,11 +36,19 @@ impl Apt {
             },
         };
         let root = paths.apt_cache();
-        for dir in ["etc/preferences.d", "etc/sources.list.d", "lists/partial", "cache/archives/partial"] {
+        for dir in [
+            "etc/preferences.d",
+            "etc/sources.list.d",
+            "lists/partial",
+            "cache/archives/partial",
+        ] {
             let d = root.join(dir);
             std::fs::create_dir_all(&d).map_err(ImageError::io("cannot create", &d))?;
         }
-        let sources = format!("deb [signed-by={}] {mirror} {SUITE} main\n", tools::TRIXIE_KEYRING);
+        let sources = format!(
+            "deb [signed-by={}] {mirror} {SUITE} main\n",
+            tools::TRIXIE_KEYRING
+        );
         let list = root.join("etc/sources.list");
         let changed = std::fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str());
         std::fs::write(&list, &sources).map_err(ImageError::io("cannot write", &list))?;
@@ -99,10 +111,18 @@ impl Apt {
     }
 
     /// Downloads `package=version` into `dir`; returns the .deb's path.
-    pub(crate) fn download(&self, package: &str, version: &str, dir: &Path) -> Result<PathBuf, ImageError> {
+    pub(crate) fn download(
+        &self,
+        package: &str,
+        version: &str,
+        dir: &Path,
+    ) -> Result<PathBuf, ImageError> {
         std::fs::create_dir_all(dir).map_err(ImageError::io("cannot create", dir))?;
         command::run(
-            self.command("apt-get").current_dir(dir).arg("download").arg(format!("{package}={version}")),
+            self.command("apt-get")
+                .current_dir(dir)
+                .arg("download")
+                .arg(format!("{package}={version}")),
             &self.root.join("apt.log"),
             &mut |_| {},
         )?;
@@ -112,7 +132,9 @@ impl Apt {
             .flatten()
             .map(|e| e.path())
             .find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
             })
             .ok_or_else(|| ImageError::MissingPackage(package.to_string()))
     }
@@ -165,13 +187,17 @@ fn is_debian_archive(uri: &str) -> bool {
 fn mirror_from_deb822(text: &str) -> Option<String> {
     text.split("\n\n").find_map(|stanza| {
         let field = |name: &str| {
-            stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
         };
         if field("Enabled:").is_some_and(|v| v == "no") {
             return None;
         }
         let uris = field("URIs:")?;
-        uris.split_whitespace().find(|u| is_debian_archive(u)).map(|u| u.trim_end_matches('/').to_string())
+        uris.split_whitespace()
+            .find(|u| is_debian_archive(u))
+            .map(|u| u.trim_end_matches('/').to_string())
     })
 }
 
@@ -201,20 +227,34 @@ mod tests {
     fn test_mirror_from_deb822_skips_security() {
         let text = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n\
                     Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n";
-        assert_eq!(mirror_from_deb822(text).as_deref(), Some("http://mirror.example/debian"));
-        assert_eq!(mirror_from_deb822("Types: deb\nURIs: https://other.example/apt\n"), None);
+        assert_eq!(
+            mirror_from_deb822(text).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            mirror_from_deb822("Types: deb\nURIs: https://other.example/apt\n"),
+            None
+        );
     }
 
     #[test]
     fn test_mirror_from_one_line_with_options() {
-        let text = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
-        assert_eq!(mirror_from_one_line(text).as_deref(), Some("http://m.example/debian"));
-        assert_eq!(mirror_from_one_line("deb-src http://m.example/debian bookworm main"), None);
+        let text =
+            "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_from_one_line(text).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(
+            mirror_from_one_line("deb-src http://m.example/debian bookworm main"),
+            None
+        );
     }
 
     #[test]
     fn test_candidate_parsing() {
-        let out = "linux-source-6.12:\n  Installed: (none)\n  Candidate: 6.12.117-1\n  Version table:\n";
+        let out =
+            "linux-source-6.12:\n  Installed: (none)\n  Candidate: 6.12.117-1\n  Version table:\n";
         assert_eq!(parse_candidate(out).as_deref(), Some("6.12.117-1"));
         assert_eq!(parse_candidate("foo:\n  Candidate: (none)\n"), None);
         assert_eq!(parse_candidate(""), None);

@@ -12,7 +12,11 @@ const TAIL_LINES: usize = 25;
 
 /// Runs `cmd`, appending its stdout and stderr to `log`, calling `on_line` for each
 /// line of output. Fails with the command, its status and the last lines it printed.
-pub(crate) fn run(cmd: &mut Command, log: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), ImageError> {
+pub(crate) fn run(
+    cmd: &mut Command,
+    log: &Path,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<(), ImageError> {
     let shown = format!("{cmd:?}").replace('"', "");
     let mut log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -27,7 +31,10 @@ pub(crate) fn run(cmd: &mut Command, log: &Path, on_line: &mut dyn FnMut(&str)) 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| ImageError::Spawn { command: shown.clone(), source })?;
+        .map_err(|source| ImageError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
     let stderr = child.stderr.take().expect("stderr was piped");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let tx2 = tx.clone();
@@ -57,7 +64,10 @@ pub(crate) fn run(cmd: &mut Command, log: &Path, on_line: &mut dyn FnMut(&str)) 
     }
     let _ = out_thread.join();
     let _ = err_thread.join();
-    let status = child.wait().map_err(|source| ImageError::Spawn { command: shown.clone(), source })?;
+    let status = child.wait().map_err(|source| ImageError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
     if status.success() {
         Ok(())
     } else {
@@ -75,7 +85,10 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String, ImageError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| ImageError::Spawn { command: shown.clone(), source })?;
+        .map_err(|source| ImageError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(ImageError::CommandFailed {
             command: shown,
@@ -95,11 +108,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("build.log");
         let mut seen = Vec::new();
-        run(Command::new("sh").args(["-c", "echo one; echo two >&2"]), &log, &mut |l| seen.push(l.to_string()))
-            .unwrap();
+        run(
+            Command::new("sh").args(["-c", "echo one; echo two >&2"]),
+            &log,
+            &mut |l| seen.push(l.to_string()),
+        )
+        .unwrap();
         seen.sort();
         assert_eq!(seen, ["one", "two"]);
-        let err = run(Command::new("sh").args(["-c", "echo boom; exit 3"]), &log, &mut |_| {}).unwrap_err();
+        let err = run(
+            Command::new("sh").args(["-c", "echo boom; exit 3"]),
+            &log,
+            &mut |_| {},
+        )
+        .unwrap_err();
         match err {
             ImageError::CommandFailed { status, tail, .. } => {
                 assert!(status.contains('3'), "{status}");
@@ -108,7 +130,10 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let logged = std::fs::read_to_string(&log).unwrap();
-        assert!(logged.contains("boom") && logged.contains("one"), "{logged}");
+        assert!(
+            logged.contains("boom") && logged.contains("one"),
+            "{logged}"
+        );
     }
 
     #[test]

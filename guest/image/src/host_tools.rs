@@ -13,8 +13,16 @@ use crate::{command, ImageError, Progress};
 
 /// (package, file inside it, installed name)
 const PLUGINS: &[(&str, &str, &str)] = &[
-    ("docker-compose", "usr/libexec/docker/cli-plugins/docker-compose", "docker-compose"),
-    ("docker-buildx", "usr/libexec/docker/cli-plugins/docker-buildx", "docker-buildx"),
+    (
+        "docker-compose",
+        "usr/libexec/docker/cli-plugins/docker-compose",
+        "docker-compose",
+    ),
+    (
+        "docker-buildx",
+        "usr/libexec/docker/cli-plugins/docker-buildx",
+        "docker-buildx",
+    ),
 ];
 
 const DOCKER_CLI: (&str, &str) = ("docker-cli", "usr/bin/docker");
@@ -58,7 +66,11 @@ pub fn install(
         let unpack = scratch.join(package);
         let _ = std::fs::remove_dir_all(&unpack);
         std::fs::create_dir_all(&unpack).map_err(ImageError::io("cannot create", &unpack))?;
-        command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack), &scratch.join("host-tools.log"), &mut |_| {})?;
+        command::run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack),
+            &scratch.join("host-tools.log"),
+            &mut |_| {},
+        )?;
         let parent = dst.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(ImageError::io("cannot create", parent))?;
         let src = unpack.join(file);
@@ -76,7 +88,8 @@ pub fn install(
 
 fn set_executable(path: &Path) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(ImageError::io("cannot chmod", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(ImageError::io("cannot chmod", path))
 }
 
 /// A host tool taken from Debian trixie with the libraries it needs: trixie's C library is
@@ -98,7 +111,13 @@ struct Bundle {
 /// virtiofsd and the trixie libraries it was built against.
 const VIRTIOFSD: Bundle = Bundle {
     name: "virtiofsd",
-    packages: &["virtiofsd", "libc6", "libseccomp2", "libcap-ng0", "libgcc-s1"],
+    packages: &[
+        "virtiofsd",
+        "libc6",
+        "libseccomp2",
+        "libcap-ng0",
+        "libgcc-s1",
+    ],
     binary: "usr/libexec/virtiofsd",
     env_var: "RMACHINE_VIRTIOFSD",
     host_binary: "/usr/libexec/virtiofsd",
@@ -144,7 +163,11 @@ impl HostTool {
     }
 
     fn direct(binary: PathBuf) -> HostTool {
-        HostTool { loader: None, library_path: None, binary }
+        HostTool {
+            loader: None,
+            library_path: None,
+            binary,
+        }
     }
 }
 
@@ -163,7 +186,10 @@ impl Bundle {
 
     /// The environment variable's binary, the installed bundle, or the host's binary.
     fn find(&self, paths: &Paths) -> Option<HostTool> {
-        if let Some(p) = std::env::var_os(self.env_var).filter(|v| !v.is_empty()).map(PathBuf::from) {
+        if let Some(p) = std::env::var_os(self.env_var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+        {
             return p.is_file().then(|| HostTool::direct(p));
         }
         let dir = self.dir(paths);
@@ -176,7 +202,12 @@ impl Bundle {
 
     /// Unpacks the packages into `<dir>.partial`, checks the tool answers `--version`, then
     /// renames the folder into place and marks it complete (with the version).
-    fn install(&self, paths: &Paths, mirror: Option<&str>, progress: &dyn Progress) -> Result<HostTool, ImageError> {
+    fn install(
+        &self,
+        paths: &Paths,
+        mirror: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<HostTool, ImageError> {
         let dir = self.dir(paths);
         if dir.join(".complete").exists() {
             return Ok(self.tool_in(&dir));
@@ -191,7 +222,11 @@ impl Bundle {
             let version = apt.candidate(package)?;
             progress.detail(&format!("{package} {version}"));
             let deb = apt.download(package, &version, &apt.archives())?;
-            command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial), &log, &mut |_| {})?;
+            command::run(
+                Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial),
+                &log,
+                &mut |_| {},
+            )?;
             unpacked.push(format!("{package} {version}"));
         }
         // A failed start (missing library, wrong loader) fails here. passt prints its version
@@ -205,7 +240,8 @@ impl Bundle {
         progress.detail(&version);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&partial, &dir).map_err(ImageError::io("cannot install", &dir))?;
-        std::fs::write(dir.join(".complete"), version).map_err(ImageError::io("cannot write", &dir))?;
+        std::fs::write(dir.join(".complete"), version)
+            .map_err(ImageError::io("cannot write", &dir))?;
         Ok(self.tool_in(&dir))
     }
 }
@@ -217,7 +253,11 @@ pub fn find_virtiofsd(paths: &Paths) -> Option<Virtiofsd> {
 }
 
 /// Installs the virtiofsd bundle from Debian trixie (unless present) and checks it runs.
-pub fn install_virtiofsd(paths: &Paths, mirror: Option<&str>, progress: &dyn Progress) -> Result<Virtiofsd, ImageError> {
+pub fn install_virtiofsd(
+    paths: &Paths,
+    mirror: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Virtiofsd, ImageError> {
     VIRTIOFSD.install(paths, mirror, progress)
 }
 
@@ -228,7 +268,11 @@ pub fn find_passt(paths: &Paths) -> Option<Passt> {
 }
 
 /// Installs the passt bundle from Debian trixie (unless present) and checks it runs.
-pub fn install_passt(paths: &Paths, mirror: Option<&str>, progress: &dyn Progress) -> Result<Passt, ImageError> {
+pub fn install_passt(
+    paths: &Paths,
+    mirror: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Passt, ImageError> {
     PASST.install(paths, mirror, progress)
 }
 
@@ -255,7 +299,10 @@ mod tests {
         std::fs::write(bundle.join(".complete"), "fake 1.0").unwrap();
         let tool = FAKE.find(&paths).unwrap();
         let cmd = tool.command();
-        assert_eq!(cmd.get_program(), bundle.join("usr/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(
+            cmd.get_program(),
+            bundle.join("usr/lib64/ld-linux-x86-64.so.2")
+        );
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(
             args,

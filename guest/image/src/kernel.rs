@@ -28,7 +28,10 @@ pub(crate) struct Built {
 pub(crate) fn key(source_version: &str) -> String {
     content_key(&[
         ("recipe", RECIPE_VERSION.as_bytes()),
-        ("source", format!("{SOURCE_PACKAGE} {source_version}").as_bytes()),
+        (
+            "source",
+            format!("{SOURCE_PACKAGE} {source_version}").as_bytes(),
+        ),
         ("config", CONFIG.as_bytes()),
     ])
 }
@@ -64,24 +67,45 @@ pub(crate) fn build(
         }
         std::fs::create_dir_all(&unpack).map_err(ImageError::io("cannot create", &unpack))?;
         let log = cache.join("build.log");
-        command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack), &log, &mut |_| {})?;
+        command::run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack),
+            &log,
+            &mut |_| {},
+        )?;
         let tarball = unpack.join(format!("usr/src/{SOURCE_PACKAGE}.tar.xz"));
-        command::run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&unpack), &log, &mut |_| {})?;
-        std::fs::rename(unpack.join(SOURCE_PACKAGE), &src).map_err(ImageError::io("cannot move source to", &src))?;
+        command::run(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&unpack),
+            &log,
+            &mut |_| {},
+        )?;
+        std::fs::rename(unpack.join(SOURCE_PACKAGE), &src)
+            .map_err(ImageError::io("cannot move source to", &src))?;
         let _ = std::fs::remove_dir_all(&unpack);
     }
 
     let config_path = src.join(".config");
     if std::fs::read_to_string(&config_path).ok().as_deref() != Some(CONFIG) {
-        std::fs::write(&config_path, CONFIG).map_err(ImageError::io("cannot write", &config_path))?;
+        std::fs::write(&config_path, CONFIG)
+            .map_err(ImageError::io("cannot write", &config_path))?;
     }
     let log = cache.join(format!("build-{}.log", &key[..12]));
     let _ = std::fs::remove_file(&log);
     progress.detail(&format!("make olddefconfig (log: {})", log.display()));
-    command::run(Command::new("make").current_dir(&src).arg("olddefconfig"), &log, &mut |_| {})?;
+    command::run(
+        Command::new("make").current_dir(&src).arg("olddefconfig"),
+        &log,
+        &mut |_| {},
+    )?;
     let mut compiled = 0usize;
     command::run(
-        Command::new("make").current_dir(&src).arg(format!("-j{jobs}")).arg("bzImage"),
+        Command::new("make")
+            .current_dir(&src)
+            .arg(format!("-j{jobs}"))
+            .arg("bzImage"),
         &log,
         &mut |line| {
             if let Some(file) = line.trim_start().strip_prefix("CC ") {
@@ -97,7 +121,10 @@ pub(crate) fn build(
     std::fs::copy(&image, &built.bzimage).map_err(ImageError::io("cannot copy", &image))?;
     std::fs::write(out.join("config"), CONFIG).map_err(ImageError::io("cannot write", &out))?;
     std::fs::write(out.join(".complete"), "").map_err(ImageError::io("cannot write", &out))?;
-    progress.finish(&format!("kernel {} built ({compiled} files compiled)", &key[..12]));
+    progress.finish(&format!(
+        "kernel {} built ({compiled} files compiled)",
+        &key[..12]
+    ));
     Ok(built)
 }
 
@@ -119,10 +146,15 @@ mod tests {
             "CONFIG_BRIDGE_NETFILTER=y",
             "CONFIG_SERIAL_8250_CONSOLE=y",
         ] {
-            assert!(CONFIG.lines().any(|l| l == option), "{option} missing from config-6.12");
+            assert!(
+                CONFIG.lines().any(|l| l == option),
+                "{option} missing from config-6.12"
+            );
         }
         assert!(CONFIG.lines().any(|l| l == "# CONFIG_MODULES is not set"));
-        assert!(CONFIG.lines().any(|l| l == "# CONFIG_BLK_DEV_INITRD is not set"));
+        assert!(CONFIG
+            .lines()
+            .any(|l| l == "# CONFIG_BLK_DEV_INITRD is not set"));
     }
 
     #[test]

@@ -50,22 +50,39 @@ pub enum ImageError {
     MissingTool { tool: String, package: String },
     #[error("missing file {path} (install the Debian package `{package}`)")]
     MissingFile { path: PathBuf, package: String },
-    #[error("building the image needs root (debootstrap uses chroot); run it as root or with sudo")]
+    #[error(
+        "building the image needs root (debootstrap uses chroot); run it as root or with sudo"
+    )]
     NotRoot,
     #[error("agent binary {0} not found; build it with `cargo build --profile agent --target x86_64-unknown-linux-musl -p rmachine-agent` or pass --agent")]
     NoAgent(PathBuf),
-    #[error("agent binary {0} is not a static executable (build it for x86_64-unknown-linux-musl)")]
+    #[error(
+        "agent binary {0} is not a static executable (build it for x86_64-unknown-linux-musl)"
+    )]
     AgentNotStatic(PathBuf),
     #[error("cannot find a Debian mirror in the host's apt sources; pass --mirror URL")]
     NoMirror,
     #[error("Debian trixie has no package `{0}` (is the mirror reachable?)")]
     MissingPackage(String),
     #[error("`{command}` failed ({status}); last output:\n{tail}")]
-    CommandFailed { command: String, status: String, tail: String },
+    CommandFailed {
+        command: String,
+        status: String,
+        tail: String,
+    },
     #[error("cannot run `{command}`")]
-    Spawn { command: String, #[source] source: std::io::Error },
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} {path}")]
-    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("image {0} not found")]
     NotFound(String),
     #[error(transparent)]
@@ -81,7 +98,11 @@ impl ImageError {
 
 /// Builds (or finds in the cache) the kernel and root filesystem and installs the image
 /// under `images/<version>/`.
-pub fn build(paths: &Paths, opts: &BuildOptions, progress: &dyn Progress) -> Result<Manifest, ImageError> {
+pub fn build(
+    paths: &Paths,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Manifest, ImageError> {
     const STEPS: usize = 5;
     progress.step(1, STEPS, "checking build tools");
     tools::check_all()?;
@@ -101,7 +122,11 @@ pub fn build(paths: &Paths, opts: &BuildOptions, progress: &dyn Progress) -> Res
 
     progress.step(5, STEPS, "installing the image");
     let manifest = install(paths, &kernel, &rootfs, &source_version, &agent)?;
-    progress.finish(&format!("image {} in {}", manifest.version, paths.image_dir(&manifest.version).display()));
+    progress.finish(&format!(
+        "image {} in {}",
+        manifest.version,
+        paths.image_dir(&manifest.version).display()
+    ));
     Ok(manifest)
 }
 
@@ -115,7 +140,11 @@ fn install(
     let mut h = Sha256::new();
     h.update(kernel.key.as_bytes());
     h.update(rootfs.key.as_bytes());
-    let version = format!("{}-{}", env!("CARGO_PKG_VERSION"), &hex::encode(h.finalize())[..12]);
+    let version = format!(
+        "{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        &hex::encode(h.finalize())[..12]
+    );
     let dir = paths.image_dir(&version);
     let staging = dir.with_extension("partial");
     if staging.exists() {
@@ -148,7 +177,9 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
     if std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    std::fs::copy(from, to).map(|_| ()).map_err(ImageError::io("cannot copy to", to))
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(ImageError::io("cannot copy to", to))
 }
 
 /// Every installed image, newest build first.
@@ -158,7 +189,13 @@ pub fn list(paths: &Paths) -> Result<Vec<(Manifest, std::time::SystemTime)>, Ima
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(ImageError::Io { what: "cannot list", path: dir, source: e }),
+        Err(e) => {
+            return Err(ImageError::Io {
+                what: "cannot list",
+                path: dir,
+                source: e,
+            })
+        }
     };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -196,7 +233,9 @@ pub fn resolve(paths: &Paths, version: Option<&str>) -> Result<(Manifest, PathBu
             .into_iter()
             .next()
             .map(|(m, _)| m.version)
-            .ok_or_else(|| ImageError::NotFound("(none installed: run `rmachine image build`)".into()))?,
+            .ok_or_else(|| {
+                ImageError::NotFound("(none installed: run `rmachine image build`)".into())
+            })?,
     };
     let dir = paths.image_dir(&version);
     let manifest = Manifest::read(&dir).map_err(|_| ImageError::NotFound(version.clone()))?;
@@ -240,8 +279,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
         assert!(list(&paths).unwrap().is_empty());
-        assert!(matches!(remove(&paths, "nope"), Err(ImageError::NotFound(_))));
-        assert!(matches!(remove(&paths, "../etc"), Err(ImageError::NotFound(_))));
-        assert!(matches!(resolve(&paths, None), Err(ImageError::NotFound(_))));
+        assert!(matches!(
+            remove(&paths, "nope"),
+            Err(ImageError::NotFound(_))
+        ));
+        assert!(matches!(
+            remove(&paths, "../etc"),
+            Err(ImageError::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve(&paths, None),
+            Err(ImageError::NotFound(_))
+        ));
     }
 }

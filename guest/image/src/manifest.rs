@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// The base kernel command line of this image; drivers append their devices and the
 /// reboot method.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/sbin/rmachine-agent \
+pub const KERNEL_CMDLINE: &str =
+    "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/sbin/rmachine-agent \
 panic=-1 quiet loglevel=4 random.trust_cpu=on initcall_blacklist=cmos_init,early_resume_init";
 
 /// One file of an image.
@@ -46,17 +47,31 @@ pub enum ManifestError {
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] std::io::Error),
     #[error("{file} of image {version} is damaged: sha256 {actual}, manifest says {expected}")]
-    Checksum { version: String, file: String, expected: String, actual: String },
+    Checksum {
+        version: String,
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("image {version} speaks agent protocol {image}, this rmachine speaks {host}: rebuild it with `rmachine image build`")]
-    Protocol { version: String, image: u32, host: u32 },
+    Protocol {
+        version: String,
+        image: u32,
+        host: u32,
+    },
 }
 
 impl Artifact {
     /// Describes a file by its name, size and sha256.
     pub fn describe(path: &Path) -> Result<Artifact, crate::ImageError> {
-        let size_bytes = std::fs::metadata(path).map_err(crate::ImageError::io("cannot stat", path))?.len();
+        let size_bytes = std::fs::metadata(path)
+            .map_err(crate::ImageError::io("cannot stat", path))?
+            .len();
         Ok(Artifact {
-            file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             sha256: crate::sha256_file(path)?,
             size_bytes,
         })
@@ -66,7 +81,8 @@ impl Artifact {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(image_files::MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Read(path.clone(), e))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| ManifestError::Read(path.clone(), e))?;
         serde_json::from_str(&text).map_err(|e| ManifestError::Parse(path, e))
     }
 
@@ -138,7 +154,10 @@ mod tests {
         let mut m = fake_image(dir.path());
         std::fs::write(dir.path().join("rootfs.erofs"), b"tampered").unwrap();
         let err = m.verify(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("rootfs.erofs") && err.contains("damaged"), "{err}");
+        assert!(
+            err.contains("rootfs.erofs") && err.contains("damaged"),
+            "{err}"
+        );
         m.protocol += 1;
         let err = m.verify(dir.path()).unwrap_err().to_string();
         assert!(err.contains("protocol"), "{err}");
@@ -148,6 +167,9 @@ mod tests {
     fn test_corrupt_manifest_is_a_parse_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("manifest.json"), "{ not json").unwrap();
-        assert!(matches!(Manifest::read(dir.path()), Err(ManifestError::Parse(..))));
+        assert!(matches!(
+            Manifest::read(dir.path()),
+            Err(ManifestError::Parse(..))
+        ));
     }
 }

@@ -18,7 +18,10 @@ const PACKAGES: &str = include_str!("../rootfs/packages.txt");
 
 /// The overlay files, as (path in the guest, content).
 const OVERLAY: &[(&str, &str)] = &[
-    ("etc/docker/daemon.json", include_str!("../rootfs/overlay/etc/docker/daemon.json")),
+    (
+        "etc/docker/daemon.json",
+        include_str!("../rootfs/overlay/etc/docker/daemon.json"),
+    ),
     ("etc/hosts", include_str!("../rootfs/overlay/etc/hosts")),
 ];
 
@@ -79,7 +82,10 @@ pub(crate) fn check_agent(path: &Path) -> Result<Agent, ImageError> {
     if !is_static_elf(&bytes) {
         return Err(ImageError::AgentNotStatic(path.to_path_buf()));
     }
-    Ok(Agent { path: path.to_path_buf(), sha256: sha256_file(path)? })
+    Ok(Agent {
+        path: path.to_path_buf(),
+        sha256: sha256_file(path)?,
+    })
 }
 
 /// A 64-bit little-endian ELF executable without a PT_INTERP program header.
@@ -88,9 +94,13 @@ fn is_static_elf(b: &[u8]) -> bool {
     if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
         return false;
     }
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize);
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
     let u64_at = |o: usize| {
-        b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().expect("slice of 8 bytes")) as usize)
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().expect("slice of 8 bytes")) as usize)
     };
     let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
         return false;
@@ -105,11 +115,19 @@ fn is_static_elf(b: &[u8]) -> bool {
 }
 
 fn packages() -> Vec<&'static str> {
-    PACKAGES.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    PACKAGES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
 }
 
 fn base_key() -> String {
-    content_key(&[("recipe", BASE_RECIPE.as_bytes()), ("suite", SUITE.as_bytes()), ("packages", PACKAGES.as_bytes())])
+    content_key(&[
+        ("recipe", BASE_RECIPE.as_bytes()),
+        ("suite", SUITE.as_bytes()),
+        ("packages", PACKAGES.as_bytes()),
+    ])
 }
 
 fn final_key(base: &str, agent: &Agent) -> String {
@@ -124,7 +142,12 @@ fn final_key(base: &str, agent: &Agent) -> String {
     content_key(&parts)
 }
 
-pub(crate) fn build(paths: &Paths, apt: &Apt, agent: &Agent, progress: &dyn Progress) -> Result<Built, ImageError> {
+pub(crate) fn build(
+    paths: &Paths,
+    apt: &Apt,
+    agent: &Agent,
+    progress: &dyn Progress,
+) -> Result<Built, ImageError> {
     let cache = paths.rootfs_cache();
     std::fs::create_dir_all(&cache).map_err(ImageError::io("cannot create", &cache))?;
     let base_key = base_key();
@@ -145,13 +168,22 @@ pub(crate) fn build(paths: &Paths, apt: &Apt, agent: &Agent, progress: &dyn Prog
     let stage = cache.join(format!("stage-{key}"));
     remove_dir(&stage)?;
     let log = cache.join("build.log");
-    command::run(Command::new("cp").arg("-a").arg(&base).arg(&stage), &log, &mut |_| {})?;
+    command::run(
+        Command::new("cp").arg("-a").arg(&base).arg(&stage),
+        &log,
+        &mut |_| {},
+    )?;
     let _ = std::fs::remove_file(stage.join(".complete"));
     assemble(&stage, agent)?;
     progress.detail("packing erofs (lz4hc)");
     let partial = cache.join(format!("{key}.erofs.partial"));
     command::run(
-        Command::new("mkfs.erofs").arg("-zlz4hc").arg("-T0").arg("--quiet").arg(&partial).arg(&stage),
+        Command::new("mkfs.erofs")
+            .arg("-zlz4hc")
+            .arg("-T0")
+            .arg("--quiet")
+            .arg(&partial)
+            .arg(&stage),
         &log,
         &mut |_| {},
     )?;
@@ -161,13 +193,22 @@ pub(crate) fn build(paths: &Paths, apt: &Apt, agent: &Agent, progress: &dyn Prog
     Ok(Built { key, erofs })
 }
 
-fn debootstrap(cache: &Path, base: &Path, apt: &Apt, progress: &dyn Progress) -> Result<(), ImageError> {
+fn debootstrap(
+    cache: &Path,
+    base: &Path,
+    apt: &Apt,
+    progress: &dyn Progress,
+) -> Result<(), ImageError> {
     let tmp = base.with_extension("partial");
     remove_dir(&tmp)?;
     remove_dir(base)?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs).map_err(ImageError::io("cannot create", &debs))?;
-    progress.detail(&format!("debootstrap {SUITE} from {} (log: {})", apt.mirror(), cache.join("build.log").display()));
+    progress.detail(&format!(
+        "debootstrap {SUITE} from {} (log: {})",
+        apt.mirror(),
+        cache.join("build.log").display()
+    ));
     let mut cmd = Command::new("debootstrap");
     cmd.arg("--variant=minbase")
         .arg(format!("--include={}", packages().join(",")))
@@ -178,7 +219,11 @@ fn debootstrap(cache: &Path, base: &Path, apt: &Apt, progress: &dyn Progress) ->
         .arg(apt.mirror());
     command::run(&mut cmd, &cache.join("build.log"), &mut |line| {
         if let Some(rest) = line.strip_prefix("I: ") {
-            if rest.starts_with("Retrieving") || rest.starts_with("Configuring") || rest.starts_with("Unpacking") || rest.starts_with("Installing") {
+            if rest.starts_with("Retrieving")
+                || rest.starts_with("Configuring")
+                || rest.starts_with("Unpacking")
+                || rest.starts_with("Installing")
+            {
                 progress.detail(rest);
             }
         }
@@ -201,7 +246,8 @@ fn assemble(stage: &Path, agent: &Agent) -> Result<(), ImageError> {
         std::fs::write(&dst, content).map_err(ImageError::io("cannot write", &dst))?;
     }
     let agent_dst = stage.join(AGENT_PATH);
-    std::fs::copy(&agent.path, &agent_dst).map_err(ImageError::io("cannot install the agent at", &agent_dst))?;
+    std::fs::copy(&agent.path, &agent_dst)
+        .map_err(ImageError::io("cannot install the agent at", &agent_dst))?;
     set_mode(&agent_dst, 0o755)?;
     for dir in MOUNT_POINTS {
         let d = stage.join(dir);
@@ -211,7 +257,10 @@ fn assemble(stage: &Path, agent: &Agent) -> Result<(), ImageError> {
     set_mode(&stage.join("tmp"), 0o1777)?;
     // Files the guest writes at run time live in /run (tmpfs). debootstrap copied the
     // build host's resolv.conf and hostname: they must not leak into the image.
-    for (link, target) in [("etc/resolv.conf", "/run/resolv.conf"), ("etc/hostname", "/run/hostname")] {
+    for (link, target) in [
+        ("etc/resolv.conf", "/run/resolv.conf"),
+        ("etc/hostname", "/run/hostname"),
+    ] {
         let l = stage.join(link);
         let _ = std::fs::remove_file(&l);
         std::os::unix::fs::symlink(target, &l).map_err(ImageError::io("cannot link", &l))?;
@@ -223,14 +272,19 @@ fn assemble(stage: &Path, agent: &Agent) -> Result<(), ImageError> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(ImageError::io("cannot chmod", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(ImageError::io("cannot chmod", path))
 }
 
 fn remove_dir(path: &Path) -> Result<(), ImageError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ImageError::Io { what: "cannot remove", path: path.to_path_buf(), source: e }),
+        Err(e) => Err(ImageError::Io {
+            what: "cannot remove",
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
@@ -241,7 +295,15 @@ mod tests {
     #[test]
     fn test_package_list_has_the_engine() {
         let p = packages();
-        for needed in ["docker.io", "containerd", "runc", "docker-compose", "docker-buildx", "iptables", "e2fsprogs"] {
+        for needed in [
+            "docker.io",
+            "containerd",
+            "runc",
+            "docker-compose",
+            "docker-buildx",
+            "iptables",
+            "e2fsprogs",
+        ] {
             assert!(p.contains(&needed), "{needed} missing from packages.txt");
         }
         assert!(!p.iter().any(|l| l.contains(' ')));
@@ -279,12 +341,21 @@ mod tests {
         std::fs::write(stage.join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
         let agent_file = dir.path().join("agent");
         std::fs::write(&agent_file, b"agent").unwrap();
-        let agent = Agent { path: agent_file, sha256: "x".into() };
+        let agent = Agent {
+            path: agent_file,
+            sha256: "x".into(),
+        };
         assemble(&stage, &agent).unwrap();
         assert_eq!(std::fs::read(stage.join(AGENT_PATH)).unwrap(), b"agent");
-        assert_eq!(std::fs::read_link(stage.join("etc/resolv.conf")).unwrap(), PathBuf::from("/run/resolv.conf"));
+        assert_eq!(
+            std::fs::read_link(stage.join("etc/resolv.conf")).unwrap(),
+            PathBuf::from("/run/resolv.conf")
+        );
         assert!(stage.join("etc/docker/daemon.json").exists());
         assert!(stage.join("mnt/data").is_dir());
-        assert!(!stage.join("var/log/apt").exists(), "var/log must be an empty mount point");
+        assert!(
+            !stage.join("var/log/apt").exists(),
+            "var/log must be an empty mount point"
+        );
     }
 }

@@ -53,15 +53,25 @@ pub(crate) fn check_all() -> Result<(), ImageError> {
     Ok(())
 }
 
-fn check(tools: &[(&str, &str)], headers: &[(&str, &str)], keyring: &Path) -> Result<(), ImageError> {
+fn check(
+    tools: &[(&str, &str)],
+    headers: &[(&str, &str)],
+    keyring: &Path,
+) -> Result<(), ImageError> {
     for (tool, package) in tools {
         if which(tool).is_none() {
-            return Err(ImageError::MissingTool { tool: tool.to_string(), package: package.to_string() });
+            return Err(ImageError::MissingTool {
+                tool: tool.to_string(),
+                package: package.to_string(),
+            });
         }
     }
     for (header, package) in headers {
         if !Path::new(header).exists() {
-            return Err(ImageError::MissingFile { path: PathBuf::from(header), package: package.to_string() });
+            return Err(ImageError::MissingFile {
+                path: PathBuf::from(header),
+                package: package.to_string(),
+            });
         }
     }
     if !keyring.exists() {
@@ -91,9 +101,17 @@ mod tests {
 
     #[test]
     fn test_missing_tool_names_its_package() {
-        let err = check(&[("sh", "dash"), ("rmachine-no-such-tool", "some-pkg")], &[], Path::new("/")).unwrap_err();
+        let err = check(
+            &[("sh", "dash"), ("rmachine-no-such-tool", "some-pkg")],
+            &[],
+            Path::new("/"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("rmachine-no-such-tool") && msg.contains("some-pkg"), "{msg}");
+        assert!(
+            msg.contains("rmachine-no-such-tool") && msg.contains("some-pkg"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ impl GuestConfig {
     pub fn decode(bytes: &[u8]) -> Result<GuestConfig, ConfigDiskError> {
         let rest = bytes.strip_prefix(MAGIC).ok_or(ConfigDiskError::NoMagic)?;
         let rest = &rest[..rest.len().min(MAX_SIZE)];
-        let end = rest.iter().position(|&b| b == b'\n').ok_or(ConfigDiskError::Unterminated)?;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(ConfigDiskError::Unterminated)?;
         serde_json::from_slice(&rest[..end]).map_err(ConfigDiskError::Json)
     }
 }
@@ -93,7 +96,11 @@ mod tests {
             data_disk: "/dev/vdb".into(),
             host_time_unix_ns: 1_700_000_000_000_000_000,
             host_addr: Some("10.0.2.2".into()),
-            mounts: vec![Mount { tag: "home".into(), guest_path: "/home/u".into(), read_only: false }],
+            mounts: vec![Mount {
+                tag: "home".into(),
+                guest_path: "/home/u".into(),
+                read_only: false,
+            }],
         }
     }
 
@@ -106,12 +113,21 @@ mod tests {
 
     #[test]
     fn test_config_disk_rejects_foreign_bytes() {
-        assert!(matches!(GuestConfig::decode(&[0u8; 4096]), Err(ConfigDiskError::NoMagic)));
+        assert!(matches!(
+            GuestConfig::decode(&[0u8; 4096]),
+            Err(ConfigDiskError::NoMagic)
+        ));
         let mut unterminated = MAGIC.to_vec();
         unterminated.extend(vec![b'x'; 100]);
-        assert!(matches!(GuestConfig::decode(&unterminated), Err(ConfigDiskError::Unterminated)));
+        assert!(matches!(
+            GuestConfig::decode(&unterminated),
+            Err(ConfigDiskError::Unterminated)
+        ));
         let mut bad = MAGIC.to_vec();
         bad.extend(b"{not json}\n");
-        assert!(matches!(GuestConfig::decode(&bad), Err(ConfigDiskError::Json(_))));
+        assert!(matches!(
+            GuestConfig::decode(&bad),
+            Err(ConfigDiskError::Json(_))
+        ));
     }
 }

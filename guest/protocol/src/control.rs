@@ -55,7 +55,11 @@ pub struct RequestEnvelope {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
     Pong,
-    Version { agent: String, protocol: u32, kernel: String },
+    Version {
+        agent: String,
+        protocol: u32,
+        kernel: String,
+    },
     Info(Box<GuestInfo>),
     TimeSynced {
         /// Guest clock minus host clock before the change, in nanoseconds.
@@ -64,7 +68,10 @@ pub enum Reply {
     ShuttingDown,
     /// Change notifications replayed: paths touched, paths skipped (outside every share,
     /// gone, or refused).
-    Notified { touched: u32, skipped: u32 },
+    Notified {
+        touched: u32,
+        skipped: u32,
+    },
 }
 
 /// What went wrong with a request.
@@ -193,7 +200,11 @@ pub fn parse_request(line: &[u8]) -> Result<RequestEnvelope, ParseFailure> {
     fields.remove("id");
     let request = serde_json::from_value(serde_json::Value::Object(fields))
         .map_err(|e| bad(id, ErrorKind::BadRequest, e.to_string()))?;
-    Ok(RequestEnvelope { v: PROTOCOL_VERSION, id, request })
+    Ok(RequestEnvelope {
+        v: PROTOCOL_VERSION,
+        id,
+        request,
+    })
 }
 
 /// Serializes a request line, newline included.
@@ -208,7 +219,11 @@ pub fn encode_request(id: u64, request: Request) -> String {
 
 /// Serializes a reply line, newline included.
 pub fn encode_reply(id: u64, outcome: Outcome) -> String {
-    encode_line(&ReplyEnvelope { v: PROTOCOL_VERSION, id, outcome })
+    encode_line(&ReplyEnvelope {
+        v: PROTOCOL_VERSION,
+        id,
+        outcome,
+    })
 }
 
 fn encode_line<T: Serialize>(value: &T) -> String {
@@ -240,15 +255,24 @@ pub fn parse_reply(line: &[u8], want_id: u64) -> Result<Reply, ReplyError> {
     }
     let probe: Probe = serde_json::from_slice(line).map_err(ReplyError::Invalid)?;
     if probe.v != PROTOCOL_VERSION {
-        return Err(ReplyError::Version { agent: probe.v, host: PROTOCOL_VERSION });
+        return Err(ReplyError::Version {
+            agent: probe.v,
+            host: PROTOCOL_VERSION,
+        });
     }
     let env: ReplyEnvelope = serde_json::from_slice(line).map_err(ReplyError::Invalid)?;
     if env.id != want_id && env.id != 0 {
-        return Err(ReplyError::WrongId { got: env.id, want: want_id });
+        return Err(ReplyError::WrongId {
+            got: env.id,
+            want: want_id,
+        });
     }
     match env.outcome {
         Outcome::Ok(reply) => Ok(reply),
-        Outcome::Error(e) => Err(ReplyError::Agent { kind: e.kind, message: e.message }),
+        Outcome::Error(e) => Err(ReplyError::Agent {
+            kind: e.kind,
+            message: e.message,
+        }),
     }
 }
 
@@ -262,7 +286,9 @@ mod tests {
             Request::Ping {},
             Request::Version {},
             Request::Info {},
-            Request::SyncTime { unix_ns: 1_700_000_000_123_456_789 },
+            Request::SyncTime {
+                unix_ns: 1_700_000_000_123_456_789,
+            },
             Request::Shutdown { reboot: true },
         ];
         for (i, op) in ops.into_iter().enumerate() {
@@ -293,19 +319,39 @@ mod tests {
             cpus: 2,
             ip: Some("10.0.2.15".into()),
             data_disk_mounted: true,
-            containerd: ProcessInfo { state: ServiceState::Running, pid: Some(10), restarts: 0, last_error: None },
-            dockerd: ProcessInfo { state: ServiceState::Restarting, pid: None, restarts: 2, last_error: Some("exit 1".into()) },
+            containerd: ProcessInfo {
+                state: ServiceState::Running,
+                pid: Some(10),
+                restarts: 0,
+                last_error: None,
+            },
+            dockerd: ProcessInfo {
+                state: ServiceState::Restarting,
+                pid: None,
+                restarts: 2,
+                last_error: Some("exit 1".into()),
+            },
         };
-        for reply in [Reply::Pong, Reply::Info(Box::new(info)), Reply::TimeSynced { offset_ns: -5 }] {
+        for reply in [
+            Reply::Pong,
+            Reply::Info(Box::new(info)),
+            Reply::TimeSynced { offset_ns: -5 },
+        ] {
             let line = encode_reply(9, Outcome::Ok(reply.clone()));
             assert_eq!(parse_reply(line.trim_end().as_bytes(), 9).unwrap(), reply);
         }
         let line = encode_reply(
             4,
-            Outcome::Error(ErrorReply { kind: ErrorKind::Failed, message: "nope".into() }),
+            Outcome::Error(ErrorReply {
+                kind: ErrorKind::Failed,
+                message: "nope".into(),
+            }),
         );
         match parse_reply(line.trim_end().as_bytes(), 4) {
-            Err(ReplyError::Agent { kind: ErrorKind::Failed, message }) => assert_eq!(message, "nope"),
+            Err(ReplyError::Agent {
+                kind: ErrorKind::Failed,
+                message,
+            }) => assert_eq!(message, "nope"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -315,7 +361,11 @@ mod tests {
         let err = parse_request(br#"{"v":2,"id":5,"op":"ping"}"#).unwrap_err();
         assert_eq!(err.id, 5);
         assert_eq!(err.error.kind, ErrorKind::Version);
-        assert!(err.error.message.contains("version 2"), "{}", err.error.message);
+        assert!(
+            err.error.message.contains("version 2"),
+            "{}",
+            err.error.message
+        );
     }
 
     #[test]
@@ -335,6 +385,9 @@ mod tests {
         let err = parse_reply(br#"{"v":3,"id":1,"ok":{"type":"pong"}}"#, 1).unwrap_err();
         assert!(matches!(err, ReplyError::Version { agent: 3, .. }), "{err}");
         let err = parse_reply(br#"{"v":1,"id":2,"ok":{"type":"pong"}}"#, 1).unwrap_err();
-        assert!(matches!(err, ReplyError::WrongId { got: 2, want: 1 }), "{err}");
+        assert!(
+            matches!(err, ReplyError::WrongId { got: 2, want: 1 }),
+            "{err}"
+        );
     }
 }

@@ -55,8 +55,12 @@ pub fn parse_answer(line: &[u8]) -> Result<(), DialError> {
     match line {
         b"OK" => Ok(()),
         _ => match line.strip_prefix(b"ERR ") {
-            Some(message) => Err(DialError::Refused(String::from_utf8_lossy(message).into_owned())),
-            None => Err(DialError::BadAnswer(String::from_utf8_lossy(line).chars().take(80).collect())),
+            Some(message) => Err(DialError::Refused(
+                String::from_utf8_lossy(message).into_owned(),
+            )),
+            None => Err(DialError::BadAnswer(
+                String::from_utf8_lossy(line).chars().take(80).collect(),
+            )),
         },
     }
 }
@@ -64,7 +68,12 @@ pub fn parse_answer(line: &[u8]) -> Result<(), DialError> {
 impl DialRequest {
     /// The header line, newline included.
     pub fn encode(&self) -> String {
-        format!("{} {} {}\n", self.proto.as_str(), self.guest_addr, self.guest_port)
+        format!(
+            "{} {} {}\n",
+            self.proto.as_str(),
+            self.guest_addr,
+            self.guest_port
+        )
     }
 
     /// Parses a header line (without its newline).
@@ -77,7 +86,10 @@ impl DialRequest {
             Some("udp") => Proto::Udp,
             _ => return Err(malformed()),
         };
-        let guest_addr: IpAddr = parts.next().and_then(|a| a.parse().ok()).ok_or_else(malformed)?;
+        let guest_addr: IpAddr = parts
+            .next()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(malformed)?;
         let guest_port: u16 = parts
             .next()
             .and_then(|p| p.parse().ok())
@@ -86,7 +98,11 @@ impl DialRequest {
         if parts.next().is_some() {
             return Err(malformed());
         }
-        Ok(DialRequest { proto, guest_addr, guest_port })
+        Ok(DialRequest {
+            proto,
+            guest_addr,
+            guest_port,
+        })
     }
 }
 
@@ -109,16 +125,41 @@ mod tests {
 
     #[test]
     fn test_dial_round_trip() {
-        let req = DialRequest { proto: Proto::Udp, guest_addr: "172.17.0.2".parse().unwrap(), guest_port: 53 };
-        assert_eq!(DialRequest::parse(req.encode().trim_end().as_bytes()).unwrap(), req);
-        let req = DialRequest { proto: Proto::Tcp, guest_addr: "::1".parse().unwrap(), guest_port: 8080 };
-        assert_eq!(DialRequest::parse(req.encode().trim_end().as_bytes()).unwrap(), req);
+        let req = DialRequest {
+            proto: Proto::Udp,
+            guest_addr: "172.17.0.2".parse().unwrap(),
+            guest_port: 53,
+        };
+        assert_eq!(
+            DialRequest::parse(req.encode().trim_end().as_bytes()).unwrap(),
+            req
+        );
+        let req = DialRequest {
+            proto: Proto::Tcp,
+            guest_addr: "::1".parse().unwrap(),
+            guest_port: 8080,
+        };
+        assert_eq!(
+            DialRequest::parse(req.encode().trim_end().as_bytes()).unwrap(),
+            req
+        );
     }
 
     #[test]
     fn test_dial_rejects_bad_headers() {
-        for bad in ["", "tcp", "sctp 1.2.3.4 80", "tcp localhost 80", "tcp 1.2.3.4 0", "tcp 1.2.3.4 70000", "tcp 1.2.3.4 80 x"] {
-            assert!(DialRequest::parse(bad.as_bytes()).is_err(), "{bad:?} was accepted");
+        for bad in [
+            "",
+            "tcp",
+            "sctp 1.2.3.4 80",
+            "tcp localhost 80",
+            "tcp 1.2.3.4 0",
+            "tcp 1.2.3.4 70000",
+            "tcp 1.2.3.4 80 x",
+        ] {
+            assert!(
+                DialRequest::parse(bad.as_bytes()).is_err(),
+                "{bad:?} was accepted"
+            );
         }
     }
 
@@ -130,9 +171,14 @@ mod tests {
         assert_eq!(line, "ERR connect 127.0.0.1:80: refused badly\n");
         assert_eq!(
             parse_answer(line.trim_end().as_bytes()),
-            Err(DialError::Refused("connect 127.0.0.1:80: refused badly".into()))
+            Err(DialError::Refused(
+                "connect 127.0.0.1:80: refused badly".into()
+            ))
         );
-        assert!(matches!(parse_answer(b"HTTP/1.1 200 OK"), Err(DialError::BadAnswer(_))));
+        assert!(matches!(
+            parse_answer(b"HTTP/1.1 200 OK"),
+            Err(DialError::BadAnswer(_))
+        ));
     }
 
     #[test]

@@ -149,7 +149,11 @@ pub enum FrameError {
     #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME}")]
     TooLong { len: usize },
     #[error("{what} frame must carry {want} bytes, not {got}")]
-    BadLength { what: &'static str, want: usize, got: usize },
+    BadLength {
+        what: &'static str,
+        want: usize,
+        got: usize,
+    },
     #[error("signal number {0} is out of range")]
     BadSignal(u8),
     #[error("error frame is not UTF-8")]
@@ -243,9 +247,11 @@ pub async fn read_raw_frame<R: AsyncRead + Unpin>(
 }
 
 fn exact<const N: usize>(what: &'static str, payload: &[u8]) -> Result<[u8; N], FrameError> {
-    payload
-        .try_into()
-        .map_err(|_| FrameError::BadLength { what, want: N, got: payload.len() })
+    payload.try_into().map_err(|_| FrameError::BadLength {
+        what,
+        want: N,
+        got: payload.len(),
+    })
 }
 
 impl HostFrame {
@@ -285,7 +291,10 @@ impl HostFrame {
                 signal @ 1..=MAX_SIGNAL => Ok(HostFrame::Signal(signal)),
                 other => Err(FrameError::BadSignal(other)),
             },
-            kind => Err(FrameError::UnknownKind { direction: "host", kind }),
+            kind => Err(FrameError::UnknownKind {
+                direction: "host",
+                kind,
+            }),
         }
     }
 
@@ -296,7 +305,9 @@ impl HostFrame {
     }
 
     /// Reads one frame; `Ok(None)` when the stream ends between frames.
-    pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<HostFrame>, ReadFrameError> {
+    pub async fn read<R: AsyncRead + Unpin>(
+        reader: &mut R,
+    ) -> Result<Option<HostFrame>, ReadFrameError> {
         match read_raw_frame(reader).await? {
             Some((kind, payload)) => Ok(Some(HostFrame::from_parts(kind, payload)?)),
             None => Ok(None),
@@ -334,9 +345,16 @@ impl GuestFrame {
         match kind {
             kind::STDOUT => Ok(GuestFrame::Stdout(payload)),
             kind::STDERR => Ok(GuestFrame::Stderr(payload)),
-            kind::EXIT => Ok(GuestFrame::Exit(i32::from_be_bytes(exact::<4>("exit", &payload)?))),
-            kind::ERROR => String::from_utf8(payload).map(GuestFrame::Error).map_err(|_| FrameError::NotUtf8),
-            kind => Err(FrameError::UnknownKind { direction: "guest", kind }),
+            kind::EXIT => Ok(GuestFrame::Exit(i32::from_be_bytes(exact::<4>(
+                "exit", &payload,
+            )?))),
+            kind::ERROR => String::from_utf8(payload)
+                .map(GuestFrame::Error)
+                .map_err(|_| FrameError::NotUtf8),
+            kind => Err(FrameError::UnknownKind {
+                direction: "guest",
+                kind,
+            }),
         }
     }
 
@@ -347,7 +365,9 @@ impl GuestFrame {
     }
 
     /// Reads one frame; `Ok(None)` when the stream ends between frames.
-    pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<GuestFrame>, ReadFrameError> {
+    pub async fn read<R: AsyncRead + Unpin>(
+        reader: &mut R,
+    ) -> Result<Option<GuestFrame>, ReadFrameError> {
         match read_raw_frame(reader).await? {
             Some((kind, payload)) => Ok(Some(GuestFrame::from_parts(kind, payload)?)),
             None => Ok(None),
@@ -376,9 +396,18 @@ mod tests {
         };
         let line = request.encode();
         assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
-        assert_eq!(ExecRequest::parse(line.trim_end().as_bytes()).unwrap(), request);
+        assert_eq!(
+            ExecRequest::parse(line.trim_end().as_bytes()).unwrap(),
+            request
+        );
         let minimal = ExecRequest::parse(br#"{"argv":["uname","-a"]}"#).unwrap();
-        assert_eq!(minimal, ExecRequest { argv: vec!["uname".into(), "-a".into()], ..ExecRequest::default() });
+        assert_eq!(
+            minimal,
+            ExecRequest {
+                argv: vec!["uname".into(), "-a".into()],
+                ..ExecRequest::default()
+            }
+        );
         assert_eq!(ExecRequest::parse(b"{}").unwrap(), ExecRequest::default());
     }
 
@@ -390,7 +419,10 @@ mod tests {
             br#"{"argv":"ls"}"#,
             br#"{"rows":70000}"#,
         ] {
-            assert!(matches!(ExecRequest::parse(bad), Err(ExecRequestError::Json(_))), "{bad:?}");
+            assert!(
+                matches!(ExecRequest::parse(bad), Err(ExecRequestError::Json(_))),
+                "{bad:?}"
+            );
         }
         for bad in [
             &br#"{"argv":[""]}"#[..],
@@ -399,7 +431,10 @@ mod tests {
             br#"{"env":{"":"c"}}"#,
             br#"{"cwd":"relative/dir"}"#,
         ] {
-            assert!(matches!(ExecRequest::parse(bad), Err(ExecRequestError::Invalid(_))), "{bad:?}");
+            assert!(
+                matches!(ExecRequest::parse(bad), Err(ExecRequestError::Invalid(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -408,7 +443,10 @@ mod tests {
         let frames = [
             HostFrame::Stdin(b"ls -l\n".to_vec()),
             HostFrame::Stdin(Vec::new()),
-            HostFrame::Resize { rows: 40, cols: 300 },
+            HostFrame::Resize {
+                rows: 40,
+                cols: 300,
+            },
             HostFrame::Signal(2),
         ];
         let mut wire = Vec::new();
@@ -423,7 +461,10 @@ mod tests {
             rest = &rest[used..];
         }
         assert!(rest.is_empty());
-        assert_eq!(HostFrame::Resize { rows: 1, cols: 2 }.encode(), [1, 0, 0, 0, 4, 0, 1, 0, 2]);
+        assert_eq!(
+            HostFrame::Resize { rows: 1, cols: 2 }.encode(),
+            [1, 0, 0, 0, 4, 0, 1, 0, 2]
+        );
     }
 
     #[test]
@@ -446,7 +487,11 @@ mod tests {
     fn test_partial_frames_wait_for_more_bytes() {
         let wire = GuestFrame::Stdout(b"hello".to_vec()).encode();
         for cut in 0..wire.len() {
-            assert_eq!(GuestFrame::decode(&wire[..cut]).unwrap(), None, "cut at {cut}");
+            assert_eq!(
+                GuestFrame::decode(&wire[..cut]).unwrap(),
+                None,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -454,23 +499,46 @@ mod tests {
     fn test_bad_frames_are_errors() {
         assert_eq!(
             HostFrame::decode(&[9, 0, 0, 0, 0]),
-            Err(FrameError::UnknownKind { direction: "host", kind: 9 })
+            Err(FrameError::UnknownKind {
+                direction: "host",
+                kind: 9
+            })
         );
         assert_eq!(
             GuestFrame::decode(&[4, 0, 0, 0, 0]),
-            Err(FrameError::UnknownKind { direction: "guest", kind: 4 })
+            Err(FrameError::UnknownKind {
+                direction: "guest",
+                kind: 4
+            })
         );
         assert_eq!(
             HostFrame::decode(&[1, 0, 0, 0, 3, 0, 1, 0]),
-            Err(FrameError::BadLength { what: "resize", want: 4, got: 3 })
+            Err(FrameError::BadLength {
+                what: "resize",
+                want: 4,
+                got: 3
+            })
         );
-        assert_eq!(HostFrame::decode(&[2, 0, 0, 0, 1, 0]), Err(FrameError::BadSignal(0)));
-        assert_eq!(HostFrame::decode(&[2, 0, 0, 0, 1, 65]), Err(FrameError::BadSignal(65)));
+        assert_eq!(
+            HostFrame::decode(&[2, 0, 0, 0, 1, 0]),
+            Err(FrameError::BadSignal(0))
+        );
+        assert_eq!(
+            HostFrame::decode(&[2, 0, 0, 0, 1, 65]),
+            Err(FrameError::BadSignal(65))
+        );
         assert_eq!(
             GuestFrame::decode(&[2, 0, 0, 0, 2, 0, 7]),
-            Err(FrameError::BadLength { what: "exit", want: 4, got: 2 })
+            Err(FrameError::BadLength {
+                what: "exit",
+                want: 4,
+                got: 2
+            })
         );
-        assert_eq!(GuestFrame::decode(&[3, 0, 0, 0, 2, 0xff, 0xfe]), Err(FrameError::NotUtf8));
+        assert_eq!(
+            GuestFrame::decode(&[3, 0, 0, 0, 2, 0xff, 0xfe]),
+            Err(FrameError::NotUtf8)
+        );
     }
 
     #[test]
@@ -478,8 +546,14 @@ mod tests {
         let len = (MAX_FRAME as u32 + 1).to_be_bytes();
         let header = [0, len[0], len[1], len[2], len[3]];
         // Only the header: the length alone condemns it.
-        assert_eq!(HostFrame::decode(&header), Err(FrameError::TooLong { len: MAX_FRAME + 1 }));
-        assert_eq!(GuestFrame::decode(&header), Err(FrameError::TooLong { len: MAX_FRAME + 1 }));
+        assert_eq!(
+            HostFrame::decode(&header),
+            Err(FrameError::TooLong { len: MAX_FRAME + 1 })
+        );
+        assert_eq!(
+            GuestFrame::decode(&header),
+            Err(FrameError::TooLong { len: MAX_FRAME + 1 })
+        );
     }
 
     #[test]
@@ -490,7 +564,8 @@ mod tests {
         let mut joined = Vec::new();
         let mut count = 0;
         while !rest.is_empty() {
-            let (GuestFrame::Stdout(chunk), used) = GuestFrame::decode(rest).unwrap().unwrap() else {
+            let (GuestFrame::Stdout(chunk), used) = GuestFrame::decode(rest).unwrap().unwrap()
+            else {
                 panic!("not stdout")
             };
             assert!(chunk.len() <= MAX_FRAME);
@@ -500,7 +575,10 @@ mod tests {
         }
         assert_eq!((count, joined), (3, data));
         let long = "é".repeat(MAX_FRAME);
-        let (GuestFrame::Error(cut), _) = GuestFrame::decode(&GuestFrame::Error(long).encode()).unwrap().unwrap() else {
+        let (GuestFrame::Error(cut), _) = GuestFrame::decode(&GuestFrame::Error(long).encode())
+            .unwrap()
+            .unwrap()
+        else {
             panic!("not an error")
         };
         assert!(cut.len() <= MAX_FRAME && cut.len() >= MAX_FRAME - 1);
@@ -511,14 +589,26 @@ mod tests {
         let mut wire = HostFrame::Stdin(b"abc".to_vec()).encode();
         wire.extend(HostFrame::Signal(15).encode());
         let mut reader = &wire[..];
-        assert_eq!(HostFrame::read(&mut reader).await.unwrap(), Some(HostFrame::Stdin(b"abc".to_vec())));
-        assert_eq!(HostFrame::read(&mut reader).await.unwrap(), Some(HostFrame::Signal(15)));
+        assert_eq!(
+            HostFrame::read(&mut reader).await.unwrap(),
+            Some(HostFrame::Stdin(b"abc".to_vec()))
+        );
+        assert_eq!(
+            HostFrame::read(&mut reader).await.unwrap(),
+            Some(HostFrame::Signal(15))
+        );
         assert_eq!(HostFrame::read(&mut reader).await.unwrap(), None);
         // A stream that ends inside a frame is an error, not a clean end.
         let wire = GuestFrame::Stdout(b"abc".to_vec()).encode();
         let mut reader = &wire[..6];
-        assert!(matches!(GuestFrame::read(&mut reader).await, Err(ReadFrameError::Io(_))));
+        assert!(matches!(
+            GuestFrame::read(&mut reader).await,
+            Err(ReadFrameError::Io(_))
+        ));
         let mut reader = &[7u8, 0, 0, 0, 0][..];
-        assert!(matches!(GuestFrame::read(&mut reader).await, Err(ReadFrameError::Frame(_))));
+        assert!(matches!(
+            GuestFrame::read(&mut reader).await,
+            Err(ReadFrameError::Frame(_))
+        ));
     }
 }

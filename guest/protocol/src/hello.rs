@@ -34,7 +34,11 @@ pub enum HelloError {
 
 /// Formats the host's hello line, newline included.
 pub fn format_hello(service: Service, token: Option<&str>) -> String {
-    format!("{MAGIC} {PROTOCOL_VERSION} {} {}\n", service.name(), token.unwrap_or("-"))
+    format!(
+        "{MAGIC} {PROTOCOL_VERSION} {} {}\n",
+        service.name(),
+        token.unwrap_or("-")
+    )
 }
 
 /// Parses a host hello line (without its newline). A version mismatch is reported before
@@ -50,7 +54,10 @@ pub fn parse_hello(line: &[u8]) -> Result<Hello, HelloError> {
         .and_then(|v| v.parse().ok())
         .ok_or(HelloError::NotHello)?;
     if version != PROTOCOL_VERSION {
-        return Err(HelloError::VersionMismatch { host: version, agent: PROTOCOL_VERSION });
+        return Err(HelloError::VersionMismatch {
+            host: version,
+            agent: PROTOCOL_VERSION,
+        });
     }
     let service_name = parts.next().ok_or(HelloError::NotHello)?;
     let service = Service::from_name(service_name)
@@ -63,7 +70,11 @@ pub fn parse_hello(line: &[u8]) -> Result<Hello, HelloError> {
     if parts.next().is_some() {
         return Err(HelloError::NotHello);
     }
-    Ok(Hello { version, service, token })
+    Ok(Hello {
+        version,
+        service,
+        token,
+    })
 }
 
 /// The agent's acceptance line, newline included.
@@ -73,7 +84,10 @@ pub fn format_ok() -> String {
 
 /// The agent's refusal line, newline included. Newlines in the message are flattened.
 pub fn format_err(message: &str) -> String {
-    format!("ERR {PROTOCOL_VERSION} {}\n", message.replace(['\n', '\r'], " "))
+    format!(
+        "ERR {PROTOCOL_VERSION} {}\n",
+        message.replace(['\n', '\r'], " ")
+    )
 }
 
 /// Parses the agent's answer to a hello (without its newline).
@@ -87,7 +101,10 @@ pub fn parse_answer(line: &[u8]) -> Result<(), HelloError> {
     let version: u32 = version.parse().map_err(|_| HelloError::NotHello)?;
     match word {
         "OK" if version == PROTOCOL_VERSION => Ok(()),
-        "OK" => Err(HelloError::AgentVersion { agent: version, host: PROTOCOL_VERSION }),
+        "OK" => Err(HelloError::AgentVersion {
+            agent: version,
+            host: PROTOCOL_VERSION,
+        }),
         "ERR" => Err(HelloError::Refused(message.to_string())),
         _ => Err(HelloError::NotHello),
     }
@@ -120,11 +137,20 @@ mod tests {
     fn test_hello_rejects_other_version_and_garbage() {
         assert_eq!(
             parse_hello(b"RMACHINE 99 control -"),
-            Err(HelloError::VersionMismatch { host: 99, agent: PROTOCOL_VERSION })
+            Err(HelloError::VersionMismatch {
+                host: 99,
+                agent: PROTOCOL_VERSION
+            })
         );
         assert_eq!(parse_hello(b"GET / HTTP/1.1"), Err(HelloError::NotHello));
-        assert_eq!(parse_hello(b"RMACHINE 1 control"), Err(HelloError::NotHello));
-        assert_eq!(parse_hello(b"RMACHINE 1 control tok extra"), Err(HelloError::NotHello));
+        assert_eq!(
+            parse_hello(b"RMACHINE 1 control"),
+            Err(HelloError::NotHello)
+        );
+        assert_eq!(
+            parse_hello(b"RMACHINE 1 control tok extra"),
+            Err(HelloError::NotHello)
+        );
         assert_eq!(parse_hello(&[0xff, 0xfe]), Err(HelloError::NotHello));
         assert_eq!(
             parse_hello(b"RMACHINE 1 ssh -"),
@@ -141,7 +167,10 @@ mod tests {
         );
         assert_eq!(
             parse_answer(b"OK 7"),
-            Err(HelloError::AgentVersion { agent: 7, host: PROTOCOL_VERSION })
+            Err(HelloError::AgentVersion {
+                agent: 7,
+                host: PROTOCOL_VERSION
+            })
         );
         assert_eq!(parse_answer(b"HTTP/1.1 400 Bad"), Err(HelloError::NotHello));
     }

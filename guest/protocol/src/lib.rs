@@ -43,7 +43,12 @@ pub enum Service {
 
 impl Service {
     /// All services, in port order.
-    pub const ALL: [Service; 4] = [Service::Control, Service::Dial, Service::Exec, Service::Engine];
+    pub const ALL: [Service; 4] = [
+        Service::Control,
+        Service::Dial,
+        Service::Exec,
+        Service::Engine,
+    ];
 
     /// The vsock (and TCP) port the agent serves this service on.
     pub fn port(self) -> u16 {

@@ -79,10 +79,22 @@ mod tests {
         let input = b"short\r\nthis line is far too long\nnext\nlast".to_vec();
         // A tiny buffer makes lines span several fill_buf calls.
         let mut r = BufReader::with_capacity(4, &input[..]);
-        assert_eq!(read_line_limited(&mut r, 10).await.unwrap(), Line::Data(b"short".to_vec()));
-        assert_eq!(read_line_limited(&mut r, 10).await.unwrap(), Line::TooLong { len: 25 });
-        assert_eq!(read_line_limited(&mut r, 10).await.unwrap(), Line::Data(b"next".to_vec()));
-        assert_eq!(read_line_limited(&mut r, 10).await.unwrap(), Line::Data(b"last".to_vec()));
+        assert_eq!(
+            read_line_limited(&mut r, 10).await.unwrap(),
+            Line::Data(b"short".to_vec())
+        );
+        assert_eq!(
+            read_line_limited(&mut r, 10).await.unwrap(),
+            Line::TooLong { len: 25 }
+        );
+        assert_eq!(
+            read_line_limited(&mut r, 10).await.unwrap(),
+            Line::Data(b"next".to_vec())
+        );
+        assert_eq!(
+            read_line_limited(&mut r, 10).await.unwrap(),
+            Line::Data(b"last".to_vec())
+        );
         assert_eq!(read_line_limited(&mut r, 10).await.unwrap(), Line::Eof);
     }
 
@@ -90,6 +102,9 @@ mod tests {
     async fn test_line_of_exactly_the_limit_is_accepted() {
         let input = b"0123456789\n".to_vec();
         let mut r = BufReader::new(&input[..]);
-        assert_eq!(read_line_limited(&mut r, 10).await.unwrap(), Line::Data(b"0123456789".to_vec()));
+        assert_eq!(
+            read_line_limited(&mut r, 10).await.unwrap(),
+            Line::Data(b"0123456789".to_vec())
+        );
     }
 }

@@ -22,7 +22,8 @@ pub trait GuestIo: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> GuestIo for T {}
 
 /// The future returned by [`GuestConnector::connect`].
-pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Box<dyn GuestIo>>> + Send + 'a>>;
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = io::Result<Box<dyn GuestIo>>> + Send + 'a>>;
 
 /// Opens greeted streams to guest services.
 pub trait GuestConnector: Send + Sync + 'static {
@@ -72,14 +73,28 @@ pub enum GuestDialError {
 }
 
 /// Dials `request` inside the guest through the dial service.
-pub async fn dial(connector: &dyn GuestConnector, request: &DialRequest) -> Result<DialedStream, GuestDialError> {
-    tokio::time::timeout(DIAL_TIMEOUT, dial_inner(connector, request)).await.map_err(|_| GuestDialError::Timeout)?
+pub async fn dial(
+    connector: &dyn GuestConnector,
+    request: &DialRequest,
+) -> Result<DialedStream, GuestDialError> {
+    tokio::time::timeout(DIAL_TIMEOUT, dial_inner(connector, request))
+        .await
+        .map_err(|_| GuestDialError::Timeout)?
 }
 
-async fn dial_inner(connector: &dyn GuestConnector, request: &DialRequest) -> Result<DialedStream, GuestDialError> {
-    let stream = connector.connect(Service::Dial).await.map_err(GuestDialError::Connect)?;
+async fn dial_inner(
+    connector: &dyn GuestConnector,
+    request: &DialRequest,
+) -> Result<DialedStream, GuestDialError> {
+    let stream = connector
+        .connect(Service::Dial)
+        .await
+        .map_err(GuestDialError::Connect)?;
     let mut stream = BufReader::new(stream);
-    stream.get_mut().write_all(request.encode().as_bytes()).await?;
+    stream
+        .get_mut()
+        .write_all(request.encode().as_bytes())
+        .await?;
     match read_line_limited(&mut stream, MAX_HEADER_LINE).await? {
         Line::Data(answer) => dial::parse_answer(&answer).map_err(GuestDialError::Refused)?,
         Line::TooLong { .. } => return Err(GuestDialError::TooLong),
@@ -108,22 +123,35 @@ mod tests {
         let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let mut s = BufReader::new(s);
-            let Line::Data(h) = read_line_limited(&mut s, MAX_HEADER_LINE).await.unwrap() else { panic!("no hello") };
+            let Line::Data(h) = read_line_limited(&mut s, MAX_HEADER_LINE).await.unwrap() else {
+                panic!("no hello")
+            };
             assert_eq!(hello::parse_hello(&h).unwrap().service, Service::Dial);
-            s.get_mut().write_all(hello::format_ok().as_bytes()).await.unwrap();
-            let Line::Data(header) = read_line_limited(&mut s, MAX_HEADER_LINE).await.unwrap() else {
+            s.get_mut()
+                .write_all(hello::format_ok().as_bytes())
+                .await
+                .unwrap();
+            let Line::Data(header) = read_line_limited(&mut s, MAX_HEADER_LINE).await.unwrap()
+            else {
                 panic!("no header")
             };
             s.get_mut().write_all(answer.as_bytes()).await.unwrap();
             s.get_mut().write_all(after).await.unwrap();
             header
         });
-        let carrier = Carrier::Tcp { ports: BTreeMap::from([(Service::Dial.port(), addr)]), token: "t".into() };
+        let carrier = Carrier::Tcp {
+            ports: BTreeMap::from([(Service::Dial.port(), addr)]),
+            token: "t".into(),
+        };
         (carrier, task)
     }
 
     fn request() -> DialRequest {
-        DialRequest { proto: Proto::Tcp, guest_addr: "127.0.0.1".parse().unwrap(), guest_port: 8080 }
+        DialRequest {
+            proto: Proto::Tcp,
+            guest_addr: "127.0.0.1".parse().unwrap(),
+            guest_port: 8080,
+        }
     }
 
     #[tokio::test]
@@ -140,7 +168,10 @@ mod tests {
     async fn test_dial_refusal_is_an_error() {
         let (carrier, _task) = fake_dial_agent("ERR connection refused\n", b"").await;
         let err = dial(&carrier, &request()).await.err().unwrap();
-        assert!(matches!(&err, GuestDialError::Refused(DialError::Refused(m)) if m == "connection refused"), "{err:?}");
+        assert!(
+            matches!(&err, GuestDialError::Refused(DialError::Refused(m)) if m == "connection refused"),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
@@ -148,8 +179,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let carrier = Carrier::Tcp { ports: BTreeMap::from([(Service::Dial.port(), addr)]), token: "t".into() };
-        let err = GuestConnector::connect(&carrier, Service::Dial).await.err().unwrap();
+        let carrier = Carrier::Tcp {
+            ports: BTreeMap::from([(Service::Dial.port(), addr)]),
+            token: "t".into(),
+        };
+        let err = GuestConnector::connect(&carrier, Service::Dial)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
     }
 }

@@ -97,7 +97,13 @@ impl MachinePolicy {
         let names: Vec<String> = self
             .shares
             .iter()
-            .map(|s| format!("{}{}", normalize(&s.host_path).display(), if s.read_only { " (read-only)" } else { "" }))
+            .map(|s| {
+                format!(
+                    "{}{}",
+                    normalize(&s.host_path).display(),
+                    if s.read_only { " (read-only)" } else { "" }
+                )
+            })
             .collect();
         names.join(", ")
     }
@@ -106,17 +112,23 @@ impl MachinePolicy {
         if !self.host_gateway {
             return Ok(());
         }
-        let Some(body) = body.as_object_mut() else { return Ok(()) };
+        let Some(body) = body.as_object_mut() else {
+            return Ok(());
+        };
         let host_config = body.entry("HostConfig").or_insert(Value::Null);
         if host_config.is_null() {
             *host_config = Value::Object(serde_json::Map::new());
         }
-        let Some(host_config) = host_config.as_object_mut() else { return Ok(()) };
+        let Some(host_config) = host_config.as_object_mut() else {
+            return Ok(());
+        };
         let extra_hosts = host_config.entry("ExtraHosts").or_insert(Value::Null);
         if extra_hosts.is_null() {
             *extra_hosts = Value::Array(Vec::new());
         }
-        let Some(extra_hosts) = extra_hosts.as_array_mut() else { return Ok(()) };
+        let Some(extra_hosts) = extra_hosts.as_array_mut() else {
+            return Ok(());
+        };
         let present = extra_hosts.iter().filter_map(Value::as_str).any(|entry| {
             // `name:ip`, or `name=ip` as newer CLIs also accept.
             let name = entry.split([':', '=']).next().unwrap_or_default();
@@ -133,20 +145,39 @@ impl MachinePolicy {
 /// an absolute path (a name is a volume), and `Mounts` of type `bind`.
 fn binds(host_config: &Value) -> Vec<Bind> {
     let mut out = Vec::new();
-    for entry in host_config.get("Binds").and_then(Value::as_array).into_iter().flatten() {
-        let Some(entry) = entry.as_str() else { continue };
+    for entry in host_config
+        .get("Binds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(entry) = entry.as_str() else {
+            continue;
+        };
         let source = entry.split(':').next().unwrap_or_default();
         if !source.starts_with('/') {
             continue;
         }
-        out.push(Bind { source: source.to_string() });
+        out.push(Bind {
+            source: source.to_string(),
+        });
     }
-    for mount in host_config.get("Mounts").and_then(Value::as_array).into_iter().flatten() {
+    for mount in host_config
+        .get("Mounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if mount.get("Type").and_then(Value::as_str) != Some("bind") {
             continue;
         }
-        let source = mount.get("Source").and_then(Value::as_str).unwrap_or_default();
-        out.push(Bind { source: source.to_string() });
+        let source = mount
+            .get("Source")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        out.push(Bind {
+            source: source.to_string(),
+        });
     }
     out
 }
@@ -176,9 +207,18 @@ mod tests {
         MachinePolicy {
             machine: "default".into(),
             shares: vec![
-                Share { host_path: "/home/u".into(), read_only: false },
-                Share { host_path: "/data/".into(), read_only: true },
-                Share { host_path: "/home/u/rw/ro".into(), read_only: true },
+                Share {
+                    host_path: "/home/u".into(),
+                    read_only: false,
+                },
+                Share {
+                    host_path: "/data/".into(),
+                    read_only: true,
+                },
+                Share {
+                    host_path: "/home/u/rw/ro".into(),
+                    read_only: true,
+                },
             ],
             host_gateway: false,
         }
@@ -196,14 +236,20 @@ mod tests {
 
     #[test]
     fn test_normalize_is_lexical() {
-        assert_eq!(normalize(Path::new("/home/u/../../etc/./x/")), Path::new("/etc/x"));
+        assert_eq!(
+            normalize(Path::new("/home/u/../../etc/./x/")),
+            Path::new("/etc/x")
+        );
         assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
         assert_eq!(normalize(Path::new("//home//u")), Path::new("/home/u"));
     }
 
     #[test]
     fn test_binds_inside_a_share_are_allowed() {
-        assert_eq!(review_binds(&["/home/u/src:/src", "/home/u:/h:rw", "/data/x:/x:ro,z"]), Ok(()));
+        assert_eq!(
+            review_binds(&["/home/u/src:/src", "/home/u:/h:rw", "/data/x:/x:ro,z"]),
+            Ok(())
+        );
     }
 
     #[test]
@@ -233,13 +279,20 @@ mod tests {
     #[test]
     fn test_named_volumes_are_allowed() {
         assert_eq!(review_binds(&["myvol:/data", "other:/o:ro"]), Ok(()));
-        let mut body = json!({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v"}]}});
+        let mut body =
+            json!({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v"}]}});
         assert_eq!(policy().review(&mut body), Ok(()));
     }
 
     #[test]
     fn test_engine_socket_is_allowed() {
-        assert_eq!(review_binds(&["/var/run/docker.sock:/var/run/docker.sock", "/run/docker.sock:/s"]), Ok(()));
+        assert_eq!(
+            review_binds(&[
+                "/var/run/docker.sock:/var/run/docker.sock",
+                "/run/docker.sock:/s"
+            ]),
+            Ok(())
+        );
         assert_eq!(review_mount("/var/run/docker.sock", false), Ok(()));
         assert!(review_binds(&["/var/run:/x"]).is_err());
     }
@@ -248,7 +301,10 @@ mod tests {
     fn test_mounts_binds_are_checked() {
         assert_eq!(review_mount("/home/u/x", false), Ok(()));
         let err = review_mount("/etc", false).unwrap_err();
-        assert!(err.contains("source /etc is not shared with machine \"default\""), "{err}");
+        assert!(
+            err.contains("source /etc is not shared with machine \"default\""),
+            "{err}"
+        );
         assert!(review_mount("/home/u/../../etc", true).is_err());
     }
 
@@ -265,35 +321,62 @@ mod tests {
 
     #[test]
     fn test_no_shares_refuses_every_bind() {
-        let p = MachinePolicy { machine: "m".into(), shares: vec![], host_gateway: false };
-        let err = p.review(&mut json!({"HostConfig": {"Binds": ["/tmp:/t"]}})).unwrap_err();
+        let p = MachinePolicy {
+            machine: "m".into(),
+            shares: vec![],
+            host_gateway: false,
+        };
+        let err = p
+            .review(&mut json!({"HostConfig": {"Binds": ["/tmp:/t"]}}))
+            .unwrap_err();
         assert!(err.contains("(shared: nothing)"), "{err}");
     }
 
     #[test]
     fn test_host_gateway_is_added() {
-        let p = MachinePolicy { host_gateway: true, ..policy() };
+        let p = MachinePolicy {
+            host_gateway: true,
+            ..policy()
+        };
         let mut body = json!({"Image": "alpine"});
         p.review(&mut body).unwrap();
-        assert_eq!(body, json!({"Image": "alpine", "HostConfig": {"ExtraHosts": [HOST_GATEWAY_ENTRY]}}));
+        assert_eq!(
+            body,
+            json!({"Image": "alpine", "HostConfig": {"ExtraHosts": [HOST_GATEWAY_ENTRY]}})
+        );
 
         let mut body = json!({"HostConfig": {"ExtraHosts": null, "Binds": null}});
         p.review(&mut body).unwrap();
-        assert_eq!(body["HostConfig"]["ExtraHosts"], json!([HOST_GATEWAY_ENTRY]));
+        assert_eq!(
+            body["HostConfig"]["ExtraHosts"],
+            json!([HOST_GATEWAY_ENTRY])
+        );
 
         let mut body = json!({"HostConfig": null});
         p.review(&mut body).unwrap();
-        assert_eq!(body["HostConfig"]["ExtraHosts"], json!([HOST_GATEWAY_ENTRY]));
+        assert_eq!(
+            body["HostConfig"]["ExtraHosts"],
+            json!([HOST_GATEWAY_ENTRY])
+        );
 
         let mut body = json!({"HostConfig": {"ExtraHosts": ["db:10.0.0.2"]}});
         p.review(&mut body).unwrap();
-        assert_eq!(body["HostConfig"]["ExtraHosts"], json!(["db:10.0.0.2", HOST_GATEWAY_ENTRY]));
+        assert_eq!(
+            body["HostConfig"]["ExtraHosts"],
+            json!(["db:10.0.0.2", HOST_GATEWAY_ENTRY])
+        );
     }
 
     #[test]
     fn test_existing_host_docker_internal_is_kept() {
-        let p = MachinePolicy { host_gateway: true, ..policy() };
-        for entry in ["host.docker.internal:10.1.2.3", "Host.Docker.Internal=10.1.2.3"] {
+        let p = MachinePolicy {
+            host_gateway: true,
+            ..policy()
+        };
+        for entry in [
+            "host.docker.internal:10.1.2.3",
+            "Host.Docker.Internal=10.1.2.3",
+        ] {
             let mut body = json!({"HostConfig": {"ExtraHosts": [entry]}});
             p.review(&mut body).unwrap();
             assert_eq!(body["HostConfig"]["ExtraHosts"], json!([entry]));

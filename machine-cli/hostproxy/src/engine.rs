@@ -63,7 +63,11 @@ pub enum EngineError {
     #[error("request for {path} timed out after {REQUEST_TIMEOUT:?}")]
     Timeout { path: String },
     #[error("engine answered {status} to {path}: {message}")]
-    Status { path: String, status: StatusCode, message: String },
+    Status {
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
     #[error("cannot read the answer to {path}")]
     Body {
         path: String,
@@ -140,8 +144,12 @@ impl ContainerInspect {
         if !self.state.running {
             return Vec::new();
         }
-        let mut out: Vec<std::path::PathBuf> =
-            self.mounts.iter().filter(|m| m.kind == "bind" && !m.source.is_empty()).map(|m| m.source.clone().into()).collect();
+        let mut out: Vec<std::path::PathBuf> = self
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "bind" && !m.source.is_empty())
+            .map(|m| m.source.clone().into())
+            .collect();
         out.sort();
         out.dedup();
         out
@@ -149,7 +157,10 @@ impl ContainerInspect {
 
     /// Who owns this container's ports.
     pub fn container_ref(&self) -> ContainerRef {
-        ContainerRef { id: self.id.clone(), name: self.name.trim_start_matches('/').to_string() }
+        ContainerRef {
+            id: self.id.clone(),
+            name: self.name.trim_start_matches('/').to_string(),
+        }
     }
 
     /// The ports published on the host, sorted and without duplicates; none unless the
@@ -161,7 +172,10 @@ impl ContainerInspect {
         }
         let mut out = Vec::new();
         for (key, bindings) in self.network_settings.ports.iter().flatten() {
-            let Some(transport) = key.split_once('/').and_then(|(_, proto)| Transport::from_docker(proto)) else {
+            let Some(transport) = key
+                .split_once('/')
+                .and_then(|(_, proto)| Transport::from_docker(proto))
+            else {
                 continue;
             };
             for binding in bindings.iter().flatten() {
@@ -173,7 +187,11 @@ impl ContainerInspect {
                     },
                 };
                 match binding.host_port.parse::<u16>() {
-                    Ok(host_port) if host_port != 0 => out.push(PublishedPort { transport, host_ip, host_port }),
+                    Ok(host_port) if host_port != 0 => out.push(PublishedPort {
+                        transport,
+                        host_ip,
+                        host_port,
+                    }),
                     _ => continue,
                 }
             }
@@ -255,7 +273,10 @@ impl EngineClient {
     /// Opens one keep-alive connection for requests.
     pub async fn session(&self) -> Result<EngineSession, EngineError> {
         let (sender, conn) = self.handshake().await?;
-        Ok(EngineSession { sender, _conn: conn })
+        Ok(EngineSession {
+            sender,
+            _conn: conn,
+        })
     }
 
     /// Subscribes to container events, on a connection of its own.
@@ -267,18 +288,36 @@ impl EngineClient {
             .map_err(|_| EngineError::Timeout { path: path.clone() })??;
         let status = response.status();
         if !status.is_success() {
-            let message = read_body(&path, response.into_body()).await.map(|b| error_message(&b)).unwrap_or_default();
-            return Err(EngineError::Status { path, status, message });
+            let message = read_body(&path, response.into_body())
+                .await
+                .map(|b| error_message(&b))
+                .unwrap_or_default();
+            return Err(EngineError::Status {
+                path,
+                status,
+                message,
+            });
         }
-        Ok(EventStream { body: response.into_body(), decoder: JsonLines::new(), _session: session })
+        Ok(EventStream {
+            body: response.into_body(),
+            decoder: JsonLines::new(),
+            _session: session,
+        })
     }
 
     async fn handshake(&self) -> Result<(SendRequest<Empty<Bytes>>, AbortOnDrop), EngineError> {
-        let stream = self.connector.connect(Service::Engine).await.map_err(EngineError::Connect)?;
-        let (sender, conn) = tokio::time::timeout(REQUEST_TIMEOUT, http1::handshake(TokioIo::new(stream)))
+        let stream = self
+            .connector
+            .connect(Service::Engine)
             .await
-            .map_err(|_| EngineError::Timeout { path: "(handshake)".into() })?
-            .map_err(EngineError::Handshake)?;
+            .map_err(EngineError::Connect)?;
+        let (sender, conn) =
+            tokio::time::timeout(REQUEST_TIMEOUT, http1::handshake(TokioIo::new(stream)))
+                .await
+                .map_err(|_| EngineError::Timeout {
+                    path: "(handshake)".into(),
+                })?
+                .map_err(EngineError::Handshake)?;
         let task = tokio::spawn(async move {
             if let Err(err) = conn.await {
                 debug!(error = %err, "engine connection ended");
@@ -307,13 +346,20 @@ impl EngineSession {
 
     /// Inspects a container; `None` if the engine does not know it (anymore).
     pub async fn inspect(&mut self, id: &str) -> Result<Option<ContainerInspect>, EngineError> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
             return Ok(None);
         }
         self.get_json(&format!("/containers/{id}/json")).await
     }
 
-    async fn get_json<T: DeserializeOwned>(&mut self, path: &str) -> Result<Option<T>, EngineError> {
+    async fn get_json<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+    ) -> Result<Option<T>, EngineError> {
         let path = path.to_string();
         tokio::time::timeout(REQUEST_TIMEOUT, async {
             let response = self.send(&path).await?;
@@ -323,9 +369,18 @@ impl EngineSession {
                 return Ok(None);
             }
             if !status.is_success() {
-                return Err(EngineError::Status { path: path.clone(), status, message: error_message(&body) });
+                return Err(EngineError::Status {
+                    path: path.clone(),
+                    status,
+                    message: error_message(&body),
+                });
             }
-            serde_json::from_slice(&body).map(Some).map_err(|source| EngineError::Parse { path: path.clone(), source })
+            serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|source| EngineError::Parse {
+                    path: path.clone(),
+                    source,
+                })
         })
         .await
         .map_err(|_| EngineError::Timeout { path: path.clone() })?
@@ -335,12 +390,24 @@ impl EngineSession {
         let request = Request::get(path)
             .header(header::HOST, "docker")
             .body(Empty::new())
-            .map_err(|source| EngineError::BuildRequest { path: path.to_string(), source })?;
-        self.sender.ready().await.map_err(|source| EngineError::Request { path: path.to_string(), source })?;
+            .map_err(|source| EngineError::BuildRequest {
+                path: path.to_string(),
+                source,
+            })?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|source| EngineError::Request {
+                path: path.to_string(),
+                source,
+            })?;
         self.sender
             .send_request(request)
             .await
-            .map_err(|source| EngineError::Request { path: path.to_string(), source })
+            .map_err(|source| EngineError::Request {
+                path: path.to_string(),
+                source,
+            })
     }
 }
 
@@ -348,7 +415,10 @@ async fn read_body(path: &str, body: Incoming) -> Result<Bytes, EngineError> {
     Ok(Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|source| EngineError::Body { path: path.to_string(), source })?
+        .map_err(|source| EngineError::Body {
+            path: path.to_string(),
+            source,
+        })?
         .to_bytes())
 }
 
@@ -387,7 +457,10 @@ impl EventStream {
                 }
                 Some(Err(err)) => return Err(EngineError::Events(err)),
                 None => {
-                    debug!(skipped_lines = self.decoder.skipped(), "engine ended the event stream");
+                    debug!(
+                        skipped_lines = self.decoder.skipped(),
+                        "engine ended the event stream"
+                    );
                     return Ok(self.decoder.finish());
                 }
             }
@@ -418,8 +491,17 @@ mod tests {
             }}
         }));
         let ports: Vec<String> = c.published_ports().iter().map(|p| p.to_string()).collect();
-        assert_eq!(ports, vec!["0.0.0.0:8080/tcp", "[::]:8080/tcp", "0.0.0.0:5353/udp"]);
-        assert_eq!(c.container_ref(), ContainerRef { id: "abc".into(), name: "web".into() });
+        assert_eq!(
+            ports,
+            vec!["0.0.0.0:8080/tcp", "[::]:8080/tcp", "0.0.0.0:5353/udp"]
+        );
+        assert_eq!(
+            c.container_ref(),
+            ContainerRef {
+                id: "abc".into(),
+                name: "web".into()
+            }
+        );
     }
 
     #[test]
@@ -429,8 +511,9 @@ mod tests {
             "NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}}
         }));
         assert!(c.published_ports().is_empty());
-        let c =
-            inspect(serde_json::json!({"Id": "abc", "State": {"Running": true}, "NetworkSettings": {"Ports": null}}));
+        let c = inspect(
+            serde_json::json!({"Id": "abc", "State": {"Running": true}, "NetworkSettings": {"Ports": null}}),
+        );
         assert!(c.published_ports().is_empty());
     }
 
@@ -440,10 +523,19 @@ mod tests {
             r#"{"Type":"container","Action":"start","Actor":{"ID":"abc","Attributes":{"name":"web"}},"time":1}"#,
         )
         .unwrap();
-        assert_eq!((e.action(), e.actor_id(), e.is_container()), ("start", "abc", true));
-        let e: Event = serde_json::from_str(r#"{"status":"die","id":"def","from":"nginx"}"#).unwrap();
-        assert_eq!((e.action(), e.actor_id(), e.is_container()), ("die", "def", true));
-        let e: Event = serde_json::from_str(r#"{"Type":"network","Action":"connect","Actor":{"ID":"n"}}"#).unwrap();
+        assert_eq!(
+            (e.action(), e.actor_id(), e.is_container()),
+            ("start", "abc", true)
+        );
+        let e: Event =
+            serde_json::from_str(r#"{"status":"die","id":"def","from":"nginx"}"#).unwrap();
+        assert_eq!(
+            (e.action(), e.actor_id(), e.is_container()),
+            ("die", "def", true)
+        );
+        let e: Event =
+            serde_json::from_str(r#"{"Type":"network","Action":"connect","Actor":{"ID":"n"}}"#)
+                .unwrap();
         assert!(!e.is_container());
     }
 
@@ -453,7 +545,13 @@ mod tests {
         guest.add_container(FakeContainer::tcp("c1", "127.0.0.1", 18080));
         let client = EngineClient::new(guest.connector());
         let mut session = client.session().await.unwrap();
-        let ids: Vec<String> = session.running_containers().await.unwrap().into_iter().map(|c| c.id).collect();
+        let ids: Vec<String> = session
+            .running_containers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         assert_eq!(ids, vec!["c1"]);
         let c = session.inspect("c1").await.unwrap().unwrap();
         assert_eq!(c.published_ports().len(), 1);
@@ -464,7 +562,9 @@ mod tests {
         guest.wait_for_event_subscribers(1).await;
         guest.send_events_raw(b"{\"Type\":\"container\",\"Action\":\"st");
         guest.send_events_raw(b"art\",\"Actor\":{\"ID\":\"c1\"}}\ngarbage\n");
-        guest.send_events_raw(b"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"c1\"}}\n");
+        guest.send_events_raw(
+            b"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"c1\"}}\n",
+        );
         let e = events.next().await.unwrap().unwrap();
         assert_eq!((e.action(), e.actor_id()), ("start", "c1"));
         let e = events.next().await.unwrap().unwrap();
@@ -477,7 +577,11 @@ mod tests {
     async fn test_engine_error_status_is_reported() {
         let guest = FakeGuest::new().await;
         guest.set_events_status(500);
-        let err = EngineClient::new(guest.connector()).events().await.err().unwrap();
+        let err = EngineClient::new(guest.connector())
+            .events()
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(&err, EngineError::Status { status, message, .. } if status.as_u16() == 500 && message == "events unavailable"),
             "{err:?}"

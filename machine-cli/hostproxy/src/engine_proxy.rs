@@ -75,7 +75,11 @@ pub async fn serve_engine(
     connector: Arc<dyn GuestConnector>,
     policy: Arc<dyn CreatePolicy>,
 ) {
-    let proxy = Arc::new(Proxy { machine, connector, policy });
+    let proxy = Arc::new(Proxy {
+        machine,
+        connector,
+        policy,
+    });
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -118,8 +122,11 @@ impl Proxy {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let session =
-            Arc::new(Session { proxy: self, guest: tokio::sync::Mutex::new(None), upgrade: Mutex::new(None) });
+        let session = Arc::new(Session {
+            proxy: self,
+            guest: tokio::sync::Mutex::new(None),
+            upgrade: Mutex::new(None),
+        });
         let service = hyper::service::service_fn({
             let session = Arc::clone(&session);
             move |request| {
@@ -140,7 +147,11 @@ impl Proxy {
         if let Err(err) = served {
             debug!(error = %err, "engine api client connection ended");
         }
-        let pending = session.upgrade.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let pending = session
+            .upgrade
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(pending) = pending {
             splice(pending).await;
         }
@@ -169,8 +180,11 @@ impl Proxy {
 
     /// The answer when the engine cannot be reached.
     fn unreachable(&self, err: &ProxyError) -> Response<ProxyBody> {
-        let message =
-            format!("rmachine: cannot reach the engine of machine \"{}\": {}", self.machine, error_chain(err));
+        let message = format!(
+            "rmachine: cannot reach the engine of machine \"{}\": {}",
+            self.machine,
+            error_chain(err)
+        );
         warn!(machine = %self.machine, error = %message, "engine unreachable");
         error_response(StatusCode::BAD_GATEWAY, &message)
     }
@@ -201,10 +215,14 @@ impl Session {
         // The guest connection now belongs to the upgraded stream.
         drop(sender);
         if !client_wants_upgrade {
-            let message = "rmachine: the engine switched protocols on a request that did not ask to";
+            let message =
+                "rmachine: the engine switched protocols on a request that did not ask to";
             return error_response(StatusCode::BAD_GATEWAY, message);
         }
-        let pending = PendingUpgrade { client: client_upgrade, guest: hyper::upgrade::on(&mut response) };
+        let pending = PendingUpgrade {
+            client: client_upgrade,
+            guest: hyper::upgrade::on(&mut response),
+        };
         *self.upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(pending);
         response.map(Either::Left)
     }
@@ -223,7 +241,10 @@ impl Session {
         };
         let Some(mut sender) = reused else {
             let mut sender = self.proxy.connect().await?;
-            let response = sender.send_request(request).await.map_err(ProxyError::Send)?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(ProxyError::Send)?;
             return Ok((sender, response));
         };
         match sender.try_send_request(request).await {
@@ -232,7 +253,10 @@ impl Session {
                 Some(request) => {
                     debug!(error = %err.error(), "engine connection closed; retrying on a new one");
                     let mut sender = self.proxy.connect().await?;
-                    let response = sender.send_request(request).await.map_err(ProxyError::Send)?;
+                    let response = sender
+                        .send_request(request)
+                        .await
+                        .map_err(ProxyError::Send)?;
                     Ok((sender, response))
                 }
                 None => Err(ProxyError::Send(err.into_error())),
@@ -242,14 +266,21 @@ impl Session {
 
     /// Reads the create body and lets the policy review it: the request to forward,
     /// or the answer that refuses it.
-    async fn review_create(&self, request: Request<Incoming>) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
+    async fn review_create(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
         let (mut parts, body) = request.into_parts();
         let bytes = match read_create_body(body).await {
             CreateBody::Complete(bytes) => bytes,
             CreateBody::TooLarge => {
-                let message = format!("rmachine: the container create request is larger than {MAX_CREATE_BODY} bytes");
+                let message = format!(
+                    "rmachine: the container create request is larger than {MAX_CREATE_BODY} bytes"
+                );
                 let mut answer = error_response(StatusCode::PAYLOAD_TOO_LARGE, &message);
-                answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                answer
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Err(answer);
             }
             CreateBody::Failed(err) => {
@@ -273,16 +304,26 @@ impl Session {
                     match serde_json::to_vec(&body) {
                         Ok(json) => Bytes::from(json),
                         Err(err) => {
-                            let message = format!("rmachine: cannot encode the container create request: {err}");
-                            return Err(error_response(StatusCode::INTERNAL_SERVER_ERROR, &message));
+                            let message = format!(
+                                "rmachine: cannot encode the container create request: {err}"
+                            );
+                            return Err(error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &message,
+                            ));
                         }
                     }
                 }
             }
         };
         parts.headers.remove(header::TRANSFER_ENCODING);
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
-        Ok(Request::from_parts(parts, Either::Right(Full::new(forwarded))))
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+        Ok(Request::from_parts(
+            parts,
+            Either::Right(Full::new(forwarded)),
+        ))
     }
 }
 
@@ -338,7 +379,9 @@ async fn splice(pending: PendingUpgrade) {
     let mut client = TokioIo::new(client);
     let mut guest = TokioIo::new(guest);
     match tokio::io::copy_bidirectional(&mut client, &mut guest).await {
-        Ok((to_guest, to_client)) => debug!(to_guest, to_client, "upgraded engine connection ended"),
+        Ok((to_guest, to_client)) => {
+            debug!(to_guest, to_client, "upgraded engine connection ended")
+        }
         Err(err) => debug!(error = %err, "upgraded engine connection failed"),
     }
 }
@@ -362,7 +405,9 @@ fn is_create_path(path: &str) -> bool {
     let unversioned = path
         .strip_prefix("/v")
         .and_then(|rest| rest.split_once('/'))
-        .filter(|(version, _)| !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        .filter(|(version, _)| {
+            !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        })
         .map(|(_, rest)| rest);
     match unversioned {
         Some(rest) => rest == "containers/create",
@@ -376,7 +421,9 @@ fn percent_decode(path: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let decoded = match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
+            (b'%', Some(hex)) => std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
             _ => None,
         };
         match decoded {
@@ -398,7 +445,10 @@ fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "message": message }).to_string();
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -444,8 +494,14 @@ mod tests {
         Arc::new(MachinePolicy {
             machine: "default".into(),
             shares: vec![
-                Share { host_path: "/home/u".into(), read_only: false },
-                Share { host_path: "/data".into(), read_only: true },
+                Share {
+                    host_path: "/home/u".into(),
+                    read_only: false,
+                },
+                Share {
+                    host_path: "/data".into(),
+                    read_only: true,
+                },
             ],
             host_gateway: true,
         })
@@ -475,24 +531,44 @@ mod tests {
 
     fn request(method: Method, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
         let body = body.into();
-        let mut builder = Request::builder().method(method).uri(path).header(header::HOST, "docker");
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "docker");
         if !body.is_empty() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
         builder.body(Full::new(body)).unwrap()
     }
 
-    async fn send(client: &mut Client, request: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    async fn send(
+        client: &mut Client,
+        request: Request<Full<Bytes>>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         client.ready().await.unwrap();
-        let response = tokio::time::timeout(PATIENCE, client.send_request(request)).await.unwrap().unwrap();
+        let response = tokio::time::timeout(PATIENCE, client.send_request(request))
+            .await
+            .unwrap()
+            .unwrap();
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(PATIENCE, body.collect()).await.unwrap().unwrap().to_bytes();
+        let body = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
         (parts.status, parts.headers, body)
     }
 
     async fn create(client: &mut Client, body: Value) -> (StatusCode, Value) {
-        let (status, headers, body) =
-            send(client, request(Method::POST, "/v1.45/containers/create?name=web", body.to_string())).await;
+        let (status, headers, body) = send(
+            client,
+            request(
+                Method::POST,
+                "/v1.45/containers/create?name=web",
+                body.to_string(),
+            ),
+        )
+        .await;
         if !status.is_success() {
             assert_eq!(headers[header::CONTENT_TYPE], "application/json");
         }
@@ -544,7 +620,8 @@ mod tests {
         let engine = FakeEngine::new();
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
-        let (status, answer) = create(&mut client, json!({"HostConfig": {"Binds": ["/srv/x:/x"]}})).await;
+        let (status, answer) =
+            create(&mut client, json!({"HostConfig": {"Binds": ["/srv/x:/x"]}})).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             message(&answer),
@@ -552,18 +629,35 @@ mod tests {
              /data (read-only)); share it with `rmachine create --mount PATH`"
         );
 
-        let (status, answer) = create(&mut client, json!({"HostConfig": {"Binds": ["/home/u/../../etc:/x"]}})).await;
+        let (status, answer) = create(
+            &mut client,
+            json!({"HostConfig": {"Binds": ["/home/u/../../etc:/x"]}}),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(message(&answer).contains("source /etc is not shared"), "{answer}");
+        assert!(
+            message(&answer).contains("source /etc is not shared"),
+            "{answer}"
+        );
 
         let mounts = json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/data2", "Target": "/d"}]}});
         let (status, answer) = create(&mut client, mounts).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(message(&answer).contains("source /data2 is not shared"), "{answer}");
+        assert!(
+            message(&answer).contains("source /data2 is not shared"),
+            "{answer}"
+        );
 
-        let (status, answer) = create(&mut client, json!({"HostConfig": {"Binds": ["/data2/x:/x"]}})).await;
+        let (status, answer) = create(
+            &mut client,
+            json!({"HostConfig": {"Binds": ["/data2/x:/x"]}}),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(message(&answer).contains("source /data2/x is not shared"), "{answer}");
+        assert!(
+            message(&answer).contains("source /data2/x is not shared"),
+            "{answer}"
+        );
 
         assert!(engine.creates().is_empty());
         // The client connection stays usable after a refusal.
@@ -596,7 +690,11 @@ mod tests {
         let engine = FakeEngine::new();
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
-        let (status, _, _) = send(&mut client, request(Method::POST, "/containers/create", "{nope")).await;
+        let (status, _, _) = send(
+            &mut client,
+            request(Method::POST, "/containers/create", "{nope"),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(&engine.creates()[0].body[..], b"{nope");
     }
@@ -619,10 +717,19 @@ mod tests {
             Ok::<_, io::Error>(writer)
         });
         let mut answer = Vec::new();
-        tokio::time::timeout(PATIENCE, reader.read_to_end(&mut answer)).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, reader.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
         let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{answer}");
-        assert!(answer.contains("content-type: application/json\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("content-type: application/json\r\n"),
+            "{answer}"
+        );
         assert!(answer.ends_with(&format!(
             "{{\"message\":\"rmachine: the container create request is larger than {MAX_CREATE_BODY} bytes\"}}"
         )));
@@ -636,9 +743,16 @@ mod tests {
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
         let size = 3 * MAX_CREATE_BODY;
-        let (status, _, body) = send(&mut client, request(Method::POST, "/v1.45/images/load", vec![7u8; size])).await;
+        let (status, _, body) = send(
+            &mut client,
+            request(Method::POST, "/v1.45/images/load", vec![7u8; size]),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"received": size}));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({"received": size})
+        );
     }
 
     #[tokio::test]
@@ -649,7 +763,11 @@ mod tests {
         client.ready().await.unwrap();
         let response = tokio::time::timeout(
             PATIENCE,
-            client.send_request(request(Method::GET, "/v1.45/containers/web/logs?follow=1", Bytes::new())),
+            client.send_request(request(
+                Method::GET,
+                "/v1.45/containers/web/logs?follow=1",
+                Bytes::new(),
+            )),
         )
         .await
         .unwrap()
@@ -659,11 +777,18 @@ mod tests {
         let mut body = response.into_body();
         for chunk in ["first line\n", "second line\n"] {
             engine.stream_chunk(chunk);
-            let frame = tokio::time::timeout(PATIENCE, body.frame()).await.unwrap().unwrap().unwrap();
+            let frame = tokio::time::timeout(PATIENCE, body.frame())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(frame.into_data().unwrap(), chunk);
         }
         engine.end_stream();
-        assert!(tokio::time::timeout(PATIENCE, body.frame()).await.unwrap().is_none());
+        assert!(tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -672,7 +797,10 @@ mod tests {
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
         client.ready().await.unwrap();
-        let response = client.send_request(request(Method::GET, "/events", Bytes::new())).await.unwrap();
+        let response = client
+            .send_request(request(Method::GET, "/events", Bytes::new()))
+            .await
+            .unwrap();
         engine.stream_chunk("{}\n");
         let mut body = response.into_body();
         assert!(body.frame().await.is_some());
@@ -687,29 +815,56 @@ mod tests {
         let engine = FakeEngine::new();
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
-        let mut upgrade = request(Method::POST, "/v1.45/exec/abc/start", json!({"Tty": true}).to_string());
-        upgrade.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        upgrade.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+        let mut upgrade = request(
+            Method::POST,
+            "/v1.45/exec/abc/start",
+            json!({"Tty": true}).to_string(),
+        );
+        upgrade
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        upgrade
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
         client.ready().await.unwrap();
-        let response = tokio::time::timeout(PATIENCE, client.send_request(upgrade)).await.unwrap().unwrap();
+        let response = tokio::time::timeout(PATIENCE, client.send_request(upgrade))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(response.headers()[header::UPGRADE], "tcp");
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/vnd.docker.raw-stream");
-        let mut stream =
-            TokioIo::new(tokio::time::timeout(PATIENCE, hyper::upgrade::on(response)).await.unwrap().unwrap());
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/vnd.docker.raw-stream"
+        );
+        let mut stream = TokioIo::new(
+            tokio::time::timeout(PATIENCE, hyper::upgrade::on(response))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
 
         // The engine speaks first, right after its 101.
         let mut greeting = [0u8; 7];
-        tokio::time::timeout(PATIENCE, stream.read_exact(&mut greeting)).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut greeting))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&greeting, b"engine>");
         stream.write_all(b"ls -l\n").await.unwrap();
         let mut echo = [0u8; 6];
-        tokio::time::timeout(PATIENCE, stream.read_exact(&mut echo)).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&echo, b"ls -l\n");
         // Half-close: the engine sees the end of input and still answers.
         stream.shutdown().await.unwrap();
         let mut rest = Vec::new();
-        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rest, b"bye\n");
         assert_eq!(engine.upgrade_input(), b"ls -l\n");
     }
@@ -720,8 +875,12 @@ mod tests {
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
         let mut upgrade = request(Method::POST, "/v1.45/exec/nope/start", Bytes::new());
-        upgrade.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        upgrade.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+        upgrade
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        upgrade
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
         let (status, _, _) = send(&mut client, upgrade).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _, _) = send(&mut client, request(Method::GET, "/_ping", Bytes::new())).await;
@@ -742,7 +901,10 @@ mod tests {
         head.push_str("\r\n");
         writer.write_all(head.as_bytes()).await.unwrap();
         let mut answer = vec![0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, reader.read(&mut answer)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(PATIENCE, reader.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
         let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         // The engine's spelling, and its length although a HEAD answer has no body.
@@ -758,7 +920,8 @@ mod tests {
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
         for _ in 0..2 {
-            let (status, headers, body) = send(&mut client, request(Method::GET, "/_ping", Bytes::new())).await;
+            let (status, headers, body) =
+                send(&mut client, request(Method::GET, "/_ping", Bytes::new())).await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(headers["api-version"], "1.45");
             assert_eq!(body, "OK");
@@ -774,10 +937,14 @@ mod tests {
         let engine = FakeEngine::new();
         let proxy = start_proxy(engine.connector(), machine_policy());
         let mut client = client(&proxy).await;
-        let (status, headers, _) = send(&mut client, request(Method::GET, "/close", Bytes::new())).await;
+        let (status, headers, _) =
+            send(&mut client, request(Method::GET, "/close", Bytes::new())).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONNECTION], "close");
-        tokio::time::timeout(PATIENCE, std::future::poll_fn(|cx| client.poll_ready(cx))).await.unwrap().unwrap_err();
+        tokio::time::timeout(PATIENCE, std::future::poll_fn(|cx| client.poll_ready(cx)))
+            .await
+            .unwrap()
+            .unwrap_err();
         engine.wait_for_open_connections(0).await;
     }
 
@@ -798,7 +965,8 @@ mod tests {
     async fn test_unreachable_engine_answers_502() {
         let proxy = start_proxy(Arc::new(UnreachableConnector), machine_policy());
         let mut client = client(&proxy).await;
-        let (status, headers, body) = send(&mut client, request(Method::GET, "/_ping", Bytes::new())).await;
+        let (status, headers, body) =
+            send(&mut client, request(Method::GET, "/_ping", Bytes::new())).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(headers[header::CONTENT_TYPE], "application/json");
         let body: Value = serde_json::from_slice(&body).unwrap();
@@ -811,15 +979,19 @@ mod tests {
 
     #[tokio::test]
     async fn test_docker_cli_prints_the_refusal() {
-        let docker = std::env::var_os("PATH")
-            .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("docker")).find(|p| p.is_file()));
+        let docker = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("docker"))
+                .find(|p| p.is_file())
+        });
         let Some(docker) = docker else {
             eprintln!("skipped: no docker CLI on PATH");
             return;
         };
         let engine = FakeEngine::new();
         let proxy = start_proxy(engine.connector(), machine_policy());
-        let config = std::env::temp_dir().join(format!("rmachine-engine-proxy-cli-{}", std::process::id()));
+        let config =
+            std::env::temp_dir().join(format!("rmachine-engine-proxy-cli-{}", std::process::id()));
         std::fs::create_dir_all(&config).unwrap();
         let output = tokio::time::timeout(
             PATIENCE,
@@ -827,7 +999,14 @@ mod tests {
                 .env("DOCKER_CONFIG", &config)
                 .env_remove("DOCKER_HOST")
                 .env_remove("DOCKER_CONTEXT")
-                .args(["-H", &format!("unix://{}", proxy.path.display()), "run", "--rm", "-v", "/srv/x:/x"])
+                .args([
+                    "-H",
+                    &format!("unix://{}", proxy.path.display()),
+                    "run",
+                    "--rm",
+                    "-v",
+                    "/srv/x:/x",
+                ])
                 .args(["alpine", "true"])
                 .output(),
         )
@@ -845,14 +1024,21 @@ mod tests {
             "{stderr}"
         );
         assert!(engine.creates().is_empty());
-        assert!(engine.requests().iter().any(|r| r.ends_with("/_ping")), "{:?}", engine.requests());
+        assert!(
+            engine.requests().iter().any(|r| r.ends_with("/_ping")),
+            "{:?}",
+            engine.requests()
+        );
     }
 
     #[test]
     fn test_create_path_matching() {
-        for path in
-            ["/containers/create", "/v1.45/containers/create", "/v1.24/containers%2fcreate", "/v1/containers/create"]
-        {
+        for path in [
+            "/containers/create",
+            "/v1.45/containers/create",
+            "/v1.24/containers%2fcreate",
+            "/v1/containers/create",
+        ] {
             assert!(is_create_path(path), "{path}");
         }
         for path in [
@@ -871,7 +1057,10 @@ mod tests {
     #[test]
     fn test_wants_upgrade() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(!wants_upgrade(&headers));
         headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         assert!(wants_upgrade(&headers));

@@ -65,7 +65,9 @@ impl FakeEngine {
     }
 
     pub fn connector(&self) -> Arc<dyn GuestConnector> {
-        Arc::new(FakeConnector { inner: Arc::clone(&self.inner) })
+        Arc::new(FakeConnector {
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     pub fn creates(&self) -> Vec<CreateRecord> {
@@ -107,7 +109,11 @@ impl FakeEngine {
     pub async fn wait_for_open_connections(&self, n: usize) {
         let deadline = Instant::now() + PATIENCE;
         while self.open_connections() != n {
-            assert!(Instant::now() < deadline, "fake engine: {} connections open, not {n}", self.open_connections());
+            assert!(
+                Instant::now() < deadline,
+                "fake engine: {} connections open, not {n}",
+                self.open_connections()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -139,7 +145,10 @@ pub struct UnreachableConnector;
 impl GuestConnector for UnreachableConnector {
     fn connect(&self, _service: Service) -> ConnectFuture<'_> {
         Box::pin(async {
-            Err(io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused by the fake guest"))
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused by the fake guest",
+            ))
         })
     }
 }
@@ -178,15 +187,28 @@ async fn serve(inner: Arc<Inner>, stream: DuplexStream) {
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<FakeBody> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
-async fn handle(inner: &Arc<Inner>, hangup: &Notify, mut request: Request<Incoming>) -> Response<FakeBody> {
+async fn handle(
+    inner: &Arc<Inner>,
+    hangup: &Notify,
+    mut request: Request<Incoming>,
+) -> Response<FakeBody> {
     let path = request.uri().path().to_string();
-    inner.state().requests.push(format!("{} {path}", request.method()));
+    inner
+        .state()
+        .requests
+        .push(format!("{} {path}", request.method()));
     let unversioned = match path.strip_prefix("/v1.") {
-        Some(rest) => rest.split_once('/').map(|(_, p)| format!("/{p}")).unwrap_or_default(),
+        Some(rest) => rest
+            .split_once('/')
+            .map(|(_, p)| format!("/{p}"))
+            .unwrap_or_default(),
         None => path.clone(),
     };
     match (request.method().clone(), unversioned.as_str()) {
@@ -195,7 +217,10 @@ async fn handle(inner: &Arc<Inner>, hangup: &Notify, mut request: Request<Incomi
             let headers = response.headers_mut();
             headers.insert("Api-Version", header::HeaderValue::from_static("1.45"));
             headers.insert("Ostype", header::HeaderValue::from_static("linux"));
-            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             response
         }
         (Method::POST, "/containers/create") => {
@@ -204,10 +229,21 @@ async fn handle(inner: &Arc<Inner>, hangup: &Notify, mut request: Request<Incomi
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             let body = request.into_body().collect().await.unwrap().to_bytes();
-            inner.state().creates.push(CreateRecord { path, content_length, body });
-            json_response(StatusCode::CREATED, serde_json::json!({"Id": "c0ffee", "Warnings": []}))
+            inner.state().creates.push(CreateRecord {
+                path,
+                content_length,
+                body,
+            });
+            json_response(
+                StatusCode::CREATED,
+                serde_json::json!({"Id": "c0ffee", "Warnings": []}),
+            )
         }
         (Method::POST, "/images/load") => {
             let mut body = request.into_body();
@@ -229,7 +265,9 @@ async fn handle(inner: &Arc<Inner>, hangup: &Notify, mut request: Request<Incomi
             let _ = request.into_body().collect().await;
             let inner = Arc::clone(inner);
             tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 let mut stream = TokioIo::new(upgraded);
                 if stream.write_all(b"engine>").await.is_err() {
                     return;
@@ -253,21 +291,33 @@ async fn handle(inner: &Arc<Inner>, hangup: &Notify, mut request: Request<Incomi
             let mut response = Response::new(Full::new(Bytes::new()).boxed());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/vnd.docker.raw-stream"));
-            headers.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/vnd.docker.raw-stream"),
+            );
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
             headers.insert(header::UPGRADE, header::HeaderValue::from_static("tcp"));
             response
         }
         (Method::GET, "/close") => {
             let mut response = json_response(StatusCode::OK, serde_json::json!({}));
-            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
             response
         }
         (Method::GET, "/hangup") => {
             hangup.notify_one();
             json_response(StatusCode::OK, serde_json::json!({}))
         }
-        _ => json_response(StatusCode::NOT_FOUND, serde_json::json!({"message": "page not found"})),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "page not found"}),
+        ),
     }
 }
 
@@ -278,7 +328,12 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }

@@ -42,13 +42,23 @@ pub struct FakeContainer {
 
 impl FakeContainer {
     pub fn tcp(id: &str, host_ip: &str, host_port: u16) -> FakeContainer {
-        FakeContainer { id: id.into(), name: format!("/{id}"), running: true, ports: Vec::new() }
-            .with_tcp(host_ip, host_port)
+        FakeContainer {
+            id: id.into(),
+            name: format!("/{id}"),
+            running: true,
+            ports: Vec::new(),
+        }
+        .with_tcp(host_ip, host_port)
     }
 
     pub fn udp(id: &str, host_ip: &str, host_port: u16) -> FakeContainer {
-        FakeContainer { id: id.into(), name: format!("/{id}"), running: true, ports: Vec::new() }
-            .with_udp(host_ip, host_port)
+        FakeContainer {
+            id: id.into(),
+            name: format!("/{id}"),
+            running: true,
+            ports: Vec::new(),
+        }
+        .with_udp(host_ip, host_port)
     }
 
     pub fn with_tcp(mut self, host_ip: &str, host_port: u16) -> FakeContainer {
@@ -120,7 +130,10 @@ impl FakeGuest {
     pub async fn new() -> FakeGuest {
         let echo_tcp = tcp_echo().await;
         let echo_udp = udp_echo().await;
-        let state = State { events_status: 200, ..State::default() };
+        let state = State {
+            events_status: 200,
+            ..State::default()
+        };
         FakeGuest {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
@@ -132,11 +145,16 @@ impl FakeGuest {
     }
 
     pub fn connector(&self) -> Arc<dyn GuestConnector> {
-        Arc::new(FakeConnector { inner: Arc::clone(&self.inner) })
+        Arc::new(FakeConnector {
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     pub fn add_container(&self, container: FakeContainer) {
-        self.inner.state().containers.insert(container.id.clone(), container);
+        self.inner
+            .state()
+            .containers
+            .insert(container.id.clone(), container);
     }
 
     pub fn set_running(&self, id: &str, running: bool) {
@@ -201,7 +219,10 @@ impl FakeGuest {
     async fn wait_until(&self, mut done: impl FnMut(&mut State) -> bool) {
         let deadline = Instant::now() + PATIENCE;
         while !done(&mut self.inner.state()) {
-            assert!(Instant::now() < deadline, "fake guest: condition not reached in time");
+            assert!(
+                Instant::now() < deadline,
+                "fake guest: condition not reached in time"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -223,7 +244,9 @@ impl GuestConnector for FakeConnector {
                 Service::Dial => {
                     tokio::spawn(serve_dial(inner, guest_end));
                 }
-                Service::Control | Service::Exec => return Err(io::Error::from(io::ErrorKind::ConnectionRefused)),
+                Service::Control | Service::Exec => {
+                    return Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+                }
             }
             Ok(Box::new(host_end) as Box<dyn GuestIo>)
         })
@@ -237,7 +260,9 @@ async fn serve_engine(inner: Arc<Inner>, stream: DuplexStream) {
         let inner = Arc::clone(&inner);
         async move { Ok::<_, Infallible>(handle_engine(&inner, request)) }
     });
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<FakeBody> {
@@ -262,14 +287,21 @@ fn handle_engine(inner: &Inner, request: Request<Incoming>) -> Response<FakeBody
     if path == "/events" {
         state.event_connects += 1;
         if state.events_status != 200 {
-            let status = StatusCode::from_u16(state.events_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return json_response(status, serde_json::json!({ "message": "events unavailable" }));
+            let status = StatusCode::from_u16(state.events_status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return json_response(
+                status,
+                serde_json::json!({ "message": "events unavailable" }),
+            );
         }
         let (tx, rx) = mpsc::unbounded_channel();
         state.subscribers.push(tx);
         return Response::new(ChannelBody(rx).boxed());
     }
-    if let Some(id) = path.strip_prefix("/containers/").and_then(|rest| rest.strip_suffix("/json")) {
+    if let Some(id) = path
+        .strip_prefix("/containers/")
+        .and_then(|rest| rest.strip_suffix("/json"))
+    {
         state.inspects.push(id.to_string());
         return match state.containers.get(id) {
             Some(c) => json_response(StatusCode::OK, c.inspect_json()),
@@ -279,7 +311,10 @@ fn handle_engine(inner: &Inner, request: Request<Incoming>) -> Response<FakeBody
             ),
         };
     }
-    json_response(StatusCode::NOT_FOUND, serde_json::json!({ "message": "page not found" }))
+    json_response(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "message": "page not found" }),
+    )
 }
 
 /// A streaming body fed by the test.
@@ -289,19 +324,32 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }
 
 async fn serve_dial(inner: Arc<Inner>, stream: DuplexStream) {
     let mut stream = BufReader::new(stream);
-    let Ok(Line::Data(header)) = read_line_limited(&mut stream, MAX_HEADER_LINE).await else { return };
-    inner.state().dials.push(String::from_utf8_lossy(&header).into_owned());
+    let Ok(Line::Data(header)) = read_line_limited(&mut stream, MAX_HEADER_LINE).await else {
+        return;
+    };
+    inner
+        .state()
+        .dials
+        .push(String::from_utf8_lossy(&header).into_owned());
     let request = match DialRequest::parse(&header) {
         Ok(request) => request,
         Err(err) => {
-            let _ = stream.get_mut().write_all(dial::format_answer(Err(&err.to_string())).as_bytes()).await;
+            let _ = stream
+                .get_mut()
+                .write_all(dial::format_answer(Err(&err.to_string())).as_bytes())
+                .await;
             return;
         }
     };
@@ -309,28 +357,46 @@ async fn serve_dial(inner: Arc<Inner>, stream: DuplexStream) {
         Proto::Tcp => Transport::Tcp,
         Proto::Udp => Transport::Udp,
     };
-    let published = inner
-        .state()
-        .containers
-        .values()
-        .any(|c| c.running && c.ports.iter().any(|(t, _, port)| *t == transport && *port == request.guest_port));
+    let published = inner.state().containers.values().any(|c| {
+        c.running
+            && c.ports
+                .iter()
+                .any(|(t, _, port)| *t == transport && *port == request.guest_port)
+    });
     if !published {
-        let _ = stream.get_mut().write_all(dial::format_answer(Err("connection refused")).as_bytes()).await;
+        let _ = stream
+            .get_mut()
+            .write_all(dial::format_answer(Err("connection refused")).as_bytes())
+            .await;
         return;
     }
     match request.proto {
         Proto::Tcp => {
-            let Ok(mut echo) = TcpStream::connect(inner.echo_tcp).await else { return };
-            if stream.get_mut().write_all(dial::format_answer(Ok(())).as_bytes()).await.is_ok() {
+            let Ok(mut echo) = TcpStream::connect(inner.echo_tcp).await else {
+                return;
+            };
+            if stream
+                .get_mut()
+                .write_all(dial::format_answer(Ok(())).as_bytes())
+                .await
+                .is_ok()
+            {
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut echo).await;
             }
         }
         Proto::Udp => {
-            let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else { return };
+            let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else {
+                return;
+            };
             if socket.connect(inner.echo_udp).await.is_err() {
                 return;
             }
-            if stream.get_mut().write_all(dial::format_answer(Ok(())).as_bytes()).await.is_err() {
+            if stream
+                .get_mut()
+                .write_all(dial::format_answer(Ok(())).as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
             inner.open_udp_streams.fetch_add(1, Ordering::SeqCst);

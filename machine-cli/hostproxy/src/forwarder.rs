@@ -72,7 +72,10 @@ impl Forwarder {
             }
             Transport::Udp => {
                 let socket = bind_udp(port).map_err(bind_err)?;
-                tokio::spawn(serve_udp(socket, port, connector, udp_idle_timeout, cancel.clone()).instrument(span))
+                tokio::spawn(
+                    serve_udp(socket, port, connector, udp_idle_timeout, cancel.clone())
+                        .instrument(span),
+                )
             }
         };
         Ok(Forwarder { cancel, task })
@@ -98,7 +101,11 @@ impl Drop for Forwarder {
 
 /// A socket for `port`: IPv6 sockets are IPv6-only, so that `[::]:P` and `0.0.0.0:P`
 /// (which dockerd publishes side by side) can both be bound, as in the guest.
-fn socket_for(port: PublishedPort, ty: Type, protocol: Protocol) -> io::Result<(Socket, SocketAddr)> {
+fn socket_for(
+    port: PublishedPort,
+    ty: Type,
+    protocol: Protocol,
+) -> io::Result<(Socket, SocketAddr)> {
     let addr = SocketAddr::new(port.host_ip, port.host_port);
     let domain = match port.host_ip {
         IpAddr::V4(_) => Domain::IPV4,
@@ -167,7 +174,12 @@ async fn serve_tcp(
     debug!("listener closed");
 }
 
-async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, port: PublishedPort, connector: Arc<dyn GuestConnector>) {
+async fn forward_tcp(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    port: PublishedPort,
+    connector: Arc<dyn GuestConnector>,
+) {
     if let Err(err) = client.set_nodelay(true) {
         debug!(%peer, error = %err, "cannot set TCP_NODELAY");
     }
@@ -226,8 +238,15 @@ async fn serve_udp(
         // The queue is new and empty, so this cannot fail.
         let _ = tx.try_send(datagram);
         peers.insert(peer, tx);
-        let session =
-            udp_session(Arc::clone(&socket), peer, port, Arc::clone(&connector), rx, idle_timeout, cancel.clone());
+        let session = udp_session(
+            Arc::clone(&socket),
+            peer,
+            port,
+            Arc::clone(&connector),
+            rx,
+            idle_timeout,
+            cancel.clone(),
+        );
         tokio::spawn(session.in_current_span());
     }
     debug!("udp socket closed");
@@ -292,7 +311,8 @@ async fn udp_session(
                 }
             }
         }
-        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + idle_timeout);
     }
     // Ends the datagram queue, so the next datagram from this peer starts a new session.
     datagrams.close();
@@ -331,12 +351,19 @@ mod tests {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let host_port = probe.local_addr().unwrap().port();
         drop(probe);
-        let v4 =
-            bind_tcp(PublishedPort { transport: Transport::Tcp, host_ip: "127.0.0.1".parse().unwrap(), host_port });
+        let v4 = bind_tcp(PublishedPort {
+            transport: Transport::Tcp,
+            host_ip: "127.0.0.1".parse().unwrap(),
+            host_port,
+        });
         assert!(v4.is_ok(), "{v4:?}");
         // Skipped silently where the host has no IPv6 loopback.
         if std::net::TcpListener::bind("[::1]:0").is_ok() {
-            let v6 = bind_tcp(PublishedPort { transport: Transport::Tcp, host_ip: "::".parse().unwrap(), host_port });
+            let v6 = bind_tcp(PublishedPort {
+                transport: Transport::Tcp,
+                host_ip: "::".parse().unwrap(),
+                host_port,
+            });
             assert!(v6.is_ok(), "{v6:?}");
         }
     }
@@ -345,7 +372,10 @@ mod tests {
     async fn test_close_frees_the_port_at_once() {
         struct NoGuest;
         impl GuestConnector for NoGuest {
-            fn connect(&self, _: rmachine_protocol::Service) -> crate::connector::ConnectFuture<'_> {
+            fn connect(
+                &self,
+                _: rmachine_protocol::Service,
+            ) -> crate::connector::ConnectFuture<'_> {
                 Box::pin(async { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) })
             }
         }
@@ -362,8 +392,14 @@ mod tests {
             Err(ForwarderError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse
         ));
         forwarder.close().await;
-        let err = TcpStream::connect(("127.0.0.1", port.host_port)).await.err().unwrap();
+        let err = TcpStream::connect(("127.0.0.1", port.host_port))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
-        Forwarder::open(port, Arc::new(NoGuest), Duration::from_secs(60)).unwrap().close().await;
+        Forwarder::open(port, Arc::new(NoGuest), Duration::from_secs(60))
+            .unwrap()
+            .close()
+            .await;
     }
 }

@@ -110,7 +110,10 @@ impl<T: DeserializeOwned> JsonLines<T> {
             self.next_warning += WARN_EVERY;
         }
         if warn_now {
-            warn!(skipped = self.skipped, "skipping a line of the engine's event stream: {why}");
+            warn!(
+                skipped = self.skipped,
+                "skipping a line of the engine's event stream: {why}"
+            );
         }
     }
 }

@@ -61,7 +61,11 @@ impl PublishedPort {
 
     /// The dial header that reaches this port in the guest.
     pub fn dial_request(&self) -> DialRequest {
-        DialRequest { proto: self.transport.proto(), guest_addr: self.guest_addr(), guest_port: self.host_port }
+        DialRequest {
+            proto: self.transport.proto(),
+            guest_addr: self.guest_addr(),
+            guest_port: self.host_port,
+        }
     }
 }
 
@@ -89,12 +93,22 @@ pub struct ContainerRef {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PortEvent {
     /// The port is open on the host and forwards to the guest.
-    Opened { port: PublishedPort, container: ContainerRef },
+    Opened {
+        port: PublishedPort,
+        container: ContainerRef,
+    },
     /// The port was closed on the host (its container stopped, or the publisher stopped).
-    Closed { port: PublishedPort, container: ContainerRef },
+    Closed {
+        port: PublishedPort,
+        container: ContainerRef,
+    },
     /// The port could not be opened on the host; the container's other ports are
     /// unaffected. Retried when the container starts again or the engine is resynced.
-    Failed { port: PublishedPort, container: ContainerRef, error: String },
+    Failed {
+        port: PublishedPort,
+        container: ContainerRef,
+        error: String,
+    },
 }
 
 /// One row of [`crate::Publisher::snapshot`].
@@ -111,22 +125,41 @@ mod tests {
     use super::*;
 
     fn port(ip: &str, transport: Transport) -> PublishedPort {
-        PublishedPort { transport, host_ip: ip.parse().unwrap(), host_port: 8080 }
+        PublishedPort {
+            transport,
+            host_ip: ip.parse().unwrap(),
+            host_port: 8080,
+        }
     }
 
     #[test]
     fn test_wildcards_are_dialed_on_the_guest_loopback() {
-        assert_eq!(port("0.0.0.0", Transport::Tcp).dial_request().encode(), "tcp 127.0.0.1 8080\n");
-        assert_eq!(port("::", Transport::Udp).dial_request().encode(), "udp ::1 8080\n");
-        assert_eq!(port("127.0.0.1", Transport::Tcp).dial_request().encode(), "tcp 127.0.0.1 8080\n");
-        assert_eq!(port("10.0.2.15", Transport::Tcp).dial_request().encode(), "tcp 10.0.2.15 8080\n");
+        assert_eq!(
+            port("0.0.0.0", Transport::Tcp).dial_request().encode(),
+            "tcp 127.0.0.1 8080\n"
+        );
+        assert_eq!(
+            port("::", Transport::Udp).dial_request().encode(),
+            "udp ::1 8080\n"
+        );
+        assert_eq!(
+            port("127.0.0.1", Transport::Tcp).dial_request().encode(),
+            "tcp 127.0.0.1 8080\n"
+        );
+        assert_eq!(
+            port("10.0.2.15", Transport::Tcp).dial_request().encode(),
+            "tcp 10.0.2.15 8080\n"
+        );
     }
 
     #[test]
     fn test_event_serializes_tagged() {
         let event = PortEvent::Failed {
             port: port("::", Transport::Udp),
-            container: ContainerRef { id: "abc".into(), name: "web".into() },
+            container: ContainerRef {
+                id: "abc".into(),
+                name: "web".into(),
+            },
             error: "address in use".into(),
         };
         let json = serde_json::to_value(&event).unwrap();

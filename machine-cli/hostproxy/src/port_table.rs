@@ -42,7 +42,13 @@ impl PortTable {
         events: mpsc::Sender<PortEvent>,
         status: watch::Sender<Vec<PortStatus>>,
     ) -> PortTable {
-        PortTable { entries: BTreeMap::new(), connector, udp_idle_timeout, events, status }
+        PortTable {
+            entries: BTreeMap::new(),
+            connector,
+            udp_idle_timeout,
+            events,
+            status,
+        }
     }
 
     /// Makes `container`'s ports exactly `ports`: closes the ones it no longer
@@ -67,17 +73,33 @@ impl PortTable {
         for port in wanted {
             let entry = self.entries.remove(&port);
             let entry = match entry {
-                Some(Entry { container: old, state: State::Open(forwarder) }) => {
+                Some(Entry {
+                    container: old,
+                    state: State::Open(forwarder),
+                }) => {
                     if old != container {
                         if old.id != container.id {
                             info!(%port, from = %old.name, to = %container.name, "port changes owner");
-                            events.push(PortEvent::Closed { port, container: old });
+                            events.push(PortEvent::Closed {
+                                port,
+                                container: old,
+                            });
                         }
-                        events.push(PortEvent::Opened { port, container: container.clone() });
+                        events.push(PortEvent::Opened {
+                            port,
+                            container: container.clone(),
+                        });
                     }
-                    Entry { container: container.clone(), state: State::Open(forwarder) }
+                    Entry {
+                        container: container.clone(),
+                        state: State::Open(forwarder),
+                    }
                 }
-                Some(Entry { state: State::Failed(_), .. }) | None => self.open(port, &container, &mut events),
+                Some(Entry {
+                    state: State::Failed(_),
+                    ..
+                })
+                | None => self.open(port, &container, &mut events),
             };
             self.entries.insert(port, entry);
         }
@@ -86,8 +108,12 @@ impl PortTable {
 
     /// Closes every port of container `id`.
     pub async fn remove_container(&mut self, id: &str) {
-        let ports: Vec<PublishedPort> =
-            self.entries.iter().filter(|(_, e)| e.container.id == id).map(|(port, _)| *port).collect();
+        let ports: Vec<PublishedPort> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.container.id == id)
+            .map(|(port, _)| *port)
+            .collect();
         self.remove_ports(ports).await;
     }
 
@@ -116,7 +142,10 @@ impl PortTable {
     /// The ids of the containers that own ports.
     #[cfg(test)]
     pub fn container_ids(&self) -> BTreeSet<String> {
-        self.entries.values().map(|e| e.container.id.clone()).collect()
+        self.entries
+            .values()
+            .map(|e| e.container.id.clone())
+            .collect()
     }
 
     async fn remove_ports(&mut self, ports: Vec<PublishedPort>) {
@@ -133,21 +162,37 @@ impl PortTable {
         self.finish(closing, events).await;
     }
 
-    fn open(&self, port: PublishedPort, container: &ContainerRef, events: &mut Vec<PortEvent>) -> Entry {
-        let state = match Forwarder::open(port, Arc::clone(&self.connector), self.udp_idle_timeout) {
+    fn open(
+        &self,
+        port: PublishedPort,
+        container: &ContainerRef,
+        events: &mut Vec<PortEvent>,
+    ) -> Entry {
+        let state = match Forwarder::open(port, Arc::clone(&self.connector), self.udp_idle_timeout)
+        {
             Ok(forwarder) => {
                 info!(%port, container = %container.name, "port opened");
-                events.push(PortEvent::Opened { port, container: container.clone() });
+                events.push(PortEvent::Opened {
+                    port,
+                    container: container.clone(),
+                });
                 State::Open(forwarder)
             }
             Err(err) => {
                 let error = error_chain(&err);
                 warn!(%port, container = %container.name, %error, "cannot open port");
-                events.push(PortEvent::Failed { port, container: container.clone(), error: error.clone() });
+                events.push(PortEvent::Failed {
+                    port,
+                    container: container.clone(),
+                    error: error.clone(),
+                });
                 State::Failed(error)
             }
         };
-        Entry { container: container.clone(), state }
+        Entry {
+            container: container.clone(),
+            state,
+        }
     }
 
     /// Closes the sockets, then publishes the status and the events.
@@ -179,11 +224,18 @@ impl PortTable {
 
 /// Takes an entry out of service: its forwarder, to be closed, and a `Closed` event if it
 /// was open.
-fn close_entry(port: PublishedPort, entry: Entry, events: &mut Vec<PortEvent>) -> Option<Forwarder> {
+fn close_entry(
+    port: PublishedPort,
+    entry: Entry,
+    events: &mut Vec<PortEvent>,
+) -> Option<Forwarder> {
     match entry.state {
         State::Open(forwarder) => {
             info!(%port, container = %entry.container.name, "port closed");
-            events.push(PortEvent::Closed { port, container: entry.container });
+            events.push(PortEvent::Closed {
+                port,
+                container: entry.container,
+            });
             Some(forwarder)
         }
         State::Failed(_) => None,
@@ -212,7 +264,9 @@ mod tests {
     fn by_container(status: &[PortStatus]) -> HashMap<String, Vec<String>> {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
         for s in status {
-            out.entry(s.container.id.clone()).or_default().push(s.port.to_string());
+            out.entry(s.container.id.clone())
+                .or_default()
+                .push(s.port.to_string());
         }
         out
     }
@@ -226,21 +280,40 @@ mod tests {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     fn tcp(host_port: u16) -> PublishedPort {
-        PublishedPort { transport: Transport::Tcp, host_ip: "127.0.0.1".parse().unwrap(), host_port }
+        PublishedPort {
+            transport: Transport::Tcp,
+            host_ip: "127.0.0.1".parse().unwrap(),
+            host_port,
+        }
     }
 
     fn container(id: &str) -> ContainerRef {
-        ContainerRef { id: id.into(), name: format!("{id}-name") }
+        ContainerRef {
+            id: id.into(),
+            name: format!("{id}-name"),
+        }
     }
 
-    fn table() -> (PortTable, mpsc::Receiver<PortEvent>, watch::Receiver<Vec<PortStatus>>) {
+    fn table() -> (
+        PortTable,
+        mpsc::Receiver<PortEvent>,
+        watch::Receiver<Vec<PortStatus>>,
+    ) {
         let (tx, rx) = mpsc::channel(100);
         let (status_tx, status_rx) = watch::channel(Vec::new());
-        (PortTable::new(Arc::new(NoGuest), Duration::from_secs(60), tx, status_tx), rx, status_rx)
+        (
+            PortTable::new(Arc::new(NoGuest), Duration::from_secs(60), tx, status_tx),
+            rx,
+            status_rx,
+        )
     }
 
     fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -251,9 +324,15 @@ mod tests {
     fn drain(rx: &mut mpsc::Receiver<PortEvent>) -> Vec<String> {
         std::iter::from_fn(|| rx.try_recv().ok())
             .map(|e| match e {
-                PortEvent::Opened { port, container } => format!("opened {} {}", port.host_port, container.id),
-                PortEvent::Closed { port, container } => format!("closed {} {}", port.host_port, container.id),
-                PortEvent::Failed { port, container, .. } => format!("failed {} {}", port.host_port, container.id),
+                PortEvent::Opened { port, container } => {
+                    format!("opened {} {}", port.host_port, container.id)
+                }
+                PortEvent::Closed { port, container } => {
+                    format!("closed {} {}", port.host_port, container.id)
+                }
+                PortEvent::Failed {
+                    port, container, ..
+                } => format!("failed {} {}", port.host_port, container.id),
             })
             .collect()
     }
@@ -263,9 +342,15 @@ mod tests {
         let (mut t, mut rx, status) = table();
         let (a, b, c) = (free_port(), free_port(), free_port());
         t.set_container(container("x"), &[tcp(a), tcp(b)]).await;
-        assert_eq!(sorted(drain(&mut rx)), sorted(vec![format!("opened {a} x"), format!("opened {b} x")]));
+        assert_eq!(
+            sorted(drain(&mut rx)),
+            sorted(vec![format!("opened {a} x"), format!("opened {b} x")])
+        );
         t.set_container(container("x"), &[tcp(b), tcp(c)]).await;
-        assert_eq!(drain(&mut rx), vec![format!("closed {a} x"), format!("opened {c} x")]);
+        assert_eq!(
+            drain(&mut rx),
+            vec![format!("closed {a} x"), format!("opened {c} x")]
+        );
         assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_err());
         assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_ok());
         assert_eq!(by_container(&status.borrow())["x"].len(), 2);
@@ -280,16 +365,16 @@ mod tests {
         let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy = blocker.local_addr().unwrap().port();
         let free = free_port();
-        t.set_container(container("x"), &[tcp(busy), tcp(free)]).await;
+        t.set_container(container("x"), &[tcp(busy), tcp(free)])
+            .await;
         let events = drain(&mut rx);
         assert!(events.contains(&format!("failed {busy} x")), "{events:?}");
         assert!(events.contains(&format!("opened {free} x")), "{events:?}");
-        assert!(status
-            .borrow()
-            .iter()
-            .any(|s| s.port.host_port == busy && s.error.as_deref().is_some_and(|e| e.contains("in use"))));
+        assert!(status.borrow().iter().any(|s| s.port.host_port == busy
+            && s.error.as_deref().is_some_and(|e| e.contains("in use"))));
         drop(blocker);
-        t.set_container(container("x"), &[tcp(busy), tcp(free)]).await;
+        t.set_container(container("x"), &[tcp(busy), tcp(free)])
+            .await;
         assert_eq!(drain(&mut rx), vec![format!("opened {busy} x")]);
         // A failed port is not reported closed.
         t.close_all().await;
@@ -307,10 +392,16 @@ mod tests {
         assert_eq!(drain(&mut rx), vec![format!("closed {a} x")]);
         // y's stop was missed and z now publishes the same port: it changes owner.
         t.set_container(container("z"), &[tcp(b)]).await;
-        assert_eq!(drain(&mut rx), vec![format!("closed {b} y"), format!("opened {b} z")]);
+        assert_eq!(
+            drain(&mut rx),
+            vec![format!("closed {b} y"), format!("opened {b} z")]
+        );
         assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_ok());
         assert_eq!(t.container_ids(), BTreeSet::from(["z".to_string()]));
-        assert_eq!(by_container(&status.borrow())["z"], vec![format!("127.0.0.1:{b}/tcp")]);
+        assert_eq!(
+            by_container(&status.borrow())["z"],
+            vec![format!("127.0.0.1:{b}/tcp")]
+        );
         t.resync(Vec::new()).await;
         assert_eq!(drain(&mut rx), vec![format!("closed {b} z")]);
         assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_err());

@@ -51,7 +51,11 @@ pub struct Publisher {
 
 /// Follows the engine and publishes ports until `shutdown` is cancelled, then closes them
 /// all. Shorthand for [`Publisher::new`] and [`Publisher::run`].
-pub async fn run(connector: Arc<dyn GuestConnector>, events: mpsc::Sender<PortEvent>, shutdown: CancellationToken) {
+pub async fn run(
+    connector: Arc<dyn GuestConnector>,
+    events: mpsc::Sender<PortEvent>,
+    shutdown: CancellationToken,
+) {
     Publisher::new(connector, events).run(shutdown).await;
 }
 
@@ -60,7 +64,13 @@ impl Publisher {
     /// Events are sent with back-pressure: the receiver must keep reading (or be
     /// dropped).
     pub fn new(connector: Arc<dyn GuestConnector>, events: mpsc::Sender<PortEvent>) -> Publisher {
-        Publisher { connector, events, status: watch::Sender::new(Vec::new()), udp_idle_timeout: UDP_IDLE_TIMEOUT, binds: None }
+        Publisher {
+            connector,
+            events,
+            status: watch::Sender::new(Vec::new()),
+            udp_idle_timeout: UDP_IDLE_TIMEOUT,
+            binds: None,
+        }
     }
 
     /// Also reports the bind mounts of running containers on `binds` (for
@@ -113,7 +123,10 @@ impl Publisher {
             if started.elapsed() >= SESSION_HEALTHY {
                 delay = RECONNECT_MIN;
             }
-            debug!(delay_ms = delay.as_millis() as u64, "waiting before reconnecting to the engine");
+            debug!(
+                delay_ms = delay.as_millis() as u64,
+                "waiting before reconnecting to the engine"
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
@@ -166,7 +179,11 @@ fn report(binds: Option<&mpsc::UnboundedSender<BindEvent>>, event: BindEvent) {
 }
 
 fn log_ignored(event: &Event) {
-    debug!(container = event.actor_id(), action = event.action(), "event ignored");
+    debug!(
+        container = event.actor_id(),
+        action = event.action(),
+        "event ignored"
+    );
 }
 
 async fn container_started(
@@ -177,7 +194,13 @@ async fn container_started(
 ) -> Result<(), EngineError> {
     match inspect(requests, id).await? {
         Some(found) => {
-            report(binds, BindEvent::Started { id: id.to_string(), sources: found.binds });
+            report(
+                binds,
+                BindEvent::Started {
+                    id: id.to_string(),
+                    sources: found.binds,
+                },
+            );
             table.set_container(found.container, &found.ports).await
         }
         None => {
@@ -200,7 +223,11 @@ struct Inspected {
 /// connection is an error.
 async fn inspect(requests: &mut EngineSession, id: &str) -> Result<Option<Inspected>, EngineError> {
     match requests.inspect(id).await {
-        Ok(Some(c)) => Ok(Some(Inspected { container: c.container_ref(), ports: c.published_ports(), binds: c.bind_sources() })),
+        Ok(Some(c)) => Ok(Some(Inspected {
+            container: c.container_ref(),
+            ports: c.published_ports(),
+            binds: c.bind_sources(),
+        })),
         Ok(None) => Ok(None),
         Err(err @ (EngineError::Status { .. } | EngineError::Parse { .. })) => {
             warn!(container = id, error = %err, "cannot inspect container");
@@ -225,7 +252,11 @@ async fn resync(
         }
     }
     let published: usize = containers.iter().map(|(_, ports)| ports.len()).sum();
-    info!(containers = containers.len(), ports = published, "resynced with the engine");
+    info!(
+        containers = containers.len(),
+        ports = published,
+        "resynced with the engine"
+    );
     report(binds, BindEvent::Resync(bound));
     table.resync(containers).await;
     Ok(())
@@ -260,7 +291,13 @@ mod tests {
             let shutdown = shutdown.clone();
             async move { publisher.run(shutdown).await }
         });
-        Harness { guest, publisher, events, shutdown, task }
+        Harness {
+            guest,
+            publisher,
+            events,
+            shutdown,
+            task,
+        }
     }
 
     impl Harness {
@@ -279,23 +316,37 @@ mod tests {
 
         async fn stop(self) {
             self.shutdown.cancel();
-            tokio::time::timeout(PATIENCE, self.task).await.expect("publisher did not stop").unwrap();
+            tokio::time::timeout(PATIENCE, self.task)
+                .await
+                .expect("publisher did not stop")
+                .unwrap();
         }
     }
 
     fn free_tcp_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     fn free_udp_port() -> u16 {
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     async fn echo_through(host_port: u16, payload: &[u8]) -> Vec<u8> {
         let mut s = TcpStream::connect(("127.0.0.1", host_port)).await.unwrap();
         s.write_all(payload).await.unwrap();
         let mut buf = vec![0u8; payload.len()];
-        tokio::time::timeout(PATIENCE, s.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         buf
     }
 
@@ -323,19 +374,38 @@ mod tests {
         let mut h = start(FakeGuest::new().await).await;
         h.wait_resynced(1).await;
         let host_port = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port).named("/web"));
+        h.guest
+            .add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port).named("/web"));
         let started = Instant::now();
         h.guest.send_events_raw(start_event("c1").as_bytes());
         let event = h.next_event().await;
         eprintln!("port opened {:?} after the start event", started.elapsed());
-        let PortEvent::Opened { port, container } = event else { panic!("{event:?}") };
-        assert_eq!(port, PublishedPort { transport: Transport::Tcp, host_ip: "127.0.0.1".parse().unwrap(), host_port });
-        assert_eq!((container.id.as_str(), container.name.as_str()), ("c1", "web"));
-        assert_eq!(echo_through(host_port, b"hello through the guest").await, b"hello through the guest");
+        let PortEvent::Opened { port, container } = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(
+            port,
+            PublishedPort {
+                transport: Transport::Tcp,
+                host_ip: "127.0.0.1".parse().unwrap(),
+                host_port
+            }
+        );
+        assert_eq!(
+            (container.id.as_str(), container.name.as_str()),
+            ("c1", "web")
+        );
+        assert_eq!(
+            echo_through(host_port, b"hello through the guest").await,
+            b"hello through the guest"
+        );
         assert_eq!(h.guest.dials(), vec![format!("tcp 127.0.0.1 {host_port}")]);
         let snapshot = h.publisher.snapshot();
         assert_eq!(snapshot.len(), 1);
-        assert_eq!((snapshot[0].port.host_port, snapshot[0].error.clone()), (host_port, None));
+        assert_eq!(
+            (snapshot[0].port.host_port, snapshot[0].error.clone()),
+            (host_port, None)
+        );
         h.stop().await;
         wait_refused(host_port).await;
     }
@@ -345,7 +415,8 @@ mod tests {
         let mut h = start(FakeGuest::new().await).await;
         h.wait_resynced(1).await;
         let host_port = free_udp_port();
-        h.guest.add_container(FakeContainer::udp("u1", "127.0.0.1", host_port));
+        h.guest
+            .add_container(FakeContainer::udp("u1", "127.0.0.1", host_port));
         h.guest.send_events_raw(start_event("u1").as_bytes());
         assert!(matches!(h.next_event().await, PortEvent::Opened { .. }));
         let host_addr: SocketAddr = ([127, 0, 0, 1], host_port).into();
@@ -356,13 +427,19 @@ mod tests {
                 let payload = [b'd', i, n];
                 client.send_to(&payload, host_addr).await.unwrap();
                 let mut buf = [0u8; 16];
-                let (len, from) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf)).await.unwrap().unwrap();
+                let (len, from) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert_eq!((&buf[..len], from), (&payload[..], host_addr));
             }
             clients.push(client);
         }
         // One guest stream per host peer, not per datagram.
-        assert_eq!(h.guest.dials(), vec![format!("udp 127.0.0.1 {host_port}"); 2]);
+        assert_eq!(
+            h.guest.dials(),
+            vec![format!("udp 127.0.0.1 {host_port}"); 2]
+        );
         h.stop().await;
     }
 
@@ -372,30 +449,51 @@ mod tests {
         let host_port = free_udp_port();
         guest.add_container(FakeContainer::udp("u1", "127.0.0.1", host_port));
         let (tx, mut events) = mpsc::channel(100);
-        let publisher = Publisher::new(guest.connector(), tx).with_udp_idle_timeout(Duration::from_millis(200));
+        let publisher =
+            Publisher::new(guest.connector(), tx).with_udp_idle_timeout(Duration::from_millis(200));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move { publisher.run(shutdown).await }
         });
-        let opened = tokio::time::timeout(PATIENCE, events.recv()).await.expect("no port event in time");
-        assert!(matches!(opened, Some(PortEvent::Opened { .. })), "{opened:?}");
+        let opened = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .expect("no port event in time");
+        assert!(
+            matches!(opened, Some(PortEvent::Opened { .. })),
+            "{opened:?}"
+        );
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buf = [0u8; 16];
-        client.send_to(b"one", ("127.0.0.1", host_port)).await.unwrap();
-        tokio::time::timeout(PATIENCE, client.recv_from(&mut buf)).await.unwrap().unwrap();
+        client
+            .send_to(b"one", ("127.0.0.1", host_port))
+            .await
+            .unwrap();
+        tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let deadline = Instant::now() + PATIENCE;
         while guest.open_udp_streams() != 0 {
             assert!(Instant::now() < deadline, "idle udp stream was not closed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The next datagram dials again.
-        client.send_to(b"two", ("127.0.0.1", host_port)).await.unwrap();
-        let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf)).await.unwrap().unwrap();
+        client
+            .send_to(b"two", ("127.0.0.1", host_port))
+            .await
+            .unwrap();
+        let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf[..len], b"two");
         assert_eq!(guest.dials().len(), 2);
         shutdown.cancel();
-        tokio::time::timeout(PATIENCE, task).await.expect("publisher did not stop").unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("publisher did not stop")
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,16 +501,22 @@ mod tests {
         let mut h = start(FakeGuest::new().await).await;
         h.wait_resynced(1).await;
         let host_port = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port));
+        h.guest
+            .add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port));
         h.guest.send_events_raw(start_event("c1").as_bytes());
         assert!(matches!(h.next_event().await, PortEvent::Opened { .. }));
         assert_eq!(echo_through(host_port, b"x").await, b"x");
         h.guest.set_running("c1", false);
         h.guest.send_events_raw(die_event("c1").as_bytes());
         let event = h.next_event().await;
-        assert!(matches!(&event, PortEvent::Closed { port, .. } if port.host_port == host_port), "{event:?}");
+        assert!(
+            matches!(&event, PortEvent::Closed { port, .. } if port.host_port == host_port),
+            "{event:?}"
+        );
         // Closed is reported after the socket is closed.
-        let err = TcpStream::connect(("127.0.0.1", host_port)).await.expect_err("port still open");
+        let err = TcpStream::connect(("127.0.0.1", host_port))
+            .await
+            .expect_err("port still open");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
         assert!(h.publisher.snapshot().is_empty());
         h.stop().await;
@@ -425,7 +529,8 @@ mod tests {
         let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy = blocker.local_addr().unwrap().port();
         let free = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c1", "127.0.0.1", busy).with_tcp("127.0.0.1", free));
+        h.guest
+            .add_container(FakeContainer::tcp("c1", "127.0.0.1", busy).with_tcp("127.0.0.1", free));
         h.guest.send_events_raw(start_event("c1").as_bytes());
         let mut failed = None;
         let mut opened = None;
@@ -443,11 +548,19 @@ mod tests {
         assert_eq!(echo_through(free, b"still works").await, b"still works");
         // The publisher keeps following events after the failure.
         let other = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c2", "127.0.0.1", other));
+        h.guest
+            .add_container(FakeContainer::tcp("c2", "127.0.0.1", other));
         h.guest.send_events_raw(start_event("c2").as_bytes());
-        assert!(matches!(h.next_event().await, PortEvent::Opened { port, .. } if port.host_port == other));
-        let failed_rows: Vec<u16> =
-            h.publisher.snapshot().iter().filter(|s| s.error.is_some()).map(|s| s.port.host_port).collect();
+        assert!(
+            matches!(h.next_event().await, PortEvent::Opened { port, .. } if port.host_port == other)
+        );
+        let failed_rows: Vec<u16> = h
+            .publisher
+            .snapshot()
+            .iter()
+            .filter(|s| s.error.is_some())
+            .map(|s| s.port.host_port)
+            .collect();
         assert_eq!(failed_rows, vec![busy]);
         drop(blocker);
         h.stop().await;
@@ -460,29 +573,45 @@ mod tests {
         guest.add_container(FakeContainer::tcp("early", "127.0.0.1", early));
         let mut h = start(guest).await;
         // The initial resync opens the container that ran before the publisher.
-        assert!(matches!(h.next_event().await, PortEvent::Opened { port, .. } if port.host_port == early));
+        assert!(
+            matches!(h.next_event().await, PortEvent::Opened { port, .. } if port.host_port == early)
+        );
         h.wait_resynced(1).await;
         let connects = h.guest.event_connects();
         // The stream breaks; meanwhile one container stops and one starts, unseen.
         h.guest.set_events_status(503);
         h.guest.end_event_streams();
         h.guest.set_running("early", false);
-        h.guest.add_container(FakeContainer::tcp("late", "127.0.0.1", late));
+        h.guest
+            .add_container(FakeContainer::tcp("late", "127.0.0.1", late));
         // The publisher retries with a delay, not in a busy loop, while the engine fails.
         tokio::time::sleep(Duration::from_millis(700)).await;
         let attempts = h.guest.event_connects() - connects;
-        assert!((1..=6).contains(&attempts), "{attempts} reconnects in 700 ms");
+        assert!(
+            (1..=6).contains(&attempts),
+            "{attempts} reconnects in 700 ms"
+        );
         h.guest.set_events_status(200);
         let mut seen = Vec::new();
         for _ in 0..2 {
             seen.push(match h.next_event().await {
-                PortEvent::Opened { port, container } => format!("opened {} {}", port.host_port, container.id),
-                PortEvent::Closed { port, container } => format!("closed {} {}", port.host_port, container.id),
+                PortEvent::Opened { port, container } => {
+                    format!("opened {} {}", port.host_port, container.id)
+                }
+                PortEvent::Closed { port, container } => {
+                    format!("closed {} {}", port.host_port, container.id)
+                }
                 other => panic!("{other:?}"),
             });
         }
         seen.sort();
-        assert_eq!(seen, vec![format!("closed {early} early"), format!("opened {late} late")]);
+        assert_eq!(
+            seen,
+            vec![
+                format!("closed {early} early"),
+                format!("opened {late} late")
+            ]
+        );
         assert_eq!(echo_through(late, b"late").await, b"late");
         wait_refused(early).await;
         h.stop().await;
@@ -493,20 +622,33 @@ mod tests {
         let mut h = start(FakeGuest::new().await).await;
         h.wait_resynced(1).await;
         let host_port = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port));
-        h.guest.send_events_raw(b"this is not json\n{\"Type\":\"container\"\n\x00\xff\n[]\n");
-        h.guest.send_events_raw(b"{\"Type\":\"container\",\"Action\":\"exec_start: sh\",\"Actor\":{\"ID\":\"c1\"}}\n");
-        h.guest.send_events_raw(b"{\"Type\":\"network\",\"Action\":\"start\",\"Actor\":{\"ID\":\"c1\"}}\n");
+        h.guest
+            .add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port));
+        h.guest
+            .send_events_raw(b"this is not json\n{\"Type\":\"container\"\n\x00\xff\n[]\n");
+        h.guest.send_events_raw(
+            b"{\"Type\":\"container\",\"Action\":\"exec_start: sh\",\"Actor\":{\"ID\":\"c1\"}}\n",
+        );
+        h.guest.send_events_raw(
+            b"{\"Type\":\"network\",\"Action\":\"start\",\"Actor\":{\"ID\":\"c1\"}}\n",
+        );
         let event = start_event("c1");
         let (a, b) = event.split_at(17);
         h.guest.send_events_raw(a.as_bytes());
         tokio::time::sleep(Duration::from_millis(50)).await;
         h.guest.send_events_raw(b.as_bytes());
         let event = h.next_event().await;
-        assert!(matches!(&event, PortEvent::Opened { port, .. } if port.host_port == host_port), "{event:?}");
+        assert!(
+            matches!(&event, PortEvent::Opened { port, .. } if port.host_port == host_port),
+            "{event:?}"
+        );
         // Only the start event was acted on: one inspect after the initial resync.
         assert_eq!(h.guest.inspects(), vec!["c1".to_string()]);
-        assert_eq!(h.guest.event_connects(), 1, "the garbage broke the event stream");
+        assert_eq!(
+            h.guest.event_connects(),
+            1,
+            "the garbage broke the event stream"
+        );
         h.stop().await;
     }
 
@@ -515,15 +657,20 @@ mod tests {
         let mut h = start(FakeGuest::new().await).await;
         h.wait_resynced(1).await;
         let host_port = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port));
+        h.guest
+            .add_container(FakeContainer::tcp("c1", "127.0.0.1", host_port));
         h.guest.set_running("c1", false);
         h.guest.send_events_raw(start_event("c1").as_bytes());
         h.guest.send_events_raw(start_event("unknown").as_bytes());
         let other = free_tcp_port();
-        h.guest.add_container(FakeContainer::tcp("c2", "127.0.0.1", other));
+        h.guest
+            .add_container(FakeContainer::tcp("c2", "127.0.0.1", other));
         h.guest.send_events_raw(start_event("c2").as_bytes());
         let event = h.next_event().await;
-        assert!(matches!(&event, PortEvent::Opened { port, .. } if port.host_port == other), "{event:?}");
+        assert!(
+            matches!(&event, PortEvent::Opened { port, .. } if port.host_port == other),
+            "{event:?}"
+        );
         assert_eq!(h.publisher.snapshot().len(), 1);
         h.stop().await;
     }
@@ -537,9 +684,18 @@ mod tests {
         for _ in 0..2 {
             assert!(matches!(h.next_event().await, PortEvent::Opened { .. }));
         }
-        let Harness { publisher, mut events, shutdown, task, .. } = h;
+        let Harness {
+            publisher,
+            mut events,
+            shutdown,
+            task,
+            ..
+        } = h;
         shutdown.cancel();
-        tokio::time::timeout(PATIENCE, task).await.expect("publisher did not stop").unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("publisher did not stop")
+            .unwrap();
         let closed: Vec<PortEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert_eq!(closed.len(), 2, "{closed:?}");
         assert!(closed.iter().all(|e| matches!(e, PortEvent::Closed { .. })));

@@ -46,14 +46,30 @@ pub enum BindEvent {
 }
 
 /// Sends one batch of changed paths to the guest.
-pub type Notifier = Box<dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type Notifier = Box<
+    dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
 
 /// The folders (or files) to watch: bind sources inside a share, without those inside
 /// another one already watched.
-pub fn watch_roots<'a>(sources: impl IntoIterator<Item = &'a PathBuf>, shares: &[PathBuf]) -> BTreeSet<PathBuf> {
-    let inside: BTreeSet<PathBuf> =
-        sources.into_iter().filter(|s| s.is_absolute() && shares.iter().any(|share| s.starts_with(share))).cloned().collect();
-    inside.iter().filter(|p| !inside.iter().any(|other| other != *p && p.starts_with(other))).cloned().collect()
+pub fn watch_roots<'a>(
+    sources: impl IntoIterator<Item = &'a PathBuf>,
+    shares: &[PathBuf],
+) -> BTreeSet<PathBuf> {
+    let inside: BTreeSet<PathBuf> = sources
+        .into_iter()
+        .filter(|s| s.is_absolute() && shares.iter().any(|share| s.starts_with(share)))
+        .cloned()
+        .collect();
+    inside
+        .iter()
+        .filter(|p| {
+            !inside
+                .iter()
+                .any(|other| other != *p && p.starts_with(other))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Whether a host event is one the guest should hear of.
@@ -71,7 +87,14 @@ pub fn forwarded(kind: &EventKind) -> bool {
 pub fn batches(paths: BTreeSet<PathBuf>) -> Vec<Vec<String>> {
     let too_many = |set: &BTreeSet<PathBuf>| set.len() > 4 * MAX_CHANGED_PATHS;
     let paths = if too_many(&paths) {
-        paths.iter().map(|p| p.parent().map(Path::to_path_buf).unwrap_or_else(|| p.clone())).collect()
+        paths
+            .iter()
+            .map(|p| {
+                p.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| p.clone())
+            })
+            .collect()
     } else {
         paths
     };
@@ -114,13 +137,19 @@ impl Watches {
             info!(path = %gone.display(), "no longer watching for host changes");
         }
         for new in want.difference(&self.watched).cloned().collect::<Vec<_>>() {
-            let mode = if new.is_dir() { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            let mode = if new.is_dir() {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
             match watcher.watch(&new, mode) {
                 Ok(()) => {
                     info!(path = %new.display(), "watching for host changes");
                     self.watched.insert(new);
                 }
-                Err(e) => warn!(path = %new.display(), error = %e, "cannot watch a bind mount for host changes"),
+                Err(e) => {
+                    warn!(path = %new.display(), error = %e, "cannot watch a bind mount for host changes")
+                }
             }
         }
     }
@@ -144,7 +173,11 @@ pub async fn run(
             return;
         }
     };
-    let mut watches = Watches { shares, containers: HashMap::new(), watched: BTreeSet::new() };
+    let mut watches = Watches {
+        shares,
+        containers: HashMap::new(),
+        watched: BTreeSet::new(),
+    };
     let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
@@ -207,35 +240,69 @@ mod tests {
     #[test]
     fn test_watch_roots_keep_binds_inside_shares_and_drop_nested_ones() {
         let shares = vec![PathBuf::from("/home/u")];
-        let sources: Vec<PathBuf> =
-            ["/home/u/app", "/home/u/app/src", "/home/u/other", "/etc", "/home/user2", "relative"].iter().map(PathBuf::from).collect();
+        let sources: Vec<PathBuf> = [
+            "/home/u/app",
+            "/home/u/app/src",
+            "/home/u/other",
+            "/etc",
+            "/home/user2",
+            "relative",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         let roots: Vec<PathBuf> = watch_roots(&sources, &shares).into_iter().collect();
-        assert_eq!(roots, [PathBuf::from("/home/u/app"), PathBuf::from("/home/u/other")]);
+        assert_eq!(
+            roots,
+            [PathBuf::from("/home/u/app"), PathBuf::from("/home/u/other")]
+        );
     }
 
     #[test]
     fn test_forwarded_kinds_exclude_what_a_replay_causes() {
         assert!(forwarded(&EventKind::Create(CreateKind::File)));
         assert!(forwarded(&EventKind::Remove(RemoveKind::Any)));
-        assert!(forwarded(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
-        assert!(forwarded(&EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To))));
+        assert!(forwarded(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(forwarded(&EventKind::Modify(ModifyKind::Name(
+            notify::event::RenameMode::To
+        ))));
         // What the guest's replay does on the host: chmod, open for writing, close.
-        assert!(!forwarded(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any))));
-        assert!(!forwarded(&EventKind::Access(AccessKind::Close(notify::event::AccessMode::Write))));
-        assert!(!forwarded(&EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any))));
+        assert!(!forwarded(&EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::Any
+        ))));
+        assert!(!forwarded(&EventKind::Access(AccessKind::Close(
+            notify::event::AccessMode::Write
+        ))));
+        assert!(!forwarded(&EventKind::Access(AccessKind::Open(
+            notify::event::AccessMode::Any
+        ))));
     }
 
     #[test]
     fn test_batches_respect_count_and_size_and_fall_back_to_folders() {
-        let few: BTreeSet<PathBuf> = (0..300).map(|i| PathBuf::from(format!("/s/d/f{i}"))).collect();
+        let few: BTreeSet<PathBuf> = (0..300)
+            .map(|i| PathBuf::from(format!("/s/d/f{i}")))
+            .collect();
         let b = batches(few);
-        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [MAX_CHANGED_PATHS, 300 - MAX_CHANGED_PATHS]);
-        let long: BTreeSet<PathBuf> = (0..100).map(|i| PathBuf::from(format!("/s/{}{i}", "x".repeat(1000)))).collect();
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            [MAX_CHANGED_PATHS, 300 - MAX_CHANGED_PATHS]
+        );
+        let long: BTreeSet<PathBuf> = (0..100)
+            .map(|i| PathBuf::from(format!("/s/{}{i}", "x".repeat(1000))))
+            .collect();
         for batch in batches(long) {
             assert!(batch.iter().map(|p| p.len() + 4).sum::<usize>() <= MAX_BATCH_BYTES);
         }
-        let many: BTreeSet<PathBuf> = (0..5000).map(|i| PathBuf::from(format!("/s/d{}/f{i}", i % 3))).collect();
-        assert_eq!(batches(many), vec![vec!["/s/d0".to_string(), "/s/d1".into(), "/s/d2".into()]]);
+        let many: BTreeSet<PathBuf> = (0..5000)
+            .map(|i| PathBuf::from(format!("/s/d{}/f{i}", i % 3)))
+            .collect();
+        assert_eq!(
+            batches(many),
+            vec![vec!["/s/d0".to_string(), "/s/d1".into(), "/s/d2".into()]]
+        );
     }
 
     /// The real host inotify: a change under a bound folder reaches the notifier once the
@@ -272,19 +339,39 @@ mod tests {
 
         // Not bound yet: nothing.
         std::fs::write(app.join("early.txt"), "x").unwrap();
-        tx.send(BindEvent::Started { id: "c1".into(), sources: vec![app.clone(), PathBuf::from("/etc")] }).unwrap();
+        tx.send(BindEvent::Started {
+            id: "c1".into(),
+            sources: vec![app.clone(), PathBuf::from("/etc")],
+        })
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         std::fs::write(app.join("src/main.rs"), "fn main() {}").unwrap();
-        assert!(wait_for(app.join("src/main.rs")).await, "{:?}", sent.lock().unwrap());
-        assert!(!sent.lock().unwrap().iter().any(|p| p.ends_with("early.txt")));
+        assert!(
+            wait_for(app.join("src/main.rs")).await,
+            "{:?}",
+            sent.lock().unwrap()
+        );
+        assert!(!sent
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with("early.txt")));
 
         // An attribute change alone is not forwarded.
         sent.lock().unwrap().clear();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(app.join("src/main.rs"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            app.join("src/main.rs"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::remove_file(app.join("early.txt")).unwrap();
         assert!(wait_for(app.join("early.txt")).await);
-        assert!(!sent.lock().unwrap().iter().any(|p| p.ends_with("main.rs")), "{:?}", sent.lock().unwrap());
+        assert!(
+            !sent.lock().unwrap().iter().any(|p| p.ends_with("main.rs")),
+            "{:?}",
+            sent.lock().unwrap()
+        );
 
         // Stopped: no longer watched.
         tx.send(BindEvent::Stopped { id: "c1".into() }).unwrap();

@@ -23,7 +23,9 @@ impl Accel {
     }
 
     pub fn parse(s: &str) -> Option<Accel> {
-        [Accel::Kvm, Accel::Hvf, Accel::Whpx, Accel::Tcg].into_iter().find(|a| a.as_str() == s)
+        [Accel::Kvm, Accel::Hvf, Accel::Whpx, Accel::Tcg]
+            .into_iter()
+            .find(|a| a.as_str() == s)
     }
 }
 
@@ -38,22 +40,45 @@ pub struct AccelChoice {
 /// opened and is a real hypervisor (not PVM, the software nested hypervisor that cannot
 /// run a stock Linux kernel); else HVF on macOS, WHPX on Windows; else TCG.
 pub fn choose() -> AccelChoice {
-    if let Some(a) = std::env::var("RMACHINE_ACCEL").ok().as_deref().and_then(Accel::parse) {
-        return AccelChoice { accel: a, reason: "set by RMACHINE_ACCEL".into() };
+    if let Some(a) = std::env::var("RMACHINE_ACCEL")
+        .ok()
+        .as_deref()
+        .and_then(Accel::parse)
+    {
+        return AccelChoice {
+            accel: a,
+            reason: "set by RMACHINE_ACCEL".into(),
+        };
     }
     choose_on(Path::new("/dev/kvm"), Path::new("/sys/module"))
 }
 
 fn choose_on(dev_kvm: &Path, sys_module: &Path) -> AccelChoice {
     if cfg!(target_os = "macos") {
-        return AccelChoice { accel: Accel::Hvf, reason: "macOS: Hypervisor.framework".into() };
+        return AccelChoice {
+            accel: Accel::Hvf,
+            reason: "macOS: Hypervisor.framework".into(),
+        };
     }
     if cfg!(target_os = "windows") {
-        return AccelChoice { accel: Accel::Whpx, reason: "Windows: Hypervisor Platform".into() };
+        return AccelChoice {
+            accel: Accel::Whpx,
+            reason: "Windows: Hypervisor Platform".into(),
+        };
     }
-    let tcg = |reason: String| AccelChoice { accel: Accel::Tcg, reason };
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev_kvm) {
-        return tcg(format!("{} unusable ({e}): software emulation", dev_kvm.display()));
+    let tcg = |reason: String| AccelChoice {
+        accel: Accel::Tcg,
+        reason,
+    };
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev_kvm)
+    {
+        return tcg(format!(
+            "{} unusable ({e}): software emulation",
+            dev_kvm.display()
+        ));
     }
     if sys_module.join("kvm_pvm").exists() {
         return tcg(format!(
@@ -61,7 +86,10 @@ fn choose_on(dev_kvm: &Path, sys_module: &Path) -> AccelChoice {
             dev_kvm.display()
         ));
     }
-    AccelChoice { accel: Accel::Kvm, reason: format!("{} is usable", dev_kvm.display()) }
+    AccelChoice {
+        accel: Accel::Kvm,
+        reason: format!("{} is usable", dev_kvm.display()),
+    }
 }
 
 #[cfg(test)]

@@ -95,7 +95,10 @@ pub enum ConfigError {
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] std::io::Error),
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 pub const DEFAULT_CPUS: u32 = 2;
@@ -120,9 +123,14 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
         if let Some(c) = self.cpus {
-            let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+            let host = std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1);
             if c == 0 || c > host.max(1) {
-                return invalid("cpus", format!("{c}: must be between 1 and the host's {host} CPUs"));
+                return invalid(
+                    "cpus",
+                    format!("{c}: must be between 1 and the host's {host} CPUs"),
+                );
             }
         }
         if let Some(m) = self.memory_mib {
@@ -131,7 +139,10 @@ impl Settings {
                 return invalid("memory", format!("{m} MiB: at least 512 MiB"));
             }
             if let Some(host) = host.filter(|&h| u64::from(m) > h) {
-                return invalid("memory", format!("{m} MiB: more than the host's {host} MiB"));
+                return invalid(
+                    "memory",
+                    format!("{m} MiB: more than the host's {host} MiB"),
+                );
             }
         }
         if let Some(d) = self.disk_size_gib {
@@ -140,11 +151,24 @@ impl Settings {
             }
         }
         for m in self.mounts.iter().flatten() {
-            if !m.path.is_absolute() || m.path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return invalid("mounts", format!("{}: must be an absolute path without `..`", m.path.display()));
+            if !m.path.is_absolute()
+                || m.path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return invalid(
+                    "mounts",
+                    format!(
+                        "{}: must be an absolute path without `..`",
+                        m.path.display()
+                    ),
+                );
             }
             if m.path == Path::new("/") {
-                return invalid("mounts", "/: sharing the whole host file system is not allowed".into());
+                return invalid(
+                    "mounts",
+                    "/: sharing the whole host file system is not allowed".into(),
+                );
             }
         }
         Ok(())
@@ -168,7 +192,12 @@ pub fn default_mounts() -> Vec<MountSpec> {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .filter(|h| h.is_absolute() && h != Path::new("/"))
-        .map(|path| vec![MountSpec { path, read_only: false }])
+        .map(|path| {
+            vec![MountSpec {
+                path,
+                read_only: false,
+            }]
+        })
         .unwrap_or_default()
 }
 
@@ -181,14 +210,23 @@ pub fn parse_mount(text: &str) -> Result<MountSpec, String> {
     };
     let path = PathBuf::from(path);
     if !path.is_absolute() {
-        return Err(format!("{text:?}: the shared folder must be an absolute path"));
+        return Err(format!(
+            "{text:?}: the shared folder must be an absolute path"
+        ));
     }
     Ok(MountSpec { path, read_only })
 }
 
 fn host_memory_mib() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib / 1024)
 }
 
@@ -197,7 +235,9 @@ pub fn parse_mib(text: &str) -> Result<u32, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a size (examples: 2048, 2G, 512M)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 2048, 2G, 512M)"))?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mib" => 1,
         "g" | "gb" | "gib" => 1024,
@@ -209,47 +249,81 @@ pub fn parse_mib(text: &str) -> Result<u32, String> {
 /// Parses a size into GiB (`64`, `64G`).
 pub fn parse_gib(text: &str) -> Result<u32, String> {
     let t = text.trim();
-    let t = t.strip_suffix("GiB").or_else(|| t.strip_suffix("GB")).or_else(|| t.strip_suffix('G')).or_else(|| t.strip_suffix('g')).unwrap_or(t);
-    t.trim().parse().map_err(|_| format!("{text:?} is not a size in GiB (example: 64G)"))
+    let t = t
+        .strip_suffix("GiB")
+        .or_else(|| t.strip_suffix("GB"))
+        .or_else(|| t.strip_suffix('G'))
+        .or_else(|| t.strip_suffix('g'))
+        .unwrap_or(t);
+    t.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size in GiB (example: 64G)"))
 }
 
 /// Reads `machine.toml`.
 pub fn read_machine_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
-    let value: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+    let value: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let value = migrate(path, value)?;
     // Parsed from text when no migration changed it, so errors point at the line.
-    let file: Settings = if value.get("version").and_then(|v| v.as_integer()) == Some(i64::from(CONFIG_VERSION)) {
-        toml::from_str(&text)
-    } else {
-        value.try_into()
-    }
-    .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-    file.validate().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    let file: Settings =
+        if value.get("version").and_then(|v| v.as_integer()) == Some(i64::from(CONFIG_VERSION)) {
+            toml::from_str(&text)
+        } else {
+            value.try_into()
+        }
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    file.validate().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     Ok(file)
 }
 
 /// Brings an older `machine.toml` to [`CONFIG_VERSION`]. Version 1 is the first format.
 pub fn migrate(path: &Path, value: toml::Value) -> Result<toml::Value, ConfigError> {
-    let found = value.get("version").and_then(|v| v.as_integer()).ok_or_else(|| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: "missing `version`".into(),
-    })?;
+    let found = value
+        .get("version")
+        .and_then(|v| v.as_integer())
+        .ok_or_else(|| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: "missing `version`".into(),
+        })?;
     match u32::try_from(found) {
         Ok(CONFIG_VERSION) => Ok(value),
-        Ok(v) if v > CONFIG_VERSION => Err(ConfigError::FutureVersion { path: path.to_path_buf(), found: v }),
-        _ => Err(ConfigError::Parse { path: path.to_path_buf(), message: format!("unknown format version {found}") }),
+        Ok(v) if v > CONFIG_VERSION => Err(ConfigError::FutureVersion {
+            path: path.to_path_buf(),
+            found: v,
+        }),
+        _ => Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("unknown format version {found}"),
+        }),
     }
 }
 
 /// Writes `machine.toml` atomically.
 pub fn write_machine_file(path: &Path, settings: &Settings) -> Result<(), ConfigError> {
-    let file = Settings { version: Some(CONFIG_VERSION), ..settings.clone() };
+    let file = Settings {
+        version: Some(CONFIG_VERSION),
+        ..settings.clone()
+    };
     let text = format!(
         "# rmachine machine settings; changes apply at the next start.\n{}",
-        toml::to_string(&file).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+        toml::to_string(&file).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string()
+        })?
     );
-    crate::store::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| ConfigError::Write(path.to_path_buf(), e))
+    crate::store::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|e| ConfigError::Write(path.to_path_buf(), e))
 }
 
 /// Reads `defaults.toml` (missing: no defaults).
@@ -259,15 +333,25 @@ pub fn read_defaults(path: &Path) -> Result<Settings, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
         Err(e) => return Err(ConfigError::Read(path.to_path_buf(), e)),
     };
-    let s: Settings = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-    s.validate().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+    let s: Settings = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    s.validate().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     Ok(s)
 }
 
 /// Writes `defaults.toml`.
 pub fn write_defaults(path: &Path, settings: &Settings) -> Result<(), ConfigError> {
-    let text = toml::to_string(settings).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
-    crate::store::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| ConfigError::Write(path.to_path_buf(), e))
+    let text = toml::to_string(settings).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    crate::store::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|e| ConfigError::Write(path.to_path_buf(), e))
 }
 
 #[cfg(test)]
@@ -276,9 +360,19 @@ mod tests {
 
     #[test]
     fn test_precedence_builtin_defaults_file_flags() {
-        let defaults = Settings { cpus: Some(1), memory_mib: Some(1024), ..Default::default() };
-        let file = Settings { memory_mib: Some(1536), ..Default::default() };
-        let flags = Settings { disk_size_gib: Some(10), ..Default::default() };
+        let defaults = Settings {
+            cpus: Some(1),
+            memory_mib: Some(1024),
+            ..Default::default()
+        };
+        let file = Settings {
+            memory_mib: Some(1536),
+            ..Default::default()
+        };
+        let flags = Settings {
+            disk_size_gib: Some(10),
+            ..Default::default()
+        };
         let spec = defaults.overlay(&file).overlay(&flags).resolve();
         assert_eq!(spec.cpus, 1);
         assert_eq!(spec.memory_mib, 1536);
@@ -289,12 +383,51 @@ mod tests {
     #[test]
     fn test_invalid_values_name_the_field() {
         for (s, field) in [
-            (Settings { cpus: Some(0), ..Default::default() }, "cpus"),
-            (Settings { cpus: Some(100_000), ..Default::default() }, "cpus"),
-            (Settings { memory_mib: Some(16), ..Default::default() }, "memory"),
-            (Settings { memory_mib: Some(u32::MAX), ..Default::default() }, "memory"),
-            (Settings { disk_size_gib: Some(1), ..Default::default() }, "disk"),
-            (Settings { mounts: Some(vec![MountSpec { path: "rel".into(), read_only: false }]), ..Default::default() }, "mounts"),
+            (
+                Settings {
+                    cpus: Some(0),
+                    ..Default::default()
+                },
+                "cpus",
+            ),
+            (
+                Settings {
+                    cpus: Some(100_000),
+                    ..Default::default()
+                },
+                "cpus",
+            ),
+            (
+                Settings {
+                    memory_mib: Some(16),
+                    ..Default::default()
+                },
+                "memory",
+            ),
+            (
+                Settings {
+                    memory_mib: Some(u32::MAX),
+                    ..Default::default()
+                },
+                "memory",
+            ),
+            (
+                Settings {
+                    disk_size_gib: Some(1),
+                    ..Default::default()
+                },
+                "disk",
+            ),
+            (
+                Settings {
+                    mounts: Some(vec![MountSpec {
+                        path: "rel".into(),
+                        read_only: false,
+                    }]),
+                    ..Default::default()
+                },
+                "mounts",
+            ),
         ] {
             match s.validate() {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
@@ -307,31 +440,75 @@ mod tests {
     fn test_machine_file_round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("machine.toml");
-        let file = Settings { version: Some(CONFIG_VERSION), cpus: Some(1), driver: Some(DriverKind::Qemu), ..Default::default() };
+        let file = Settings {
+            version: Some(CONFIG_VERSION),
+            cpus: Some(1),
+            driver: Some(DriverKind::Qemu),
+            ..Default::default()
+        };
         write_machine_file(&path, &file).unwrap();
         assert_eq!(read_machine_file(&path).unwrap(), file);
         std::fs::write(&path, "version = 1\ncpus = \"many\"\n").unwrap();
         let err = read_machine_file(&path).unwrap_err().to_string();
-        assert!(err.contains("machine.toml") && err.contains("cpus"), "{err}");
+        assert!(
+            err.contains("machine.toml") && err.contains("cpus"),
+            "{err}"
+        );
         std::fs::write(&path, "version = 1\ncolour = \"red\"\n").unwrap();
-        assert!(read_machine_file(&path).unwrap_err().to_string().contains("colour"));
+        assert!(read_machine_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("colour"));
         std::fs::write(&path, "version = 9\n").unwrap();
-        assert!(matches!(read_machine_file(&path), Err(ConfigError::FutureVersion { found: 9, .. })));
+        assert!(matches!(
+            read_machine_file(&path),
+            Err(ConfigError::FutureVersion { found: 9, .. })
+        ));
         std::fs::write(&path, "\u{0}\u{1}garbage[[").unwrap();
-        assert!(matches!(read_machine_file(&path), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            read_machine_file(&path),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]
     fn test_mount_flag_and_default_share() {
-        assert_eq!(parse_mount("/src:ro"), Ok(MountSpec { path: "/src".into(), read_only: true }));
-        assert_eq!(parse_mount("/src"), Ok(MountSpec { path: "/src".into(), read_only: false }));
+        assert_eq!(
+            parse_mount("/src:ro"),
+            Ok(MountSpec {
+                path: "/src".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(
+            parse_mount("/src"),
+            Ok(MountSpec {
+                path: "/src".into(),
+                read_only: false
+            })
+        );
         assert!(parse_mount("src").is_err());
         if let Some(home) = std::env::var_os("HOME").filter(|h| h != "/") {
-            assert_eq!(Settings::default().resolve().mounts, vec![MountSpec { path: home.into(), read_only: false }]);
+            assert_eq!(
+                Settings::default().resolve().mounts,
+                vec![MountSpec {
+                    path: home.into(),
+                    read_only: false
+                }]
+            );
         }
-        let none = Settings { mounts: Some(vec![]), ..Default::default() };
+        let none = Settings {
+            mounts: Some(vec![]),
+            ..Default::default()
+        };
         assert!(none.resolve().mounts.is_empty());
-        let root = Settings { mounts: Some(vec![MountSpec { path: "/".into(), read_only: false }]), ..Default::default() };
+        let root = Settings {
+            mounts: Some(vec![MountSpec {
+                path: "/".into(),
+                read_only: false,
+            }]),
+            ..Default::default()
+        };
         assert!(root.validate().is_err());
     }
 

@@ -13,7 +13,12 @@ pub enum ContextError {
     #[error("cannot find the docker config folder: set HOME or DOCKER_CONFIG")]
     NoConfigDir,
     #[error("{what} {path}")]
-    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0} is not valid JSON; fix or remove it")]
     Corrupt(PathBuf),
 }
@@ -28,11 +33,15 @@ pub fn docker_config_dir() -> Result<PathBuf, ContextError> {
     if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")).ok_or(ContextError::NoConfigDir)
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".docker"))
+        .ok_or(ContextError::NoConfigDir)
 }
 
 fn meta_dir(config_dir: &Path, name: &str) -> PathBuf {
-    config_dir.join("contexts/meta").join(hex::encode(Sha256::digest(name.as_bytes())))
+    config_dir
+        .join("contexts/meta")
+        .join(hex::encode(Sha256::digest(name.as_bytes())))
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ContextError {
@@ -41,7 +50,12 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Context
 }
 
 /// Creates or updates context `name` pointing at the unix socket `socket`.
-pub fn write(config_dir: &Path, name: &str, socket: &Path, description: &str) -> Result<(), ContextError> {
+pub fn write(
+    config_dir: &Path,
+    name: &str,
+    socket: &Path,
+    description: &str,
+) -> Result<(), ContextError> {
     let dir = meta_dir(config_dir, name);
     std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     let meta = json!({
@@ -50,7 +64,11 @@ pub fn write(config_dir: &Path, name: &str, socket: &Path, description: &str) ->
         "Endpoints": { "docker": { "Host": format!("unix://{}", socket.display()), "SkipTLSVerify": false } },
     });
     let path = dir.join("meta.json");
-    std::fs::write(&path, serde_json::to_vec(&meta).expect("json value serializes")).map_err(io("cannot write", &path))
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&meta).expect("json value serializes"),
+    )
+    .map_err(io("cannot write", &path))
 }
 
 /// Removes context `name`; if it was the current one, the CLI falls back to `default`.
@@ -59,7 +77,13 @@ pub fn remove(config_dir: &Path, name: &str) -> Result<(), ContextError> {
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ContextError::Io { what: "cannot remove", path: dir, source: e }),
+        Err(e) => {
+            return Err(ContextError::Io {
+                what: "cannot remove",
+                path: dir,
+                source: e,
+            })
+        }
     }
     if current(config_dir)?.as_deref() == Some(name) {
         set_current(config_dir, None)?;
@@ -74,14 +98,19 @@ pub fn exists(config_dir: &Path, name: &str) -> bool {
 
 /// The current context (`currentContext` of config.json), if set.
 pub fn current(config_dir: &Path) -> Result<Option<String>, ContextError> {
-    Ok(read_config(config_dir)?.get("currentContext").and_then(Value::as_str).map(str::to_string))
+    Ok(read_config(config_dir)?
+        .get("currentContext")
+        .and_then(Value::as_str)
+        .map(str::to_string))
 }
 
 /// Switches the current context (`None`: back to `default`), keeping the rest of
 /// config.json as it was.
 pub fn set_current(config_dir: &Path, name: Option<&str>) -> Result<(), ContextError> {
     let mut config = read_config(config_dir)?;
-    let obj = config.as_object_mut().ok_or_else(|| ContextError::Corrupt(config_dir.join("config.json")))?;
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| ContextError::Corrupt(config_dir.join("config.json")))?;
     match name {
         Some(n) => {
             obj.insert("currentContext".into(), Value::String(n.to_string()));
@@ -101,7 +130,11 @@ fn read_config(config_dir: &Path) -> Result<Value, ContextError> {
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| ContextError::Corrupt(path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({})),
-        Err(e) => Err(ContextError::Io { what: "cannot read", path, source: e }),
+        Err(e) => Err(ContextError::Io {
+            what: "cannot read",
+            path,
+            source: e,
+        }),
     }
 }
 
@@ -113,8 +146,18 @@ mod tests {
     fn test_context_write_use_remove_keeps_other_settings() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path();
-        std::fs::write(cfg.join("config.json"), r#"{"auths":{"x":{}},"currentContext":"other"}"#).unwrap();
-        write(cfg, "rmachine-dev", Path::new("/m/docker.sock"), "rmachine dev").unwrap();
+        std::fs::write(
+            cfg.join("config.json"),
+            r#"{"auths":{"x":{}},"currentContext":"other"}"#,
+        )
+        .unwrap();
+        write(
+            cfg,
+            "rmachine-dev",
+            Path::new("/m/docker.sock"),
+            "rmachine dev",
+        )
+        .unwrap();
         assert!(exists(cfg, "rmachine-dev"));
         let meta: Value = serde_json::from_slice(
             &std::fs::read(meta_dir(cfg, "rmachine-dev").join("meta.json")).unwrap(),
@@ -126,21 +169,32 @@ mod tests {
         remove(cfg, "rmachine-dev").unwrap();
         assert!(!exists(cfg, "rmachine-dev"));
         assert_eq!(current(cfg).unwrap(), None);
-        let config: Value = serde_json::from_slice(&std::fs::read(cfg.join("config.json")).unwrap()).unwrap();
-        assert!(config["auths"]["x"].is_object(), "other settings lost: {config}");
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(cfg.join("config.json")).unwrap()).unwrap();
+        assert!(
+            config["auths"]["x"].is_object(),
+            "other settings lost: {config}"
+        );
     }
 
     #[test]
     fn test_meta_dir_is_sha256_of_name() {
         // The docker CLI's own layout: sha256("default") is well known.
         let d = meta_dir(Path::new("/c"), "default");
-        assert!(d.ends_with("37a8eec1ce19687d132fe29051dca629d164e2c4958ba141d5f4133a33f0688f"), "{}", d.display());
+        assert!(
+            d.ends_with("37a8eec1ce19687d132fe29051dca629d164e2c4958ba141d5f4133a33f0688f"),
+            "{}",
+            d.display()
+        );
     }
 
     #[test]
     fn test_corrupt_config_json_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), "{ nope").unwrap();
-        assert!(matches!(set_current(dir.path(), Some("x")), Err(ContextError::Corrupt(_))));
+        assert!(matches!(
+            set_current(dir.path(), Some("x")),
+            Err(ContextError::Corrupt(_))
+        ));
     }
 }

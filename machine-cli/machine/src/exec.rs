@@ -45,7 +45,10 @@ pub struct ExecOutput {
 }
 
 /// Connects to the exec service and sends the request.
-pub async fn open(carrier: &Carrier, request: &ExecRequest) -> Result<(ExecInput, ExecOutput), ExecError> {
+pub async fn open(
+    carrier: &Carrier,
+    request: &ExecRequest,
+) -> Result<(ExecInput, ExecOutput), ExecError> {
     let mut stream = carrier.connect(Service::Exec).await?;
     stream.write_all(request.encode().as_bytes()).await?;
     stream.flush().await?;
@@ -108,7 +111,10 @@ impl ExecOutcome {
 /// Runs a command without a terminal, with `stdin` as its input, and collects its output.
 /// A command the agent could not start is [`ExecError::Refused`].
 pub async fn run(carrier: &Carrier, argv: &[&str], stdin: &[u8]) -> Result<ExecOutcome, ExecError> {
-    let request = ExecRequest { argv: argv.iter().map(|a| a.to_string()).collect(), ..ExecRequest::default() };
+    let request = ExecRequest {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        ..ExecRequest::default()
+    };
     let (mut input, mut output) = open(carrier, &request).await?;
     // Small inputs only (probes): the agent reads stdin while the command runs, so this
     // cannot block for long.
@@ -119,7 +125,13 @@ pub async fn run(carrier: &Carrier, argv: &[&str], stdin: &[u8]) -> Result<ExecO
         match output.next().await? {
             Some(GuestFrame::Stdout(d)) => out.extend(d),
             Some(GuestFrame::Stderr(d)) => err.extend(d),
-            Some(GuestFrame::Exit(code)) => return Ok(ExecOutcome { code, stdout: out, stderr: err }),
+            Some(GuestFrame::Exit(code)) => {
+                return Ok(ExecOutcome {
+                    code,
+                    stdout: out,
+                    stderr: err,
+                })
+            }
             Some(GuestFrame::Error(message)) => return Err(ExecError::Refused(message)),
             None => return Err(ExecError::NoExit),
         }
@@ -145,16 +157,25 @@ mod tests {
         tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let mut s = BufReader::new(s);
-            let Line::Data(h) = read_line_limited(&mut s, MAX_HEADER_LINE).await.unwrap() else { panic!("no hello") };
+            let Line::Data(h) = read_line_limited(&mut s, MAX_HEADER_LINE).await.unwrap() else {
+                panic!("no hello")
+            };
             assert_eq!(hello::parse_hello(&h).unwrap().service, Service::Exec);
-            s.get_mut().write_all(hello::format_ok().as_bytes()).await.unwrap();
-            let Line::Data(header) = read_line_limited(&mut s, 65536).await.unwrap() else { panic!("no header") };
+            s.get_mut()
+                .write_all(hello::format_ok().as_bytes())
+                .await
+                .unwrap();
+            let Line::Data(header) = read_line_limited(&mut s, 65536).await.unwrap() else {
+                panic!("no header")
+            };
             let request = ExecRequest::parse(&header).unwrap();
             let mut out = GuestFrame::Stderr(request.argv.join(" ").into_bytes()).encode();
             loop {
                 match HostFrame::read(&mut s).await.unwrap() {
                     Some(HostFrame::Stdin(d)) if d.is_empty() => break,
-                    Some(HostFrame::Stdin(d)) => out.extend(GuestFrame::Stdout(d.to_ascii_uppercase()).encode()),
+                    Some(HostFrame::Stdin(d)) => {
+                        out.extend(GuestFrame::Stdout(d.to_ascii_uppercase()).encode())
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -163,21 +184,37 @@ mod tests {
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest).await;
         });
-        Carrier::Tcp { ports: BTreeMap::from([(Service::Exec.port(), addr)]), token: "t".into() }
+        Carrier::Tcp {
+            ports: BTreeMap::from([(Service::Exec.port(), addr)]),
+            token: "t".into(),
+        }
     }
 
     #[tokio::test]
     async fn test_run_collects_output_and_the_exit_code() {
         let carrier = fake_exec().await;
         let outcome = run(&carrier, &["tar", "-x"], b"hello").await.unwrap();
-        assert_eq!(outcome, ExecOutcome { code: 9, stdout: b"HELLO".to_vec(), stderr: b"tar -x".to_vec() });
+        assert_eq!(
+            outcome,
+            ExecOutcome {
+                code: 9,
+                stdout: b"HELLO".to_vec(),
+                stderr: b"tar -x".to_vec()
+            }
+        );
         assert_eq!(outcome.stderr_text(), "tar -x");
     }
 
     #[tokio::test]
     async fn test_missing_forward_is_a_link_error() {
-        let carrier = Carrier::Tcp { ports: BTreeMap::new(), token: "t".into() };
+        let carrier = Carrier::Tcp {
+            ports: BTreeMap::new(),
+            token: "t".into(),
+        };
         let err = run(&carrier, &["true"], b"").await.unwrap_err();
-        assert!(matches!(err, ExecError::Link(LinkError::NoForward(1026))), "{err}");
+        assert!(
+            matches!(err, ExecError::Link(LinkError::NoForward(1026))),
+            "{err}"
+        );
     }
 }

@@ -47,12 +47,19 @@ mod port_pairs {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(map: &BTreeMap<u16, SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<u16, SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         map.iter().collect::<Vec<_>>().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, SocketAddr>, D::Error> {
-        Ok(Vec::<(u16, SocketAddr)>::deserialize(d)?.into_iter().collect())
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u16, SocketAddr>, D::Error> {
+        Ok(Vec::<(u16, SocketAddr)>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -62,7 +69,11 @@ pub enum LinkError {
     #[error("no forward for guest port {0} on this carrier")]
     NoForward(u16),
     #[error("cannot connect to {target}")]
-    Connect { target: String, #[source] source: io::Error },
+    Connect {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("guest link closed during the handshake with the {0} service")]
     Closed(Service),
     #[error("timed out after {HANDSHAKE_TIMEOUT:?} waiting for the {0} service")]
@@ -70,7 +81,11 @@ pub enum LinkError {
     #[error("vsock muxer refused port {port}: {answer:?}")]
     VsockRefused { port: u16, answer: String },
     #[error("handshake with the {service} service failed")]
-    Hello { service: Service, #[source] source: HelloError },
+    Hello {
+        service: Service,
+        #[source]
+        source: HelloError,
+    },
     #[error("i/o on the guest link")]
     Io(#[from] io::Error),
 }
@@ -100,21 +115,30 @@ impl Carrier {
                 let addr = ports.get(&port).ok_or(LinkError::NoForward(port))?;
                 let s = TcpStream::connect(addr)
                     .await
-                    .map_err(|source| LinkError::Connect { target: addr.to_string(), source })?;
+                    .map_err(|source| LinkError::Connect {
+                        target: addr.to_string(),
+                        source,
+                    })?;
                 s.set_nodelay(true)?;
                 (Inner::Tcp(s), Some(token.as_str()))
             }
             Carrier::HybridVsock { uds } => {
-                let s = UnixStream::connect(uds).await.map_err(|source| LinkError::Connect {
-                    target: uds.display().to_string(),
-                    source,
-                })?;
+                let s = UnixStream::connect(uds)
+                    .await
+                    .map_err(|source| LinkError::Connect {
+                        target: uds.display().to_string(),
+                        source,
+                    })?;
                 (Inner::Unix(s), None)
             }
         };
-        let mut stream = GuestStream { inner: BufReader::new(inner) };
+        let mut stream = GuestStream {
+            inner: BufReader::new(inner),
+        };
         if let Carrier::HybridVsock { .. } = self {
-            stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+            stream
+                .write_all(format!("CONNECT {port}\n").as_bytes())
+                .await?;
             let answer = stream.read_header_line(service).await?;
             if !answer.starts_with(b"OK ") {
                 return Err(LinkError::VsockRefused {
@@ -123,7 +147,9 @@ impl Carrier {
                 });
             }
         }
-        stream.write_all(hello::format_hello(service, token).as_bytes()).await?;
+        stream
+            .write_all(hello::format_hello(service, token).as_bytes())
+            .await?;
         let answer = stream.read_header_line(service).await?;
         hello::parse_answer(&answer).map_err(|source| LinkError::Hello { service, source })?;
         Ok(stream)
@@ -134,7 +160,10 @@ impl GuestStream {
     async fn read_header_line(&mut self, service: Service) -> Result<Vec<u8>, LinkError> {
         match read_line_limited(&mut self.inner, MAX_HEADER_LINE).await? {
             Line::Data(line) => Ok(line),
-            Line::TooLong { .. } => Err(LinkError::Hello { service, source: HelloError::NotHello }),
+            Line::TooLong { .. } => Err(LinkError::Hello {
+                service,
+                source: HelloError::NotHello,
+            }),
             Line::Eof => Err(LinkError::Closed(service)),
         }
     }
@@ -146,13 +175,21 @@ impl GuestStream {
 }
 
 impl AsyncRead for GuestStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for GuestStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut().inner.get_mut() {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -175,7 +212,11 @@ impl AsyncWrite for GuestStream {
 }
 
 impl AsyncRead for Inner {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -207,14 +248,19 @@ pub struct ControlClient {
 impl ControlClient {
     /// Connects to the control service.
     pub async fn connect(carrier: &Carrier) -> Result<ControlClient, ControlError> {
-        Ok(ControlClient { stream: carrier.connect(Service::Control).await?, next_id: 1 })
+        Ok(ControlClient {
+            stream: carrier.connect(Service::Control).await?,
+            next_id: 1,
+        })
     }
 
     /// Sends one request and waits for its reply.
     pub async fn call(&mut self, request: Request) -> Result<Reply, ControlError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.stream.write_all(control::encode_request(id, request).as_bytes()).await?;
+        self.stream
+            .write_all(control::encode_request(id, request).as_bytes())
+            .await?;
         match self.stream.read_line(MAX_CONTROL_LINE).await? {
             Line::Data(line) => Ok(control::parse_reply(&line, id)?),
             Line::TooLong { .. } => Err(ControlError::TooLong),
@@ -241,10 +287,16 @@ mod tests {
             };
             let hello = hello::parse_hello(&line).unwrap();
             if hello.token.as_deref() != Some(token) {
-                s.get_mut().write_all(hello::format_err("wrong token").as_bytes()).await.unwrap();
+                s.get_mut()
+                    .write_all(hello::format_err("wrong token").as_bytes())
+                    .await
+                    .unwrap();
                 return line;
             }
-            s.get_mut().write_all(hello::format_ok().as_bytes()).await.unwrap();
+            s.get_mut()
+                .write_all(hello::format_ok().as_bytes())
+                .await
+                .unwrap();
             while let Line::Data(req) = read_line_limited(&mut s, MAX_CONTROL_LINE).await.unwrap() {
                 let env = control::parse_request(&req).unwrap();
                 let reply = control::encode_reply(env.id, control::Outcome::Ok(Reply::Pong));
@@ -256,7 +308,10 @@ mod tests {
     }
 
     fn tcp(addr: SocketAddr, token: &str) -> Carrier {
-        Carrier::Tcp { ports: BTreeMap::from([(Service::Control.port(), addr)]), token: token.into() }
+        Carrier::Tcp {
+            ports: BTreeMap::from([(Service::Control.port(), addr)]),
+            token: token.into(),
+        }
     }
 
     #[tokio::test]
@@ -274,19 +329,39 @@ mod tests {
     #[tokio::test]
     async fn test_wrong_token_is_a_clear_error() {
         let (addr, _task) = fake_agent("right").await;
-        let err = ControlClient::connect(&tcp(addr, "wrong")).await.err().unwrap();
-        let text = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
-        assert!(matches!(err, ControlError::Link(LinkError::Hello { .. })), "{text}");
+        let err = ControlClient::connect(&tcp(addr, "wrong"))
+            .await
+            .err()
+            .unwrap();
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(
+            matches!(err, ControlError::Link(LinkError::Hello { .. })),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn test_missing_forward_and_dead_port() {
-        let carrier = Carrier::Tcp { ports: BTreeMap::new(), token: "t".into() };
-        assert!(matches!(carrier.connect(Service::Engine).await, Err(LinkError::NoForward(2375))));
+        let carrier = Carrier::Tcp {
+            ports: BTreeMap::new(),
+            token: "t".into(),
+        };
+        assert!(matches!(
+            carrier.connect(Service::Engine).await,
+            Err(LinkError::NoForward(2375))
+        ));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        assert!(matches!(tcp(addr, "t").connect(Service::Control).await, Err(LinkError::Connect { .. })));
+        assert!(matches!(
+            tcp(addr, "t").connect(Service::Control).await,
+            Err(LinkError::Connect { .. })
+        ));
     }
 
     #[tokio::test]
@@ -297,14 +372,24 @@ mod tests {
         let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let mut s = BufReader::new(s);
-            let Line::Data(connect) = read_line_limited(&mut s, 64).await.unwrap() else { panic!() };
+            let Line::Data(connect) = read_line_limited(&mut s, 64).await.unwrap() else {
+                panic!()
+            };
             s.get_mut().write_all(b"OK 1073741824\n").await.unwrap();
-            let Line::Data(h) = read_line_limited(&mut s, 512).await.unwrap() else { panic!() };
-            s.get_mut().write_all(hello::format_ok().as_bytes()).await.unwrap();
+            let Line::Data(h) = read_line_limited(&mut s, 512).await.unwrap() else {
+                panic!()
+            };
+            s.get_mut()
+                .write_all(hello::format_ok().as_bytes())
+                .await
+                .unwrap();
             s.get_mut().write_all(b"engine bytes").await.unwrap();
             (connect, h)
         });
-        let mut stream = Carrier::HybridVsock { uds }.connect(Service::Engine).await.unwrap();
+        let mut stream = Carrier::HybridVsock { uds }
+            .connect(Service::Engine)
+            .await
+            .unwrap();
         let mut buf = [0u8; 12];
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"engine bytes");

@@ -34,7 +34,11 @@ mod tests {
 
     #[test]
     fn test_requests_round_trip_and_reject_unknown() {
-        for r in [HostAgentRequest::Status, HostAgentRequest::Stop, HostAgentRequest::SyncTime] {
+        for r in [
+            HostAgentRequest::Status,
+            HostAgentRequest::Stop,
+            HostAgentRequest::SyncTime,
+        ] {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<HostAgentRequest>(&line).unwrap(), r);
         }

@@ -31,7 +31,11 @@ pub enum LifecycleError {
     #[error(transparent)]
     Paths(#[from] crate::paths::PathsError),
     #[error("cannot prepare machine {name}")]
-    Prepare { name: String, #[source] source: MachineError },
+    Prepare {
+        name: String,
+        #[source]
+        source: MachineError,
+    },
 }
 
 /// One machine as a listing shows it (`rmachine ls --format json`, the GUI's table).
@@ -83,7 +87,10 @@ impl MachineSummary {
             disk_size_gib: Some(machine.spec.disk_size_gib),
             active: current_context == Some(context.as_str()),
             docker_context: context,
-            docker_host: Some(format!("unix://{}", machine.files.docker_socket().display())),
+            docker_host: Some(format!(
+                "unix://{}",
+                machine.files.docker_socket().display()
+            )),
             can_start_stop: d.capabilities().can_start_stop,
             ports: s.ports.clone(),
             started_at_unix: s.started_at_unix,
@@ -93,7 +100,11 @@ impl MachineSummary {
     }
 
     /// The summary of a machine whose files could not be loaded.
-    pub fn broken(name: &str, error: &dyn std::error::Error, current_context: Option<&str>) -> MachineSummary {
+    pub fn broken(
+        name: &str,
+        error: &dyn std::error::Error,
+        current_context: Option<&str>,
+    ) -> MachineSummary {
         let context = docker_context::context_name(name);
         MachineSummary {
             name: name.to_string(),
@@ -149,14 +160,20 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     pub fn new(store: Store, docker_config: PathBuf) -> Lifecycle {
-        Lifecycle { store, docker_config }
+        Lifecycle {
+            store,
+            docker_config,
+        }
     }
 
     /// The store and docker config folder the environment names (`RMACHINE_HOME`,
     /// `DOCKER_CONFIG`, `HOME`).
     pub fn from_env() -> Result<Lifecycle, LifecycleError> {
         let paths = crate::paths::Paths::from_env()?;
-        Ok(Lifecycle::new(Store::new(paths), docker_context::docker_config_dir()?))
+        Ok(Lifecycle::new(
+            Store::new(paths),
+            docker_context::docker_config_dir()?,
+        ))
     }
 
     pub fn store(&self) -> &Store {
@@ -174,7 +191,8 @@ impl Lifecycle {
 
     /// The machine whose context is current, if any.
     pub fn active_machine(&self) -> Option<String> {
-        self.current_context().and_then(|c| c.strip_prefix("rmachine-").map(str::to_string))
+        self.current_context()
+            .and_then(|c| c.strip_prefix("rmachine-").map(str::to_string))
     }
 
     /// Every machine, a broken one as an error row.
@@ -204,10 +222,17 @@ impl Lifecycle {
         let d = driver::for_machine(&machine);
         if let Err(source) = d.create(&machine) {
             let _ = self.store.remove(name);
-            return Err(LifecycleError::Prepare { name: name.to_string(), source });
+            return Err(LifecycleError::Prepare {
+                name: name.to_string(),
+                source,
+            });
         }
         self.write_context(&machine)?;
-        tracing::info!(machine = name, driver = machine.spec.driver.as_str(), "machine created");
+        tracing::info!(
+            machine = name,
+            driver = machine.spec.driver.as_str(),
+            "machine created"
+        );
         Ok(machine)
     }
 
@@ -223,13 +248,21 @@ impl Lifecycle {
 
     /// Starts a machine and waits until its engine answers (a running one is left as it
     /// is); `progress` hears what the start is doing. Returns the machine as it is then.
-    pub fn start(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<Machine, LifecycleError> {
+    pub fn start(
+        &self,
+        name: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Machine, LifecycleError> {
         let machine = self.store.load(name)?;
         if machine.state.state != State::Running {
             self.write_context(&machine)?;
             let d = driver::for_machine(&machine);
             if !d.capabilities().can_start_stop {
-                return Err(MachineError::Unsupported { driver: machine.spec.driver.as_str(), op: "start" }.into());
+                return Err(MachineError::Unsupported {
+                    driver: machine.spec.driver.as_str(),
+                    op: "start",
+                }
+                .into());
             }
             let _span = tracing::info_span!("start", machine = name).entered();
             d.start(&machine, progress)?;
@@ -255,7 +288,11 @@ impl Lifecycle {
     }
 
     /// Stops (when not stopped) and starts a machine.
-    pub fn restart(&self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<Machine, LifecycleError> {
+    pub fn restart(
+        &self,
+        name: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Machine, LifecycleError> {
         self.stop(name, false)?;
         self.start(name, progress)
     }
@@ -272,7 +309,11 @@ impl Lifecycle {
         if let Some(m) = &machine {
             let busy = !matches!(m.state.state, State::Stopped | State::Error(_));
             if busy && !force {
-                return Err(StoreError::Busy { name: name.to_string(), state: m.state.state.name() }.into());
+                return Err(StoreError::Busy {
+                    name: name.to_string(),
+                    state: m.state.state.name(),
+                }
+                .into());
             }
             // Also for an error state: a VM process may be left.
             let d = driver::for_machine(m);
@@ -289,7 +330,10 @@ impl Lifecycle {
     pub fn use_machine(&self, name: &str) -> Result<(), LifecycleError> {
         let m = self.store.load(name)?;
         self.write_context(&m)?;
-        docker_context::set_current(&self.docker_config, Some(&docker_context::context_name(name)))?;
+        docker_context::set_current(
+            &self.docker_config,
+            Some(&docker_context::context_name(name)),
+        )?;
         Ok(())
     }
 
@@ -301,10 +345,21 @@ impl Lifecycle {
 
     /// The last `max_bytes` of a machine's log (empty when it has none yet), cut at a
     /// line start, and the file's length (to follow it from there).
-    pub fn log_tail(&self, name: &str, kind: LogKind, max_bytes: u64) -> Result<(String, u64), LifecycleError> {
+    pub fn log_tail(
+        &self,
+        name: &str,
+        kind: LogKind,
+        max_bytes: u64,
+    ) -> Result<(String, u64), LifecycleError> {
         let m = self.store.load(name)?;
         let path = kind.path(&m);
-        Ok(read_tail(&path, max_bytes).map_err(|source| StoreError::Io { what: "cannot read", path, source })?)
+        Ok(
+            read_tail(&path, max_bytes).map_err(|source| StoreError::Io {
+                what: "cannot read",
+                path,
+                source,
+            })?,
+        )
     }
 
     /// The defaults for new machines (`defaults.toml`).
@@ -315,11 +370,20 @@ impl Lifecycle {
     /// Replaces the defaults for new machines after checking them.
     pub fn set_defaults(&self, settings: &Settings) -> Result<(), LifecycleError> {
         settings.validate()?;
-        let defaults = Settings { version: None, ..settings.clone() };
+        let defaults = Settings {
+            version: None,
+            ..settings.clone()
+        };
         let home = self.store.paths().home();
-        std::fs::create_dir_all(home)
-            .map_err(|source| StoreError::Io { what: "cannot create", path: home.to_path_buf(), source })?;
-        Ok(config::write_defaults(&self.store.paths().defaults_file(), &defaults)?)
+        std::fs::create_dir_all(home).map_err(|source| StoreError::Io {
+            what: "cannot create",
+            path: home.to_path_buf(),
+            source,
+        })?;
+        Ok(config::write_defaults(
+            &self.store.paths().defaults_file(),
+            &defaults,
+        )?)
     }
 }
 
@@ -369,13 +433,21 @@ mod tests {
 
     fn lifecycle() -> (tempfile::TempDir, Lifecycle) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
+        let store = Store::new(Paths::with_roots(
+            dir.path().join("home"),
+            dir.path().join("cache"),
+        ));
         let lc = Lifecycle::new(store, dir.path().join("docker"));
         (dir, lc)
     }
 
     fn fake() -> Settings {
-        Settings { driver: Some(DriverKind::Fake), cpus: Some(1), memory_mib: Some(1024), ..Default::default() }
+        Settings {
+            driver: Some(DriverKind::Fake),
+            cpus: Some(1),
+            memory_mib: Some(1024),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -387,7 +459,10 @@ mod tests {
         let m = lc.start("dev", &mut |d| heard.push(d.to_string())).unwrap();
         assert_eq!(m.state.state, State::Running);
         assert!(!heard.is_empty());
-        assert!(matches!(lc.remove("dev", false), Err(LifecycleError::Store(StoreError::Busy { .. }))));
+        assert!(matches!(
+            lc.remove("dev", false),
+            Err(LifecycleError::Store(StoreError::Busy { .. }))
+        ));
         lc.use_machine("dev").unwrap();
         assert_eq!(lc.active_machine().as_deref(), Some("dev"));
         let rows = lc.summaries().unwrap();
@@ -402,10 +477,18 @@ mod tests {
     fn test_broken_machine_is_an_error_row() {
         let (_d, lc) = lifecycle();
         lc.create("dev", &fake()).unwrap();
-        std::fs::write(lc.store().paths().machine("dev").config(), "version = 1\ncpus = [").unwrap();
+        std::fs::write(
+            lc.store().paths().machine("dev").config(),
+            "version = 1\ncpus = [",
+        )
+        .unwrap();
         let rows = lc.summaries().unwrap();
         assert_eq!(rows[0].state, "error");
-        assert!(rows[0].error.as_deref().unwrap_or("").contains("machine.toml"));
+        assert!(rows[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("machine.toml"));
         lc.remove("dev", true).unwrap();
         assert!(lc.summaries().unwrap().is_empty());
     }
@@ -425,9 +508,19 @@ mod tests {
     fn test_defaults_round_trip_and_validation() {
         let (_d, lc) = lifecycle();
         assert_eq!(lc.defaults().unwrap(), Settings::default());
-        lc.set_defaults(&Settings { cpus: Some(1), disk_size_gib: Some(10), ..Default::default() }).unwrap();
+        lc.set_defaults(&Settings {
+            cpus: Some(1),
+            disk_size_gib: Some(10),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(lc.defaults().unwrap().disk_size_gib, Some(10));
-        assert!(lc.set_defaults(&Settings { disk_size_gib: Some(1), ..Default::default() }).is_err());
+        assert!(lc
+            .set_defaults(&Settings {
+                disk_size_gib: Some(1),
+                ..Default::default()
+            })
+            .is_err());
         let m = lc.create("dev", &fake()).unwrap();
         assert_eq!(m.spec.disk_size_gib, 10);
     }

@@ -25,7 +25,11 @@ pub enum PathsError {
 impl Paths {
     /// Roots from the environment (`RMACHINE_HOME`, `RMACHINE_CACHE`, XDG, `HOME`).
     pub fn from_env() -> Result<Paths, PathsError> {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let user_home = var("HOME");
         let home = var("RMACHINE_HOME")
             .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("rmachine")))
@@ -40,7 +44,10 @@ impl Paths {
 
     /// Roots given explicitly (tests).
     pub fn with_roots(home: impl Into<PathBuf>, cache: impl Into<PathBuf>) -> Paths {
-        Paths { home: home.into(), cache: cache.into() }
+        Paths {
+            home: home.into(),
+            cache: cache.into(),
+        }
     }
 
     pub fn home(&self) -> &Path {
@@ -90,7 +97,9 @@ impl Paths {
 impl Paths {
     /// The files of machine `name`.
     pub fn machine(&self, name: &str) -> MachinePaths {
-        MachinePaths { dir: self.machine_dir(name) }
+        MachinePaths {
+            dir: self.machine_dir(name),
+        }
     }
 
     /// Global defaults for new machines.
@@ -191,10 +200,16 @@ mod tests {
     fn test_paths_hang_from_their_roots() {
         let p = Paths::with_roots("/h", "/c");
         assert_eq!(p.image_dir("1.0-abc"), PathBuf::from("/h/images/1.0-abc"));
-        assert_eq!(p.machine_dir("default"), PathBuf::from("/h/machines/default"));
+        assert_eq!(
+            p.machine_dir("default"),
+            PathBuf::from("/h/machines/default")
+        );
         assert_eq!(p.kernel_cache(), PathBuf::from("/c/kernel"));
         assert_eq!(p.apt_cache(), PathBuf::from("/c/apt-trixie"));
-        assert_eq!(p.machine("m").docker_socket(), PathBuf::from("/h/machines/m/docker.sock"));
+        assert_eq!(
+            p.machine("m").docker_socket(),
+            PathBuf::from("/h/machines/m/docker.sock")
+        );
         assert_eq!(p.defaults_file(), PathBuf::from("/h/defaults.toml"));
     }
 }

@@ -58,7 +58,13 @@ impl QemuVm {
         if !self.shares.is_empty() {
             // vhost-user devices need the guest memory shared with virtiofsd.
             machine.push_str(",memory-backend=mem");
-            cmd.args(["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib)]);
+            cmd.args([
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    self.memory_mib
+                ),
+            ]);
         }
         // Software emulation runs the vCPUs on one host thread: with one thread per vCPU
         // (MTTCG) a guest kernel's live code patching (static keys, `text_poke_bp`) was seen to
@@ -69,13 +75,30 @@ impl QemuVm {
             other => other.as_str().to_string(),
         };
         cmd.args(["-M", &machine, "-accel", &accel]);
-        cmd.args(["-cpu", if self.accel == Accel::Tcg { "max" } else { "host" }]);
-        cmd.args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        cmd.args([
+            "-cpu",
+            if self.accel == Accel::Tcg {
+                "max"
+            } else {
+                "host"
+            },
+        ]);
+        cmd.args([
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &format!("{}M", self.memory_mib),
+        ]);
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        cmd.arg("-serial").arg(format!("file:{}", self.console_log.display()));
+        cmd.arg("-serial")
+            .arg(format!("file:{}", self.console_log.display()));
         cmd.arg("-kernel").arg(&self.kernel);
         cmd.arg("-append").arg(format!("{} reboot=t", self.cmdline));
-        let disks = [("root", &self.rootfs, true), ("data", &self.data_disk, false), ("config", &self.config_disk, true)];
+        let disks = [
+            ("root", &self.rootfs, true),
+            ("data", &self.data_disk, false),
+            ("config", &self.config_disk, true),
+        ];
         for (id, path, read_only) in disks {
             let ro = if read_only { ",readonly=on" } else { "" };
             cmd.arg("-drive").arg(format!(
@@ -86,19 +109,38 @@ impl QemuVm {
         }
         let mut netdev = "user,id=net0".to_string();
         for (host, guest_port) in &self.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:{}:{}-:{guest_port}", host.ip(), host.port()));
+            netdev.push_str(&format!(
+                ",hostfwd=tcp:{}:{}-:{guest_port}",
+                host.ip(),
+                host.port()
+            ));
         }
-        cmd.args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"]);
-        cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0"]);
+        cmd.args([
+            "-netdev",
+            &netdev,
+            "-device",
+            "virtio-net-device,netdev=net0",
+        ]);
+        cmd.args([
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-device,rng=rng0",
+        ]);
         for (i, share) in self.shares.iter().enumerate() {
-            cmd.arg("-chardev").arg(format!("socket,id=fs{i},path={}", escape(&share.socket)));
-            cmd.args(["-device", &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag)]);
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=fs{i},path={}", escape(&share.socket)));
+            cmd.args([
+                "-device",
+                &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag),
+            ]);
         }
         if let Some(cid) = self.vsock_cid {
             cmd.args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
         }
         if let Some(qmp) = &self.qmp_socket {
-            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", escape(qmp)));
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", escape(qmp)));
         }
         if let Some(pid) = &self.pid_file {
             cmd.arg("-pidfile").arg(pid);
@@ -138,30 +180,65 @@ mod tests {
     #[test]
     fn test_command_has_disks_in_order_and_forwards() {
         let cmd = vm().command();
-        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let joined = args.join(" ");
         let root = joined.find("id=root").unwrap();
         let data = joined.find("id=data").unwrap();
         let config = joined.find("id=config").unwrap();
         assert!(root < data && data < config, "{joined}");
-        assert!(joined.contains("file=/m/data,,1.img"), "commas must be doubled: {joined}");
-        assert!(joined.contains("hostfwd=tcp:127.0.0.1:41000-:1024"), "{joined}");
+        assert!(
+            joined.contains("file=/m/data,,1.img"),
+            "commas must be doubled: {joined}"
+        );
+        assert!(
+            joined.contains("hostfwd=tcp:127.0.0.1:41000-:1024"),
+            "{joined}"
+        );
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("reboot=t"));
         assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
-        assert!(args.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg,thread=single"), "{joined}");
-        assert!(!joined.contains("memory-backend"), "no shared memory without shares");
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "-accel" && w[1] == "tcg,thread=single"),
+            "{joined}"
+        );
+        assert!(
+            !joined.contains("memory-backend"),
+            "no shared memory without shares"
+        );
     }
 
     #[test]
     fn test_shares_get_shared_memory_and_vhost_user_fs() {
         let mut v = vm();
-        v.shares = vec![QemuShare { tag: "share0".into(), socket: "/m/fs0.sock".into() }];
-        let joined: Vec<String> = v.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        v.shares = vec![QemuShare {
+            tag: "share0".into(),
+            socket: "/m/fs0.sock".into(),
+        }];
+        let joined: Vec<String> = v
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let joined = joined.join(" ");
-        assert!(joined.contains("memory-backend-memfd,id=mem,size=2048M,share=on"), "{joined}");
-        assert!(joined.contains("microvm,acpi=off,rtc=off,pcie=off,memory-backend=mem"), "{joined}");
-        assert!(joined.contains("socket,id=fs0,path=/m/fs0.sock"), "{joined}");
-        assert!(joined.contains("vhost-user-fs-device,chardev=fs0,tag=share0"), "{joined}");
+        assert!(
+            joined.contains("memory-backend-memfd,id=mem,size=2048M,share=on"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("microvm,acpi=off,rtc=off,pcie=off,memory-backend=mem"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("socket,id=fs0,path=/m/fs0.sock"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("vhost-user-fs-device,chardev=fs0,tag=share0"),
+            "{joined}"
+        );
     }
 }

@@ -108,7 +108,10 @@ impl MachineState {
     pub fn read(path: &Path) -> MachineState {
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| MachineState {
-                state: State::Error(format!("{} is corrupt ({e}); `rmachine start` regenerates it", path.display())),
+                state: State::Error(format!(
+                    "{} is corrupt ({e}); `rmachine start` regenerates it",
+                    path.display()
+                )),
                 ..MachineState::stopped()
             }),
             Err(_) => MachineState::stopped(),
@@ -133,11 +136,17 @@ mod tests {
         let path = dir.path().join("state.json");
         let mut s = MachineState::stopped();
         s.state = State::Error("VM died".into());
-        s.carrier = Some(Carrier::Tcp { ports: BTreeMap::from([(1024, "127.0.0.1:5000".parse().unwrap())]), token: "t".into() });
+        s.carrier = Some(Carrier::Tcp {
+            ports: BTreeMap::from([(1024, "127.0.0.1:5000".parse().unwrap())]),
+            token: "t".into(),
+        });
         s.write(&path).unwrap();
         assert_eq!(MachineState::read(&path), s);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

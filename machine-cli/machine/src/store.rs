@@ -22,7 +22,12 @@ pub enum StoreError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{what} {path}")]
-    Io { what: &'static str, path: std::path::PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One machine as found on disk.
@@ -82,7 +87,13 @@ impl Store {
         let defaults = config::read_defaults(&self.paths.defaults_file())?;
         let spec = defaults.overlay(&file).resolve();
         let state = live_state(&files, name);
-        Ok(Machine { name: name.to_string(), files, file, spec, state })
+        Ok(Machine {
+            name: name.to_string(),
+            files,
+            file,
+            spec,
+            state,
+        })
     }
 
     /// Every machine's name, sorted.
@@ -91,7 +102,13 @@ impl Store {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::Io { what: "cannot list", path: dir, source: e }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: "cannot list",
+                    path: dir,
+                    source: e,
+                })
+            }
         };
         let mut names: Vec<String> = entries
             .flatten()
@@ -105,7 +122,11 @@ impl Store {
 
     /// Every machine; one whose files are broken is reported as an `Err` in its slot.
     pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        Ok(self.names()?.into_iter().map(|n| (n.clone(), self.load(&n))).collect())
+        Ok(self
+            .names()?
+            .into_iter()
+            .map(|n| (n.clone(), self.load(&n)))
+            .collect())
     }
 
     /// Replaces a machine's settings (applied at the next start).
@@ -131,7 +152,9 @@ impl Store {
 fn live_state(files: &MachinePaths, name: &str) -> MachineState {
     let mut state = MachineState::read(&files.state());
     if state.state.has_hostagent() && state.backend.as_deref() != Some("fake") {
-        let alive = state.hostagent_pid.is_some_and(|pid| is_hostagent(pid, name));
+        let alive = state
+            .hostagent_pid
+            .is_some_and(|pid| is_hostagent(pid, name));
         if !alive {
             state.state = State::Error(format!(
                 "the host agent exited unexpectedly while {}; see `rmachine logs hostagent {name}`",
@@ -155,7 +178,9 @@ pub fn is_hostagent(pid: u32, name: &str) -> bool {
 pub fn validate_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 40
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
@@ -169,7 +194,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -178,7 +208,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("cannot chmod", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("cannot chmod", path))
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -192,14 +223,25 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
+        let s = Store::new(Paths::with_roots(
+            dir.path().join("home"),
+            dir.path().join("cache"),
+        ));
         (dir, s)
     }
 
     #[test]
     fn test_create_load_list_remove() {
         let (_d, s) = store();
-        let m = s.create("dev", &Settings { cpus: Some(1), ..Default::default() }).unwrap();
+        let m = s
+            .create(
+                "dev",
+                &Settings {
+                    cpus: Some(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(m.spec.cpus, 1);
         assert_eq!(m.state.state, State::Stopped);
         s.create("alpha", &Settings::default()).unwrap();
@@ -213,9 +255,18 @@ mod tests {
     fn test_duplicate_and_bad_names() {
         let (_d, s) = store();
         s.create("dev", &Settings::default()).unwrap();
-        assert!(matches!(s.create("dev", &Settings::default()), Err(StoreError::Exists(_))));
+        assert!(matches!(
+            s.create("dev", &Settings::default()),
+            Err(StoreError::Exists(_))
+        ));
         for bad in ["", "Dev", "../x", "-x", "a b", &"x".repeat(41)] {
-            assert!(matches!(s.create(bad, &Settings::default()), Err(StoreError::InvalidName(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    s.create(bad, &Settings::default()),
+                    Err(StoreError::InvalidName(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 
@@ -228,7 +279,10 @@ mod tests {
         let err = s.load("dev").unwrap_err().to_string();
         assert!(err.contains("machine.toml"), "{err}");
         // The broken file is left as it was for the user to fix.
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "version = 1\ncpus = [");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "version = 1\ncpus = ["
+        );
         let listed = s.list().unwrap();
         assert!(listed[0].1.is_err());
     }

@@ -68,7 +68,10 @@ impl rmachine_image::Progress for StepProgress {
     }
 
     fn finish(&self, what: &str) {
-        let line = format!("      done: {what} ({:.1} s)", self.step_started.get().elapsed().as_secs_f64());
+        let line = format!(
+            "      done: {what} ({:.1} s)",
+            self.step_started.get().elapsed().as_secs_f64()
+        );
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),

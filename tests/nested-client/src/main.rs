@@ -333,8 +333,11 @@ fn unix_get(sock: &std::path::Path, path: &str) -> Result<Vec<u8>, String> {
     stream
         .set_read_timeout(Some(ATTEMPT_TIMEOUT))
         .map_err(|e| format!("set timeout: {e}"))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)

@@ -220,9 +220,16 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
 /// A host tool bundle of `rmachine setup` (`<cache>/host-tools/<name>`: trixie's loader, the
 /// libraries the tool needs as the loader lists them, the tool, `.complete`) copied to
 /// `dest` in the archive, with the same layout, so that `rmachine` finds it there.
-pub fn bundle_entries(tool: &rmachine_image::host_tools::HostTool, bundle: &Path, dest: &str) -> Vec<Entry> {
+pub fn bundle_entries(
+    tool: &rmachine_image::host_tools::HostTool,
+    bundle: &Path,
+    dest: &str,
+) -> Vec<Entry> {
     let (Some(loader), Some(lib_dir)) = (&tool.loader, &tool.library_path) else {
-        panic!("{} is not a bundle of `rmachine setup`", tool.binary.display());
+        panic!(
+            "{} is not a bundle of `rmachine setup`",
+            tool.binary.display()
+        );
     };
     let out = Command::new(loader)
         .arg("--library-path")
@@ -231,15 +238,31 @@ pub fn bundle_entries(tool: &rmachine_image::host_tools::HostTool, bundle: &Path
         .arg(&tool.binary)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} --list: {e}", loader.display()));
-    assert!(out.status.success(), "{} --list {} failed", loader.display(), tool.binary.display());
-    let mut files: BTreeSet<PathBuf> = parse_ldd(&String::from_utf8_lossy(&out.stdout)).into_iter().map(PathBuf::from).collect();
-    files.extend([loader.clone(), tool.binary.clone(), bundle.join(".complete")]);
+    assert!(
+        out.status.success(),
+        "{} --list {} failed",
+        loader.display(),
+        tool.binary.display()
+    );
+    let mut files: BTreeSet<PathBuf> = parse_ldd(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    files.extend([
+        loader.clone(),
+        tool.binary.clone(),
+        bundle.join(".complete"),
+    ]);
     files
         .iter()
         .filter_map(|f| {
             // The loader lists itself by its standard path; the bundle's own is included above.
             let rel = f.strip_prefix(bundle).ok()?;
-            Some(Entry::file(&format!("{dest}/{}", rel.display()), 0o755, read(f)))
+            Some(Entry::file(
+                &format!("{dest}/{}", rel.display()),
+                0o755,
+                read(f),
+            ))
         })
         .collect()
 }

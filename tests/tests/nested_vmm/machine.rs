@@ -47,13 +47,28 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     };
     let image = format!("{L1_HOME}/images/{}", manifest.version);
     let mut extra = vec![
-        file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
         file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-        file(&format!("{image}/manifest.json"), std::fs::read(image_dir.join("manifest.json")).unwrap()),
-        file(&format!("{image}/{}", manifest.kernel.file), std::fs::read(image_dir.join(&manifest.kernel.file)).unwrap()),
+        file(
+            &format!("{image}/manifest.json"),
+            std::fs::read(image_dir.join("manifest.json")).unwrap(),
+        ),
+        file(
+            &format!("{image}/{}", manifest.kernel.file),
+            std::fs::read(image_dir.join(&manifest.kernel.file)).unwrap(),
+        ),
     ];
-    extra.extend(bundle("virtiofsd", rmachine_image::host_tools::find_virtiofsd(&paths)));
-    extra.extend(bundle("passt", rmachine_image::host_tools::find_passt(&paths)));
+    extra.extend(bundle(
+        "virtiofsd",
+        rmachine_image::host_tools::find_virtiofsd(&paths),
+    ));
+    extra.extend(bundle(
+        "passt",
+        rmachine_image::host_tools::find_passt(&paths),
+    ));
     let env = format!(
         "CLIENT_TIMEOUT_S=600\nSHARE={SHARE}\nIMAGE_VERSION={}\nL2_MEMORY_MIB={}\n",
         manifest.version,
@@ -79,7 +94,10 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
 
     // L1's setup waits for three disks; the machine makes its own data and config disks.
     let dir = tempfile::tempdir().expect("temp dir");
-    let (data, config) = (dir.path().join("unused-data.img"), dir.path().join("unused-config.img"));
+    let (data, config) = (
+        dir.path().join("unused-data.img"),
+        dir.path().join("unused-config.img"),
+    );
     for f in [&data, &config] {
         std::fs::write(f, vec![0u8; 4096]).unwrap();
     }
@@ -89,13 +107,26 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     let cmd = l1::command(
         &kernel.vmlinuz,
         &initrd,
-        &l1::Disks { root: &image_dir.join(&manifest.rootfs.file), data: &data, config: &config },
+        &l1::Disks {
+            root: &image_dir.join(&manifest.rootfs.file),
+            data: &data,
+            config: &config,
+        },
         "",
     );
-    eprintln!("nested machine: image {}, L1 console in {}", manifest.version, log.display());
+    eprintln!(
+        "nested machine: image {}, L1 console in {}",
+        manifest.version,
+        log.display()
+    );
     let run = l1::run(cmd, L1_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
-    let at = |needle: &str| run.lines.iter().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t);
+    let at = |needle: &str| {
+        run.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    };
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     eprintln!(
         "nested machine timings (s): prepare={prepared_s:.1} l1_boot={} start_begins={} running={} stopped={} l1_run={:.1}",
@@ -105,7 +136,11 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
         fmt(at("NESTED L1 machine stopped")),
         run.elapsed.as_secs_f64(),
     );
-    for (_, line) in run.lines.iter().filter(|(_, l)| l.contains("NESTED STATUS") || l.contains("NESTED TIMING")) {
+    for (_, line) in run
+        .lines
+        .iter()
+        .filter(|(_, l)| l.contains("NESTED STATUS") || l.contains("NESTED TIMING"))
+    {
         eprintln!("{line}");
     }
     assert!(

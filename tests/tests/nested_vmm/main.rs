@@ -102,11 +102,15 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let prepared_s = total.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let (data, config_disk) = l2::write_disks(dir.path(), "nested", vec![Mount {
+    let (data, config_disk) = l2::write_disks(
+        dir.path(),
+        "nested",
+        vec![Mount {
             tag: SHARE_TAG.into(),
             guest_path: L2_SHARE_DIR.into(),
             read_only: false,
-        }]);
+        }],
+    );
 
     let log_dir = l1::log_dir(&target);
     std::fs::create_dir_all(&log_dir).expect("create the log folder");

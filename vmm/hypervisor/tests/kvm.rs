@@ -153,9 +153,15 @@ fn test_kvm_supported_cpuid_has_basic_leaves() {
     assert!(cpuid.iter().any(|e| e.function == 0));
     let leaf1 = cpuid.iter().find(|e| e.function == 1).expect("leaf 1");
     // The backend adds the TSC-deadline timer, which KVM leaves out of its list.
-    let has_tsc_deadline =
-        kvm_ioctls::Kvm::new().unwrap().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
-    assert_eq!(leaf1.ecx & (1 << 24) != 0, has_tsc_deadline, "leaf 1 ecx {:#x}", leaf1.ecx);
+    let has_tsc_deadline = kvm_ioctls::Kvm::new()
+        .unwrap()
+        .check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    assert_eq!(
+        leaf1.ecx & (1 << 24) != 0,
+        has_tsc_deadline,
+        "leaf 1 ecx {:#x}",
+        leaf1.ecx
+    );
     let caps = h.capabilities();
     assert_eq!(caps.backend, "kvm");
     assert!(caps.max_vcpus >= 1);

@@ -641,7 +641,10 @@ mod tests {
         assert!(e.ends_with("is not a unix socket"), "{e}");
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
             "filesystems": [{"tag": "a", "socket_path": sock}, {"tag": "a", "socket_path": sock}]}));
-        assert_eq!(e, "filesystems[1].tag: \"a\" is already used by filesystems[0]");
+        assert_eq!(
+            e,
+            "filesystems[1].tag: \"a\" is already used by filesystems[0]"
+        );
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
             "filesystems": [{"tag": "x".repeat(37), "socket_path": sock}]}));
         assert_eq!(e, "filesystems[0].tag: must be 1 to 36 bytes");

@@ -31,8 +31,7 @@ pub fn create(size: u64, shared: bool) -> Result<GuestMemory, MemoryError> {
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
     if !shared {
-        return GuestMemory::from_ranges(&ranges)
-            .map_err(|e| MemoryError::Allocate(size >> 20, e));
+        return GuestMemory::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(size >> 20, e));
     }
     let memfd = nix::sys::memfd::memfd_create(
         c"rmachine-guest-ram",
@@ -126,13 +125,8 @@ impl DiscardMemory for MadviseDiscard {
             // through volatile accessors only), so dropping the pages invalidates no Rust
             // value; the guest sees zero-filled pages, which is what the balloon protocol
             // promises it, and KVM follows the host page tables through its MMU notifier.
-            let rc = unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    self.advice,
-                )
-            };
+            let rc =
+                unsafe { libc::madvise(first as *mut libc::c_void, last - first, self.advice) };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }

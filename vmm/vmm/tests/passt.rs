@@ -36,7 +36,14 @@ impl Passt {
             .arg(socket)
             .arg("--pid")
             .arg(&pid_file)
-            .args(["--address", "10.0.2.15", "--netmask", "24", "--gateway", "10.0.2.2"])
+            .args([
+                "--address",
+                "10.0.2.15",
+                "--netmask",
+                "24",
+                "--gateway",
+                "10.0.2.2",
+            ])
             .args(["--map-host-loopback", "10.0.2.2", "--mac-addr", PASST_MAC])
             .args(["--dns", "10.0.2.3", "--search", "none"])
             .stdin(Stdio::null())
@@ -129,5 +136,9 @@ fn test_net_guest_gets_arp_and_dhcp_answers_from_real_passt() {
         );
     }
     let passt_status = passt.wait_exit();
-    assert!(passt_status.success(), "passt exited {passt_status}:\n{}", passt.log());
+    assert!(
+        passt_status.success(),
+        "passt exited {passt_status}:\n{}",
+        passt.log()
+    );
 }

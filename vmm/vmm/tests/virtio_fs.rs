@@ -82,7 +82,11 @@ fn test_files_the_guest_creates_belong_to_the_user_running_virtiofsd() {
     // As root, run virtiofsd as `nobody`; otherwise as ourselves.
     // SAFETY: geteuid has no preconditions and touches no memory of ours.
     let me = unsafe { libc::geteuid() };
-    let (run_as, owner) = if me == 0 { (Some(65534), 65534) } else { (None, me) };
+    let (run_as, owner) = if me == 0 {
+        (Some(65534), 65534)
+    } else {
+        (None, me)
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let tool = tool.copied_to(&dir.path().join("virtiofsd"));
@@ -115,7 +119,11 @@ fn test_files_the_guest_creates_belong_to_the_user_running_virtiofsd() {
         daemon.log()
     );
     let meta = std::fs::metadata(shared.join("from-guest.txt")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (owner, owner), "owner of the guest's file");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (owner, owner),
+        "owner of the guest's file"
+    );
 }
 
 #[test]

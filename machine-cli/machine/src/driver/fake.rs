@@ -19,7 +19,11 @@ impl FakeDriver {
 
 fn write(machine: &Machine, s: &MachineState) -> Result<(), MachineError> {
     let path = machine.files.state();
-    s.write(&path).map_err(|source| MachineError::Io { what: "cannot write", path, source })
+    s.write(&path).map_err(|source| MachineError::Io {
+        what: "cannot write",
+        path,
+        source,
+    })
 }
 
 impl Driver for FakeDriver {
@@ -28,7 +32,10 @@ impl Driver for FakeDriver {
     }
 
     fn capabilities(&self) -> DriverCaps {
-        DriverCaps { can_start_stop: true, local_vm: false }
+        DriverCaps {
+            can_start_stop: true,
+            local_vm: false,
+        }
     }
 
     fn create(&self, _machine: &Machine) -> Result<(), MachineError> {
@@ -61,6 +68,9 @@ impl Driver for FakeDriver {
     }
 
     fn endpoints(&self, machine: &Machine) -> Result<Endpoints, MachineError> {
-        Ok(Endpoints { docker_host: format!("unix://{}", machine.files.docker_socket().display()), ssh: None })
+        Ok(Endpoints {
+            docker_host: format!("unix://{}", machine.files.docker_socket().display()),
+            ssh: None,
+        })
     }
 }

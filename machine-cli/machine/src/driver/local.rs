@@ -52,15 +52,35 @@ pub struct BackendChoice {
 pub fn choose_backend(kind: DriverKind) -> BackendChoice {
     let a = accel::choose();
     match kind {
-        DriverKind::Qemu => BackendChoice { backend: Backend::Qemu, accel: a.accel, reason: format!("--driver qemu; {}", a.reason) },
-        DriverKind::Vmm => BackendChoice { backend: Backend::Vmm, accel: Accel::Kvm, reason: "--driver vmm".into() },
+        DriverKind::Qemu => BackendChoice {
+            backend: Backend::Qemu,
+            accel: a.accel,
+            reason: format!("--driver qemu; {}", a.reason),
+        },
+        DriverKind::Vmm => BackendChoice {
+            backend: Backend::Vmm,
+            accel: Accel::Kvm,
+            reason: "--driver vmm".into(),
+        },
         DriverKind::Auto | DriverKind::Fake => {
             if a.accel != Accel::Kvm {
-                BackendChoice { backend: Backend::Qemu, accel: a.accel, reason: format!("rmachine-vmm needs hardware KVM: {}", a.reason) }
+                BackendChoice {
+                    backend: Backend::Qemu,
+                    accel: a.accel,
+                    reason: format!("rmachine-vmm needs hardware KVM: {}", a.reason),
+                }
             } else if vmm_binary().is_none() {
-                BackendChoice { backend: Backend::Qemu, accel: a.accel, reason: "rmachine-vmm is not installed beside rmachine".into() }
+                BackendChoice {
+                    backend: Backend::Qemu,
+                    accel: a.accel,
+                    reason: "rmachine-vmm is not installed beside rmachine".into(),
+                }
             } else {
-                BackendChoice { backend: Backend::Vmm, accel: Accel::Kvm, reason: a.reason }
+                BackendChoice {
+                    backend: Backend::Vmm,
+                    accel: Accel::Kvm,
+                    reason: a.reason,
+                }
             }
         }
     }
@@ -86,7 +106,9 @@ fn rmachine_binary() -> PathBuf {
     if exe.file_name().is_some_and(|n| n == "rmachine") {
         return exe;
     }
-    exe.parent().map(|d| d.join("rmachine")).unwrap_or_else(|| PathBuf::from("rmachine"))
+    exe.parent()
+        .map(|d| d.join("rmachine"))
+        .unwrap_or_else(|| PathBuf::from("rmachine"))
 }
 
 pub struct LocalDriver {
@@ -100,17 +122,31 @@ impl LocalDriver {
 }
 
 /// Sends one request to a machine's host agent.
-pub fn hostagent_call(machine: &Machine, request: &HostAgentRequest) -> Result<HostAgentReply, MachineError> {
-    let err = |message: String| MachineError::HostAgent { name: machine.name.clone(), message };
+pub fn hostagent_call(
+    machine: &Machine,
+    request: &HostAgentRequest,
+) -> Result<HostAgentReply, MachineError> {
+    let err = |message: String| MachineError::HostAgent {
+        name: machine.name.clone(),
+        message,
+    };
     let path = machine.files.hostagent_socket();
-    let mut stream = UnixStream::connect(&path).map_err(|e| err(format!("cannot connect to {}: {e}", path.display())))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
+    let mut stream = UnixStream::connect(&path)
+        .map_err(|e| err(format!("cannot connect to {}: {e}", path.display())))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| err(e.to_string()))?;
     let mut line = serde_json::to_string(request).expect("request serializes");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|e| err(e.to_string()))?;
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).map_err(|e| err(e.to_string()))?;
-    let reply: HostAgentReply = serde_json::from_str(&reply).map_err(|e| err(format!("bad reply: {e}")))?;
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| err(e.to_string()))?;
+    let reply: HostAgentReply =
+        serde_json::from_str(&reply).map_err(|e| err(format!("bad reply: {e}")))?;
     match reply {
         HostAgentReply::Error { message } => Err(err(message)),
         other => Ok(other),
@@ -146,7 +182,10 @@ impl Driver for LocalDriver {
     }
 
     fn capabilities(&self) -> DriverCaps {
-        DriverCaps { can_start_stop: true, local_vm: true }
+        DriverCaps {
+            can_start_stop: true,
+            local_vm: true,
+        }
     }
 
     fn create(&self, machine: &Machine) -> Result<(), MachineError> {
@@ -157,11 +196,19 @@ impl Driver for LocalDriver {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| MachineError::Io { what: "cannot create", path: path.clone(), source })?;
+            .map_err(|source| MachineError::Io {
+                what: "cannot create",
+                path: path.clone(),
+                source,
+            })?;
         let current = file.metadata().map(|m| m.len()).unwrap_or(0);
         // Grow only: shrinking would cut the guest's file system.
         if current < size {
-            file.set_len(size).map_err(|source| MachineError::Io { what: "cannot size", path, source })?;
+            file.set_len(size).map_err(|source| MachineError::Io {
+                what: "cannot size",
+                path,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -170,7 +217,10 @@ impl Driver for LocalDriver {
         if machine.state.state.has_hostagent() {
             return match machine.state.state {
                 State::Running => Ok(()),
-                _ => Err(MachineError::StartFailed { name: machine.name.clone(), reason: format!("it is {}", machine.state.state.name()) }),
+                _ => Err(MachineError::StartFailed {
+                    name: machine.name.clone(),
+                    reason: format!("it is {}", machine.state.state.name()),
+                }),
             };
         }
         self.create(machine)?;
@@ -179,15 +229,29 @@ impl Driver for LocalDriver {
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|source| MachineError::Io { what: "cannot open", path: log_path.clone(), source })?;
-        let log2 = log.try_clone().map_err(|source| MachineError::Io { what: "cannot open", path: log_path.clone(), source })?;
+            .map_err(|source| MachineError::Io {
+                what: "cannot open",
+                path: log_path.clone(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| MachineError::Io {
+            what: "cannot open",
+            path: log_path.clone(),
+            source,
+        })?;
         // The starting state is written before the host agent runs, so a reader never
         // sees the stale state of the previous run.
         let mut starting = MachineState::stopped();
         starting.state = State::Starting;
         starting.detail = "starting the host agent".into();
         let state_path = machine.files.state();
-        starting.write(&state_path).map_err(|source| MachineError::Io { what: "cannot write", path: state_path.clone(), source })?;
+        starting
+            .write(&state_path)
+            .map_err(|source| MachineError::Io {
+                what: "cannot write",
+                path: state_path.clone(),
+                source,
+            })?;
         let exe = rmachine_binary();
         let mut child = Command::new(&exe)
             .arg("hostagent")
@@ -197,7 +261,10 @@ impl Driver for LocalDriver {
             .stderr(log2)
             .process_group(0)
             .spawn()
-            .map_err(|source| MachineError::SpawnHostAgent { exe: exe.display().to_string(), source })?;
+            .map_err(|source| MachineError::SpawnHostAgent {
+                exe: exe.display().to_string(),
+                source,
+            })?;
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last_detail = String::new();
         loop {
@@ -209,26 +276,40 @@ impl Driver for LocalDriver {
             match s.state {
                 State::Running => return Ok(()),
                 State::Error(reason) => {
-                    return Err(MachineError::StartFailed { name: machine.name.clone(), reason });
+                    return Err(MachineError::StartFailed {
+                        name: machine.name.clone(),
+                        reason,
+                    });
                 }
                 _ => {}
             }
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(MachineError::StartFailed {
                     name: machine.name.clone(),
-                    reason: format!("the host agent exited ({status}); its log ends:\n{}", tail(&log_path, 15)),
+                    reason: format!(
+                        "the host agent exited ({status}); its log ends:\n{}",
+                        tail(&log_path, 15)
+                    ),
                 });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return Err(MachineError::Timeout { name: machine.name.clone(), what: "start", timeout: START_TIMEOUT });
+                return Err(MachineError::Timeout {
+                    name: machine.name.clone(),
+                    what: "start",
+                    timeout: START_TIMEOUT,
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
-        let Some(pid) = machine.state.hostagent_pid.filter(|&p| is_hostagent(p, &machine.name)) else {
+        let Some(pid) = machine
+            .state
+            .hostagent_pid
+            .filter(|&p| is_hostagent(p, &machine.name))
+        else {
             // No host agent: make sure no VM is left behind, and record the stop.
             return self.kill(machine);
         };
@@ -243,7 +324,11 @@ impl Driver for LocalDriver {
             return Ok(());
         }
         self.kill(machine)?;
-        Err(MachineError::Timeout { name: machine.name.clone(), what: "stop cleanly (it was killed)", timeout: STOP_TIMEOUT })
+        Err(MachineError::Timeout {
+            name: machine.name.clone(),
+            what: "stop cleanly (it was killed)",
+            timeout: STOP_TIMEOUT,
+        })
     }
 
     fn kill(&self, machine: &Machine) -> Result<(), MachineError> {
@@ -261,7 +346,9 @@ impl Driver for LocalDriver {
         }
         // passt exits once its VM is gone, but not one whose VM never connected; its pid file
         // names it (again only if its command line names this machine's socket).
-        let passt_pid = std::fs::read_to_string(machine.files.passt_pid()).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        let passt_pid = std::fs::read_to_string(machine.files.passt_pid())
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
         if let Some(pid) = passt_pid {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let socket = machine.files.passt_socket().to_string_lossy().into_owned();
@@ -269,13 +356,20 @@ impl Driver for LocalDriver {
                 signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
-        for sock in [machine.files.docker_socket(), machine.files.hostagent_socket()] {
+        for sock in [
+            machine.files.docker_socket(),
+            machine.files.hostagent_socket(),
+        ] {
             let _ = std::fs::remove_file(sock);
         }
         let mut stopped = MachineState::stopped();
         stopped.image = s.image;
         let path = machine.files.state();
-        stopped.write(&path).map_err(|source| MachineError::Io { what: "cannot write", path, source })
+        stopped.write(&path).map_err(|source| MachineError::Io {
+            what: "cannot write",
+            path,
+            source,
+        })
     }
 
     fn remove(&self, _machine: &Machine) -> Result<(), MachineError> {
@@ -287,7 +381,10 @@ impl Driver for LocalDriver {
     }
 
     fn endpoints(&self, machine: &Machine) -> Result<Endpoints, MachineError> {
-        Ok(Endpoints { docker_host: format!("unix://{}", machine.files.docker_socket().display()), ssh: None })
+        Ok(Endpoints {
+            docker_host: format!("unix://{}", machine.files.docker_socket().display()),
+            ssh: None,
+        })
     }
 }
 

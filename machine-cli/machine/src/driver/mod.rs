@@ -35,19 +35,35 @@ pub struct Endpoints {
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     #[error("the {driver} driver cannot {op}")]
-    Unsupported { driver: &'static str, op: &'static str },
+    Unsupported {
+        driver: &'static str,
+        op: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot start the host agent {exe}")]
-    SpawnHostAgent { exe: String, #[source] source: std::io::Error },
+    SpawnHostAgent {
+        exe: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("machine {name} failed to start: {reason}")]
     StartFailed { name: String, reason: String },
     #[error("machine {name} did not {what} within {timeout:?}")]
-    Timeout { name: String, what: &'static str, timeout: Duration },
+    Timeout {
+        name: String,
+        what: &'static str,
+        timeout: Duration,
+    },
     #[error("machine {name} is not running")]
     NotRunning { name: String },
     #[error("{what} {path}")]
-    Io { what: &'static str, path: std::path::PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("host agent of {name}: {message}")]
     HostAgent { name: String, message: String },
 }

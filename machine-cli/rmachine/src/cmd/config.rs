@@ -81,7 +81,13 @@ fn get(args: GetArgs) -> anyhow::Result<()> {
 
 fn apply(settings: &mut Settings, key: &str, value: &str) -> anyhow::Result<()> {
     match key {
-        "cpus" => settings.cpus = Some(value.parse().with_context(|| format!("cpus: {value:?} is not a number"))?),
+        "cpus" => {
+            settings.cpus = Some(
+                value
+                    .parse()
+                    .with_context(|| format!("cpus: {value:?} is not a number"))?,
+            )
+        }
         "memory" => settings.memory_mib = Some(parse_mib(value).map_err(anyhow::Error::msg)?),
         "disk" => settings.disk_size_gib = Some(parse_gib(value).map_err(anyhow::Error::msg)?),
         "driver" => {
@@ -115,11 +121,18 @@ fn set(args: SetArgs) -> anyhow::Result<()> {
     apply(&mut settings, &args.key, &args.value)?;
     if let Some(new) = settings.disk_size_gib {
         if new < machine.spec.disk_size_gib {
-            bail!("disk: cannot shrink the data disk from {}G to {new}G (data would be lost)", machine.spec.disk_size_gib);
+            bail!(
+                "disk: cannot shrink the data disk from {}G to {new}G (data would be lost)",
+                machine.spec.disk_size_gib
+            );
         }
     }
     store.update(&machine.name, &settings)?;
-    let note = if machine.state.state.has_hostagent() { " (applied at the next start)" } else { "" };
+    let note = if machine.state.state.has_hostagent() {
+        " (applied at the next start)"
+    } else {
+        ""
+    };
     println!("{}: {} = {}{note}", machine.name, args.key, args.value);
     Ok(())
 }
@@ -135,8 +148,14 @@ mod tests {
         assert_eq!(s.memory_mib, Some(1024));
         apply(&mut s, "driver", "qemu").unwrap();
         assert_eq!(s.driver, Some(DriverKind::Qemu));
-        assert!(apply(&mut s, "cpus", "many").unwrap_err().to_string().contains("cpus"));
+        assert!(apply(&mut s, "cpus", "many")
+            .unwrap_err()
+            .to_string()
+            .contains("cpus"));
         assert!(apply(&mut s, "memory", "1M").is_err());
-        assert!(apply(&mut s, "colour", "red").unwrap_err().to_string().contains("unknown setting"));
+        assert!(apply(&mut s, "colour", "red")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown setting"));
     }
 }

@@ -62,9 +62,10 @@ enum Location {
 /// `/x:y` stay host paths).
 fn parse_location(arg: &str) -> Location {
     match arg.split_once(':') {
-        Some((machine, path)) if validate_name(machine).is_ok() => {
-            Location::Guest { machine: machine.to_string(), path: path.to_string() }
-        }
+        Some((machine, path)) if validate_name(machine).is_ok() => Location::Guest {
+            machine: machine.to_string(),
+            path: path.to_string(),
+        },
         _ => Location::Host(arg.to_string()),
     }
 }
@@ -84,7 +85,11 @@ impl PathSpec {
     fn new(raw: &str, base: &str) -> PathSpec {
         let contents = raw == "." || raw.ends_with("/.");
         let trailing_slash = contents || raw.ends_with('/');
-        let joined = if raw.starts_with('/') { raw.to_string() } else { format!("{base}/{raw}") };
+        let joined = if raw.starts_with('/') {
+            raw.to_string()
+        } else {
+            format!("{base}/{raw}")
+        };
         let mut parts: Vec<&str> = Vec::new();
         for part in joined.split('/') {
             match part {
@@ -95,7 +100,11 @@ impl PathSpec {
                 part => parts.push(part),
             }
         }
-        PathSpec { path: format!("/{}", parts.join("/")), trailing_slash, contents }
+        PathSpec {
+            path: format!("/{}", parts.join("/")),
+            trailing_slash,
+            contents,
+        }
     }
 
     /// The last component; `None` for `/`.
@@ -134,24 +143,43 @@ struct Plan {
 
 /// Decides where a copy lands, as `docker cp` does. `dst_label` names the destination in
 /// messages.
-fn plan(src: &PathSpec, src_is_dir: bool, dst: &PathSpec, dst_kind: Kind, dst_label: &str) -> anyhow::Result<Plan> {
+fn plan(
+    src: &PathSpec,
+    src_is_dir: bool,
+    dst: &PathSpec,
+    dst_kind: Kind,
+    dst_label: &str,
+) -> anyhow::Result<Plan> {
     let dst_name = || dst.base().map(str::to_string);
     match dst_kind {
         Kind::Dir => match src.base() {
-            Some(name) if !src.contents => Ok(Plan { dir: dst.path.clone(), name: Some(name.to_string()) }),
-            _ => Ok(Plan { dir: dst.path.clone(), name: None }),
+            Some(name) if !src.contents => Ok(Plan {
+                dir: dst.path.clone(),
+                name: Some(name.to_string()),
+            }),
+            _ => Ok(Plan {
+                dir: dst.path.clone(),
+                name: None,
+            }),
         },
         Kind::File if src_is_dir => bail!("cannot copy a folder onto the file {dst_label}"),
         Kind::File if dst.trailing_slash => bail!("{dst_label} is not a folder"),
-        Kind::Missing if dst.trailing_slash && !src_is_dir => bail!("folder {dst_label} does not exist"),
-        Kind::File | Kind::Missing => Ok(Plan { dir: dst.parent().to_string(), name: dst_name() }),
+        Kind::Missing if dst.trailing_slash && !src_is_dir => {
+            bail!("folder {dst_label} does not exist")
+        }
+        Kind::File | Kind::Missing => Ok(Plan {
+            dir: dst.parent().to_string(),
+            name: dst_name(),
+        }),
         Kind::NoParent => bail!("the folder that would hold {dst_label} does not exist"),
     }
 }
 
 pub fn run(args: CpArgs) -> anyhow::Result<()> {
     let (src, dst) = (parse_location(&args.src), parse_location(&args.dst));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match (src, dst) {
         (Location::Host(src), Location::Guest { machine, path }) => {
             let carrier = carrier(&machine)?;
@@ -178,7 +206,9 @@ fn carrier(machine: &str) -> anyhow::Result<Carrier> {
 
 fn host_cwd() -> anyhow::Result<String> {
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
-    cwd.to_str().map(str::to_string).context("the current folder's path is not UTF-8")
+    cwd.to_str()
+        .map(str::to_string)
+        .context("the current folder's path is not UTF-8")
 }
 
 /// What a path in the guest is. A symbolic link to a folder counts as a folder when
@@ -193,12 +223,18 @@ else echo noparent; fi"#;
     let outcome = exec::run(carrier, &["sh", "-c", PROBE, "sh", path, follow], b"")
         .await
         .context("cannot look at the path in the machine")?;
-    match (outcome.code, String::from_utf8_lossy(&outcome.stdout).trim()) {
+    match (
+        outcome.code,
+        String::from_utf8_lossy(&outcome.stdout).trim(),
+    ) {
         (0, "dir") => Ok(Kind::Dir),
         (0, "file") => Ok(Kind::File),
         (0, "missing") => Ok(Kind::Missing),
         (0, "noparent") => Ok(Kind::NoParent),
-        (code, out) => bail!("cannot look at {path} in the machine (exit {code}): {out} {}", outcome.stderr_text()),
+        (code, out) => bail!(
+            "cannot look at {path} in the machine (exit {code}): {out} {}",
+            outcome.stderr_text()
+        ),
     }
 }
 
@@ -216,7 +252,12 @@ fn host_kind(path: &Path) -> Kind {
 }
 
 /// Host → guest.
-async fn upload(carrier: &Carrier, src_raw: &str, dst_raw: &str, dst_label: &str) -> anyhow::Result<()> {
+async fn upload(
+    carrier: &Carrier,
+    src_raw: &str,
+    dst_raw: &str,
+    dst_label: &str,
+) -> anyhow::Result<()> {
     let src = PathSpec::new(src_raw, &host_cwd()?);
     let src_path = PathBuf::from(&src.path);
     let meta = match src.contents {
@@ -225,7 +266,9 @@ async fn upload(carrier: &Carrier, src_raw: &str, dst_raw: &str, dst_label: &str
     };
     let src_is_dir = match meta {
         Ok(m) => m.is_dir(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{src_raw}: no such file or folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{src_raw}: no such file or folder")
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot read {src_raw}")),
     };
     if src.contents && !src_is_dir {
@@ -237,9 +280,19 @@ async fn upload(carrier: &Carrier, src_raw: &str, dst_raw: &str, dst_label: &str
 
     let (tx, mut chunks) = mpsc::channel::<Vec<u8>>(QUEUE);
     let name = plan.name.clone();
-    let packer = std::thread::spawn(move || pack(&src_path, src_is_dir, name.as_deref(), ChannelWriter::new(tx)));
+    let packer = std::thread::spawn(move || {
+        pack(
+            &src_path,
+            src_is_dir,
+            name.as_deref(),
+            ChannelWriter::new(tx),
+        )
+    });
     let argv = ["tar", "-x", "--no-same-owner", "-C", &plan.dir, "-f", "-"];
-    let request = ExecRequest { argv: argv.iter().map(|a| a.to_string()).collect(), ..ExecRequest::default() };
+    let request = ExecRequest {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        ..ExecRequest::default()
+    };
     let (mut input, output) = exec::open(carrier, &request).await?;
     let send = async {
         while let Some(chunk) = chunks.recv().await {
@@ -250,7 +303,9 @@ async fn upload(carrier: &Carrier, src_raw: &str, dst_raw: &str, dst_label: &str
     let outcome = finish_with(send, collect(output)).await?;
     // The packer ends once its channel is closed (here, at the latest).
     drop(chunks);
-    let packed = packer.join().map_err(|_| anyhow::anyhow!("the packing thread panicked"))?;
+    let packed = packer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the packing thread panicked"))?;
     match (packed, outcome.code) {
         // The guest's tar may stop reading at the archive's end marker, before the
         // padding after it.
@@ -259,12 +314,20 @@ async fn upload(carrier: &Carrier, src_raw: &str, dst_raw: &str, dst_label: &str
             Err(e).with_context(|| format!("cannot read {src_raw}"))
         }
         (_, 0) => Ok(()),
-        (_, code) => bail!("cannot write {dst_label}: tar in the machine failed (exit {code}): {}", outcome.stderr_text()),
+        (_, code) => bail!(
+            "cannot write {dst_label}: tar in the machine failed (exit {code}): {}",
+            outcome.stderr_text()
+        ),
     }
 }
 
 /// Guest → host.
-async fn download(carrier: &Carrier, src_raw: &str, src_label: &str, dst_raw: &str) -> anyhow::Result<()> {
+async fn download(
+    carrier: &Carrier,
+    src_raw: &str,
+    src_label: &str,
+    dst_raw: &str,
+) -> anyhow::Result<()> {
     let src = PathSpec::new(src_raw, GUEST_HOME);
     let src_kind = guest_kind(carrier, &src.path, src.contents).await?;
     let src_is_dir = match src_kind {
@@ -282,17 +345,37 @@ async fn download(carrier: &Carrier, src_raw: &str, src_label: &str, dst_raw: &s
     let (tar_dir, top) = match (&plan.name, src.base()) {
         (None, _) => (src.path.as_str(), None),
         (Some(_), Some(base)) => (src.parent(), Some(base.to_string())),
-        (Some(_), None) => bail!("the machine's root folder can only be copied into an existing folder"),
+        (Some(_), None) => {
+            bail!("the machine's root folder can only be copied into an existing folder")
+        }
     };
-    let argv = ["tar", "-c", "-C", tar_dir, "-f", "-", top.as_deref().unwrap_or(".")];
-    let request = ExecRequest { argv: argv.iter().map(|a| a.to_string()).collect(), ..ExecRequest::default() };
+    let argv = [
+        "tar",
+        "-c",
+        "-C",
+        tar_dir,
+        "-f",
+        "-",
+        top.as_deref().unwrap_or("."),
+    ];
+    let request = ExecRequest {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        ..ExecRequest::default()
+    };
     let (mut input, mut output) = exec::open(carrier, &request).await?;
     input.close_stdin().await?;
 
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let dir = PathBuf::from(&plan.dir);
     let name = plan.name.clone();
-    let unpacker = std::thread::spawn(move || unpack(ChannelReader::new(rx), &dir, top.as_deref(), name.as_deref()));
+    let unpacker = std::thread::spawn(move || {
+        unpack(
+            ChannelReader::new(rx),
+            &dir,
+            top.as_deref(),
+            name.as_deref(),
+        )
+    });
     let mut stderr = Vec::new();
     let mut refused = None;
     let code = loop {
@@ -310,7 +393,9 @@ async fn download(carrier: &Carrier, src_raw: &str, src_label: &str, dst_raw: &s
         }
     };
     drop(tx);
-    let unpacked = unpacker.join().map_err(|_| anyhow::anyhow!("the unpacking thread panicked"))?;
+    let unpacked = unpacker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the unpacking thread panicked"))?;
     unpacked.with_context(|| format!("cannot write {dst_raw}"))?;
     let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
     match code {
@@ -320,7 +405,9 @@ async fn download(carrier: &Carrier, src_raw: &str, src_label: &str, dst_raw: &s
             eprintln!("rmachine: warning: {stderr}");
             Ok(())
         }
-        Some(code) => bail!("cannot read {src_label}: tar in the machine failed (exit {code}): {stderr}"),
+        Some(code) => {
+            bail!("cannot read {src_label}: tar in the machine failed (exit {code}): {stderr}")
+        }
     }
 }
 
@@ -383,13 +470,20 @@ fn pack<W: Write>(src: &Path, src_is_dir: bool, name: Option<&str>, out: W) -> s
 
 /// Unpacks an archive into `dir`. `top` is the archive's top entry (`None`: `.`, the
 /// contents of a folder); it becomes `name` in `dir` (`None`: merged into `dir`).
-fn unpack<R: Read>(input: R, dir: &Path, top: Option<&str>, name: Option<&str>) -> std::io::Result<()> {
+fn unpack<R: Read>(
+    input: R,
+    dir: &Path,
+    top: Option<&str>,
+    name: Option<&str>,
+) -> std::io::Result<()> {
     match (top, name) {
         (_, None) => unpack_entries(input, dir),
         (Some(top), Some(name)) if top == name => unpack_entries(input, dir),
         (top, Some(name)) => {
             // Unpacked aside in the same folder, then renamed into place in one step.
-            let aside = tempfile::Builder::new().prefix(".rmachine-cp-").tempdir_in(dir)?;
+            let aside = tempfile::Builder::new()
+                .prefix(".rmachine-cp-")
+                .tempdir_in(dir)?;
             unpack_entries(input, aside.path())?;
             let from = top.map_or_else(|| aside.path().to_path_buf(), |top| aside.path().join(top));
             std::fs::rename(from, dir.join(name))
@@ -406,7 +500,11 @@ fn unpack_entries<R: Read>(input: R, dir: &Path) -> std::io::Result<()> {
         let mut entry = entry?;
         // The root of a contents archive (`./`): the destination folder keeps its own
         // mode.
-        if entry.path()?.components().all(|c| c == std::path::Component::CurDir) {
+        if entry
+            .path()?
+            .components()
+            .all(|c| c == std::path::Component::CurDir)
+        {
             continue;
         }
         // unpack_in refuses paths that would leave `dir`.
@@ -423,7 +521,10 @@ struct ChannelWriter {
 
 impl ChannelWriter {
     fn new(tx: mpsc::Sender<Vec<u8>>) -> ChannelWriter {
-        ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
     }
 }
 
@@ -442,9 +543,12 @@ impl Write for ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the machine stopped reading"))
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the machine stopped reading",
+            )
+        })
     }
 }
 
@@ -458,7 +562,11 @@ struct ChannelReader {
 
 impl ChannelReader {
     fn new(rx: mpsc::Receiver<Vec<u8>>) -> ChannelReader {
-        ChannelReader { rx, chunk: Vec::new(), pos: 0 }
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
     }
 }
 
@@ -485,9 +593,18 @@ mod tests {
     fn test_locations_name_machines_only_with_valid_names() {
         assert_eq!(
             parse_location("dev:/tmp/x"),
-            Location::Guest { machine: "dev".into(), path: "/tmp/x".into() }
+            Location::Guest {
+                machine: "dev".into(),
+                path: "/tmp/x".into()
+            }
         );
-        assert_eq!(parse_location("dev:rel"), Location::Guest { machine: "dev".into(), path: "rel".into() });
+        assert_eq!(
+            parse_location("dev:rel"),
+            Location::Guest {
+                machine: "dev".into(),
+                path: "rel".into()
+            }
+        );
         for host in ["./a:b", "/abs:x", "plain", "Bad/Name:x", ":x"] {
             assert_eq!(parse_location(host), Location::Host(host.into()), "{host}");
         }
@@ -496,10 +613,24 @@ mod tests {
     #[test]
     fn test_path_specs_are_normalized() {
         let p = PathSpec::new("a/../b/./c/", "/root");
-        assert_eq!(p, PathSpec { path: "/root/b/c".into(), trailing_slash: true, contents: false });
+        assert_eq!(
+            p,
+            PathSpec {
+                path: "/root/b/c".into(),
+                trailing_slash: true,
+                contents: false
+            }
+        );
         assert_eq!((p.base(), p.parent()), (Some("c"), "/root/b"));
         let p = PathSpec::new("/srv/site/.", "/x");
-        assert_eq!(p, PathSpec { path: "/srv/site".into(), trailing_slash: true, contents: true });
+        assert_eq!(
+            p,
+            PathSpec {
+                path: "/srv/site".into(),
+                trailing_slash: true,
+                contents: true
+            }
+        );
         let root = PathSpec::new("/", "/x");
         assert_eq!((root.base(), root.parent()), (None, "/"));
         assert_eq!(PathSpec::new("/tmp", "/").parent(), "/");
@@ -511,7 +642,10 @@ mod tests {
     }
 
     fn landed(dir: &str, name: Option<&str>) -> Plan {
-        Plan { dir: dir.into(), name: name.map(str::to_string) }
+        Plan {
+            dir: dir.into(),
+            name: name.map(str::to_string),
+        }
     }
 
     #[test]
@@ -519,24 +653,71 @@ mod tests {
         let file = spec("/h/f.txt");
         let folder = spec("/h/site");
         // Into an existing folder: under the source's name; `/.` merges the contents.
-        assert_eq!(plan(&file, false, &spec("/tmp"), Kind::Dir, "m:/tmp").unwrap(), landed("/tmp", Some("f.txt")));
-        assert_eq!(plan(&folder, true, &spec("/tmp/"), Kind::Dir, "m").unwrap(), landed("/tmp", Some("site")));
-        assert_eq!(plan(&spec("/h/site/."), true, &spec("/tmp"), Kind::Dir, "m").unwrap(), landed("/tmp", None));
+        assert_eq!(
+            plan(&file, false, &spec("/tmp"), Kind::Dir, "m:/tmp").unwrap(),
+            landed("/tmp", Some("f.txt"))
+        );
+        assert_eq!(
+            plan(&folder, true, &spec("/tmp/"), Kind::Dir, "m").unwrap(),
+            landed("/tmp", Some("site"))
+        );
+        assert_eq!(
+            plan(&spec("/h/site/."), true, &spec("/tmp"), Kind::Dir, "m").unwrap(),
+            landed("/tmp", None)
+        );
         // A new path: the copy takes its name.
-        assert_eq!(plan(&folder, true, &spec("/tmp/x"), Kind::Missing, "m").unwrap(), landed("/tmp", Some("x")));
-        assert_eq!(plan(&file, false, &spec("/tmp/g"), Kind::Missing, "m").unwrap(), landed("/tmp", Some("g")));
+        assert_eq!(
+            plan(&folder, true, &spec("/tmp/x"), Kind::Missing, "m").unwrap(),
+            landed("/tmp", Some("x"))
+        );
+        assert_eq!(
+            plan(&file, false, &spec("/tmp/g"), Kind::Missing, "m").unwrap(),
+            landed("/tmp", Some("g"))
+        );
         // Over a file: a file replaces it, a folder cannot.
-        assert_eq!(plan(&file, false, &spec("/tmp/g"), Kind::File, "m").unwrap(), landed("/tmp", Some("g")));
+        assert_eq!(
+            plan(&file, false, &spec("/tmp/g"), Kind::File, "m").unwrap(),
+            landed("/tmp", Some("g"))
+        );
         let err = plan(&folder, true, &spec("/tmp/g"), Kind::File, "m:/tmp/g").unwrap_err();
-        assert!(err.to_string().contains("cannot copy a folder onto the file m:/tmp/g"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot copy a folder onto the file m:/tmp/g"),
+            "{err}"
+        );
         // A trailing slash insists on a folder.
-        let err = plan(&file, false, &spec("/tmp/new/"), Kind::Missing, "m:/tmp/new/").unwrap_err();
-        assert!(err.to_string().contains("folder m:/tmp/new/ does not exist"), "{err}");
+        let err = plan(
+            &file,
+            false,
+            &spec("/tmp/new/"),
+            Kind::Missing,
+            "m:/tmp/new/",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("folder m:/tmp/new/ does not exist"),
+            "{err}"
+        );
         let err = plan(&file, false, &spec("/tmp/g/"), Kind::File, "m:/tmp/g/").unwrap_err();
         assert!(err.to_string().contains("is not a folder"), "{err}");
-        assert_eq!(plan(&folder, true, &spec("/tmp/new/"), Kind::Missing, "m").unwrap(), landed("/tmp", Some("new")));
-        let err = plan(&file, false, &spec("/no/such/g"), Kind::NoParent, "m:/no/such/g").unwrap_err();
-        assert!(err.to_string().contains("folder that would hold m:/no/such/g does not exist"), "{err}");
+        assert_eq!(
+            plan(&folder, true, &spec("/tmp/new/"), Kind::Missing, "m").unwrap(),
+            landed("/tmp", Some("new"))
+        );
+        let err = plan(
+            &file,
+            false,
+            &spec("/no/such/g"),
+            Kind::NoParent,
+            "m:/no/such/g",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("folder that would hold m:/no/such/g does not exist"),
+            "{err}"
+        );
     }
 
     fn tree(root: &Path) {
@@ -547,9 +728,18 @@ mod tests {
     }
 
     fn assert_tree(root: &Path) {
-        assert_eq!(std::fs::read_to_string(root.join("a.txt")).unwrap(), "alpha\n");
-        assert_eq!(std::fs::read(root.join("sub/b.bin")).unwrap(), [0u8, 1, 2, 255]);
-        assert_eq!(std::fs::read_link(root.join("link")).unwrap(), Path::new("a.txt"));
+        assert_eq!(
+            std::fs::read_to_string(root.join("a.txt")).unwrap(),
+            "alpha\n"
+        );
+        assert_eq!(
+            std::fs::read(root.join("sub/b.bin")).unwrap(),
+            [0u8, 1, 2, 255]
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("link")).unwrap(),
+            Path::new("a.txt")
+        );
     }
 
     fn packed(src: &Path, is_dir: bool, name: Option<&str>) -> Vec<u8> {
@@ -567,10 +757,22 @@ mod tests {
         std::fs::create_dir(&dst).unwrap();
 
         // Same name: straight into the folder.
-        unpack(&packed(&src, true, Some("site"))[..], &dst, Some("site"), Some("site")).unwrap();
+        unpack(
+            &packed(&src, true, Some("site"))[..],
+            &dst,
+            Some("site"),
+            Some("site"),
+        )
+        .unwrap();
         assert_tree(&dst.join("site"));
         // Another name: unpacked aside, then renamed; nothing left aside.
-        unpack(&packed(&src, true, Some("site"))[..], &dst, Some("site"), Some("copy")).unwrap();
+        unpack(
+            &packed(&src, true, Some("site"))[..],
+            &dst,
+            Some("site"),
+            Some("copy"),
+        )
+        .unwrap();
         assert_tree(&dst.join("copy"));
         // Contents into an existing folder, and contents as a new folder.
         let merged = dst.join("merged");
@@ -583,10 +785,27 @@ mod tests {
         assert_tree(&dst.join("fresh"));
         // A file replaces a file.
         std::fs::write(dst.join("target.txt"), "old").unwrap();
-        unpack(&packed(&src.join("a.txt"), false, Some("a.txt"))[..], &dst, Some("a.txt"), Some("target.txt")).unwrap();
-        assert_eq!(std::fs::read_to_string(dst.join("target.txt")).unwrap(), "alpha\n");
-        let names: Vec<_> = std::fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(!names.iter().any(|n| n.to_string_lossy().starts_with(".rmachine-cp-")), "{names:?}");
+        unpack(
+            &packed(&src.join("a.txt"), false, Some("a.txt"))[..],
+            &dst,
+            Some("a.txt"),
+            Some("target.txt"),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dst.join("target.txt")).unwrap(),
+            "alpha\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(&dst)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.to_string_lossy().starts_with(".rmachine-cp-")),
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -624,7 +843,9 @@ mod tests {
         let mut read = Vec::new();
         ChannelReader::new(rx).read_to_end(&mut read).unwrap();
         writer.join().unwrap();
-        let want: Vec<u8> = (0..1000u32).flat_map(|i| i.to_be_bytes().repeat(50)).collect();
+        let want: Vec<u8> = (0..1000u32)
+            .flat_map(|i| i.to_be_bytes().repeat(50))
+            .collect();
         assert_eq!(read, want);
     }
 }

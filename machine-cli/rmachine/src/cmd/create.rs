@@ -1,7 +1,9 @@
 //! `rmachine create [NAME]`: a new machine with its settings and docker context.
 
 use anyhow::Context;
-use rmachine_machine::config::{parse_gib, parse_mib, parse_mount, DriverKind, MountSpec, Settings};
+use rmachine_machine::config::{
+    parse_gib, parse_mib, parse_mount, DriverKind, MountSpec, Settings,
+};
 use rmachine_machine::docker_context;
 use rmachine_machine::store::Machine;
 
@@ -40,7 +42,9 @@ fn parse_driver(s: &str) -> Result<DriverKind, String> {
         "vmm" => Ok(DriverKind::Vmm),
         "qemu" => Ok(DriverKind::Qemu),
         "fake" => Ok(DriverKind::Fake),
-        other => Err(format!("unknown driver {other:?}: use auto, vmm, qemu or fake")),
+        other => Err(format!(
+            "unknown driver {other:?}: use auto, vmm, qemu or fake"
+        )),
     }
 }
 
@@ -52,7 +56,11 @@ impl SettingsArgs {
             memory_mib: self.memory,
             disk_size_gib: self.disk,
             image: self.image.clone(),
-            mounts: if self.no_mounts { Some(Vec::new()) } else { Some(self.mounts.clone()).filter(|m| !m.is_empty()) },
+            mounts: if self.no_mounts {
+                Some(Vec::new())
+            } else {
+                Some(self.mounts.clone()).filter(|m| !m.is_empty())
+            },
             ..Settings::default()
         }
     }
@@ -69,7 +77,11 @@ pub struct CreateArgs {
 
 pub fn run(args: CreateArgs) -> anyhow::Result<()> {
     let machine = create(&args.name, &args.settings)?;
-    println!("created machine {} (docker context {})", machine.name, docker_context::context_name(&machine.name));
+    println!(
+        "created machine {} (docker context {})",
+        machine.name,
+        docker_context::context_name(&machine.name)
+    );
     Ok(())
 }
 

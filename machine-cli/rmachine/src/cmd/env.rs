@@ -25,7 +25,11 @@ pub struct EnvArgs {
 pub fn run(args: EnvArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
     let shell = args.shell.unwrap_or_else(|| {
-        match std::env::var("SHELL").unwrap_or_default().rsplit('/').next() {
+        match std::env::var("SHELL")
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+        {
             Some("fish") => Shell::Fish,
             Some("pwsh") | Some("powershell") => Shell::Powershell,
             _ => Shell::Sh,
@@ -55,7 +59,8 @@ mod tests {
     #[test]
     fn test_each_shell_sets_docker_host() {
         let h = "unix:///m/docker.sock";
-        assert!(render(Shell::Sh, h, false, "m").contains("export DOCKER_HOST=\"unix:///m/docker.sock\""));
+        assert!(render(Shell::Sh, h, false, "m")
+            .contains("export DOCKER_HOST=\"unix:///m/docker.sock\""));
         assert!(render(Shell::Fish, h, false, "m").contains("set -gx DOCKER_HOST"));
         assert!(render(Shell::Powershell, h, false, "m").contains("$Env:DOCKER_HOST = "));
         assert_eq!(render(Shell::Sh, h, true, "m"), "unset DOCKER_HOST\n");

@@ -64,8 +64,16 @@ fn build(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => default_agent().context("cannot find the agent binary: pass --agent PATH")?,
     };
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let opts = rmachine_image::BuildOptions { agent, jobs, mirror: args.mirror };
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let opts = rmachine_image::BuildOptions {
+        agent,
+        jobs,
+        mirror: args.mirror,
+    };
     let progress = StepProgress::new();
     let manifest = rmachine_image::build(paths, &opts, &progress).context("image build failed")?;
     progress.done(&format!(
@@ -98,7 +106,10 @@ fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
         Format::Table => {
-            println!("{:<22} {:>10} {:>12} {:>8}  KERNEL SOURCE", "VERSION", "KERNEL", "ROOTFS", "PROTOCOL");
+            println!(
+                "{:<22} {:>10} {:>12} {:>8}  KERNEL SOURCE",
+                "VERSION", "KERNEL", "ROOTFS", "PROTOCOL"
+            );
             for (m, _) in &images {
                 println!(
                     "{:<22} {:>8.1}Mi {:>10.1}Mi {:>8}  {}",

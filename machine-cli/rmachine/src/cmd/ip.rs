@@ -19,14 +19,20 @@ pub fn run(args: IpArgs) -> anyhow::Result<()> {
         .carrier
         .clone()
         .ok_or_else(|| anyhow::anyhow!("machine {} is not running", args.name))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let info = rt.block_on(async {
         let mut c = ControlClient::connect(&carrier).await?;
         anyhow::Ok(c.call(Request::Info {}).await?)
     })?;
     match info {
         Reply::Info(info) => {
-            println!("{}", info.ip.ok_or_else(|| anyhow::anyhow!("the guest has no network address"))?);
+            println!(
+                "{}",
+                info.ip
+                    .ok_or_else(|| anyhow::anyhow!("the guest has no network address"))?
+            );
             Ok(())
         }
         other => anyhow::bail!("unexpected agent reply {other:?}"),

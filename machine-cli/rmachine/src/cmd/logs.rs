@@ -39,10 +39,16 @@ pub fn run(args: LogsArgs) -> anyhow::Result<()> {
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !args.follow => {
-            eprintln!("no {} log yet ({})", format!("{:?}", args.kind).to_lowercase(), path.display());
+            eprintln!(
+                "no {} log yet ({})",
+                format!("{:?}", args.kind).to_lowercase(),
+                path.display()
+            );
             return Ok(());
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {}", path.display()))),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot open {}", path.display())))
+        }
     };
     let mut out = std::io::stdout().lock();
     let mut buf = Vec::new();

@@ -14,7 +14,9 @@ pub struct LsArgs {
 
 pub fn run(args: LsArgs) -> anyhow::Result<()> {
     let store = super::store()?;
-    let current = docker_context::docker_config_dir().ok().and_then(|d| docker_context::current(&d).ok().flatten());
+    let current = docker_context::docker_config_dir()
+        .ok()
+        .and_then(|d| docker_context::current(&d).ok().flatten());
     let mut rows = Vec::new();
     for (name, machine) in store.list()? {
         let context = docker_context::context_name(&name);
@@ -39,7 +41,10 @@ pub fn run(args: LsArgs) -> anyhow::Result<()> {
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table => {
-            println!("{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  DOCKER CONTEXT", "NAME", "STATE", "DRIVER", "CPUS", "MEMORY", "DISK");
+            println!(
+                "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  DOCKER CONTEXT",
+                "NAME", "STATE", "DRIVER", "CPUS", "MEMORY", "DISK"
+            );
             for r in &rows {
                 let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
                 let n = |k: &str| r[k].as_u64();
@@ -48,11 +53,19 @@ pub fn run(args: LsArgs) -> anyhow::Result<()> {
                     s("name"),
                     s("state"),
                     s("driver"),
-                    n("cpus").map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    n("cpus")
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     n("memory_mib").map(human_mib).unwrap_or_else(|| "-".into()),
-                    n("disk_size_gib").map(|d| format!("{d}GiB")).unwrap_or_else(|| "-".into()),
+                    n("disk_size_gib")
+                        .map(|d| format!("{d}GiB"))
+                        .unwrap_or_else(|| "-".into()),
                     s("docker_context"),
-                    if r["active"].as_bool() == Some(true) { " *" } else { "" }
+                    if r["active"].as_bool() == Some(true) {
+                        " *"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -26,7 +26,11 @@ pub fn run(args: RmArgs) -> anyhow::Result<()> {
         if let Some(m) = &machine {
             let busy = !matches!(m.state.state, State::Stopped | State::Error(_));
             if busy && !args.force {
-                return Err(StoreError::Busy { name: name.clone(), state: m.state.state.name() }.into());
+                return Err(StoreError::Busy {
+                    name: name.clone(),
+                    state: m.state.state.name(),
+                }
+                .into());
             }
             // Also for an error state: a VM process may be left.
             let driver = rmachine_machine::driver::for_machine(m);

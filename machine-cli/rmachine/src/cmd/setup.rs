@@ -33,15 +33,25 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None if is_root() => PathBuf::from("/usr/local/bin"),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/bin"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/bin")
+        }
     };
     let progress = StepProgress::new();
     progress.step(1, 3, "docker CLI tools");
-    let done = rmachine_image::host_tools::install(&paths, &plugin_dir, &bin_dir, args.mirror.as_deref(), &progress)?;
+    let done = rmachine_image::host_tools::install(
+        &paths,
+        &plugin_dir,
+        &bin_dir,
+        args.mirror.as_deref(),
+        &progress,
+    )?;
     progress.step(2, 3, "virtiofsd (shared folders)");
-    let virtiofsd = rmachine_image::host_tools::install_virtiofsd(&paths, args.mirror.as_deref(), &progress)?;
+    let virtiofsd =
+        rmachine_image::host_tools::install_virtiofsd(&paths, args.mirror.as_deref(), &progress)?;
     progress.step(3, 3, "passt (machine networking)");
-    let passt = rmachine_image::host_tools::install_passt(&paths, args.mirror.as_deref(), &progress)?;
+    let passt =
+        rmachine_image::host_tools::install_passt(&paths, args.mirror.as_deref(), &progress)?;
     println!("virtiofsd: {}", virtiofsd.binary.display());
     println!("passt: {}", passt.binary.display());
     for p in &done.plugins {
@@ -57,6 +67,10 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|r| r.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|r| r.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -20,8 +20,11 @@ use tokio::sync::mpsc;
 use super::{ExitWith, DEFAULT_MACHINE};
 
 /// Signals that, without a terminal, are passed on to the command.
-const FORWARDED: [(SignalKind, u8); 3] =
-    [(SignalKind::interrupt(), 2), (SignalKind::terminate(), 15), (SignalKind::quit(), 3)];
+const FORWARDED: [(SignalKind, u8); 3] = [
+    (SignalKind::interrupt(), 2),
+    (SignalKind::terminate(), 15),
+    (SignalKind::quit(), 3),
+];
 
 /// After this many forwarded signals the command is given up on and `shell` exits.
 const SIGNALS_BEFORE_GIVING_UP: u32 = 3;
@@ -55,19 +58,36 @@ pub fn run(args: ShellArgs) -> anyhow::Result<()> {
     let tty = args.tty || (!args.no_tty && stdin_tty && std::io::stdout().is_terminal());
     let mut env = BTreeMap::new();
     for pair in &args.env {
-        let (name, value) =
-            pair.split_once('=').with_context(|| format!("--env {pair:?} is not NAME=VALUE"))?;
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--env {pair:?} is not NAME=VALUE"))?;
         env.insert(name.to_string(), value.to_string());
     }
-    let (rows, cols) = if tty { terminal::size().unwrap_or((0, 0)) } else { (0, 0) };
+    let (rows, cols) = if tty {
+        terminal::size().unwrap_or((0, 0))
+    } else {
+        (0, 0)
+    };
     if tty {
-        let term = std::env::var("TERM").ok().filter(|t| !t.is_empty() && t != "dumb");
-        env.entry("TERM".into()).or_insert_with(|| term.unwrap_or_else(|| "xterm-256color".into()));
+        let term = std::env::var("TERM")
+            .ok()
+            .filter(|t| !t.is_empty() && t != "dumb");
+        env.entry("TERM".into())
+            .or_insert_with(|| term.unwrap_or_else(|| "xterm-256color".into()));
     }
-    let request = ExecRequest { argv: args.command, tty, rows, cols, env, cwd: args.workdir };
+    let request = ExecRequest {
+        argv: args.command,
+        tty,
+        rows,
+        cols,
+        env,
+        cwd: args.workdir,
+    };
     request.validate()?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     // Raw mode only once the session is open, and restored when the guard drops: on
     // return, on error and on panic.
     let (code, message) = rt.block_on(async {
@@ -104,8 +124,11 @@ async fn relay(
 ) -> anyhow::Result<(i32, Option<String>)> {
     let mut stdin = read_stdin();
     let mut stdin_open = true;
-    let mut winch =
-        if tty { Some(signal(SignalKind::window_change()).context("cannot watch window size changes")?) } else { None };
+    let mut winch = if tty {
+        Some(signal(SignalKind::window_change()).context("cannot watch window size changes")?)
+    } else {
+        None
+    };
     let (signal_tx, mut signals) = mpsc::channel::<u8>(4);
     if !tty {
         for (kind, number) in FORWARDED {

@@ -67,7 +67,9 @@ pub fn start(name: &str, use_context: bool) -> anyhow::Result<()> {
         docker_context::set_current(&docker_context::docker_config_dir()?, Some(&context))?;
         println!("docker context {context} is now current: `docker run` uses this machine");
     } else {
-        println!("docker context {context}: `docker --context {context} ...` or `rmachine use {name}`");
+        println!(
+            "docker context {context}: `docker --context {context} ...` or `rmachine use {name}`"
+        );
     }
     Ok(())
 }

@@ -37,18 +37,31 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("warning: {warning}");
     }
     if let Some(b) = &s.backend {
-        println!("backend: {b} ({})", s.backend_reason.as_deref().unwrap_or(""));
+        println!(
+            "backend: {b} ({})",
+            s.backend_reason.as_deref().unwrap_or("")
+        );
     }
     if let (Some(p), Some(e)) = (s.ping_ms, s.engine_ready_ms) {
-        println!("boot: agent after {:.1} s, engine after {:.1} s", p as f64 / 1000.0, e as f64 / 1000.0);
+        println!(
+            "boot: agent after {:.1} s, engine after {:.1} s",
+            p as f64 / 1000.0,
+            e as f64 / 1000.0
+        );
     }
     if s.state == State::Running {
         println!("docker: unix://{}", m.files.docker_socket().display());
     }
     for p in &s.ports {
         match &p.error {
-            Some(e) => println!("port {}:{}/{} ({}): NOT published: {e}", p.host_ip, p.host_port, p.proto, p.container),
-            None => println!("port {}:{}/{} -> {}", p.host_ip, p.host_port, p.proto, p.container),
+            Some(e) => println!(
+                "port {}:{}/{} ({}): NOT published: {e}",
+                p.host_ip, p.host_port, p.proto, p.container
+            ),
+            None => println!(
+                "port {}:{}/{} -> {}",
+                p.host_ip, p.host_port, p.proto, p.container
+            ),
         }
     }
     Ok(())

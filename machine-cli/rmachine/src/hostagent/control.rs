@@ -19,12 +19,15 @@ pub(crate) fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = machine.files.hostagent_socket();
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
     super::set_mode(&path, 0o600)?;
     let state = Arc::new(state);
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let state = state.clone();
             let stop_tx = stop_tx.clone();
             tokio::spawn(async move {
@@ -33,7 +36,9 @@ pub(crate) fn serve(
                 while let Ok(line) = read_line_limited(&mut read, MAX_CONTROL_LINE).await {
                     let reply = match line {
                         Line::Eof => break,
-                        Line::TooLong { .. } => HostAgentReply::Error { message: "request too long".into() },
+                        Line::TooLong { .. } => HostAgentReply::Error {
+                            message: "request too long".into(),
+                        },
                         Line::Data(bytes) => handle(&bytes, &state, &stop_tx).await,
                     };
                     let mut text = serde_json::to_string(&reply).expect("reply serializes");
@@ -47,13 +52,23 @@ pub(crate) fn serve(
     }))
 }
 
-async fn handle(bytes: &[u8], state: &SharedState, stop_tx: &mpsc::Sender<StopReason>) -> HostAgentReply {
+async fn handle(
+    bytes: &[u8],
+    state: &SharedState,
+    stop_tx: &mpsc::Sender<StopReason>,
+) -> HostAgentReply {
     let request: HostAgentRequest = match serde_json::from_slice(bytes) {
         Ok(r) => r,
-        Err(e) => return HostAgentReply::Error { message: format!("bad request: {e}") },
+        Err(e) => {
+            return HostAgentReply::Error {
+                message: format!("bad request: {e}"),
+            }
+        }
     };
     match request {
-        HostAgentRequest::Status => HostAgentReply::Status { state: Box::new(state.snapshot()) },
+        HostAgentRequest::Status => HostAgentReply::Status {
+            state: Box::new(state.snapshot()),
+        },
         HostAgentRequest::Stop => {
             let _ = stop_tx.send(StopReason::Requested).await;
             HostAgentReply::Stopping
@@ -61,9 +76,13 @@ async fn handle(bytes: &[u8], state: &SharedState, stop_tx: &mpsc::Sender<StopRe
         HostAgentRequest::SyncTime => match state.snapshot().carrier {
             Some(carrier) => match super::sync_time(&carrier).await {
                 Ok(offset_ns) => HostAgentReply::TimeSynced { offset_ns },
-                Err(e) => HostAgentReply::Error { message: format!("{e:#}") },
+                Err(e) => HostAgentReply::Error {
+                    message: format!("{e:#}"),
+                },
             },
-            None => HostAgentReply::Error { message: "the guest is not up yet".into() },
+            None => HostAgentReply::Error {
+                message: "the guest is not up yet".into(),
+            },
         },
     }
 }

@@ -73,7 +73,11 @@ fn new_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
-pub(crate) async fn launch_qemu(machine: &Machine, choice: &BackendChoice, state: &SharedState) -> anyhow::Result<RunningVm> {
+pub(crate) async fn launch_qemu(
+    machine: &Machine,
+    choice: &BackendChoice,
+    state: &SharedState,
+) -> anyhow::Result<RunningVm> {
     let paths = Paths::from_env()?;
     let (manifest, image_dir) = rmachine_image::resolve(&paths, machine.spec.image.as_deref())
         .context("the guest image is missing or damaged")?;
@@ -85,14 +89,21 @@ pub(crate) async fn launch_qemu(machine: &Machine, choice: &BackendChoice, state
         token: token.clone(),
         hostname: machine.name.clone(),
         data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        host_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
         host_addr: Some(QEMU_HOST_ADDR.into()),
         mounts: vec![],
     };
     let (virtiofsd, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
-    let config = GuestConfig { mounts: guest_mounts, ..config };
+    let config = GuestConfig {
+        mounts: guest_mounts,
+        ..config
+    };
     let config_disk = machine.files.config_disk();
-    std::fs::write(&config_disk, config.encode()).with_context(|| format!("cannot write {}", config_disk.display()))?;
+    std::fs::write(&config_disk, config.encode())
+        .with_context(|| format!("cannot write {}", config_disk.display()))?;
 
     let mut ports = BTreeMap::new();
     let mut forwards = Vec::new();
@@ -103,7 +114,8 @@ pub(crate) async fn launch_qemu(machine: &Machine, choice: &BackendChoice, state
     }
     let console_log = machine.files.console_log();
     // Each boot's console starts empty, so the error state shows this boot's lines.
-    std::fs::write(&console_log, b"").with_context(|| format!("cannot reset {}", console_log.display()))?;
+    std::fs::write(&console_log, b"")
+        .with_context(|| format!("cannot reset {}", console_log.display()))?;
     let vm = QemuVm {
         kernel: image_dir.join(&manifest.kernel.file),
         cmdline: manifest.kernel_cmdline.clone(),
@@ -121,21 +133,28 @@ pub(crate) async fn launch_qemu(machine: &Machine, choice: &BackendChoice, state
         shares,
     };
     let log_path = machine.files.vmm_log();
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut cmd = tokio::process::Command::from(vm.command());
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
     tracing::info!(command = ?vm.command(), "starting QEMU");
-    let child = cmd.spawn().with_context(|| format!("cannot run {QEMU} (install the Debian package qemu-system-x86)"))?;
+    let child = cmd.spawn().with_context(|| {
+        format!("cannot run {QEMU} (install the Debian package qemu-system-x86)")
+    })?;
     let carrier = Carrier::Tcp { ports, token };
     state.update(|s| {
         s.vm_pid = child.id();
         s.image = Some(manifest.version.clone());
         s.carrier = Some(carrier.clone());
     });
-    Ok(RunningVm { child, carrier, daemons: virtiofsd })
+    Ok(RunningVm {
+        child,
+        carrier,
+        daemons: virtiofsd,
+    })
 }
 
 /// How long virtiofsd may take to create its socket.
@@ -157,7 +176,8 @@ async fn start_virtiofsd(
     let tool = rmachine_image::host_tools::find_virtiofsd(paths)
         .context("virtiofsd is not installed (shared folders need it): run `rmachine setup`")?;
     let log_path = machine.files.virtiofsd_log();
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     for (index, share) in machine.spec.mounts.iter().enumerate() {
         if !share.path.is_dir() {
             anyhow::bail!(
@@ -173,27 +193,57 @@ async fn start_virtiofsd(
             .arg(&socket)
             .arg("--shared-dir")
             .arg(&share.path)
-            .args(["--cache", "never", "--sandbox", "namespace", "--announce-submounts", "--log-level", "warn"]);
+            .args([
+                "--cache",
+                "never",
+                "--sandbox",
+                "namespace",
+                "--announce-submounts",
+                "--log-level",
+                "warn",
+            ]);
         if share.read_only {
             cmd.arg("--readonly");
         }
-        cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log.try_clone()?).kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("cannot run virtiofsd {}", tool.binary.display()))?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run virtiofsd {}", tool.binary.display()))?;
         let started = std::time::Instant::now();
         while !socket.exists() {
             if let Some(status) = child.try_wait()? {
-                anyhow::bail!("virtiofsd for {} exited ({status}); see {}", share.path.display(), log_path.display());
+                anyhow::bail!(
+                    "virtiofsd for {} exited ({status}); see {}",
+                    share.path.display(),
+                    log_path.display()
+                );
             }
             if started.elapsed() > VIRTIOFSD_READY {
-                anyhow::bail!("virtiofsd for {} did not create its socket within {VIRTIOFSD_READY:?}", share.path.display());
+                anyhow::bail!(
+                    "virtiofsd for {} did not create its socket within {VIRTIOFSD_READY:?}",
+                    share.path.display()
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tracing::info!(path = %share.path.display(), read_only = share.read_only, "virtiofsd started");
         let tag = format!("share{index}");
-        shares.push(QemuShare { tag: tag.clone(), socket });
-        mounts.push(Mount { tag, guest_path: share.path.display().to_string(), read_only: share.read_only });
-        children.push(Daemon { child, serves: format!("shared folder {}", share.path.display()) });
+        shares.push(QemuShare {
+            tag: tag.clone(),
+            socket,
+        });
+        mounts.push(Mount {
+            tag,
+            guest_path: share.path.display().to_string(),
+            read_only: share.read_only,
+        });
+        children.push(Daemon {
+            child,
+            serves: format!("shared folder {}", share.path.display()),
+        });
     }
     Ok((children, shares, mounts))
 }
@@ -204,7 +254,10 @@ const VMM_GUEST_CID: u32 = 3;
 
 /// Boots the machine under rmachine-vmm: the guest link is the VMM's hybrid vsock socket,
 /// so the config disk carries no token and the agent listens on vsock only.
-pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow::Result<RunningVm> {
+pub(crate) async fn launch_vmm(
+    machine: &Machine,
+    state: &SharedState,
+) -> anyhow::Result<RunningVm> {
     let paths = Paths::from_env()?;
     let vmm = rmachine_machine::driver::vmm_binary()
         .context("rmachine-vmm is not installed beside rmachine (or set RMACHINE_VMM)")?;
@@ -214,20 +267,28 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
     let (mut daemons, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
     let passt = start_passt(machine, &paths).await?;
     let net_socket = passt.is_some().then(|| machine.files.passt_socket());
-    daemons.extend(passt.map(|child| Daemon { child, serves: "network".into() }));
+    daemons.extend(passt.map(|child| Daemon {
+        child,
+        serves: "network".into(),
+    }));
     let config = GuestConfig {
         version: rmachine_protocol::PROTOCOL_VERSION,
         token: String::new(),
         hostname: machine.name.clone(),
         data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        host_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
         host_addr: net_socket.is_some().then(|| QEMU_HOST_ADDR.into()),
         mounts: guest_mounts,
     };
     let config_disk = machine.files.config_disk();
-    std::fs::write(&config_disk, config.encode()).with_context(|| format!("cannot write {}", config_disk.display()))?;
+    std::fs::write(&config_disk, config.encode())
+        .with_context(|| format!("cannot write {}", config_disk.display()))?;
     let console_log = machine.files.console_log();
-    std::fs::write(&console_log, b"").with_context(|| format!("cannot reset {}", console_log.display()))?;
+    std::fs::write(&console_log, b"")
+        .with_context(|| format!("cannot reset {}", console_log.display()))?;
     let uds = machine.files.vsock_socket();
     let api = machine.files.vmm_socket();
     for stale in [&uds, &api] {
@@ -248,18 +309,30 @@ pub(crate) async fn launch_vmm(machine: &Machine, state: &SharedState) -> anyhow
     std::fs::write(&config_path, serde_json::to_vec_pretty(&vm_config)?)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let log_path = machine.files.vmm_log();
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut cmd = tokio::process::Command::new(&vmm);
-    cmd.arg("--config").arg(&config_path).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    cmd.arg("--config")
+        .arg(&config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
     tracing::info!(vmm = %vmm.display(), config = %config_path.display(), "starting rmachine-vmm");
-    let child = cmd.spawn().with_context(|| format!("cannot run {}", vmm.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", vmm.display()))?;
     let carrier = Carrier::HybridVsock { uds };
     state.update(|s| {
         s.vm_pid = child.id();
         s.image = Some(manifest.version.clone());
         s.carrier = Some(carrier.clone());
     });
-    Ok(RunningVm { child, carrier, daemons })
+    Ok(RunningVm {
+        child,
+        carrier,
+        daemons,
+    })
 }
 
 /// How long passt may take to get ready.
@@ -272,26 +345,43 @@ const PASST_READY: std::time::Duration = std::time::Duration::from_secs(10);
 /// for this one VM and exits when the VM disconnects. Started as root, passt switches to
 /// user nobody by itself once its socket, pid file and log are open. `None`, after a
 /// warning, when passt is not installed: the machine then boots without network.
-async fn start_passt(machine: &Machine, paths: &Paths) -> anyhow::Result<Option<tokio::process::Child>> {
+async fn start_passt(
+    machine: &Machine,
+    paths: &Paths,
+) -> anyhow::Result<Option<tokio::process::Child>> {
     let Some(tool) = rmachine_image::host_tools::find_passt(paths) else {
         tracing::warn!("passt is not installed: the machine boots without network (run `rmachine setup` to install it)");
         return Ok(None);
     };
-    let (socket, pid_file, log_path) = (machine.files.passt_socket(), machine.files.passt_pid(), machine.files.passt_log());
+    let (socket, pid_file, log_path) = (
+        machine.files.passt_socket(),
+        machine.files.passt_pid(),
+        machine.files.passt_log(),
+    );
     let _ = std::fs::remove_file(&pid_file);
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut cmd = tokio::process::Command::from(tool.command());
     cmd.args(["--foreground", "--one-off", "--quiet", "--socket"])
         .arg(&socket)
         .arg("--pid")
         .arg(&pid_file)
-        .args(["--address", PASST_GUEST_ADDR, "--netmask", PASST_GUEST_PREFIX_LEN, "--gateway", QEMU_HOST_ADDR])
+        .args([
+            "--address",
+            PASST_GUEST_ADDR,
+            "--netmask",
+            PASST_GUEST_PREFIX_LEN,
+            "--gateway",
+            QEMU_HOST_ADDR,
+        ])
         .args(["--map-host-loopback", QEMU_HOST_ADDR])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().with_context(|| format!("cannot run passt {}", tool.binary.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run passt {}", tool.binary.display()))?;
     // The pid file is written once passt is initialised, its socket listening.
     let started = std::time::Instant::now();
     while std::fs::metadata(&pid_file).map_or(true, |m| m.len() == 0) {
@@ -299,7 +389,10 @@ async fn start_passt(machine: &Machine, paths: &Paths) -> anyhow::Result<Option<
             anyhow::bail!("passt exited ({status}); see {}", log_path.display());
         }
         if started.elapsed() > PASST_READY {
-            anyhow::bail!("passt did not get ready within {PASST_READY:?}; see {}", log_path.display());
+            anyhow::bail!(
+                "passt did not get ready within {PASST_READY:?}; see {}",
+                log_path.display()
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -325,8 +418,10 @@ fn vmm_config(
     shares: &[QemuShare],
     net_socket: Option<&std::path::Path>,
 ) -> serde_json::Value {
-    let filesystems: Vec<serde_json::Value> =
-        shares.iter().map(|s| serde_json::json!({ "tag": s.tag, "socket_path": s.socket })).collect();
+    let filesystems: Vec<serde_json::Value> = shares
+        .iter()
+        .map(|s| serde_json::json!({ "tag": s.tag, "socket_path": s.socket }))
+        .collect();
     let mut doc = serde_json::json!({
         "vcpus": machine.spec.cpus,
         "memory_mib": machine.spec.memory_mib,
@@ -384,17 +479,31 @@ mod tests {
     #[test]
     fn test_vmm_config_is_accepted_by_the_vmm_with_fs_and_net_devices() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(Paths::with_roots(dir.path().join("home"), dir.path().join("cache")));
+        let store = Store::new(Paths::with_roots(
+            dir.path().join("home"),
+            dir.path().join("cache"),
+        ));
         let settings = Settings {
             mounts: Some(vec![
-                MountSpec { path: dir.path().to_path_buf(), read_only: false },
-                MountSpec { path: "/tmp".into(), read_only: true },
+                MountSpec {
+                    path: dir.path().to_path_buf(),
+                    read_only: false,
+                },
+                MountSpec {
+                    path: "/tmp".into(),
+                    read_only: true,
+                },
             ]),
             ..Settings::default()
         };
         let machine = store.create("vmmcfg", &settings).unwrap();
         let (kernel, rootfs) = (dir.path().join("bzImage"), dir.path().join("root.erofs"));
-        for file in [&kernel, &rootfs, &machine.files.data_disk(), &machine.files.config_disk()] {
+        for file in [
+            &kernel,
+            &rootfs,
+            &machine.files.data_disk(),
+            &machine.files.config_disk(),
+        ] {
             std::fs::write(file, b"x").unwrap();
         }
         let mut listeners = Vec::new();
@@ -402,29 +511,61 @@ mod tests {
             .map(|i| {
                 let socket = machine.files.virtiofs_socket(i);
                 listeners.push(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-                QemuShare { tag: format!("share{i}"), socket }
+                QemuShare {
+                    tag: format!("share{i}"),
+                    socket,
+                }
             })
             .collect();
         let passt_socket = machine.files.passt_socket();
         listeners.push(std::os::unix::net::UnixListener::bind(&passt_socket).unwrap());
-        let image = VmmImage { kernel, cmdline: "console=ttyS0", rootfs };
-        let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares, Some(&passt_socket));
+        let image = VmmImage {
+            kernel,
+            cmdline: "console=ttyS0",
+            rootfs,
+        };
+        let doc = vmm_config(
+            &machine,
+            &image,
+            &machine.files.config_disk(),
+            &shares,
+            Some(&passt_socket),
+        );
         let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
         let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
         let tags: Vec<&str> = parsed.filesystems.iter().map(|f| f.tag.as_str()).collect();
         assert_eq!(tags, ["share0", "share1"]);
-        assert_eq!(parsed.filesystems[1].socket_path, machine.files.virtiofs_socket(1));
+        assert_eq!(
+            parsed.filesystems[1].socket_path,
+            machine.files.virtiofs_socket(1)
+        );
         let net = parsed.net.as_ref().expect("a net device");
         assert_eq!(net.backend, vmm::config::NetBackendKind::Passt);
         assert_eq!(net.socket.as_deref(), Some(passt_socket.as_path()));
-        assert_eq!(resolved.slots.len(), 9, "3 disks, vsock, rng, balloon, 2 fs, net: {:?}", resolved.slots);
+        assert_eq!(
+            resolved.slots.len(),
+            9,
+            "3 disks, vsock, rng, balloon, 2 fs, net: {:?}",
+            resolved.slots
+        );
         assert_eq!(resolved.cmdline, "console=ttyS0 reboot=k");
 
-        let doc = vmm_config(&machine, &image, &machine.files.config_disk(), &shares, None);
+        let doc = vmm_config(
+            &machine,
+            &image,
+            &machine.files.config_disk(),
+            &shares,
+            None,
+        );
         let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
         let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
         assert!(parsed.net.is_none());
-        assert_eq!(resolved.slots.len(), 8, "3 disks, vsock, rng, balloon, 2 fs: {:?}", resolved.slots);
+        assert_eq!(
+            resolved.slots.len(),
+            8,
+            "3 disks, vsock, rng, balloon, 2 fs: {:?}",
+            resolved.slots
+        );
     }
 
     fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
@@ -438,7 +579,10 @@ mod tests {
 
     /// The next frame of EtherType `ether_type` (passt may send others on its own).
     fn next_frame(s: &mut std::os::unix::net::UnixStream, ether_type: [u8; 2]) -> Vec<u8> {
-        (0..16).map(|_| read_frame(s)).find(|f| f.len() >= 14 && f[12..14] == ether_type).expect("no such frame from passt")
+        (0..16)
+            .map(|_| read_frame(s))
+            .find(|f| f.len() >= 14 && f[12..14] == ether_type)
+            .expect("no such frame from passt")
     }
 
     /// The passt the host agent starts gives a guest the QEMU user networking addresses:
@@ -452,16 +596,29 @@ mod tests {
         let paths = Paths::with_roots(dir.path().join("home"), cache);
         if rmachine_image::host_tools::find_passt(&paths).is_none() {
             let why = "no passt: run `rmachine setup` or set RMACHINE_PASST";
-            assert!(std::env::var("REQUIRE_KVM").as_deref() != Ok("1"), "REQUIRE_KVM=1 but {why}");
+            assert!(
+                std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
+                "REQUIRE_KVM=1 but {why}"
+            );
             eprintln!("skipped: {why}");
             return;
         }
-        let machine = Store::new(paths.clone()).create("passt", &Settings::default()).unwrap();
-        let mut passt = start_passt(&machine, &paths).await.unwrap().expect("passt starts");
-        let pid: u32 = std::fs::read_to_string(machine.files.passt_pid()).unwrap().trim().parse().unwrap();
+        let machine = Store::new(paths.clone())
+            .create("passt", &Settings::default())
+            .unwrap();
+        let mut passt = start_passt(&machine, &paths)
+            .await
+            .unwrap()
+            .expect("passt starts");
+        let pid: u32 = std::fs::read_to_string(machine.files.passt_pid())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(Some(pid), passt.id());
         let mut s = std::os::unix::net::UnixStream::connect(machine.files.passt_socket()).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         let guest_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
         let send = |s: &mut std::os::unix::net::UnixStream, frame: &[u8]| {
             s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
@@ -493,7 +650,10 @@ mod tests {
         let mut ip = vec![0x45, 0];
         ip.extend((20 + udp_len).to_be_bytes());
         ip.extend([0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]);
-        let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+        let sum = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u32>();
         let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         let mut dhcp = vec![0xff; 6];
@@ -526,7 +686,14 @@ mod tests {
 
         // One-off: passt exits once its client is gone.
         drop(s);
-        let status = tokio::time::timeout(std::time::Duration::from_secs(10), passt.wait()).await.unwrap().unwrap();
-        assert!(status.success(), "passt exited {status}: {}", std::fs::read_to_string(machine.files.passt_log()).unwrap());
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), passt.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            status.success(),
+            "passt exited {status}: {}",
+            std::fs::read_to_string(machine.files.passt_log()).unwrap()
+        );
     }
 }

@@ -36,7 +36,10 @@ pub(crate) struct SharedState {
 
 impl SharedState {
     pub(crate) fn update(&self, f: impl FnOnce(&mut MachineState)) {
-        let mut s = self.inner.lock().expect("state lock is never poisoned: no panics while held");
+        let mut s = self
+            .inner
+            .lock()
+            .expect("state lock is never poisoned: no panics while held");
         f(&mut s);
         if let Err(e) = s.write(&self.path) {
             tracing::error!(error = %e, path = %self.path.display(), "cannot write state");
@@ -44,7 +47,10 @@ impl SharedState {
     }
 
     pub(crate) fn snapshot(&self) -> MachineState {
-        self.inner.lock().expect("state lock is never poisoned: no panics while held").clone()
+        self.inner
+            .lock()
+            .expect("state lock is never poisoned: no panics while held")
+            .clone()
     }
 }
 
@@ -57,7 +63,10 @@ pub(crate) enum StopReason {
 
 pub fn run(name: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RMACHINE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RMACHINE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_ansi(false)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -77,8 +86,16 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
     initial.state = State::Starting;
     initial.detail = "preparing".into();
     initial.hostagent_pid = Some(std::process::id());
-    initial.started_at_unix = Some(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
-    let state = SharedState { inner: Arc::new(Mutex::new(initial)), path: machine.files.state() };
+    initial.started_at_unix = Some(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    let state = SharedState {
+        inner: Arc::new(Mutex::new(initial)),
+        path: machine.files.state(),
+    };
     state.update(|_| {});
 
     let (stop_tx, mut stop_rx) = mpsc::channel::<StopReason>(4);
@@ -109,7 +126,10 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
 }
 
 fn cleanup_sockets(machine: &Machine) {
-    for sock in [machine.files.docker_socket(), machine.files.hostagent_socket()] {
+    for sock in [
+        machine.files.docker_socket(),
+        machine.files.hostagent_socket(),
+    ] {
         let _ = std::fs::remove_file(sock);
     }
 }
@@ -147,7 +167,13 @@ async fn serve(
         };
         let carrier = Arc::new(vm.carrier.clone());
         let boot = Instant::now();
-        state.update(|s| s.detail = format!("booting ({} with {})", choice.backend.as_str(), choice.accel.as_str()));
+        state.update(|s| {
+            s.detail = format!(
+                "booting ({} with {})",
+                choice.backend.as_str(),
+                choice.accel.as_str()
+            )
+        });
         let died = tokio::select! {
             r = wait_ping(&carrier, ping_timeout) => {
                 let ping_ms = r?;
@@ -184,7 +210,10 @@ async fn serve(
     let policy = rmachine_hostproxy::MachinePolicy {
         machine: machine.name.clone(),
         shares: (machine.spec.mounts.iter())
-            .map(|m| rmachine_hostproxy::Share { host_path: m.path.clone(), read_only: m.read_only })
+            .map(|m| rmachine_hostproxy::Share {
+                host_path: m.path.clone(),
+                read_only: m.read_only,
+            })
             .collect(),
         host_gateway: true,
     };
@@ -195,8 +224,14 @@ async fn serve(
         Arc::new(policy),
     ));
     let ports_shutdown = tokio_util::sync::CancellationToken::new();
-    let shares: Vec<std::path::PathBuf> = machine.spec.mounts.iter().map(|m| m.path.clone()).collect();
-    let ports_task = publish_ports(carrier.clone(), state.clone(), shares, ports_shutdown.clone());
+    let shares: Vec<std::path::PathBuf> =
+        machine.spec.mounts.iter().map(|m| m.path.clone()).collect();
+    let ports_task = publish_ports(
+        carrier.clone(),
+        state.clone(),
+        shares,
+        ports_shutdown.clone(),
+    );
 
     state.update(|s| {
         s.state = State::Running;
@@ -252,17 +287,30 @@ fn publish_ports(
         let notify_carrier = carrier.clone();
         let notifier: share_events::Notifier = Box::new(move |paths| {
             let carrier = notify_carrier.clone();
-            Box::pin(async move { notify_changed(&carrier, paths).await.map_err(|e| format!("{e:#}")) })
+            Box::pin(async move {
+                notify_changed(&carrier, paths)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            })
         });
-        tokio::spawn(share_events::run(shares, binds_rx, notifier, shutdown.clone()));
+        tokio::spawn(share_events::run(
+            shares,
+            binds_rx,
+            notifier,
+            shutdown.clone(),
+        ));
     }
     let publisher = Arc::new(publisher);
     let mut statuses = publisher.subscribe();
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
             match &event {
-                PortEvent::Failed { .. } => tracing::warn!(event = %serde_json::to_string(&event).unwrap_or_default(), "port"),
-                _ => tracing::info!(event = %serde_json::to_string(&event).unwrap_or_default(), "port"),
+                PortEvent::Failed { .. } => {
+                    tracing::warn!(event = %serde_json::to_string(&event).unwrap_or_default(), "port")
+                }
+                _ => {
+                    tracing::info!(event = %serde_json::to_string(&event).unwrap_or_default(), "port")
+                }
             }
         }
     });
@@ -292,7 +340,10 @@ fn publish_ports(
 
 async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {
@@ -304,9 +355,13 @@ async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
 }
 
 fn vm_died(machine: &Machine, status: std::io::Result<std::process::ExitStatus>) -> anyhow::Error {
-    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    let status = status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
     // The console is bytes, not always UTF-8 (a serial line may start with 0xff).
-    let text = String::from_utf8_lossy(&std::fs::read(machine.files.console_log()).unwrap_or_default()).into_owned();
+    let text =
+        String::from_utf8_lossy(&std::fs::read(machine.files.console_log()).unwrap_or_default())
+            .into_owned();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     anyhow!("the VM exited unexpectedly ({status}); the console's last lines:\n{tail}")
@@ -346,9 +401,16 @@ async fn notify_changed(carrier: &Carrier, paths: Vec<String>) -> anyhow::Result
 }
 
 pub(crate) async fn sync_time(carrier: &Carrier) -> anyhow::Result<i64> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("host clock before 1970")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("host clock before 1970")?;
     let mut c = ControlClient::connect(carrier).await?;
-    match c.call(Request::SyncTime { unix_ns: now.as_nanos() as i64 }).await? {
+    match c
+        .call(Request::SyncTime {
+            unix_ns: now.as_nanos() as i64,
+        })
+        .await?
+    {
         Reply::TimeSynced { offset_ns } => Ok(offset_ns),
         other => bail!("sync_time answered {other:?}"),
     }
@@ -364,7 +426,10 @@ async fn wait_engine(carrier: &Carrier, timeout: Duration) -> anyhow::Result<()>
                     ServiceState::Running => return Ok(()),
                     ServiceState::Failed => bail!(
                         "the engine could not start: {}",
-                        info.dockerd.last_error.clone().unwrap_or_else(|| "no reason given".into())
+                        info.dockerd
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "no reason given".into())
                     ),
                     _ => last = Some(info),
                 }
@@ -397,5 +462,6 @@ async fn shutdown(carrier: &Carrier, vm: &mut launch::RunningVm) {
 
 fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot chmod {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
 }

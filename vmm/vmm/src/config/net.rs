@@ -134,7 +134,6 @@ fn check_tap(field: &str, name: &str, sysfs_net: &Path) -> Result<(), ConfigErro
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

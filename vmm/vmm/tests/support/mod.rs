@@ -221,7 +221,10 @@ impl HostTool {
                 .map(PathBuf::from)
         };
         if let Some(binary) = var(places.env_var) {
-            return binary.is_file().then_some(HostTool { bundle: None, binary });
+            return binary.is_file().then_some(HostTool {
+                bundle: None,
+                binary,
+            });
         }
         let cache = var("RMACHINE_CACHE")
             .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
@@ -238,7 +241,10 @@ impl HostTool {
             }
         }
         let binary = PathBuf::from(places.host_binary);
-        binary.is_file().then_some(HostTool { bundle: None, binary })
+        binary.is_file().then_some(HostTool {
+            bundle: None,
+            binary,
+        })
     }
 
     /// A copy of a bundle in `dir` (world-readable), for a user who cannot read the cache.
@@ -270,7 +276,11 @@ impl HostTool {
     pub fn command(&self, run_as: Option<u32>) -> Command {
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
         if let Some((loader, libs)) = &self.bundle {
-            argv.extend([loader.clone().into(), "--library-path".into(), libs.clone().into()]);
+            argv.extend([
+                loader.clone().into(),
+                "--library-path".into(),
+                libs.clone().into(),
+            ]);
         }
         argv.push(self.binary.clone().into());
         let mut cmd = match run_as {
@@ -283,7 +293,11 @@ impl HostTool {
             }
             None => Command::new(&argv[0]),
         };
-        cmd.args(if run_as.is_some() { &argv[..] } else { &argv[1..] });
+        cmd.args(if run_as.is_some() {
+            &argv[..]
+        } else {
+            &argv[1..]
+        });
         cmd
     }
 }
@@ -327,7 +341,14 @@ impl Virtiofsd {
             .arg(socket)
             .arg("--shared-dir")
             .arg(shared)
-            .args(["--cache", "never", "--sandbox", "namespace", "--log-level", "info"])
+            .args([
+                "--cache",
+                "never",
+                "--sandbox",
+                "namespace",
+                "--log-level",
+                "info",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -345,7 +366,10 @@ impl Virtiofsd {
                     std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            assert!(start.elapsed() < TIMEOUT, "virtiofsd never created its socket");
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "virtiofsd never created its socket"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         daemon

@@ -187,7 +187,9 @@ impl Fs {
         if !deadline.finish() {
             return false;
         }
-        self.metrics.backend_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .backend_timeouts
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             tag = %self.tag,
             socket = %self.socket_path.display(),
@@ -403,7 +405,9 @@ impl VirtioDevice for Fs {
                     self.stop_backend();
                     self.expired(deadline, "stopping the rings");
                 }
-                Err(e) => tracing::warn!(tag = %self.tag, error = %e, "virtio-fs: cannot stop the backend's rings"),
+                Err(e) => {
+                    tracing::warn!(tag = %self.tag, error = %e, "virtio-fs: cannot stop the backend's rings")
+                }
             }
         }
         for evt in &self.call_evts {
@@ -499,7 +503,13 @@ mod tests {
             started.elapsed()
         );
         assert!(
-            matches!(err, FsError::Timeout { step: "GET_FEATURES", .. }),
+            matches!(
+                err,
+                FsError::Timeout {
+                    step: "GET_FEATURES",
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains("no answer within 0.2 s"), "{err}");
@@ -513,7 +523,10 @@ mod tests {
             .err()
             .expect("no backend");
         assert!(matches!(err, FsError::Connect { .. }), "{err:?}");
-        assert!(err.to_string().contains(&*socket.to_string_lossy()), "{err}");
+        assert!(
+            err.to_string().contains(&*socket.to_string_lossy()),
+            "{err}"
+        );
     }
 
     #[test]

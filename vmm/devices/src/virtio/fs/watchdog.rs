@@ -44,9 +44,7 @@ impl Watchdog {
     /// Ends the deadline; true when it had expired (the connection is shut down).
     pub(super) fn finish(mut self) -> bool {
         self.stop.take();
-        self.thread
-            .take()
-            .is_some_and(|t| t.join().unwrap_or(true))
+        self.thread.take().is_some_and(|t| t.join().unwrap_or(true))
     }
 }
 
