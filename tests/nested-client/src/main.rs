@@ -97,6 +97,9 @@ struct Args {
     no_shutdown: bool,
     /// rmachine-vmm's API socket, whose balloon must give memory back.
     vmm_api: Option<PathBuf>,
+    /// Run a web server container publishing its port 80 on this port of 127.0.0.1 (through
+    /// `docker_sock`) and fetch its page there: the host agent's port forwarding.
+    publish_port: Option<u16>,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
@@ -113,6 +116,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let (mut argv_file, mut label, mut init_marker, mut console_log) = (None, None, None, None);
     let mut shutdown_timeout = None;
     let (mut docker_sock, mut no_shutdown, mut vmm_api) = (None, false, None);
+    let mut publish_port = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -130,6 +134,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--docker-sock" => docker_sock = Some(PathBuf::from(value()?)),
             "--no-shutdown" => no_shutdown = true,
             "--vmm-api" => vmm_api = Some(PathBuf::from(value()?)),
+            "--publish-port" => publish_port = Some(number(arg, &value()?)?),
             "--spawn-argv" => argv_file = Some(PathBuf::from(value()?)),
             "--label" => label = Some(value()?),
             "--init-marker" => init_marker = Some(value()?),
@@ -170,6 +175,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             None
         }
     };
+    if publish_port.is_some() && docker_sock.is_none() {
+        return Err("--publish-port needs --docker-sock".into());
+    }
     Ok(Args {
         transport: transport.ok_or("--uds PATH or --vsock CID is required")?,
         timeout,
@@ -180,6 +188,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         docker_sock,
         no_shutdown,
         vmm_api,
+        publish_port,
     })
 }
 
@@ -328,21 +337,136 @@ fn check_share(transport: &Transport, dir: &str) -> Result<(), String> {
 
 /// `GET path` (HTTP/1.1, connection closed after) on a unix socket; the whole response.
 fn unix_get(sock: &std::path::Path, path: &str) -> Result<Vec<u8>, String> {
+    unix_request(sock, "GET", path, None)
+}
+
+/// One HTTP/1.1 request (connection closed after) on a unix socket, with an optional body
+/// `(content type, bytes)`; the whole response.
+fn unix_request(
+    sock: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<Vec<u8>, String> {
     let mut stream = std::os::unix::net::UnixStream::connect(sock)
         .map_err(|e| format!("connect {}: {e}", sock.display()))?;
     stream
         .set_read_timeout(Some(ATTEMPT_TIMEOUT))
         .map_err(|e| format!("set timeout: {e}"))?;
+    let (content_type, bytes) = body.unwrap_or(("text/plain", b""));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
     )
+    .and_then(|()| stream.write_all(bytes))
     .map_err(|e| format!("write: {e}"))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
         .map_err(|e| format!("reading the answer: {e}"))?;
     Ok(response)
+}
+
+/// The status code of an HTTP response, and its text.
+fn http_status(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// The page the published web server serves.
+const WEB_PAGE: &str = "served by a container in L2\n";
+/// The name of the web server container.
+const WEB_CONTAINER: &str = "nested-web";
+
+/// A root filesystem for `docker import`: L1's static busybox and a web page.
+fn web_image_tar() -> Result<Vec<u8>, String> {
+    let busybox = std::fs::read("/bin/busybox").map_err(|e| format!("read /bin/busybox: {e}"))?;
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, mode, data) in [
+        ("bin/busybox", 0o755, busybox.as_slice()),
+        ("www/index.html", 0o644, WEB_PAGE.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_cksum();
+        tar.append_data(&mut header, path, data)
+            .map_err(|e| format!("tar {path}: {e}"))?;
+    }
+    tar.into_inner().map_err(|e| format!("tar: {e}"))
+}
+
+/// Imports the web image, creates and starts a container publishing port 80 on
+/// 127.0.0.1:`port`, all through the host agent's `docker.sock`.
+fn start_web_container(sock: &std::path::Path, port: u16) -> Result<(), String> {
+    let tar = web_image_tar()?;
+    let (code, text) = http_status(&unix_request(
+        sock,
+        "POST",
+        "/images/create?fromSrc=-&repo=nested-web&tag=1",
+        Some(("application/x-tar", &tar)),
+    )?);
+    if code != 200 || text.contains("errorDetail") {
+        return Err(format!("docker import: {text}"));
+    }
+    // A leftover of an earlier attempt would make the name clash.
+    let _ = unix_request(
+        sock,
+        "DELETE",
+        &format!("/containers/{WEB_CONTAINER}?force=1"),
+        None,
+    );
+    let create = format!(
+        r#"{{"Image":"nested-web:1","Cmd":["/bin/busybox","httpd","-f","-p","80","-h","/www"],"ExposedPorts":{{"80/tcp":{{}}}},"HostConfig":{{"PortBindings":{{"80/tcp":[{{"HostIp":"127.0.0.1","HostPort":"{port}"}}]}}}}}}"#
+    );
+    let (code, text) = http_status(&unix_request(
+        sock,
+        "POST",
+        &format!("/containers/create?name={WEB_CONTAINER}"),
+        Some(("application/json", create.as_bytes())),
+    )?);
+    if code != 201 {
+        return Err(format!("container create: {text}"));
+    }
+    let (code, text) = http_status(&unix_request(
+        sock,
+        "POST",
+        &format!("/containers/{WEB_CONTAINER}/start"),
+        None,
+    )?);
+    if code != 204 {
+        return Err(format!("container start: {text}"));
+    }
+    Ok(())
+}
+
+/// `GET /` from 127.0.0.1:`port`; Ok when the answer carries the container's page.
+fn fetch_published_page(port: u16) -> Result<(), String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(ATTEMPT_TIMEOUT))
+        .map_err(|e| format!("set timeout: {e}"))?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let (code, text) = http_status(&response);
+    if code == 200 && text.ends_with(WEB_PAGE) {
+        Ok(())
+    } else {
+        Err(format!("127.0.0.1:{port} answered {text:?}"))
+    }
 }
 
 /// `discarded_bytes` of the balloon device in rmachine-vmm's `GET /metrics` answer.
@@ -504,6 +628,27 @@ impl Client {
                 self.elapsed_s(),
                 sock.display()
             );
+        }
+        if let (Some(sock), Some(port)) = (self.args.docker_sock.clone(), self.args.publish_port) {
+            let (_, tries) = self.retry("web container", || start_web_container(&sock, port))?;
+            println!(
+                "NESTED TIMING web_container_s={:.3} (imported, created, started; attempts {tries})",
+                self.elapsed_s()
+            );
+            let (_, tries) = self.retry("published port", || fetch_published_page(port))?;
+            println!(
+                "NESTED TIMING published_port_s={:.3} (127.0.0.1:{port} served the container's page, attempts {tries})",
+                self.elapsed_s()
+            );
+            let (code, text) = http_status(&unix_request(
+                &sock,
+                "DELETE",
+                &format!("/containers/{WEB_CONTAINER}?force=1"),
+                None,
+            )?);
+            if code != 204 {
+                return Err(format!("container remove: {text}"));
+            }
         }
         if let Some(api) = self.args.vmm_api.clone() {
             let (bytes, tries) = self.retry("balloon", || {
@@ -748,11 +893,45 @@ mod tests {
                 docker_sock: None,
                 no_shutdown: false,
                 vmm_api: None,
+                publish_port: None,
             }
         );
         assert!(parse_args(&strings(&["--timeout-s", "1"])).is_err());
         assert!(parse_args(&strings(&["--uds"])).is_err());
         assert!(parse_args(&strings(&["--uds", "x", "--bogus"])).is_err());
+        let err = parse_args(&strings(&["--uds", "x", "--publish-port", "8080"])).unwrap_err();
+        assert!(err.contains("--docker-sock"), "{err}");
+    }
+
+    #[test]
+    fn test_web_image_holds_busybox_and_the_page() {
+        if !std::path::Path::new("/bin/busybox").exists() {
+            eprintln!("SKIPPED: no /bin/busybox here (L1 always has it)");
+            return;
+        }
+        let tar = web_image_tar().unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let entries: Vec<(String, u32, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.size().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(entries[0].0, "bin/busybox");
+        assert_eq!(entries[0].1, 0o755);
+        assert!(entries[0].2 > 100_000, "{entries:?}");
+        assert_eq!(
+            (entries[1].0.as_str(), entries[1].1, entries[1].2),
+            ("www/index.html", 0o644, WEB_PAGE.len() as u64)
+        );
     }
 
     #[test]

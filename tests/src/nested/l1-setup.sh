@@ -1,5 +1,5 @@
 # Sourced first by every L1 init of the nested harness (`/etc/nested/l1-setup.sh`): mounts,
-# `up` (uptime) and `fail` (prints `NESTED FAIL <why>` and powers off), the shell variables
+# loopback, `up` (uptime) and `fail` (prints `NESTED FAIL <why>` and powers off), the shell variables
 # of /etc/nested/env, the KVM, virtio and vhost-vsock modules, /dev/kvm, and the disks the
 # host gave, linked by serial as /dev/rm-root, /dev/rm-data and /dev/rm-config.
 /bin/busybox --install -s /bin
@@ -9,6 +9,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mkdir -p /run && mount -t tmpfs run /run
+# Loopback, for the ports a host agent publishes on 127.0.0.1.
+ip link set lo up
 up() { cut -d' ' -f1 /proc/uptime; }
 fail() {
   echo "NESTED FAIL $*"

@@ -44,7 +44,7 @@ rmachine status nested | sed 's/^/NESTED STATUS /'
 IP=$(rmachine ip nested 2>&1) || { show_logs; fail "rmachine ip: $IP"; }
 echo "NESTED L1 guest address from passt: $IP"
 rmachine-nested-client --uds "$M/vsock.sock" --timeout-s "$CLIENT_TIMEOUT_S" --share-dir "$SHARE" \
-  --docker-sock "$M/docker.sock" --vmm-api "$M/vmm.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
+  --docker-sock "$M/docker.sock" --publish-port 18080 --vmm-api "$M/vmm.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
 grep -q "passt started" "$M/hostagent.log" || { show_logs; fail "the host agent did not start passt"; }
 echo "NESTED L1 rmachine stop uptime=$(up)"
 rmachine stop nested || { show_logs; fail "rmachine stop"; }

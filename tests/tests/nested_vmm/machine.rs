@@ -4,8 +4,10 @@
 //! folders of its own. Its init (`l1-machine.sh`) creates and starts a machine with a shared
 //! folder as a user would on hardware KVM; the host agent boots the guest under rmachine-vmm
 //! with virtiofsd and passt. The nested client then checks the agent over the machine's hybrid
-//! vsock socket, the shared folder both ways, and the engine through the host agent's
-//! docker.sock; `rmachine stop` must stop the machine.
+//! vsock socket, the shared folder both ways, the engine through the host agent's
+//! docker.sock, and a published port: a web server container (imported from L1's busybox)
+//! publishes 127.0.0.1:18080 in L1, which the host agent forwards over vsock's dial service;
+//! `rmachine stop` must stop the machine.
 
 use std::time::{Duration, Instant};
 
@@ -155,5 +157,11 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     assert!(
         run.lines.iter().any(|(_, l)| l.contains("docker_sock_s=")),
         "PASS without the docker.sock check"
+    );
+    assert!(
+        run.lines
+            .iter()
+            .any(|(_, l)| l.contains("published_port_s=")),
+        "PASS without the published-port check"
     );
 }
