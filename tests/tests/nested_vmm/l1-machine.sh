@@ -46,6 +46,15 @@ echo "NESTED L1 guest address from passt: $IP"
 rmachine-nested-client --uds "$M/vsock.sock" --timeout-s "$CLIENT_TIMEOUT_S" --share-dir "$SHARE" \
   --docker-sock "$M/docker.sock" --publish-port 18080 --vmm-api "$M/vmm.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
 grep -q "passt started" "$M/hostagent.log" || { show_logs; fail "the host agent did not start passt"; }
+# The exec service over vsock: a command's output and exit status, and `rmachine cp`.
+OUT=$(rmachine shell nested -T -- sh -c 'uname -r; exit 7' </dev/null 2>&1)
+CODE=$?
+[ "$CODE" = 7 ] && [ -n "$OUT" ] || { show_logs; fail "rmachine shell: exit $CODE, output $OUT"; }
+echo "NESTED L1 rmachine shell ran in the guest (kernel $OUT, exit $CODE) uptime=$(up)"
+echo "copied from L1" > /tmp/cp-in.txt
+rmachine cp /tmp/cp-in.txt nested:/tmp/cp.txt && rmachine cp nested:/tmp/cp.txt /tmp/cp-out.txt \
+  && [ "$(cat /tmp/cp-out.txt)" = "copied from L1" ] || { show_logs; fail "rmachine cp both ways: $(cat /tmp/cp-out.txt 2>&1)"; }
+echo "NESTED L1 rmachine cp both ways uptime=$(up)"
 echo "NESTED L1 rmachine stop uptime=$(up)"
 rmachine stop nested || { show_logs; fail "rmachine stop"; }
 rmachine status nested | grep -q "machine nested: stopped" || { show_logs; fail "not stopped: $(rmachine status nested)"; }

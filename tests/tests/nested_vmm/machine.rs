@@ -7,7 +7,8 @@
 //! vsock socket, the shared folder both ways, the engine through the host agent's
 //! docker.sock, and a published port: a web server container (imported from L1's busybox)
 //! publishes 127.0.0.1:18080 in L1, which the host agent forwards over vsock's dial service;
-//! `rmachine stop` must stop the machine.
+//! `rmachine shell` and `rmachine cp` through the exec service; `rmachine stop` must stop the
+//! machine.
 
 use std::time::{Duration, Instant};
 
@@ -163,5 +164,9 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
             .iter()
             .any(|(_, l)| l.contains("published_port_s=")),
         "PASS without the published-port check"
+    );
+    assert!(
+        at("NESTED L1 rmachine cp both ways").is_some(),
+        "PASS without the shell and cp checks"
     );
 }
