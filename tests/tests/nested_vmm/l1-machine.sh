@@ -55,6 +55,13 @@ echo "copied from L1" > /tmp/cp-in.txt
 rmachine cp /tmp/cp-in.txt nested:/tmp/cp.txt && rmachine cp nested:/tmp/cp.txt /tmp/cp-out.txt \
   && [ "$(cat /tmp/cp-out.txt)" = "copied from L1" ] || { show_logs; fail "rmachine cp both ways: $(cat /tmp/cp-out.txt 2>&1)"; }
 echo "NESTED L1 rmachine cp both ways uptime=$(up)"
+# Outbound through passt: a container reaches L1's loopback at 10.0.2.2, the host's address
+# under both drivers (the client left its busybox image, nested-web:1, in the engine).
+mkdir -p /tmp/l1www && echo "served by L1" > /tmp/l1www/index.html
+httpd -p 127.0.0.1:8088 -h /tmp/l1www
+OUT=$(rmachine shell nested -T -- docker run --rm nested-web:1 /bin/busybox wget -q -O- http://10.0.2.2:8088/ </dev/null 2>&1)
+[ "$OUT" = "served by L1" ] || { show_logs; fail "a container fetching L1's 127.0.0.1:8088 as 10.0.2.2:8088: $OUT"; }
+echo "NESTED L1 a container reached L1's loopback through passt uptime=$(up)"
 echo "NESTED L1 rmachine stop uptime=$(up)"
 rmachine stop nested || { show_logs; fail "rmachine stop"; }
 rmachine status nested | grep -q "machine nested: stopped" || { show_logs; fail "not stopped: $(rmachine status nested)"; }

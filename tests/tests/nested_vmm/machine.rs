@@ -7,7 +7,8 @@
 //! vsock socket, the shared folder both ways, the engine through the host agent's
 //! docker.sock, and a published port: a web server container (imported from L1's busybox)
 //! publishes 127.0.0.1:18080 in L1, which the host agent forwards over vsock's dial service;
-//! `rmachine shell` and `rmachine cp` through the exec service; `rmachine stop` must stop the
+//! `rmachine shell` and `rmachine cp` through the exec service; a container's outbound
+//! connection through passt to L1's loopback (as 10.0.2.2); `rmachine stop` must stop the
 //! machine.
 
 use std::time::{Duration, Instant};
@@ -168,5 +169,9 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     assert!(
         at("NESTED L1 rmachine cp both ways").is_some(),
         "PASS without the shell and cp checks"
+    );
+    assert!(
+        at("NESTED L1 a container reached L1's loopback through passt").is_some(),
+        "PASS without the outbound check"
     );
 }
