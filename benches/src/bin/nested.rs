@@ -13,7 +13,10 @@
 //! line, `rmachine-agent starting as PID 1`, and the guest clock stamped on it), the agent's
 //! `ping`, and the engine ready (`GET /version` answered through the engine service; over
 //! rmachine-vmm's hybrid vsock socket, over AF_VSOCK to QEMU's vhost-vsock). Then the guest
-//! is powered off and the VMM must exit. An untimed rmachine-vmm boot first formats the data
+//! is powered off and the VMM must exit. Before powering the guest off, the client times two
+//! workloads on a tree of 200 files in L1's `/share`: natively in L1 before the VMM starts,
+//! and in the guest through virtio-fs (one virtiofsd per guest boot, `--cache never`; rmachine-vmm's
+//! vhost-user frontend against QEMU's vhost-user-fs-device, the same virtiofsd). An untimed rmachine-vmm boot first formats the data
 //! disk. Before each guest boot L1 reads the root disk into its page cache.
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin nested` (BENCH_RUNS=5 repetitions
@@ -55,6 +58,17 @@ const FIGURES: [(&str, &str); 4] = [
     ("engine_s", "start to the engine ready (`GET /version`)"),
 ];
 
+/// The share workloads: the guest's key, the same workload's key natively in L1, and how the
+/// table says it.
+const SHARE_FIGURES: [(&str, &str, &str); 2] = [
+    (
+        "share_read_s",
+        "native_read_s",
+        "read every file of a tree (`find -exec cat`, 200 files of 4 KiB)",
+    ),
+    ("share_write_s", "native_write_s", "copy the tree (`cp -r`)"),
+];
+
 fn runs() -> usize {
     std::env::var("BENCH_RUNS")
         .ok()
@@ -72,18 +86,19 @@ fn main() {
     let (manifest, image_dir) = rmachine_e2e::image();
     l1::require_qemu();
     let qemu = l1::qemu_binary();
-    let cache = Paths::from_env()
-        .expect("HOME or RMACHINE_CACHE is set")
-        .cache()
-        .join("nested");
+    let paths = Paths::from_env().expect("HOME or RMACHINE_CACHE is set");
+    let cache = paths.cache().join("nested");
     let tools = build::tools();
     let kernel = kernel::l1_kernel(&cache);
 
     let extra = std::env::var("RMACHINE_NESTED_L2_CMDLINE_EXTRA").ok();
     let cmdline = l2::guest_cmdline(&manifest.kernel_cmdline, extra.as_deref());
-    let vm_json =
-        serde_json::to_string_pretty(&l2::vm_config(cmdline.clone(), Console::Stdout, None))
-            .expect("vm config to json");
+    let vm_json = serde_json::to_string_pretty(&l2::vm_config(
+        cmdline.clone(),
+        Console::Stdout,
+        Some(l2::l1_share()),
+    ))
+    .expect("vm config to json");
     let vmm_argv = [
         "/bin/rmachine-vmm",
         "--config",
@@ -91,10 +106,13 @@ fn main() {
         "--log-file",
         "/tmp/vmm.log",
     ];
-    let qemu_argv = l2::qemu_argv(QEMU_IN_L1, &cmdline);
+    let qemu_argv = l2::qemu_argv(QEMU_IN_L1, &cmdline, Some(&l2::l1_share()));
+    let virtiofsd = rmachine_image::host_tools::find_virtiofsd(&paths)
+        .expect("no virtiofsd for L1's shared folder: run `rmachine setup`");
     let env = format!(
-        "CLIENT_TIMEOUT_S=600\nSHUTDOWN_TIMEOUT_S=120\nRETRY_MS=200\nGUEST_CID={}\nVMM_LOG_LEVEL=info\nINIT_MARKER='{INIT_MARKER}'\n",
-        l2::GUEST_CID
+        "CLIENT_TIMEOUT_S=600\nSHUTDOWN_TIMEOUT_S=120\nRETRY_MS=200\nGUEST_CID={}\nVMM_LOG_LEVEL=info\nINIT_MARKER='{INIT_MARKER}'\nL2_SHARE_DIR={}\n",
+        l2::GUEST_CID,
+        l2::L2_SHARE_DIR
     );
     let initrd = initramfs::build(
         &cache,
@@ -104,7 +122,7 @@ fn main() {
             kernel: &kernel,
             vmm: &tools.vmm,
             client: &tools.client,
-            virtiofsd: None,
+            virtiofsd: Some(&virtiofsd),
             qemu: Some(&qemu),
             guest_kernel: &image_dir.join(&manifest.kernel.file),
             files: vec![
@@ -119,7 +137,8 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let (data, config_disk) = l2::write_disks(dir.path(), "nested-bench", vec![]);
+    let (data, config_disk) =
+        l2::write_disks(dir.path(), "nested-bench", vec![l2::l1_share_mount()]);
     let log_dir = build::target_dir().join("nested-bench");
     std::fs::create_dir_all(&log_dir).expect("create the log folder");
     eprintln!(
@@ -239,6 +258,48 @@ fn main() {
                 .map(|b| format!("{:.3}", seconds(b, key).as_secs_f64()))
                 .collect();
             println!("{label} {key}: {}", all.join(" "));
+        }
+    }
+    println!();
+    println!(
+        "# A folder of L1 through virtio-fs (virtiofsd in L1, --cache never) against the same folder read natively in L1 (median of {runs}; % = native time / guest time)"
+    );
+    println!(
+        "| workload | native in L1 | rmachine-vmm | QEMU microvm | rmachine-vmm % of native | QEMU % of native | rmachine-vmm / QEMU |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (key, native_key, what) in SHARE_FIGURES {
+        let med = |label: &str, key: &str| {
+            median(samples[label].iter().map(|b| seconds(b, key)).collect()).as_secs_f64()
+        };
+        let native = median(
+            [VMM, QEMU]
+                .iter()
+                .flat_map(|label| samples[label].iter().map(|b| seconds(b, native_key)))
+                .collect(),
+        )
+        .as_secs_f64();
+        let (v, q) = (med(VMM, key), med(QEMU, key));
+        println!(
+            "| {what} | {native:.3} s | {v:.3} s | {q:.3} s | {:.1} % | {:.1} % | {:.2}× |",
+            100.0 * native / v,
+            100.0 * native / q,
+            v / q
+        );
+    }
+    for label in [VMM, QEMU] {
+        for (key, native_key, _) in SHARE_FIGURES {
+            let all: Vec<String> = samples[label]
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{:.3}/{:.3}",
+                        seconds(b, key).as_secs_f64(),
+                        seconds(b, native_key).as_secs_f64()
+                    )
+                })
+                .collect();
+            println!("{label} {key}/{native_key}: {}", all.join(" "));
         }
     }
     if let Some(w) = warmup {

@@ -72,6 +72,9 @@ enum Transport {
 struct Spawn {
     /// The VMM's command, one argument per line.
     argv_file: PathBuf,
+    /// Times a file tree's reading and copying in a folder of L1 natively, then in the guest
+    /// through the share: `(L1 folder, the same folder's path in the guest)`.
+    share_bench: Option<(PathBuf, String)>,
     /// Names the run in the `NESTED BENCH` line.
     label: String,
     /// The console line that shows the guest's init running.
@@ -117,6 +120,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut shutdown_timeout = None;
     let (mut docker_sock, mut no_shutdown, mut vmm_api) = (None, false, None);
     let mut publish_port = None;
+    let mut share_bench = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -135,6 +139,13 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--no-shutdown" => no_shutdown = true,
             "--vmm-api" => vmm_api = Some(PathBuf::from(value()?)),
             "--publish-port" => publish_port = Some(number(arg, &value()?)?),
+            "--share-bench" => {
+                let v = value()?;
+                let (l1, l2) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("--share-bench {v:?}: L1DIR:GUESTDIR"))?;
+                share_bench = Some((PathBuf::from(l1), l2.to_string()));
+            }
             "--spawn-argv" => argv_file = Some(PathBuf::from(value()?)),
             "--label" => label = Some(value()?),
             "--init-marker" => init_marker = Some(value()?),
@@ -155,6 +166,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 console_log: console_log
                     .unwrap_or_else(|| PathBuf::from(format!("/tmp/{label}-console.log"))),
                 argv_file,
+                share_bench,
                 label,
                 init_marker,
                 shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
@@ -162,15 +174,14 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         }
         None => {
             if label.is_some()
+                || share_bench.is_some()
                 || init_marker.is_some()
                 || console_log.is_some()
                 || shutdown_timeout.is_some()
             {
-                return Err(
-                    "--label, --init-marker, --console-log and --shutdown-timeout-s \
-                            need --spawn-argv"
-                        .into(),
-                );
+                return Err("--label, --share-bench, --init-marker, --console-log and \
+                     --shutdown-timeout-s need --spawn-argv"
+                    .into());
             }
             None
         }
@@ -278,8 +289,18 @@ fn engine_version(transport: &Transport) -> Result<Vec<u8>, String> {
 }
 
 /// Runs `argv` in the guest through the exec service, stdin closed; returns (exit code,
-/// stdout, stderr).
+/// stdout, stderr). The command may stay silent for [`ATTEMPT_TIMEOUT`].
 fn exec(transport: &Transport, argv: &[&str]) -> Result<(i32, String, String), String> {
+    exec_within(transport, argv, ATTEMPT_TIMEOUT)
+}
+
+/// [`exec`] of a command that may run silently for up to `limit`.
+fn exec_within(
+    transport: &Transport,
+    argv: &[&str],
+    limit: Duration,
+) -> Result<(i32, String, String), String> {
+    let started = Instant::now();
     let mut reader = connect(transport, Service::Exec)?;
     let request = ExecRequest {
         argv: argv.iter().map(|a| a.to_string()).collect(),
@@ -309,6 +330,12 @@ fn exec(transport: &Transport, argv: &[&str]) -> Result<(i32, String, String), S
         match stream.read(&mut chunk) {
             Ok(0) => return Err("exec connection closed before the exit code".into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // The socket's read timeout: the command is still running.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && started.elapsed() < limit => {}
             Err(e) => return Err(format!("reading exec frames: {e}")),
         }
     }
@@ -728,6 +755,103 @@ fn copy_console(
     }
 }
 
+/// The share benchmark's tree: folders, files in each, bytes in each file.
+const BENCH_TREE: (usize, usize, usize) = (10, 20, 4096);
+/// Timed repetitions of each share workload (the median is reported).
+const SHARE_BENCH_REPEATS: usize = 3;
+
+/// Makes `dir/tree` (see [`BENCH_TREE`]) unless it is there; returns its size in bytes.
+fn make_bench_tree(dir: &std::path::Path) -> Result<u64, String> {
+    let (dirs, files, size) = BENCH_TREE;
+    let tree = dir.join("tree");
+    for d in 0..dirs {
+        let sub = tree.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&sub).map_err(|e| format!("create {}: {e}", sub.display()))?;
+        for f in 0..files {
+            let path = sub.join(format!("f{f:03}.txt"));
+            if !path.exists() {
+                let byte = b'a' + ((d + f) % 26) as u8;
+                std::fs::write(&path, vec![byte; size])
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok((dirs * files * size) as u64)
+}
+
+/// Times the share workloads in `dir` (its `tree`, see [`make_bench_tree`]) with `run`, which
+/// runs a shell command and returns its stdout: reading every file (`find … -exec cat`), and
+/// copying the tree (`cp -r`), each the median of [`SHARE_BENCH_REPEATS`] after an untimed read.
+fn time_share_workloads(
+    dir: &str,
+    bytes: u64,
+    mut run: impl FnMut(&str) -> Result<String, String>,
+) -> Result<(f64, f64), String> {
+    let read = format!("find {dir}/tree -type f -exec cat {{}} + | wc -c");
+    let mut timed_read = || -> Result<f64, String> {
+        let t = Instant::now();
+        let out = run(&read)?;
+        let took = t.elapsed().as_secs_f64();
+        println!("NESTED share read of {dir}/tree: {took:.3}s");
+        match out.trim().parse::<u64>() {
+            Ok(n) if n == bytes => Ok(took),
+            _ => Err(format!("{read:?} gave {out:?}, not {bytes}")),
+        }
+    };
+    timed_read()?;
+    let mut reads = (0..SHARE_BENCH_REPEATS)
+        .map(|_| timed_read())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut writes = Vec::new();
+    for _ in 0..SHARE_BENCH_REPEATS {
+        run(&format!("rm -rf {dir}/copy"))?;
+        let t = Instant::now();
+        run(&format!("cp -r {dir}/tree {dir}/copy"))?;
+        writes.push(t.elapsed().as_secs_f64());
+        println!(
+            "NESTED share copy of {dir}/tree: {:.3}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    run(&format!("rm -rf {dir}/copy"))?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut reads), median(&mut writes)))
+}
+
+/// Runs `sh -c script` here (in L1); its stdout, or why it failed.
+fn run_native(script: &str) -> Result<String, String> {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .map_err(|e| format!("sh -c {script:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sh -c {script:?}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How long one share workload may run in the guest (nested virtio-fs is slow under TCG).
+const SHARE_WORKLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs `sh -c script` in the guest through the exec service; its stdout, or why it failed.
+fn run_in_guest(transport: &Transport, script: &str) -> Result<String, String> {
+    let (code, stdout, stderr) =
+        exec_within(transport, &["sh", "-c", script], SHARE_WORKLOAD_TIMEOUT)?;
+    if code != 0 {
+        return Err(format!(
+            "in the guest, sh -c {script:?}: exit {code} {stderr}"
+        ));
+    }
+    Ok(stdout)
+}
+
 /// Bench mode: starts the VMM, times the guest's init, ping and engine, powers the guest off
 /// and times the VMM's exit.
 fn bench(args: Args, spawn: &Spawn) -> Result<(), String> {
@@ -742,6 +866,18 @@ fn bench(args: Args, spawn: &Spawn) -> Result<(), String> {
     let stderr_path = format!("{}.stderr", spawn.console_log.display());
     let stderr = File::create(&stderr_path).map_err(|e| format!("create {stderr_path}: {e}"))?;
     let label = spawn.label.clone();
+
+    // The share workloads natively first, on the same tree the guest reads later.
+    let share = match &spawn.share_bench {
+        Some((l1_dir, l2_dir)) => {
+            let bytes = make_bench_tree(l1_dir)?;
+            let (read, write) =
+                time_share_workloads(&l1_dir.display().to_string(), bytes, run_native)?;
+            println!("NESTED {label} native share workloads: read {read:.3}s, copy {write:.3}s");
+            Some((l2_dir.clone(), bytes, read, write))
+        }
+        None => None,
+    };
 
     let started = Instant::now();
     let mut vmm = VmmProcess(
@@ -800,6 +936,21 @@ fn bench(args: Args, spawn: &Spawn) -> Result<(), String> {
     println!("NESTED {label} ping at {ping_s:.3}s");
     let (engine_s, version, _) = client.engine()?;
     println!("NESTED {label} engine {version} at {engine_s:.3}s");
+    let share_figures = match share {
+        Some((l2_dir, bytes, native_read, native_write)) => {
+            let transport = client.args.transport.clone();
+            let (read, write) =
+                time_share_workloads(&l2_dir, bytes, |script| run_in_guest(&transport, script))?;
+            println!(
+                "NESTED {label} share workloads in the guest: read {read:.3}s, copy {write:.3}s"
+            );
+            format!(
+                " share_read_s={read:.3} share_write_s={write:.3} \
+                 native_read_s={native_read:.3} native_write_s={native_write:.3}"
+            )
+        }
+        None => String::new(),
+    };
     client.shutdown()?;
 
     let asked = Instant::now();
@@ -825,7 +976,7 @@ fn bench(args: Args, spawn: &Spawn) -> Result<(), String> {
     }
     println!(
         "NESTED BENCH label={label} init_s={init_s:.3}{guest_init} ping_s={ping_s:.3} \
-         engine_s={engine_s:.3} exit_s={exit_s:.3}"
+         engine_s={engine_s:.3} exit_s={exit_s:.3}{share_figures}"
     );
     Ok(())
 }
@@ -947,6 +1098,8 @@ mod tests {
             "rmachine-agent starting as PID 1",
             "--retry-ms",
             "200",
+            "--share-bench",
+            "/share:/home/nested-share",
         ]))
         .unwrap();
         assert_eq!(a.transport, Transport::Vsock(3));
@@ -955,6 +1108,7 @@ mod tests {
             a.spawn,
             Some(Spawn {
                 argv_file: "/etc/nested/qemu.argv".into(),
+                share_bench: Some(("/share".into(), "/home/nested-share".into())),
                 label: "qemu".into(),
                 init_marker: Some("rmachine-agent starting as PID 1".into()),
                 console_log: "/tmp/qemu-console.log".into(),
@@ -976,6 +1130,36 @@ mod tests {
         ]))
         .is_err());
         assert!(parse_args(&strings(&["--vsock", "three"])).is_err());
+        assert!(parse_args(&strings(&["--vsock", "3", "--share-bench", "/a:/b"])).is_err());
+        let err = parse_args(&strings(&[
+            "--vsock",
+            "3",
+            "--spawn-argv",
+            "f",
+            "--label",
+            "x",
+            "--share-bench",
+            "/share",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("L1DIR:GUESTDIR"), "{err}");
+    }
+
+    #[test]
+    fn test_share_workloads_run_natively_on_the_bench_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = make_bench_tree(dir.path()).unwrap();
+        let (dirs, files, size) = BENCH_TREE;
+        assert_eq!(bytes, (dirs * files * size) as u64);
+        // A second call keeps the tree.
+        assert_eq!(make_bench_tree(dir.path()).unwrap(), bytes);
+        let d = dir.path().display().to_string();
+        let (read, write) = time_share_workloads(&d, bytes, run_native).unwrap();
+        assert!(read > 0.0 && write > 0.0, "{read} {write}");
+        // The copies are gone; a wrong size is an error, not a figure.
+        assert!(!dir.path().join("copy").exists());
+        let err = time_share_workloads(&d, bytes + 1, run_native).unwrap_err();
+        assert!(err.contains("not"), "{err}");
     }
 
     #[test]

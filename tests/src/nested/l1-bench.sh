@@ -5,7 +5,8 @@
 # rmachine-vmm, `qemu` runs QEMU -M microvm -enable-kvm), one after the other, on the same
 # disks; every boot reads the root disk warm and the data disk cold. rmachine-nested-client
 # starts each VMM itself and times it: the agent's first console line, its ping, the
-# engine's `GET /version`; then it asks the guest to power off, waits for the VMM to exit,
+# engine's `GET /version`, and a file tree's reading and copying in L1's /share, natively
+# and in the guest through virtio-fs (virtiofsd); then it asks the guest to power off, waits for the VMM to exit,
 # and prints `NESTED BENCH label=… init_s=…`. Ends with `NESTED PASS` or
 # `NESTED FAIL <why>`, and powers off.
 . /etc/nested/l1-setup.sh
@@ -30,12 +31,17 @@ for label in $(echo "$ORDER" | tr ',' ' '); do
     *) fail "unknown run $label in rmbench.order=$ORDER" ;;
   esac
   rm -f /run/vsock.sock /tmp/vmm.log
+  # The share workloads: the client times them in L1's /share, then in the guest through
+  # virtio-fs (a fresh virtiofsd per guest: it exits with its VMM).
+  mkdir -p /share
+  start_virtiofsd /share
   echo "NESTED L1 run $label uptime=$(up) loadavg=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,) $(grep -E '^(MemFree|Buffers):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
   /bin/rmachine-nested-client $transport --label "$label" --spawn-argv "$argv" \
     --console-log "/tmp/$label-console.log" --init-marker "$INIT_MARKER" \
     --timeout-s "$CLIENT_TIMEOUT_S" --shutdown-timeout-s "$SHUTDOWN_TIMEOUT_S" \
-    --retry-ms "$RETRY_MS"
+    --retry-ms "$RETRY_MS" --share-bench "/share:$L2_SHARE_DIR"
   status=$?
+  kill $VIRTIOFSD 2>/dev/null; wait $VIRTIOFSD 2>/dev/null
   if [ $status != 0 ]; then
     tail -n 60 "/tmp/$label-console.log" | sed 's/^/L2| /'
     sed 's/^/STDERR| /' "/tmp/$label-console.log.stderr" | tail -n 20

@@ -10,16 +10,7 @@
 # The folder L1 shares with the guest through virtio-fs.
 mkdir -p /share
 echo "hello from L1" > /share/hello.txt
-/opt/virtiofsd/ld.so --library-path /opt/virtiofsd/lib /opt/virtiofsd/virtiofsd \
-  --socket-path /run/virtiofsd.sock --shared-dir /share --cache never --sandbox none \
-  --log-level info </dev/null >/tmp/virtiofsd.log 2>&1 &
-VIRTIOFSD=$!
-i=0
-while [ ! -S /run/virtiofsd.sock ]; do
-  i=$((i + 1))
-  [ $i -gt 200 ] && fail "virtiofsd did not create its socket: $(cat /tmp/virtiofsd.log)"
-  sleep 0.1
-done
+start_virtiofsd /share
 echo "NESTED L1 virtiofsd ready uptime=$(up)"
 
 echo "NESTED L1 starting rmachine-vmm uptime=$(up)"

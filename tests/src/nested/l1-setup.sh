@@ -1,5 +1,5 @@
 # Sourced first by every L1 init of the nested harness (`/etc/nested/l1-setup.sh`): mounts,
-# loopback, `up` (uptime) and `fail` (prints `NESTED FAIL <why>` and powers off), the shell variables
+# loopback, `up` (uptime), `fail` (prints `NESTED FAIL <why>` and powers off) and `start_virtiofsd`, the shell variables
 # of /etc/nested/env, the KVM, virtio and vhost-vsock modules, /dev/kvm, and the disks the
 # host gave, linked by serial as /dev/rm-root, /dev/rm-data and /dev/rm-config.
 /bin/busybox --install -s /bin
@@ -18,6 +18,22 @@ fail() {
   sync
   reboot -f
   sleep 10
+}
+# start_virtiofsd DIR: virtiofsd (the bundle in /opt/virtiofsd) shares DIR at
+# /run/virtiofsd.sock, log in /tmp/virtiofsd.log, pid in $VIRTIOFSD; returns once it listens.
+# It serves one VMM and exits when that VMM disconnects.
+start_virtiofsd() {
+  rm -f /run/virtiofsd.sock
+  /opt/virtiofsd/ld.so --library-path /opt/virtiofsd/lib /opt/virtiofsd/virtiofsd \
+    --socket-path /run/virtiofsd.sock --shared-dir "$1" --cache never --sandbox none \
+    --log-level info </dev/null >/tmp/virtiofsd.log 2>&1 &
+  VIRTIOFSD=$!
+  i=0
+  while [ ! -S /run/virtiofsd.sock ]; do
+    i=$((i + 1))
+    [ $i -gt 200 ] && fail "virtiofsd did not create its socket: $(cat /tmp/virtiofsd.log)"
+    sleep 0.1
+  done
 }
 echo "NESTED L1 init uptime=$(up)"
 . /etc/nested/env

@@ -64,6 +64,30 @@ pub struct Share {
     pub socket: PathBuf,
 }
 
+/// virtiofsd's socket in L1 (`start_virtiofsd` of `l1-setup.sh`).
+pub const VIRTIOFSD_SOCKET: &str = "/run/virtiofsd.sock";
+/// The virtio-fs tag of L1's shared folder.
+pub const SHARE_TAG: &str = "share0";
+/// Where the guest mounts L1's shared folder.
+pub const L2_SHARE_DIR: &str = "/home/nested-share";
+
+/// L1's shared folder as the VMMs see it: [`SHARE_TAG`] at [`VIRTIOFSD_SOCKET`].
+pub fn l1_share() -> Share {
+    Share {
+        tag: SHARE_TAG.into(),
+        socket: VIRTIOFSD_SOCKET.into(),
+    }
+}
+
+/// L1's shared folder as the guest mounts it (config disk): [`SHARE_TAG`] at [`L2_SHARE_DIR`].
+pub fn l1_share_mount() -> Mount {
+    Mount {
+        tag: SHARE_TAG.into(),
+        guest_path: L2_SHARE_DIR.into(),
+        read_only: false,
+    }
+}
+
 /// L1's device node of a disk.
 fn disk_path(id: &str) -> String {
     format!("/dev/rm-{id}")
@@ -158,11 +182,17 @@ pub fn with_reboot(cmdline: &str, how: &str) -> String {
 /// devices, a vhost-vsock device with [`GUEST_CID`], an entropy device, and the console on
 /// stdout. The command line is `cmdline` except for the reset: microvm has no i8042, so the
 /// guest resets by triple fault (`reboot=t`), and `-no-reboot` makes that QEMU's exit.
-pub fn qemu_argv(qemu: &str, cmdline: &str) -> Vec<String> {
+/// With a `share`, guest memory is a shared memfd and a vhost-user-fs device connects to
+/// virtiofsd's socket, as under rmachine-vmm.
+pub fn qemu_argv(qemu: &str, cmdline: &str, share: Option<&Share>) -> Vec<String> {
+    let machine = match share {
+        Some(_) => "microvm,acpi=off,rtc=off,pcie=off,memory-backend=mem",
+        None => "microvm,acpi=off,rtc=off,pcie=off",
+    };
     let mut argv: Vec<String> = [
         qemu,
         "-M",
-        "microvm,acpi=off,rtc=off,pcie=off",
+        machine,
         "-enable-kvm",
         "-cpu",
         "host,-tsc-deadline",
@@ -204,6 +234,16 @@ pub fn qemu_argv(qemu: &str, cmdline: &str) -> Vec<String> {
     ] {
         argv.push(arg.to_string());
     }
+    if let Some(share) = share {
+        argv.extend([
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={L2_MEMORY_MIB}M,share=on"),
+            "-chardev".into(),
+            format!("socket,id=fs0,path={}", share.socket.display()),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs0,tag={}", share.tag),
+        ]);
+    }
     argv
 }
 
@@ -224,7 +264,7 @@ mod tests {
     fn test_qemu_boots_the_same_guest_as_the_vmm() {
         let cmdline = guest_cmdline("console=ttyS0 root=/dev/vda ro", None);
         let config = vm_config(cmdline.clone(), Console::Stdout, None);
-        let argv = qemu_argv("/usr/bin/qemu-system-x86_64", &cmdline);
+        let argv = qemu_argv("/usr/bin/qemu-system-x86_64", &cmdline, None);
         let at = |flag: &str| argv.iter().position(|a| a == flag).unwrap();
         assert_eq!(
             argv[at("-kernel") + 1],
@@ -251,5 +291,25 @@ mod tests {
         )));
         assert!(config.serial.unwrap().stdio);
         assert!(config.filesystems.is_empty());
+        assert!(!argv.iter().any(|a| a.contains("memory-backend")));
+    }
+
+    #[test]
+    fn test_qemu_shares_the_folder_of_the_vmm_config() {
+        let share = || Share {
+            tag: "share0".into(),
+            socket: "/run/virtiofsd.sock".into(),
+        };
+        let config = vm_config("quiet".into(), Console::Stdout, Some(share()));
+        let argv = qemu_argv("qemu", "quiet", Some(&share()));
+        let fs = &config.filesystems[0];
+        assert!(argv.contains(&format!("socket,id=fs0,path={}", fs.socket_path.display())));
+        assert!(argv.contains(&format!("vhost-user-fs-device,chardev=fs0,tag={}", fs.tag)));
+        // vhost-user needs guest memory the backend can map: all of it, shared.
+        assert!(argv.contains(&format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            config.memory_mib.unwrap()
+        )));
+        assert!(argv.iter().any(|a| a.ends_with(",memory-backend=mem")));
     }
 }

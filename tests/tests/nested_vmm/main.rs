@@ -21,10 +21,9 @@ mod machine;
 
 use std::time::{Duration, Instant};
 
-use rmachine_e2e::nested::l2::{self, Console, Share};
-use rmachine_e2e::nested::{build, initramfs, kernel, l1, L1_INIT_TEST};
+use rmachine_e2e::nested::l2::{self, Console};
+use rmachine_e2e::nested::{build, initramfs, kernel, l1, L1_INIT_TEST, L1_SETUP};
 use rmachine_machine::paths::Paths;
-use rmachine_protocol::config_disk::Mount;
 use vmm::config::VmConfig;
 
 /// How long the client in L1 tries to reach the agent and the engine.
@@ -35,10 +34,6 @@ const SHUTDOWN_TIMEOUT_S: u64 = 120;
 const L1_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Extra guest command-line words, for debugging (e.g. `loglevel=7`).
 const L2_CMDLINE_EXTRA_ENV: &str = "RMACHINE_NESTED_L2_CMDLINE_EXTRA";
-/// Where the guest mounts L1's shared folder (the client's `--share-dir`).
-const L2_SHARE_DIR: &str = "/home/nested-share";
-/// The virtio-fs tag of L1's shared folder.
-const SHARE_TAG: &str = "share0";
 
 /// rmachine-vmm's configuration inside L1: the guest console in a file the init streams, and
 /// L1's shared folder through the virtiofsd the init starts.
@@ -46,10 +41,7 @@ fn vm_config(cmdline: String) -> VmConfig {
     l2::vm_config(
         cmdline,
         Console::File("/tmp/l2-console.log".into()),
-        Some(Share {
-            tag: SHARE_TAG.into(),
-            socket: "/run/virtiofsd.sock".into(),
-        }),
+        Some(l2::l1_share()),
     )
 }
 
@@ -80,7 +72,8 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     );
     let vm_json = serde_json::to_string_pretty(&vm_config(cmdline)).expect("vm config to json");
     let env = format!(
-        "CLIENT_TIMEOUT_S={CLIENT_TIMEOUT_S}\nSHUTDOWN_TIMEOUT_S={SHUTDOWN_TIMEOUT_S}\nVMM_LOG_LEVEL=info\nL2_SHARE_DIR={L2_SHARE_DIR}\n"
+        "CLIENT_TIMEOUT_S={CLIENT_TIMEOUT_S}\nSHUTDOWN_TIMEOUT_S={SHUTDOWN_TIMEOUT_S}\nVMM_LOG_LEVEL=info\nL2_SHARE_DIR={}\n",
+        l2::L2_SHARE_DIR
     );
     let target = build::target_dir();
     let initrd = initramfs::build(
@@ -102,15 +95,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let prepared_s = total.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let (data, config_disk) = l2::write_disks(
-        dir.path(),
-        "nested",
-        vec![Mount {
-            tag: SHARE_TAG.into(),
-            guest_path: L2_SHARE_DIR.into(),
-            read_only: false,
-        }],
-    );
+    let (data, config_disk) = l2::write_disks(dir.path(), "nested", vec![l2::l1_share_mount()]);
 
     let log_dir = l1::log_dir(&target);
     std::fs::create_dir_all(&log_dir).expect("create the log folder");
@@ -205,6 +190,7 @@ fn test_vm_config_is_valid_for_the_vmm() {
     assert!(init.contains("/tmp/l2-console.log") && init.contains("--uds /run/vsock.sock"));
     assert!(init.contains("/etc/nested/vm.json"));
     assert_eq!(parsed.filesystems.len(), 1);
-    assert!(init.contains("--socket-path /run/virtiofsd.sock"));
+    assert!(init.contains("start_virtiofsd /share"));
+    assert!(L1_SETUP.contains(&format!("--socket-path {}", l2::VIRTIOFSD_SOCKET)));
     assert!(init.contains("--share-dir \"$L2_SHARE_DIR\""));
 }
