@@ -93,11 +93,19 @@ impl Fs {
         })?;
         let negotiated = negotiate(&mut frontend, &path);
         let expired = deadline.finish();
+        // An expired deadline shut the connection down, even if the last answer just made it.
         let (avail_features, protocol_features) = match negotiated {
             Err(FsError::Backend { path, step, .. }) if expired => {
                 return Err(FsError::Timeout {
                     path,
                     step,
+                    timeout: cfg.timeout,
+                })
+            }
+            Ok(_) if expired => {
+                return Err(FsError::Timeout {
+                    path,
+                    step: "negotiation",
                     timeout: cfg.timeout,
                 })
             }
