@@ -81,7 +81,7 @@ pub enum ActivateError {
         got: usize,
     },
     /// The device's backend could not start.
-    #[error("the device backend failed to start")]
+    #[error("the device backend failed to start: {0}")]
     Backend(#[source] std::io::Error),
 }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
@@ -348,6 +350,12 @@ fn negotiate(frontend: &mut Frontend, path: &Path) -> Result<(u64, bool), FsErro
         frontend
             .set_protocol_features(theirs & ours)
             .map_err(backend_err("SET_PROTOCOL_FEATURES"))?;
+        if theirs.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every later request waits for the backend's verdict, so a backend that cannot
+            // map guest memory or start a ring fails the activation rather than leaving the
+            // guest's requests unanswered (the deadline bounds each wait).
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
         if theirs.contains(VhostUserProtocolFeatures::MQ) {
             let queues = frontend
                 .get_queue_num()
@@ -461,9 +469,38 @@ mod tests {
         .unwrap()
     }
 
-    /// A backend that answers GET_FEATURES with VERSION_1 when `answers_features`, reads
-    /// and ignores every other message, and never answers anything else.
-    fn backend(dir: &Path, answers_features: bool) -> PathBuf {
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const SET_MEM_TABLE: u32 = 5;
+    /// vhost-user header flag of a request that wants an acknowledgement.
+    const NEED_REPLY: u32 = 0x8;
+    /// VHOST_USER_F_PROTOCOL_FEATURES, a virtio feature bit of vhost-user.
+    const PROTOCOL_FEATURES_BIT: u32 = 30;
+    /// VHOST_USER_PROTOCOL_F_REPLY_ACK.
+    const REPLY_ACK: u64 = 1 << 3;
+
+    /// How a fake backend behaves.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fake {
+        /// Reads every message, answers none.
+        Silent,
+        /// Answers GET_FEATURES (VERSION_1 only), nothing else.
+        FeaturesOnly,
+        /// Negotiates protocol features with REPLY_ACK, acknowledges every request that asks,
+        /// and refuses SET_MEM_TABLE.
+        RefusesMemTable,
+    }
+
+    fn reply(conn: &mut UnixStream, request: u32, value: u64) {
+        let mut bytes = Vec::new();
+        bytes.extend(request.to_le_bytes());
+        bytes.extend(REPLY_FLAGS.to_le_bytes());
+        bytes.extend(8u32.to_le_bytes());
+        bytes.extend(value.to_le_bytes());
+        conn.write_all(&bytes).unwrap();
+    }
+
+    /// A backend at `dir/backend.sock` behaving as `fake`.
+    fn backend(dir: &Path, fake: Fake) -> PathBuf {
         let path = dir.join("backend.sock");
         let listener = UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {
@@ -471,22 +508,47 @@ mod tests {
             let mut hdr = [0u8; 12];
             while conn.read_exact(&mut hdr).is_ok() {
                 let request = u32::from_le_bytes(hdr[..4].try_into().unwrap());
+                let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
                 let size = u32::from_le_bytes(hdr[8..].try_into().unwrap());
                 let mut body = vec![0u8; size as usize];
                 if conn.read_exact(&mut body).is_err() {
                     return;
                 }
-                if request == GET_FEATURES && answers_features {
-                    let mut reply = Vec::new();
-                    reply.extend(GET_FEATURES.to_le_bytes());
-                    reply.extend(REPLY_FLAGS.to_le_bytes());
-                    reply.extend(8u32.to_le_bytes());
-                    reply.extend(feature_bit(VIRTIO_F_VERSION_1).to_le_bytes());
-                    conn.write_all(&reply).unwrap();
+                let version_1 = feature_bit(VIRTIO_F_VERSION_1);
+                match (fake, request) {
+                    (Fake::Silent, _) => {}
+                    (Fake::FeaturesOnly, GET_FEATURES) => reply(&mut conn, request, version_1),
+                    (Fake::FeaturesOnly, _) => {}
+                    (Fake::RefusesMemTable, GET_FEATURES) => reply(
+                        &mut conn,
+                        request,
+                        version_1 | feature_bit(PROTOCOL_FEATURES_BIT),
+                    ),
+                    (Fake::RefusesMemTable, GET_PROTOCOL_FEATURES) => {
+                        reply(&mut conn, request, REPLY_ACK)
+                    }
+                    (Fake::RefusesMemTable, _) if flags & NEED_REPLY != 0 => {
+                        reply(&mut conn, request, u64::from(request == SET_MEM_TABLE))
+                    }
+                    (Fake::RefusesMemTable, _) => {}
                 }
             }
         });
         path
+    }
+
+    fn activate(fs: &mut Fs, mem: &GuestMemory) -> Result<(), ActivateError> {
+        let hiprio = MockSplitQueue::create(mem, GuestAddress(0x1000), 16);
+        let requests = MockSplitQueue::create(mem, GuestAddress(0x4000), 16);
+        fs.activate(ActiveQueues {
+            mem: mem.clone(),
+            queues: vec![
+                hiprio.create_queue().unwrap(),
+                requests.create_queue().unwrap(),
+            ],
+            interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoInterrupt))),
+            acked_features: feature_bit(VIRTIO_F_VERSION_1),
+        })
     }
 
     fn config(socket_path: PathBuf, timeout: Duration) -> FsConfig {
@@ -500,7 +562,7 @@ mod tests {
     #[test]
     fn test_a_backend_that_never_answers_fails_at_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = backend(dir.path(), false);
+        let socket = backend(dir.path(), Fake::Silent);
         let started = Instant::now();
         let err = Fs::new(config(socket, Duration::from_millis(200)), shared_memory())
             .err()
@@ -540,22 +602,11 @@ mod tests {
     #[test]
     fn test_reset_returns_when_the_backend_stops_answering() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = backend(dir.path(), true);
+        let socket = backend(dir.path(), Fake::FeaturesOnly);
         let mem = shared_memory();
         let mut fs = Fs::new(config(socket, Duration::from_millis(200)), mem.clone()).unwrap();
         assert_eq!(fs.avail_features(), feature_bit(VIRTIO_F_VERSION_1));
-        let hiprio = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
-        let requests = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
-        fs.activate(ActiveQueues {
-            mem: mem.clone(),
-            queues: vec![
-                hiprio.create_queue().unwrap(),
-                requests.create_queue().unwrap(),
-            ],
-            interrupt: Arc::new(VirtioInterrupt::new(Arc::new(NoInterrupt))),
-            acked_features: feature_bit(VIRTIO_F_VERSION_1),
-        })
-        .unwrap();
+        activate(&mut fs, &mem).unwrap();
         assert!(fs.is_activated());
         // Stopping a ring waits for GET_VRING_BASE's reply, which never comes.
         let started = Instant::now();
@@ -568,5 +619,24 @@ mod tests {
         assert!(!fs.is_activated());
         assert_eq!(fs.metrics.backend_timeouts.load(Ordering::Relaxed), 1);
         assert!(fs.metrics.backend_errors.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn test_a_backend_refusing_the_memory_table_fails_the_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = backend(dir.path(), Fake::RefusesMemTable);
+        let mem = shared_memory();
+        let mut fs = Fs::new(config(socket, BACKEND_TIMEOUT), mem.clone()).unwrap();
+        let started = Instant::now();
+        let err = activate(&mut fs, &mem).expect_err("the backend refused SET_MEM_TABLE");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.to_string().contains("SET_MEM_TABLE"), "{err}");
+        assert!(!fs.is_activated());
+        assert_eq!(fs.metrics.backend_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(fs.metrics.backend_timeouts.load(Ordering::Relaxed), 0);
     }
 }
