@@ -106,6 +106,12 @@ struct Driver {
 
 impl Driver {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"))
+    }
+
+    /// A WebDriver command; an error status comes back as its code and body.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let req = ureq::request(method, &url).timeout(Duration::from_secs(60));
         let resp = match body {
@@ -113,11 +119,10 @@ impl Driver {
             None => req.call(),
         };
         match resp {
-            Ok(r) => r.into_json::<Value>().expect("webdriver json")["value"].take(),
-            Err(ureq::Error::Status(code, r)) => panic!(
-                "webdriver {method} {path}: {code} {}",
-                r.into_string().unwrap_or_default()
-            ),
+            Ok(r) => Ok(r.into_json::<Value>().expect("webdriver json")["value"].take()),
+            Err(ureq::Error::Status(code, r)) => {
+                Err(format!("{code} {}", r.into_string().unwrap_or_default()))
+            }
             Err(e) => panic!("webdriver {method} {path}: {e}"),
         }
     }
@@ -150,9 +155,20 @@ impl Driver {
             .to_string()
     }
 
+    /// Clicks the element `css` names. The UI re-renders a list when the machine's state
+    /// changes, which can replace the element between finding and clicking it ("stale element
+    /// reference"): then the current one is found and clicked, as a person would.
     fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        for attempt in 1.. {
+            let id = self.find(css);
+            match self.try_call("POST", &format!("/element/{id}/click"), Some(json!({}))) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element reference") && attempt < 5 => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("webdriver click on {css}: {e}"),
+            }
+        }
     }
 
     fn type_into(&self, css: &str, text: &str) {
