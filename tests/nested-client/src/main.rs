@@ -375,20 +375,27 @@ fn unix_request(
     path: &str,
     body: Option<(&str, &[u8])>,
 ) -> Result<Vec<u8>, String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(sock)
+    let stream = std::os::unix::net::UnixStream::connect(sock)
         .map_err(|e| format!("connect {}: {e}", sock.display()))?;
     stream
         .set_read_timeout(Some(ATTEMPT_TIMEOUT))
         .map_err(|e| format!("set timeout: {e}"))?;
     let (content_type, bytes) = body.unwrap_or(("text/plain", b""));
-    write!(
-        stream,
+    let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: rmachine\r\nConnection: close\r\n\
          Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         bytes.len()
     )
-    .and_then(|()| stream.write_all(bytes))
-    .map_err(|e| format!("write: {e}"))?;
+    .into_bytes();
+    request.extend_from_slice(bytes);
+    exchange(stream, &request)
+}
+
+/// Writes `request` on a connection the server closes after its answer; the whole answer.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, String> {
+    stream
+        .write_all(request)
+        .map_err(|e| format!("write: {e}"))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
@@ -476,18 +483,12 @@ fn start_web_container(sock: &std::path::Path, port: u16) -> Result<(), String> 
 
 /// `GET /` from 127.0.0.1:`port`; Ok when the answer carries the container's page.
 fn fetch_published_page(port: u16) -> Result<(), String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))
         .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
     stream
         .set_read_timeout(Some(ATTEMPT_TIMEOUT))
         .map_err(|e| format!("set timeout: {e}"))?;
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+    let response = exchange(stream, b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let (code, text) = http_status(&response);
     if code == 200 && text.ends_with(WEB_PAGE) {
         Ok(())
