@@ -27,9 +27,9 @@ use rmachine_protocol::control::{GuestInfo, Reply, Request, ServiceState};
 use rmachine_protocol::Service;
 
 /// The installed guest image (newest), verified; panics with the fix when missing.
-pub fn image() -> (rmachine_image::Manifest, PathBuf) {
+pub fn image() -> (rmachine_machine::image_store::Manifest, PathBuf) {
     let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
-    match rmachine_image::resolve(&paths, None) {
+    match rmachine_machine::image_store::resolve(&paths, None) {
         Ok(found) => found,
         Err(e) => panic!(
             "no usable guest image ({e}). Build it first: `rmachine image build` \

@@ -107,7 +107,7 @@ fn main() {
         "/tmp/vmm.log",
     ];
     let qemu_argv = l2::qemu_argv(QEMU_IN_L1, &cmdline, Some(&l2::l1_share()));
-    let virtiofsd = rmachine_image::host_tools::find_virtiofsd(&paths)
+    let virtiofsd = rmachine_machine::host_tools::find_virtiofsd(&paths)
         .expect("no virtiofsd for L1's shared folder: run `rmachine setup`");
     let env = format!(
         "CLIENT_TIMEOUT_S=600\nSHUTDOWN_TIMEOUT_S=120\nRETRY_MS=200\nGUEST_CID={}\nVMM_LOG_LEVEL=info\nINIT_MARKER='{INIT_MARKER}'\nL2_SHARE_DIR={}\n",

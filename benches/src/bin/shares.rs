@@ -34,7 +34,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let paths = rmachine_machine::paths::Paths::from_env().expect("paths");
-    let src = std::fs::read_dir(paths.kernel_cache())
+    // The image builder keeps the kernel source tree under `kernel/` in the cache.
+    let src = std::fs::read_dir(paths.cache().join("kernel"))
         .expect("kernel build cache (run `rmachine image build` first)")
         .flatten()
         .map(|e| e.path())

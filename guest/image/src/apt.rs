@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rmachine_machine::paths::Paths;
+use crate::BuildDirs;
 
 use crate::{command, tools, ImageError, Progress};
 
@@ -24,7 +24,7 @@ pub(crate) struct Apt {
 impl Apt {
     /// Writes the configuration and refreshes the package lists when they are stale.
     pub(crate) fn setup(
-        paths: &Paths,
+        dirs: &BuildDirs,
         mirror: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<Apt, ImageError> {
@@ -35,7 +35,7 @@ impl Apt {
                 _ => host_mirror().ok_or(ImageError::NoMirror)?,
             },
         };
-        let root = paths.apt_cache();
+        let root = dirs.apt_cache();
         for dir in [
             "etc/preferences.d",
             "etc/sources.list.d",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use rmachine_machine::paths::Paths;
+use crate::BuildDirs;
 
 use crate::apt::Apt;
 use crate::{command, content_key, ImageError, Progress};
@@ -37,14 +37,14 @@ pub(crate) fn key(source_version: &str) -> String {
 }
 
 pub(crate) fn build(
-    paths: &Paths,
+    dirs: &BuildDirs,
     apt: &Apt,
     source_version: &str,
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<Built, ImageError> {
     let key = key(source_version);
-    let cache = paths.kernel_cache();
+    let cache = dirs.kernel_cache();
     let out = cache.join(&key);
     let built = Built {
         key: key.clone(),

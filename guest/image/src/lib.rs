@@ -2,14 +2,16 @@
 //! with the project's config, and a read-only erofs root filesystem from trixie packages
 //! with the agent as `/sbin/rmachine-agent`.
 //!
-//! Every heavy step is cached by content hash under the cache root (see
-//! `rmachine_machine::paths`): the kernel by (source version, config), the debootstrapped
-//! base by the package list, the final erofs by (base, overlay files, agent binary). A
-//! finished image is a folder `images/<version>/` with a manifest of sha256 sums.
+//! Every heavy step is cached by content hash under the cache root ([`BuildDirs`]): the
+//! kernel by (source version, config), the debootstrapped base by the package list, the
+//! final erofs by (base, overlay files, agent binary). A finished image is a folder
+//! `images/<version>/` with a manifest of sha256 sums
+//! ([`rmachine_protocol::image::Manifest`]), which the host's image store reads.
 #![forbid(unsafe_code)]
 
 mod apt;
 mod command;
+mod dirs;
 pub mod host_tools;
 mod kernel;
 mod manifest;
@@ -18,8 +20,8 @@ mod tools;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::{Artifact, Manifest, ManifestError};
-use rmachine_machine::paths::{image_files, Paths};
+pub use dirs::BuildDirs;
+use rmachine_protocol::image::{files as image_files, Manifest, ManifestError};
 use sha2::{Digest, Sha256};
 
 /// Options of one build.
@@ -83,8 +85,6 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("image {0} not found")]
-    NotFound(String),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }
@@ -99,7 +99,7 @@ impl ImageError {
 /// Builds (or finds in the cache) the kernel and root filesystem and installs the image
 /// under `images/<version>/`.
 pub fn build(
-    paths: &Paths,
+    dirs: &BuildDirs,
     opts: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<Manifest, ImageError> {
@@ -110,28 +110,28 @@ pub fn build(
     progress.finish("build tools present");
 
     progress.step(2, STEPS, "resolving Debian trixie packages");
-    let apt = apt::Apt::setup(paths, opts.mirror.as_deref(), progress)?;
+    let apt = apt::Apt::setup(dirs, opts.mirror.as_deref(), progress)?;
     let source_version = apt.candidate(kernel::SOURCE_PACKAGE)?;
     progress.finish(&format!("{} {source_version}", kernel::SOURCE_PACKAGE));
 
     progress.step(3, STEPS, "guest kernel");
-    let kernel = kernel::build(paths, &apt, &source_version, opts.jobs, progress)?;
+    let kernel = kernel::build(dirs, &apt, &source_version, opts.jobs, progress)?;
 
     progress.step(4, STEPS, "guest root filesystem");
-    let rootfs = rootfs::build(paths, &apt, &agent, progress)?;
+    let rootfs = rootfs::build(dirs, &apt, &agent, progress)?;
 
     progress.step(5, STEPS, "installing the image");
-    let manifest = install(paths, &kernel, &rootfs, &source_version, &agent)?;
+    let manifest = install(dirs, &kernel, &rootfs, &source_version, &agent)?;
     progress.finish(&format!(
         "image {} in {}",
         manifest.version,
-        paths.image_dir(&manifest.version).display()
+        dirs.image_dir(&manifest.version).display()
     ));
     Ok(manifest)
 }
 
 fn install(
-    paths: &Paths,
+    dirs: &BuildDirs,
     kernel: &kernel::Built,
     rootfs: &rootfs::Built,
     source_version: &str,
@@ -145,7 +145,7 @@ fn install(
         env!("CARGO_PKG_VERSION"),
         &hex::encode(h.finalize())[..12]
     );
-    let dir = paths.image_dir(&version);
+    let dir = dirs.image_dir(&version);
     let staging = dir.with_extension("partial");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(ImageError::io("cannot clear", &staging))?;
@@ -158,12 +158,12 @@ fn install(
     let manifest = Manifest {
         version: version.clone(),
         protocol: rmachine_protocol::PROTOCOL_VERSION,
-        kernel: Artifact::describe(&kernel_dst)?,
-        rootfs: Artifact::describe(&rootfs_dst)?,
+        kernel: manifest::describe(&kernel_dst)?,
+        rootfs: manifest::describe(&rootfs_dst)?,
         kernel_source: format!("{} {source_version}", kernel::SOURCE_PACKAGE),
         kernel_config_sha256: kernel.config_sha256.clone(),
         agent_sha256: agent.sha256.clone(),
-        kernel_cmdline: manifest::KERNEL_CMDLINE.to_string(),
+        kernel_cmdline: rmachine_protocol::image::KERNEL_CMDLINE.to_string(),
     };
     manifest.write(&staging)?;
     if dir.exists() {
@@ -180,67 +180,6 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
     std::fs::copy(from, to)
         .map(|_| ())
         .map_err(ImageError::io("cannot copy to", to))
-}
-
-/// Every installed image, newest build first.
-pub fn list(paths: &Paths) -> Result<Vec<(Manifest, std::time::SystemTime)>, ImageError> {
-    let dir = paths.images_dir();
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(ImageError::Io {
-                what: "cannot list",
-                path: dir,
-                source: e,
-            })
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "partial") {
-            continue;
-        }
-        if let Ok(m) = Manifest::read(&path) {
-            let built = std::fs::metadata(path.join(image_files::MANIFEST))
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-            out.push((m, built));
-        }
-    }
-    out.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-    Ok(out)
-}
-
-/// Removes an installed image (the build caches stay).
-pub fn remove(paths: &Paths, version: &str) -> Result<(), ImageError> {
-    if version.is_empty() || version.contains('/') || version.starts_with('.') {
-        return Err(ImageError::NotFound(version.to_string()));
-    }
-    let dir = paths.image_dir(version);
-    if !dir.join(image_files::MANIFEST).exists() {
-        return Err(ImageError::NotFound(version.to_string()));
-    }
-    std::fs::remove_dir_all(&dir).map_err(ImageError::io("cannot remove", &dir))
-}
-
-/// The image to use: `version`, or the newest installed one; checksums verified.
-pub fn resolve(paths: &Paths, version: Option<&str>) -> Result<(Manifest, PathBuf), ImageError> {
-    let version = match version {
-        Some(v) => v.to_string(),
-        None => list(paths)?
-            .into_iter()
-            .next()
-            .map(|(m, _)| m.version)
-            .ok_or_else(|| {
-                ImageError::NotFound("(none installed: run `rmachine image build`)".into())
-            })?,
-    };
-    let dir = paths.image_dir(&version);
-    let manifest = Manifest::read(&dir).map_err(|_| ImageError::NotFound(version.clone()))?;
-    manifest.verify(&dir)?;
-    Ok((manifest, dir))
 }
 
 /// sha256 of a file, hex.
@@ -272,24 +211,5 @@ mod tests {
         let b = content_key(&[("x", b"a"), ("y", b"bc")]);
         assert_ne!(a, b);
         assert_eq!(a, content_key(&[("x", b"ab"), ("y", b"c")]));
-    }
-
-    #[test]
-    fn test_list_and_remove_on_empty_home() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
-        assert!(list(&paths).unwrap().is_empty());
-        assert!(matches!(
-            remove(&paths, "nope"),
-            Err(ImageError::NotFound(_))
-        ));
-        assert!(matches!(
-            remove(&paths, "../etc"),
-            Err(ImageError::NotFound(_))
-        ));
-        assert!(matches!(
-            resolve(&paths, None),
-            Err(ImageError::NotFound(_))
-        ));
     }
 }

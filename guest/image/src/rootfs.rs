@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rmachine_machine::paths::Paths;
+use crate::BuildDirs;
 
 use crate::apt::{Apt, SUITE};
 use crate::{command, content_key, sha256_file, tools, ImageError, Progress};
@@ -143,12 +143,12 @@ fn final_key(base: &str, agent: &Agent) -> String {
 }
 
 pub(crate) fn build(
-    paths: &Paths,
+    dirs: &BuildDirs,
     apt: &Apt,
     agent: &Agent,
     progress: &dyn Progress,
 ) -> Result<Built, ImageError> {
-    let cache = paths.rootfs_cache();
+    let cache = dirs.rootfs_cache();
     std::fs::create_dir_all(&cache).map_err(ImageError::io("cannot create", &cache))?;
     let base_key = base_key();
     let key = final_key(&base_key, agent);

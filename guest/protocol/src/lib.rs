@@ -10,7 +10,8 @@
 //! - [`Service::Exec`]: one [`exec`] header line (the command), then typed frames both
 //!   ways (stdin, output, resize, signals, the exit code).
 //!
-//! The guest learns its token and hostname from the [`config_disk`].
+//! The guest learns its token and hostname from the [`config_disk`]. An image's
+//! [`image::Manifest`] says which protocol its agent speaks.
 #![forbid(unsafe_code)]
 
 pub mod config_disk;
@@ -18,6 +19,7 @@ pub mod control;
 pub mod dial;
 pub mod exec;
 pub mod hello;
+pub mod image;
 pub mod line;
 
 /// The protocol version spoken by this build. A peer of another version is refused with

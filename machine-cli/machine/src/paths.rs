@@ -3,8 +3,9 @@
 //! - `RMACHINE_HOME` (default `$XDG_DATA_HOME/rmachine`, else `~/.local/share/rmachine`):
 //!   `machines/<name>/…` and `images/<version>/…`.
 //! - `RMACHINE_CACHE` (default `$XDG_CACHE_HOME/rmachine`, else `~/.cache/rmachine`):
-//!   build caches (kernel tree, root filesystem bases, trixie package lists), keyed by
-//!   content hash; safe to delete.
+//!   the bundled host daemons (`host-tools/`) and the image builder's caches (kernel tree,
+//!   root filesystem bases, trixie package lists: their layout is the builder's own, see
+//!   `rmachine_image::BuildDirs`), keyed by content hash.
 
 use std::path::{Path, PathBuf};
 
@@ -78,19 +79,9 @@ impl Paths {
         self.machines_dir().join(name)
     }
 
-    /// Build cache of the guest kernel.
-    pub fn kernel_cache(&self) -> PathBuf {
-        self.cache.join("kernel")
-    }
-
-    /// Build cache of the guest root filesystem.
-    pub fn rootfs_cache(&self) -> PathBuf {
-        self.cache.join("rootfs")
-    }
-
-    /// The separate apt configuration used to reach Debian trixie.
-    pub fn apt_cache(&self) -> PathBuf {
-        self.cache.join("apt-trixie")
+    /// Bundled host daemons (virtiofsd, passt) that `rmachine setup` installs.
+    pub fn host_tools_dir(&self) -> PathBuf {
+        self.cache.join("host-tools")
     }
 }
 
@@ -185,13 +176,6 @@ impl MachinePaths {
     }
 }
 
-/// Files of one image folder.
-pub mod image_files {
-    pub const KERNEL: &str = "bzImage";
-    pub const ROOTFS: &str = "rootfs.erofs";
-    pub const MANIFEST: &str = "manifest.json";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,8 +188,7 @@ mod tests {
             p.machine_dir("default"),
             PathBuf::from("/h/machines/default")
         );
-        assert_eq!(p.kernel_cache(), PathBuf::from("/c/kernel"));
-        assert_eq!(p.apt_cache(), PathBuf::from("/c/apt-trixie"));
+        assert_eq!(p.host_tools_dir(), PathBuf::from("/c/host-tools"));
         assert_eq!(
             p.machine("m").docker_socket(),
             PathBuf::from("/h/machines/m/docker.sock")

@@ -36,7 +36,7 @@ pub struct Inputs<'a> {
     pub client: &'a Path,
     /// virtiofsd, which serves L1's `/share` to the guest (the bundle `rmachine setup`
     /// installs, run through its own loader inside L1 too).
-    pub virtiofsd: Option<&'a rmachine_image::host_tools::Virtiofsd>,
+    pub virtiofsd: Option<&'a rmachine_machine::host_tools::HostTool>,
     /// `qemu-system-x86_64` (dynamically linked: its libraries and microvm firmware go along),
     /// installed as `/usr/bin/qemu-system-x86_64`.
     pub qemu: Option<&'a Path>,
@@ -221,7 +221,7 @@ pub fn entries(inputs: &Inputs) -> Vec<Entry> {
 /// libraries the tool needs as the loader lists them, the tool, `.complete`) copied to
 /// `dest` in the archive, with the same layout, so that `rmachine` finds it there.
 pub fn bundle_entries(
-    tool: &rmachine_image::host_tools::HostTool,
+    tool: &rmachine_machine::host_tools::HostTool,
     bundle: &Path,
     dest: &str,
 ) -> Vec<Entry> {
@@ -270,7 +270,7 @@ pub fn bundle_entries(
 /// virtiofsd under `opt/virtiofsd/`: the binary, its loader as `ld.so` and its libraries in
 /// `lib/`, as the loader lists them (the init script runs `ld.so --library-path lib
 /// virtiofsd`, so the bundle's newer glibc never meets rmachine-vmm's).
-fn virtiofsd_entries(tool: &rmachine_image::host_tools::Virtiofsd) -> Vec<Entry> {
+fn virtiofsd_entries(tool: &rmachine_machine::host_tools::HostTool) -> Vec<Entry> {
     let loader = tool
         .loader
         .clone()

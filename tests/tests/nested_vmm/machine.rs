@@ -41,7 +41,7 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     build::cargo_build(&["-p", "rmachine"], "");
     let rmachine = build::target_dir().join("release/rmachine");
     let kernel = kernel::l1_kernel(&cache);
-    let bundle = |name: &str, tool: Option<rmachine_image::host_tools::HostTool>| {
+    let bundle = |name: &str, tool: Option<rmachine_machine::host_tools::HostTool>| {
         let tool = tool.unwrap_or_else(|| panic!("no {name} bundle: run `rmachine setup`"));
         initramfs::bundle_entries(
             &tool,
@@ -67,11 +67,11 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     ];
     extra.extend(bundle(
         "virtiofsd",
-        rmachine_image::host_tools::find_virtiofsd(&paths),
+        rmachine_machine::host_tools::find_virtiofsd(&paths),
     ));
     extra.extend(bundle(
         "passt",
-        rmachine_image::host_tools::find_passt(&paths),
+        rmachine_machine::host_tools::find_passt(&paths),
     ));
     let env = format!(
         "CLIENT_TIMEOUT_S=600\nSHARE={SHARE}\nIMAGE_VERSION={}\nL2_MEMORY_MIB={}\n",

@@ -63,7 +63,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let tools = build::tools();
     let kernel = kernel::l1_kernel(&cache);
     let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
-    let virtiofsd = rmachine_image::host_tools::find_virtiofsd(&paths)
+    let virtiofsd = rmachine_machine::host_tools::find_virtiofsd(&paths)
         .expect("no virtiofsd for L1's shared folder: run `rmachine setup`");
 
     let cmdline = guest_cmdline(

@@ -52,7 +52,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Build(args) => build(&paths, args),
         ImageCommand::Ls(args) => ls(&paths, args),
         ImageCommand::Rm(args) => {
-            rmachine_image::remove(&paths, &args.version)?;
+            rmachine_machine::image_store::remove(&paths, &args.version)?;
             println!("removed image {}", args.version);
             Ok(())
         }
@@ -75,7 +75,8 @@ fn build(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
         mirror: args.mirror,
     };
     let progress = StepProgress::new();
-    let manifest = rmachine_image::build(paths, &opts, &progress).context("image build failed")?;
+    let dirs = rmachine_image::BuildDirs::new(paths.cache(), paths.images_dir());
+    let manifest = rmachine_image::build(&dirs, &opts, &progress).context("image build failed")?;
     progress.done(&format!(
         "image {}: kernel {:.1} MiB, root filesystem {:.1} MiB",
         manifest.version,
@@ -99,7 +100,7 @@ fn default_agent() -> Option<PathBuf> {
 }
 
 fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {
-    let images = rmachine_image::list(paths)?;
+    let images = rmachine_machine::image_store::list(paths)?;
     match args.format {
         Format::Json => {
             let list: Vec<_> = images.iter().map(|(m, _)| m).collect();

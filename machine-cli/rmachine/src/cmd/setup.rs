@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use rmachine_image::Progress;
+use rmachine_machine::host_tools;
 
 use crate::progress::StepProgress;
 
@@ -39,19 +40,34 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     };
     let progress = StepProgress::new();
     progress.step(1, 3, "docker CLI tools");
+    let dirs = rmachine_image::BuildDirs::new(paths.cache(), paths.images_dir());
     let done = rmachine_image::host_tools::install(
-        &paths,
+        &dirs,
         &plugin_dir,
         &bin_dir,
         args.mirror.as_deref(),
         &progress,
     )?;
+    let install_bundle = |bundle: &host_tools::Bundle| {
+        bundle.install(
+            &paths,
+            |dest, packages| {
+                rmachine_image::host_tools::unpack_packages(
+                    &dirs,
+                    args.mirror.as_deref(),
+                    packages,
+                    dest,
+                    &progress,
+                )
+                .map_err(|e| rmachine_machine::lifecycle::error_chain(&e))
+            },
+            &mut |version| progress.detail(version),
+        )
+    };
     progress.step(2, 3, "virtiofsd (shared folders)");
-    let virtiofsd =
-        rmachine_image::host_tools::install_virtiofsd(&paths, args.mirror.as_deref(), &progress)?;
+    let virtiofsd = install_bundle(&host_tools::VIRTIOFSD)?;
     progress.step(3, 3, "passt (machine networking)");
-    let passt =
-        rmachine_image::host_tools::install_passt(&paths, args.mirror.as_deref(), &progress)?;
+    let passt = install_bundle(&host_tools::PASST)?;
     println!("virtiofsd: {}", virtiofsd.binary.display());
     println!("passt: {}", passt.binary.display());
     for p in &done.plugins {

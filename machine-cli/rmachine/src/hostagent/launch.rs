@@ -79,8 +79,9 @@ pub(crate) async fn launch_qemu(
     state: &SharedState,
 ) -> anyhow::Result<RunningVm> {
     let paths = Paths::from_env()?;
-    let (manifest, image_dir) = rmachine_image::resolve(&paths, machine.spec.image.as_deref())
-        .context("the guest image is missing or damaged")?;
+    let (manifest, image_dir) =
+        rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
+            .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
 
     let token = new_token();
@@ -173,7 +174,7 @@ async fn start_virtiofsd(
     if machine.spec.mounts.is_empty() {
         return Ok((children, shares, mounts));
     }
-    let tool = rmachine_image::host_tools::find_virtiofsd(paths)
+    let tool = rmachine_machine::host_tools::find_virtiofsd(paths)
         .context("virtiofsd is not installed (shared folders need it): run `rmachine setup`")?;
     let log_path = machine.files.virtiofsd_log();
     let log = std::fs::File::create(&log_path)
@@ -261,8 +262,9 @@ pub(crate) async fn launch_vmm(
     let paths = Paths::from_env()?;
     let vmm = rmachine_machine::driver::vmm_binary()
         .context("rmachine-vmm is not installed beside rmachine (or set RMACHINE_VMM)")?;
-    let (manifest, image_dir) = rmachine_image::resolve(&paths, machine.spec.image.as_deref())
-        .context("the guest image is missing or damaged")?;
+    let (manifest, image_dir) =
+        rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
+            .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
     let (mut daemons, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
     let passt = start_passt(machine, &paths).await?;
@@ -349,7 +351,7 @@ async fn start_passt(
     machine: &Machine,
     paths: &Paths,
 ) -> anyhow::Result<Option<tokio::process::Child>> {
-    let Some(tool) = rmachine_image::host_tools::find_passt(paths) else {
+    let Some(tool) = rmachine_machine::host_tools::find_passt(paths) else {
         tracing::warn!("passt is not installed: the machine boots without network (run `rmachine setup` to install it)");
         return Ok(None);
     };
@@ -594,7 +596,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Paths::from_env().unwrap().cache().to_path_buf();
         let paths = Paths::with_roots(dir.path().join("home"), cache);
-        if rmachine_image::host_tools::find_passt(&paths).is_none() {
+        if rmachine_machine::host_tools::find_passt(&paths).is_none() {
             let why = "no passt: run `rmachine setup` or set RMACHINE_PASST";
             assert!(
                 std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),

@@ -1,0 +1,189 @@
+//! The installed guest images (`images/<version>/`): listing, removal, and the image a
+//! machine boots, verified against its manifest's checksums and protocol at every start.
+//! The image builder (`guest/image`) writes these folders; this module only reads them.
+
+use std::path::{Path, PathBuf};
+
+pub use rmachine_protocol::image::{files, Artifact, Manifest, ManifestError};
+use sha2::{Digest, Sha256};
+
+use crate::paths::Paths;
+
+/// Why an image could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageStoreError {
+    #[error("image {0} not found")]
+    NotFound(String),
+    #[error("no guest image is installed: run `rmachine image build`")]
+    NoneInstalled,
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageStoreError {
+    let path = path.to_path_buf();
+    move |source| ImageStoreError::Io { what, path, source }
+}
+
+/// Every installed image, newest build first.
+pub fn list(paths: &Paths) -> Result<Vec<(Manifest, std::time::SystemTime)>, ImageStoreError> {
+    let dir = paths.images_dir();
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io("cannot list", &dir)(e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "partial") {
+            continue;
+        }
+        if let Ok(m) = Manifest::read(&path) {
+            let built = std::fs::metadata(path.join(files::MANIFEST))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            out.push((m, built));
+        }
+    }
+    out.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    Ok(out)
+}
+
+/// Removes an installed image (the build caches stay).
+pub fn remove(paths: &Paths, version: &str) -> Result<(), ImageStoreError> {
+    if version.is_empty() || version.contains(['/', '\\']) || version.starts_with('.') {
+        return Err(ImageStoreError::NotFound(version.to_string()));
+    }
+    let dir = paths.image_dir(version);
+    if !dir.join(files::MANIFEST).exists() {
+        return Err(ImageStoreError::NotFound(version.to_string()));
+    }
+    std::fs::remove_dir_all(&dir).map_err(io("cannot remove", &dir))
+}
+
+/// The image to use: `version`, or the newest installed one; checksums verified.
+pub fn resolve(
+    paths: &Paths,
+    version: Option<&str>,
+) -> Result<(Manifest, PathBuf), ImageStoreError> {
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => list(paths)?
+            .into_iter()
+            .next()
+            .map(|(m, _)| m.version)
+            .ok_or(ImageStoreError::NoneInstalled)?,
+    };
+    let dir = paths.image_dir(&version);
+    let manifest = Manifest::read(&dir).map_err(|_| ImageStoreError::NotFound(version.clone()))?;
+    verify(&manifest, &dir)?;
+    Ok((manifest, dir))
+}
+
+/// Checks the image's protocol version and each file's sha256.
+pub fn verify(manifest: &Manifest, dir: &Path) -> Result<(), ImageStoreError> {
+    manifest.check_protocol()?;
+    for artifact in manifest.artifacts() {
+        let actual = sha256_file(&dir.join(&artifact.file))?;
+        if actual != artifact.sha256 {
+            return Err(ManifestError::Checksum {
+                version: manifest.version.clone(),
+                file: artifact.file.clone(),
+                expected: artifact.sha256.clone(),
+                actual,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, ImageStoreError> {
+    let mut f = std::fs::File::open(path).map_err(io("cannot open", path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io("cannot read", path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_image(paths: &Paths, version: &str) -> Manifest {
+        let dir = paths.image_dir(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        let describe = |file: &str, bytes: &[u8]| {
+            std::fs::write(dir.join(file), bytes).unwrap();
+            Artifact {
+                file: file.into(),
+                sha256: sha256_file(&dir.join(file)).unwrap(),
+                size_bytes: bytes.len() as u64,
+            }
+        };
+        let m = Manifest {
+            version: version.into(),
+            protocol: rmachine_protocol::PROTOCOL_VERSION,
+            kernel: describe(files::KERNEL, b"kernel"),
+            rootfs: describe(files::ROOTFS, b"rootfs"),
+            kernel_source: "linux-source-6.12 6.12.1-1".into(),
+            kernel_config_sha256: "c".into(),
+            agent_sha256: "a".into(),
+            kernel_cmdline: rmachine_protocol::image::KERNEL_CMDLINE.into(),
+        };
+        m.write(&dir).unwrap();
+        m
+    }
+
+    #[test]
+    fn test_list_and_remove_on_empty_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
+        assert!(list(&paths).unwrap().is_empty());
+        assert!(matches!(
+            remove(&paths, "nope"),
+            Err(ImageStoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            remove(&paths, "../etc"),
+            Err(ImageStoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve(&paths, None),
+            Err(ImageStoreError::NoneInstalled)
+        ));
+    }
+
+    #[test]
+    fn test_resolve_verifies_checksums_and_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
+        let mut m = fake_image(&paths, "0.1.0-abc");
+        let (found, found_dir) = resolve(&paths, None).unwrap();
+        assert_eq!(found, m);
+        assert_eq!(found_dir, paths.image_dir("0.1.0-abc"));
+        assert_eq!(list(&paths).unwrap().len(), 1);
+
+        std::fs::write(found_dir.join(files::ROOTFS), b"tampered").unwrap();
+        let err = resolve(&paths, Some("0.1.0-abc")).unwrap_err().to_string();
+        assert!(
+            err.contains("rootfs.erofs") && err.contains("damaged"),
+            "{err}"
+        );
+
+        m.protocol += 1;
+        let err = verify(&m, &found_dir).unwrap_err().to_string();
+        assert!(err.contains("protocol"), "{err}");
+
+        remove(&paths, "0.1.0-abc").unwrap();
+        assert!(list(&paths).unwrap().is_empty());
+    }
+}
