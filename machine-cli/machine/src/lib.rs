@@ -16,3 +16,4 @@ pub mod paths;
 pub mod qemu;
 pub mod state;
 pub mod store;
+pub mod vmm_config;

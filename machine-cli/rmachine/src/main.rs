@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
-mod hostagent;
 mod progress;
 
 use clap::{Parser, Subcommand};

@@ -8,5 +8,5 @@ pub struct HostAgentArgs {
 }
 
 pub fn run(args: HostAgentArgs) -> anyhow::Result<()> {
-    crate::hostagent::run(&args.name)
+    rmachine_hostagent::run(&args.name)
 }

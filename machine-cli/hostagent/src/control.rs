@@ -10,7 +10,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
-use super::{SharedState, StopReason};
+use crate::{SharedState, StopReason};
 
 pub(crate) fn serve(
     machine: &Machine,
@@ -21,7 +21,7 @@ pub(crate) fn serve(
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
-    super::set_mode(&path, 0o600)?;
+    crate::set_mode(&path, 0o600)?;
     let state = Arc::new(state);
     Ok(tokio::spawn(async move {
         loop {
@@ -74,7 +74,7 @@ async fn handle(
             HostAgentReply::Stopping
         }
         HostAgentRequest::SyncTime => match state.snapshot().carrier {
-            Some(carrier) => match super::sync_time(&carrier).await {
+            Some(carrier) => match crate::sync_time(&carrier).await {
                 Ok(offset_ns) => HostAgentReply::TimeSynced { offset_ns },
                 Err(e) => HostAgentReply::Error {
                     message: format!("{e:#}"),

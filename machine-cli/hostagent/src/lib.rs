@@ -3,6 +3,10 @@
 //! `docker.sock`, publishes container ports on the host, answers `hostagent.sock`, and
 //! keeps `state.json` current. A VM that dies moves the machine to the error state with
 //! the console's last lines.
+//!
+//! It is the body of a process: its errors end in its log and in `state.json`, so it
+//! reports them with `anyhow` context chains like a binary.
+#![forbid(unsafe_code)]
 
 mod control;
 mod launch;
@@ -61,6 +65,7 @@ pub(crate) enum StopReason {
     Requested,
 }
 
+/// Runs the host agent of machine `name` until the machine stops.
 pub fn run(name: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

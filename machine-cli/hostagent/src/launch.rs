@@ -8,13 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use rmachine_machine::driver::{BackendChoice, Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
+use rmachine_machine::image_store::Manifest;
 use rmachine_machine::paths::Paths;
 use rmachine_machine::qemu::{QemuShare, QemuVm, QEMU};
 use rmachine_machine::store::Machine;
+use rmachine_machine::vmm_config::{self, VmmConfig};
 use rmachine_protocol::config_disk::{GuestConfig, Mount};
 use rmachine_protocol::Service;
 
-use super::SharedState;
+use crate::SharedState;
 
 /// Address of the host as containers see it under QEMU user networking, and under passt
 /// (which maps it to the host's loopback) with rmachine-vmm.
@@ -249,10 +251,6 @@ async fn start_virtiofsd(
     Ok((children, shares, mounts))
 }
 
-/// The guest CID rmachine-vmm gives the guest (any value above 2 works: the hybrid
-/// socket is per VM).
-const VMM_GUEST_CID: u32 = 3;
-
 /// Boots the machine under rmachine-vmm: the guest link is the VMM's hybrid vsock socket,
 /// so the config disk carries no token and the agent listens on vsock only.
 pub(crate) async fn launch_vmm(
@@ -298,17 +296,14 @@ pub(crate) async fn launch_vmm(
     }
     let vm_config = vmm_config(
         machine,
-        &VmmImage {
-            kernel: image_dir.join(&manifest.kernel.file),
-            cmdline: &manifest.kernel_cmdline,
-            rootfs: image_dir.join(&manifest.rootfs.file),
-        },
+        &manifest,
+        &image_dir,
         &config_disk,
         &shares,
         net_socket.as_deref(),
     );
     let config_path = machine.files.dir().join("vmm.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&vm_config)?)
+    std::fs::write(&config_path, vm_config.to_json())
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let log_path = machine.files.vmm_log();
     let log = std::fs::File::create(&log_path)
@@ -402,57 +397,65 @@ async fn start_passt(
     Ok(Some(child))
 }
 
-/// The guest image's parts rmachine-vmm boots.
-struct VmmImage<'a> {
-    kernel: std::path::PathBuf,
-    cmdline: &'a str,
-    rootfs: std::path::PathBuf,
-}
-
 /// rmachine-vmm's boot document for `machine`: root, data and config disks, the hybrid vsock
 /// socket, rng, the balloon with free page reporting, one virtio-fs device per shared folder
 /// (its virtiofsd's socket), the network device when passt listens at `net_socket` (none
 /// without it), the API.
 fn vmm_config(
     machine: &Machine,
-    image: &VmmImage,
+    manifest: &Manifest,
+    image_dir: &std::path::Path,
     config_disk: &std::path::Path,
     shares: &[QemuShare],
     net_socket: Option<&std::path::Path>,
-) -> serde_json::Value {
-    let filesystems: Vec<serde_json::Value> = shares
-        .iter()
-        .map(|s| serde_json::json!({ "tag": s.tag, "socket_path": s.socket }))
-        .collect();
-    let mut doc = serde_json::json!({
-        "vcpus": machine.spec.cpus,
-        "memory_mib": machine.spec.memory_mib,
-        "kernel": {
-            "path": image.kernel,
-            "cmdline": format!("{} reboot=k", image.cmdline),
+) -> VmmConfig {
+    let disk = |id: &str, path: std::path::PathBuf, read_only| vmm_config::Disk {
+        id: id.into(),
+        path,
+        read_only,
+    };
+    let hidden = hidden_cpu_features();
+    VmmConfig {
+        vcpus: machine.spec.cpus,
+        memory_mib: machine.spec.memory_mib,
+        kernel: vmm_config::Kernel {
+            path: image_dir.join(&manifest.kernel.file),
+            cmdline: format!("{} reboot=k", manifest.kernel_cmdline),
         },
-        "serial": { "log_path": machine.files.console_log() },
-        "disks": [
-            { "id": "root", "path": image.rootfs, "read_only": true },
-            { "id": "data", "path": machine.files.data_disk() },
-            { "id": "config", "path": config_disk, "read_only": true },
+        cpu: (!hidden.is_empty()).then_some(vmm_config::Cpu {
+            disable_features: hidden,
+        }),
+        serial: vmm_config::Serial {
+            log_path: machine.files.console_log(),
+        },
+        disks: vec![
+            disk("root", image_dir.join(&manifest.rootfs.file), true),
+            disk("data", machine.files.data_disk(), false),
+            disk("config", config_disk.to_path_buf(), true),
         ],
-        "vsock": { "guest_cid": VMM_GUEST_CID, "uds_path": machine.files.vsock_socket() },
-        "rng": {},
+        vsock: vmm_config::Vsock {
+            guest_cid: vmm_config::GUEST_CID,
+            uds_path: machine.files.vsock_socket(),
+        },
+        rng: vmm_config::Rng {},
         // Memory the guest frees goes back to the host (free page reporting), so an idle
         // machine does not keep the peak of its last build.
-        "balloon": { "free_page_reporting": true },
-        "filesystems": filesystems,
-        "api_socket": machine.files.vmm_socket(),
-    });
-    if let Some(socket) = net_socket {
-        doc["net"] = serde_json::json!({ "backend": "passt", "socket": socket });
+        balloon: vmm_config::Balloon {
+            free_page_reporting: true,
+        },
+        filesystems: shares
+            .iter()
+            .map(|s| vmm_config::Filesystem {
+                tag: s.tag.clone(),
+                socket_path: s.socket.clone(),
+            })
+            .collect(),
+        net: net_socket.map(|socket| vmm_config::Net {
+            backend: vmm_config::NetBackend::Passt,
+            socket: socket.to_path_buf(),
+        }),
+        api_socket: machine.files.vmm_socket(),
     }
-    let hidden = hidden_cpu_features();
-    if !hidden.is_empty() {
-        doc["cpu"] = serde_json::json!({ "disable_features": hidden });
-    }
-    doc
 }
 
 /// CPU features to hide from the guest, from `RMACHINE_VMM_DISABLE_CPU_FEATURES` (comma
@@ -472,103 +475,8 @@ fn hidden_cpu_features() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rmachine_machine::config::{MountSpec, Settings};
+    use rmachine_machine::config::Settings;
     use rmachine_machine::store::Store;
-
-    /// The document the host agent writes is one rmachine-vmm accepts, with a virtio-fs
-    /// device per share and a virtio-net device on passt's socket (the VMM's own
-    /// validation: unknown fields, files, sockets); without passt there is no net device.
-    #[test]
-    fn test_vmm_config_is_accepted_by_the_vmm_with_fs_and_net_devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(Paths::with_roots(
-            dir.path().join("home"),
-            dir.path().join("cache"),
-        ));
-        let settings = Settings {
-            mounts: Some(vec![
-                MountSpec {
-                    path: dir.path().to_path_buf(),
-                    read_only: false,
-                },
-                MountSpec {
-                    path: "/tmp".into(),
-                    read_only: true,
-                },
-            ]),
-            ..Settings::default()
-        };
-        let machine = store.create("vmmcfg", &settings).unwrap();
-        let (kernel, rootfs) = (dir.path().join("bzImage"), dir.path().join("root.erofs"));
-        for file in [
-            &kernel,
-            &rootfs,
-            &machine.files.data_disk(),
-            &machine.files.config_disk(),
-        ] {
-            std::fs::write(file, b"x").unwrap();
-        }
-        let mut listeners = Vec::new();
-        let shares: Vec<QemuShare> = (0..2)
-            .map(|i| {
-                let socket = machine.files.virtiofs_socket(i);
-                listeners.push(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-                QemuShare {
-                    tag: format!("share{i}"),
-                    socket,
-                }
-            })
-            .collect();
-        let passt_socket = machine.files.passt_socket();
-        listeners.push(std::os::unix::net::UnixListener::bind(&passt_socket).unwrap());
-        let image = VmmImage {
-            kernel,
-            cmdline: "console=ttyS0",
-            rootfs,
-        };
-        let doc = vmm_config(
-            &machine,
-            &image,
-            &machine.files.config_disk(),
-            &shares,
-            Some(&passt_socket),
-        );
-        let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
-        let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
-        let tags: Vec<&str> = parsed.filesystems.iter().map(|f| f.tag.as_str()).collect();
-        assert_eq!(tags, ["share0", "share1"]);
-        assert_eq!(
-            parsed.filesystems[1].socket_path,
-            machine.files.virtiofs_socket(1)
-        );
-        let net = parsed.net.as_ref().expect("a net device");
-        assert_eq!(net.backend, vmm::config::NetBackendKind::Passt);
-        assert_eq!(net.socket.as_deref(), Some(passt_socket.as_path()));
-        assert_eq!(
-            resolved.slots.len(),
-            9,
-            "3 disks, vsock, rng, balloon, 2 fs, net: {:?}",
-            resolved.slots
-        );
-        assert_eq!(resolved.cmdline, "console=ttyS0 reboot=k");
-
-        let doc = vmm_config(
-            &machine,
-            &image,
-            &machine.files.config_disk(),
-            &shares,
-            None,
-        );
-        let parsed = vmm::config::VmConfig::from_json(&doc.to_string()).unwrap();
-        let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
-        assert!(parsed.net.is_none());
-        assert_eq!(
-            resolved.slots.len(),
-            8,
-            "3 disks, vsock, rng, balloon, 2 fs: {:?}",
-            resolved.slots
-        );
-    }
 
     fn read_frame(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
         use std::io::Read;
