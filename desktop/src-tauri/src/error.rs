@@ -62,6 +62,7 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         StoreError::NotFound(_) => ErrorKind::NotFound,
         StoreError::Exists(_) => ErrorKind::Exists,
         StoreError::Busy { .. } => ErrorKind::Busy,
+        StoreError::NotRunning { .. } => ErrorKind::NotRunning,
         StoreError::Config(rmachine_machine::config::ConfigError::Invalid { .. }) => {
             ErrorKind::Invalid
         }
@@ -89,9 +90,9 @@ impl From<LifecycleError> for CommandError {
             LifecycleError::Machine(m) | LifecycleError::Prepare { source: m, .. } => {
                 machine_kind(m)
             }
-            LifecycleError::Config(rmachine_machine::config::ConfigError::Invalid { .. }) => {
-                ErrorKind::Invalid
-            }
+            LifecycleError::Config(rmachine_machine::config::ConfigError::Invalid { .. })
+            | LifecycleError::SettingsOfExisting { .. }
+            | LifecycleError::ShrinkDisk { .. } => ErrorKind::Invalid,
             LifecycleError::Config(_) | LifecycleError::Context(_) | LifecycleError::Paths(_) => {
                 ErrorKind::Io
             }

@@ -6,7 +6,6 @@ use rmachine_machine::config::{
     DriverKind, Settings, DEFAULT_CPUS, DEFAULT_DISK_SIZE_GIB, DEFAULT_MEMORY_MIB,
 };
 use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary, DEFAULT_MACHINE};
-use rmachine_machine::store::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandResult;
@@ -96,14 +95,8 @@ pub fn use_context(lc: &Lifecycle, name: Option<&str>) -> CommandResult<MachineL
 /// Creates the machine the tray acts on (`default`) with the defaults when it does not
 /// exist, as `rmachine start` does.
 pub fn ensure_default(lc: &Lifecycle) -> CommandResult<()> {
-    match lc.store().load(DEFAULT_MACHINE) {
-        Ok(_) => Ok(()),
-        Err(StoreError::NotFound(_)) => {
-            lc.create(DEFAULT_MACHINE, &Settings::default())?;
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+    lc.ensure_exists(DEFAULT_MACHINE, &Settings::default())?;
+    Ok(())
 }
 
 /// Starts the `default` machine, creating it first when it does not exist.
@@ -111,8 +104,8 @@ pub fn start_default(
     lc: &Lifecycle,
     progress: &mut dyn FnMut(&str),
 ) -> CommandResult<MachineSummary> {
-    ensure_default(lc)?;
-    start(lc, DEFAULT_MACHINE, progress)
+    lc.start_or_create(DEFAULT_MACHINE, &Settings::default(), progress)?;
+    Ok(lc.summary(DEFAULT_MACHINE)?)
 }
 
 /// The end of a machine log.

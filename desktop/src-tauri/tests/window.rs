@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+mod support;
+use support::rmachine_bin;
+
 const ELEMENT: &str = "element-6066-11e4-a23f-4a2e7d42a7ea";
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -33,32 +36,6 @@ fn require(bin: &str, package: &str) -> PathBuf {
             "{bin} not found: install the Debian package {package} (see installers/linux/setup.sh)"
         )
     })
-}
-
-/// The workspace's target profile folder (where the test binary's `deps/` is).
-fn profile_dir() -> PathBuf {
-    let app = PathBuf::from(env!("CARGO_BIN_EXE_rmachine-desktop"));
-    app.parent().expect("binary has a folder").to_path_buf()
-}
-
-/// The `rmachine` binary beside the app, built when missing.
-fn rmachine_bin() -> PathBuf {
-    let bin = profile_dir().join("rmachine");
-    if !bin.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "rmachine"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-            .status()
-            .expect("run cargo build -p rmachine");
-        assert!(status.success(), "cargo build -p rmachine failed");
-    }
-    assert!(
-        bin.is_file(),
-        "{} missing after cargo build -p rmachine",
-        bin.display()
-    );
-    bin
 }
 
 fn free_port() -> u16 {

@@ -25,6 +25,23 @@ pub enum DriverKind {
 }
 
 impl DriverKind {
+    /// The drivers a user can name (`--driver`, `config set driver`).
+    pub const NAMES: &'static str = "auto, vmm, qemu or fake";
+
+    /// Parses a driver name.
+    pub fn parse(name: &str) -> Result<DriverKind, String> {
+        match name {
+            "auto" => Ok(DriverKind::Auto),
+            "vmm" => Ok(DriverKind::Vmm),
+            "qemu" => Ok(DriverKind::Qemu),
+            "fake" => Ok(DriverKind::Fake),
+            other => Err(format!(
+                "unknown driver {other:?}: use {}",
+                DriverKind::NAMES
+            )),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DriverKind::Auto => "auto",
@@ -184,6 +201,63 @@ impl Settings {
             image: self.image.clone(),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
         }
+    }
+}
+
+/// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
+pub const KEYS: [&str; 5] = ["cpus", "memory", "disk", "driver", "image"];
+
+impl MachineSpec {
+    /// One setting as text, in the units `set` takes (`2048M`, `64G`).
+    pub fn get(&self, key: &str) -> Result<String, ConfigError> {
+        Ok(match key {
+            "cpus" => self.cpus.to_string(),
+            "memory" => format!("{}M", self.memory_mib),
+            "disk" => format!("{}G", self.disk_size_gib),
+            "driver" => self.driver.as_str().to_string(),
+            "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
+            other => return Err(unknown_key(other)),
+        })
+    }
+}
+
+impl Settings {
+    /// Sets one setting from text (`memory` and `disk` take units: 4G, 512M) and checks
+    /// the result; on an error the settings are left as they were.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let mut new = self.clone();
+        new.set_unchecked(key, value)?;
+        new.validate()?;
+        *self = new;
+        Ok(())
+    }
+
+    fn set_unchecked(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { field, message };
+        match key {
+            "cpus" => {
+                self.cpus = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid("cpus", format!("{value:?} is not a number")))?,
+                )
+            }
+            "memory" => self.memory_mib = Some(parse_mib(value).map_err(|m| invalid("memory", m))?),
+            "disk" => self.disk_size_gib = Some(parse_gib(value).map_err(|m| invalid("disk", m))?),
+            "driver" => {
+                self.driver = Some(DriverKind::parse(value).map_err(|m| invalid("driver", m))?)
+            }
+            "image" => self.image = Some(value.to_string()),
+            other => return Err(unknown_key(other)),
+        }
+        Ok(())
+    }
+}
+
+fn unknown_key(key: &str) -> ConfigError {
+    ConfigError::Invalid {
+        field: "setting",
+        message: format!("unknown setting {key:?}: use one of {}", KEYS.join(", ")),
     }
 }
 
@@ -521,5 +595,35 @@ mod tests {
         assert!(parse_mib("lots").is_err());
         assert_eq!(parse_gib("64G"), Ok(64));
         assert!(parse_gib("-1").is_err());
+    }
+
+    #[test]
+    fn test_settings_by_key_parse_and_validate() {
+        let mut s = Settings::default();
+        s.set("memory", "1G").unwrap();
+        assert_eq!(s.memory_mib, Some(1024));
+        s.set("driver", "qemu").unwrap();
+        assert_eq!(s.driver, Some(DriverKind::Qemu));
+        assert!(s
+            .set("cpus", "many")
+            .unwrap_err()
+            .to_string()
+            .contains("cpus"));
+        assert!(s.set("memory", "1M").is_err());
+        assert!(s
+            .set("driver", "xen")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown driver"));
+        assert!(s
+            .set("colour", "red")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown setting"));
+        let spec = s.resolve();
+        assert_eq!(spec.get("memory").unwrap(), "1024M");
+        assert_eq!(spec.get("driver").unwrap(), "qemu");
+        assert_eq!(spec.get("image").unwrap(), "(newest)");
+        assert!(spec.get("colour").is_err());
     }
 }

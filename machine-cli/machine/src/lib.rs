@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod config;
+pub mod copy;
 pub mod docker_context;
 pub mod driver;
 pub mod exec;

@@ -30,6 +30,10 @@ pub enum LifecycleError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Paths(#[from] crate::paths::PathsError),
+    #[error("machine {name} exists; change its settings with `rmachine config set` (applied at the next start)")]
+    SettingsOfExisting { name: String },
+    #[error("disk: cannot shrink the data disk from {from}G to {to}G (data would be lost)")]
+    ShrinkDisk { from: u32, to: u32 },
     #[error("cannot prepare machine {name}")]
     Prepare {
         name: String,
@@ -271,6 +275,103 @@ impl Lifecycle {
         Ok(self.store.load(name)?)
     }
 
+    /// Starts machine `name`, creating it with `settings` first when it does not exist (as
+    /// `rmachine start` and the tray's start do). Settings for a machine that exists are
+    /// refused: they change with [`Lifecycle::set_setting`]. Returns the machine and
+    /// whether it was created.
+    pub fn start_or_create(
+        &self,
+        name: &str,
+        settings: &Settings,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Machine, bool), LifecycleError> {
+        if self.store.load(name).is_ok() && *settings != Settings::default() {
+            return Err(LifecycleError::SettingsOfExisting {
+                name: name.to_string(),
+            });
+        }
+        let created = self.ensure_exists(name, settings)?;
+        if created {
+            progress(&format!("created machine {name}"));
+        }
+        Ok((self.start(name, progress)?, created))
+    }
+
+    /// Creates machine `name` with `settings` when it does not exist; returns whether it
+    /// did.
+    pub fn ensure_exists(&self, name: &str, settings: &Settings) -> Result<bool, LifecycleError> {
+        match self.store.load(name) {
+            Ok(_) => Ok(false),
+            Err(StoreError::NotFound(_)) => {
+                self.create(name, settings)?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes one setting of a machine (applied at its next start); the data disk only
+    /// grows.
+    pub fn set_setting(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Machine, LifecycleError> {
+        let machine = self.store.load(name)?;
+        let mut settings = machine.file.clone();
+        settings.set(key, value)?;
+        if let Some(to) = settings
+            .disk_size_gib
+            .filter(|&to| to < machine.spec.disk_size_gib)
+        {
+            return Err(LifecycleError::ShrinkDisk {
+                from: machine.spec.disk_size_gib,
+                to,
+            });
+        }
+        Ok(self.store.update(name, &settings)?)
+    }
+
+    /// Changes one default for new machines.
+    pub fn set_default(&self, key: &str, value: &str) -> Result<Settings, LifecycleError> {
+        let mut settings = self.defaults()?;
+        settings.set(key, value)?;
+        self.set_defaults(&settings)?;
+        Ok(settings)
+    }
+
+    /// Everything about a machine (`rmachine inspect`): settings, state (the boot's token
+    /// hidden), driver and backend with the reason for the choice, endpoints, files.
+    pub fn inspect(&self, name: &str) -> Result<serde_json::Value, LifecycleError> {
+        let m = self.store.load(name)?;
+        let d = driver::for_machine(&m);
+        let choice = driver::choose_backend(m.spec.driver);
+        Ok(serde_json::json!({
+            "name": m.name,
+            "settings": m.spec,
+            "state": m.state.redacted(),
+            "driver": {
+                "kind": d.kind().as_str(),
+                "capabilities": d.capabilities(),
+                "backend": m.state.backend.clone().unwrap_or_else(|| choice.backend.as_str().to_string()),
+                "accel": choice.accel.as_str(),
+                "reason": m.state.backend_reason.clone().unwrap_or(choice.reason),
+            },
+            "endpoints": d.endpoints(&m)?,
+            "docker_context": docker_context::context_name(&m.name),
+            "files": {
+                "dir": m.files.dir(),
+                "config": m.files.config(),
+                "data_disk": m.files.data_disk(),
+                "docker_socket": m.files.docker_socket(),
+                "console_log": m.files.console_log(),
+                "hostagent_log": m.files.hostagent_log(),
+                "vmm_log": m.files.vmm_log(),
+            },
+        }))
+    }
+
     /// Stops a machine cleanly, or at once with `force`. A stopped machine is left as is.
     pub fn stop(&self, name: &str, force: bool) -> Result<Machine, LifecycleError> {
         let machine = self.store.load(name)?;
@@ -362,6 +463,24 @@ impl Lifecycle {
         )
     }
 
+    /// What a machine's log holds from byte `offset` on, and the file's length: a follower
+    /// (`rmachine logs -f`, the desktop's log view) asks again from that length. A log
+    /// shorter than `offset` was started anew (a new boot): it is read from its start.
+    pub fn log_from(
+        &self,
+        name: &str,
+        kind: LogKind,
+        offset: u64,
+    ) -> Result<(Vec<u8>, u64), LifecycleError> {
+        let m = self.store.load(name)?;
+        let path = kind.path(&m);
+        Ok(read_from(&path, offset).map_err(|source| StoreError::Io {
+            what: "cannot read",
+            path,
+            source,
+        })?)
+    }
+
     /// The defaults for new machines (`defaults.toml`).
     pub fn defaults(&self) -> Result<Settings, LifecycleError> {
         Ok(config::read_defaults(&self.store.paths().defaults_file())?)
@@ -408,6 +527,24 @@ pub fn read_tail(path: &Path, max_bytes: u64) -> std::io::Result<(String, u64)> 
         }
     }
     Ok((text, len))
+}
+
+/// The bytes of a file from `offset` on (from its start when it is shorter: it was
+/// replaced), and its length; a missing file is empty.
+pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let from = if offset > len { 0 } else { offset };
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(len - from).read_to_end(&mut buf)?;
+    let end = from + buf.len() as u64;
+    Ok((buf, end))
 }
 
 /// An error and its sources on one line.
@@ -491,6 +628,55 @@ mod tests {
             .contains("machine.toml"));
         lc.remove("dev", true).unwrap();
         assert!(lc.summaries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_log_from_follows_and_restarts_after_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        assert_eq!(read_from(&path, 0).unwrap(), (Vec::new(), 0));
+        std::fs::write(&path, "boot 1\n").unwrap();
+        let (text, len) = read_from(&path, 0).unwrap();
+        assert_eq!((text.as_slice(), len), (&b"boot 1\n"[..], 7));
+        std::fs::write(&path, "boot 1\nmore\n").unwrap();
+        assert_eq!(read_from(&path, len).unwrap(), (b"more\n".to_vec(), 12));
+        std::fs::write(&path, "b2\n").unwrap();
+        assert_eq!(read_from(&path, 12).unwrap(), (b"b2\n".to_vec(), 3));
+    }
+
+    #[test]
+    fn test_start_or_create_and_settings_by_key() {
+        let (_d, lc) = lifecycle();
+        let mut heard = Vec::new();
+        let (m, created) = lc
+            .start_or_create("dev", &fake(), &mut |d| heard.push(d.to_string()))
+            .unwrap();
+        assert!(created && m.state.state == State::Running);
+        assert!(heard[0].contains("created machine dev"), "{heard:?}");
+        assert!(matches!(
+            lc.start_or_create("dev", &fake(), &mut |_| {}),
+            Err(LifecycleError::SettingsOfExisting { .. })
+        ));
+        let (_, created) = lc
+            .start_or_create("dev", &Settings::default(), &mut |_| {})
+            .unwrap();
+        assert!(!created);
+        assert_eq!(
+            lc.set_setting("dev", "memory", "2G")
+                .unwrap()
+                .spec
+                .memory_mib,
+            2048
+        );
+        lc.set_setting("dev", "disk", "80G").unwrap();
+        assert!(matches!(
+            lc.set_setting("dev", "disk", "20G"),
+            Err(LifecycleError::ShrinkDisk { from: 80, to: 20 })
+        ));
+        assert_eq!(lc.set_default("cpus", "1").unwrap().cpus, Some(1));
+        let inspected = lc.inspect("dev").unwrap();
+        assert_eq!(inspected["driver"]["kind"], "fake");
+        assert_eq!(inspected["settings"]["memory_mib"], 2048);
     }
 
     #[test]

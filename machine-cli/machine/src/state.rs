@@ -118,6 +118,16 @@ impl MachineState {
         }
     }
 
+    /// The state as JSON for people (`rmachine status --format json`, `inspect`): the
+    /// boot's token is a secret, so it shows that there is one, not what it is.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("state always serializes");
+        if let Some(token) = v.pointer_mut("/carrier/token") {
+            *token = serde_json::json!("(hidden)");
+        }
+        v
+    }
+
     /// Writes `state.json` atomically, mode 0600.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("state always serializes");
@@ -142,6 +152,7 @@ mod tests {
         });
         s.write(&path).unwrap();
         assert_eq!(MachineState::read(&path), s);
+        assert_eq!(s.redacted()["carrier"]["token"], "(hidden)");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,

@@ -19,6 +19,10 @@ pub enum StoreError {
     Exists(String),
     #[error("machine {name:?} is {state}; stop it first (or use --force)")]
     Busy { name: String, state: &'static str },
+    #[error(
+        "machine {name} is not running (it is {state}); start it with `rmachine start {name}`"
+    )]
+    NotRunning { name: String, state: &'static str },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{what} {path}")]
@@ -41,6 +45,20 @@ pub struct Machine {
     pub spec: MachineSpec,
     /// `state.json`, checked against the host agent's liveness.
     pub state: MachineState,
+}
+
+impl Machine {
+    /// How to reach the agent of this running machine; a machine in any other state is
+    /// an error that says how to start it.
+    pub fn running_carrier(&self) -> Result<crate::guest_link::Carrier, StoreError> {
+        match (&self.state.state, &self.state.carrier) {
+            (State::Running, Some(carrier)) => Ok(carrier.clone()),
+            (state, _) => Err(StoreError::NotRunning {
+                name: self.name.clone(),
+                state: state.name(),
+            }),
+        }
+    }
 }
 
 /// A machine name with the machine, or why it could not be loaded.

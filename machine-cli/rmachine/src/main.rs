@@ -4,7 +4,7 @@
 mod cmd;
 mod progress;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// rmachine: a Docker engine in a microVM, used from the plain `docker` CLI.
 #[derive(Debug, Parser)]
@@ -62,6 +62,8 @@ enum Command {
     Image(cmd::image::ImageCommand),
     /// Print the versions of rmachine and its agent protocol.
     Version(cmd::version::VersionArgs),
+    /// Print the shell completion script (bash, zsh, fish or powershell).
+    Completion(cmd::completion::CompletionArgs),
     /// Run a machine's host agent (started by `rmachine start`).
     #[command(hide = true)]
     Hostagent(cmd::hostagent::HostAgentArgs),
@@ -88,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup(a) => cmd::setup::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Version(a) => cmd::version::run(a),
+        Command::Completion(a) => cmd::completion::run(a, &mut Cli::command()),
         Command::Hostagent(a) => cmd::hostagent::run(a),
     };
     match result {

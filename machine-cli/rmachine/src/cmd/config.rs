@@ -1,8 +1,7 @@
 //! `rmachine config get|set`: a machine's settings (applied at the next start), or the
 //! defaults for new machines with `--defaults`.
 
-use anyhow::{bail, Context};
-use rmachine_machine::config::{self, parse_gib, parse_mib, DriverKind, Settings};
+use rmachine_machine::config;
 
 use super::DEFAULT_MACHINE;
 
@@ -43,119 +42,36 @@ pub struct SetArgs {
 }
 
 pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
+    let lc = super::lifecycle()?;
     match command {
-        ConfigCommand::Get(args) => get(args),
-        ConfigCommand::Set(args) => set(args),
-    }
-}
-
-const KEYS: [&str; 5] = ["cpus", "memory", "disk", "driver", "image"];
-
-fn get(args: GetArgs) -> anyhow::Result<()> {
-    let spec = if args.target.defaults {
-        let store = super::store()?;
-        config::read_defaults(&store.paths().defaults_file())?.resolve()
-    } else {
-        super::load(&args.target.machine)?.spec
-    };
-    let value = |key: &str| -> anyhow::Result<String> {
-        Ok(match key {
-            "cpus" => spec.cpus.to_string(),
-            "memory" => format!("{}M", spec.memory_mib),
-            "disk" => format!("{}G", spec.disk_size_gib),
-            "driver" => spec.driver.as_str().to_string(),
-            "image" => spec.image.clone().unwrap_or_else(|| "(newest)".into()),
-            other => bail!("unknown setting {other:?}: use one of {}", KEYS.join(", ")),
-        })
-    };
-    match args.key {
-        Some(k) => println!("{}", value(&k)?),
-        None => {
-            for k in KEYS {
-                println!("{k} = {}", value(k)?);
+        ConfigCommand::Get(args) => {
+            let spec = if args.target.defaults {
+                lc.defaults()?.resolve()
+            } else {
+                lc.store().load(&args.target.machine)?.spec
+            };
+            match args.key {
+                Some(k) => println!("{}", spec.get(&k)?),
+                None => {
+                    for k in config::KEYS {
+                        println!("{k} = {}", spec.get(k)?);
+                    }
+                }
             }
         }
-    }
-    Ok(())
-}
-
-fn apply(settings: &mut Settings, key: &str, value: &str) -> anyhow::Result<()> {
-    match key {
-        "cpus" => {
-            settings.cpus = Some(
-                value
-                    .parse()
-                    .with_context(|| format!("cpus: {value:?} is not a number"))?,
-            )
+        ConfigCommand::Set(args) if args.target.defaults => {
+            lc.set_default(&args.key, &args.value)?;
+            println!("defaults: {} = {}", args.key, args.value);
         }
-        "memory" => settings.memory_mib = Some(parse_mib(value).map_err(anyhow::Error::msg)?),
-        "disk" => settings.disk_size_gib = Some(parse_gib(value).map_err(anyhow::Error::msg)?),
-        "driver" => {
-            settings.driver = Some(match value {
-                "auto" => DriverKind::Auto,
-                "vmm" => DriverKind::Vmm,
-                "qemu" => DriverKind::Qemu,
-                "fake" => DriverKind::Fake,
-                other => bail!("driver: unknown driver {other:?}: use auto, vmm, qemu or fake"),
-            })
-        }
-        "image" => settings.image = Some(value.to_string()),
-        other => bail!("unknown setting {other:?}: use one of {}", KEYS.join(", ")),
-    }
-    settings.validate()?;
-    Ok(())
-}
-
-fn set(args: SetArgs) -> anyhow::Result<()> {
-    let store = super::store()?;
-    if args.target.defaults {
-        let path = store.paths().defaults_file();
-        let mut settings = config::read_defaults(&path)?;
-        apply(&mut settings, &args.key, &args.value)?;
-        config::write_defaults(&path, &settings)?;
-        println!("defaults: {} = {}", args.key, args.value);
-        return Ok(());
-    }
-    let machine = store.load(&args.target.machine)?;
-    let mut settings = machine.file.clone();
-    apply(&mut settings, &args.key, &args.value)?;
-    if let Some(new) = settings.disk_size_gib {
-        if new < machine.spec.disk_size_gib {
-            bail!(
-                "disk: cannot shrink the data disk from {}G to {new}G (data would be lost)",
-                machine.spec.disk_size_gib
-            );
+        ConfigCommand::Set(args) => {
+            let machine = lc.set_setting(&args.target.machine, &args.key, &args.value)?;
+            let note = if machine.state.state.has_hostagent() {
+                " (applied at the next start)"
+            } else {
+                ""
+            };
+            println!("{}: {} = {}{note}", machine.name, args.key, args.value);
         }
     }
-    store.update(&machine.name, &settings)?;
-    let note = if machine.state.state.has_hostagent() {
-        " (applied at the next start)"
-    } else {
-        ""
-    };
-    println!("{}: {} = {}{note}", machine.name, args.key, args.value);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_apply_parses_and_validates() {
-        let mut s = Settings::default();
-        apply(&mut s, "memory", "1G").unwrap();
-        assert_eq!(s.memory_mib, Some(1024));
-        apply(&mut s, "driver", "qemu").unwrap();
-        assert_eq!(s.driver, Some(DriverKind::Qemu));
-        assert!(apply(&mut s, "cpus", "many")
-            .unwrap_err()
-            .to_string()
-            .contains("cpus"));
-        assert!(apply(&mut s, "memory", "1M").is_err());
-        assert!(apply(&mut s, "colour", "red")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown setting"));
-    }
 }

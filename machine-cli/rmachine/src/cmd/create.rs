@@ -1,11 +1,9 @@
 //! `rmachine create [NAME]`: a new machine with its settings and docker context.
 
-use anyhow::Context;
 use rmachine_machine::config::{
     parse_gib, parse_mib, parse_mount, DriverKind, MountSpec, Settings,
 };
 use rmachine_machine::docker_context;
-use rmachine_machine::store::Machine;
 
 use super::DEFAULT_MACHINE;
 
@@ -22,7 +20,7 @@ pub struct SettingsArgs {
     #[arg(long, value_parser = parse_gib)]
     pub disk: Option<u32>,
     /// Driver: auto (rmachine-vmm where it can run, else qemu), vmm, qemu, or fake (tests).
-    #[arg(long, value_parser = parse_driver)]
+    #[arg(long, value_parser = DriverKind::parse)]
     pub driver: Option<DriverKind>,
     /// Guest image version (default: the newest installed).
     #[arg(long)]
@@ -34,18 +32,6 @@ pub struct SettingsArgs {
     /// Share no host folder at all.
     #[arg(long, conflicts_with = "mounts")]
     pub no_mounts: bool,
-}
-
-fn parse_driver(s: &str) -> Result<DriverKind, String> {
-    match s {
-        "auto" => Ok(DriverKind::Auto),
-        "vmm" => Ok(DriverKind::Vmm),
-        "qemu" => Ok(DriverKind::Qemu),
-        "fake" => Ok(DriverKind::Fake),
-        other => Err(format!(
-            "unknown driver {other:?}: use auto, vmm, qemu or fake"
-        )),
-    }
 }
 
 impl SettingsArgs {
@@ -76,36 +62,11 @@ pub struct CreateArgs {
 }
 
 pub fn run(args: CreateArgs) -> anyhow::Result<()> {
-    let machine = create(&args.name, &args.settings)?;
+    let machine = super::lifecycle()?.create(&args.name, &args.settings.settings())?;
     println!(
         "created machine {} (docker context {})",
         machine.name,
         docker_context::context_name(&machine.name)
     );
-    Ok(())
-}
-
-/// Creates the machine, its data disk and its docker context.
-pub fn create(name: &str, settings: &SettingsArgs) -> anyhow::Result<Machine> {
-    let store = super::store()?;
-    let machine = store.create(name, &settings.settings())?;
-    let driver = rmachine_machine::driver::for_machine(&machine);
-    if let Err(e) = driver.create(&machine) {
-        let _ = store.remove(name);
-        return Err(e).context("cannot prepare the machine");
-    }
-    write_context(&machine)?;
-    Ok(machine)
-}
-
-/// Writes (or refreshes) the machine's docker context.
-pub fn write_context(machine: &Machine) -> anyhow::Result<()> {
-    let dir = docker_context::docker_config_dir()?;
-    docker_context::write(
-        &dir,
-        &docker_context::context_name(&machine.name),
-        &machine.files.docker_socket(),
-        &format!("rmachine machine {}", machine.name),
-    )?;
     Ok(())
 }

@@ -24,6 +24,7 @@ pub struct EnvArgs {
 
 pub fn run(args: EnvArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
+    let endpoints = rmachine_machine::driver::for_machine(&m).endpoints(&m)?;
     let shell = args.shell.unwrap_or_else(|| {
         match std::env::var("SHELL")
             .unwrap_or_default()
@@ -35,8 +36,10 @@ pub fn run(args: EnvArgs) -> anyhow::Result<()> {
             _ => Shell::Sh,
         }
     });
-    let host = format!("unix://{}", m.files.docker_socket().display());
-    print!("{}", render(shell, &host, args.unset, &args.name));
+    print!(
+        "{}",
+        render(shell, &endpoints.docker_host, args.unset, &args.name)
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
-//! `rmachine ls [--format json]`.
+//! `rmachine ls [--format json]`: the machine list, with the same fields as the desktop
+//! app's (`MachineSummary`).
 
-use rmachine_machine::docker_context;
-use serde_json::json;
+use rmachine_machine::lifecycle::MachineSummary;
 
 use super::{human_mib, Format};
 
@@ -13,62 +13,45 @@ pub struct LsArgs {
 }
 
 pub fn run(args: LsArgs) -> anyhow::Result<()> {
-    let store = super::store()?;
-    let current = docker_context::docker_config_dir()
-        .ok()
-        .and_then(|d| docker_context::current(&d).ok().flatten());
-    let mut rows = Vec::new();
-    for (name, machine) in store.list()? {
-        let context = docker_context::context_name(&name);
-        let active = current.as_deref() == Some(context.as_str());
-        rows.push(match machine {
-            Ok(m) => json!({
-                "name": name,
-                "state": m.state.state.name(),
-                "error": match &m.state.state { rmachine_machine::state::State::Error(r) => Some(r.clone()), _ => None },
-                "driver": m.spec.driver.as_str(),
-                "backend": m.state.backend,
-                "cpus": m.spec.cpus,
-                "memory_mib": m.spec.memory_mib,
-                "disk_size_gib": m.spec.disk_size_gib,
-                "docker_context": context,
-                "active": active,
-                "docker_host": format!("unix://{}", m.files.docker_socket().display()),
-            }),
-            Err(e) => json!({ "name": name, "state": "error", "error": format!("{e}"), "docker_context": context, "active": active }),
-        });
-    }
+    let rows = super::lifecycle()?.summaries()?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Format::Table => {
-            println!(
-                "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  DOCKER CONTEXT",
-                "NAME", "STATE", "DRIVER", "CPUS", "MEMORY", "DISK"
-            );
-            for r in &rows {
-                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-                let n = |k: &str| r[k].as_u64();
-                println!(
-                    "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  {}{}",
-                    s("name"),
-                    s("state"),
-                    s("driver"),
-                    n("cpus")
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    n("memory_mib").map(human_mib).unwrap_or_else(|| "-".into()),
-                    n("disk_size_gib")
-                        .map(|d| format!("{d}GiB"))
-                        .unwrap_or_else(|| "-".into()),
-                    s("docker_context"),
-                    if r["active"].as_bool() == Some(true) {
-                        " *"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
+        Format::Table => print!("{}", table(&rows)),
     }
     Ok(())
+}
+
+fn table(rows: &[MachineSummary]) -> String {
+    let mut out = format!(
+        "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  {:<24} PORTS\n",
+        "NAME", "STATE", "DRIVER", "CPUS", "MEMORY", "DISK", "DOCKER CONTEXT"
+    );
+    let dash = || "-".to_string();
+    for r in rows {
+        let ports: Vec<String> = r
+            .ports
+            .iter()
+            .map(|p| format!("{}:{}/{}", p.host_ip, p.host_port, p.proto))
+            .collect();
+        let context = format!("{}{}", r.docker_context, if r.active { " *" } else { "" });
+        out.push_str(&format!(
+            "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  {:<24} {}\n",
+            r.name,
+            r.state,
+            r.driver.as_deref().unwrap_or("-"),
+            r.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
+            r.memory_mib
+                .map(|m| human_mib(u64::from(m)))
+                .unwrap_or_else(dash),
+            r.disk_size_gib
+                .map(|d| format!("{d}GiB"))
+                .unwrap_or_else(dash),
+            context,
+            ports.join(", ")
+        ));
+        for warning in &r.warnings {
+            out.push_str(&format!("  warning: {warning}\n"));
+        }
+    }
+    out
 }

@@ -1,5 +1,7 @@
-//! One module per subcommand; shared argument types and store access live here.
+//! One module per subcommand: flag parsing and printing over the `machine` library's
+//! [`Lifecycle`] (the same calls the desktop app makes).
 
+pub mod completion;
 pub mod config;
 pub mod cp;
 pub mod create;
@@ -20,13 +22,10 @@ pub mod stop;
 pub mod use_context;
 pub mod version;
 
-use rmachine_machine::guest_link::Carrier;
+use rmachine_machine::lifecycle::Lifecycle;
+pub use rmachine_machine::lifecycle::DEFAULT_MACHINE;
 use rmachine_machine::paths::Paths;
-use rmachine_machine::state::State;
 use rmachine_machine::store::{Machine, Store};
-
-/// The machine a command acts on when none is named.
-pub const DEFAULT_MACHINE: &str = "default";
 
 /// Output format of listing commands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,25 +35,17 @@ pub enum Format {
     Json,
 }
 
+/// The machine store and docker config folder of this environment.
+pub fn lifecycle() -> anyhow::Result<Lifecycle> {
+    Ok(Lifecycle::from_env()?)
+}
+
 pub fn store() -> anyhow::Result<Store> {
     Ok(Store::new(Paths::from_env()?))
 }
 
 pub fn load(name: &str) -> anyhow::Result<Machine> {
     Ok(store()?.load(name)?)
-}
-
-/// How to reach a running machine's agent; a machine in any other state is an error.
-pub fn running_carrier(m: &Machine) -> anyhow::Result<Carrier> {
-    match (&m.state.state, &m.state.carrier) {
-        (State::Running, Some(carrier)) => Ok(carrier.clone()),
-        (state, _) => anyhow::bail!(
-            "machine {} is not running (it is {}); start it with `rmachine start {}`",
-            m.name,
-            state.name(),
-            m.name
-        ),
-    }
 }
 
 /// Ends `rmachine` with this exit status without printing an error (the status of a

@@ -1,8 +1,7 @@
 //! `rmachine restart [NAME]`.
 
-use rmachine_machine::state::State;
-
 use super::DEFAULT_MACHINE;
+use crate::progress::StepProgress;
 
 #[derive(Debug, clap::Args)]
 pub struct RestartArgs {
@@ -12,9 +11,11 @@ pub struct RestartArgs {
 }
 
 pub fn run(args: RestartArgs) -> anyhow::Result<()> {
-    let machine = super::load(&args.name)?;
-    if machine.state.state != State::Stopped {
-        rmachine_machine::driver::for_machine(&machine).stop(&machine)?;
-    }
-    super::start::start(&args.name, false)
+    let lc = super::lifecycle()?;
+    let progress = StepProgress::new();
+    use rmachine_image::Progress;
+    progress.step(1, 1, &format!("restarting machine {}", args.name));
+    let machine = lc.restart(&args.name, &mut |detail| progress.detail(detail))?;
+    progress.done(&super::start::started_message(&machine));
+    super::start::use_context(&lc, &args.name, false)
 }

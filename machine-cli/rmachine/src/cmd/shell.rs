@@ -53,7 +53,7 @@ pub struct ShellArgs {
 
 pub fn run(args: ShellArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
-    let carrier = super::running_carrier(&m)?;
+    let carrier = m.running_carrier()?;
     let stdin_tty = std::io::stdin().is_terminal();
     let tty = args.tty || (!args.no_tty && stdin_tty && std::io::stdout().is_terminal());
     let mut env = BTreeMap::new();

@@ -2,8 +2,8 @@
 //! no name is given), boots it, and makes its docker context current.
 
 use rmachine_machine::docker_context;
+use rmachine_machine::lifecycle::Lifecycle;
 use rmachine_machine::state::State;
-use rmachine_machine::store::StoreError;
 
 use super::create::SettingsArgs;
 use super::DEFAULT_MACHINE;
@@ -23,48 +23,41 @@ pub struct StartArgs {
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<()> {
-    let store = super::store()?;
-    let machine = match store.load(&args.name) {
-        Ok(m) => {
-            if args.settings.settings() != Default::default() {
-                anyhow::bail!(
-                    "machine {} exists; change its settings with `rmachine config set` (applied at the next start)",
-                    m.name
-                );
-            }
-            m
-        }
-        Err(StoreError::NotFound(_)) => {
-            eprintln!("creating machine {}", args.name);
-            super::create::create(&args.name, &args.settings)?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    start(&machine.name, !args.no_use)
+    let lc = super::lifecycle()?;
+    let was_running = lc
+        .store()
+        .load(&args.name)
+        .is_ok_and(|m| m.state.state == State::Running);
+    let progress = StepProgress::new();
+    use rmachine_image::Progress;
+    progress.step(1, 1, &format!("starting machine {}", args.name));
+    let (machine, _) =
+        lc.start_or_create(&args.name, &args.settings.settings(), &mut |detail| {
+            progress.detail(detail)
+        })?;
+    if was_running {
+        progress.done(&format!("machine {} is already running", args.name));
+    } else {
+        progress.done(&started_message(&machine));
+    }
+    use_context(&lc, &args.name, !args.no_use)
 }
 
-/// Starts an existing machine with progress, then optionally makes its context current.
-pub fn start(name: &str, use_context: bool) -> anyhow::Result<()> {
-    let machine = super::load(name)?;
-    if machine.state.state == State::Running {
-        println!("machine {name} is already running");
-    } else {
-        super::create::write_context(&machine)?;
-        let driver = rmachine_machine::driver::for_machine(&machine);
-        let progress = StepProgress::new();
-        use rmachine_image::Progress;
-        progress.step(1, 1, &format!("starting machine {name}"));
-        driver.start(&machine, &mut |detail| progress.detail(detail))?;
-        let machine = super::load(name)?;
-        progress.done(&format!(
-            "machine {name} is running ({}; engine ready {:.1} s after boot)",
-            machine.state.backend.as_deref().unwrap_or("?"),
-            machine.state.engine_ready_ms.unwrap_or(0) as f64 / 1000.0
-        ));
-    }
+/// What a finished start says.
+pub fn started_message(machine: &rmachine_machine::store::Machine) -> String {
+    format!(
+        "machine {} is running ({}; engine ready {:.1} s after boot)",
+        machine.name,
+        machine.state.backend.as_deref().unwrap_or("?"),
+        machine.state.engine_ready_ms.unwrap_or(0) as f64 / 1000.0
+    )
+}
+
+/// Makes the machine's context current (`switch`), or says how to use it.
+pub fn use_context(lc: &Lifecycle, name: &str, switch: bool) -> anyhow::Result<()> {
     let context = docker_context::context_name(name);
-    if use_context {
-        docker_context::set_current(&docker_context::docker_config_dir()?, Some(&context))?;
+    if switch {
+        lc.use_machine(name)?;
         println!("docker context {context} is now current: `docker run` uses this machine");
     } else {
         println!(

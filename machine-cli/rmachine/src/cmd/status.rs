@@ -19,11 +19,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
     let s = &m.state;
     if args.format == Format::Json {
-        let mut v = serde_json::to_value(s)?;
-        if let Some(token) = v.pointer_mut("/carrier/token") {
-            *token = serde_json::json!("(hidden)");
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&s.redacted())?);
         return Ok(());
     }
     println!("machine {}: {}", m.name, s.state.name());

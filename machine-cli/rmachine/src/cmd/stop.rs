@@ -1,4 +1,4 @@
-//! `rmachine stop [NAME]`: a clean shutdown (engine stopped, data synced).
+//! `rmachine stop [NAME]`: a clean shutdown (engine stopped, data synced), or `--force`.
 
 use rmachine_machine::state::State;
 
@@ -9,24 +9,21 @@ pub struct StopArgs {
     /// Machine name.
     #[arg(default_value = DEFAULT_MACHINE)]
     pub name: String,
-    /// Kill the VM at once instead of shutting it down.
+    /// Kill the VM and every process of the machine at once instead of shutting it down.
     #[arg(long, short)]
     pub force: bool,
 }
 
 pub fn run(args: StopArgs) -> anyhow::Result<()> {
-    let machine = super::load(&args.name)?;
-    if machine.state.state == State::Stopped {
+    let lc = super::lifecycle()?;
+    if lc.store().load(&args.name)?.state.state == State::Stopped {
         println!("machine {} is not running", args.name);
         return Ok(());
     }
-    let driver = rmachine_machine::driver::for_machine(&machine);
-    if args.force {
-        driver.kill(&machine)?;
-    } else {
+    if !args.force {
         eprintln!("stopping machine {}", args.name);
-        driver.stop(&machine)?;
     }
+    lc.stop(&args.name, args.force)?;
     println!("machine {} stopped", args.name);
     Ok(())
 }

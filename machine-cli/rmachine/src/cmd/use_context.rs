@@ -1,7 +1,5 @@
 //! `rmachine use NAME`: makes the machine's docker context the current one.
 
-use rmachine_machine::docker_context;
-
 #[derive(Debug, clap::Args)]
 pub struct UseArgs {
     /// Machine name.
@@ -9,10 +7,11 @@ pub struct UseArgs {
 }
 
 pub fn run(args: UseArgs) -> anyhow::Result<()> {
-    let m = super::load(&args.name)?;
-    super::create::write_context(&m)?;
-    let context = docker_context::context_name(&m.name);
-    docker_context::set_current(&docker_context::docker_config_dir()?, Some(&context))?;
-    println!("docker context {context} is now current");
+    let lc = super::lifecycle()?;
+    lc.use_machine(&args.name)?;
+    println!(
+        "docker context {} is now current",
+        rmachine_machine::docker_context::context_name(&args.name)
+    );
     Ok(())
 }
