@@ -49,6 +49,7 @@ impl BootConfig {
             host_time_unix_ns: None,
             host_addr: None,
             mounts: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -167,6 +168,7 @@ mod tests {
             host_time_unix_ns: 1_700_000_000_000_000_000,
             host_addr: None,
             mounts: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -19,6 +19,7 @@ pub mod dial;
 pub mod exec;
 pub mod hello;
 pub mod line;
+pub mod net;
 
 /// The protocol version spoken by this build. A peer of another version is refused with
 /// an error that names both versions.
