@@ -80,6 +80,7 @@ impl Guest {
                 .as_nanos() as i64,
             host_addr: Some("10.0.2.2".into()),
             mounts: vec![],
+            ..Default::default()
         };
         let config_disk = dir.join("config.img");
         std::fs::write(&config_disk, config.encode()).expect("write config disk");

@@ -6,8 +6,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rmachine_protocol::config_disk::{ConfigDiskError, GuestConfig, MAX_SIZE};
+use rmachine_protocol::net::{parse_mac, HostEntry, NetworkNic, MAX_HOSTS};
 use rmachine_protocol::PROTOCOL_VERSION;
 use tracing::{debug, info, warn};
+
+use crate::network::StaticNic;
 
 pub const DEFAULT_HOSTNAME: &str = "rmachine";
 pub const DEFAULT_DATA_DISK: &str = "/dev/vdb";
@@ -37,6 +40,12 @@ pub struct BootConfig {
     pub host_addr: Option<String>,
     /// Shared host folders (virtio-fs) to mount at their host paths.
     pub mounts: Vec<rmachine_protocol::config_disk::Mount>,
+    /// MAC of the user-mode NIC, when the config disk names it.
+    pub primary_mac: Option<[u8; 6]>,
+    /// NICs on networks between machines (valid ones only, one per MAC).
+    pub networks: Vec<StaticNic>,
+    /// Peer names for /etc/hosts (valid ones only).
+    pub hosts: Vec<HostEntry>,
 }
 
 impl BootConfig {
@@ -49,6 +58,9 @@ impl BootConfig {
             host_time_unix_ns: None,
             host_addr: None,
             mounts: Vec::new(),
+            primary_mac: None,
+            networks: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 
@@ -71,6 +83,18 @@ impl BootConfig {
         } else {
             config.data_disk
         };
+        let primary_mac = config.primary_mac.as_deref().and_then(|text| {
+            let mac = parse_mac(text);
+            if mac.is_none() {
+                warn!(
+                    mac = text,
+                    "invalid primary MAC on the config disk; ignored"
+                );
+            }
+            mac
+        });
+        let networks = checked_networks(&config.networks, primary_mac);
+        let hosts = checked_hosts(config.hosts);
         BootConfig {
             config_device: Some(device),
             token: Some(config.token).filter(|t| !t.is_empty()),
@@ -81,8 +105,56 @@ impl BootConfig {
                 .host_addr
                 .filter(|a| a.parse::<std::net::IpAddr>().is_ok()),
             mounts: config.mounts,
+            primary_mac,
+            networks,
+            hosts,
         }
     }
+}
+
+/// The config disk's NICs that can be configured: invalid ones, those with the primary's
+/// MAC and repeated MACs are left out (with a warning), the rest keep their order.
+fn checked_networks(nics: &[NetworkNic], primary_mac: Option<[u8; 6]>) -> Vec<StaticNic> {
+    let mut out: Vec<StaticNic> = Vec::new();
+    for nic in nics {
+        match nic.parse() {
+            Ok(parsed) if Some(parsed.mac) == primary_mac => {
+                warn!(network = %nic.network, mac = %nic.mac, "network NIC has the primary MAC; ignored")
+            }
+            Ok(parsed) if out.iter().any(|n| n.nic.mac == parsed.mac) => {
+                warn!(network = %nic.network, mac = %nic.mac, "network NIC MAC repeated; ignored")
+            }
+            Ok(parsed) => out.push(StaticNic {
+                network: nic.network.clone(),
+                nic: parsed,
+            }),
+            Err(e) => {
+                warn!(network = %nic.network, error = %e, "invalid network NIC on the config disk; ignored")
+            }
+        }
+    }
+    out
+}
+
+/// The config disk's valid host entries (at most [`MAX_HOSTS`]); the others are logged.
+fn checked_hosts(entries: Vec<HostEntry>) -> Vec<HostEntry> {
+    if entries.len() > MAX_HOSTS {
+        warn!(
+            count = entries.len(),
+            "too many host entries on the config disk; keeping the first {MAX_HOSTS}"
+        );
+    }
+    entries
+        .into_iter()
+        .take(MAX_HOSTS)
+        .filter(|entry| match entry.parse() {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, "invalid host entry on the config disk; ignored");
+                false
+            }
+        })
+        .collect()
 }
 
 /// A hostname the kernel and resolvers accept: 1 to 64 letters, digits, `-` and `.`.
@@ -167,6 +239,7 @@ mod tests {
             host_time_unix_ns: 1_700_000_000_000_000_000,
             host_addr: None,
             mounts: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -228,6 +301,50 @@ mod tests {
             ),
             (None, "rmachine", "/dev/vdb")
         );
+    }
+
+    #[test]
+    fn test_networks_and_hosts_are_checked() {
+        let nic = |network: &str, mac: &str, address: &str| NetworkNic {
+            network: network.into(),
+            mac: mac.into(),
+            address: address.into(),
+            mtu: None,
+        };
+        let host = |name: &str, ip: &str| HostEntry {
+            name: name.into(),
+            ip: ip.into(),
+        };
+        let config = GuestConfig {
+            primary_mac: Some("52:54:00:12:34:56".into()),
+            networks: vec![
+                nic("a", "52:54:00:aa:00:02", "192.168.127.2/24"),
+                nic("bad", "52:54:00:aa:00:03", "192.168.128.2"),
+                nic("primary", "52:54:00:12:34:56", "192.168.129.2/24"),
+                nic("again", "52:54:00:AA:00:02", "192.168.130.2/24"),
+                nic("b", "52:54:00:aa:00:04", "fd00::2/64"),
+            ],
+            hosts: vec![
+                host("peer", "192.168.127.3"),
+                host("bad name", "192.168.127.4"),
+                host("v6", "fd00::3"),
+            ],
+            ..sample("00ff", "box")
+        };
+        let boot = BootConfig::from_disk(PathBuf::from("/dev/vdc"), config);
+        assert_eq!(boot.primary_mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        let networks: Vec<&str> = boot.networks.iter().map(|n| n.network.as_str()).collect();
+        assert_eq!(networks, ["a", "b"]);
+        assert_eq!(boot.networks[0].nic.prefix_len, 24);
+        let names: Vec<&str> = boot.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["peer", "v6"]);
+        let config = GuestConfig {
+            primary_mac: Some("nonsense".into()),
+            ..sample("00ff", "box")
+        };
+        let boot = BootConfig::from_disk(PathBuf::from("/dev/vdc"), config);
+        assert_eq!(boot.primary_mac, None);
+        assert!(boot.networks.is_empty() && boot.hosts.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use rmachine_protocol::{AGENT_VERSION, PROTOCOL_VERSION};
 use tracing::{debug, info, warn};
 
 use crate::clock;
+use crate::hosts::HostsError;
 use crate::logging::error_chain;
 use crate::notify;
 use crate::server::{send, Context, Stream};
@@ -72,6 +73,24 @@ async fn notify_changed(paths: Vec<String>, ctx: &Context) -> Outcome {
     }
 }
 
+/// Rewrites /etc/hosts with the host's peer list (a small tmpfs file: written inline).
+fn set_hosts(hosts: &[rmachine_protocol::net::HostEntry], ctx: &Context) -> Outcome {
+    let Some(file) = &ctx.hosts else {
+        let message = "this agent does not manage /etc/hosts (not PID 1)".to_string();
+        return error(ErrorKind::Failed, message);
+    };
+    match file.write(hosts) {
+        Ok(count) => {
+            info!(peers = count, "peer names updated");
+            Outcome::Ok(Reply::HostsSet {
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+            })
+        }
+        Err(e @ HostsError::Invalid(_)) => error(ErrorKind::BadRequest, error_chain(&e)),
+        Err(e) => error(ErrorKind::Failed, error_chain(&e)),
+    }
+}
+
 fn error(kind: ErrorKind, message: String) -> Outcome {
     Outcome::Error(ErrorReply { kind, message })
 }
@@ -97,6 +116,7 @@ fn handle(request: Request, ctx: &Context) -> (Outcome, Option<ShutdownRequest>)
             }
             Err(e) => return (error(ErrorKind::Failed, error_chain(&e)), None),
         },
+        Request::SetHosts { hosts } => return (set_hosts(&hosts, ctx), None),
         // Answered by `serve` (asynchronously); never routed here.
         Request::NotifyChanged { .. } => {
             let message = "notify_changed is served asynchronously".to_string();
@@ -210,6 +230,72 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         ping(&mut stream, 3).await;
+    }
+
+    #[tokio::test]
+    async fn test_set_hosts_rewrites_the_hosts_file_and_refuses_garbage() {
+        use rmachine_protocol::net::HostEntry;
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_server(dir.path().join("docker.sock")).await;
+        let hosts_path = dir.path().join("hosts");
+        let mut stream = connect(&server, Service::Control).await;
+        let entry = |name: &str, ip: &str| HostEntry {
+            name: name.into(),
+            ip: ip.into(),
+        };
+        let line = encode_request(
+            1,
+            Request::SetHosts {
+                hosts: vec![entry("worker", "192.168.127.3"), entry("test", "10.9.9.9")],
+            },
+        );
+        let reply = roundtrip(&mut stream, line.as_bytes()).await;
+        assert_eq!(
+            parse_reply(reply.trim_end().as_bytes(), 1).unwrap(),
+            Reply::HostsSet { count: 1 }
+        );
+        let written = std::fs::read_to_string(&hosts_path).unwrap();
+        assert!(written.contains("192.168.127.3\tworker\n"), "{written}");
+        assert!(!written.contains("10.9.9.9"), "{written}");
+        // An invalid entry refuses the whole list; the file stays.
+        let line = encode_request(
+            2,
+            Request::SetHosts {
+                hosts: vec![entry("ok", "192.168.127.4"), entry("a b", "192.168.127.5")],
+            },
+        );
+        let reply = roundtrip(&mut stream, line.as_bytes()).await;
+        match parse_reply(reply.trim_end().as_bytes(), 2) {
+            Err(ReplyError::Agent {
+                kind: ErrorKind::BadRequest,
+                message,
+            }) => assert!(message.contains("a b"), "{message}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&hosts_path).unwrap(), written);
+        // Malformed bodies are bad requests with the id; the connection keeps serving.
+        for (id, body) in [
+            (3, r#"{"v":1,"id":3,"op":"set_hosts","hosts":7}"#),
+            (
+                4,
+                r#"{"v":1,"id":4,"op":"set_hosts","hosts":[{"name":"x","ip":"1.2.3.4.5"}]}"#,
+            ),
+        ] {
+            let reply = envelope(&roundtrip(&mut stream, format!("{body}\n").as_bytes()).await);
+            assert_eq!(reply.id, id);
+            assert!(
+                matches!(
+                    reply.outcome,
+                    Outcome::Error(ErrorReply {
+                        kind: ErrorKind::BadRequest,
+                        ..
+                    })
+                ),
+                "{reply:?}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&hosts_path).unwrap(), written);
+        ping(&mut stream, 5).await;
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use crate::clock::{self, ClockControl};
 use crate::config::{self, BootConfig};
 use crate::data_disk;
 use crate::engine::{self, Engine};
+use crate::hosts::{self, HostsFile};
 use crate::logging::{self, error_chain, LogSink};
 use crate::mounts;
 use crate::network;
@@ -101,6 +102,7 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
     step_done("config read", t);
 
     set_clock_and_hostname(&config);
+    let hosts_file = install_hosts(&config);
 
     let status = Arc::new(Status::new(&config.hostname));
     let ctx = Arc::new(
@@ -118,7 +120,8 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
                 .iter()
                 .map(|m| PathBuf::from(&m.guest_path))
                 .collect(),
-        ),
+        )
+        .with_hosts(hosts_file),
     );
     let t = Instant::now();
     start_services(&ctx).await;
@@ -129,7 +132,10 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
     let network = {
         let reaper = reaper.clone();
         let hostname = config.hostname.clone();
-        tokio::spawn(async move { network::setup(&reaper, &hostname).await })
+        let (primary_mac, networks) = (config.primary_mac, config.networks.clone());
+        tokio::spawn(
+            async move { network::setup(&reaper, &hostname, primary_mac, &networks).await },
+        )
     };
     let data = prepare_data_disk(&reaper, &config, log);
     let shares = {
@@ -202,6 +208,21 @@ fn set_clock_and_hostname(config: &BootConfig) {
         Ok(()) => info!(hostname = %config.hostname, "hostname set"),
         Err(e) => warn!(hostname = %config.hostname, error = %e, "cannot set the hostname"),
     }
+}
+
+/// Writes /etc/hosts (this machine and the config disk's peers) and puts it in place;
+/// `set_hosts` rewrites it later. A failure is logged: names are a convenience.
+fn install_hosts(config: &BootConfig) -> Arc<HostsFile> {
+    let own = config.networks.iter().map(|n| n.nic.address).collect();
+    let file = Arc::new(HostsFile::new(
+        PathBuf::from(hosts::HOSTS_FILE),
+        &config.hostname,
+        own,
+    ));
+    if let Err(e) = hosts::install(&file, &config.hosts) {
+        warn!(error = %error_chain(&e), "cannot write {}", hosts::ETC_HOSTS);
+    }
+    file
 }
 
 /// Listens on vsock when the guest has it, and on TCP when there is a token.

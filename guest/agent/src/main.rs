@@ -21,6 +21,7 @@ mod dhcp;
 mod dial;
 mod engine;
 mod exec;
+mod hosts;
 mod init;
 mod logging;
 mod mounts;

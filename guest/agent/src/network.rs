@@ -1,11 +1,19 @@
-//! The guest's network: loopback, the first Ethernet interface configured by DHCP,
-//! `/run/resolv.conf` (the image's /etc/resolv.conf points there) and the sysctls the
-//! engine needs. Addresses and routes are set with iproute2's `ip`.
+//! The guest's network: loopback, the primary (user-mode) interface configured by DHCP,
+//! the NICs on networks between machines configured statically, `/run/resolv.conf` (the
+//! image's /etc/resolv.conf points there) and the sysctls the engine needs. Addresses
+//! and routes are set with iproute2's `ip`.
+//!
+//! Which interface is which: the config disk gives every extra NIC's MAC, and may give
+//! the primary's. The primary is the interface with that MAC or, when the disk names
+//! none (or no interface has it), the first virtio-net interface in name order whose MAC
+//! no extra NIC has. So a second NIC never takes the default route, whatever order the
+//! kernel probed the devices in.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rmachine_protocol::net::{format_mac, ParsedNic};
 use tracing::{info, warn};
 
 use crate::dhcp::{self, DhcpError, Lease};
@@ -34,6 +42,8 @@ pub enum NetworkError {
     },
     #[error("cannot read the MAC address of {iface}")]
     Mac { iface: String },
+    #[error("no network interface has MAC address {mac}")]
+    NoInterface { mac: String },
     #[error(transparent)]
     Dhcp(#[from] DhcpError),
     #[error("cannot write {path}")]
@@ -50,12 +60,30 @@ pub enum NetworkError {
     },
 }
 
-/// The first Ethernet interface backed by a device (virtio-net) in `sys_class_net`, by
-/// name (eth0 before eth1). Virtual interfaces the kernel creates on its own (dummy0,
+/// A NIC on a network between machines, as the config disk gave it (checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticNic {
+    /// The network's name, for logs.
+    pub network: String,
+    pub nic: ParsedNic,
+}
+
+/// An Ethernet interface backed by a device (virtio-net).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// `None` when sysfs did not give a readable address.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The Ethernet interfaces backed by a device in `sys_class_net`, in natural name order
+/// (eth2 before eth10). Virtual interfaces the kernel creates on its own (dummy0,
 /// bridges) have no `device` link and are skipped.
-pub fn first_interface(sys_class_net: &Path) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir(sys_class_net)
-        .ok()?
+pub fn interfaces(sys_class_net: &Path) -> Vec<Interface> {
+    let Ok(entries) = std::fs::read_dir(sys_class_net) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Interface> = entries
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| name != "lo")
@@ -64,20 +92,57 @@ pub fn first_interface(sys_class_net: &Path) -> Option<String> {
             std::fs::read_to_string(sys_class_net.join(name).join("type"))
                 .is_ok_and(|t| t.trim() == ARPHRD_ETHER)
         })
+        .map(|name| Interface {
+            mac: std::fs::read_to_string(sys_class_net.join(&name).join("address"))
+                .ok()
+                .and_then(|text| parse_mac(&text)),
+            name,
+        })
         .collect();
-    names.sort();
-    names.into_iter().next()
+    found.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    found
 }
 
-/// Parses `52:54:00:12:34:56`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+/// `eth10` as (`eth`, 10, ``): names sort by prefix, then number.
+fn natural_key(name: &str) -> (&str, u64, &str) {
+    let digits_at = name
+        .find(|c: char| c.is_ascii_digit())
+        .unwrap_or(name.len());
+    let (prefix, rest) = name.split_at(digits_at);
+    let digits_end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let number = rest[..digits_end].parse().unwrap_or(u64::MAX);
+    (prefix, number, &rest[digits_end..])
 }
+
+/// The primary (user-mode) interface: the one with `primary_mac` if the config disk named
+/// it and it exists, else the first whose MAC is none of the extra NICs'.
+pub fn primary_interface<'a>(
+    interfaces: &'a [Interface],
+    primary_mac: Option<[u8; 6]>,
+    extra_macs: &[[u8; 6]],
+) -> Option<&'a Interface> {
+    if let Some(mac) = primary_mac {
+        match interface_by_mac(interfaces, mac) {
+            Some(found) => return Some(found),
+            None => warn!(
+                mac = %format_mac(mac),
+                "no interface has the primary MAC of the config disk; using the first other one"
+            ),
+        }
+    }
+    interfaces
+        .iter()
+        .find(|i| i.mac.is_none_or(|mac| !extra_macs.contains(&mac)))
+}
+
+/// The interface with this MAC.
+pub fn interface_by_mac(interfaces: &[Interface], mac: [u8; 6]) -> Option<&Interface> {
+    interfaces.iter().find(|i| i.mac == Some(mac))
+}
+
+pub use rmachine_protocol::net::parse_mac;
 
 /// The resolver configuration for a lease.
 pub fn resolv_conf(lease: Option<&Lease>) -> String {
@@ -167,9 +232,64 @@ async fn apply(reaper: &Reaper, iface: &str, lease: &Lease) -> Result<(), Networ
     Ok(())
 }
 
-/// Sets up the network; returns the interface's address, if it got one. Each failure
-/// is logged; none stops the boot.
-pub async fn setup(reaper: &Reaper, hostname: &str) -> Option<Ipv4Addr> {
+/// The `ip` commands that configure a NIC on a network between machines: MTU, address
+/// (with its subnet's route, so peers are reachable) and up. No default route.
+pub fn static_commands(iface: &str, nic: &ParsedNic) -> Vec<Vec<String>> {
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut commands = Vec::new();
+    if let Some(mtu) = nic.mtu {
+        commands.push(args(&[
+            "link",
+            "set",
+            "dev",
+            iface,
+            "mtu",
+            &mtu.to_string(),
+        ]));
+    }
+    let cidr = format!("{}/{}", nic.address, nic.prefix_len);
+    let mut addr = args(&["addr", "replace", &cidr]);
+    if nic.address.is_ipv4() {
+        addr.extend(args(&["broadcast", "+"]));
+    } else {
+        // No duplicate address detection: the host gave every machine its own address,
+        // and DAD would hold the address back for a second after the link comes up.
+        addr.push("nodad".into());
+    }
+    addr.extend(args(&["dev", iface]));
+    commands.push(addr);
+    commands.push(args(&["link", "set", "dev", iface, "up"]));
+    commands
+}
+
+/// Configures one NIC on a network between machines; returns its interface's name.
+async fn configure_static(
+    reaper: &Reaper,
+    interfaces: &[Interface],
+    nic: &StaticNic,
+) -> Result<String, NetworkError> {
+    let iface = interface_by_mac(interfaces, nic.nic.mac)
+        .ok_or_else(|| NetworkError::NoInterface {
+            mac: format_mac(nic.nic.mac),
+        })?
+        .name
+        .clone();
+    for command in static_commands(&iface, &nic.nic) {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        ip(reaper, &args).await?;
+    }
+    Ok(iface)
+}
+
+/// Sets up the network: the NICs on networks between machines first (static, quick),
+/// then DHCP on the primary interface. Returns the primary's address, if it got one.
+/// Each failure is logged; none stops the boot.
+pub async fn setup(
+    reaper: &Reaper,
+    hostname: &str,
+    primary_mac: Option<[u8; 6]>,
+    networks: &[StaticNic],
+) -> Option<Ipv4Addr> {
     let started = Instant::now();
     if let Err(e) = loopback_up(reaper).await {
         warn!(error = %error_chain(&e), "cannot bring lo up");
@@ -177,13 +297,34 @@ pub async fn setup(reaper: &Reaper, hostname: &str) -> Option<Ipv4Addr> {
     if let Err(e) = set_sysctl("net.ipv4.ip_forward", "1") {
         warn!(error = %error_chain(&e), "cannot enable IPv4 forwarding");
     }
-    let Some(iface) = first_interface(Path::new("/sys/class/net")) else {
-        info!("no network interface; skipping network setup");
+    let found = interfaces(Path::new("/sys/class/net"));
+    for nic in networks {
+        match configure_static(reaper, &found, nic).await {
+            Ok(iface) => info!(
+                iface,
+                network = %nic.network,
+                address = %nic.nic.address,
+                prefix_len = nic.nic.prefix_len,
+                mtu = ?nic.nic.mtu,
+                "network between machines configured"
+            ),
+            Err(e) => warn!(
+                network = %nic.network,
+                error = %error_chain(&e),
+                "network between machines not configured"
+            ),
+        }
+    }
+    let extra_macs: Vec<[u8; 6]> = networks.iter().map(|n| n.nic.mac).collect();
+    let Some(iface) = primary_interface(&found, primary_mac, &extra_macs).map(|i| i.name.clone())
+    else {
+        info!("no primary network interface; skipping DHCP");
         if let Err(e) = write_resolv_conf(None) {
             warn!(error = %error_chain(&e), "cannot write resolv.conf");
         }
         return None;
     };
+
     let lease = match configure(reaper, &iface, hostname).await {
         Ok(lease) => Some(lease),
         Err(e) => {
@@ -234,26 +375,120 @@ async fn configure(reaper: &Reaper, iface: &str, hostname: &str) -> Result<Lease
 mod tests {
     use super::*;
 
-    #[test]
-    fn test_first_interface_skips_loopback_and_non_ethernet() {
+    /// A fake /sys/class/net: (name, type, has a device link, MAC).
+    fn fake_sys(entries: &[(&str, &str, bool, Option<&str>)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for (name, kind, device) in [
-            ("lo", "772", false),
-            ("sit0", "776", true),
-            ("dummy0", "1", false),
-            ("eth1", "1", true),
-            ("eth0", "1", true),
-        ] {
+        for (name, kind, device, mac) in entries {
             std::fs::create_dir_all(dir.path().join(name)).unwrap();
             std::fs::write(dir.path().join(name).join("type"), format!("{kind}\n")).unwrap();
-            if device {
+            if *device {
                 std::fs::create_dir_all(dir.path().join(name).join("device")).unwrap();
             }
+            if let Some(mac) = mac {
+                std::fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).unwrap();
+            }
         }
-        assert_eq!(first_interface(dir.path()).as_deref(), Some("eth0"));
+        dir
+    }
+
+    const USER_MAC: &str = "52:54:00:12:34:56";
+    const NET_MAC: &str = "52:54:00:aa:00:02";
+
+    fn mac(text: &str) -> [u8; 6] {
+        parse_mac(text).unwrap()
+    }
+
+    fn names(found: &[Interface]) -> Vec<&str> {
+        found.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    #[test]
+    fn test_interfaces_skip_loopback_and_non_ethernet_in_natural_order() {
+        let dir = fake_sys(&[
+            ("lo", "772", false, Some("00:00:00:00:00:00")),
+            ("sit0", "776", true, None),
+            ("dummy0", "1", false, Some("02:00:00:00:00:01")),
+            ("eth10", "1", true, Some("52:54:00:00:00:10")),
+            ("eth1", "1", true, Some(NET_MAC)),
+            ("eth2", "1", true, None),
+            ("eth0", "1", true, Some(USER_MAC)),
+        ]);
+        let found = interfaces(dir.path());
+        assert_eq!(names(&found), ["eth0", "eth1", "eth2", "eth10"]);
+        assert_eq!(found[0].mac, Some(mac(USER_MAC)));
+        assert_eq!(found[2].mac, None);
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(first_interface(empty.path()), None);
-        assert_eq!(first_interface(&empty.path().join("missing")), None);
+        assert!(interfaces(empty.path()).is_empty());
+        assert!(interfaces(&empty.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn test_primary_interface_is_never_a_network_nic() {
+        // The kernel probed the network NIC first: it is eth0.
+        let dir = fake_sys(&[
+            ("eth0", "1", true, Some(NET_MAC)),
+            ("eth1", "1", true, Some(USER_MAC)),
+        ]);
+        let found = interfaces(dir.path());
+        let extra = [mac(NET_MAC)];
+        let primary = |primary_mac: Option<&str>, extra: &[[u8; 6]]| {
+            primary_interface(&found, primary_mac.map(mac), extra).map(|i| i.name.clone())
+        };
+        assert_eq!(primary(None, &extra).as_deref(), Some("eth1"));
+        // Named by the config disk.
+        assert_eq!(primary(Some(USER_MAC), &extra).as_deref(), Some("eth1"));
+        // A primary MAC that no interface has: the first other one still.
+        assert_eq!(
+            primary(Some("52:54:00:99:99:99"), &extra).as_deref(),
+            Some("eth1")
+        );
+        // Without networks: the first interface, as before.
+        assert_eq!(primary(None, &[]).as_deref(), Some("eth0"));
+        // Only network NICs: no primary.
+        assert_eq!(primary_interface(&found[..1], None, &extra), None);
+        assert_eq!(
+            interface_by_mac(&found, mac(NET_MAC)).map(|i| i.name.as_str()),
+            Some("eth0")
+        );
+        assert_eq!(interface_by_mac(&found, mac("52:54:00:99:99:99")), None);
+    }
+
+    #[test]
+    fn test_static_commands_set_mtu_address_and_up_without_a_route() {
+        let nic = ParsedNic {
+            mac: mac(NET_MAC),
+            address: "192.168.127.2".parse().unwrap(),
+            prefix_len: 24,
+            mtu: Some(9000),
+        };
+        let lines = |nic: &ParsedNic| -> Vec<String> {
+            static_commands("eth1", nic)
+                .iter()
+                .map(|c| c.join(" "))
+                .collect()
+        };
+        assert_eq!(
+            lines(&nic),
+            [
+                "link set dev eth1 mtu 9000",
+                "addr replace 192.168.127.2/24 broadcast + dev eth1",
+                "link set dev eth1 up",
+            ]
+        );
+        let v6 = ParsedNic {
+            address: "fd00::2".parse().unwrap(),
+            prefix_len: 64,
+            mtu: None,
+            ..nic
+        };
+        assert_eq!(
+            lines(&v6),
+            [
+                "addr replace fd00::2/64 nodad dev eth1",
+                "link set dev eth1 up"
+            ]
+        );
+        assert!(lines(&nic).iter().all(|l| !l.contains("route")));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use tracing::{debug, warn};
 
 use crate::clock::ClockControl;
+use crate::hosts::HostsFile;
 use crate::rate_limit::RateLimit;
 use crate::reaper::Reaper;
 use crate::shutdown::ShutdownRequest;
@@ -79,6 +80,8 @@ pub struct Context {
     pub reaper: Reaper,
     /// Guest paths of the shared folders (where host change notifications may touch).
     pub shares: Vec<PathBuf>,
+    /// The hosts file `set_hosts` rewrites; `None` refuses it (serve mode).
+    pub hosts: Option<Arc<HostsFile>>,
     refusal_log: RateLimit,
     refused: AtomicU64,
 }
@@ -100,6 +103,7 @@ impl Context {
             shutdown,
             reaper,
             shares: Vec::new(),
+            hosts: None,
             refusal_log: RateLimit::new(10, Duration::from_secs(60)),
             refused: AtomicU64::new(0),
         }
@@ -108,6 +112,12 @@ impl Context {
     /// The same context knowing the shared folders' guest paths.
     pub fn with_shares(mut self, shares: Vec<PathBuf>) -> Context {
         self.shares = shares;
+        self
+    }
+
+    /// The same context managing this hosts file.
+    pub fn with_hosts(mut self, hosts: Arc<HostsFile>) -> Context {
+        self.hosts = Some(hosts);
         self
     }
 
@@ -339,6 +349,8 @@ pub(crate) mod tests {
         let status = Arc::new(Status::new("test"));
         // A shared folder beside the engine socket, for change notifications.
         let share = docker_sock.with_file_name("share");
+        // The hosts file `set_hosts` writes, beside it too.
+        let hosts = docker_sock.with_file_name("hosts");
         let ctx = Arc::new(
             Context::new(
                 Some("secret".into()),
@@ -348,7 +360,8 @@ pub(crate) mod tests {
                 tx,
                 reaper,
             )
-            .with_shares(vec![share]),
+            .with_shares(vec![share])
+            .with_hosts(Arc::new(HostsFile::new(hosts, "test", Vec::new()))),
         );
         let mut addrs = Vec::new();
         for service in Service::ALL {

@@ -6,8 +6,15 @@
 //!
 //! Layout: the line `RMACHINE-CONFIG\n`, one JSON object, a `\n`, then zero bytes up to
 //! a multiple of 4096 bytes.
+//!
+//! Compatibility: fields added after the first release have a serde default, so disks
+//! written by older hosts still decode, and unknown fields are ignored, so older agents
+//! read disks of newer hosts. Fields that are empty are not written at all, so a machine
+//! without networks gets the same disk as before they existed.
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::net::{HostEntry, NetworkNic};
 
 /// First bytes of a config disk.
 pub const MAGIC: &[u8] = b"RMACHINE-CONFIG\n";
@@ -47,6 +54,17 @@ pub struct GuestConfig {
     pub host_addr: Option<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// MAC address of the user-mode NIC (DHCP, the default route). `None`: the first
+    /// virtio-net interface whose MAC no entry of `networks` has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_mac: Option<String>,
+    /// NICs on networks between machines, configured statically (no default route).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkNic>,
+    /// Peer machines' names for `/etc/hosts` (at most [`crate::net::MAX_HOSTS`]); the
+    /// host agent keeps them current with [`crate::control::Request::SetHosts`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostEntry>,
 }
 
 /// Why bytes were not a config disk.
@@ -58,6 +76,26 @@ pub enum ConfigDiskError {
     Unterminated,
     #[error("config disk JSON is invalid")]
     Json(#[source] serde_json::Error),
+}
+
+impl Default for GuestConfig {
+    /// A config of this protocol version with every field empty: build one with
+    /// `GuestConfig { hostname, token, ..Default::default() }` so that fields added later
+    /// need no change at the call site.
+    fn default() -> GuestConfig {
+        GuestConfig {
+            version: crate::PROTOCOL_VERSION,
+            token: String::new(),
+            hostname: String::new(),
+            data_disk: String::new(),
+            host_time_unix_ns: 0,
+            host_addr: None,
+            mounts: Vec::new(),
+            primary_mac: None,
+            networks: Vec::new(),
+            hosts: Vec::new(),
+        }
+    }
 }
 
 impl GuestConfig {
@@ -101,6 +139,26 @@ mod tests {
                 guest_path: "/home/u".into(),
                 read_only: false,
             }],
+            primary_mac: None,
+            networks: Vec::new(),
+            hosts: Vec::new(),
+        }
+    }
+
+    fn with_network() -> GuestConfig {
+        GuestConfig {
+            primary_mac: Some("52:54:00:12:34:56".into()),
+            networks: vec![NetworkNic {
+                network: "swarm".into(),
+                mac: "52:54:00:aa:00:02".into(),
+                address: "192.168.127.2/24".into(),
+                mtu: Some(1500),
+            }],
+            hosts: vec![HostEntry {
+                name: "worker".into(),
+                ip: "192.168.127.3".into(),
+            }],
+            ..sample()
         }
     }
 
@@ -109,6 +167,49 @@ mod tests {
         let bytes = sample().encode();
         assert_eq!(bytes.len() % 4096, 0);
         assert_eq!(GuestConfig::decode(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn test_config_disk_round_trip_with_networks() {
+        let bytes = with_network().encode();
+        assert_eq!(GuestConfig::decode(&bytes).unwrap(), with_network());
+    }
+
+    #[test]
+    fn test_config_disk_without_networks_encodes_as_before() {
+        // What a host of the first release wrote; it must decode, and a config without
+        // networks must still encode to exactly these bytes.
+        let old = concat!(
+            r#"{"version":1,"token":"00ff","hostname":"default","data_disk":"/dev/vdb","#,
+            r#""host_time_unix_ns":1700000000000000000,"host_addr":"10.0.2.2","#,
+            r#""mounts":[{"tag":"home","guest_path":"/home/u","read_only":false}]}"#
+        );
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(old.as_bytes());
+        bytes.push(b'\n');
+        bytes.resize(4096, 0);
+        assert_eq!(GuestConfig::decode(&bytes).unwrap(), sample());
+        assert_eq!(sample().encode(), bytes);
+        // Older still: no host_addr, no mounts.
+        let older =
+            br#"{"version":1,"token":"","hostname":"h","data_disk":"","host_time_unix_ns":0}"#;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(older);
+        bytes.push(b'\n');
+        let config = GuestConfig::decode(&bytes).unwrap();
+        assert!(config.networks.is_empty() && config.hosts.is_empty());
+        assert_eq!(config.primary_mac, None);
+    }
+
+    #[test]
+    fn test_config_disk_ignores_fields_of_newer_hosts() {
+        let mut value = serde_json::to_value(with_network()).unwrap();
+        value["future"] = serde_json::json!({"x": 1});
+        value["networks"][0]["vlan"] = 7.into();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(serde_json::to_vec(&value).unwrap());
+        bytes.push(b'\n');
+        assert_eq!(GuestConfig::decode(&bytes).unwrap(), with_network());
     }
 
     #[test]

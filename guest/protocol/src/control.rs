@@ -6,9 +6,14 @@
 //!
 //! A line that cannot be parsed still gets an error reply (with `id` 0 when the id could
 //! not be read), so a host never waits for an answer that will not come.
+//!
+//! Operations are added without a new protocol version: an agent that does not know an
+//! operation answers `bad_request` (unknown variant), and the host falls back. So far:
+//! `notify_changed` and `set_hosts` came after the first release.
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::HostEntry;
 use crate::PROTOCOL_VERSION;
 
 /// An operation the host asks of the agent.
@@ -36,6 +41,12 @@ pub enum Request {
     /// watchers there (file watchers of dev servers) hear of it, which virtio-fs cannot
     /// tell them. At most [`MAX_CHANGED_PATHS`] paths.
     NotifyChanged { paths: Vec<String> },
+    /// Replace the peer names of the guest's `/etc/hosts` (machines on the same networks),
+    /// sent by the host agent when a peer starts or stops. At most
+    /// [`crate::net::MAX_HOSTS`] entries; one invalid entry refuses the whole request
+    /// (`bad_request`) and the file stays as it was. An agent older than this operation
+    /// answers `bad_request` too: the names of the config disk are then all it has.
+    SetHosts { hosts: Vec<HostEntry> },
 }
 
 /// Most paths in one [`Request::NotifyChanged`] (the host sends their folders instead
@@ -71,6 +82,10 @@ pub enum Reply {
     Notified {
         touched: u32,
         skipped: u32,
+    },
+    /// `/etc/hosts` rewritten with this many peer entries.
+    HostsSet {
+        count: u32,
     },
 }
 
@@ -290,6 +305,13 @@ mod tests {
                 unix_ns: 1_700_000_000_123_456_789,
             },
             Request::Shutdown { reboot: true },
+            Request::SetHosts {
+                hosts: vec![HostEntry {
+                    name: "worker".into(),
+                    ip: "192.168.127.3".into(),
+                }],
+            },
+            Request::SetHosts { hosts: Vec::new() },
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let line = encode_request(i as u64 + 1, op.clone());
@@ -336,6 +358,7 @@ mod tests {
             Reply::Pong,
             Reply::Info(Box::new(info)),
             Reply::TimeSynced { offset_ns: -5 },
+            Reply::HostsSet { count: 3 },
         ] {
             let line = encode_reply(9, Outcome::Ok(reply.clone()));
             assert_eq!(parse_reply(line.trim_end().as_bytes(), 9).unwrap(), reply);
@@ -378,6 +401,34 @@ mod tests {
         assert_eq!(err.error.kind, ErrorKind::BadRequest);
         let err = parse_request(br#"{"v":1,"id":8,"op":"ping","extra":1}"#).unwrap_err();
         assert_eq!(err.error.kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn test_set_hosts_wire_format_and_malformed_bodies() {
+        let env = parse_request(
+            br#"{"v":1,"id":6,"op":"set_hosts","hosts":[{"name":"a","ip":"10.0.0.1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            env.request,
+            Request::SetHosts {
+                hosts: vec![HostEntry {
+                    name: "a".into(),
+                    ip: "10.0.0.1".into()
+                }]
+            }
+        );
+        for bad in [
+            &br#"{"v":1,"id":6,"op":"set_hosts"}"#[..],
+            br#"{"v":1,"id":6,"op":"set_hosts","hosts":"a"}"#,
+            br#"{"v":1,"id":6,"op":"set_hosts","hosts":[["a"]]}"#,
+            br#"{"v":1,"id":6,"op":"set_hosts","hosts":[{"name":1,"ip":"10.0.0.1"}]}"#,
+            br#"{"v":1,"id":6,"op":"set_hosts","hosts":[{"name":"a"}]}"#,
+            br#"{"v":1,"id":6,"op":"set_hosts","hosts":[],"extra":1}"#,
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert_eq!((err.id, err.error.kind), (6, ErrorKind::BadRequest));
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod exec;
 pub mod hello;
 pub mod image;
 pub mod line;
+pub mod net;
 
 /// The protocol version spoken by this build. A peer of another version is refused with
 /// an error that names both versions.

@@ -14,6 +14,9 @@
 //! [`CreatePolicy`] review container creations ([`MachinePolicy`]: bind mounts only
 //! from shared folders, `host.docker.internal` added).
 //!
+//! [`switch`] (unix) is the Ethernet switch of a network between machines: one process
+//! per network, each machine's second NIC a port on its unix socket.
+//!
 //! ```no_run
 //! # async fn example(carrier: rmachine_machine::guest_link::Carrier) {
 //! use std::sync::Arc;
@@ -45,6 +48,8 @@ pub mod port;
 mod port_table;
 pub mod publisher;
 pub mod share_events;
+#[cfg(unix)]
+pub mod switch;
 
 #[cfg(test)]
 mod fake_engine;

@@ -42,6 +42,7 @@ pub fn write_disks(dir: &Path, hostname: &str, mounts: Vec<Mount>) -> (PathBuf, 
             .as_nanos() as i64,
         host_addr: None,
         mounts,
+        ..Default::default()
     };
     let config_disk = dir.join("config.img");
     std::fs::write(&config_disk, config.encode()).expect("write the config disk");
