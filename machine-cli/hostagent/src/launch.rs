@@ -97,7 +97,7 @@ pub(crate) async fn launch_qemu(
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0),
         host_addr: Some(QEMU_HOST_ADDR.into()),
-        mounts: vec![],
+        ..GuestConfig::default()
     };
     let (virtiofsd, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
     let config = GuestConfig {
@@ -282,6 +282,7 @@ pub(crate) async fn launch_vmm(
             .unwrap_or(0),
         host_addr: net_socket.is_some().then(|| QEMU_HOST_ADDR.into()),
         mounts: guest_mounts,
+        ..GuestConfig::default()
     };
     let config_disk = machine.files.config_disk();
     std::fs::write(&config_disk, config.encode())
