@@ -274,11 +274,11 @@ impl Guest {
     /// Serves the guest's engine on a unix socket in the guest's folder; returns its path.
     pub fn engine_socket(&self, rt: &tokio::runtime::Runtime) -> PathBuf {
         let path = self.dir.join("docker.sock");
-        let _ = std::fs::remove_file(&path);
+        let endpoint = rmachine_machine::sys::local_socket::Endpoint::Unix(path.clone());
         let listener = rt
-            .block_on(async { tokio::net::UnixListener::bind(&path) })
+            .block_on(async { rmachine_machine::sys::local_socket::LocalListener::bind(&endpoint) })
             .expect("bind docker.sock");
-        rt.spawn(rmachine_machine::forward::serve_unix(
+        rt.spawn(rmachine_machine::forward::serve(
             listener,
             self.carrier.clone(),
             Service::Engine,

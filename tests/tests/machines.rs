@@ -296,9 +296,9 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     );
 
     // kill -9 of the VM: the machine shows the error state with the console's lines.
-    let vm_pid = env.state(M)["vm_pid"]
+    let vm_pid = env.state(M)["vm"]["pid"]
         .as_u64()
-        .expect("vm_pid in state.json");
+        .expect("vm.pid in state.json");
     let status = std::process::Command::new("kill")
         .args(["-9", &vm_pid.to_string()])
         .status()

@@ -114,10 +114,11 @@ fn main() {
         serde_json::from_value(state["carrier"].clone()).expect("carrier in state.json");
     let rt = runtime();
     let direct = env.dir.path().join("direct.sock");
+    let endpoint = rmachine_machine::sys::local_socket::Endpoint::Unix(direct.clone());
     let listener = rt
-        .block_on(async { tokio::net::UnixListener::bind(&direct) })
+        .block_on(async { rmachine_machine::sys::local_socket::LocalListener::bind(&endpoint) })
         .unwrap();
-    rt.spawn(rmachine_machine::forward::serve_unix(
+    rt.spawn(rmachine_machine::forward::serve(
         listener,
         Arc::new(carrier),
         Service::Engine,
@@ -162,10 +163,10 @@ fn main() {
 
     // 4. Host agent idle RSS and CPU.
     let idle = Duration::from_secs(env_num("BENCH_IDLE_SECS", 60));
-    let pid = env.state(M)["hostagent_pid"]
+    let pid = env.state(M)["hostagent"]["pid"]
         .as_u64()
         .expect("hostagent pid") as u32;
-    let vm_pid = env.state(M)["vm_pid"].as_u64().map(|p| p as u32);
+    let vm_pid = env.state(M)["vm"]["pid"].as_u64().map(|p| p as u32);
     let cpu0 = cpu_time(pid).unwrap();
     let vm_cpu0 = vm_pid.and_then(cpu_time);
     std::thread::sleep(idle);

@@ -34,12 +34,12 @@ pub fn connect(lc: &Lifecycle, name: &str) -> CommandResult<Docker> {
     if machine.state.state != State::Running {
         return Err(CommandError::not_running(name));
     }
-    connect_socket(&machine.files.docker_socket())
+    connect_socket(&machine.files.docker_endpoint().path())
 }
 
-/// A client of the engine at a unix socket.
+/// A client of the engine at a local endpoint (a unix socket, a named pipe on Windows).
 pub fn connect_socket(socket: &Path) -> CommandResult<Docker> {
-    Docker::connect_with_unix(
+    Docker::connect_with_local(
         &socket.to_string_lossy(),
         ENGINE_TIMEOUT_S,
         bollard::API_DEFAULT_VERSION,

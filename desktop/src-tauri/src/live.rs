@@ -64,12 +64,7 @@ impl EngineEvents {
             .machines
             .iter()
             .filter(|m| m.state == "running")
-            .filter_map(|m| {
-                Some((
-                    m.name.clone(),
-                    PathBuf::from(m.docker_host.as_deref()?.strip_prefix("unix://")?),
-                ))
-            })
+            .filter_map(|m| Some((m.name.clone(), m.docker_endpoint.as_ref()?.path())))
             .collect();
         tasks.retain(|name, (socket, task)| {
             let keep = running.get(name) == Some(socket) && !task.inner().is_finished();

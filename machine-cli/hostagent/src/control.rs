@@ -5,9 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use rmachine_machine::hostagent_api::{HostAgentReply, HostAgentRequest};
 use rmachine_machine::store::Machine;
+use rmachine_machine::sys::local_socket::LocalListener;
 use rmachine_protocol::line::{read_line_limited, Line, MAX_CONTROL_LINE};
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::{SharedState, StopReason};
@@ -17,21 +17,24 @@ pub(crate) fn serve(
     state: SharedState,
     stop_tx: mpsc::Sender<StopReason>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let path = machine.files.hostagent_socket();
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
-    crate::set_mode(&path, 0o600)?;
+    let endpoint = machine.files.hostagent_endpoint();
+    let mut listener =
+        LocalListener::bind(&endpoint).with_context(|| format!("cannot listen on {endpoint}"))?;
     let state = Arc::new(state);
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the host agent's socket");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let state = state.clone();
             let stop_tx = stop_tx.clone();
             tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
+                let (read, mut write) = tokio::io::split(stream);
                 let mut read = BufReader::new(read);
                 while let Ok(line) = read_line_limited(&mut read, MAX_CONTROL_LINE).await {
                     let reply = match line {

@@ -20,6 +20,8 @@ use rmachine_machine::guest_link::{Carrier, ControlClient};
 use rmachine_machine::paths::Paths;
 use rmachine_machine::state::{MachineState, State};
 use rmachine_machine::store::{Machine, Store};
+use rmachine_machine::sys::local_socket::LocalListener;
+use rmachine_machine::sys::process::ProcessId;
 use rmachine_protocol::control::{Reply, Request, ServiceState};
 use tokio::sync::mpsc;
 
@@ -90,7 +92,7 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
     let mut initial = MachineState::stopped();
     initial.state = State::Starting;
     initial.detail = "preparing".into();
-    initial.hostagent_pid = Some(std::process::id());
+    initial.hostagent = Some(ProcessId::current());
     initial.started_at_unix = Some(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -122,7 +124,7 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
             state.update(|s| {
                 s.state = State::Error(reason.clone());
                 s.detail.clear();
-                s.hostagent_pid = None;
+                s.hostagent = None;
                 s.carrier = None;
             });
             Err(e)
@@ -131,11 +133,11 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
 }
 
 fn cleanup_sockets(machine: &Machine) {
-    for sock in [
-        machine.files.docker_socket(),
-        machine.files.hostagent_socket(),
+    for endpoint in [
+        machine.files.docker_endpoint(),
+        machine.files.hostagent_endpoint(),
     ] {
-        let _ = std::fs::remove_file(sock);
+        endpoint.remove_stale();
     }
 }
 
@@ -207,11 +209,9 @@ async fn serve(
     let engine_ms = boot.elapsed().as_millis() as u64;
     tracing::info!(engine_ms, "engine ready");
 
-    let docker_sock = machine.files.docker_socket();
-    let _ = std::fs::remove_file(&docker_sock);
-    let listener = tokio::net::UnixListener::bind(&docker_sock)
-        .with_context(|| format!("cannot listen on {}", docker_sock.display()))?;
-    set_mode(&docker_sock, 0o600)?;
+    let docker_endpoint = machine.files.docker_endpoint();
+    let listener = LocalListener::bind(&docker_endpoint)
+        .with_context(|| format!("cannot listen on {docker_endpoint}"))?;
     let policy = rmachine_hostproxy::MachinePolicy {
         machine: machine.name.clone(),
         shares: (machine.spec.mounts.iter())
@@ -243,7 +243,7 @@ async fn serve(
         s.engine_ready_ms = Some(engine_ms);
         s.detail.clear();
     });
-    tracing::info!(socket = %docker_sock.display(), "machine running");
+    tracing::info!(endpoint = %docker_endpoint, "machine running");
 
     let result = loop {
         tokio::select! {
@@ -344,17 +344,7 @@ fn publish_ports(
 }
 
 async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    rmachine_machine::sys::signal::stop_requested().await;
     tracing::info!("signal received: stopping");
     let _ = stop_tx.send(StopReason::Requested).await;
 }
@@ -463,10 +453,4 @@ async fn shutdown(carrier: &Carrier, vm: &mut launch::RunningVm) {
             vm.kill().await;
         }
     }
-}
-
-fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))
 }

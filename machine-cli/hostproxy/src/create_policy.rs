@@ -252,6 +252,10 @@ mod tests {
         );
     }
 
+    #[cfg_attr(
+        windows,
+        ignore = "shared folders are Linux-only so far: Windows paths are not yet translated to the guest's"
+    )]
     #[test]
     fn test_bind_outside_the_shares_is_refused() {
         let err = review_binds(&["/home/u/src:/src", "/srv/x:/x"]).unwrap_err();

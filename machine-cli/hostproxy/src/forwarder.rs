@@ -5,6 +5,14 @@
 //! The socket is bound before [`Forwarder::open`] returns, so a port in use is reported
 //! to the caller at once; [`Forwarder::close`] returns once the socket is closed.
 
+// Whether a listener may take a port whose old connections linger: per OS.
+#[cfg(unix)]
+#[path = "forwarder/rebind_unix.rs"]
+mod rebind;
+#[cfg(windows)]
+#[path = "forwarder/rebind_windows.rs"]
+mod rebind;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +45,8 @@ const UDP_PEER_QUEUE: usize = 64;
 /// Why a port could not be opened on the host.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
+    #[error("cannot open {port} on the host: the address is in use by another program")]
+    InUse { port: PublishedPort },
     #[error("cannot open {port} on the host")]
     Bind {
         port: PublishedPort,
@@ -62,7 +72,10 @@ impl Forwarder {
         connector: Arc<dyn GuestConnector>,
         udp_idle_timeout: Duration,
     ) -> Result<Forwarder, ForwarderError> {
-        let bind_err = |source| ForwarderError::Bind { port, source };
+        let bind_err = |source: io::Error| match source.kind() {
+            io::ErrorKind::AddrInUse => ForwarderError::InUse { port },
+            _ => ForwarderError::Bind { port, source },
+        };
         let cancel = CancellationToken::new();
         let span = tracing::info_span!("port", %port);
         let task = match port.transport {
@@ -121,11 +134,7 @@ fn socket_for(
 
 fn bind_tcp(port: PublishedPort) -> io::Result<TcpListener> {
     let (socket, addr) = socket_for(port, Type::STREAM, Protocol::TCP)?;
-    // On unix, SO_REUSEADDR only lets a listener reuse a port whose old connections are
-    // in TIME_WAIT (on Windows it would let two listeners share a port).
-    if cfg!(unix) {
-        socket.set_reuse_address(true)?;
-    }
+    rebind::allow_rebind(&socket)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
@@ -389,7 +398,7 @@ mod tests {
         let forwarder = Forwarder::open(port, Arc::new(NoGuest), Duration::from_secs(60)).unwrap();
         assert!(matches!(
             Forwarder::open(port, Arc::new(NoGuest), Duration::from_secs(60)),
-            Err(ForwarderError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse
+            Err(ForwarderError::InUse { .. })
         ));
         forwarder.close().await;
         let err = TcpStream::connect(("127.0.0.1", port.host_port))

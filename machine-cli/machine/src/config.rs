@@ -263,9 +263,8 @@ fn unknown_key(key: &str) -> ConfigError {
 
 /// The default shares: the user's home directory, read-write.
 pub fn default_mounts() -> Vec<MountSpec> {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .filter(|h| h.is_absolute() && h != Path::new("/"))
+    dirs::home_dir()
+        .filter(|h| h.is_absolute() && h.parent().is_some())
         .map(|path| {
             vec![MountSpec {
                 path,
@@ -396,7 +395,7 @@ pub fn write_machine_file(path: &Path, settings: &Settings) -> Result<(), Config
             message: e.to_string()
         })?
     );
-    crate::store::write_atomic(path, text.as_bytes(), 0o644)
+    crate::store::write_atomic(path, text.as_bytes())
         .map_err(|e| ConfigError::Write(path.to_path_buf(), e))
 }
 
@@ -424,7 +423,7 @@ pub fn write_defaults(path: &Path, settings: &Settings) -> Result<(), ConfigErro
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    crate::store::write_atomic(path, text.as_bytes(), 0o644)
+    crate::store::write_atomic(path, text.as_bytes())
         .map_err(|e| ConfigError::Write(path.to_path_buf(), e))
 }
 
@@ -547,26 +546,28 @@ mod tests {
 
     #[test]
     fn test_mount_flag_and_default_share() {
+        // An absolute path of this platform (`/tmp/src`, `C:\...\src`).
+        let src = std::env::temp_dir().join("src");
         assert_eq!(
-            parse_mount("/src:ro"),
+            parse_mount(&format!("{}:ro", src.display())),
             Ok(MountSpec {
-                path: "/src".into(),
+                path: src.clone(),
                 read_only: true
             })
         );
         assert_eq!(
-            parse_mount("/src"),
+            parse_mount(&src.display().to_string()),
             Ok(MountSpec {
-                path: "/src".into(),
+                path: src,
                 read_only: false
             })
         );
         assert!(parse_mount("src").is_err());
-        if let Some(home) = std::env::var_os("HOME").filter(|h| h != "/") {
+        if let Some(home) = dirs::home_dir().filter(|h| h.parent().is_some()) {
             assert_eq!(
                 Settings::default().resolve().mounts,
                 vec![MountSpec {
-                    path: home.into(),
+                    path: home,
                     read_only: false
                 }]
             );

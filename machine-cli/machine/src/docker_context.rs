@@ -33,8 +33,8 @@ pub fn docker_config_dir() -> Result<PathBuf, ContextError> {
     if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".docker"))
+    dirs::home_dir()
+        .map(|h| h.join(".docker"))
         .ok_or(ContextError::NoConfigDir)
 }
 
@@ -49,11 +49,12 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Context
     move |source| ContextError::Io { what, path, source }
 }
 
-/// Creates or updates context `name` pointing at the unix socket `socket`.
+/// Creates or updates context `name` pointing at `docker_host` (`unix:///…/docker.sock`,
+/// `npipe:////./pipe/…`).
 pub fn write(
     config_dir: &Path,
     name: &str,
-    socket: &Path,
+    docker_host: &str,
     description: &str,
 ) -> Result<(), ContextError> {
     let dir = meta_dir(config_dir, name);
@@ -61,7 +62,7 @@ pub fn write(
     let meta = json!({
         "Name": name,
         "Metadata": { "Description": description },
-        "Endpoints": { "docker": { "Host": format!("unix://{}", socket.display()), "SkipTLSVerify": false } },
+        "Endpoints": { "docker": { "Host": docker_host, "SkipTLSVerify": false } },
     });
     let path = dir.join("meta.json");
     std::fs::write(
@@ -122,7 +123,7 @@ pub fn set_current(config_dir: &Path, name: Option<&str>) -> Result<(), ContextE
     std::fs::create_dir_all(config_dir).map_err(io("cannot create", config_dir))?;
     let path = config_dir.join("config.json");
     let text = serde_json::to_string_pretty(&config).expect("json value serializes");
-    crate::store::write_atomic(&path, text.as_bytes(), 0o600).map_err(io("cannot write", &path))
+    crate::store::write_atomic(&path, text.as_bytes()).map_err(io("cannot write", &path))
 }
 
 fn read_config(config_dir: &Path) -> Result<Value, ContextError> {
@@ -151,13 +152,7 @@ mod tests {
             r#"{"auths":{"x":{}},"currentContext":"other"}"#,
         )
         .unwrap();
-        write(
-            cfg,
-            "rmachine-dev",
-            Path::new("/m/docker.sock"),
-            "rmachine dev",
-        )
-        .unwrap();
+        write(cfg, "rmachine-dev", "unix:///m/docker.sock", "rmachine dev").unwrap();
         assert!(exists(cfg, "rmachine-dev"));
         let meta: Value = serde_json::from_slice(
             &std::fs::read(meta_dir(cfg, "rmachine-dev").join("meta.json")).unwrap(),
@@ -174,6 +169,22 @@ mod tests {
         assert!(
             config["auths"]["x"].is_object(),
             "other settings lost: {config}"
+        );
+    }
+
+    /// A Windows machine's context points at its named pipe, as Docker Desktop's does.
+    #[test]
+    fn test_context_with_a_named_pipe_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::sys::local_socket::Endpoint::Pipe("rmachine-dev".into()).docker_host();
+        write(dir.path(), "rmachine-dev", &host, "rmachine dev").unwrap();
+        let meta: Value = serde_json::from_slice(
+            &std::fs::read(meta_dir(dir.path(), "rmachine-dev").join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            meta["Endpoints"]["docker"]["Host"],
+            "npipe:////./pipe/rmachine-dev"
         );
     }
 

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use rmachine_protocol::Service;
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixListener;
 
 use crate::guest_link::Carrier;
+use crate::sys::local_socket::LocalListener;
 
 /// Accepts on `listener` until the task is dropped, forwarding each connection to
 /// `service` over `carrier`.
-pub async fn serve_unix(listener: UnixListener, carrier: Arc<Carrier>, service: Service) {
+pub async fn serve(mut listener: LocalListener, carrier: Arc<Carrier>, service: Service) {
     loop {
-        let (mut client, _) = match listener.accept().await {
+        let mut client = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed on the {service} socket");

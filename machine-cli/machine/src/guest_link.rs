@@ -20,7 +20,9 @@ use rmachine_protocol::hello::{self, HelloError};
 use rmachine_protocol::line::{read_line_limited, Line, MAX_CONTROL_LINE, MAX_HEADER_LINE};
 use rmachine_protocol::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
+
+use crate::sys::local_socket::{self, LocalStream};
 
 /// How long a connect plus hello may take before the link is called unreachable.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +99,7 @@ pub struct GuestStream {
 
 enum Inner {
     Tcp(TcpStream),
-    Unix(UnixStream),
+    Local(LocalStream),
 }
 
 impl Carrier {
@@ -123,13 +125,14 @@ impl Carrier {
                 (Inner::Tcp(s), Some(token.as_str()))
             }
             Carrier::HybridVsock { uds } => {
-                let s = UnixStream::connect(uds)
-                    .await
-                    .map_err(|source| LinkError::Connect {
-                        target: uds.display().to_string(),
-                        source,
-                    })?;
-                (Inner::Unix(s), None)
+                let s =
+                    local_socket::connect_path(uds)
+                        .await
+                        .map_err(|source| LinkError::Connect {
+                            target: uds.display().to_string(),
+                            source,
+                        })?;
+                (Inner::Local(s), None)
             }
         };
         let mut stream = GuestStream {
@@ -192,21 +195,21 @@ impl AsyncWrite for GuestStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut().inner.get_mut() {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Local(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut().inner.get_mut() {
             Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Inner::Unix(s) => Pin::new(s).poll_flush(cx),
+            Inner::Local(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut().inner.get_mut() {
             Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Local(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -219,7 +222,7 @@ impl AsyncRead for Inner {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Local(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -272,7 +275,6 @@ impl ControlClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// A one-connection fake agent that checks the hello and answers pings.
@@ -364,8 +366,25 @@ mod tests {
         ));
     }
 
+    /// rmachine-vmm's hybrid vsock socket is a unix socket: on Windows the carrier says so.
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn test_hybrid_vsock_is_refused_clearly_on_windows() {
+        let err = Carrier::HybridVsock {
+            uds: "C:\\m\\vsock.sock".into(),
+        }
+        .connect(Service::Engine)
+        .await
+        .err()
+        .expect("no unix sockets");
+        let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(text.contains("Linux"), "{text}");
+    }
+
+    #[cfg(unix)]
     #[tokio::test]
     async fn test_hybrid_vsock_connect_line() {
+        use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock.sock");
         let listener = tokio::net::UnixListener::bind(&uds).unwrap();

@@ -218,7 +218,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::with_roots(dir.path().join("home"), dir.path().join("cache"));
         assert_eq!(FAKE.find(&paths), None);
-        let bundle = dir.path().join("cache/host-tools/fake");
+        let bundle = paths.host_tools_dir().join("fake");
         std::fs::create_dir_all(&bundle).unwrap();
         assert_eq!(FAKE.find(&paths), None, "an unfinished bundle is not used");
         std::fs::write(bundle.join(".complete"), "fake 1.0").unwrap();

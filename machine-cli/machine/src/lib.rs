@@ -17,4 +17,5 @@ pub mod paths;
 pub mod qemu;
 pub mod state;
 pub mod store;
+pub mod sys;
 pub mod vmm_config;

@@ -13,6 +13,7 @@ use crate::docker_context::{self, ContextError};
 use crate::driver::{self, MachineError};
 use crate::state::{PublishedPort, State};
 use crate::store::{Machine, Store, StoreError};
+use crate::sys::local_socket::Endpoint;
 
 /// The machine `rmachine start` and the tray act on when none is named.
 pub const DEFAULT_MACHINE: &str = "default";
@@ -60,8 +61,10 @@ pub struct MachineSummary {
     pub docker_context: String,
     /// Whether its docker context is the current one.
     pub active: bool,
-    /// `unix://…/docker.sock`.
+    /// `unix://…/docker.sock`, `npipe:////./pipe/…`.
     pub docker_host: Option<String>,
+    /// The engine's local endpoint (socket file or named pipe).
+    pub docker_endpoint: Option<Endpoint>,
     pub can_start_stop: bool,
     pub ports: Vec<PublishedPort>,
     pub started_at_unix: Option<u64>,
@@ -91,10 +94,8 @@ impl MachineSummary {
             disk_size_gib: Some(machine.spec.disk_size_gib),
             active: current_context == Some(context.as_str()),
             docker_context: context,
-            docker_host: Some(format!(
-                "unix://{}",
-                machine.files.docker_socket().display()
-            )),
+            docker_host: Some(machine.files.docker_endpoint().docker_host()),
+            docker_endpoint: Some(machine.files.docker_endpoint()),
             can_start_stop: d.capabilities().can_start_stop,
             ports: s.ports.clone(),
             started_at_unix: s.started_at_unix,
@@ -123,6 +124,7 @@ impl MachineSummary {
             active: current_context == Some(context.as_str()),
             docker_context: context,
             docker_host: None,
+            docker_endpoint: None,
             can_start_stop: false,
             ports: Vec::new(),
             started_at_unix: None,
@@ -245,7 +247,7 @@ impl Lifecycle {
         docker_context::write(
             &self.docker_config,
             &docker_context::context_name(&machine.name),
-            &machine.files.docker_socket(),
+            &machine.files.docker_endpoint().docker_host(),
             &format!("rmachine machine {}", machine.name),
         )
     }
@@ -364,7 +366,7 @@ impl Lifecycle {
                 "dir": m.files.dir(),
                 "config": m.files.config(),
                 "data_disk": m.files.data_disk(),
-                "docker_socket": m.files.docker_socket(),
+                "docker_endpoint": m.files.docker_endpoint(),
                 "console_log": m.files.console_log(),
                 "hostagent_log": m.files.hostagent_log(),
                 "vmm_log": m.files.vmm_log(),

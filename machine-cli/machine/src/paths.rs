@@ -1,19 +1,29 @@
 //! Every path rmachine uses on the host. Nothing else builds them.
 //!
-//! - `RMACHINE_HOME` (default `$XDG_DATA_HOME/rmachine`, else `~/.local/share/rmachine`):
-//!   `machines/<name>/…` and `images/<version>/…`.
-//! - `RMACHINE_CACHE` (default `$XDG_CACHE_HOME/rmachine`, else `~/.cache/rmachine`):
+//! - `RMACHINE_HOME`: `machines/<name>/…` and `images/<version>/…`. Default: the user's
+//!   local data folder + `rmachine` (Linux `$XDG_DATA_HOME` or `~/.local/share`, macOS
+//!   `~/Library/Application Support`, Windows `%LOCALAPPDATA%`).
+//! - `RMACHINE_CACHE` (default: the user's cache folder + `rmachine`: Linux
+//!   `$XDG_CACHE_HOME` or `~/.cache`, macOS `~/Library/Caches`, Windows
+//!   `%LOCALAPPDATA%\rmachine\cache`):
 //!   the bundled host daemons (`host-tools/`) and the image builder's caches (kernel tree,
 //!   root filesystem bases, trixie package lists: their layout is the builder's own, see
 //!   `rmachine_image::BuildDirs`), keyed by content hash.
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+
+use crate::sys::local_socket::Endpoint;
+
 /// The roots every other path hangs from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     home: PathBuf,
     cache: PathBuf,
+    /// Set when `home` is not the user's default: named pipes (global on Windows) then
+    /// carry it, so two homes never share a pipe name.
+    pipe_tag: Option<String>,
 }
 
 /// Why the roots could not be found.
@@ -24,29 +34,46 @@ pub enum PathsError {
 }
 
 impl Paths {
-    /// Roots from the environment (`RMACHINE_HOME`, `RMACHINE_CACHE`, XDG, `HOME`).
+    /// Roots from the environment: `RMACHINE_HOME`, `RMACHINE_CACHE`, else the user's
+    /// folders (XDG and `HOME` on Linux).
     pub fn from_env() -> Result<Paths, PathsError> {
         let var = |name: &str| {
             std::env::var_os(name)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        let user_home = var("HOME");
+        let default_home = dirs::data_local_dir().map(|d| d.join("rmachine"));
         let home = var("RMACHINE_HOME")
-            .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("rmachine")))
-            .or_else(|| user_home.as_ref().map(|h| h.join(".local/share/rmachine")))
+            .or_else(|| default_home.clone())
             .ok_or(PathsError::NoHome)?;
-        let cache = var("RMACHINE_CACHE")
-            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rmachine")))
-            .or_else(|| user_home.as_ref().map(|h| h.join(".cache/rmachine")))
-            .ok_or(PathsError::NoHome)?;
-        Ok(Paths { home, cache })
+        let cache = match var("RMACHINE_CACHE") {
+            Some(c) => c,
+            None => {
+                let cache = dirs::cache_dir()
+                    .map(|d| d.join("rmachine"))
+                    .ok_or(PathsError::NoHome)?;
+                // Windows has one local folder for both: the cache gets its own corner.
+                if Some(&cache) == default_home.as_ref() {
+                    cache.join("cache")
+                } else {
+                    cache
+                }
+            }
+        };
+        let mut paths = Paths::with_roots(home, cache);
+        if Some(&paths.home) == default_home.as_ref() {
+            paths.pipe_tag = None;
+        }
+        Ok(paths)
     }
 
     /// Roots given explicitly (tests).
     pub fn with_roots(home: impl Into<PathBuf>, cache: impl Into<PathBuf>) -> Paths {
+        let home = home.into();
+        let digest = sha2::Sha256::digest(home.to_string_lossy().as_bytes());
         Paths {
-            home: home.into(),
+            pipe_tag: Some(hex::encode(&digest[..4])),
+            home,
             cache: cache.into(),
         }
     }
@@ -88,8 +115,13 @@ impl Paths {
 impl Paths {
     /// The files of machine `name`.
     pub fn machine(&self, name: &str) -> MachinePaths {
+        let pipe = match &self.pipe_tag {
+            Some(tag) => format!("rmachine-{name}-{tag}"),
+            None => format!("rmachine-{name}"),
+        };
         MachinePaths {
             dir: self.machine_dir(name),
+            pipe,
         }
     }
 
@@ -103,6 +135,8 @@ impl Paths {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachinePaths {
     dir: PathBuf,
+    /// The engine's named pipe on Windows.
+    pipe: String,
 }
 
 impl MachinePaths {
@@ -125,13 +159,19 @@ impl MachinePaths {
     pub fn config_disk(&self) -> PathBuf {
         self.dir.join("config.img")
     }
-    /// The Engine API for the docker CLI.
-    pub fn docker_socket(&self) -> PathBuf {
-        self.dir.join("docker.sock")
+    /// The Engine API for the docker CLI: `docker.sock` in the folder, or the named pipe
+    /// `rmachine-NAME` on Windows.
+    pub fn docker_endpoint(&self) -> Endpoint {
+        Endpoint::for_machine(&self.dir, "docker.sock", self.pipe.clone())
     }
-    /// The host agent's control socket.
-    pub fn hostagent_socket(&self) -> PathBuf {
-        self.dir.join("hostagent.sock")
+    /// The host agent's control socket (`hostagent.sock`, or the pipe
+    /// `rmachine-NAME-hostagent`).
+    pub fn hostagent_endpoint(&self) -> Endpoint {
+        Endpoint::for_machine(
+            &self.dir,
+            "hostagent.sock",
+            format!("{}-hostagent", self.pipe),
+        )
     }
     /// rmachine-vmm's control API.
     pub fn vmm_socket(&self) -> PathBuf {
@@ -189,10 +229,30 @@ mod tests {
             PathBuf::from("/h/machines/default")
         );
         assert_eq!(p.host_tools_dir(), PathBuf::from("/c/host-tools"));
+        let m = p.machine("m");
         assert_eq!(
-            p.machine("m").docker_socket(),
-            PathBuf::from("/h/machines/m/docker.sock")
+            m.docker_endpoint(),
+            Endpoint::for_machine(&p.machine_dir("m"), "docker.sock", m.pipe.clone())
         );
         assert_eq!(p.defaults_file(), PathBuf::from("/h/defaults.toml"));
+    }
+
+    #[test]
+    fn test_pipe_names_differ_per_home() {
+        let a = Paths::with_roots("/h1", "/c").machine("dev");
+        let b = Paths::with_roots("/h2", "/c").machine("dev");
+        assert!(a.pipe.starts_with("rmachine-dev-"), "{}", a.pipe);
+        assert_ne!(a.pipe, b.pipe);
+        let mut default = Paths::with_roots("/h1", "/c");
+        default.pipe_tag = None;
+        assert_eq!(default.machine("dev").pipe, "rmachine-dev");
+        assert_eq!(
+            default.machine("dev").hostagent_endpoint(),
+            Endpoint::for_machine(
+                Path::new("/h1/machines/dev"),
+                "hostagent.sock",
+                "rmachine-dev-hostagent".into()
+            )
+        );
     }
 }

@@ -5,9 +5,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::guest_link::Carrier;
+use crate::sys::process::ProcessId;
 
 /// Version of the `state.json` format.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// A machine's lifecycle state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +65,12 @@ pub struct MachineState {
     /// What the host agent is doing, for progress displays ("booting", "engine starting").
     #[serde(default)]
     pub detail: String,
-    pub hostagent_pid: Option<u32>,
-    pub vm_pid: Option<u32>,
+    /// The host agent process (its PID and start time: a reused PID is never taken for it).
+    #[serde(default)]
+    pub hostagent: Option<ProcessId>,
+    /// The VM process (rmachine-vmm or QEMU).
+    #[serde(default)]
+    pub vm: Option<ProcessId>,
     /// The backend that runs the VM (`qemu`, `vmm`) and why it was chosen.
     pub backend: Option<String>,
     pub backend_reason: Option<String>,
@@ -89,8 +94,8 @@ impl MachineState {
             version: STATE_VERSION,
             state: State::Stopped,
             detail: String::new(),
-            hostagent_pid: None,
-            vm_pid: None,
+            hostagent: None,
+            vm: None,
             backend: None,
             backend_reason: None,
             image: None,
@@ -128,10 +133,10 @@ impl MachineState {
         v
     }
 
-    /// Writes `state.json` atomically, mode 0600.
+    /// Writes `state.json` atomically, its owner's alone.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("state always serializes");
-        crate::store::write_atomic(path, &bytes, 0o600)
+        crate::store::write_atomic(path, &bytes)
     }
 }
 
@@ -153,11 +158,6 @@ mod tests {
         s.write(&path).unwrap();
         assert_eq!(MachineState::read(&path), s);
         assert_eq!(s.redacted()["carrier"]["token"], "(hidden)");
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
     }
 
     #[test]
@@ -170,5 +170,18 @@ mod tests {
             State::Error(reason) => assert!(reason.contains("corrupt"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn test_state_file_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        MachineState::stopped().write(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

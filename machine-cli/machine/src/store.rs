@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::config::{self, ConfigError, MachineSpec, Settings};
 use crate::paths::{MachinePaths, Paths};
 use crate::state::{MachineState, State};
+use crate::sys::process::ProcessId;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +90,7 @@ impl Store {
         }
         let dir = files.dir();
         std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
-        set_mode(dir, 0o700)?;
+        crate::sys::fs::set_private_dir(dir).map_err(io("cannot make private", dir))?;
         config::write_machine_file(&files.config(), settings)?;
         self.load(name)
     }
@@ -170,9 +171,7 @@ impl Store {
 fn live_state(files: &MachinePaths, name: &str) -> MachineState {
     let mut state = MachineState::read(&files.state());
     if state.state.has_hostagent() && state.backend.as_deref() != Some("fake") {
-        let alive = state
-            .hostagent_pid
-            .is_some_and(|pid| is_hostagent(pid, name));
+        let alive = state.hostagent.is_some_and(|id| is_hostagent(&id, name));
         if !alive {
             state.state = State::Error(format!(
                 "the host agent exited unexpectedly while {}; see `rmachine logs hostagent {name}`",
@@ -183,13 +182,11 @@ fn live_state(files: &MachinePaths, name: &str) -> MachineState {
     state
 }
 
-/// Whether `pid` is a live host agent of machine `name` (guards against pid reuse).
-pub fn is_hostagent(pid: u32, name: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    args.contains(&&b"hostagent"[..]) && args.contains(&name.as_bytes())
+/// Whether `id` is the live host agent of machine `name`: the same process (PID and start
+/// time) running `rmachine hostagent NAME`.
+pub fn is_hostagent(id: &ProcessId, name: &str) -> bool {
+    id.cmdline()
+        .is_some_and(|args| args.iter().any(|a| a == "hostagent") && args.iter().any(|a| a == name))
 }
 
 /// Machine names: 1-40 of a-z, 0-9, '-', '_', starting with a letter or digit.
@@ -207,27 +204,16 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Writes a file through a temporary sibling and a rename, so readers never see half.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Writes a file its owner's alone through a temporary sibling and a rename, so readers
+/// never see half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = crate::sys::fs::create_private(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("cannot chmod", path))
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -311,7 +297,27 @@ mod tests {
         let m = s.create("dev", &Settings::default()).unwrap();
         let mut st = MachineState::stopped();
         st.state = State::Running;
-        st.hostagent_pid = Some(u32::MAX - 1);
+        // This test process is alive but is no host agent; a PID with another start
+        // time is another process.
+        let me = ProcessId::current();
+        for id in [
+            me,
+            ProcessId {
+                started: me.started + 1,
+                ..me
+            },
+        ] {
+            st.hostagent = Some(id);
+            st.write(&m.files.state()).unwrap();
+            match s.load("dev").unwrap().state.state {
+                State::Error(r) => assert!(r.contains("host agent"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        st.hostagent = Some(ProcessId {
+            pid: u32::MAX - 1,
+            started: 1,
+        });
         st.write(&m.files.state()).unwrap();
         match s.load("dev").unwrap().state.state {
             State::Error(r) => assert!(r.contains("host agent"), "{r}"),

@@ -3,6 +3,7 @@
 
 mod cmd;
 mod progress;
+mod terminal;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

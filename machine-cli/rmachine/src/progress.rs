@@ -41,8 +41,13 @@ impl StepProgress {
     }
 }
 
-impl rmachine_image::Progress for StepProgress {
-    fn step(&self, index: usize, total: usize, what: &str) {
+// The image builder's progress trait (the builder runs on Linux only).
+#[cfg(target_os = "linux")]
+mod image_progress;
+
+impl StepProgress {
+    /// A new step begins (`index` counts from 1).
+    pub fn step(&self, index: usize, total: usize, what: &str) {
         self.step_started.set(Instant::now());
         let prefix = format!("[{index}/{total}] {what}");
         match &self.bar {
@@ -54,7 +59,8 @@ impl rmachine_image::Progress for StepProgress {
         }
     }
 
-    fn detail(&self, what: &str) {
+    /// A detail within the current step.
+    pub fn detail(&self, what: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(what.to_string()),
             None => {
@@ -64,17 +70,6 @@ impl rmachine_image::Progress for StepProgress {
                     eprintln!("      {what}");
                 }
             }
-        }
-    }
-
-    fn finish(&self, what: &str) {
-        let line = format!(
-            "      done: {what} ({:.1} s)",
-            self.step_started.get().elapsed().as_secs_f64()
-        );
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
         }
     }
 }

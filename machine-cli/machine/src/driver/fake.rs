@@ -12,7 +12,7 @@ impl FakeDriver {
     fn set(&self, machine: &Machine, state: State) -> Result<(), MachineError> {
         let mut s = machine.state.clone();
         s.state = state;
-        s.hostagent_pid = None;
+        s.hostagent = None;
         write(machine, &s)
     }
 }
@@ -69,7 +69,7 @@ impl Driver for FakeDriver {
 
     fn endpoints(&self, machine: &Machine) -> Result<Endpoints, MachineError> {
         Ok(Endpoints {
-            docker_host: format!("unix://{}", machine.files.docker_socket().display()),
+            docker_host: machine.files.docker_endpoint().docker_host(),
             ssh: None,
         })
     }

@@ -3,9 +3,6 @@
 //! QEMU), serves `docker.sock` and publishes ports. The CLI and the GUI only start the
 //! host agent and talk to it over `hostagent.sock`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +13,8 @@ use crate::config::DriverKind;
 use crate::hostagent_api::{HostAgentReply, HostAgentRequest};
 use crate::state::{MachineState, State};
 use crate::store::{is_hostagent, Machine};
+use crate::sys::local_socket;
+use crate::sys::process::{self, ProcessId};
 
 /// How long a start may take (software emulation is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(900);
@@ -92,7 +91,9 @@ pub fn vmm_binary() -> Option<PathBuf> {
         return p.is_file().then_some(p);
     }
     let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.join("rmachine-vmm");
+    let p = exe
+        .parent()?
+        .join(format!("rmachine-vmm{}", std::env::consts::EXE_SUFFIX));
     p.is_file().then_some(p)
 }
 
@@ -102,13 +103,14 @@ fn rmachine_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("RMACHINE_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rmachine"));
-    if exe.file_name().is_some_and(|n| n == "rmachine") {
+    let name = format!("rmachine{}", std::env::consts::EXE_SUFFIX);
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&name));
+    if exe.file_stem().is_some_and(|n| n == "rmachine") {
         return exe;
     }
     exe.parent()
-        .map(|d| d.join("rmachine"))
-        .unwrap_or_else(|| PathBuf::from("rmachine"))
+        .map(|d| d.join(&name))
+        .unwrap_or_else(|| PathBuf::from(&name))
 }
 
 pub struct LocalDriver {
@@ -121,30 +123,46 @@ impl LocalDriver {
     }
 }
 
+/// How long the host agent may take to answer one request.
+const HOSTAGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends one request to a machine's host agent.
 pub fn hostagent_call(
     machine: &Machine,
     request: &HostAgentRequest,
 ) -> Result<HostAgentReply, MachineError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let err = |message: String| MachineError::HostAgent {
         name: machine.name.clone(),
         message,
     };
-    let path = machine.files.hostagent_socket();
-    let mut stream = UnixStream::connect(&path)
-        .map_err(|e| err(format!("cannot connect to {}: {e}", path.display())))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| err(e.to_string()))?;
+    let endpoint = machine.files.hostagent_endpoint();
     let mut line = serde_json::to_string(request).expect("request serializes");
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
+    let exchange = async {
+        let mut stream = local_socket::connect(&endpoint)
+            .await
+            .map_err(|e| err(format!("cannot connect to {endpoint}: {e}")))?;
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut reply = String::new();
+        BufReader::new(stream)
+            .read_line(&mut reply)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok::<String, MachineError>(reply)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| err(e.to_string()))?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(|e| err(e.to_string()))?;
+    let reply = rt.block_on(async {
+        tokio::time::timeout(HOSTAGENT_REPLY_TIMEOUT, exchange)
+            .await
+            .map_err(|_| err(format!("no answer within {HOSTAGENT_REPLY_TIMEOUT:?}")))?
+    })?;
     let reply: HostAgentReply =
         serde_json::from_str(&reply).map_err(|e| err(format!("bad reply: {e}")))?;
     match reply {
@@ -157,23 +175,6 @@ fn tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    }
-}
-
-fn wait_gone(pid: u32, name: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if !is_hostagent(pid, name) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 impl Driver for LocalDriver {
@@ -253,13 +254,14 @@ impl Driver for LocalDriver {
                 source,
             })?;
         let exe = rmachine_binary();
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        process::detach(&mut command);
+        let mut child = command
             .arg("hostagent")
             .arg(&machine.name)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .process_group(0)
             .spawn()
             .map_err(|source| MachineError::SpawnHostAgent {
                 exe: exe.display().to_string(),
@@ -305,10 +307,10 @@ impl Driver for LocalDriver {
     }
 
     fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
-        let Some(pid) = machine
+        let Some(hostagent) = machine
             .state
-            .hostagent_pid
-            .filter(|&p| is_hostagent(p, &machine.name))
+            .hostagent
+            .filter(|id| is_hostagent(id, &machine.name))
         else {
             // No host agent: make sure no VM is left behind, and record the stop.
             return self.kill(machine);
@@ -317,10 +319,10 @@ impl Driver for LocalDriver {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "host agent did not take the stop request; terminating it");
-                signal(pid, nix::sys::signal::Signal::SIGTERM);
+                hostagent.terminate();
             }
         }
-        if wait_gone(pid, &machine.name, STOP_TIMEOUT) {
+        if hostagent.wait_gone(STOP_TIMEOUT) {
             return Ok(());
         }
         self.kill(machine)?;
@@ -333,34 +335,30 @@ impl Driver for LocalDriver {
 
     fn kill(&self, machine: &Machine) -> Result<(), MachineError> {
         let s = MachineState::read(&machine.files.state());
-        if let Some(pid) = s.hostagent_pid.filter(|&p| is_hostagent(p, &machine.name)) {
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(id) = s.hostagent.filter(|id| is_hostagent(id, &machine.name)) {
+            id.kill();
         }
-        if let Some(pid) = s.vm_pid {
-            // Only if it still is our VM process (its command line names this machine).
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let dir = machine.files.dir().to_string_lossy().into_owned();
-            if String::from_utf8_lossy(&cmdline).contains(&dir) {
-                signal(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+        // The recorded VM process, only if it still is that process (PID and start time).
+        if let Some(vm) = s.vm {
+            vm.kill();
         }
         // passt exits once its VM is gone, but not one whose VM never connected; its pid file
-        // names it (again only if its command line names this machine's socket).
-        let passt_pid = std::fs::read_to_string(machine.files.passt_pid())
+        // names it (only if its command line names this machine's socket).
+        let passt = std::fs::read_to_string(machine.files.passt_pid())
             .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok());
-        if let Some(pid) = passt_pid {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .and_then(ProcessId::of);
+        if let Some(id) = passt {
             let socket = machine.files.passt_socket().to_string_lossy().into_owned();
-            if String::from_utf8_lossy(&cmdline).contains(&socket) {
-                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            if id.cmdline().is_some_and(|args| args.contains(&socket)) {
+                id.kill();
             }
         }
-        for sock in [
-            machine.files.docker_socket(),
-            machine.files.hostagent_socket(),
+        for endpoint in [
+            machine.files.docker_endpoint(),
+            machine.files.hostagent_endpoint(),
         ] {
-            let _ = std::fs::remove_file(sock);
+            endpoint.remove_stale();
         }
         let mut stopped = MachineState::stopped();
         stopped.image = s.image;
@@ -382,7 +380,7 @@ impl Driver for LocalDriver {
 
     fn endpoints(&self, machine: &Machine) -> Result<Endpoints, MachineError> {
         Ok(Endpoints {
-            docker_host: format!("unix://{}", machine.files.docker_socket().display()),
+            docker_host: machine.files.docker_endpoint().docker_host(),
             ssh: None,
         })
     }

@@ -2,11 +2,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use rmachine_machine::paths::Paths;
 
 use super::Format;
-use crate::progress::StepProgress;
+
+// The image is built from Debian packages with debootstrap and a kernel build: on Linux.
+#[cfg(target_os = "linux")]
+#[path = "image/build_linux.rs"]
+mod build;
+#[cfg(not(target_os = "linux"))]
+#[path = "image/build_other.rs"]
+mod build;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
@@ -24,13 +30,13 @@ pub struct BuildArgs {
     /// The static agent binary (default: RMACHINE_AGENT, or the musl build beside this
     /// binary's target directory).
     #[arg(long, env = "RMACHINE_AGENT")]
-    agent: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
     /// Parallel jobs for the kernel build (default: the number of CPUs).
     #[arg(long)]
-    jobs: Option<usize>,
+    pub jobs: Option<usize>,
     /// Debian archive URL (default: the mirror the host's apt uses).
     #[arg(long)]
-    mirror: Option<String>,
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,7 +55,7 @@ pub struct RmArgs {
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
     let paths = Paths::from_env()?;
     match command {
-        ImageCommand::Build(args) => build(&paths, args),
+        ImageCommand::Build(args) => build::run(&paths, args),
         ImageCommand::Ls(args) => ls(&paths, args),
         ImageCommand::Rm(args) => {
             rmachine_machine::image_store::remove(&paths, &args.version)?;
@@ -57,46 +63,6 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn build(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
-    let agent = match args.agent {
-        Some(a) => a,
-        None => default_agent().context("cannot find the agent binary: pass --agent PATH")?,
-    };
-    let jobs = args.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let opts = rmachine_image::BuildOptions {
-        agent,
-        jobs,
-        mirror: args.mirror,
-    };
-    let progress = StepProgress::new();
-    let dirs = rmachine_image::BuildDirs::new(paths.cache(), paths.images_dir());
-    let manifest = rmachine_image::build(&dirs, &opts, &progress).context("image build failed")?;
-    progress.done(&format!(
-        "image {}: kernel {:.1} MiB, root filesystem {:.1} MiB",
-        manifest.version,
-        manifest.kernel.size_bytes as f64 / 1048576.0,
-        manifest.rootfs.size_bytes as f64 / 1048576.0
-    ));
-    Ok(())
-}
-
-/// The agent binary next to this executable, or the musl build of the same target dir.
-fn default_agent() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [
-        dir.join("rmachine-agent"),
-        dir.join("../x86_64-unknown-linux-musl/agent/rmachine-agent"),
-        dir.join("../x86_64-unknown-linux-musl/release/rmachine-agent"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
 }
 
 fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {

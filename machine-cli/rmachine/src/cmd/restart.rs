@@ -13,7 +13,6 @@ pub struct RestartArgs {
 pub fn run(args: RestartArgs) -> anyhow::Result<()> {
     let lc = super::lifecycle()?;
     let progress = StepProgress::new();
-    use rmachine_image::Progress;
     progress.step(1, 1, &format!("restarting machine {}", args.name));
     let machine = lc.restart(&args.name, &mut |detail| progress.detail(detail))?;
     progress.done(&super::start::started_message(&machine));

@@ -14,17 +14,10 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::Context as _;
 use rmachine_machine::exec::{self, ExecError};
 use rmachine_protocol::exec::{ExecRequest, GuestFrame};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::{ExitWith, DEFAULT_MACHINE};
-
-/// Signals that, without a terminal, are passed on to the command.
-const FORWARDED: [(SignalKind, u8); 3] = [
-    (SignalKind::interrupt(), 2),
-    (SignalKind::terminate(), 15),
-    (SignalKind::quit(), 3),
-];
+use crate::terminal::{self, Event};
 
 /// After this many forwarded signals the command is given up on and `shell` exits.
 const SIGNALS_BEFORE_GIVING_UP: u32 = 3;
@@ -124,27 +117,7 @@ async fn relay(
 ) -> anyhow::Result<(i32, Option<String>)> {
     let mut stdin = read_stdin();
     let mut stdin_open = true;
-    let mut winch = if tty {
-        Some(signal(SignalKind::window_change()).context("cannot watch window size changes")?)
-    } else {
-        None
-    };
-    let (signal_tx, mut signals) = mpsc::channel::<u8>(4);
-    if !tty {
-        for (kind, number) in FORWARDED {
-            let mut stream = signal(kind).context("cannot handle signals")?;
-            let tx = signal_tx.clone();
-            tokio::spawn(async move {
-                while stream.recv().await.is_some() {
-                    if tx.send(number).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    }
-    // A hung-up terminal: leave, and the agent hangs up the session in the guest.
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut events = terminal::watch(tty).context("cannot watch the terminal and signals")?;
     let mut forwarded = 0u32;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
@@ -175,20 +148,23 @@ async fn relay(
                     input.close_stdin().await?;
                 }
             },
-            Some(()) = async { winch.as_mut()?.recv().await } => {
-                if let Some((rows, cols)) = terminal::size() {
-                    input.resize(rows, cols).await?;
+            Some(event) = events.recv() => match event {
+                Event::Resized => {
+                    if let Some((rows, cols)) = terminal::size() {
+                        input.resize(rows, cols).await?;
+                    }
                 }
-            }
-            Some(number) = signals.recv() => {
-                forwarded += 1;
-                if forwarded >= SIGNALS_BEFORE_GIVING_UP {
-                    eprintln!("rmachine: giving up on the command after {forwarded} signals");
-                    return Ok((128 + i32::from(number), None));
+                Event::Signal(number) => {
+                    forwarded += 1;
+                    if forwarded >= SIGNALS_BEFORE_GIVING_UP {
+                        eprintln!("rmachine: giving up on the command after {forwarded} signals");
+                        return Ok((128 + i32::from(number), None));
+                    }
+                    input.signal(number).await?;
                 }
-                input.signal(number).await?;
-            }
-            _ = hangup.recv() => return Ok((128 + 1, None)),
+                // A hung-up terminal: leave, and the agent hangs up the session in the guest.
+                Event::HangUp => return Ok((128 + 1, None)),
+            },
         }
     }
 }
@@ -215,39 +191,4 @@ fn read_stdin() -> mpsc::Receiver<Vec<u8>> {
         }
     });
     rx
-}
-
-/// The local terminal: its size and raw mode.
-mod terminal {
-    use rustix::termios::{self, OptionalActions, Termios};
-
-    /// Rows and columns of the terminal on stdout (or stdin).
-    pub fn size() -> Option<(u16, u16)> {
-        let size = termios::tcgetwinsize(std::io::stdout())
-            .or_else(|_| termios::tcgetwinsize(std::io::stdin()))
-            .ok()?;
-        (size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
-    }
-
-    /// Stdin's terminal in raw mode until dropped.
-    pub struct RawMode {
-        saved: Termios,
-    }
-
-    impl RawMode {
-        pub fn enter() -> std::io::Result<RawMode> {
-            let saved = termios::tcgetattr(std::io::stdin())?;
-            let mut raw = saved.clone();
-            raw.make_raw();
-            termios::tcsetattr(std::io::stdin(), OptionalActions::Flush, &raw)?;
-            Ok(RawMode { saved })
-        }
-    }
-
-    impl Drop for RawMode {
-        fn drop(&mut self) {
-            // Nothing to do about a failure here; the user can run `reset`.
-            let _ = termios::tcsetattr(std::io::stdin(), OptionalActions::Flush, &self.saved);
-        }
-    }
 }

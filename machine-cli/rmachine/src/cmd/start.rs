@@ -29,7 +29,6 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
         .load(&args.name)
         .is_ok_and(|m| m.state.state == State::Running);
     let progress = StepProgress::new();
-    use rmachine_image::Progress;
     progress.step(1, 1, &format!("starting machine {}", args.name));
     let (machine, _) =
         lc.start_or_create(&args.name, &args.settings.settings(), &mut |detail| {

@@ -46,7 +46,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     if s.state == State::Running {
-        println!("docker: unix://{}", m.files.docker_socket().display());
+        println!("docker: {}", m.files.docker_endpoint().docker_host());
     }
     for p in &s.ports {
         match &p.error {

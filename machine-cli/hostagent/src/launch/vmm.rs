@@ -1,255 +1,25 @@
-//! Launching the VM process for a machine: the config disk with a fresh token, the data
-//! disk, free loopback ports for the TCP carrier, and the backend's command.
+//! Booting a machine under rmachine-vmm (Linux with hardware KVM), with passt for its
+//! network.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use rmachine_machine::driver::{BackendChoice, Driver, LocalDriver};
+use rmachine_machine::driver::{Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
 use rmachine_machine::image_store::Manifest;
 use rmachine_machine::paths::Paths;
-use rmachine_machine::qemu::{QemuShare, QemuVm, QEMU};
+use rmachine_machine::qemu::QemuShare;
 use rmachine_machine::store::Machine;
 use rmachine_machine::vmm_config::{self, VmmConfig};
-use rmachine_protocol::config_disk::{GuestConfig, Mount};
-use rmachine_protocol::Service;
+use rmachine_protocol::config_disk::GuestConfig;
 
+use super::{Daemon, RunningVm, QEMU_HOST_ADDR};
 use crate::SharedState;
-
-/// Address of the host as containers see it under QEMU user networking, and under passt
-/// (which maps it to the host's loopback) with rmachine-vmm.
-const QEMU_HOST_ADDR: &str = "10.0.2.2";
 
 /// The guest's address and prefix length under passt: QEMU user networking's, so both
 /// backends give the guest the same network.
 const PASST_GUEST_ADDR: &str = "10.0.2.15";
 const PASST_GUEST_PREFIX_LEN: &str = "24";
-
-pub(crate) struct RunningVm {
-    pub child: tokio::process::Child,
-    pub carrier: Carrier,
-    /// The VM's helper daemons: one virtiofsd per shared folder and, under rmachine-vmm,
-    /// passt. They exit when the VM disconnects, and are killed with the VM and with the
-    /// host agent.
-    pub daemons: Vec<Daemon>,
-}
-
-/// A helper process of the VM and what its death costs the user.
-pub(crate) struct Daemon {
-    pub child: tokio::process::Child,
-    /// What stops working without it ("shared folder /home/me", "network").
-    pub serves: String,
-}
-
-/// Waits until one of `daemons` exits; removes it and returns it with its status. Never
-/// returns while none exits (or there are none).
-pub(crate) async fn daemon_exited(daemons: &mut Vec<Daemon>) -> (Daemon, std::process::ExitStatus) {
-    loop {
-        for i in 0..daemons.len() {
-            if let Ok(Some(status)) = daemons[i].child.try_wait() {
-                return (daemons.remove(i), status);
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-}
-
-impl RunningVm {
-    pub(crate) async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-        for daemon in &mut self.daemons {
-            let _ = daemon.child.kill().await;
-        }
-    }
-}
-
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(l.local_addr()?)
-}
-
-/// A fresh random token for this boot.
-fn new_token() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
-pub(crate) async fn launch_qemu(
-    machine: &Machine,
-    choice: &BackendChoice,
-    state: &SharedState,
-) -> anyhow::Result<RunningVm> {
-    let paths = Paths::from_env()?;
-    let (manifest, image_dir) =
-        rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
-            .context("the guest image is missing or damaged")?;
-    LocalDriver::new(machine.spec.driver).create(machine)?;
-
-    let token = new_token();
-    let config = GuestConfig {
-        version: rmachine_protocol::PROTOCOL_VERSION,
-        token: token.clone(),
-        hostname: machine.name.clone(),
-        data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
-        host_addr: Some(QEMU_HOST_ADDR.into()),
-        ..GuestConfig::default()
-    };
-    let (virtiofsd, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
-    let config = GuestConfig {
-        mounts: guest_mounts,
-        ..config
-    };
-    let config_disk = machine.files.config_disk();
-    std::fs::write(&config_disk, config.encode())
-        .with_context(|| format!("cannot write {}", config_disk.display()))?;
-
-    let mut ports = BTreeMap::new();
-    let mut forwards = Vec::new();
-    for service in Service::ALL {
-        let host = free_loopback_port()?;
-        ports.insert(service.port(), host);
-        forwards.push((host, service.port()));
-    }
-    let console_log = machine.files.console_log();
-    // Each boot's console starts empty, so the error state shows this boot's lines.
-    std::fs::write(&console_log, b"")
-        .with_context(|| format!("cannot reset {}", console_log.display()))?;
-    let vm = QemuVm {
-        kernel: image_dir.join(&manifest.kernel.file),
-        cmdline: manifest.kernel_cmdline.clone(),
-        rootfs: image_dir.join(&manifest.rootfs.file),
-        data_disk: machine.files.data_disk(),
-        config_disk,
-        cpus: machine.spec.cpus,
-        memory_mib: machine.spec.memory_mib,
-        accel: choice.accel,
-        console_log,
-        forwards,
-        vsock_cid: None,
-        qmp_socket: Some(machine.files.qmp_socket()),
-        pid_file: None,
-        shares,
-    };
-    let log_path = machine.files.vmm_log();
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut cmd = tokio::process::Command::from(vm.command());
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    tracing::info!(command = ?vm.command(), "starting QEMU");
-    let child = cmd.spawn().with_context(|| {
-        format!("cannot run {QEMU} (install the Debian package qemu-system-x86)")
-    })?;
-    let carrier = Carrier::Tcp { ports, token };
-    state.update(|s| {
-        s.vm_pid = child.id();
-        s.image = Some(manifest.version.clone());
-        s.carrier = Some(carrier.clone());
-    });
-    Ok(RunningVm {
-        child,
-        carrier,
-        daemons: virtiofsd,
-    })
-}
-
-/// How long virtiofsd may take to create its socket.
-const VIRTIOFSD_READY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Starts one virtiofsd per shared folder, confined to that folder (its namespace
-/// sandbox), with `--cache never`: every guest access goes to the host, so an edit on the
-/// host is seen in the guest at once (virtio-fs has no channel for the host to
-/// invalidate the guest's cache, so any caching policy would show stale files for up to
-/// its timeout).
-async fn start_virtiofsd(
-    machine: &Machine,
-    paths: &Paths,
-) -> anyhow::Result<(Vec<Daemon>, Vec<QemuShare>, Vec<Mount>)> {
-    let (mut children, mut shares, mut mounts) = (Vec::new(), Vec::new(), Vec::new());
-    if machine.spec.mounts.is_empty() {
-        return Ok((children, shares, mounts));
-    }
-    let tool = rmachine_machine::host_tools::find_virtiofsd(paths)
-        .context("virtiofsd is not installed (shared folders need it): run `rmachine setup`")?;
-    let log_path = machine.files.virtiofsd_log();
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
-    for (index, share) in machine.spec.mounts.iter().enumerate() {
-        if !share.path.is_dir() {
-            anyhow::bail!(
-                "shared folder {} does not exist or is not a folder (remove it from {} or create it)",
-                share.path.display(),
-                machine.files.config().display()
-            );
-        }
-        let socket = machine.files.virtiofs_socket(index);
-        let _ = std::fs::remove_file(&socket);
-        let mut cmd = tokio::process::Command::from(tool.command());
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .arg("--shared-dir")
-            .arg(&share.path)
-            .args([
-                "--cache",
-                "never",
-                "--sandbox",
-                "namespace",
-                "--announce-submounts",
-                "--log-level",
-                "warn",
-            ]);
-        if share.read_only {
-            cmd.arg("--readonly");
-        }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?)
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot run virtiofsd {}", tool.binary.display()))?;
-        let started = std::time::Instant::now();
-        while !socket.exists() {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "virtiofsd for {} exited ({status}); see {}",
-                    share.path.display(),
-                    log_path.display()
-                );
-            }
-            if started.elapsed() > VIRTIOFSD_READY {
-                anyhow::bail!(
-                    "virtiofsd for {} did not create its socket within {VIRTIOFSD_READY:?}",
-                    share.path.display()
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        tracing::info!(path = %share.path.display(), read_only = share.read_only, "virtiofsd started");
-        let tag = format!("share{index}");
-        shares.push(QemuShare {
-            tag: tag.clone(),
-            socket,
-        });
-        mounts.push(Mount {
-            tag,
-            guest_path: share.path.display().to_string(),
-            read_only: share.read_only,
-        });
-        children.push(Daemon {
-            child,
-            serves: format!("shared folder {}", share.path.display()),
-        });
-    }
-    Ok((children, shares, mounts))
-}
 
 /// Boots the machine under rmachine-vmm: the guest link is the VMM's hybrid vsock socket,
 /// so the config disk carries no token and the agent listens on vsock only.
@@ -264,7 +34,7 @@ pub(crate) async fn launch_vmm(
         rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
             .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
-    let (mut daemons, shares, guest_mounts) = start_virtiofsd(machine, &paths).await?;
+    let (mut daemons, shares, guest_mounts) = super::virtiofsd::start(machine, &paths).await?;
     let passt = start_passt(machine, &paths).await?;
     let net_socket = passt.is_some().then(|| machine.files.passt_socket());
     daemons.extend(passt.map(|child| Daemon {
@@ -322,7 +92,9 @@ pub(crate) async fn launch_vmm(
         .with_context(|| format!("cannot run {}", vmm.display()))?;
     let carrier = Carrier::HybridVsock { uds };
     state.update(|s| {
-        s.vm_pid = child.id();
+        s.vm = child
+            .id()
+            .and_then(rmachine_machine::sys::process::ProcessId::of);
         s.image = Some(manifest.version.clone());
         s.carrier = Some(carrier.clone());
     });

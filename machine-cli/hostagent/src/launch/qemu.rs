@@ -1,0 +1,104 @@
+//! Booting a machine under QEMU (`-M microvm`), reached over its user-mode network's
+//! TCP forwards with the boot's token.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rmachine_machine::driver::{BackendChoice, Driver, LocalDriver};
+use rmachine_machine::guest_link::Carrier;
+use rmachine_machine::paths::Paths;
+use rmachine_machine::qemu::{QemuVm, QEMU};
+use rmachine_machine::store::Machine;
+use rmachine_protocol::config_disk::GuestConfig;
+use rmachine_protocol::Service;
+
+use super::{free_loopback_port, new_token, RunningVm, QEMU_HOST_ADDR};
+use crate::SharedState;
+
+pub(crate) async fn launch_qemu(
+    machine: &Machine,
+    choice: &BackendChoice,
+    state: &SharedState,
+) -> anyhow::Result<RunningVm> {
+    let paths = Paths::from_env()?;
+    let (manifest, image_dir) =
+        rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
+            .context("the guest image is missing or damaged")?;
+    LocalDriver::new(machine.spec.driver).create(machine)?;
+
+    let token = new_token();
+    let config = GuestConfig {
+        version: rmachine_protocol::PROTOCOL_VERSION,
+        token: token.clone(),
+        hostname: machine.name.clone(),
+        data_disk: "/dev/vdb".into(),
+        host_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+        host_addr: Some(QEMU_HOST_ADDR.into()),
+        ..GuestConfig::default()
+    };
+    let (virtiofsd, shares, guest_mounts) = super::virtiofsd::start(machine, &paths).await?;
+    let config = GuestConfig {
+        mounts: guest_mounts,
+        ..config
+    };
+    let config_disk = machine.files.config_disk();
+    std::fs::write(&config_disk, config.encode())
+        .with_context(|| format!("cannot write {}", config_disk.display()))?;
+
+    let mut ports = BTreeMap::new();
+    let mut forwards = Vec::new();
+    for service in Service::ALL {
+        let host = free_loopback_port()?;
+        ports.insert(service.port(), host);
+        forwards.push((host, service.port()));
+    }
+    let console_log = machine.files.console_log();
+    // Each boot's console starts empty, so the error state shows this boot's lines.
+    std::fs::write(&console_log, b"")
+        .with_context(|| format!("cannot reset {}", console_log.display()))?;
+    let vm = QemuVm {
+        kernel: image_dir.join(&manifest.kernel.file),
+        cmdline: manifest.kernel_cmdline.clone(),
+        rootfs: image_dir.join(&manifest.rootfs.file),
+        data_disk: machine.files.data_disk(),
+        config_disk,
+        cpus: machine.spec.cpus,
+        memory_mib: machine.spec.memory_mib,
+        accel: choice.accel,
+        console_log,
+        forwards,
+        vsock_cid: None,
+        qmp_socket: Some(machine.files.qmp_socket()),
+        pid_file: None,
+        shares,
+    };
+    let log_path = machine.files.vmm_log();
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut cmd = tokio::process::Command::from(vm.command());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    tracing::info!(command = ?vm.command(), "starting QEMU");
+    let child = cmd.spawn().with_context(|| {
+        format!("cannot run {QEMU} (install the Debian package qemu-system-x86)")
+    })?;
+    let carrier = Carrier::Tcp { ports, token };
+    state.update(|s| {
+        s.vm = child
+            .id()
+            .and_then(rmachine_machine::sys::process::ProcessId::of);
+        s.image = Some(manifest.version.clone());
+        s.carrier = Some(carrier.clone());
+    });
+    Ok(RunningVm {
+        child,
+        carrier,
+        daemons: virtiofsd,
+    })
+}
