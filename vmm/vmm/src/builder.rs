@@ -68,15 +68,15 @@ impl Vmm {
         if u32::from(config.vcpus) > caps.max_vcpus {
             return Err(BuildError::TooManyVcpus(config.vcpus, caps.max_vcpus));
         }
-        let vm: Arc<dyn Vm> = Arc::from(
-            hv.create_vm(&HvVmConfig {
+        let vm = hv
+            .create_vm(&HvVmConfig {
                 vcpu_count: config.vcpus,
             })
-            .map_err(BuildError::CreateVm)?,
-        );
+            .map_err(BuildError::CreateVm)?;
         let shared = !config.config.filesystems.is_empty();
         let mem = memory::create(config.memory_bytes, shared).map_err(BuildError::Memory)?;
-        memory::register(vm.as_ref(), &mem).map_err(BuildError::Memory)?;
+        // The VM that comes back owns the memory it maps.
+        let vm = memory::register(vm, &mem).map_err(BuildError::Memory)?;
 
         let kernel =
             loader::load_kernel(&mem, &config.config.kernel.path).map_err(BuildError::Boot)?;
