@@ -6,7 +6,7 @@ mod support;
 use hypervisor::x86_64::Segment;
 use hypervisor::VmExit;
 use support::require_kvm;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Whether `/proc/self/maps` has a mapping starting at `addr`.
 fn mapped(addr: usize) -> bool {
