@@ -13,6 +13,7 @@ use crate::boot::{self, loader, mptable, regs, BootError};
 use crate::config::ResolvedConfig;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{self, MemoryError};
+use crate::seccomp::Filters;
 use crate::vcpu::{spawn_vcpus, BootSetup, VcpuControl, VmmExit};
 
 /// Errors of VM construction; each names the step.
@@ -60,8 +61,8 @@ pub struct VmmHandle {
 }
 
 impl Vmm {
-    /// Builds and starts the VM described by `config`.
-    pub fn start(config: ResolvedConfig) -> Result<Self, BuildError> {
+    /// Builds and starts the VM described by `config`; its threads install `filters`.
+    pub fn start(config: ResolvedConfig, filters: &Arc<Filters>) -> Result<Self, BuildError> {
         let started = Instant::now();
         let hv = hypervisor::new().map_err(BuildError::Hypervisor)?;
         let caps = hv.capabilities();
@@ -87,7 +88,7 @@ impl Vmm {
             None => None,
         };
         let (exit_tx, exit_rx) = channel();
-        let mut devices = DeviceManager::new(&config, vm.clone(), &mem, exit_tx.clone())
+        let mut devices = DeviceManager::new(&config, vm.clone(), &mem, exit_tx.clone(), filters)
             .map_err(BuildError::Devices)?;
         let cmdline = loader::build_cmdline(&config.cmdline, &devices.virtio_cmdline_entries())
             .map_err(BuildError::Boot)?;
@@ -106,7 +107,9 @@ impl Vmm {
             "booting"
         );
 
-        devices.start_event_loop().map_err(BuildError::Devices)?;
+        devices
+            .start_event_loop(filters)
+            .map_err(BuildError::Devices)?;
         let control = Arc::new(VcpuControl::default());
         spawn_vcpus(
             vm.clone(),
@@ -121,6 +124,7 @@ impl Vmm {
             devices.mmio.clone(),
             control.clone(),
             exit_tx.clone(),
+            filters.clone(),
         )
         .map_err(BuildError::Vcpus)?;
         let handle = Arc::new(VmmHandle {

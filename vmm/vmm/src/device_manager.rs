@@ -20,6 +20,7 @@ use hypervisor::Vm;
 
 use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
+use crate::seccomp::{self, Filters, ThreadKind};
 use crate::vcpu::VmmExit;
 
 mod fs;
@@ -135,6 +136,7 @@ impl DeviceManager {
         vm: Arc<dyn Vm>,
         mem: &GuestMemory,
         exit: Sender<VmmExit>,
+        filters: &Arc<Filters>,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
@@ -157,7 +159,7 @@ impl DeviceManager {
         pio.insert(serial.clone(), SERIAL_PORT, 8)
             .map_err(|e| DeviceError::Bus("serial".into(), e))?;
         if serial_cfg.stdio {
-            spawn_stdin_reader(serial.clone());
+            spawn_stdin_reader(serial.clone(), filters);
         }
 
         let reset_exit = Mutex::new(exit);
@@ -259,22 +261,20 @@ impl DeviceManager {
         self.virtio.iter().map(|v| (v.addr, v.irq)).collect()
     }
 
-    /// Starts the thread that runs the devices' event handlers.
-    pub fn start_event_loop(&mut self) -> Result<(), DeviceError> {
+    /// Starts the thread that runs the devices' event handlers, under the devices filter.
+    pub fn start_event_loop(&mut self, filters: &Arc<Filters>) -> Result<(), DeviceError> {
         let mut manager: EventManager<Subscriber> = EventManager::new()
             .map_err(|e| DeviceError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
         for sub in self.subscribers.drain(..) {
             manager.add_subscriber(sub);
         }
-        std::thread::Builder::new()
-            .name("devices".to_string())
-            .spawn(move || loop {
-                if let Err(e) = manager.run() {
-                    tracing::error!(error = ?e, "device event loop failed");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            })
-            .map_err(DeviceError::EventLoop)?;
+        seccomp::spawn("devices", ThreadKind::Devices, filters, move || loop {
+            if let Err(e) = manager.run() {
+                tracing::error!(error = ?e, "device event loop failed");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })
+        .map_err(DeviceError::EventLoop)?;
         Ok(())
     }
 
@@ -296,10 +296,12 @@ impl DeviceManager {
 }
 
 /// Feeds the VMM's stdin to the serial port.
-fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
-    let spawned = std::thread::Builder::new()
-        .name("serial-stdin".to_string())
-        .spawn(move || {
+fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>, filters: &Arc<Filters>) {
+    let spawned = seccomp::spawn(
+        "serial-stdin",
+        ThreadKind::SerialStdin,
+        filters,
+        move || {
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 64];
             loop {
@@ -316,7 +318,8 @@ fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
                     }
                 }
             }
-        });
+        },
+    );
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the serial stdin reader");
     }

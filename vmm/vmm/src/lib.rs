@@ -11,5 +11,6 @@ pub mod config;
 pub mod device_manager;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod tap;
 pub mod vcpu;
