@@ -13,6 +13,7 @@ use crate::boot::{self, loader, mptable, regs, BootError};
 use crate::config::ResolvedConfig;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{self, MemoryError};
+use crate::preopen::Preopened;
 use crate::seccomp::Filters;
 use crate::vcpu::{spawn_vcpus, BootSetup, VcpuControl, VmmExit};
 
@@ -61,8 +62,13 @@ pub struct VmmHandle {
 }
 
 impl Vmm {
-    /// Builds and starts the VM described by `config`; its threads install `filters`.
-    pub fn start(config: ResolvedConfig, filters: &Arc<Filters>) -> Result<Self, BuildError> {
+    /// Builds and starts the VM described by `config`, with the host files and sockets opened
+    /// beforehand in `preopened`; its threads install `filters`.
+    pub fn start(
+        config: ResolvedConfig,
+        preopened: &mut Preopened,
+        filters: &Arc<Filters>,
+    ) -> Result<Self, BuildError> {
         let started = Instant::now();
         let hv = hypervisor::new().map_err(BuildError::Hypervisor)?;
         let caps = hv.capabilities();
@@ -88,8 +94,15 @@ impl Vmm {
             None => None,
         };
         let (exit_tx, exit_rx) = channel();
-        let mut devices = DeviceManager::new(&config, vm.clone(), &mem, exit_tx.clone(), filters)
-            .map_err(BuildError::Devices)?;
+        let mut devices = DeviceManager::new(
+            &config,
+            vm.clone(),
+            &mem,
+            exit_tx.clone(),
+            filters,
+            preopened,
+        )
+        .map_err(BuildError::Devices)?;
         let cmdline = loader::build_cmdline(&config.cmdline, &devices.virtio_cmdline_entries())
             .map_err(BuildError::Boot)?;
         let cmdline_len = loader::write_cmdline(&mem, &cmdline).map_err(BuildError::Boot)?;

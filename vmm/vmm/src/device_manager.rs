@@ -1,7 +1,6 @@
 //! Creates the devices of a VM, places them on the I/O-port and MMIO buses, and runs their
 //! event loop.
 
-use std::fs::OpenOptions;
 use std::io::Read;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use hypervisor::Vm;
 
 use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
+use crate::preopen::Preopened;
 use crate::seccomp::{self, Filters, ThreadKind};
 use crate::vcpu::VmmExit;
 
@@ -29,9 +29,6 @@ mod net_balloon;
 /// Errors of device creation.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// The serial log could not be opened.
-    #[error("cannot open serial log {0}")]
-    SerialLog(String, #[source] std::io::Error),
     /// A disk could not be opened.
     #[error("cannot create disk {0}")]
     Block(String, #[source] devices::virtio::block::BlockError),
@@ -137,21 +134,13 @@ impl DeviceManager {
         mem: &GuestMemory,
         exit: Sender<VmmExit>,
         filters: &Arc<Filters>,
+        preopened: &mut Preopened,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
 
         let serial_cfg = config.config.serial.clone().unwrap_or_default();
-        let log = match &serial_cfg.log_path {
-            Some(path) => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| DeviceError::SerialLog(path.display().to_string(), e))?,
-            ),
-            None => None,
-        };
+        let log = preopened.serial_log.take();
         let serial = Arc::new(Mutex::new(Serial::new(
             VmIrq::new(vm.clone(), SERIAL_IRQ),
             SerialOutput::new(log, serial_cfg.stdio),
@@ -202,10 +191,14 @@ impl DeviceManager {
                         .vsock
                         .as_ref()
                         .expect("a vsock slot exists only with a vsock config");
-                    let vsock = Vsock::new(DeviceVsockConfig {
+                    let vsock_cfg = DeviceVsockConfig {
                         guest_cid: u64::from(cfg.guest_cid),
                         uds_path: cfg.uds_path.clone(),
-                    })
+                    };
+                    let vsock = match preopened.vsock.take() {
+                        Some(listener) => Vsock::with_listener(vsock_cfg, listener),
+                        None => Vsock::new(vsock_cfg),
+                    }
                     .map_err(DeviceError::Vsock)?;
                     let metrics = vsock.metrics();
                     let vsock = Arc::new(Mutex::new(vsock));
@@ -217,6 +210,7 @@ impl DeviceManager {
                         .net
                         .as_ref()
                         .expect("a net slot exists only with a net config"),
+                    preopened.tap.take(),
                 )?,
                 SlotDevice::Balloon => net_balloon::create_balloon(
                     config

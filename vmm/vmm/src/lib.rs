@@ -11,6 +11,7 @@ pub mod config;
 pub mod device_manager;
 pub mod layout;
 pub mod memory;
+pub mod preopen;
 pub mod seccomp;
 pub mod tap;
 pub mod vcpu;

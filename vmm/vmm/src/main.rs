@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use vmm::builder::Vmm;
 use vmm::config::VmConfig;
+use vmm::preopen::Preopened;
 use vmm::seccomp::{Filters, SeccompSettings, ThreadKind};
 
 /// rmachine's KVM microVM monitor.
@@ -70,11 +71,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         log_only: cli.seccomp_log,
         deny: cli.seccomp_deny.clone(),
     })?;
-    let api_socket = config.config.api_socket.clone();
-    let vmm = Vmm::start(config, &filters).context("cannot start the vm")?;
-    if let Some(path) = api_socket {
-        vmm::api::serve(&path, vmm.handle(), &filters)
-            .with_context(|| format!("cannot serve the api on {}", path.display()))?;
+    let mut preopened = Preopened::open(&config)?;
+    let api = preopened.api.take();
+    let vmm = Vmm::start(config, &mut preopened, &filters).context("cannot start the vm")?;
+    if let Some(listener) = api {
+        vmm::api::serve(listener, vmm.handle(), &filters).context("cannot serve the api")?;
     }
     filters.apply(ThreadKind::Main)?;
     let reason = vmm.wait();

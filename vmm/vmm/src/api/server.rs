@@ -1,7 +1,7 @@
 //! The hyper server of the control API, on its own thread with a single-threaded runtime.
 
 use std::convert::Infallible;
-use std::path::Path;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +16,13 @@ use hyper_util::rt::TokioIo;
 use super::{route, VmController};
 use crate::seccomp::{self, Filters, ThreadKind};
 
-/// Binds `path` (replacing a stale socket) and serves the API on a background thread, which
-/// runs under the api seccomp filter of `filters`.
+/// Serves the API on `listener` (bound by [`crate::preopen::bind_api`], non-blocking) on a
+/// background thread, which runs under the api seccomp filter of `filters`.
 pub fn serve(
-    path: &Path,
+    listener: UnixListener,
     vm: Arc<dyn VmController>,
     filters: &Arc<Filters>,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    listener.set_nonblocking(true)?;
     // Time: a power-off request that the client does not close waits 1 s at most.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
