@@ -9,6 +9,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod device_manager;
+pub mod jail;
 pub mod layout;
 pub mod memory;
 pub mod preopen;

@@ -72,6 +72,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         deny: cli.seccomp_deny.clone(),
     })?;
     let mut preopened = Preopened::open(&config)?;
+    if config.config.jail.is_some() {
+        // Returns in the jailed child; the parent waits and exits as it does.
+        vmm::jail::enter(&config, &filters)?;
+    }
     let api = preopened.api.take();
     let vmm = Vmm::start(config, &mut preopened, &filters).context("cannot start the vm")?;
     if let Some(listener) = api {
