@@ -291,3 +291,159 @@ fn test_jailed_vmm_killed_by_seccomp_ends_its_parent_with_sigsys() {
     let exit = vmm.wait_exit();
     assert_eq!(exit.signal(), Some(libc::SIGSYS), "{exit}\n{}", vmm.log());
 }
+
+/// Writes `text` to the file `path` (both NUL-free static bytes; `path` NUL-terminated) with
+/// raw system calls only: safe between fork and exec.
+fn write_file_raw(path: &[u8], text: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `path` is NUL-terminated (checked by the callers' literals); open takes it and
+    // integers.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: writes `text`, alive for the call, to the descriptor just opened.
+    let n = unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if n != text.len() as isize {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Starts the VMM as user 1000 without capabilities, in a user namespace where that user is
+/// the host's root (so it can open /dev/kvm and the test's files): what a user without
+/// CAP_SYS_ADMIN has. With `no_nested_namespaces`, that namespace allows no user namespace
+/// inside it (`user.max_user_namespaces = 0`), as on a host that disables them.
+fn start_as_user(dir: &Path, config: &serde_json::Value, no_nested_namespaces: bool) -> VmmProcess {
+    use std::os::unix::process::CommandExt;
+    let config_path = dir.join("vm.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    let stderr_path = dir.join("vmm.log");
+    let mut cmd = vmm_command();
+    cmd.arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    // SAFETY: the closure runs between fork and exec and makes raw system calls only
+    // (unshare, open, write, close), which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            write_file_raw(b"/proc/self/setgroups\0", b"deny")?;
+            write_file_raw(b"/proc/self/uid_map\0", b"1000 0 1")?;
+            write_file_raw(b"/proc/self/gid_map\0", b"1000 0 1")?;
+            if no_nested_namespaces {
+                write_file_raw(b"/proc/sys/user/max_user_namespaces\0", b"0")?;
+            }
+            Ok(())
+        });
+    }
+    VmmProcess {
+        child: cmd.spawn().expect("start rmachine-vmm in a user namespace"),
+        console: dir.join("console.log"),
+        stderr_path,
+    }
+}
+
+/// Started by a user without CAP_SYS_ADMIN, the VMM jails itself in a user namespace of that
+/// user: same confinement, no capabilities.
+#[test]
+fn test_jail_by_a_user_without_cap_sys_admin_uses_a_user_namespace() {
+    if !require_kvm() || !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path());
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let vsock_dir = dir.path().join("vsock");
+    std::fs::create_dir(&vsock_dir).unwrap();
+    let mut vmm = start_as_user(
+        dir.path(),
+        &json!({
+            "memory_mib": 64,
+            "kernel": {"path": guest, "cmdline": "console=ttyS0 reboot=k rmtest.h2g=7000"},
+            "serial": {"log_path": dir.path().join("console.log")},
+            "disks": [{"id": "data", "path": disk}],
+            "rng": {},
+            "vsock": {"guest_cid": 3, "uds_path": vsock_dir.join("v.sock")},
+            "jail": {"uid": 1000, "gid": 1000},
+        }),
+        false,
+    );
+    // The guest waits there for a connection that does not come: it stays up.
+    vmm.wait_for_console("rmguest: vsock listening 7000");
+    vmm.wait_for_log("jail: root built");
+    assert!(vmm.log().contains("UserNamespace"), "{}", vmm.log());
+    let jailed = only_child(vmm.child.id());
+    assert_eq!(status_field(jailed, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(jailed, "NoNewPrivs:"), "1");
+    // Two user namespaces deep: the test's and the VMM's own.
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let its = std::fs::read_link(format!("/proc/{jailed}/ns/user")).unwrap();
+    assert_ne!(ours, its);
+    let seen = tree(&PathBuf::from(format!("/proc/{jailed}/root")));
+    let mut expected: BTreeSet<String> =
+        ["dev/", "dev/kvm", "dev/urandom"].map(String::from).into();
+    for file in [&guest, &disk] {
+        expected.extend(with_parents(file, false));
+    }
+    expected.extend(with_parents(&vsock_dir, true));
+    expected.extend(with_parents(&vsock_dir.join("v.sock"), false));
+    assert_eq!(seen, expected);
+    // (The rng device opened /dev/urandom at start; the guest drives it after vsock.)
+    assert!(
+        vmm.console().contains("rmguest: blk rw ok"),
+        "{}",
+        vmm.console()
+    );
+}
+
+/// Without CAP_SYS_ADMIN and with user namespaces disabled, the jail cannot be built: the VMM
+/// says what is missing and exits 1.
+#[test]
+fn test_jail_without_cap_sys_admin_nor_user_namespaces_says_what_is_missing() {
+    if !require_kvm() || !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path());
+    let mut vmm = start_as_user(
+        dir.path(),
+        &json!({"kernel": {"path": guest}, "jail": {"uid": 1000, "gid": 1000}}),
+        true,
+    );
+    let status = vmm.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", vmm.log());
+    let log = vmm.log();
+    for words in [
+        "jail: cannot create new user namespaces",
+        "lacks CAP_SYS_ADMIN",
+        "user namespaces are disabled",
+        "user.max_user_namespaces=0",
+    ] {
+        assert!(log.contains(words), "{words:?} not in\n{log}");
+    }
+    // And a jail user other than the starting user is refused naming the field.
+    let mut vmm = start_as_user(
+        dir.path(),
+        &json!({"kernel": {"path": guest}, "jail": {"uid": 1001, "gid": 1000}}),
+        false,
+    );
+    assert_eq!(vmm.wait_exit().code(), Some(1));
+    assert!(
+        vmm.log()
+            .contains("jail.uid: 1001 is not the user starting the vmm (1000)"),
+        "{}",
+        vmm.log()
+    );
+}

@@ -42,7 +42,16 @@ pub fn build_guest(dir: &Path) -> PathBuf {
 /// A command running `rmachine-vmm`. With `RMTEST_VMM_STRACE=DIR` it runs under
 /// `strace -f -ff` with `--seccomp-log`, writing one file per thread under
 /// `DIR/<test pid>-<n>/` (how the filters' allow-lists are measured: see `vmm::seccomp`).
+///
+/// The VMM (or strace and the VMM) runs in a process group of its own, which
+/// [`VmmProcess`]'s drop kills as a whole: killing strace alone would leave its tracee running.
 pub fn vmm_command() -> Command {
+    let mut cmd = vmm_command_inner();
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
+
+fn vmm_command_inner() -> Command {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let bin = env!("CARGO_BIN_EXE_rmachine-vmm");
@@ -169,6 +178,11 @@ impl VmmProcess {
 
 impl Drop for VmmProcess {
     fn drop(&mut self) {
+        // The whole process group (see `vmm_command`), then the child itself.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill takes integers; the group is the child's own, made at its start.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
