@@ -6,7 +6,9 @@
 //!   first output, two port exits after its entry point) and to its `rmguest: ready` line
 //!   (booted, disk driven, one read served), median of BENCH_RUNS, beside QEMU
 //!   `-M microvm -accel kvm` booting the same guest code (linked with the PVH entry `pvh.S`, the
-//!   only ELF entry QEMU takes) with the same disk, and beside a spawn and reap of `/bin/true`.
+//!   only ELF entry QEMU takes) with the same disk, and beside a spawn and reap of `/bin/true`;
+//!   also rmachine-vmm with `--no-seccomp` (runs alternating with the default, filtered ones),
+//!   and the ratio of the two (the filters' cost).
 //! - Memory: the VMM's resident memory minus the resident part of its guest-memory mapping,
 //!   idle at the ready line (QEMU alike) and after the transfers below.
 //! - vsock: guest → host (a listener on the hybrid socket's `<uds>_PORT`) and host → guest
@@ -21,7 +23,7 @@
 //!   line meanwhile).
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin vmm`
-//! (BENCH_RUNS=20 starts, BENCH_XFER_RUNS=5 transfer runs, BENCH_VSOCK_MIB=256,
+//! (BENCH_RUNS=20 starts, BENCH_START_ONLY=1 stops after them, BENCH_XFER_RUNS=5 transfer runs, BENCH_VSOCK_MIB=256,
 //! BENCH_BLK_MIB=64, BENCH_BLK_REQ_KIB=1024; RMACHINE_VMM_BIN=path skips building
 //! rmachine-vmm; BENCH_QEMU=0 skips the QEMU peer).
 
@@ -416,6 +418,17 @@ impl Setup {
     /// Starts rmachine-vmm on the test guest with `cmdline` (rmtest keys) and `devices` (JSON
     /// object merged into the config).
     fn rmachine(&self, name: &str, cmdline: &str, devices: serde_json::Value) -> Result<Vm> {
+        self.rmachine_with_args(name, cmdline, devices, &[])
+    }
+
+    /// [`Setup::rmachine`] with more command-line arguments.
+    fn rmachine_with_args(
+        &self,
+        name: &str,
+        cmdline: &str,
+        devices: serde_json::Value,
+        args: &[&str],
+    ) -> Result<Vm> {
         let mut config = json!({
             "memory_mib": GUEST_MIB,
             "kernel": {"path": self.guest, "cmdline": format!("console=ttyS0 reboot=k {cmdline}")},
@@ -428,7 +441,8 @@ impl Setup {
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
         let mut cmd = Command::new(&self.vmm);
         // The default level, plus the vCPU thread's one debug line (its start).
-        cmd.arg("--config")
+        cmd.args(args)
+            .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info,vmm::vcpu=debug");
         Vm::spawn(name, cmd, self.dir.path().join(format!("{name}.log")))
@@ -856,15 +870,30 @@ fn main() -> Result<()> {
         Some("BENCH_QEMU=0".to_string())
     };
     let (mut rm, mut qemu, mut spawn_true) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rm_no_seccomp = Vec::new();
     for i in 0..runs {
-        let mut vm = s.rmachine(
-            "boot",
-            "rmtest.bench=boot",
-            json!({"disks": [{"id": "data", "path": boot_disk}]}),
-        )?;
-        rm.push(start_once(&mut vm)?);
-        vm.wait_exit()?;
-        drop(vm);
+        // With the seccomp filters (the default) and without, alternating which goes first.
+        let order: [&[&str]; 2] = if i % 2 == 0 {
+            [&[], &["--no-seccomp"]]
+        } else {
+            [&["--no-seccomp"], &[]]
+        };
+        for args in order {
+            let mut vm = s.rmachine_with_args(
+                "boot",
+                "rmtest.bench=boot",
+                json!({"disks": [{"id": "data", "path": boot_disk}]}),
+                args,
+            )?;
+            let sample = start_once(&mut vm)?;
+            if args.is_empty() {
+                rm.push(sample);
+            } else {
+                rm_no_seccomp.push(sample);
+            }
+            vm.wait_exit()?;
+            drop(vm);
+        }
         if qemu_error.is_none() {
             match s
                 .qemu("rmtest.bench=boot", &boot_disk)
@@ -898,6 +927,20 @@ fn main() -> Result<()> {
         ms(rm_first),
     );
     table.row("rmachine-vmm: start → `rmguest: ready`", ms(rm_ready));
+    let off_first = median(rm_no_seccomp.iter().map(|x| x.first).collect());
+    let off_ready = median(rm_no_seccomp.iter().map(|x| x.ready).collect());
+    table.row(
+        "rmachine-vmm --no-seccomp: start → first guest serial byte",
+        ms(off_first),
+    );
+    table.row(
+        "rmachine-vmm --no-seccomp: start → `rmguest: ready`",
+        ms(off_ready),
+    );
+    table.row(
+        "ready, seccomp filters on / off (target < 1.05×)",
+        format!("{:.3}×", rm_ready.as_secs_f64() / off_ready.as_secs_f64()),
+    );
     if let Some(e) = &qemu_error {
         eprintln!("QEMU peer not measured: {e}");
         table.row(
@@ -926,6 +969,11 @@ fn main() -> Result<()> {
         "first byte, rmachine-vmm / `/bin/true`",
         format!("{:.1}×", rm_first.as_secs_f64() / spawn_true.as_secs_f64()),
     );
+    if std::env::var("BENCH_START_ONLY").as_deref() == Ok("1") {
+        println!("# rmachine-vmm: test guest, 1 vCPU, {GUEST_MIB} MiB (start only)");
+        table.print();
+        return Ok(());
+    }
 
     // 2. Memory at the ready line, held there.
     let held = "rmtest.bench=boot rmtest.sync=1";

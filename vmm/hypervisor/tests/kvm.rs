@@ -166,3 +166,77 @@ fn test_kvm_supported_cpuid_has_basic_leaves() {
     assert_eq!(caps.backend, "kvm");
     assert!(caps.max_vcpus >= 1);
 }
+
+/// A kick that lands while the vCPU thread is outside KVM_RUN (here blocked in a read) is not
+/// lost, and does not make that thread's system call fail with EINTR.
+#[test]
+fn test_kvm_kick_outside_run_is_kept_and_restarts_syscalls() {
+    let Some(h) = require_kvm() else { return };
+    let mem = Mapping::new(0x2000);
+    let vm = real_mode_vm(h.as_ref(), &mem, &[0xeb, 0xfe]);
+    let vm: std::sync::Arc<dyn Vm> = std::sync::Arc::from(vm);
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_fd, write_fd) = (fds[0], fds[1]);
+    let (tx, rx) = mpsc::channel();
+    let vcpu_vm = vm.clone();
+    let handle = std::thread::spawn(move || {
+        let mut vcpu = vcpu_vm.create_vcpu(0).expect("vcpu");
+        setup_real_mode(vcpu.as_ref());
+        tx.send(vcpu.kicker()).expect("send kicker");
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into `byte`, owned by this frame, from the pipe's read end.
+        let n = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
+        let err = std::io::Error::last_os_error();
+        assert_eq!(n, 1, "the read was interrupted: {err}");
+        // The kick that came during the read makes this run return at once.
+        match vcpu.run().expect("run") {
+            VmExit::Interrupted => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+    });
+    let kicker = rx.recv().expect("kicker");
+    // Let the thread block in its read.
+    std::thread::sleep(Duration::from_millis(100));
+    kicker.kick();
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: writes one byte from a static to the pipe's write end.
+    assert_eq!(unsafe { libc::write(write_fd, b"x".as_ptr().cast(), 1) }, 1);
+    handle.join().expect("vcpu thread");
+    // SAFETY: closes the two descriptors pipe made, used by no one now.
+    unsafe {
+        libc::close(read_fd);
+        libc::close(write_fd);
+    }
+}
+
+/// Kicking a vCPU whose thread has dropped it and exited is a no-op (it used to signal a
+/// `pthread_t` that could be stale by then).
+#[test]
+fn test_kvm_kick_after_vcpu_thread_exit_is_harmless() {
+    let Some(h) = require_kvm() else { return };
+    let mem = Mapping::new(0x2000);
+    let vm: std::sync::Arc<dyn Vm> =
+        std::sync::Arc::from(real_mode_vm(h.as_ref(), &mem, &[0xeb, 0xfe]));
+    let mut kickers = Vec::new();
+    for id in 0..8u8 {
+        let vcpu_vm = vm.clone();
+        let kicker = std::thread::spawn(move || vcpu_vm.create_vcpu(id).expect("vcpu").kicker())
+            .join()
+            .expect("vcpu thread");
+        kickers.push(kicker);
+    }
+    // New threads may reuse the ids of the old ones: none of them is disturbed.
+    let busy: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200))))
+        .collect();
+    for _ in 0..100 {
+        for k in &kickers {
+            k.kick();
+        }
+    }
+    for t in busy {
+        t.join().expect("busy thread");
+    }
+}

@@ -13,6 +13,8 @@ use crate::boot::{self, loader, mptable, regs, BootError};
 use crate::config::ResolvedConfig;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{self, MemoryError};
+use crate::preopen::Preopened;
+use crate::seccomp::Filters;
 use crate::vcpu::{spawn_vcpus, BootSetup, VcpuControl, VmmExit};
 
 /// Errors of VM construction; each names the step.
@@ -60,23 +62,28 @@ pub struct VmmHandle {
 }
 
 impl Vmm {
-    /// Builds and starts the VM described by `config`.
-    pub fn start(config: ResolvedConfig) -> Result<Self, BuildError> {
+    /// Builds and starts the VM described by `config`, with the host files and sockets opened
+    /// beforehand in `preopened`; its threads install `filters`.
+    pub fn start(
+        config: ResolvedConfig,
+        preopened: &mut Preopened,
+        filters: &Arc<Filters>,
+    ) -> Result<Self, BuildError> {
         let started = Instant::now();
         let hv = hypervisor::new().map_err(BuildError::Hypervisor)?;
         let caps = hv.capabilities();
         if u32::from(config.vcpus) > caps.max_vcpus {
             return Err(BuildError::TooManyVcpus(config.vcpus, caps.max_vcpus));
         }
-        let vm: Arc<dyn Vm> = Arc::from(
-            hv.create_vm(&HvVmConfig {
+        let vm = hv
+            .create_vm(&HvVmConfig {
                 vcpu_count: config.vcpus,
             })
-            .map_err(BuildError::CreateVm)?,
-        );
+            .map_err(BuildError::CreateVm)?;
         let shared = !config.config.filesystems.is_empty();
         let mem = memory::create(config.memory_bytes, shared).map_err(BuildError::Memory)?;
-        memory::register(vm.as_ref(), &mem).map_err(BuildError::Memory)?;
+        // The VM that comes back owns the memory it maps.
+        let vm = memory::register(vm, &mem).map_err(BuildError::Memory)?;
 
         let kernel =
             loader::load_kernel(&mem, &config.config.kernel.path).map_err(BuildError::Boot)?;
@@ -87,8 +94,15 @@ impl Vmm {
             None => None,
         };
         let (exit_tx, exit_rx) = channel();
-        let mut devices = DeviceManager::new(&config, vm.clone(), &mem, exit_tx.clone())
-            .map_err(BuildError::Devices)?;
+        let mut devices = DeviceManager::new(
+            &config,
+            vm.clone(),
+            &mem,
+            exit_tx.clone(),
+            filters,
+            preopened,
+        )
+        .map_err(BuildError::Devices)?;
         let cmdline = loader::build_cmdline(&config.cmdline, &devices.virtio_cmdline_entries())
             .map_err(BuildError::Boot)?;
         let cmdline_len = loader::write_cmdline(&mem, &cmdline).map_err(BuildError::Boot)?;
@@ -106,7 +120,9 @@ impl Vmm {
             "booting"
         );
 
-        devices.start_event_loop().map_err(BuildError::Devices)?;
+        devices
+            .start_event_loop(filters)
+            .map_err(BuildError::Devices)?;
         let control = Arc::new(VcpuControl::default());
         spawn_vcpus(
             vm.clone(),
@@ -121,6 +137,7 @@ impl Vmm {
             devices.mmio.clone(),
             control.clone(),
             exit_tx.clone(),
+            filters.clone(),
         )
         .map_err(BuildError::Vcpus)?;
         let handle = Arc::new(VmmHandle {

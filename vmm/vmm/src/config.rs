@@ -60,6 +60,22 @@ pub struct VmConfig {
     pub filesystems: Vec<FsConfig>,
     /// Unix socket of the control API. Default: no API.
     pub api_socket: Option<PathBuf>,
+    /// Run confined (see the `jail` module): as an unprivileged user, in new mount, PID,
+    /// network and IPC namespaces, seeing only the kernel, disks, backend sockets, the vsock
+    /// socket's folder and `/dev/kvm`. Every path of the document must then be absolute.
+    /// Default: not jailed.
+    pub jail: Option<JailConfig>,
+}
+
+/// Who the jailed VMM runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// User id, not 0. Started as root: any unprivileged user (ideally one of its own).
+    /// Started as a user: that user's own id (a user namespace maps only that one).
+    pub uid: u32,
+    /// Group id, not 0, with the same rule.
+    pub gid: u32,
 }
 
 /// The kernel and how to start it.
@@ -292,6 +308,9 @@ impl VmConfig {
         if let Some(api) = &self.api_socket {
             check_parent_dir("api_socket", api)?;
         }
+        if let Some(jail) = &self.jail {
+            self.check_jail(jail)?;
+        }
 
         let mut ids: BTreeMap<&str, String> = BTreeMap::new();
         let mut wanted: Vec<(String, Option<u8>, SlotDevice)> = Vec::new();
@@ -391,6 +410,67 @@ impl VmConfig {
             disabled_features,
             slots,
         })
+    }
+}
+
+impl VmConfig {
+    /// Every path (field, path) the document names.
+    pub fn paths(&self) -> Vec<(String, &Path)> {
+        let mut paths: Vec<(String, &Path)> = vec![("kernel.path".into(), &self.kernel.path)];
+        if let Some(p) = &self.kernel.initrd {
+            paths.push(("kernel.initrd".into(), p));
+        }
+        if let Some(p) = self.serial.as_ref().and_then(|s| s.log_path.as_ref()) {
+            paths.push(("serial.log_path".into(), p));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            paths.push((format!("disks[{i}].path"), &d.path));
+        }
+        if let Some(v) = &self.vsock {
+            paths.push(("vsock.uds_path".into(), &v.uds_path));
+        }
+        if let Some(p) = self.net.as_ref().and_then(|n| n.socket.as_ref()) {
+            paths.push(("net.socket".into(), p));
+        }
+        for (i, f) in self.filesystems.iter().enumerate() {
+            paths.push((format!("filesystems[{i}].socket_path"), &f.socket_path));
+        }
+        if let Some(p) = &self.api_socket {
+            paths.push(("api_socket".into(), p));
+        }
+        paths
+    }
+
+    fn check_jail(&self, jail: &JailConfig) -> Result<(), ConfigError> {
+        if jail.uid == 0 {
+            return Err(invalid(
+                "jail.uid",
+                "0 is root; the jail needs an unprivileged user",
+            ));
+        }
+        if jail.gid == 0 {
+            return Err(invalid(
+                "jail.gid",
+                "0 is root's group; the jail needs another",
+            ));
+        }
+        for (field, path) in self.paths() {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!("{} must be absolute in a jail", path.display()),
+                ));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.uds_path.parent().is_none_or(|p| p == Path::new("/")) {
+                return Err(invalid(
+                    "vsock.uds_path",
+                    "its folder is shown in the jail: it cannot be /",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -619,6 +699,34 @@ mod tests {
         );
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")}, "vcpus": 0}));
         assert!(e.starts_with("vcpus:"), "{e}");
+    }
+
+    #[test]
+    fn test_jail_refuses_root_and_relative_paths() {
+        let f = Files::new();
+        let r = parse(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "jail": {"uid": 1000, "gid": 1000}}))
+        .unwrap();
+        assert_eq!(
+            r.config.jail,
+            Some(JailConfig {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "jail": {"uid": 0, "gid": 1000}}));
+        assert!(e.starts_with("jail.uid: 0 is root"), "{e}");
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "jail": {"uid": 1, "gid": 0}}));
+        assert!(e.starts_with("jail.gid:"), "{e}");
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "jail": {"uid": 1, "gid": 1, "chroot": "/srv"}}));
+        assert!(e.contains("unknown field `chroot`"), "{e}");
+        // Checked before the disks are opened.
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "disks": [{"id": "a", "path": "a.img"}], "jail": {"uid": 1, "gid": 1}}));
+        assert_eq!(e, "disks[0].path: a.img must be absolute in a jail");
     }
 
     #[test]

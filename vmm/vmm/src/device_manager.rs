@@ -1,7 +1,6 @@
 //! Creates the devices of a VM, places them on the I/O-port and MMIO buses, and runs their
 //! event loop.
 
-use std::fs::OpenOptions;
 use std::io::Read;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,8 @@ use hypervisor::Vm;
 
 use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
+use crate::preopen::Preopened;
+use crate::seccomp::{self, Filters, ThreadKind};
 use crate::vcpu::VmmExit;
 
 mod fs;
@@ -28,9 +29,6 @@ mod net_balloon;
 /// Errors of device creation.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// The serial log could not be opened.
-    #[error("cannot open serial log {0}")]
-    SerialLog(String, #[source] std::io::Error),
     /// A disk could not be opened.
     #[error("cannot create disk {0}")]
     Block(String, #[source] devices::virtio::block::BlockError),
@@ -135,21 +133,14 @@ impl DeviceManager {
         vm: Arc<dyn Vm>,
         mem: &GuestMemory,
         exit: Sender<VmmExit>,
+        filters: &Arc<Filters>,
+        preopened: &mut Preopened,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
 
         let serial_cfg = config.config.serial.clone().unwrap_or_default();
-        let log = match &serial_cfg.log_path {
-            Some(path) => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| DeviceError::SerialLog(path.display().to_string(), e))?,
-            ),
-            None => None,
-        };
+        let log = preopened.serial_log.take();
         let serial = Arc::new(Mutex::new(Serial::new(
             VmIrq::new(vm.clone(), SERIAL_IRQ),
             SerialOutput::new(log, serial_cfg.stdio),
@@ -157,7 +148,7 @@ impl DeviceManager {
         pio.insert(serial.clone(), SERIAL_PORT, 8)
             .map_err(|e| DeviceError::Bus("serial".into(), e))?;
         if serial_cfg.stdio {
-            spawn_stdin_reader(serial.clone());
+            spawn_stdin_reader(serial.clone(), filters);
         }
 
         let reset_exit = Mutex::new(exit);
@@ -200,10 +191,14 @@ impl DeviceManager {
                         .vsock
                         .as_ref()
                         .expect("a vsock slot exists only with a vsock config");
-                    let vsock = Vsock::new(DeviceVsockConfig {
+                    let vsock_cfg = DeviceVsockConfig {
                         guest_cid: u64::from(cfg.guest_cid),
                         uds_path: cfg.uds_path.clone(),
-                    })
+                    };
+                    let vsock = match preopened.vsock.take() {
+                        Some(listener) => Vsock::with_listener(vsock_cfg, listener),
+                        None => Vsock::new(vsock_cfg),
+                    }
                     .map_err(DeviceError::Vsock)?;
                     let metrics = vsock.metrics();
                     let vsock = Arc::new(Mutex::new(vsock));
@@ -215,6 +210,7 @@ impl DeviceManager {
                         .net
                         .as_ref()
                         .expect("a net slot exists only with a net config"),
+                    preopened.tap.take(),
                 )?,
                 SlotDevice::Balloon => net_balloon::create_balloon(
                     config
@@ -259,22 +255,20 @@ impl DeviceManager {
         self.virtio.iter().map(|v| (v.addr, v.irq)).collect()
     }
 
-    /// Starts the thread that runs the devices' event handlers.
-    pub fn start_event_loop(&mut self) -> Result<(), DeviceError> {
+    /// Starts the thread that runs the devices' event handlers, under the devices filter.
+    pub fn start_event_loop(&mut self, filters: &Arc<Filters>) -> Result<(), DeviceError> {
         let mut manager: EventManager<Subscriber> = EventManager::new()
             .map_err(|e| DeviceError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
         for sub in self.subscribers.drain(..) {
             manager.add_subscriber(sub);
         }
-        std::thread::Builder::new()
-            .name("devices".to_string())
-            .spawn(move || loop {
-                if let Err(e) = manager.run() {
-                    tracing::error!(error = ?e, "device event loop failed");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            })
-            .map_err(DeviceError::EventLoop)?;
+        seccomp::spawn("devices", ThreadKind::Devices, filters, move || loop {
+            if let Err(e) = manager.run() {
+                tracing::error!(error = ?e, "device event loop failed");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })
+        .map_err(DeviceError::EventLoop)?;
         Ok(())
     }
 
@@ -296,10 +290,12 @@ impl DeviceManager {
 }
 
 /// Feeds the VMM's stdin to the serial port.
-fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
-    let spawned = std::thread::Builder::new()
-        .name("serial-stdin".to_string())
-        .spawn(move || {
+fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>, filters: &Arc<Filters>) {
+    let spawned = seccomp::spawn(
+        "serial-stdin",
+        ThreadKind::SerialStdin,
+        filters,
+        move || {
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 64];
             loop {
@@ -316,7 +312,8 @@ fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) {
                     }
                 }
             }
-        });
+        },
+    );
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the serial stdin reader");
     }

@@ -10,6 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 use vmm::builder::Vmm;
 use vmm::config::VmConfig;
+use vmm::preopen::Preopened;
+use vmm::seccomp::{Filters, SeccompSettings, ThreadKind};
 
 /// rmachine's KVM microVM monitor.
 #[derive(Debug, Parser)]
@@ -21,6 +23,18 @@ struct Cli {
     /// Log file (default: stderr). The level comes from RUST_LOG (default: info).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Run without the per-thread seccomp filters (debugging only; logged as a warning).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Let system calls outside the seccomp allow-lists through, logged by the kernel (audit
+    /// log), instead of killing the VMM: for finding what a list lacks.
+    #[arg(long)]
+    seccomp_log: bool,
+    /// Remove SYSCALL from the seccomp allow-list of the THREAD kind (main, vcpu, devices, api,
+    /// serial-stdin, jail): the VMM is killed with SIGSYS when that thread makes it. For tests
+    /// and for checking a filter; repeatable.
+    #[arg(long, value_name = "THREAD:SYSCALL")]
+    seccomp_deny: Vec<String>,
 }
 
 fn init_logging(log_file: Option<&PathBuf>) -> anyhow::Result<()> {
@@ -47,12 +61,27 @@ fn init_logging(log_file: Option<&PathBuf>) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let config = VmConfig::from_file(&cli.config)?.validate()?;
-    let api_socket = config.config.api_socket.clone();
-    let vmm = Vmm::start(config).context("cannot start the vm")?;
-    if let Some(path) = api_socket {
-        vmm::api::serve(&path, vmm.handle())
-            .with_context(|| format!("cannot serve the api on {}", path.display()))?;
+    if cli.no_seccomp {
+        tracing::warn!("--no-seccomp: the vmm's threads run without seccomp filters");
+    } else if cli.seccomp_log {
+        tracing::warn!("--seccomp-log: calls outside the seccomp allow-lists are only logged");
     }
+    let filters = Filters::build(&SeccompSettings {
+        enabled: !cli.no_seccomp,
+        log_only: cli.seccomp_log,
+        deny: cli.seccomp_deny.clone(),
+    })?;
+    let mut preopened = Preopened::open(&config)?;
+    if config.config.jail.is_some() {
+        // Returns in the jailed child; the parent waits and exits as it does.
+        vmm::jail::enter(&config, &filters)?;
+    }
+    let api = preopened.api.take();
+    let vmm = Vmm::start(config, &mut preopened, &filters).context("cannot start the vm")?;
+    if let Some(listener) = api {
+        vmm::api::serve(listener, vmm.handle(), &filters).context("cannot serve the api")?;
+    }
+    filters.apply(ThreadKind::Main)?;
     let reason = vmm.wait();
     match &reason {
         vmm::vcpu::VmmExit::GuestReset => {

@@ -1,6 +1,8 @@
 //! Guest memory: anonymous mappings for the RAM ranges of the layout, registered with the VM.
 
-use hypervisor::{MemoryFlags, Vm};
+use std::sync::Arc;
+
+use hypervisor::{x86_64, IrqFd, MemoryFlags, Result as HvResult, Vcpu, VcpuKicker, Vm, VmExit};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::ram_ranges;
@@ -51,16 +53,20 @@ pub fn create(size: u64, shared: bool) -> Result<GuestMemory, MemoryError> {
         .map_err(|e| MemoryError::Allocate(size >> 20, e))
 }
 
-/// Registers every region of `mem` with `vm`, one slot each.
-///
-/// The caller keeps `mem` (or a clone, which shares the mappings) alive as long as `vm`.
-pub fn register(vm: &dyn Vm, mem: &GuestMemory) -> Result<(), MemoryError> {
+/// Registers every region of `mem` with `vm`, one slot each, and returns the VM bound to the
+/// memory: the result owns a clone of `mem` (which shares the mappings), as does every vCPU it
+/// creates, so the mappings stay valid as long as the VM or any of its vCPUs exists, whatever
+/// the caller does with its own handles. This is what makes the registration safe.
+pub fn register(vm: Box<dyn Vm>, mem: &GuestMemory) -> Result<Arc<dyn Vm>, MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let host_ptr = region.as_ptr();
         // SAFETY: `host_ptr` is the start of an mmap of `region.len()` bytes owned by an `Arc`
-        // in `mem`; every clone of the guest memory shares that `Arc`, and the VMM keeps one for
-        // the life of the VM (it exits the process rather than dropping it under a running VM).
-        // The mapping is only ever accessed through volatile guest-memory accessors.
+        // in `mem`. `vm` is moved into the `MappedVm` returned below, which holds a clone of
+        // `mem` (the same `Arc`s) and drops it only after the VM; every vCPU it creates holds
+        // one too (`MappedVcpu`), so the mapping outlives the VM and its vCPUs (in KVM a vCPU
+        // keeps its VM alive). If a later slot fails, `vm` is dropped at the return, before
+        // `mem` can be. The mapping is only ever accessed through volatile guest-memory
+        // accessors, never as Rust references.
         unsafe {
             vm.map_memory(
                 slot as u32,
@@ -72,7 +78,88 @@ pub fn register(vm: &dyn Vm, mem: &GuestMemory) -> Result<(), MemoryError> {
         }
         .map_err(MemoryError::Register)?;
     }
-    Ok(())
+    Ok(Arc::new(MappedVm {
+        vm,
+        _mem: mem.clone(),
+    }))
+}
+
+/// A VM with its guest memory: fields drop in order, the VM before the memory.
+struct MappedVm {
+    vm: Box<dyn Vm>,
+    _mem: GuestMemory,
+}
+
+impl Vm for MappedVm {
+    unsafe fn map_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        host_ptr: *mut u8,
+        len: u64,
+        flags: MemoryFlags,
+    ) -> HvResult<()> {
+        // SAFETY: the caller upholds this function's contract, which is the inner one's.
+        unsafe { self.vm.map_memory(slot, guest_addr, host_ptr, len, flags) }
+    }
+
+    fn create_vcpu(&self, id: u8) -> HvResult<Box<dyn Vcpu>> {
+        Ok(Box::new(MappedVcpu {
+            vcpu: self.vm.create_vcpu(id)?,
+            _mem: self._mem.clone(),
+        }))
+    }
+
+    fn inject_irq(&self, line: u32) -> HvResult<()> {
+        self.vm.inject_irq(line)
+    }
+
+    fn signal_msi(&self, addr: u64, data: u32) -> HvResult<()> {
+        self.vm.signal_msi(addr, data)
+    }
+
+    fn irqfd(&self) -> Option<&dyn IrqFd> {
+        self.vm.irqfd()
+    }
+}
+
+/// A vCPU with the guest memory its VM maps: fields drop in order, the vCPU first.
+struct MappedVcpu {
+    vcpu: Box<dyn Vcpu>,
+    _mem: GuestMemory,
+}
+
+impl Vcpu for MappedVcpu {
+    fn run(&mut self) -> HvResult<VmExit<'_>> {
+        self.vcpu.run()
+    }
+    fn kicker(&self) -> Box<dyn VcpuKicker> {
+        self.vcpu.kicker()
+    }
+    fn regs(&self) -> HvResult<x86_64::StandardRegisters> {
+        self.vcpu.regs()
+    }
+    fn set_regs(&self, regs: &x86_64::StandardRegisters) -> HvResult<()> {
+        self.vcpu.set_regs(regs)
+    }
+    fn sregs(&self) -> HvResult<x86_64::SpecialRegisters> {
+        self.vcpu.sregs()
+    }
+    fn set_sregs(&self, sregs: &x86_64::SpecialRegisters) -> HvResult<()> {
+        self.vcpu.set_sregs(sregs)
+    }
+    fn set_fpu(&self, fpu: &x86_64::FpuState) -> HvResult<()> {
+        self.vcpu.set_fpu(fpu)
+    }
+    fn set_msrs(&self, msrs: &[x86_64::MsrEntry]) -> HvResult<()> {
+        self.vcpu.set_msrs(msrs)
+    }
+    fn set_cpuid(&self, entries: &[x86_64::CpuidEntry]) -> HvResult<()> {
+        self.vcpu.set_cpuid(entries)
+    }
+    fn setup_lapic(&self) -> HvResult<()> {
+        self.vcpu.setup_lapic()
+    }
 }
 
 /// Gives guest pages back to the host with `madvise` on the VMM's mapping, for the balloon

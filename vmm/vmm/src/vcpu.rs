@@ -10,6 +10,7 @@ use hypervisor::x86_64::CpuidEntry;
 use hypervisor::{Vcpu, VcpuKicker, Vm, VmExit};
 
 use crate::boot::{cpuid, regs, BootProtocol};
+use crate::seccomp::{Filters, ThreadKind};
 
 /// Why the VMM stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +111,8 @@ impl VcpuControl {
     }
 }
 
-/// Spawns one thread per vCPU; they start running once all are configured.
+/// Spawns one thread per vCPU; they start running once all are configured. Each installs
+/// the vCPU seccomp filter of `filters` once its vCPU is configured, before it runs.
 pub fn spawn_vcpus(
     vm: Arc<dyn Vm>,
     boot: BootSetup,
@@ -118,10 +120,11 @@ pub fn spawn_vcpus(
     mmio: Arc<Bus>,
     control: Arc<VcpuControl>,
     exit: Sender<VmmExit>,
+    filters: Arc<Filters>,
 ) -> std::io::Result<()> {
     let barrier = Arc::new(Barrier::new(usize::from(boot.vcpu_count)));
     for id in 0..boot.vcpu_count {
-        let (vm, boot, pio, mmio, control, exit, barrier) = (
+        let (vm, boot, pio, mmio, control, exit, barrier, filters) = (
             vm.clone(),
             boot.clone(),
             pio.clone(),
@@ -129,11 +132,19 @@ pub fn spawn_vcpus(
             control.clone(),
             exit.clone(),
             barrier.clone(),
+            filters.clone(),
         );
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let vcpu = match create_vcpu(vm.as_ref(), id, &boot) {
+                // Creation and configuration ioctls come before the filter, which allows
+                // KVM_RUN and what the guest's exits lead to.
+                let vcpu = match create_vcpu(vm.as_ref(), id, &boot).and_then(|v| {
+                    filters
+                        .apply(ThreadKind::Vcpu)
+                        .map(|()| v)
+                        .map_err(|e| error_chain(&e))
+                }) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         let _ = exit.send(VmmExit::Error(e));

@@ -237,3 +237,106 @@ fn test_api_shutdown_sends_ctrl_alt_del() {
     assert_eq!(http(&api, "PUT", "/vm/poweroff").0, 202);
     assert!(vmm.wait_exit().success());
 }
+
+/// Every thread of the VMM runs under a seccomp filter (the kernel's view of each task), and
+/// none with `--no-seccomp`.
+#[test]
+fn test_every_vmm_thread_runs_under_a_seccomp_filter() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path());
+    let api = dir.path().join("vmm.sock");
+    let config = json!({
+        "vcpus": 2,
+        "kernel": {"path": guest, "cmdline": "console=ttyS0 rmtest.h2g=7000"},
+        "memory_mib": 32,
+        "serial": {"log_path": dir.path().join("console.log")},
+        "vsock": {"guest_cid": 3, "uds_path": dir.path().join("v.sock")},
+        "api_socket": api,
+    });
+    /// (thread name, seccomp mode) of every task of `pid`.
+    fn tasks(pid: u32) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            out.push((field("Name:"), field("Seccomp:")));
+        }
+        out.sort();
+        out
+    }
+    for (flags, mode) in [(&[][..], "2"), (&["--no-seccomp"][..], "0")] {
+        let mut vmm = VmmProcess::start_with_args(dir.path(), &config, flags);
+        vmm.wait_for_console("rmguest: vsock listening 7000");
+        wait_for_path(&api);
+        let tasks = tasks(vmm.child.id());
+        // KVM's own workers (kvm-nx-lpage-recovery) are tasks of the process too.
+        let names: Vec<&str> = tasks
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !n.starts_with("kvm-"))
+            .collect();
+        assert_eq!(
+            names,
+            ["api", "devices", "rmachine-vmm", "vcpu0", "vcpu1"],
+            "{tasks:?}"
+        );
+        assert!(tasks.iter().all(|(_, m)| m == mode), "{flags:?}: {tasks:?}");
+        assert_eq!(http(&api, "PUT", "/vm/poweroff").0, 202);
+        assert!(vmm.wait_exit().success());
+        let _ = std::fs::remove_file(dir.path().join("console.log"));
+    }
+}
+
+/// A system call outside a thread's allow-list kills the VMM with SIGSYS, and only the VMM:
+/// with `tgkill` removed from the api thread's list, a pause request (which kicks the vCPUs
+/// from that thread) ends the VMM; the test process goes on.
+#[test]
+fn test_a_forbidden_syscall_kills_the_vmm_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path());
+    let api = dir.path().join("vmm.sock");
+    let mut vmm = VmmProcess::start_with_args(
+        dir.path(),
+        &json!({
+            "kernel": {"path": guest, "cmdline": "console=ttyS0 rmtest.h2g=7000"},
+            "memory_mib": 32,
+            "serial": {"log_path": dir.path().join("console.log")},
+            "vsock": {"guest_cid": 3, "uds_path": dir.path().join("v.sock")},
+            "api_socket": api,
+        }),
+        &["--seccomp-deny", "api:tgkill"],
+    );
+    vmm.wait_for_console("rmguest: vsock listening 7000");
+    wait_for_path(&api);
+    // Requests that make no forbidden call are answered.
+    assert_eq!(http(&api, "GET", "/vm").0, 200);
+    assert_eq!(http(&api, "GET", "/metrics").0, 200);
+    assert!(
+        vmm.log().contains("seccomp: removed from the allow-list"),
+        "{}",
+        vmm.log()
+    );
+    // The pause kicks the vCPUs with tgkill: the VMM dies before it can answer.
+    let (status, body) = http(&api, "PUT", "/vm/pause");
+    assert_eq!(status, 0, "an answer came: {body}");
+    let exit = vmm.wait_exit();
+    assert_eq!(exit.signal(), Some(libc::SIGSYS), "{exit}\n{}", vmm.log());
+    // The test process is fine and the host is untouched: the API socket has no server.
+    assert!(std::os::unix::net::UnixStream::connect(&api).is_err());
+}

@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::json;
 use support::*;
@@ -172,7 +172,7 @@ fn test_balloon_free_page_reporting_returns_memory() {
     .unwrap();
     // The guest waits on COM1 at two points; the VMM feeds it our stdin.
     let stderr_path = dir.path().join("vmm.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_rmachine-vmm"))
+    let child = vmm_command()
         .arg("--config")
         .arg(&config_path)
         .env("RUST_LOG", "info")
@@ -225,4 +225,197 @@ fn test_balloon_free_page_reporting_returns_memory() {
     ] {
         assert!(console.contains(line), "missing {line:?} in\n{console}");
     }
+}
+
+/// A TAP interface for one test, removed on drop: no addresses, IPv6 off (the host sends
+/// nothing on it by itself), an MTU that fits the test's 3000-byte frame.
+struct Tap(String);
+
+impl Tap {
+    /// `None` (after printing why) when it cannot be made; panics instead when `REQUIRE_KVM=1`.
+    fn create(name: &str) -> Option<Self> {
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        let _ = ip(&["link", "del", name]);
+        if !ip(&["tuntap", "add", "dev", name, "mode", "tap"]) {
+            let why = format!("cannot create tap {name} (needs ip and CAP_NET_ADMIN)");
+            if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("REQUIRE_KVM=1 but {why}");
+            }
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let tap = Tap(name.to_string());
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        assert!(ip(&["link", "set", name, "mtu", "4000", "up"]));
+        Some(tap)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}
+
+/// A raw packet socket on one interface: what the host sees on the TAP and sends into it.
+struct PacketSocket(std::os::fd::OwnedFd);
+
+impl PacketSocket {
+    fn open(ifname: &str) -> Self {
+        use std::os::fd::FromRawFd;
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket takes integers; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: `name` is a NUL-terminated string alive for the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(index, 0, "no interface {ifname}");
+        // SAFETY: `sockaddr_ll` is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = index as i32;
+        use std::os::fd::AsRawFd;
+        // SAFETY: `addr` is a `sockaddr_ll` of the size given, alive for the call.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: TIMEOUT.as_secs() as i64,
+            tv_usec: 0,
+        };
+        // SAFETY: SO_RCVTIMEO reads one `timeval`, alive for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        PacketSocket(fd)
+    }
+
+    /// The next frame whose source is `mac`.
+    fn recv_from(&self, mac: &[u8; 6]) -> Vec<u8> {
+        use std::os::fd::AsRawFd;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: reads at most `buf.len()` bytes into `buf`, owned by this frame.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(
+                n >= 0,
+                "no frame from the guest: {}",
+                std::io::Error::last_os_error()
+            );
+            let frame = &buf[..n as usize];
+            if frame.len() >= 14 && frame[6..12] == mac[..] {
+                return frame.to_vec();
+            }
+        }
+    }
+
+    fn send(&self, frame: &[u8]) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sends `frame`, alive for the call.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn test_net_frames_through_tap() {
+    if !require_kvm() {
+        return;
+    }
+    let name = format!("rmvmtap{}", std::process::id() % 100_000);
+    let Some(_tap) = Tap::create(&name) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path());
+    let api = dir.path().join("vmm.sock");
+    let packets = PacketSocket::open(&name);
+    let mac = [0x02, 0, 0, 0, 0, 0x03];
+    let mut vmm = VmmProcess::start(
+        dir.path(),
+        &json!({
+            "memory_mib": 64,
+            "kernel": {"path": guest, "cmdline": "console=ttyS0 reboot=k"},
+            "serial": {"log_path": dir.path().join("console.log")},
+            "net": {"backend": "tap", "tap": name, "mac": "02:00:00:00:00:03"},
+            "api_socket": api,
+        }),
+    );
+    let ping = packets.recv_from(&mac);
+    assert_eq!(&ping[14..30], b"rmguest-net-ping", "{ping:?}");
+    let mut reply = vec![0u8; 3000];
+    reply[..6].copy_from_slice(&mac);
+    reply[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x04]);
+    reply[12..14].copy_from_slice(&[0x88, 0xb5]);
+    for (i, b) in reply.iter_mut().enumerate().skip(14) {
+        *b = (i * 7 + 1) as u8;
+    }
+    packets.send(&reply);
+    let bye = packets.recv_from(&mac);
+    assert_eq!(&bye[14..29], b"rmguest-net-bye");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let net = loop {
+        let m = metrics(&api);
+        if m["devices"]["net"]["device"]["tx_frames"] == 2 || std::time::Instant::now() > deadline {
+            break m["devices"]["net"]["device"].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut fin = vec![0u8; 60];
+    fin[..6].copy_from_slice(&mac);
+    fin[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x04]);
+    fin[12..14].copy_from_slice(&[0x88, 0xb5]);
+    fin[14..17].copy_from_slice(b"fin");
+    packets.send(&fin);
+    let status = vmm.wait_exit();
+    let console = vmm.console();
+    assert!(status.success(), "exit {status}\n{console}\n{}", vmm.log());
+    for line in [
+        "rmguest: net mac 02:00:00:00:00:03",
+        "rmguest: net rx ok 3000 bufs 2",
+        "rmguest: net ok",
+        "rmguest: all ok",
+    ] {
+        assert!(console.contains(line), "missing {line:?} in\n{console}");
+    }
+    assert!(vmm.log().contains("backend=\"tap\"") || vmm.log().contains("net device ready"));
+    assert_eq!(net["tx_frames"], 2, "{net}");
+    assert_eq!(net["tx_dropped_oversized"], 1, "{net}");
+    assert_eq!(net["tx_bad_headers"], 1, "{net}");
+    assert_eq!(net["rx_frames"], 1, "{net}");
+    assert_eq!(net["rx_bytes"], 3000, "{net}");
 }

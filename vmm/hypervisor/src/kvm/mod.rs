@@ -3,7 +3,7 @@
 mod vcpu;
 mod vm;
 
-pub use vcpu::{KvmVcpu, KvmVcpuKicker};
+pub use vcpu::{kick_signal, KvmVcpu, KvmVcpuKicker};
 pub use vm::KvmVm;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;

@@ -4,18 +4,29 @@
 //! kicker sends a real-time signal to the thread; the handler sets `kvm_run.immediate_exit`.
 //! A kick that lands before `KVM_RUN` makes it return `EINTR` at once, one that lands during it
 //! interrupts the guest, so no kick is lost.
+//!
+//! Why a kick is sound whatever the threads do: the kicker names the vCPU thread by its kernel
+//! thread id and signals it with `tgkill(2)`, which takes two integers and reads no memory of
+//! the target thread (unlike `pthread_kill`, whose `pthread_t` points into the thread's
+//! descriptor, freed once a detached thread exits: using a stale one is undefined behaviour).
+//! The thread id is shared with the vCPU under a mutex: [`KvmVcpu`]'s `Drop`, which runs on the
+//! vCPU thread (the type is not `Send`) before that thread can exit, clears it, and a kick holds
+//! the mutex across the syscall, so a kick never targets a thread that has exited. Should a
+//! vCPU be leaked (`mem::forget`) and its thread exit, the id may be stale: `tgkill` then fails
+//! with `ESRCH`, or, if the kernel reused the id for another thread of this process, delivers
+//! the kick there, where the handler finds no `kvm_run` and does nothing (it is installed with
+//! `SA_RESTART`, so that thread's system calls resume as if nothing happened).
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment,
     kvm_sregs, CpuId, Msrs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::SIGRTMIN;
 
 use crate::x86_64::{
     CpuidEntry, DescriptorTable, FpuState, MsrEntry, Segment, SpecialRegisters, StandardRegisters,
@@ -39,7 +50,7 @@ thread_local! {
 static KICK_HANDLER: Once = Once::new();
 
 /// The kick signal: the first real-time signal, which nothing else in the VMM uses.
-fn kick_signal() -> libc::c_int {
+pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
@@ -58,12 +69,33 @@ extern "C" fn handle_kick(_num: libc::c_int, _info: *mut libc::siginfo_t, _ctx: 
 
 fn install_kick_handler() {
     KICK_HANDLER.call_once(|| {
-        // The handler is async-signal-safe (one volatile store through a thread-local).
-        if let Err(e) = register_signal_handler(kick_signal(), handle_kick) {
+        // SAFETY: `sigaction` is plain data; all zeroes is a valid (empty) value of it.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = handle_kick as *const () as usize;
+        // SA_RESTART: a kick that lands outside KVM_RUN (a vCPU thread waiting on a lock, or a
+        // stale id reused by another thread, see the module doc) does not make that thread's
+        // system calls fail with EINTR. KVM_RUN itself is never restarted: it returns EINTR.
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: `action.sa_mask` is a valid `sigset_t` owned by this frame.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: `action` is a fully initialised `sigaction` whose handler is an
+        // `extern "C"` function with the SA_SIGINFO signature, async-signal-safe (one volatile
+        // store through a const thread-local); the old action is not asked for.
+        let rc = unsafe { libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) };
+        if rc != 0 {
             // Without the handler a kick would kill the process; nothing else can be done here.
-            panic!("cannot install the vcpu kick signal handler: {e}");
+            panic!(
+                "cannot install the vcpu kick signal handler: {}",
+                std::io::Error::last_os_error()
+            );
         }
     });
+}
+
+/// Where a kick goes: the vCPU thread's kernel id while the vCPU exists, `None` after.
+struct KickTarget {
+    tgid: libc::pid_t,
+    tid: Mutex<Option<libc::pid_t>>,
 }
 
 /// A vCPU backed by a KVM vCPU file descriptor. Not `Send`: it stays on its creating thread.
@@ -71,8 +103,7 @@ pub struct KvmVcpu {
     fd: VcpuFd,
     /// The `kvm_run` mapping owned by `fd`.
     run_area: *mut kvm_run,
-    thread: libc::pthread_t,
-    alive: Arc<AtomicBool>,
+    target: Arc<KickTarget>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -81,12 +112,15 @@ impl KvmVcpu {
         install_kick_handler();
         let run: *mut kvm_run = fd.get_kvm_run();
         KVM_RUN.with(|p| p.set(run));
+        // SAFETY: gettid and getpid have no preconditions and touch no memory of ours.
+        let (tgid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
         KvmVcpu {
             fd,
             run_area: run,
-            // SAFETY: pthread_self has no preconditions.
-            thread: unsafe { libc::pthread_self() },
-            alive: Arc::new(AtomicBool::new(true)),
+            target: Arc::new(KickTarget {
+                tgid,
+                tid: Mutex::new(Some(tid)),
+            }),
             _not_send: PhantomData,
         }
     }
@@ -101,7 +135,8 @@ impl KvmVcpu {
 
 impl Drop for KvmVcpu {
     fn drop(&mut self) {
-        self.alive.store(false, Ordering::SeqCst);
+        // Waits for a kick in progress; none targets this thread afterwards.
+        *self.target.tid.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let run = self.run_area;
         let _ = KVM_RUN.try_with(|p| {
             if p.get() == run {
@@ -111,19 +146,29 @@ impl Drop for KvmVcpu {
     }
 }
 
-/// Interrupts a [`KvmVcpu`] by signalling its thread.
+/// Interrupts a [`KvmVcpu`] by signalling its thread (see the module doc for why it is sound).
 pub struct KvmVcpuKicker {
-    thread: libc::pthread_t,
-    alive: Arc<AtomicBool>,
+    target: Arc<KickTarget>,
+}
+
+impl KvmVcpuKicker {
+    /// Signals the vCPU thread; false when the vCPU is gone or the signal could not be sent.
+    pub fn kick_thread(&self) -> bool {
+        let tid = self.target.tid.lock().unwrap_or_else(|p| p.into_inner());
+        match *tid {
+            // SAFETY: tgkill takes integers and reads no memory; a stale id cannot cause harm
+            // (module doc). The lock is held across the call, so the vCPU is not dropped (and
+            // its thread cannot exit) meanwhile.
+            Some(tid) => unsafe { libc::tgkill(self.target.tgid, tid, kick_signal()) == 0 },
+            None => false,
+        }
+    }
 }
 
 impl VcpuKicker for KvmVcpuKicker {
     fn kick(&self) {
-        if self.alive.load(Ordering::SeqCst) {
-            // SAFETY: `thread` is the vCPU's thread, which is alive while `alive` is set (the
-            // vCPU is dropped on that thread before it exits). A failed kill only loses the kick.
-            unsafe { libc::pthread_kill(self.thread, kick_signal()) };
-        }
+        // A failed kick means the vCPU is gone: nothing to interrupt.
+        let _ = self.kick_thread();
     }
 }
 
@@ -247,8 +292,7 @@ impl Vcpu for KvmVcpu {
 
     fn kicker(&self) -> Box<dyn VcpuKicker> {
         Box::new(KvmVcpuKicker {
-            thread: self.thread,
-            alive: self.alive.clone(),
+            target: self.target.clone(),
         })
     }
 

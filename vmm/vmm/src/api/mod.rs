@@ -147,7 +147,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
         let vm: std::sync::Arc<dyn VmController> = std::sync::Arc::new(Fake::default());
-        serve(&path, vm).unwrap();
+        let listener = crate::preopen::bind_api(&path).unwrap();
+        serve(listener, vm, &crate::seccomp::Filters::off()).unwrap();
         let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
         s.write_all(b"GET /vm HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .unwrap();

@@ -1,7 +1,7 @@
 //! The hyper server of the control API, on its own thread with a single-threaded runtime.
 
 use std::convert::Infallible;
-use std::path::Path;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,56 +14,59 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::{route, VmController};
+use crate::seccomp::{self, Filters, ThreadKind};
 
-/// Binds `path` (replacing a stale socket) and serves the API on a background thread.
-pub fn serve(path: &Path, vm: Arc<dyn VmController>) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    listener.set_nonblocking(true)?;
+/// Serves the API on `listener` (bound by [`crate::preopen::bind_api`], non-blocking) on a
+/// background thread, which runs under the api seccomp filter of `filters`.
+pub fn serve(
+    listener: UnixListener,
+    vm: Arc<dyn VmController>,
+    filters: &Arc<Filters>,
+) -> std::io::Result<()> {
+    // Time: a power-off request that the client does not close waits 1 s at most.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
-    std::thread::Builder::new()
-        .name("api".to_string())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::UnixListener::from_std(listener) {
-                    Ok(l) => l,
+    seccomp::spawn("api", ThreadKind::Api, filters, move || {
+        runtime.block_on(async move {
+            let listener = match tokio::net::UnixListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "api: cannot use the socket");
+                    return;
+                }
+            };
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
                     Err(e) => {
-                        tracing::error!(error = %e, "api: cannot use the socket");
-                        return;
+                        tracing::warn!(error = %e, "api: accept failed");
+                        continue;
                     }
                 };
-                loop {
-                    let stream = match listener.accept().await {
-                        Ok((s, _)) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "api: accept failed");
-                            continue;
-                        }
-                    };
-                    let vm = vm.clone();
-                    tokio::spawn(async move {
-                        let poweroff = Arc::new(AtomicBool::new(false));
-                        let (service_vm, service_poweroff) = (vm.clone(), poweroff.clone());
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let (vm, poweroff) = (service_vm.clone(), service_poweroff.clone());
-                            async move { Ok::<_, Infallible>(handle(req, &vm, &poweroff)) }
-                        });
-                        if let Err(e) = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "api: connection error");
-                        }
-                        // The answer has been written and the client is gone.
-                        if poweroff.load(Ordering::SeqCst) {
-                            vm.poweroff();
-                        }
+                let vm = vm.clone();
+                tokio::spawn(async move {
+                    let poweroff = Arc::new(AtomicBool::new(false));
+                    let (service_vm, service_poweroff) = (vm.clone(), poweroff.clone());
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (vm, poweroff) = (service_vm.clone(), service_poweroff.clone());
+                        async move { Ok::<_, Infallible>(handle(req, &vm, &poweroff)) }
                     });
-                }
-            });
-        })?;
+                    if let Err(e) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "api: connection error");
+                    }
+                    // The answer has been written and the client is gone.
+                    if poweroff.load(Ordering::SeqCst) {
+                        vm.poweroff();
+                    }
+                });
+            }
+        });
+    })?;
     Ok(())
 }
 

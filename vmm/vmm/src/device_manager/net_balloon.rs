@@ -14,15 +14,23 @@ use crate::config::{BalloonConfig, NetBackendKind, NetConfig};
 use crate::memory::MadviseDiscard;
 use crate::tap::open_tap;
 
-/// Opens the backend of `cfg` and creates the net device.
-pub(super) fn create_net(cfg: &NetConfig) -> Result<NewDevice, DeviceError> {
+/// Opens the backend of `cfg` (a TAP already opened as `tap`, if given) and creates the net
+/// device.
+pub(super) fn create_net(
+    cfg: &NetConfig,
+    tap: Option<std::fs::File>,
+) -> Result<NewDevice, DeviceError> {
     let mac = cfg
         .mac_bytes()
         .map_err(|e| DeviceError::NetBackend("net.mac".into(), std::io::Error::other(e)))?;
     let backend: Box<dyn NetBackend> = match cfg.backend {
         NetBackendKind::Tap => {
             let name = cfg.tap.clone().unwrap_or_default();
-            let tap = open_tap(&name)
+            let file = match tap {
+                Some(file) => Ok(file),
+                None => open_tap(&name),
+            };
+            let tap = file
                 .and_then(|file| TapBackend::new(file, name.clone()))
                 .map_err(|e| {
                     DeviceError::NetBackend(format!("net.tap: cannot open {name:?}"), e)

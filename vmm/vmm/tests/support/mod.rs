@@ -39,6 +39,38 @@ pub fn build_guest(dir: &Path) -> PathBuf {
     out
 }
 
+/// A command running `rmachine-vmm`. With `RMTEST_VMM_STRACE=DIR` it runs under
+/// `strace -f -ff` with `--seccomp-log`, writing one file per thread under
+/// `DIR/<test pid>-<n>/` (how the filters' allow-lists are measured: see `vmm::seccomp`).
+///
+/// The VMM (or strace and the VMM) runs in a process group of its own, which
+/// [`VmmProcess`]'s drop kills as a whole: killing strace alone would leave its tracee running.
+pub fn vmm_command() -> Command {
+    let mut cmd = vmm_command_inner();
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
+
+fn vmm_command_inner() -> Command {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let bin = env!("CARGO_BIN_EXE_rmachine-vmm");
+    match std::env::var_os("RMTEST_VMM_STRACE") {
+        Some(dir) => {
+            let n = RUNS.fetch_add(1, Ordering::SeqCst);
+            let out = Path::new(&dir).join(format!("{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&out).unwrap();
+            let mut cmd = Command::new("strace");
+            cmd.args(["-f", "-ff", "-qq", "-o"])
+                .arg(out.join("t"))
+                .arg(bin)
+                .arg("--seccomp-log");
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// A running `rmachine-vmm`.
 pub struct VmmProcess {
     pub child: Child,
@@ -49,10 +81,16 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Starts `rmachine-vmm --config <dir>/vm.json` with `config` written there.
     pub fn start(dir: &Path, config: &serde_json::Value) -> Self {
+        Self::start_with_args(dir, config, &[])
+    }
+
+    /// [`VmmProcess::start`] with more command-line arguments.
+    pub fn start_with_args(dir: &Path, config: &serde_json::Value, args: &[&str]) -> Self {
         let config_path = dir.join("vm.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let stderr_path = dir.join("vmm.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rmachine-vmm"))
+        let child = vmm_command()
+            .args(args)
             .arg("--config")
             .arg(&config_path)
             .env(
@@ -140,6 +178,11 @@ impl VmmProcess {
 
 impl Drop for VmmProcess {
     fn drop(&mut self) {
+        // The whole process group (see `vmm_command`), then the child itself.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill takes integers; the group is the child's own, made at its start.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

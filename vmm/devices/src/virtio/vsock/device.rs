@@ -42,8 +42,23 @@ pub struct Vsock {
 impl Vsock {
     /// Creates the device and starts listening on the host socket.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
+        let listener = super::unix::bind_listener(&config.uds_path)?;
+        Self::with_listener(config, listener)
+    }
+
+    /// Creates the device serving `listener`, bound at `config.uds_path` beforehand (by
+    /// [`bind_listener`](super::unix::bind_listener), e.g. before a jail hid the folder).
+    pub fn with_listener(
+        config: VsockConfig,
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<Self, VsockError> {
         let metrics = Arc::new(VsockMetrics::default());
-        let muxer = VsockMuxer::new(config.guest_cid, &config.uds_path, metrics.clone())?;
+        let muxer = VsockMuxer::with_listener(
+            config.guest_cid,
+            &config.uds_path,
+            listener,
+            metrics.clone(),
+        );
         let queue_evts = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;

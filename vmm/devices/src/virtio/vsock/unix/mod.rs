@@ -2,4 +2,4 @@
 
 mod muxer;
 
-pub use muxer::{FdOp, VsockMuxer, LISTENER_TOKEN, MAX_PENDING_CONTROL, TOKEN_BASE};
+pub use muxer::{bind_listener, FdOp, VsockMuxer, LISTENER_TOKEN, MAX_PENDING_CONTROL, TOKEN_BASE};

@@ -99,6 +99,17 @@ fn connect_nonblocking(path: &str) -> io::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
+/// Binds the host socket at `uds_path` (replacing a stale socket file), non-blocking.
+pub fn bind_listener(uds_path: &Path) -> Result<UnixListener, VsockError> {
+    let _ = std::fs::remove_file(uds_path);
+    let listener = UnixListener::bind(uds_path)
+        .map_err(|e| VsockError::Bind(uds_path.display().to_string(), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| VsockError::Bind(uds_path.display().to_string(), e))?;
+    Ok(listener)
+}
+
 impl VsockMuxer {
     /// Listens on `uds_path` (replacing a stale socket file).
     pub fn new(
@@ -106,13 +117,19 @@ impl VsockMuxer {
         uds_path: &Path,
         metrics: Arc<VsockMetrics>,
     ) -> Result<Self, VsockError> {
-        let _ = std::fs::remove_file(uds_path);
-        let listener = UnixListener::bind(uds_path)
-            .map_err(|e| VsockError::Bind(uds_path.display().to_string(), e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| VsockError::Bind(uds_path.display().to_string(), e))?;
-        Ok(VsockMuxer {
+        let listener = bind_listener(uds_path)?;
+        Ok(Self::with_listener(guest_cid, uds_path, listener, metrics))
+    }
+
+    /// Serves `listener`, already bound at `uds_path` (by [`bind_listener`]); guest
+    /// connections to the host go to `<uds_path>_<port>`.
+    pub fn with_listener(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+        metrics: Arc<VsockMetrics>,
+    ) -> Self {
+        VsockMuxer {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
             listener,
@@ -126,7 +143,7 @@ impl VsockMuxer {
             ops: Vec::new(),
             graveyard: Vec::new(),
             metrics,
-        })
+        }
     }
 
     /// The listening socket.
