@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 mod support;
-use support::rmachine_bin;
+use support::{profile_dir, rmachine_bin};
 
 const ELEMENT: &str = "element-6066-11e4-a23f-4a2e7d42a7ea";
 

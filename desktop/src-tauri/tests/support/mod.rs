@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The workspace's target profile folder (where the test binary's `deps/` is).
-fn profile_dir() -> PathBuf {
+pub fn profile_dir() -> PathBuf {
     let app = PathBuf::from(env!("CARGO_BIN_EXE_rmachine-desktop"));
     app.parent().expect("binary has a folder").to_path_buf()
 }
