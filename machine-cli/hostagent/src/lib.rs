@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use rmachine_machine::driver::{choose_backend, Backend};
+use rmachine_machine::driver::{choose_backend, Backend, BackendChoice};
 use rmachine_machine::guest_link::{Carrier, ControlClient};
 use rmachine_machine::paths::Paths;
 use rmachine_machine::state::{MachineState, State};
@@ -89,8 +89,10 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
     let machine = store.load(name)?;
     let _span = tracing::info_span!("hostagent", machine = %name).entered();
     tracing::info!(pid = std::process::id(), "host agent starting");
-    let mut initial = MachineState::stopped();
-    initial.state = State::Starting;
+    // The state the start began with: it names a VM that a host agent which died left
+    // running, to take over (`MachineState::starting_after`).
+    let previous = MachineState::read(&machine.files.state());
+    let mut initial = MachineState::starting_after(&previous);
     initial.detail = "preparing".into();
     initial.hostagent = Some(ProcessId::current());
     initial.started_at_unix = Some(
@@ -106,7 +108,7 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
     state.update(|_| {});
 
     let (stop_tx, mut stop_rx) = mpsc::channel::<StopReason>(4);
-    let result = serve(&machine, &state, stop_tx, &mut stop_rx).await;
+    let result = serve(&machine, &previous, &state, stop_tx, &mut stop_rx).await;
     cleanup_sockets(&machine);
     match result {
         Ok(()) => {
@@ -121,11 +123,15 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
         Err(e) => {
             let reason = format!("{e:#}");
             tracing::error!(error = %reason, "machine failed");
+            // The VM and its helpers were killed as the host agent's own (its children)
+            // or taken-over processes were dropped.
             state.update(|s| {
                 s.state = State::Error(reason.clone());
                 s.detail.clear();
                 s.hostagent = None;
                 s.carrier = None;
+                s.vm = None;
+                s.helpers.clear();
             });
             Err(e)
         }
@@ -143,6 +149,7 @@ fn cleanup_sockets(machine: &Machine) {
 
 async fn serve(
     machine: &Machine,
+    previous: &MachineState,
     state: &SharedState,
     stop_tx: mpsc::Sender<StopReason>,
     stop_rx: &mut mpsc::Receiver<StopReason>,
@@ -163,37 +170,10 @@ async fn serve(
         rmachine_machine::accel::Accel::Tcg => (PING_TIMEOUT, ENGINE_TIMEOUT),
         _ => (Duration::from_secs(60), Duration::from_secs(180)),
     };
-    // A VM that dies before its agent answers is booted once more: under software
-    // emulation a guest has been seen to reset right as init started, leaving nothing on
-    // the console. A second death is the machine's error, with the console's lines.
-    let mut attempt = 1;
-    let (mut vm, carrier, boot, ping_ms) = loop {
-        let mut vm = match choice.backend {
-            Backend::Qemu => launch::launch_qemu(machine, &choice, state).await?,
-            Backend::Vmm => launch::launch_vmm(machine, state).await?,
-        };
-        let carrier = Arc::new(vm.carrier.clone());
-        let boot = Instant::now();
-        state.update(|s| {
-            s.detail = format!(
-                "booting ({} with {})",
-                choice.backend.as_str(),
-                choice.accel.as_str()
-            )
-        });
-        let died = tokio::select! {
-            r = wait_ping(&carrier, ping_timeout) => {
-                let ping_ms = r?;
-                break (vm, carrier, boot, ping_ms);
-            }
-            status = vm.child.wait() => vm_died(machine, status),
-            _ = stop_rx.recv() => { vm.kill().await; return Ok(()) }
-        };
-        if attempt == BOOT_ATTEMPTS {
-            return Err(died);
-        }
-        tracing::warn!(error = %format!("{died:#}"), attempt, "the VM died before its agent answered; booting it again");
-        attempt += 1;
+    let Some((mut vm, carrier, boot, ping_ms)) =
+        take_over_or_boot(machine, previous, &choice, state, stop_rx, ping_timeout).await?
+    else {
+        return Ok(());
     };
     tracing::info!(ping_ms, "agent answered ping");
     sync_time(&carrier).await?;
@@ -203,7 +183,7 @@ async fn serve(
     });
     tokio::select! {
         r = wait_engine(&carrier, engine_timeout) => r?,
-        status = vm.child.wait() => return Err(vm_died(machine, status)),
+        status = vm.vm.wait() => return Err(vm_died(machine, status)),
         _ = stop_rx.recv() => { shutdown(&carrier, &mut vm).await; return Ok(()) }
     };
     let engine_ms = boot.elapsed().as_millis() as u64;
@@ -247,7 +227,7 @@ async fn serve(
 
     let result = loop {
         tokio::select! {
-            status = vm.child.wait() => break Err(vm_died(machine, status)),
+            status = vm.vm.wait() => break Err(vm_died(machine, status)),
             _ = stop_rx.recv() => {
                 state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
                 shutdown(&carrier, &mut vm).await;
@@ -349,10 +329,7 @@ async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
     let _ = stop_tx.send(StopReason::Requested).await;
 }
 
-fn vm_died(machine: &Machine, status: std::io::Result<std::process::ExitStatus>) -> anyhow::Error {
-    let status = status
-        .map(|s| s.to_string())
-        .unwrap_or_else(|e| e.to_string());
+fn vm_died(machine: &Machine, status: String) -> anyhow::Error {
     // The console is bytes, not always UTF-8 (a serial line may start with 0xff).
     let text =
         String::from_utf8_lossy(&std::fs::read(machine.files.console_log()).unwrap_or_default())
@@ -360,6 +337,77 @@ fn vm_died(machine: &Machine, status: std::io::Result<std::process::ExitStatus>)
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     anyhow!("the VM exited unexpectedly ({status}); the console's last lines:\n{tail}")
+}
+
+/// How long a VM taken over from a host agent that died may take to answer: it was
+/// running, so its agent answers at once unless it is stuck.
+const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VM, how to reach it, when it booted and how long its agent took to answer: the VM a
+/// host agent that died left running, taken over when its agent answers, else a VM booted
+/// now. `None` when a stop was asked for meanwhile.
+async fn take_over_or_boot(
+    machine: &Machine,
+    previous: &MachineState,
+    choice: &BackendChoice,
+    state: &SharedState,
+    stop_rx: &mut mpsc::Receiver<StopReason>,
+    ping_timeout: Duration,
+) -> anyhow::Result<Option<(launch::RunningVm, Arc<Carrier>, Instant, u64)>> {
+    if let Some(mut vm) = launch::adoptable(machine, previous) {
+        let carrier = Arc::new(vm.carrier.clone());
+        state.update(|s| {
+            vm.record(s);
+            s.detail = "taking over the running VM".into();
+        });
+        let started = Instant::now();
+        tokio::select! {
+            r = wait_ping(&carrier, TAKE_OVER_TIMEOUT) => match r {
+                Ok(ping_ms) => {
+                    tracing::info!(ping_ms, vm = ?vm.vm.id(), helpers = vm.daemons.len(), "took over the running VM");
+                    return Ok(Some((vm, carrier, started, ping_ms)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the running VM's agent does not answer: stopping it and booting again");
+                    vm.kill().await;
+                }
+            },
+            status = vm.vm.wait() => tracing::warn!(%status, "the running VM ended while being taken over: booting again"),
+            _ = stop_rx.recv() => { shutdown(&carrier, &mut vm).await; return Ok(None) }
+        }
+    }
+    // A VM that dies before its agent answers is booted once more: under software
+    // emulation a guest has been seen to reset right as init started, leaving nothing on
+    // the console. A second death is the machine's error, with the console's lines.
+    let mut attempt = 1;
+    loop {
+        let mut vm = match choice.backend {
+            Backend::Qemu => launch::launch_qemu(machine, choice, state).await?,
+            Backend::Vmm => launch::launch_vmm(machine, state).await?,
+        };
+        let carrier = Arc::new(vm.carrier.clone());
+        let boot = Instant::now();
+        state.update(|s| {
+            s.detail = format!(
+                "booting ({} with {})",
+                choice.backend.as_str(),
+                choice.accel.as_str()
+            )
+        });
+        let died = tokio::select! {
+            r = wait_ping(&carrier, ping_timeout) => {
+                let ping_ms = r?;
+                return Ok(Some((vm, carrier, boot, ping_ms)));
+            }
+            status = vm.vm.wait() => vm_died(machine, status),
+            _ = stop_rx.recv() => { vm.kill().await; return Ok(None) }
+        };
+        if attempt == BOOT_ATTEMPTS {
+            return Err(died);
+        }
+        tracing::warn!(error = %format!("{died:#}"), attempt, "the VM died before its agent answered; booting it again");
+        attempt += 1;
+    }
 }
 
 async fn wait_ping(carrier: &Carrier, timeout: Duration) -> anyhow::Result<u64> {
@@ -446,7 +494,7 @@ async fn shutdown(carrier: &Carrier, vm: &mut launch::RunningVm) {
         vm.kill().await;
         return;
     }
-    match tokio::time::timeout(SHUTDOWN_TIMEOUT, vm.child.wait()).await {
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, vm.vm.wait()).await {
         Ok(status) => tracing::info!(status = ?status, "VM exited"),
         Err(_) => {
             tracing::warn!("VM still running {SHUTDOWN_TIMEOUT:?} after shutdown; killing it");

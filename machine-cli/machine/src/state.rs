@@ -56,6 +56,14 @@ pub struct PublishedPort {
     pub error: Option<String>,
 }
 
+/// A helper daemon of the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Helper {
+    /// What stops working without it ("shared folder /home/me", "network").
+    pub serves: String,
+    pub id: ProcessId,
+}
+
 /// `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineState {
@@ -71,6 +79,10 @@ pub struct MachineState {
     /// The VM process (rmachine-vmm or QEMU).
     #[serde(default)]
     pub vm: Option<ProcessId>,
+    /// The VM's helper daemons (virtiofsd per shared folder, passt): they serve the VM and
+    /// end with it; a start or stop after a crash finds them here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub helpers: Vec<Helper>,
     /// The backend that runs the VM (`qemu`, `vmm`) and why it was chosen.
     pub backend: Option<String>,
     pub backend_reason: Option<String>,
@@ -96,6 +108,7 @@ impl MachineState {
             detail: String::new(),
             hostagent: None,
             vm: None,
+            helpers: Vec::new(),
             backend: None,
             backend_reason: None,
             image: None,
@@ -121,6 +134,29 @@ impl MachineState {
             }),
             Err(_) => MachineState::stopped(),
         }
+    }
+
+    /// Whether the recorded VM process still runs.
+    pub fn vm_alive(&self) -> bool {
+        self.vm.is_some_and(|vm| vm.is_alive())
+    }
+
+    /// The state a start begins with: `Starting`, and, when the VM of `previous` still
+    /// runs (its host agent died), what the new host agent needs to take it over: the VM,
+    /// its helpers, how to reach its guest, its backend and image.
+    pub fn starting_after(previous: &MachineState) -> MachineState {
+        let mut s = MachineState::stopped();
+        s.state = State::Starting;
+        s.detail = "starting the host agent".into();
+        if previous.vm_alive() && previous.carrier.is_some() {
+            s.vm = previous.vm;
+            s.helpers = previous.helpers.clone();
+            s.carrier = previous.carrier.clone();
+            s.backend = previous.backend.clone();
+            s.backend_reason = previous.backend_reason.clone();
+            s.image = previous.image.clone();
+        }
+        s
     }
 
     /// The state as JSON for people (`rmachine status --format json`, `inspect`): the
@@ -170,6 +206,33 @@ mod tests {
             State::Error(reason) => assert!(reason.contains("corrupt"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn test_a_start_keeps_only_a_running_vm() {
+        let me = ProcessId::current();
+        let mut crashed = MachineState::stopped();
+        crashed.state = State::Error("the host agent exited".into());
+        crashed.vm = Some(me);
+        crashed.helpers = vec![Helper {
+            serves: "network".into(),
+            id: me,
+        }];
+        crashed.carrier = Some(Carrier::HybridVsock {
+            uds: "/m/vsock.sock".into(),
+        });
+        let s = MachineState::starting_after(&crashed);
+        assert_eq!(s.state, State::Starting);
+        assert_eq!((s.vm, s.helpers.len()), (Some(me), 1));
+        assert_eq!(s.carrier, crashed.carrier);
+
+        // A VM that is gone (same PID, other start time) is not taken over.
+        crashed.vm = Some(ProcessId {
+            started: me.started + 1,
+            ..me
+        });
+        let s = MachineState::starting_after(&crashed);
+        assert_eq!((s.vm, s.helpers.len(), s.carrier), (None, 0, None));
     }
 
     #[cfg(unix)]

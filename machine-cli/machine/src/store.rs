@@ -173,8 +173,15 @@ fn live_state(files: &MachinePaths, name: &str) -> MachineState {
     if state.state.has_hostagent() && state.backend.as_deref() != Some("fake") {
         let alive = state.hostagent.is_some_and(|id| is_hostagent(&id, name));
         if !alive {
+            let vm = if state.vm_alive() {
+                format!(
+                    "; its VM still runs: `rmachine start {name}` takes it over, `rmachine stop {name}` shuts it down"
+                )
+            } else {
+                String::new()
+            };
             state.state = State::Error(format!(
-                "the host agent exited unexpectedly while {}; see `rmachine logs hostagent {name}`",
+                "the host agent exited unexpectedly while {}{vm}; see `rmachine logs hostagent {name}`",
                 state.state.name()
             ));
         }

@@ -1,6 +1,7 @@
 //! Launching the VM process for a machine: the config disk with a fresh token, the data
 //! disk, free loopback ports for the TCP carrier, and the backend's command.
 
+mod process;
 mod qemu;
 // Shared folders: virtiofsd runs on Linux only.
 #[cfg(target_os = "linux")]
@@ -19,7 +20,10 @@ use std::net::{SocketAddr, TcpListener};
 
 use anyhow::Context;
 use rmachine_machine::guest_link::Carrier;
+use rmachine_machine::state::{Helper, MachineState};
+use rmachine_machine::store::Machine;
 
+pub(crate) use process::Proc;
 pub(crate) use qemu::launch_qemu;
 pub(crate) use vmm::launch_vmm;
 
@@ -28,27 +32,26 @@ pub(crate) use vmm::launch_vmm;
 pub(crate) const QEMU_HOST_ADDR: &str = "10.0.2.2";
 
 pub(crate) struct RunningVm {
-    pub child: tokio::process::Child,
+    pub vm: Proc,
     pub carrier: Carrier,
     /// The VM's helper daemons: one virtiofsd per shared folder and, under rmachine-vmm,
-    /// passt. They exit when the VM disconnects, and are killed with the VM and with the
-    /// host agent.
+    /// passt. They end when the VM disconnects, and are killed with the VM.
     pub daemons: Vec<Daemon>,
 }
 
 /// A helper process of the VM and what its death costs the user.
 pub(crate) struct Daemon {
-    pub child: tokio::process::Child,
+    pub process: Proc,
     /// What stops working without it ("shared folder /home/me", "network").
     pub serves: String,
 }
 
-/// Waits until one of `daemons` exits; removes it and returns it with its status. Never
+/// Waits until one of `daemons` exits; removes it and returns it with how it ended. Never
 /// returns while none exits (or there are none).
-pub(crate) async fn daemon_exited(daemons: &mut Vec<Daemon>) -> (Daemon, std::process::ExitStatus) {
+pub(crate) async fn daemon_exited(daemons: &mut Vec<Daemon>) -> (Daemon, String) {
     loop {
         for i in 0..daemons.len() {
-            if let Ok(Some(status)) = daemons[i].child.try_wait() {
+            if let Some(status) = daemons[i].process.try_exited() {
                 return (daemons.remove(i), status);
             }
         }
@@ -58,11 +61,49 @@ pub(crate) async fn daemon_exited(daemons: &mut Vec<Daemon>) -> (Daemon, std::pr
 
 impl RunningVm {
     pub(crate) async fn kill(&mut self) {
-        let _ = self.child.kill().await;
+        self.vm.kill().await;
         for daemon in &mut self.daemons {
-            let _ = daemon.child.kill().await;
+            daemon.process.kill().await;
         }
     }
+
+    /// The VM and its helpers as `state.json` records them.
+    pub(crate) fn record(&self, state: &mut MachineState) {
+        state.vm = self.vm.id();
+        state.helpers = (self.daemons.iter())
+            .filter_map(|d| {
+                Some(Helper {
+                    serves: d.serves.clone(),
+                    id: d.process.id()?,
+                })
+            })
+            .collect();
+        state.carrier = Some(self.carrier.clone());
+    }
+}
+
+/// The VM a host agent that died left running (`previous`, the state a start begins
+/// with), to take over: its process still runs this machine (its command line names the
+/// machine's folder), with the helpers that still run.
+pub(crate) fn adoptable(machine: &Machine, previous: &MachineState) -> Option<RunningVm> {
+    let vm = previous.vm.filter(|vm| vm.is_alive())?;
+    let carrier = previous.carrier.clone()?;
+    let dir = machine.files.dir().to_string_lossy().into_owned();
+    if !vm.cmdline()?.iter().any(|arg| arg.contains(&dir)) {
+        return None;
+    }
+    let daemons = (previous.helpers.iter())
+        .filter(|h| h.id.is_alive())
+        .map(|h| Daemon {
+            process: Proc::Adopted(h.id),
+            serves: h.serves.clone(),
+        })
+        .collect();
+    Some(RunningVm {
+        vm: Proc::Adopted(vm),
+        carrier,
+        daemons,
+    })
 }
 
 pub(crate) fn free_loopback_port() -> anyhow::Result<SocketAddr> {

@@ -13,7 +13,7 @@ use rmachine_machine::store::Machine;
 use rmachine_protocol::config_disk::GuestConfig;
 use rmachine_protocol::Service;
 
-use super::{free_loopback_port, new_token, RunningVm, QEMU_HOST_ADDR};
+use super::{free_loopback_port, new_token, Proc, RunningVm, QEMU_HOST_ADDR};
 use crate::SharedState;
 
 pub(crate) async fn launch_qemu(
@@ -89,16 +89,14 @@ pub(crate) async fn launch_qemu(
         format!("cannot run {QEMU} (install the Debian package qemu-system-x86)")
     })?;
     let carrier = Carrier::Tcp { ports, token };
-    state.update(|s| {
-        s.vm = child
-            .id()
-            .and_then(rmachine_machine::sys::process::ProcessId::of);
-        s.image = Some(manifest.version.clone());
-        s.carrier = Some(carrier.clone());
-    });
-    Ok(RunningVm {
-        child,
+    let vm = RunningVm {
+        vm: Proc::child(child),
         carrier,
         daemons: virtiofsd,
-    })
+    };
+    state.update(|s| {
+        vm.record(s);
+        s.image = Some(manifest.version.clone());
+    });
+    Ok(vm)
 }

@@ -92,7 +92,7 @@ pub(crate) async fn start(
             read_only: share.read_only,
         });
         children.push(Daemon {
-            child,
+            process: super::Proc::child(child),
             serves: format!("shared folder {}", share.path.display()),
         });
     }

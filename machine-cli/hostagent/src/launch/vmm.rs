@@ -13,7 +13,7 @@ use rmachine_machine::store::Machine;
 use rmachine_machine::vmm_config::{self, VmmConfig};
 use rmachine_protocol::config_disk::GuestConfig;
 
-use super::{Daemon, RunningVm, QEMU_HOST_ADDR};
+use super::{Daemon, Proc, RunningVm, QEMU_HOST_ADDR};
 use crate::SharedState;
 
 /// The guest's address and prefix length under passt: QEMU user networking's, so both
@@ -38,7 +38,7 @@ pub(crate) async fn launch_vmm(
     let passt = start_passt(machine, &paths).await?;
     let net_socket = passt.is_some().then(|| machine.files.passt_socket());
     daemons.extend(passt.map(|child| Daemon {
-        child,
+        process: Proc::child(child),
         serves: "network".into(),
     }));
     let config = GuestConfig {
@@ -91,18 +91,16 @@ pub(crate) async fn launch_vmm(
         .spawn()
         .with_context(|| format!("cannot run {}", vmm.display()))?;
     let carrier = Carrier::HybridVsock { uds };
-    state.update(|s| {
-        s.vm = child
-            .id()
-            .and_then(rmachine_machine::sys::process::ProcessId::of);
-        s.image = Some(manifest.version.clone());
-        s.carrier = Some(carrier.clone());
-    });
-    Ok(RunningVm {
-        child,
+    let vm = RunningVm {
+        vm: Proc::child(child),
         carrier,
         daemons,
-    })
+    };
+    state.update(|s| {
+        vm.record(s);
+        s.image = Some(manifest.version.clone());
+    });
+    Ok(vm)
 }
 
 /// How long passt may take to get ready.

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use super::{Driver, DriverCaps, Endpoints, MachineError};
 use crate::accel::{self, Accel};
 use crate::config::DriverKind;
+use crate::guest_link::ControlClient;
 use crate::hostagent_api::{HostAgentReply, HostAgentRequest};
 use crate::state::{MachineState, State};
 use crate::store::{is_hostagent, Machine};
 use crate::sys::local_socket;
 use crate::sys::process::{self, ProcessId};
+use rmachine_protocol::control::Request;
 
 /// How long a start may take (software emulation is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(900);
@@ -177,6 +179,38 @@ fn tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Shuts down a VM whose host agent is gone through its guest link (the agent stops the
+/// engine, syncs and powers off), waiting up to [`STOP_TIMEOUT`]. Whatever does not end
+/// is left to the caller's kill.
+fn shutdown_orphan(machine: &Machine) {
+    let state = MachineState::read(&machine.files.state());
+    let (Some(vm), Some(carrier)) = (state.vm.filter(|vm| vm.is_alive()), state.carrier) else {
+        return;
+    };
+    tracing::info!(machine = %machine.name, "shutting down the VM its host agent left");
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let mut c = ControlClient::connect(&carrier)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                c.call(Request::Shutdown { reboot: false })
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+    match asked {
+        Ok(_) if vm.wait_gone(STOP_TIMEOUT) => {}
+        Ok(_) => tracing::warn!("the VM did not power off within {STOP_TIMEOUT:?}; killing it"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the guest did not take the shutdown request; killing the VM")
+        }
+    }
+}
+
 impl Driver for LocalDriver {
     fn kind(&self) -> DriverKind {
         self.kind
@@ -241,10 +275,9 @@ impl Driver for LocalDriver {
             source,
         })?;
         // The starting state is written before the host agent runs, so a reader never
-        // sees the stale state of the previous run.
-        let mut starting = MachineState::stopped();
-        starting.state = State::Starting;
-        starting.detail = "starting the host agent".into();
+        // sees the stale state of the previous run; it keeps a VM whose host agent died,
+        // which the new host agent takes over.
+        let starting = MachineState::starting_after(&MachineState::read(&machine.files.state()));
         let state_path = machine.files.state();
         starting
             .write(&state_path)
@@ -312,7 +345,9 @@ impl Driver for LocalDriver {
             .hostagent
             .filter(|id| is_hostagent(id, &machine.name))
         else {
-            // No host agent: make sure no VM is left behind, and record the stop.
+            // No host agent: a VM it left running is shut down through its guest link,
+            // then every recorded process is made sure of, and the stop recorded.
+            shutdown_orphan(machine);
             return self.kill(machine);
         };
         match hostagent_call(machine, &HostAgentRequest::Stop) {
@@ -338,9 +373,13 @@ impl Driver for LocalDriver {
         if let Some(id) = s.hostagent.filter(|id| is_hostagent(id, &machine.name)) {
             id.kill();
         }
-        // The recorded VM process, only if it still is that process (PID and start time).
+        // The recorded VM and helpers, only if each still is that process (PID and start
+        // time: a reused PID is never signalled).
         if let Some(vm) = s.vm {
             vm.kill();
+        }
+        for helper in &s.helpers {
+            helper.id.kill();
         }
         // passt exits once its VM is gone, but not one whose VM never connected; its pid file
         // names it (only if its command line names this machine's socket).

@@ -15,6 +15,13 @@ mod os;
 #[cfg(windows)]
 #[path = "process_windows.rs"]
 mod os;
+// Waiting for a process that is not our child: a pidfd on Linux, polling elsewhere.
+#[cfg(target_os = "linux")]
+#[path = "process_exit_linux.rs"]
+mod exit;
+#[cfg(not(target_os = "linux"))]
+#[path = "process_exit_poll.rs"]
+mod exit;
 
 pub use os::detach;
 
@@ -97,6 +104,12 @@ impl ProcessId {
         }
     }
 
+    /// Returns once this process has ended (at once when it is gone already). It need
+    /// not be a child of this one: a host agent watches the VM an earlier one started.
+    pub async fn exited(&self) {
+        exit::exited(self).await
+    }
+
     /// Waits up to `timeout` for it to end; whether it did.
     pub fn wait_gone(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -153,6 +166,25 @@ mod tests {
         id.terminate();
         assert!(!id.is_alive());
         assert!(ProcessId::of(child.id()).is_none());
+    }
+
+    #[tokio::test]
+    async fn test_exit_of_a_process_is_heard() {
+        let mut child = sleeper();
+        let id = ProcessId::of(child.id()).unwrap();
+        let watch = tokio::spawn(async move { id.exited().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!watch.is_finished(), "it still runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch)
+            .await
+            .expect("its end is heard")
+            .unwrap();
+        // A process that is gone already: at once.
+        tokio::time::timeout(Duration::from_secs(5), id.exited())
+            .await
+            .expect("a gone process has exited");
     }
 
     #[test]
