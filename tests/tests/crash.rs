@@ -148,13 +148,22 @@ impl Crash {
 
     fn wait_running_app(&self) {
         wait_until("the container runs", Duration::from_secs(120), || {
-            let out = self
-                .env
-                .docker(&["inspect", "-f", "{{.State.Running}}", "app"], None, &[]);
-            match String::from_utf8_lossy(&out.stdout).trim() {
-                "true" => Ok(()),
-                other => Err(format!("{other} {}", String::from_utf8_lossy(&out.stderr))),
+            let out = self.env.docker(
+                &["inspect", "-f", "{{.State.Running}} {{json .State}}", "app"],
+                None,
+                &[],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.starts_with("true") {
+                return Ok(());
             }
+            let logs = self.env.docker(&["logs", "--tail", "5", "app"], None, &[]);
+            Err(format!(
+                "{text} {} logs: {} {}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ))
         });
     }
 
@@ -237,8 +246,10 @@ fn test_crash_matrix_loses_nothing() {
         "-d",
         "--name",
         "app",
+        // `always`: Docker restarts it when its engine comes back from a crash
+        // (`unless-stopped` counts the engine's own kill at its restart as a stop).
         "--restart",
-        "unless-stopped",
+        "always",
         "-v",
         "crashvol:/data",
         "-v",

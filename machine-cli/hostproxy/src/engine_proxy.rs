@@ -994,6 +994,10 @@ mod tests {
                 .find(|p| p.is_file())
         });
         let Some(docker) = docker else {
+            assert!(
+                std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
+                "REQUIRE_KVM=1 (CI) but there is no docker CLI on PATH"
+            );
             eprintln!("skipped: no docker CLI on PATH");
             return;
         };
