@@ -407,6 +407,9 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
         "inotifyd",
         "mv",
         "touch",
+        "yes",
+        "head",
+        "sync",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
