@@ -13,6 +13,7 @@ pub mod host_tools;
 pub mod hostagent_api;
 pub mod image_store;
 pub mod lifecycle;
+pub mod network;
 pub mod paths;
 pub mod qemu;
 pub mod state;

@@ -53,6 +53,9 @@ enum Command {
     Use(cmd::use_context::UseArgs),
     /// Print a machine's console, host agent or VM log.
     Logs(cmd::logs::LogsArgs),
+    /// Networks between machines: create, ls, inspect, rm.
+    #[command(subcommand)]
+    Network(cmd::network::NetworkCommand),
     /// Get or set machine settings (applied at the next start).
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Env(a) => cmd::env::run(a),
         Command::Use(a) => cmd::use_context::run(a),
         Command::Logs(a) => cmd::logs::run(a),
+        Command::Network(c) => cmd::network::run(c),
         Command::Config(c) => cmd::config::run(c),
         Command::Setup(a) => cmd::setup::run(a),
         Command::Image(c) => cmd::image::run(c),

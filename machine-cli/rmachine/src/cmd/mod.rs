@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod ip;
 pub mod logs;
 pub mod ls;
+pub mod network;
 pub mod restart;
 pub mod rm;
 pub mod setup;
