@@ -87,6 +87,10 @@ pub struct Settings {
     /// Shared folders; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<MountSpec>>,
+    /// Networks between machines the machine joins (`rmachine network create`); default
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
 }
 
 /// The resolved settings a machine runs with.
@@ -98,6 +102,8 @@ pub struct MachineSpec {
     pub disk_size_gib: u32,
     pub image: Option<String>,
     pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// Why settings are not usable.
@@ -133,6 +139,7 @@ impl Settings {
             disk_size_gib: other.disk_size_gib.or(self.disk_size_gib),
             image: other.image.clone().or_else(|| self.image.clone()),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
+            networks: other.networks.clone().or_else(|| self.networks.clone()),
         }
     }
 
@@ -165,6 +172,11 @@ impl Settings {
         if let Some(d) = self.disk_size_gib {
             if !(4..=4096).contains(&d) {
                 return invalid("disk", format!("{d} GiB: must be between 4 and 4096 GiB"));
+            }
+        }
+        for n in self.networks.iter().flatten() {
+            if crate::store::validate_name(n).is_err() {
+                return invalid("networks", format!("{n:?} is not a network name"));
             }
         }
         for m in self.mounts.iter().flatten() {
@@ -200,12 +212,13 @@ impl Settings {
             disk_size_gib: self.disk_size_gib.unwrap_or(DEFAULT_DISK_SIZE_GIB),
             image: self.image.clone(),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
+            networks: self.networks.clone().unwrap_or_default(),
         }
     }
 }
 
 /// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
-pub const KEYS: [&str; 5] = ["cpus", "memory", "disk", "driver", "image"];
+pub const KEYS: [&str; 6] = ["cpus", "memory", "disk", "driver", "image", "networks"];
 
 impl MachineSpec {
     /// One setting as text, in the units `set` takes (`2048M`, `64G`).
@@ -216,6 +229,7 @@ impl MachineSpec {
             "disk" => format!("{}G", self.disk_size_gib),
             "driver" => self.driver.as_str().to_string(),
             "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
+            "networks" => self.networks.join(","),
             other => return Err(unknown_key(other)),
         })
     }
@@ -248,6 +262,17 @@ impl Settings {
                 self.driver = Some(DriverKind::parse(value).map_err(|m| invalid("driver", m))?)
             }
             "image" => self.image = Some(value.to_string()),
+            // A comma-separated list; empty: none.
+            "networks" => {
+                self.networks = Some(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
             other => return Err(unknown_key(other)),
         }
         Ok(())

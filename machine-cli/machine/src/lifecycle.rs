@@ -31,6 +31,8 @@ pub enum LifecycleError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Paths(#[from] crate::paths::PathsError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("machine {name} exists; change its settings with `rmachine config set` (applied at the next start)")]
     SettingsOfExisting { name: String },
     #[error("disk: cannot shrink the data disk from {from}G to {to}G (data would be lost)")]
@@ -224,7 +226,15 @@ impl Lifecycle {
     /// Creates a machine with `settings` over the defaults, prepares what its driver needs
     /// (the data disk) and writes its docker context. A failed preparation leaves nothing.
     pub fn create(&self, name: &str, settings: &Settings) -> Result<Machine, LifecycleError> {
+        // Its networks must exist before anything is made.
+        for network in settings.networks.iter().flatten() {
+            self.networks().load(network)?;
+        }
         let machine = self.store.create(name, settings)?;
+        if let Err(e) = self.join_networks(&machine) {
+            let _ = self.store.remove(name);
+            return Err(e);
+        }
         let d = driver::for_machine(&machine);
         if let Err(source) = d.create(&machine) {
             let _ = self.store.remove(name);
@@ -240,6 +250,22 @@ impl Lifecycle {
             "machine created"
         );
         Ok(machine)
+    }
+
+    /// The networks between machines of this home.
+    pub fn networks(&self) -> crate::network::Networks {
+        crate::network::Networks::new(self.store.paths())
+    }
+
+    /// Makes the machine a member of exactly its configured networks (an address on each
+    /// it joins; the ones it left free theirs).
+    fn join_networks(&self, machine: &Machine) -> Result<(), LifecycleError> {
+        let networks = self.networks();
+        for name in &machine.spec.networks {
+            networks.join(name, &machine.name)?;
+        }
+        networks.leave_all_but(&machine.name, &machine.spec.networks)?;
+        Ok(())
     }
 
     /// Writes (or refreshes) the machine's docker context.
@@ -332,7 +358,12 @@ impl Lifecycle {
                 to,
             });
         }
-        Ok(self.store.update(name, &settings)?)
+        for network in settings.networks.iter().flatten() {
+            self.networks().load(network)?;
+        }
+        let machine = self.store.update(name, &settings)?;
+        self.join_networks(&machine)?;
+        Ok(machine)
     }
 
     /// Changes one default for new machines.
@@ -423,6 +454,7 @@ impl Lifecycle {
             d.kill(m)?;
             d.remove(m)?;
         }
+        self.networks().leave_all_but(name, &[])?;
         self.store.remove(name)?;
         docker_context::remove(&self.docker_config, &docker_context::context_name(name))?;
         tracing::info!(machine = name, "machine removed");
@@ -679,6 +711,33 @@ mod tests {
         let inspected = lc.inspect("dev").unwrap();
         assert_eq!(inspected["driver"]["kind"], "fake");
         assert_eq!(inspected["settings"]["memory_mib"], 2048);
+    }
+
+    #[test]
+    fn test_machines_join_and_leave_their_networks() {
+        let (_d, lc) = lifecycle();
+        let on = |nets: &[&str]| Settings {
+            networks: Some(nets.iter().map(|n| n.to_string()).collect()),
+            ..fake()
+        };
+        assert!(matches!(
+            lc.create("m1", &on(&["nope"])),
+            Err(LifecycleError::Network(crate::network::NetworkError::NotFound(_)))
+        ));
+        assert!(lc.store().load("m1").is_err(), "nothing made");
+        lc.networks().create("a", None).unwrap();
+        lc.networks().create("b", None).unwrap();
+        lc.create("m1", &on(&["a"])).unwrap();
+        lc.create("m2", &on(&["a", "b"])).unwrap();
+        let a = lc.networks().load("a").unwrap();
+        assert_eq!(a.members.keys().collect::<Vec<_>>(), ["m1", "m2"]);
+        lc.set_setting("m2", "networks", "b").unwrap();
+        assert!(!lc.networks().load("a").unwrap().members.contains_key("m2"));
+        assert!(lc.networks().load("b").unwrap().members.contains_key("m2"));
+        assert!(lc.networks().remove("b").is_err(), "m2 uses it");
+        lc.remove("m2", true).unwrap();
+        lc.networks().remove("b").unwrap();
+        assert_eq!(lc.store().load("m1").unwrap().spec.networks, ["a"]);
     }
 
     #[test]
