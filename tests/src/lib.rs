@@ -133,6 +133,8 @@ impl Guest {
             qmp_socket: None,
             pid_file: None,
             shares: vec![],
+            primary_mac: None,
+            nics: vec![],
         };
         let mut command = vm.command();
         if std::env::var_os("RMACHINE_E2E_VERBOSE").is_some() {

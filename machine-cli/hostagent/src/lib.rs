@@ -10,6 +10,12 @@
 
 mod control;
 mod launch;
+// Networks between machines: their switches run on unix sockets.
+#[cfg(unix)]
+mod networks;
+#[cfg(not(unix))]
+#[path = "networks_unsupported.rs"]
+mod networks;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +36,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(600);
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Boots tried before a VM that dies during boot is the machine's error.
 const BOOT_ATTEMPTS: u32 = 2;
+/// How often the switches of the machine's networks are looked at.
+const SWITCH_CHECK: Duration = Duration::from_secs(5);
 /// Clean shutdown before the VM is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -225,9 +233,30 @@ async fn serve(
     });
     tracing::info!(endpoint = %docker_endpoint, "machine running");
 
+    let paths = Paths::from_env()?;
+    let networks = networks::attach(machine, &paths)?;
+    let mut switch_check = tokio::time::interval(SWITCH_CHECK);
+    let mut switches_lost: Vec<String> = Vec::new();
     let result = loop {
         tokio::select! {
             status = vm.vm.wait() => break Err(vm_died(machine, status)),
+            // A network's switch that died: this machine's NIC on it stays down until it
+            // restarts (QEMU cannot reconnect a stream netdev), and it says so; the next
+            // member to start starts the switch again.
+            _ = switch_check.tick(), if !networks.attachments.is_empty() => {
+                for network in networks::switches_down(&networks, &paths) {
+                    if switches_lost.contains(&network) {
+                        continue;
+                    }
+                    let warning = format!(
+                        "the switch of network {network} stopped: its link is down until the machine restarts (`rmachine restart {}`)",
+                        machine.name
+                    );
+                    tracing::error!("{warning}");
+                    state.update(|s| s.warnings.push(warning));
+                    switches_lost.push(network);
+                }
+            }
             _ = stop_rx.recv() => {
                 state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
                 shutdown(&carrier, &mut vm).await;

@@ -258,14 +258,70 @@ impl Lifecycle {
     }
 
     /// Makes the machine a member of exactly its configured networks (an address on each
-    /// it joins; the ones it left free theirs).
+    /// it joins; the ones it left free theirs), and tells the running members of the
+    /// networks whose members changed.
     fn join_networks(&self, machine: &Machine) -> Result<(), LifecycleError> {
         let networks = self.networks();
+        let before = networks.list()?;
         for name in &machine.spec.networks {
             networks.join(name, &machine.name)?;
         }
         networks.leave_all_but(&machine.name, &machine.spec.networks)?;
+        let after = networks.list()?;
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|n| !before.contains(n))
+            .chain(
+                before
+                    .iter()
+                    .filter(|n| !after.iter().any(|a| a.name == n.name)),
+            )
+            .map(|n| n.name.clone())
+            .collect();
+        self.refresh_peers(&changed);
         Ok(())
+    }
+
+    /// Sends the current peer names to every running machine on one of `changed` (best
+    /// effort: a machine that cannot be reached gets them at its next start).
+    fn refresh_peers(&self, changed: &[String]) {
+        if changed.is_empty() {
+            return;
+        }
+        let networks = self.networks();
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        for (name, machine) in self.store.list().unwrap_or_default() {
+            let Ok(machine) = machine else { continue };
+            if !machine.spec.networks.iter().any(|n| changed.contains(n)) {
+                continue;
+            }
+            let (Ok(carrier), Ok(peers)) = (
+                machine.running_carrier(),
+                networks.peers(&machine.spec.networks),
+            ) else {
+                continue;
+            };
+            let hosts = peers
+                .into_iter()
+                .map(|(name, ip)| rmachine_protocol::net::HostEntry {
+                    name,
+                    ip: ip.to_string(),
+                })
+                .collect();
+            let told = rt.block_on(async {
+                let mut c = crate::guest_link::ControlClient::connect(&carrier).await?;
+                c.call(rmachine_protocol::control::Request::SetHosts { hosts })
+                    .await
+            });
+            if let Err(e) = told {
+                tracing::warn!(machine = %name, error = %e, "cannot tell the machine its peers' names");
+            }
+        }
     }
 
     /// Writes (or refreshes) the machine's docker context.
@@ -722,7 +778,9 @@ mod tests {
         };
         assert!(matches!(
             lc.create("m1", &on(&["nope"])),
-            Err(LifecycleError::Network(crate::network::NetworkError::NotFound(_)))
+            Err(LifecycleError::Network(
+                crate::network::NetworkError::NotFound(_)
+            ))
         ));
         assert!(lc.store().load("m1").is_err(), "nothing made");
         lc.networks().create("a", None).unwrap();

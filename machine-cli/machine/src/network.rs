@@ -370,6 +370,20 @@ impl Networks {
         })
     }
 
+    /// The members of `networks` with their addresses (a name once, at its first
+    /// network's address): the names a machine on those networks resolves.
+    pub fn peers(&self, networks: &[String]) -> Result<Vec<(String, Ipv4Addr)>, NetworkError> {
+        let mut peers: Vec<(String, Ipv4Addr)> = Vec::new();
+        for name in networks {
+            for (member, address) in self.load(name)?.members {
+                if !peers.iter().any(|(m, _)| *m == member) {
+                    peers.push((member, address));
+                }
+            }
+        }
+        Ok(peers)
+    }
+
     /// Takes `machine` off every network except `keep`.
     pub fn leave_all_but(&self, machine: &str, keep: &[String]) -> Result<(), NetworkError> {
         for network in self.list()? {
@@ -436,6 +450,10 @@ mod tests {
         assert_ne!(a.mac, b.mac);
         assert_eq!(a.mac, mac("swarm", "m1"));
         assert!(a.mac.starts_with("02:"), "locally administered unicast");
+        assert_eq!(
+            n.peers(&["swarm".into()]).unwrap(),
+            [("m1".to_string(), a.address), ("m2".to_string(), b.address)]
+        );
         // A freed address is given again.
         n.leave_all_but("m1", &[]).unwrap();
         let c = n.join("swarm", "m3").unwrap();

@@ -68,6 +68,9 @@ enum Command {
     Version(cmd::version::VersionArgs),
     /// Print the shell completion script (bash, zsh, fish or powershell).
     Completion(cmd::completion::CompletionArgs),
+    /// Run a network's switch (started by a host agent).
+    #[command(hide = true)]
+    NetworkSwitch(cmd::network_switch::NetworkSwitchArgs),
     /// Run a machine's host agent (started by `rmachine start`).
     #[command(hide = true)]
     Hostagent(cmd::hostagent::HostAgentArgs),
@@ -96,6 +99,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(c) => cmd::image::run(c),
         Command::Version(a) => cmd::version::run(a),
         Command::Completion(a) => cmd::completion::run(a, &mut Cli::command()),
+        Command::NetworkSwitch(a) => cmd::network_switch::run(a),
         Command::Hostagent(a) => cmd::hostagent::run(a),
     };
     match result {

@@ -205,12 +205,18 @@ impl DeviceManager {
                     ("vsock".to_string(), "vsock", vsock.clone(), vsock, metrics)
                 }
                 SlotDevice::Net => net_balloon::create_net(
+                    "net",
                     config
                         .config
                         .net
                         .as_ref()
                         .expect("a net slot exists only with a net config"),
                     preopened.tap.take(),
+                )?,
+                SlotDevice::ExtraNet(i) => net_balloon::create_net(
+                    &format!("net{}", i + 1),
+                    &config.config.extra_nets[*i],
+                    None,
                 )?,
                 SlotDevice::Balloon => net_balloon::create_balloon(
                     config

@@ -8,7 +8,7 @@ use anyhow::Context;
 use rmachine_machine::driver::{BackendChoice, Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
 use rmachine_machine::paths::Paths;
-use rmachine_machine::qemu::{QemuVm, QEMU};
+use rmachine_machine::qemu::{QemuNic, QemuVm, QEMU};
 use rmachine_machine::store::Machine;
 use rmachine_protocol::config_disk::GuestConfig;
 use rmachine_protocol::Service;
@@ -41,8 +41,13 @@ pub(crate) async fn launch_qemu(
         ..GuestConfig::default()
     };
     let (virtiofsd, shares, guest_mounts) = super::virtiofsd::start(machine, &paths).await?;
+    let networks = crate::networks::attach(machine, &paths)?;
+    crate::networks::ensure_switches(&networks, &paths).await?;
     let config = GuestConfig {
         mounts: guest_mounts,
+        primary_mac: networks.primary_mac(),
+        networks: networks.nics(),
+        hosts: networks.hosts.clone(),
         ..config
     };
     let config_disk = machine.files.config_disk();
@@ -75,6 +80,15 @@ pub(crate) async fn launch_qemu(
         qmp_socket: Some(machine.files.qmp_socket()),
         pid_file: None,
         shares,
+        primary_mac: networks.primary_mac(),
+        nics: networks
+            .attachments
+            .iter()
+            .map(|a| QemuNic {
+                mac: a.mac.clone(),
+                socket: a.socket.clone(),
+            })
+            .collect(),
     };
     let log_path = machine.files.vmm_log();
     let log = std::fs::File::create(&log_path)

@@ -41,6 +41,8 @@ pub(crate) async fn launch_vmm(
         process: Proc::child(child),
         serves: "network".into(),
     }));
+    let networks = crate::networks::attach(machine, &paths)?;
+    crate::networks::ensure_switches(&networks, &paths).await?;
     let config = GuestConfig {
         version: rmachine_protocol::PROTOCOL_VERSION,
         token: String::new(),
@@ -52,7 +54,9 @@ pub(crate) async fn launch_vmm(
             .unwrap_or(0),
         host_addr: net_socket.is_some().then(|| QEMU_HOST_ADDR.into()),
         mounts: guest_mounts,
-        ..GuestConfig::default()
+        primary_mac: networks.primary_mac(),
+        networks: networks.nics(),
+        hosts: networks.hosts.clone(),
     };
     let config_disk = machine.files.config_disk();
     std::fs::write(&config_disk, config.encode())
@@ -72,6 +76,7 @@ pub(crate) async fn launch_vmm(
         &config_disk,
         &shares,
         net_socket.as_deref(),
+        &networks.attachments,
     );
     let config_path = machine.files.dir().join("vmm.json");
     std::fs::write(&config_path, vm_config.to_json())
@@ -179,6 +184,7 @@ fn vmm_config(
     config_disk: &std::path::Path,
     shares: &[QemuShare],
     net_socket: Option<&std::path::Path>,
+    attachments: &[rmachine_machine::network::Attachment],
 ) -> VmmConfig {
     let disk = |id: &str, path: std::path::PathBuf, read_only| vmm_config::Disk {
         id: id.into(),
@@ -224,7 +230,17 @@ fn vmm_config(
         net: net_socket.map(|socket| vmm_config::Net {
             backend: vmm_config::NetBackend::Passt,
             socket: socket.to_path_buf(),
+            mac: crate::networks::PRIMARY_MAC.into(),
         }),
+        // A network's switch speaks passt's framing on its socket.
+        extra_nets: attachments
+            .iter()
+            .map(|a| vmm_config::Net {
+                backend: vmm_config::NetBackend::Passt,
+                socket: a.socket.clone(),
+                mac: a.mac.clone(),
+            })
+            .collect(),
         api_socket: machine.files.vmm_socket(),
     }
 }
