@@ -412,6 +412,7 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
         "yes",
         "head",
         "sync",
+        "ping",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }

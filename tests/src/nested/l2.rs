@@ -165,6 +165,7 @@ pub fn vm_config(cmdline: String, console: Console, share: Option<Share>) -> VmC
             .collect(),
         api_socket: None,
         jail: None,
+        extra_nets: Vec::new(),
     }
 }
 
