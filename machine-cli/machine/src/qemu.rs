@@ -151,6 +151,10 @@ impl QemuVm {
             "rng-random,id=rng0,filename=/dev/urandom",
             "-device",
             "virtio-rng-device,rng=rng0",
+            // Memory the guest frees goes back to the host (free page reporting), as under
+            // rmachine-vmm: an idle machine does not keep the peak of its last build.
+            "-device",
+            "virtio-balloon-device,free-page-reporting=on",
         ]);
         for (i, share) in self.shares.iter().enumerate() {
             cmd.arg("-chardev")
@@ -225,6 +229,10 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("-no-reboot"));
+        assert!(
+            joined.contains("virtio-balloon-device,free-page-reporting=on"),
+            "{joined}"
+        );
         assert!(joined.contains("reboot=t"));
         assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
         assert!(
