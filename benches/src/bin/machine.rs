@@ -184,7 +184,7 @@ fn main() {
         "--rm",
         "--shm-size",
         "800m",
-        "e2e/busybox:1",
+        "bench/busybox:1",
         "sh",
         "-c",
         "head -c 805306368 /dev/zero > /dev/shm/fill && sync && rm /dev/shm/fill",
