@@ -86,13 +86,14 @@ fn listening(networks: &Networks, name: &str) -> bool {
     std::os::unix::net::UnixStream::connect(networks.socket(name)).is_ok()
 }
 
-/// Whether every network's switch still listens; the names of those that do not.
+/// The networks whose switch process is gone (looked at through its pid file, not by
+/// connecting: a connection would be a port of the switch).
 pub(crate) fn switches_down(attached: &MachineNetworks, paths: &Paths) -> Vec<String> {
     let networks = Networks::new(paths);
     attached
         .attachments
         .iter()
-        .filter(|a| !listening(&networks, &a.network))
+        .filter(|a| !networks.switch_running(&a.network))
         .map(|a| a.network.clone())
         .collect()
 }

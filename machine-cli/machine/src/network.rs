@@ -212,6 +212,19 @@ impl Networks {
         self.folder(name).join("switch.log")
     }
 
+    /// The running switch's process (a [`crate::sys::process::ProcessId`] as JSON).
+    pub fn pid_file(&self, name: &str) -> PathBuf {
+        self.folder(name).join("switch.pid")
+    }
+
+    /// Whether the network's switch process runs (by its pid file: PID and start time).
+    pub fn switch_running(&self, name: &str) -> bool {
+        std::fs::read(self.pid_file(name))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<crate::sys::process::ProcessId>(&bytes).ok())
+            .is_some_and(|id| id.is_alive())
+    }
+
     /// The lock a host agent holds while it starts the switch.
     pub fn lock_file(&self, name: &str) -> PathBuf {
         self.folder(name).join("switch.lock")
@@ -483,6 +496,24 @@ mod tests {
         let names: Vec<String> = n.list().unwrap().into_iter().map(|n| n.name).collect();
         assert_eq!(names, ["b"]);
         assert!(matches!(n.load("a"), Err(NetworkError::NotFound(_))));
+    }
+
+    #[test]
+    fn test_switch_running_follows_its_pid_file() {
+        let (_d, n) = networks();
+        n.create("a", None).unwrap();
+        assert!(!n.switch_running("a"), "no pid file");
+        let me = crate::sys::process::ProcessId::current();
+        std::fs::write(n.pid_file("a"), serde_json::to_vec(&me).unwrap()).unwrap();
+        assert!(n.switch_running("a"));
+        let gone = crate::sys::process::ProcessId {
+            started: me.started + 1,
+            ..me
+        };
+        std::fs::write(n.pid_file("a"), serde_json::to_vec(&gone).unwrap()).unwrap();
+        assert!(!n.switch_running("a"), "another process with that PID");
+        std::fs::write(n.pid_file("a"), "garbage").unwrap();
+        assert!(!n.switch_running("a"));
     }
 
     #[test]

@@ -30,11 +30,16 @@ pub fn run(args: NetworkSwitchArgs) -> anyhow::Result<()> {
     let networks = Networks::new(&Paths::from_env()?);
     networks.load(&args.name)?;
     let socket = networks.socket(&args.name);
+    // Who runs the switch, for the host agents that watch it.
+    let pid_file = networks.pid_file(&args.name);
+    let me = rmachine_machine::sys::process::ProcessId::current();
+    rmachine_machine::store::write_atomic(&pid_file, &serde_json::to_vec(&me)?)
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -48,6 +53,8 @@ pub fn run(args: NetworkSwitchArgs) -> anyhow::Result<()> {
         switch::run(&socket, options, shutdown)
             .await
             .with_context(|| format!("the switch of network {} failed", args.name))
-    })?;
+    });
+    let _ = std::fs::remove_file(&pid_file);
+    result?;
     Ok(())
 }
