@@ -79,7 +79,35 @@ fn test_two_machines_reach_each_other_on_a_network() {
         .rmachine_err(&["network", "rm", "lan"])
         .contains("n1, n2"));
 
+    // Engine settings: checked when set, applied at the start (a private registry on the
+    // network, reached over plain HTTP).
+    assert!(env
+        .rmachine_err(&[
+            "config",
+            "set",
+            "engine.hosts",
+            "[\"tcp://0.0.0.0:2375\"]",
+            "-m",
+            "n1"
+        ])
+        .contains("cannot be set"));
+    env.rmachine_ok(&[
+        "config",
+        "set",
+        "engine.insecure-registries",
+        &format!("[\"{a2}:5000\"]"),
+        "-m",
+        "n1",
+    ]);
     env.rmachine_ok(&["start", "n1", "--no-use"]);
+    let registries = env.docker_ok(&[
+        "--context",
+        "rmachine-n1",
+        "info",
+        "--format",
+        "{{json .RegistryConfig.IndexConfigs}}",
+    ]);
+    assert!(registries.contains(&format!("{a2}:5000")), "{registries}");
     env.rmachine_ok(&["start", "n2", "--no-use"]);
     // The second NIC has its address, and no default route.
     let addrs = shell_ok(&env, "n1", "ip -4 -o addr show");

@@ -91,6 +91,9 @@ pub struct Settings {
     /// none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub networks: Option<Vec<String>>,
+    /// The engine's settings (`daemon.json`, see `engine_settings`); default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The resolved settings a machine runs with.
@@ -104,6 +107,8 @@ pub struct MachineSpec {
     pub mounts: Vec<MountSpec>,
     #[serde(default)]
     pub networks: Vec<String>,
+    #[serde(default)]
+    pub engine: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why settings are not usable.
@@ -140,6 +145,7 @@ impl Settings {
             image: other.image.clone().or_else(|| self.image.clone()),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
             networks: other.networks.clone().or_else(|| self.networks.clone()),
+            engine: other.engine.clone().or_else(|| self.engine.clone()),
         }
     }
 
@@ -173,6 +179,12 @@ impl Settings {
             if !(4..=4096).contains(&d) {
                 return invalid("disk", format!("{d} GiB: must be between 4 and 4096 GiB"));
             }
+        }
+        if let Some(engine) = &self.engine {
+            crate::engine_settings::validate(engine).map_err(|message| ConfigError::Invalid {
+                field: "engine",
+                message,
+            })?;
         }
         for n in self.networks.iter().flatten() {
             if crate::store::validate_name(n).is_err() {
@@ -213,12 +225,16 @@ impl Settings {
             image: self.image.clone(),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
             networks: self.networks.clone().unwrap_or_default(),
+            engine: self.engine.clone().unwrap_or_default(),
         }
     }
 }
 
 /// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
-pub const KEYS: [&str; 6] = ["cpus", "memory", "disk", "driver", "image", "networks"];
+/// (`engine.KEY` sets one engine setting: `rmachine config set engine.log-driver local`.)
+pub const KEYS: [&str; 7] = [
+    "cpus", "memory", "disk", "driver", "image", "networks", "engine",
+];
 
 impl MachineSpec {
     /// One setting as text, in the units `set` takes (`2048M`, `64G`).
@@ -230,7 +246,15 @@ impl MachineSpec {
             "driver" => self.driver.as_str().to_string(),
             "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
             "networks" => self.networks.join(","),
-            other => return Err(unknown_key(other)),
+            "engine" => serde_json::Value::Object(self.engine.clone()).to_string(),
+            other => match other.strip_prefix("engine.") {
+                Some(name) => self
+                    .engine
+                    .get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                None => return Err(unknown_key(other)),
+            },
         })
     }
 }
@@ -273,7 +297,28 @@ impl Settings {
                         .collect(),
                 )
             }
-            other => return Err(unknown_key(other)),
+            // The whole of daemon.json as a JSON object; empty: none.
+            "engine" => {
+                self.engine = match value.trim() {
+                    "" => None,
+                    text => Some(
+                        serde_json::from_str(text)
+                            .map_err(|e| invalid("engine", format!("not a JSON object: {e}")))?,
+                    ),
+                }
+            }
+            other => match other.strip_prefix("engine.") {
+                // One setting; an empty value removes it.
+                Some(name) => {
+                    let engine = self.engine.get_or_insert_with(Default::default);
+                    if value.is_empty() {
+                        engine.remove(name);
+                    } else {
+                        engine.insert(name.to_string(), crate::engine_settings::parse_value(value));
+                    }
+                }
+                None => return Err(unknown_key(other)),
+            },
         }
         Ok(())
     }
@@ -651,5 +696,23 @@ mod tests {
         assert_eq!(spec.get("driver").unwrap(), "qemu");
         assert_eq!(spec.get("image").unwrap(), "(newest)");
         assert!(spec.get("colour").is_err());
+
+        // The engine's settings, one at a time or whole, checked.
+        let mut s = Settings::default();
+        s.set("engine.insecure-registries", "[\"r:5000\"]").unwrap();
+        s.set("engine.log-driver", "local").unwrap();
+        let spec = s.resolve();
+        assert_eq!(spec.get("engine.log-driver").unwrap(), "\"local\"");
+        assert!(spec.get("engine").unwrap().contains("r:5000"));
+        assert!(s
+            .set("engine.hosts", "[\"tcp://0.0.0.0:2375\"]")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be set"));
+        assert!(s.set("engine", "{nope").is_err());
+        s.set("engine.log-driver", "").unwrap();
+        assert!(!s.resolve().engine.contains_key("log-driver"));
+        s.set("engine", "").unwrap();
+        assert!(s.resolve().engine.is_empty());
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod copy;
 pub mod docker_context;
 pub mod driver;
+pub mod engine_settings;
 pub mod exec;
 pub mod forward;
 pub mod guest_link;

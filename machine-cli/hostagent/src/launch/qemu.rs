@@ -48,6 +48,7 @@ pub(crate) async fn launch_qemu(
         primary_mac: networks.primary_mac(),
         networks: networks.nics(),
         hosts: networks.hosts.clone(),
+        engine: Some(machine.spec.engine.clone()).filter(|e| !e.is_empty()),
         ..config
     };
     let config_disk = machine.files.config_disk();

@@ -57,6 +57,7 @@ pub(crate) async fn launch_vmm(
         primary_mac: networks.primary_mac(),
         networks: networks.nics(),
         hosts: networks.hosts.clone(),
+        engine: Some(machine.spec.engine.clone()).filter(|e| !e.is_empty()),
     };
     let config_disk = machine.files.config_disk();
     std::fs::write(&config_disk, config.encode())
