@@ -587,6 +587,20 @@ impl Drop for MachineEnv {
     }
 }
 
+/// Polls `check` until it succeeds; panics with its last error after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check() {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} not reached within {timeout:?}: {last}");
+}
+
 /// One HTTP GET to 127.0.0.1:port; the body on a 200.
 pub fn http_get(port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};

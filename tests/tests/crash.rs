@@ -16,19 +16,6 @@ use rmachine_e2e::*;
 const M: &str = "crash";
 const IMG: &str = "e2e/busybox:1";
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match check() {
-            Ok(()) => return,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what} not reached within {timeout:?}: {last}");
-}
-
 /// Every live process whose command line names `dir` (the machine's folder): the host
 /// agent runs as `rmachine hostagent NAME` with RMACHINE_HOME, its VM and helpers name
 /// files in the folder.

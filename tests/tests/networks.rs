@@ -4,24 +4,11 @@
 //! the default route stays on the user-mode NIC, a machine that joins later is known by
 //! name to the running one, and the switch ends after its last machine stops.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rmachine_e2e::*;
 
 const IMG: &str = "e2e/busybox:1";
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match check() {
-            Ok(()) => return,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("{what} not reached within {timeout:?}: {last}");
-}
 
 fn shell(env: &MachineEnv, machine: &str, script: &str) -> std::process::Output {
     env.rmachine(&["shell", machine, "--", "sh", "-c", script])

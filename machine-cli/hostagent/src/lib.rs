@@ -2,7 +2,8 @@
 //! It boots the VM with the chosen backend and supervises it, serves the Engine API on
 //! `docker.sock`, publishes container ports on the host, answers `hostagent.sock`, and
 //! keeps `state.json` current. A VM that dies moves the machine to the error state with
-//! the console's last lines.
+//! the console's last lines. The same crate runs the other background process, a
+//! network's switch ([`run_network_switch`]).
 //!
 //! It is the body of a process: its errors end in its log and in `state.json`, so it
 //! reports them with `anyhow` context chains like a binary.
@@ -75,8 +76,11 @@ pub(crate) enum StopReason {
     Requested,
 }
 
-/// Runs the host agent of machine `name` until the machine stops.
-pub fn run(name: &str) -> anyhow::Result<()> {
+pub use networks::run_network_switch;
+
+/// Logs of the background processes (to their stderr, their log file): `RMACHINE_LOG`
+/// filters, `info` by default.
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RMACHINE_LOG")
@@ -84,6 +88,11 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         )
         .with_ansi(false)
         .init();
+}
+
+/// Runs the host agent of machine `name` until the machine stops.
+pub fn run(name: &str) -> anyhow::Result<()> {
+    init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

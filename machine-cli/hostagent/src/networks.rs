@@ -159,3 +159,41 @@ fn tail(path: &std::path::Path) -> String {
         .unwrap_or_default();
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
+
+/// How long a network's switch waits for its first (or next) machine before it ends.
+const SWITCH_IDLE_EXIT: Duration = Duration::from_secs(30);
+
+/// Runs the Ethernet switch of network `name` (the process `rmachine network-switch NAME`
+/// that [`ensure_switches`] starts) until no machine has been connected for a while, or
+/// a stop is asked for. Its pid file tells host agents it runs.
+pub fn run_network_switch(name: &str) -> anyhow::Result<()> {
+    crate::init_logging();
+    let networks = Networks::new(&Paths::from_env()?);
+    networks.load(name)?;
+    let socket = networks.socket(name);
+    let pid_file = networks.pid_file(name);
+    let me = rmachine_machine::sys::process::ProcessId::current();
+    rmachine_machine::store::write_atomic(&pid_file, &serde_json::to_vec(&me)?)
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            rmachine_machine::sys::signal::stop_requested().await;
+            stop.cancel();
+        });
+        let options = rmachine_hostproxy::switch::SwitchOptions {
+            idle_exit: Some(SWITCH_IDLE_EXIT),
+            ..Default::default()
+        };
+        rmachine_hostproxy::switch::run(&socket, options, shutdown)
+            .await
+            .with_context(|| format!("the switch of network {name} failed"))
+    });
+    let _ = std::fs::remove_file(&pid_file);
+    result.map(|_| ())
+}

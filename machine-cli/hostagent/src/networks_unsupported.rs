@@ -44,3 +44,10 @@ pub(crate) async fn ensure_switches(
 pub(crate) fn switches_down(_attached: &MachineNetworks, _paths: &Paths) -> Vec<String> {
     Vec::new()
 }
+
+/// A network's switch needs unix sockets.
+pub fn run_network_switch(name: &str) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "network {name}: networks between machines need unix sockets (Linux and macOS hosts)"
+    )
+}

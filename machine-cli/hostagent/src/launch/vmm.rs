@@ -1,8 +1,6 @@
 //! Booting a machine under rmachine-vmm (Linux with hardware KVM), with passt for its
 //! network.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::Context;
 use rmachine_machine::driver::{Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
@@ -11,7 +9,6 @@ use rmachine_machine::paths::Paths;
 use rmachine_machine::qemu::QemuShare;
 use rmachine_machine::store::Machine;
 use rmachine_machine::vmm_config::{self, VmmConfig};
-use rmachine_protocol::config_disk::GuestConfig;
 
 use super::{Daemon, Proc, RunningVm, QEMU_HOST_ADDR};
 use crate::SharedState;
@@ -43,25 +40,14 @@ pub(crate) async fn launch_vmm(
     }));
     let networks = crate::networks::attach(machine, &paths)?;
     crate::networks::ensure_switches(&networks, &paths).await?;
-    let config = GuestConfig {
-        version: rmachine_protocol::PROTOCOL_VERSION,
-        token: String::new(),
-        hostname: machine.name.clone(),
-        data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
-        host_addr: net_socket.is_some().then(|| QEMU_HOST_ADDR.into()),
-        mounts: guest_mounts,
-        primary_mac: networks.primary_mac(),
-        networks: networks.nics(),
-        hosts: networks.hosts.clone(),
-        engine: Some(machine.spec.engine.clone()).filter(|e| !e.is_empty()),
-    };
-    let config_disk = machine.files.config_disk();
-    std::fs::write(&config_disk, config.encode())
-        .with_context(|| format!("cannot write {}", config_disk.display()))?;
+    // The hybrid vsock carrier needs no token.
+    let config_disk = super::write_config_disk(
+        machine,
+        "",
+        net_socket.is_some().then_some(QEMU_HOST_ADDR),
+        guest_mounts,
+        &networks,
+    )?;
     let console_log = machine.files.console_log();
     std::fs::write(&console_log, b"")
         .with_context(|| format!("cannot reset {}", console_log.display()))?;

@@ -13,11 +13,6 @@ pub mod ip;
 pub mod logs;
 pub mod ls;
 pub mod network;
-// The switch runs on unix hosts (unix sockets); elsewhere the command says so.
-#[cfg(unix)]
-pub mod network_switch;
-#[cfg(not(unix))]
-#[path = "network_switch_other.rs"]
 pub mod network_switch;
 pub mod restart;
 pub mod rm;
