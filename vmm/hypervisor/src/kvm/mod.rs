@@ -1,5 +1,6 @@
 //! The KVM backend (Linux). The only code of the workspace that touches `kvm-ioctls`.
 
+mod state;
 mod vcpu;
 mod vm;
 

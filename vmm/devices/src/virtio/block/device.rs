@@ -398,6 +398,16 @@ fn zero_range(file: &mut File, offset: u64, len: u64, punch: bool) -> std::io::R
 }
 
 impl VirtioDevice for Block {
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        // Requests complete before the event handler returns: nothing is in flight.
+        match &self.state {
+            DeviceState::Activated(active) => {
+                Some(crate::virtio::persist::progress_of(&active.queues))
+            }
+            DeviceState::Inactive => None,
+        }
+    }
+
     fn device_type(&self) -> u32 {
         device_type::BLOCK
     }
