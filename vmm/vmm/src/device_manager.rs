@@ -21,6 +21,8 @@ use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
 use crate::preopen::Preopened;
 use crate::seccomp::{self, Filters, ThreadKind};
+use crate::snapshot::state::{DeviceDoc, SnapshotState};
+use crate::snapshot::SnapshotError;
 use crate::vcpu::VmmExit;
 
 mod fs;
@@ -92,6 +94,10 @@ pub struct VirtioEntry {
     pub addr: u64,
     /// IOAPIC pin.
     pub irq: u32,
+    /// The transport (and through it the device).
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The device.
+    pub device: Arc<Mutex<dyn devices::virtio::VirtioDevice>>,
     /// The transport's counters.
     pub transport_metrics: Arc<dyn MetricsSource>,
     /// The device's counters.
@@ -110,6 +116,18 @@ type NewDevice = (
     Arc<dyn MetricsSource>,
 );
 
+/// The devices' part of a snapshot.
+pub struct SavedDevices {
+    /// COM1.
+    pub serial: devices::legacy::persist::SerialState,
+    /// The i8042.
+    pub i8042: devices::legacy::persist::I8042State,
+    /// The CMOS.
+    pub cmos: devices::legacy::persist::CmosState,
+    /// Virtio devices by slot.
+    pub devices: Vec<DeviceDoc>,
+}
+
 /// All devices of one VM.
 pub struct DeviceManager {
     /// x86 I/O ports.
@@ -120,6 +138,8 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<Serial>>,
     /// The keyboard controller (reset, Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
+    /// The CMOS.
+    pub cmos: Arc<Mutex<Cmos>>,
     /// virtio devices, by slot.
     pub virtio: Vec<VirtioEntry>,
     subscribers: Vec<Subscriber>,
@@ -160,7 +180,8 @@ impl DeviceManager {
         )));
         pio.insert(i8042.clone(), I8042_PORT, 5)
             .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
-        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        pio.insert(cmos.clone(), CMOS_PORT, 2)
             .map_err(|e| DeviceError::Bus("cmos".into(), e))?;
 
         let mut virtio = Vec::new();
@@ -230,10 +251,12 @@ impl DeviceManager {
             };
             let addr = virtio_mmio_addr(slot);
             let irq = virtio_irq(slot);
-            let transport = MmioTransport::new(mem.clone(), dev, VmIrq::new(vm.clone(), irq))
-                .map_err(|e| DeviceError::Transport(id.clone(), e))?;
+            let transport =
+                MmioTransport::new(mem.clone(), dev.clone(), VmIrq::new(vm.clone(), irq))
+                    .map_err(|e| DeviceError::Transport(id.clone(), e))?;
             let transport_metrics = transport.metrics();
-            mmio.insert(Arc::new(Mutex::new(transport)), addr, MMIO_SIZE)
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(transport.clone(), addr, MMIO_SIZE)
                 .map_err(|e| DeviceError::Bus(id.clone(), e))?;
             subscribers.push(sub);
             virtio.push(VirtioEntry {
@@ -242,6 +265,8 @@ impl DeviceManager {
                 slot,
                 addr,
                 irq,
+                transport,
+                device: dev,
                 transport_metrics,
                 device_metrics: metrics,
             });
@@ -251,6 +276,7 @@ impl DeviceManager {
             mmio: Arc::new(mmio),
             serial,
             i8042,
+            cmos,
             virtio,
             subscribers,
         })
@@ -275,6 +301,75 @@ impl DeviceManager {
             }
         })
         .map_err(DeviceError::EventLoop)?;
+        Ok(())
+    }
+
+    /// Saves the legacy devices and every virtio device (transport registers, queues, the
+    /// device's own state) with the VM paused, then runs `quiet` (the memory dump) while every
+    /// device is still held, so the device thread changes neither them nor guest memory.
+    pub fn save_with<R>(
+        &self,
+        quiet: impl FnOnce() -> Result<R, SnapshotError>,
+    ) -> Result<(SavedDevices, R), SnapshotError> {
+        // Devices first, then transports: the vCPUs (the only ones that take a transport and
+        // then its device) are paused, and the device thread takes one device at a time.
+        let held: Vec<_> = self.virtio.iter().map(|v| lock(&v.device)).collect();
+        let mut docs = Vec::with_capacity(self.virtio.len());
+        for (v, device) in self.virtio.iter().zip(&held) {
+            let transport = lock(&v.transport)
+                .save_state_with(&**device)
+                .map_err(|why| SnapshotError::Save {
+                    what: format!("device {:?}", v.id),
+                    why,
+                })?;
+            docs.push(DeviceDoc {
+                slot: v.slot,
+                id: v.id.clone(),
+                transport,
+            });
+        }
+        let serial = lock(&self.serial);
+        let saved = SavedDevices {
+            serial: serial.save_state(),
+            i8042: lock(&self.i8042).save_state(),
+            cmos: lock(&self.cmos).save_state(),
+            devices: docs,
+        };
+        let result = quiet()?;
+        drop(serial);
+        drop(held);
+        Ok((saved, result))
+    }
+
+    /// Puts every device back in a snapshot's state; virtio devices that were active are
+    /// activated again on their saved queues. Call before the event loop and the vCPUs start.
+    pub fn restore(&self, state: &SnapshotState) -> Result<(), SnapshotError> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |why: String| SnapshotError::Restore { what, why }
+        };
+        lock(&self.serial)
+            .restore_state(&state.serial)
+            .map_err(err("the serial port"))?;
+        lock(&self.i8042)
+            .restore_state(&state.i8042)
+            .map_err(err("the i8042"))?;
+        lock(&self.cmos)
+            .restore_state(&state.cmos)
+            .map_err(err("the cmos"))?;
+        for doc in &state.devices {
+            let entry = self
+                .virtio
+                .iter()
+                .find(|v| v.slot == doc.slot)
+                .ok_or_else(|| SnapshotError::Restore {
+                    what: format!("device {:?}", doc.id),
+                    why: format!("no device in slot {}", doc.slot),
+                })?;
+            lock(&entry.transport)
+                .restore_state(&doc.transport)
+                .map_err(err(&format!("device {:?}", doc.id)))?;
+        }
         Ok(())
     }
 

@@ -291,6 +291,12 @@ impl MmioTransport {
     /// device idle (its lock held by the caller's order: transport, then device).
     pub fn save_state(&self) -> Result<TransportSnapshot, String> {
         let device = lock(&self.device);
+        self.save_state_with(&*device)
+    }
+
+    /// [`save_state`](Self::save_state) with the device already held by the caller (`device`
+    /// must be this transport's).
+    pub fn save_state_with(&self, device: &dyn VirtioDevice) -> Result<TransportSnapshot, String> {
         if let Some(reason) = device.snapshot_blocker() {
             return Err(reason);
         }

@@ -4,6 +4,7 @@ mod state;
 mod vcpu;
 mod vm;
 
+pub use state::{vcpu_save_ioctls, vm_save_ioctls};
 pub use vcpu::{kick_signal, KvmVcpu, KvmVcpuKicker};
 pub use vm::KvmVm;
 

@@ -19,9 +19,69 @@ use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
 
 use crate::x86_64::{ClockRestore, ClockState, CpuidEntry, MsrEntry, VcpuState, VmState};
 use crate::{HypervisorError, Result};
+
+ioctl_ior_nr!(KVM_GET_REGS, kvm_bindings::KVMIO, 0x81, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, kvm_bindings::KVMIO, 0x83, kvm_sregs);
+ioctl_iowr_nr!(
+    KVM_GET_MSRS,
+    kvm_bindings::KVMIO,
+    0x88,
+    kvm_bindings::kvm_msrs
+);
+ioctl_iowr_nr!(
+    KVM_GET_CPUID2,
+    kvm_bindings::KVMIO,
+    0x91,
+    kvm_bindings::kvm_cpuid2
+);
+ioctl_ior_nr!(KVM_GET_LAPIC, kvm_bindings::KVMIO, 0x8e, kvm_lapic_state);
+ioctl_ior_nr!(KVM_GET_MP_STATE, kvm_bindings::KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(
+    KVM_GET_VCPU_EVENTS,
+    kvm_bindings::KVMIO,
+    0x9f,
+    kvm_vcpu_events
+);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, kvm_bindings::KVMIO, 0xa1, kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_XSAVE, kvm_bindings::KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, kvm_bindings::KVMIO, 0xa6, kvm_xcrs);
+ioctl_io_nr!(KVM_GET_TSC_KHZ, kvm_bindings::KVMIO, 0xa3);
+ioctl_ior_nr!(KVM_GET_CLOCK, kvm_bindings::KVMIO, 0x7c, kvm_clock_data);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, kvm_bindings::KVMIO, 0x62, kvm_irqchip);
+ioctl_ior_nr!(KVM_GET_PIT2, kvm_bindings::KVMIO, 0x9f, kvm_pit_state2);
+
+/// The `ioctl` requests [`Vcpu::save_state`](crate::Vcpu::save_state) makes, for a vCPU
+/// thread's seccomp filter.
+pub fn vcpu_save_ioctls() -> Vec<u64> {
+    [
+        KVM_GET_MP_STATE(),
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_LAPIC(),
+        KVM_GET_TSC_KHZ(),
+        KVM_GET_CPUID2(),
+        KVM_GET_MSRS(),
+        KVM_GET_VCPU_EVENTS(),
+    ]
+    .iter()
+    .map(|&n| n as u64)
+    .collect()
+}
+
+/// The `ioctl` requests [`Vm::save_state`](crate::Vm::save_state) makes.
+pub fn vm_save_ioctls() -> Vec<u64> {
+    [KVM_GET_PIT2(), KVM_GET_CLOCK(), KVM_GET_IRQCHIP()]
+        .iter()
+        .map(|&n| n as u64)
+        .collect()
+}
 
 /// The backend name recorded in saved states.
 pub const BACKEND: &str = "kvm";
@@ -393,6 +453,18 @@ pub(super) fn restore_vm(fd: &VmFd, state: &VmState) -> Result<ClockRestore> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_save_ioctl_numbers() {
+        // linux/kvm.h, x86_64.
+        assert!(vcpu_save_ioctls().contains(&0x8090_ae81)); // KVM_GET_REGS
+        assert!(vcpu_save_ioctls().contains(&0x9000_aea4)); // KVM_GET_XSAVE
+        assert!(vcpu_save_ioctls().contains(&0xc008_ae88)); // KVM_GET_MSRS
+        assert_eq!(
+            vm_save_ioctls(),
+            vec![0x8070_ae9f, 0x8030_ae7c, 0xc208_ae62]
+        );
+    }
 
     #[test]
     fn test_msrs_to_save_puts_tsc_first_and_deadline_last() {

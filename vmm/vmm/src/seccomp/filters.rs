@@ -131,8 +131,11 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
     let extra = match kind {
         ThreadKind::Main => vec![],
         ThreadKind::Vcpu => {
+            let mut ioctls = vec![KVM_RUN, KVM_IRQ_LINE];
+            // A snapshot: each parked vCPU thread saves its own vCPU.
+            ioctls.extend(hypervisor::kvm::vcpu_save_ioctls());
             let mut v = vec![
-                arg_in("ioctl", libc::SYS_ioctl, 1, &[KVM_RUN, KVM_IRQ_LINE]),
+                arg_in("ioctl", libc::SYS_ioctl, 1, &ioctls),
                 // The vhost-user exchanges of virtio-fs activation and reset.
                 any("sendmsg", libc::SYS_sendmsg),
                 any("recvmsg", libc::SYS_recvmsg),
@@ -166,8 +169,31 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
             arg_in("madvise", libc::SYS_madvise, 2, &[libc::MADV_REMOVE as u64]),
         ],
         ThreadKind::Api => vec![
-            // Shutdown raises the i8042's interrupt.
-            arg_in("ioctl", libc::SYS_ioctl, 1, &[KVM_IRQ_LINE, FIONBIO]),
+            // Shutdown raises the i8042's interrupt; a snapshot saves the VM-wide state.
+            arg_in("ioctl", libc::SYS_ioctl, 1, &{
+                let mut v = vec![KVM_IRQ_LINE, FIONBIO];
+                v.extend(hypervisor::kvm::vm_save_ioctls());
+                v
+            }),
+            // A snapshot: the folder, the memory file (sparse: sized, then written where the
+            // guest's pages are, found with mincore or SEEK_DATA), the state file, renames.
+            any("mkdirat", libc::SYS_mkdirat),
+            any("mkdir", libc::SYS_mkdir),
+            any("openat", libc::SYS_openat),
+            any("newfstatat", libc::SYS_newfstatat),
+            any("statx", libc::SYS_statx),
+            any("fstat", libc::SYS_fstat),
+            any("ftruncate", libc::SYS_ftruncate),
+            any("pwrite64", libc::SYS_pwrite64),
+            any("lseek", libc::SYS_lseek),
+            any("mincore", libc::SYS_mincore),
+            any("fsync", libc::SYS_fsync),
+            any("fdatasync", libc::SYS_fdatasync),
+            any("rename", libc::SYS_rename),
+            any("renameat", libc::SYS_renameat),
+            any("renameat2", libc::SYS_renameat2),
+            // The state file's document (serde_json buffers it) and the api's write.
+            any("write", libc::SYS_write),
             any("epoll_wait", libc::SYS_epoll_wait),
             any("epoll_pwait", libc::SYS_epoll_pwait),
             any("epoll_ctl", libc::SYS_epoll_ctl),
