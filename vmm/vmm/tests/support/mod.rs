@@ -190,10 +190,15 @@ impl Drop for VmmProcess {
 
 /// Sends one HTTP/1.1 request over a unix socket; returns (status, body).
 pub fn http(socket: &Path, method: &str, path: &str) -> (u16, String) {
+    http_with_body(socket, method, path, "")
+}
+
+/// [`http`] with a request body.
+pub fn http_with_body(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the api");
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let status = response
