@@ -940,7 +940,6 @@ fn fmedian(mut v: Vec<f64>) -> f64 {
 }
 
 /// The result table, printed as markdown at the end.
-#[derive(Default)]
 /// One HTTP/1.1 request over the VMM's API socket; (status, body).
 fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
     let mut s = UnixStream::connect(socket).context("connect to the api")?;
@@ -1114,6 +1113,7 @@ fn cold_boot(s: &Setup, disk: &Path) -> Result<Duration> {
     Ok(line.end - vm.started)
 }
 
+#[derive(Default)]
 struct Table(Vec<(String, String)>);
 
 impl Table {

@@ -70,17 +70,12 @@ pub fn vcpu_save_ioctls() -> Vec<u64> {
         KVM_GET_MSRS(),
         KVM_GET_VCPU_EVENTS(),
     ]
-    .iter()
-    .map(|&n| n as u64)
-    .collect()
+    .to_vec()
 }
 
 /// The `ioctl` requests [`Vm::save_state`](crate::Vm::save_state) makes.
 pub fn vm_save_ioctls() -> Vec<u64> {
-    [KVM_GET_PIT2(), KVM_GET_CLOCK(), KVM_GET_IRQCHIP()]
-        .iter()
-        .map(|&n| n as u64)
-        .collect()
+    vec![KVM_GET_PIT2(), KVM_GET_CLOCK(), KVM_GET_IRQCHIP()]
 }
 
 /// The backend name recorded in saved states.
