@@ -35,7 +35,9 @@
 //! (BENCH_RUNS=20 starts, BENCH_START_ONLY=1 stops after them, BENCH_XFER_RUNS=5 transfer runs, BENCH_VSOCK_MIB=256,
 //! BENCH_BLK_MIB=64, BENCH_BLK_REQ_KIB=1024; RMACHINE_VMM_BIN=path skips building
 //! rmachine-vmm; BENCH_QEMU=0 skips the QEMU peer; BENCH_SNAPSHOT=0 skips the snapshot part,
-//! BENCH_SNAPSHOT_ONLY=1 runs only it; BENCH_FIRECRACKER=path adds Firecracker).
+//! BENCH_SNAPSHOT_ONLY=1 runs only it; BENCH_FIRECRACKER=path adds Firecracker;
+//! BENCH_VMM_ALT=path adds another build of rmachine-vmm, e.g. a static musl one, measured
+//! interleaved with the first for start and memory).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -439,6 +441,18 @@ impl Setup {
         devices: serde_json::Value,
         args: &[&str],
     ) -> Result<Vm> {
+        self.rmachine_bin(&self.vmm, name, cmdline, devices, args)
+    }
+
+    /// [`Setup::rmachine_with_args`] with another rmachine-vmm binary.
+    fn rmachine_bin(
+        &self,
+        bin: &Path,
+        name: &str,
+        cmdline: &str,
+        devices: serde_json::Value,
+        args: &[&str],
+    ) -> Result<Vm> {
         let mut config = json!({
             "memory_mib": GUEST_MIB,
             "kernel": {"path": self.guest, "cmdline": format!("console=ttyS0 reboot=k {cmdline}")},
@@ -449,7 +463,7 @@ impl Setup {
         }
         let path = self.dir.path().join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
-        let mut cmd = Command::new(&self.vmm);
+        let mut cmd = Command::new(bin);
         // The default level, plus the vCPU thread's one debug line (its start).
         cmd.args(args)
             .arg("--config")
@@ -628,33 +642,52 @@ fn idle_overhead(
     s: &Setup,
     disk: &Path,
     firecracker: Option<&Path>,
+    alt: Option<&Path>,
     table: &mut Table,
 ) -> Result<()> {
     let held = "rmtest.bench=boot rmtest.sync=1";
-    let mut samples = Vec::new();
-    for _ in 0..3 {
-        let mut vm = s.rmachine(
-            "idle",
-            held,
-            json!({"disks": [{"id": "data", "path": disk}]}),
-        )?;
-        vm.wait_line("rmguest: bench waiting ready")?;
-        let (over, _) = overhead(&vm)?;
-        let private = private_kib(vm.pid(), GUEST_MIB * 1024)?;
-        vm.poke()?;
-        vm.wait_exit()?;
-        samples.push((over, private));
+    let mut bins = vec![s.vmm.clone()];
+    bins.extend(alt.map(Path::to_path_buf));
+    let mut firsts = Vec::new();
+    for bin in &bins {
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            let mut vm = s.rmachine_bin(
+                bin,
+                "idle",
+                held,
+                json!({"disks": [{"id": "data", "path": disk}]}),
+                &[],
+            )?;
+            vm.wait_line("rmguest: bench waiting ready")?;
+            let (over, _) = overhead(&vm)?;
+            let private = private_kib(vm.pid(), GUEST_MIB * 1024)?;
+            vm.poke()?;
+            vm.wait_exit()?;
+            samples.push((over, private));
+        }
+        samples.sort();
+        let (over, private) = samples[samples.len() / 2];
+        table.row(
+            format!(
+                "rmachine-vmm ({}): RSS − touched guest memory, idle at ready (median of 3)",
+                bin.display()
+            ),
+            format!(
+                "{} ({} of it private, the rest shared file pages)",
+                mib(over),
+                mib(private)
+            ),
+        );
+        firsts.push(over);
     }
-    samples.sort();
-    let (rm_over, rm_private) = samples[samples.len() / 2];
-    table.row(
-        "rmachine-vmm: RSS − touched guest memory, idle at ready (median of 3)",
-        format!(
-            "{} ({} of it private, the rest shared file pages)",
-            mib(rm_over),
-            mib(rm_private)
-        ),
-    );
+    if let [a, b] = firsts[..] {
+        table.row(
+            "memory overhead, the other build / the first",
+            format!("{:.2}×", b as f64 / a as f64),
+        );
+    }
+    let rm_over = firsts[0];
     if let Some(bin) = firecracker {
         let mut vm = s.firecracker(bin, held, disk)?;
         vm.wait_line("rmguest: bench waiting ready")?;
@@ -1163,6 +1196,8 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let firecracker = std::env::var_os("BENCH_FIRECRACKER").map(PathBuf::from);
+    let alt = std::env::var_os("BENCH_VMM_ALT").map(PathBuf::from);
+    let mut alt_starts: Vec<Start> = Vec::new();
 
     // 1. Start, interleaved: rmachine-vmm, QEMU, Firecracker if given, /bin/true.
     let boot_disk = s.disk("boot.img", 64)?;
@@ -1206,6 +1241,17 @@ fn main() -> Result<()> {
                 Ok(sample) => qemu.push(sample),
                 Err(e) => qemu_error = Some(format!("{e:#}")),
             }
+        }
+        if let Some(bin) = &alt {
+            let mut vm = s.rmachine_bin(
+                bin,
+                "boot-alt",
+                "rmtest.bench=boot",
+                json!({"disks": [{"id": "data", "path": boot_disk}]}),
+                &[],
+            )?;
+            alt_starts.push(start_once(&mut vm)?);
+            vm.wait_exit()?;
         }
         if let (Some(bin), None) = (&firecracker, &fc_error) {
             match s
@@ -1277,6 +1323,39 @@ fn main() -> Result<()> {
             format!("{:.2}×", rm_ready.as_secs_f64() / q_ready.as_secs_f64()),
         );
     }
+    if let Some(bin) = &alt {
+        let a_first = median(alt_starts.iter().map(|x| x.first).collect());
+        let a_ready = median(alt_starts.iter().map(|x| x.ready).collect());
+        let running: Vec<Duration> = alt_starts.iter().filter_map(|x| x.vcpu_running).collect();
+        if running.len() == alt_starts.len() {
+            table.row(
+                format!(
+                    "rmachine-vmm ({}): start → first guest instruction",
+                    bin.display()
+                ),
+                ms(median(running)),
+            );
+        }
+        table.row(
+            format!(
+                "rmachine-vmm ({}): start → first guest serial byte",
+                bin.display()
+            ),
+            ms(a_first),
+        );
+        table.row(
+            format!("rmachine-vmm ({}): start → `rmguest: ready`", bin.display()),
+            ms(a_ready),
+        );
+        table.row(
+            "first byte, the other build / the first",
+            format!("{:.2}×", a_first.as_secs_f64() / rm_first.as_secs_f64()),
+        );
+        table.row(
+            "ready, the other build / the first",
+            format!("{:.2}×", a_ready.as_secs_f64() / rm_ready.as_secs_f64()),
+        );
+    }
     if firecracker.is_some() {
         match &fc_error {
             Some(e) => table.row(
@@ -1304,7 +1383,13 @@ fn main() -> Result<()> {
         format!("{:.1}×", rm_first.as_secs_f64() / spawn_true.as_secs_f64()),
     );
     if std::env::var("BENCH_START_ONLY").as_deref() == Ok("1") {
-        idle_overhead(&s, &boot_disk, firecracker.as_deref(), &mut table)?;
+        idle_overhead(
+            &s,
+            &boot_disk,
+            firecracker.as_deref(),
+            alt.as_deref(),
+            &mut table,
+        )?;
         println!("# rmachine-vmm: test guest, 1 vCPU, {GUEST_MIB} MiB (start only)");
         table.print();
         return Ok(());
@@ -1345,8 +1430,14 @@ fn main() -> Result<()> {
         );
     }
 
-    if firecracker.is_some() {
-        idle_overhead(&s, &boot_disk, firecracker.as_deref(), &mut table)?;
+    if firecracker.is_some() || alt.is_some() {
+        idle_overhead(
+            &s,
+            &boot_disk,
+            firecracker.as_deref(),
+            alt.as_deref(),
+            &mut table,
+        )?;
     }
 
     // 3. The guest's own speed: the same loop under both VMMs and natively.

@@ -54,7 +54,9 @@ pub fn vmm_command() -> Command {
 fn vmm_command_inner() -> Command {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let bin = env!("CARGO_BIN_EXE_rmachine-vmm");
+    // RMTEST_VMM_BIN runs the tests against another build (a static musl one).
+    let built = env!("CARGO_BIN_EXE_rmachine-vmm");
+    let bin = std::env::var("RMTEST_VMM_BIN").unwrap_or_else(|_| built.to_string());
     match std::env::var_os("RMTEST_VMM_STRACE") {
         Some(dir) => {
             let n = RUNS.fetch_add(1, Ordering::SeqCst);
@@ -63,7 +65,7 @@ fn vmm_command_inner() -> Command {
             let mut cmd = Command::new("strace");
             cmd.args(["-f", "-ff", "-qq", "-o"])
                 .arg(out.join("t"))
-                .arg(bin)
+                .arg(&bin)
                 .arg("--seccomp-log");
             cmd
         }
