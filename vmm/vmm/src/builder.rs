@@ -101,15 +101,8 @@ impl Vmm {
             }
             None => None,
         };
-        let mut devices = DeviceManager::new(
-            &config,
-            vm.clone(),
-            &mem,
-            exit_tx.clone(),
-            filters,
-            preopened,
-        )
-        .map_err(BuildError::Devices)?;
+        let mut devices = DeviceManager::new(&config, vm.clone(), &mem, exit_tx.clone(), preopened)
+            .map_err(BuildError::Devices)?;
         let (start, boot_protocol, restored_from) = match (&restore, restored_vcpus) {
             (Some(snap), Some(states)) => {
                 devices.restore(&snap.state).map_err(BuildError::Restore)?;

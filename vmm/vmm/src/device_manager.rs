@@ -143,6 +143,9 @@ pub struct DeviceManager {
     /// virtio devices, by slot.
     pub virtio: Vec<VirtioEntry>,
     subscribers: Vec<Subscriber>,
+    /// Feed the VMM's stdin to the serial port (started with the event loop, after a restore
+    /// put the UART back: input read before would be lost).
+    serial_stdin: bool,
 }
 
 impl DeviceManager {
@@ -153,7 +156,6 @@ impl DeviceManager {
         vm: Arc<dyn Vm>,
         mem: &GuestMemory,
         exit: Sender<VmmExit>,
-        filters: &Arc<Filters>,
         preopened: &mut Preopened,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
@@ -167,9 +169,6 @@ impl DeviceManager {
         )));
         pio.insert(serial.clone(), SERIAL_PORT, 8)
             .map_err(|e| DeviceError::Bus("serial".into(), e))?;
-        if serial_cfg.stdio {
-            spawn_stdin_reader(serial.clone(), filters);
-        }
 
         let reset_exit = Mutex::new(exit);
         let i8042 = Arc::new(Mutex::new(I8042::new(
@@ -279,6 +278,7 @@ impl DeviceManager {
             cmos,
             virtio,
             subscribers,
+            serial_stdin: serial_cfg.stdio,
         })
     }
 
@@ -289,6 +289,9 @@ impl DeviceManager {
 
     /// Starts the thread that runs the devices' event handlers, under the devices filter.
     pub fn start_event_loop(&mut self, filters: &Arc<Filters>) -> Result<(), DeviceError> {
+        if self.serial_stdin {
+            spawn_stdin_reader(self.serial.clone(), filters);
+        }
         let mut manager: EventManager<Subscriber> = EventManager::new()
             .map_err(|e| DeviceError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
         for sub in self.subscribers.drain(..) {

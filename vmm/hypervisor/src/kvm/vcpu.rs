@@ -162,7 +162,15 @@ impl KvmVcpuKicker {
             // SAFETY: tgkill takes integers and reads no memory; a stale id cannot cause harm
             // (module doc). The lock is held across the call, so the vCPU is not dropped (and
             // its thread cannot exit) meanwhile.
-            Some(tid) => unsafe { libc::tgkill(self.target.tgid, tid, kick_signal()) == 0 },
+            // (The raw system call: musl's libc has no tgkill wrapper.)
+            Some(tid) => unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::c_long::from(self.target.tgid),
+                    libc::c_long::from(tid),
+                    libc::c_long::from(kick_signal()),
+                ) == 0
+            },
             None => false,
         }
     }

@@ -199,6 +199,7 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
             any("pwrite64", libc::SYS_pwrite64),
             any("lseek", libc::SYS_lseek),
             any("mincore", libc::SYS_mincore),
+            // ... and the writable disks are synced.
             any("fsync", libc::SYS_fsync),
             any("fdatasync", libc::SYS_fdatasync),
             any("rename", libc::SYS_rename),
