@@ -65,6 +65,10 @@ pub struct VmConfig {
     pub filesystems: Vec<FsConfig>,
     /// Unix socket of the control API. Default: no API.
     pub api_socket: Option<PathBuf>,
+    /// Folder `PUT /vm/snapshot` writes a snapshot into when its request names none (an
+    /// existing folder; a jailed VMM sees it read-write, and can write snapshots nowhere
+    /// else). Default: none (each request names its folder).
+    pub snapshot_dir: Option<PathBuf>,
     /// Run confined (see the `jail` module): as an unprivileged user, in new mount, PID,
     /// network and IPC namespaces, seeing only the kernel, disks, backend sockets, the vsock
     /// socket's folder and `/dev/kvm`. Every path of the document must then be absolute.
@@ -315,6 +319,14 @@ impl VmConfig {
         if let Some(api) = &self.api_socket {
             check_parent_dir("api_socket", api)?;
         }
+        if let Some(dir) = &self.snapshot_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "snapshot_dir",
+                    format!("{} is not an existing folder", dir.display()),
+                ));
+            }
+        }
         if let Some(jail) = &self.jail {
             self.check_jail(jail)?;
         }
@@ -463,6 +475,9 @@ impl VmConfig {
         }
         if let Some(p) = &self.api_socket {
             paths.push(("api_socket".into(), p));
+        }
+        if let Some(p) = &self.snapshot_dir {
+            paths.push(("snapshot_dir".into(), p));
         }
         paths
     }

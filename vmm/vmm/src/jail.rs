@@ -310,6 +310,10 @@ fn binds(config: &ResolvedConfig) -> Result<Vec<Bind>, JailError> {
         }
         binds.push(bind);
     }
+    if let Some(dir) = &c.snapshot_dir {
+        // Read-write: PUT /vm/snapshot writes its files there.
+        binds.push(bind_source("snapshot_dir", dir, false)?);
+    }
     // Folders first: a file may sit in one (and is then mounted over its view there).
     binds.sort_by_key(|b| !b.dir);
     Ok(binds)
