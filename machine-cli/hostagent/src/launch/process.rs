@@ -5,9 +5,10 @@
 use rmachine_machine::sys::process::ProcessId;
 
 pub(crate) enum Proc {
-    /// Started by this host agent; killed if it is dropped (the host agent failed).
+    /// Started by this host agent; killed if it is dropped (the host agent failed). Boxed:
+    /// Windows' `Child` is far larger than a `ProcessId`.
     Child {
-        child: tokio::process::Child,
+        child: Box<tokio::process::Child>,
         id: Option<ProcessId>,
     },
     /// Taken over; killed if it is dropped, as a child would be.
@@ -18,7 +19,10 @@ impl Proc {
     /// A child just started (it is killed when dropped).
     pub(crate) fn child(child: tokio::process::Child) -> Proc {
         let id = child.id().and_then(ProcessId::of);
-        Proc::Child { child, id }
+        Proc::Child {
+            child: Box::new(child),
+            id,
+        }
     }
 
     /// Who it is, for `state.json`.
