@@ -15,6 +15,7 @@ pub mod image_store;
 pub mod lifecycle;
 pub mod paths;
 pub mod qemu;
+pub mod ssh;
 pub mod state;
 pub mod store;
 pub mod sys;

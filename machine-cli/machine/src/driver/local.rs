@@ -63,7 +63,7 @@ pub fn choose_backend(kind: DriverKind) -> BackendChoice {
             accel: Accel::Kvm,
             reason: "--driver vmm".into(),
         },
-        DriverKind::Auto | DriverKind::Fake => {
+        DriverKind::Auto | DriverKind::Fake | DriverKind::Ssh => {
             if a.accel != Accel::Kvm {
                 BackendChoice {
                     backend: Backend::Qemu,
