@@ -25,10 +25,21 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> GuestIo for T {}
 pub type ConnectFuture<'a> =
     Pin<Box<dyn Future<Output = io::Result<Box<dyn GuestIo>>> + Send + 'a>>;
 
+/// The future returned by [`GuestConnector::dial`].
+pub type DialFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<DialedStream, GuestDialError>> + Send + 'a>>;
+
 /// Opens greeted streams to guest services.
 pub trait GuestConnector: Send + Sync + 'static {
     /// Connects to `service` and completes the hello exchange.
     fn connect(&self, service: Service) -> ConnectFuture<'_>;
+
+    /// Dials `request` inside the guest: by default through the guest's dial service
+    /// (header and answer); a connector with a way of its own (an ssh machine's
+    /// direct-tcpip channels) replaces it.
+    fn dial<'a>(&'a self, request: &'a DialRequest) -> DialFuture<'a> {
+        Box::pin(dial_service(self, request))
+    }
 }
 
 impl GuestConnector for Carrier {
@@ -70,20 +81,23 @@ pub enum GuestDialError {
     Refused(#[source] DialError),
     #[error("timed out after {DIAL_TIMEOUT:?} dialing through the guest")]
     Timeout,
+    #[error("{0}")]
+    Unsupported(String),
 }
 
-/// Dials `request` inside the guest through the dial service.
+/// Dials `request` inside the guest ([`GuestConnector::dial`]), within [`DIAL_TIMEOUT`].
 pub async fn dial(
     connector: &dyn GuestConnector,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
-    tokio::time::timeout(DIAL_TIMEOUT, dial_inner(connector, request))
+    tokio::time::timeout(DIAL_TIMEOUT, connector.dial(request))
         .await
         .map_err(|_| GuestDialError::Timeout)?
 }
 
-async fn dial_inner(
-    connector: &dyn GuestConnector,
+/// The dial service's exchange: connect, send the header, read the agent's answer.
+async fn dial_service<C: GuestConnector + ?Sized>(
+    connector: &C,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
     let stream = connector

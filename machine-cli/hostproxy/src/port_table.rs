@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::connector::GuestConnector;
 use crate::forwarder::Forwarder;
-use crate::port::{ContainerRef, PortEvent, PortStatus, PublishedPort};
+use crate::port::{ContainerRef, HostPorts, PortEvent, PortStatus, PublishedPort, Transport};
 
 enum State {
     Open(Forwarder),
@@ -31,6 +31,7 @@ pub struct PortTable {
     entries: BTreeMap<PublishedPort, Entry>,
     connector: Arc<dyn GuestConnector>,
     udp_idle_timeout: Duration,
+    host_ports: HostPorts,
     events: mpsc::Sender<PortEvent>,
     status: watch::Sender<Vec<PortStatus>>,
 }
@@ -46,9 +47,16 @@ impl PortTable {
             entries: BTreeMap::new(),
             connector,
             udp_idle_timeout,
+            host_ports: HostPorts::default(),
             events,
             status,
         }
+    }
+
+    /// Opens ports as `host_ports` says (loopback only, no udp).
+    pub fn with_host_ports(mut self, host_ports: HostPorts) -> PortTable {
+        self.host_ports = host_ports;
+        self
     }
 
     /// Makes `container`'s ports exactly `ports`: closes the ones it no longer
@@ -168,8 +176,17 @@ impl PortTable {
         container: &ContainerRef,
         events: &mut Vec<PortEvent>,
     ) -> Entry {
-        let state = match Forwarder::open(port, Arc::clone(&self.connector), self.udp_idle_timeout)
-        {
+        let opened = match (&self.host_ports.udp_unsupported, port.transport) {
+            (Some(reason), Transport::Udp) => Err(reason.clone()),
+            _ => Forwarder::open_at(
+                port,
+                self.host_ports.bind_ip(&port),
+                Arc::clone(&self.connector),
+                self.udp_idle_timeout,
+            )
+            .map_err(|err| error_chain(&err)),
+        };
+        let state = match opened {
             Ok(forwarder) => {
                 info!(%port, container = %container.name, "port opened");
                 events.push(PortEvent::Opened {
@@ -178,8 +195,7 @@ impl PortTable {
                 });
                 State::Open(forwarder)
             }
-            Err(err) => {
-                let error = error_chain(&err);
+            Err(error) => {
                 warn!(%port, container = %container.name, %error, "cannot open port");
                 events.push(PortEvent::Failed {
                     port,

@@ -32,6 +32,16 @@ pub const REMOTE_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// The port of the engine's mutual TLS listener (`--engine-tls`).
 pub const ENGINE_TLS_PORT: u16 = 2376;
 
+/// A passphrase: shown as `(hidden)` by `Debug`, never serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(hidden)")
+    }
+}
+
 /// Why talking to a remote host failed; each variant names the step and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {

@@ -35,7 +35,7 @@ pub struct Auth {
     /// `~/.ssh/id_ed25519`, `id_ecdsa` and `id_rsa`.
     pub key: Option<PathBuf>,
     /// The key file's passphrase, when it is encrypted (never stored).
-    pub passphrase: Option<String>,
+    pub passphrase: Option<super::Secret>,
 }
 
 impl Auth {
@@ -169,45 +169,68 @@ pub async fn connect(
         check: check.clone(),
         offered: offered.clone(),
     };
-    let offered_key = || {
-        offered
-            .lock()
-            .expect("the offered-key lock is never poisoned: nothing panics while held")
-            .clone()
+    let handshake =
+        tokio::time::timeout(LOGIN_TIMEOUT, client::connect_stream(config, tcp, handler)).await;
+    let handle = match handshake {
+        Err(_) => {
+            return Err(SshError::StepTimeout {
+                step: format!("the ssh handshake with {target}"),
+                seconds: LOGIN_TIMEOUT.as_secs(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(match offered_key(&offered) {
+                Some(key) if !check.accepts(&key) => key_refused(target, &check, &key, pin_file),
+                _ => SshError::Handshake { address, source },
+            })
+        }
+        Ok(Ok(handle)) => handle,
     };
-    let login = async {
-        let handle =
-            client::connect_stream(config, tcp, handler)
-                .await
-                .map_err(|source| match (offered_key(), &check) {
-                    (Some(key), check) if !check.accepts(&key) => {
-                        key_refused(target, check, &key, pin_file)
-                    }
-                    _ => SshError::Handshake {
-                        address: address.clone(),
-                        source,
-                    },
-                })?;
-        let mut session = Session {
-            handle,
-            target: target.clone(),
-        };
-        session.login(auth).await?;
-        Ok::<Session, SshError>(session)
+    let mut session = Session {
+        handle,
+        target: target.clone(),
     };
-    let session = tokio::time::timeout(LOGIN_TIMEOUT, login)
+    tokio::time::timeout(LOGIN_TIMEOUT, session.login(auth))
         .await
         .map_err(|_| SshError::StepTimeout {
             step: format!("the ssh login to {target}"),
             seconds: LOGIN_TIMEOUT.as_secs(),
         })??;
-    let host_key = offered_key().ok_or_else(|| {
+    let host_key = offered_key(&offered).ok_or_else(|| {
         SshError::step(
-            format!("the ssh handshake with {address}"),
+            format!("the ssh handshake with {}", target.address()),
             "the host offered no host key",
         )
     })?;
     Ok(Connected { session, host_key })
+}
+
+type AgentLogin<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<client::AuthResult, russh::AgentAuthError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// Logs in with an ssh-agent's key. Boxed as `Send` here, where its lifetimes are
+/// concrete: the compiler cannot prove russh's signer future `Send` for every lifetime
+/// when it is left inside a larger future.
+fn agent_login<'a>(
+    handle: &'a mut Handle<Client>,
+    user: &'a str,
+    key: PublicKey,
+    hash: Option<russh::keys::HashAlg>,
+    agent: &'a mut ssh_agent::Agent,
+) -> AgentLogin<'a> {
+    Box::pin(handle.authenticate_publickey_with(user, key, hash, agent))
+}
+
+fn offered_key(offered: &Mutex<Option<PublicKey>>) -> Option<PublicKey> {
+    offered
+        .lock()
+        .expect("the offered-key lock is never poisoned: nothing panics while held")
+        .clone()
 }
 
 fn key_refused(
@@ -254,11 +277,7 @@ impl Session {
             for key in identities {
                 tried.push(format!("agent key {}", host_key::fingerprint(&key)));
                 let hash = key.algorithm().is_rsa().then_some(rsa_hash).flatten();
-                match self
-                    .handle
-                    .authenticate_publickey_with(&user, key, hash, &mut agent)
-                    .await
-                {
+                match agent_login(&mut self.handle, &user, key, hash, &mut agent).await {
                     Ok(r) if r.success() => return Ok(()),
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "the ssh-agent could not sign"),
@@ -272,7 +291,7 @@ impl Session {
             });
         }
         for path in files {
-            let key = load_key(&path, auth.passphrase.as_deref())?;
+            let key = load_key(&path, auth.passphrase.as_ref().map(|p| p.0.as_str()))?;
             tried.push(path.display().to_string());
             let hash = key.algorithm().is_rsa().then_some(rsa_hash).flatten();
             let r = self
