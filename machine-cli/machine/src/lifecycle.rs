@@ -36,6 +36,8 @@ pub enum LifecycleError {
     SettingsOfExisting { name: String },
     #[error("disk: cannot shrink the data disk from {from}G to {to}G (data would be lost)")]
     ShrinkDisk { from: u32, to: u32 },
+    #[error(transparent)]
+    Bundle(#[from] crate::ssh::bundle::BundleError),
     #[error("cannot prepare machine {name}")]
     Prepare {
         name: String,
@@ -316,6 +318,61 @@ impl Lifecycle {
         let machine = self.store.load(name)?;
         Ok(driver::SshDriver::new(self.ssh_passphrase.clone())
             .regenerate_certs(&machine, progress)?)
+    }
+
+    /// An ssh machine as a bundle for another computer (see [`crate::ssh::bundle`]).
+    pub fn export(
+        &self,
+        name: &str,
+        include_secrets: bool,
+    ) -> Result<crate::ssh::bundle::Bundle, LifecycleError> {
+        let m = self.store.load(name)?;
+        Ok(crate::ssh::bundle::Bundle::of(
+            name,
+            m.spec.ssh.as_ref(),
+            &m.files,
+            include_secrets,
+            dirs::home_dir().as_deref(),
+        )?)
+    }
+
+    /// Recreates an exported ssh machine here as `name` (default: its exported name),
+    /// paths made local: its pin is in place before the first connection, which then
+    /// checks it and that the engine answers. A failure leaves no machine.
+    pub fn import(
+        &self,
+        bundle: &crate::ssh::bundle::Bundle,
+        name: Option<&str>,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Machine, LifecycleError> {
+        let name = name.unwrap_or(&bundle.name);
+        let settings = Settings {
+            driver: Some(crate::config::DriverKind::Ssh),
+            mounts: Some(Vec::new()),
+            ssh: Some(bundle.settings_here()),
+            ..Settings::default()
+        };
+        let machine = self.store.create(name, &settings)?;
+        let prepared = bundle
+            .install(&machine.files)
+            .map_err(|source| MachineError::Io {
+                what: "cannot write the imported files into",
+                path: machine.files.dir().to_path_buf(),
+                source,
+            })
+            .and_then(|()| {
+                driver::SshDriver::new(self.ssh_passphrase.clone()).verify(&machine, progress)
+            });
+        if let Err(source) = prepared {
+            let _ = self.store.remove(name);
+            return Err(LifecycleError::Prepare {
+                name: name.to_string(),
+                source,
+            });
+        }
+        self.write_context(&machine)?;
+        tracing::info!(machine = name, "machine imported");
+        Ok(self.store.load(name)?)
     }
 
     /// Writes (or refreshes) the machine's docker context.

@@ -104,6 +104,29 @@ impl SshDriver {
         .map_err(Self::remote_err(machine))
     }
 
+    /// Connects with the machine's pin and checks that the engine answers; returns the
+    /// engine's version.
+    pub fn verify(
+        &self,
+        machine: &Machine,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, MachineError> {
+        let settings = Self::settings(machine)?;
+        let auth = self.auth(machine)?;
+        block_on(async {
+            progress(&format!(
+                "connecting to {} (the host key must match the pin)",
+                settings.target()
+            ));
+            let c = remote::connect(&machine.files, settings, &auth, None, &mut |_| {}).await?;
+            progress("checking the engine through ssh");
+            let version = remote::engine_version(&c.session).await?;
+            c.session.disconnect().await;
+            Ok::<String, SshError>(version)
+        })?
+        .map_err(Self::remote_err(machine))
+    }
+
     /// Undoes what rmachine changed on the host (`rm --purge-remote`).
     pub fn purge_remote(
         &self,
