@@ -43,7 +43,10 @@ const DISK_SIZE: &str = "4G";
 const NET_SCRIPT: &str = r#"#!/bin/sh
 t=$(sed -n 's/.*rmtest\.time=\([0-9]*\).*/\1/p' /proc/cmdline)
 [ -n "$t" ] && date -u -s "@$t" >/dev/null
-dev=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
+dev=
+for d in /sys/class/net/*; do
+  if [ -e "$d/device" ]; then dev=${d##*/}; break; fi
+done
 ip link set lo up
 ip link set "$dev" up
 ip addr add 10.0.2.15/24 dev "$dev"
