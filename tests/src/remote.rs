@@ -35,7 +35,7 @@ const BASE_PACKAGES: &[&str] = &[
     "ca-certificates",
 ];
 /// What the `docker` variant adds.
-const DOCKER_PACKAGES: &[&str] = &["docker.io"];
+const DOCKER_PACKAGES: &[&str] = &["docker.io", "docker-cli"];
 const DISK_SIZE: &str = "4G";
 
 /// Brings the network up (QEMU user networking: 10.0.2.15, gateway 10.0.2.2, DNS

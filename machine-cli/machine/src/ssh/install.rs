@@ -45,10 +45,12 @@ pub fn plan(os: &OsRelease) -> Result<InstallPlan, Unsupported> {
                 .codename
                 .as_deref()
                 .is_some_and(|c| DEBIAN_COMPOSE_V1.contains(&c));
+            // Debian packages the docker CLI on its own (`docker-cli`), for people working
+            // on the host itself.
             if old {
-                vec!["docker-buildx"]
+                vec!["docker-cli", "docker-buildx"]
             } else {
-                vec!["docker-compose", "docker-buildx"]
+                vec!["docker-cli", "docker-compose", "docker-buildx"]
             }
         }
         "ubuntu" => vec!["docker-compose-v2", "docker-buildx"],
@@ -173,7 +175,10 @@ mod tests {
     fn test_plan_per_release() {
         let trixie = plan(&OsRelease::parse(TRIXIE)).unwrap();
         assert_eq!(trixie.packages, ["docker.io", "ca-certificates"]);
-        assert_eq!(trixie.optional, ["docker-compose", "docker-buildx"]);
+        assert_eq!(
+            trixie.optional,
+            ["docker-cli", "docker-compose", "docker-buildx"]
+        );
         let bookworm = plan(&OsRelease::parse(
             "ID=debian\nVERSION_CODENAME=bookworm\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
         ))
@@ -215,7 +220,7 @@ mod tests {
         let p = plan(&OsRelease::parse(TRIXIE)).unwrap();
         let s = script(&p, Some("me"));
         assert!(s.contains("apt-get update") && s.contains("apt-get install -y"));
-        assert!(s.contains("for p in docker-compose docker-buildx"));
+        assert!(s.contains("for p in docker-cli docker-compose docker-buildx"));
         assert!(s.contains("usermod -aG docker 'me'"));
         assert!(!s.contains("curl") && !s.contains("wget") && !s.contains("hostname"));
         assert!(!script(&p, None).contains("usermod"));
