@@ -341,21 +341,21 @@ fn test_create_installs_docker_and_serves_the_local_endpoint() {
 
     // The connection dies (every sshd session killed, sshd restarted): the host agent
     // connects again and docker works again.
-    host.root_ok("nohup sh -c 'sleep 1; pkill -x sshd-session; pkill -f \"sshd: \"; systemctl restart ssh' >/dev/null 2>&1 &");
+    // (pkill -x matches the per-connection process's name, not this command's own line.)
+    host.root_ok("setsid nohup sh -c 'sleep 1; pkill -x sshd-session; systemctl restart ssh' >/dev/null 2>&1 </dev/null &");
     std::thread::sleep(Duration::from_secs(3));
-    retry(
-        "docker ps after the connection was killed",
-        Duration::from_secs(90),
-        || {
-            docker_try(&env, &["ps", "--format", "{{.Names}}"]).and_then(|s| {
-                if s.contains("box") {
-                    Ok(s)
-                } else {
-                    Err(s)
-                }
-            })
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match docker_try(&env, &["ps", "--format", "{{.Names}}"]) {
+            Ok(names) if names.contains("box") => break,
+            other if Instant::now() > deadline => panic!(
+                "docker ps does not work again after the connection was killed: {other:?}\n--- host agent log ---\n{}\n--- remote sshd ---\n{:?}",
+                env.hostagent_log("far"),
+                host.ssh("root", "systemctl status ssh --no-pager | tail -5; pgrep -a sshd")
+            ),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
     let log = env.hostagent_log("far");
     assert!(log.contains("ssh connection made again"), "{log}");
     retry(
@@ -424,6 +424,7 @@ fn test_adopt_export_import_and_changed_host_key() {
             .arg("-lf")
             .arg("-")
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;

@@ -100,7 +100,8 @@ fn via_dial_stdio(host: &RemoteHost) -> Duration {
 fn download(port: u16, mib: u64) -> f64 {
     let t = Instant::now();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.write_all(b"GET /blob HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /blob HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -130,7 +131,14 @@ fn main() {
     let env = MachineEnv::new();
     let key = host.image.key.display().to_string();
     env.rmachine_ok(&[
-        "create", M, "--ssh-host", &host.target("root"), "--ssh-key", &key, "--install", "never",
+        "create",
+        M,
+        "--ssh-host",
+        &host.target("root"),
+        "--ssh-key",
+        &key,
+        "--install",
+        "never",
     ]);
     env.rmachine_ok(&["start", M]);
     let socket = env.home.join("machines").join(M).join("docker.sock");

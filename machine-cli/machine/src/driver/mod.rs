@@ -87,7 +87,7 @@ pub enum MachineError {
     Remote {
         name: String,
         #[source]
-        source: crate::ssh::SshError,
+        source: Box<crate::ssh::SshError>,
     },
 }
 

@@ -45,7 +45,7 @@ impl SshDriver {
     fn remote_err(machine: &Machine) -> impl FnOnce(SshError) -> MachineError + '_ {
         move |source| MachineError::Remote {
             name: machine.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -138,13 +138,13 @@ impl SshDriver {
         let record = RemoteRecord::read(&machine.files.remote_record()).ok_or_else(|| {
             MachineError::Remote {
                 name: machine.name.clone(),
-                source: SshError::step(
+                source: Box::new(SshError::step(
                     "purging the host",
                     format!(
                         "{} is missing: what rmachine changed there is unknown",
                         machine.files.remote_record().display()
                     ),
-                ),
+                )),
             }
         })?;
         block_on(async {

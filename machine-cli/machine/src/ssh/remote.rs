@@ -16,6 +16,9 @@ use crate::paths::MachinePaths;
 /// Version of `remote.json`.
 pub const RECORD_VERSION: u32 = 1;
 
+/// How long an engine whose service is starting is waited for.
+const ENGINE_STARTING_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// How long the engine's `_ping` may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -152,6 +155,15 @@ pub async fn prepare(
         .await?;
     progress("probing the host");
     let mut found = probe::run(&session).await?;
+    // An engine whose service is still starting (a host that just booted) is waited for.
+    let deadline = tokio::time::Instant::now() + ENGINE_STARTING_TIMEOUT;
+    while found.docker_service.as_deref() == Some("activating")
+        && tokio::time::Instant::now() < deadline
+    {
+        progress("the host's engine is starting; waiting for it");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        found = probe::run(&session).await?;
+    }
     progress(&format!(
         "{} on {}{}",
         found.os.pretty_name,

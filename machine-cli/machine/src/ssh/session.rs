@@ -386,10 +386,8 @@ impl Session {
                             stdout.extend_from_slice(&data);
                         }
                     }
-                    ChannelMsg::ExtendedData { data, .. } => {
-                        if stderr.len() < MAX_OUTPUT {
-                            stderr.extend_from_slice(&data);
-                        }
+                    ChannelMsg::ExtendedData { data, .. } if stderr.len() < MAX_OUTPUT => {
+                        stderr.extend_from_slice(&data);
                     }
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                     _ => {}
