@@ -318,6 +318,42 @@ mod tests {
         }
     }
 
+    /// A remote engine's table: a port published on any address opens on this host's
+    /// loopback, and a udp port is reported failed with the reason, nothing bound.
+    #[tokio::test]
+    async fn test_remote_ports_bind_loopback_and_refuse_udp() {
+        let (table, mut events, status) = table();
+        let mut table = table.with_host_ports(HostPorts {
+            loopback_only: true,
+            udp_unsupported: Some("UDP is not forwarded over SSH".into()),
+        });
+        let port = free_port();
+        let wildcard = PublishedPort {
+            host_ip: "0.0.0.0".parse().unwrap(),
+            ..tcp(port)
+        };
+        let udp = PublishedPort {
+            transport: Transport::Udp,
+            ..tcp(port)
+        };
+        table.set_container(container("a"), &[wildcard, udp]).await;
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let snapshot = status.borrow().clone();
+        let failed: Vec<_> = snapshot.iter().filter_map(|s| s.error.clone()).collect();
+        assert_eq!(failed, ["UDP is not forwarded over SSH"]);
+        let mut kinds = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            kinds.push(match e {
+                PortEvent::Opened { .. } => "opened",
+                PortEvent::Failed { .. } => "failed",
+                PortEvent::Closed { .. } => "closed",
+            });
+        }
+        kinds.sort();
+        assert_eq!(kinds, ["failed", "opened"]);
+        table.close_all().await;
+    }
+
     fn table() -> (
         PortTable,
         mpsc::Receiver<PortEvent>,

@@ -185,7 +185,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             bookworm.optional,
-            ["docker-buildx"],
+            ["docker-cli", "docker-buildx"],
             "compose v1 is not the plugin"
         );
         let sid = plan(&OsRelease::parse(
