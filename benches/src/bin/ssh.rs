@@ -5,7 +5,7 @@
 //!   docker CLI's own `ssh://` transport to the same host (`ssh … docker system
 //!   dial-stdio`, a new ssh process per connection, as `docker -H ssh://…` does); the
 //!   median of BENCH_ROUNDS (100) each, a new connection every time;
-//! - published-port throughput (BENCH_MIB, 64 MiB, per download; the median of 3) through
+//! - published-port throughput (BENCH_MIB, 16 MiB, per download; the median of 3) through
 //!   rmachine's forward against an `ssh -L` forward of the same container port.
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin ssh`
@@ -126,7 +126,7 @@ fn median_f(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let rounds = env_num("BENCH_ROUNDS", 100) as usize;
-    let mib = env_num("BENCH_MIB", 64);
+    let mib = env_num("BENCH_MIB", 16);
     let host = RemoteHost::boot(&docker_image());
     let env = MachineEnv::new();
     let key = host.image.key.display().to_string();
