@@ -2,8 +2,8 @@
 //! systemd and openssh-server, booted with the project's own guest kernel (no modules, no
 //! initramfs: a raw ext4 root disk on virtio-mmio under `-M microvm`) and its sshd
 //! forwarded to an address of this host's loopback (`127.0.0.N`, one per VM, so that the
-//! engine's TLS port 2376 is forwarded too and an "address change" is a reboot on
-//! another N).
+//! engine's TLS port 2376 is forwarded too and an "address change" moves the forwards
+//! to another N through QEMU's monitor).
 //!
 //! The root disks are built with debootstrap and cached by content hash under
 //! `~/.cache/rmachine/ssh-host/` (outside the clone): `base` (no docker: the install
@@ -408,6 +408,11 @@ impl RemoteHost {
                 tls = rmachine_machine::ssh::ENGINE_TLS_PORT
             ))
             .args(["-device", "virtio-net-device,netdev=net0"])
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.dir.path().join("monitor.sock").display()
+            ))
             .args([
                 "-object",
                 "rng-random,id=rng0,filename=/dev/urandom",
@@ -520,17 +525,43 @@ impl RemoteHost {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Powers the host off (QEMU killed: its disk overlay stays) and boots it again on a
-    /// new loopback address: to its clients, the host's address changed.
+    /// Moves the host to a new address of this computer's loopback: its sshd and TLS
+    /// forwards are added there and removed from the old address (QEMU's monitor), so
+    /// that to its clients the host's address changed, without a reboot.
     pub fn move_to_new_address(&mut self) {
-        let _ = self.ssh("root", "sync");
-        self.kill();
         let old = self.addr;
         let mut new = free_loopback(&[SSH_PORT, rmachine_machine::ssh::ENGINE_TLS_PORT]);
         while new == old {
             new = free_loopback(&[SSH_PORT, rmachine_machine::ssh::ENGINE_TLS_PORT]);
         }
-        self.start(new);
+        for port in [SSH_PORT, rmachine_machine::ssh::ENGINE_TLS_PORT] {
+            let guest = if port == SSH_PORT { 22 } else { port };
+            self.monitor(&format!("hostfwd_add net0 tcp:{new}:{port}-:{guest}"));
+            self.monitor(&format!("hostfwd_remove net0 tcp:{old}:{port}"));
+        }
+        self.addr = new;
+        self.wait_ssh(Duration::from_secs(60));
+        eprintln!("remote host moved from {old} to {new}");
+    }
+
+    /// Runs one QEMU monitor command; panics when QEMU says it failed.
+    fn monitor(&self, command: &str) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.path().join("monitor.sock"))
+            .expect("connect to QEMU's monitor");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut banner = [0u8; 4096];
+        let _ = s.read(&mut banner);
+        writeln!(s, "{command}").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut reply = vec![0u8; 4096];
+        let n = s.read(&mut reply).unwrap_or(0);
+        let reply = String::from_utf8_lossy(&reply[..n]);
+        assert!(
+            !reply.to_lowercase().contains("invalid") && !reply.contains("Could not"),
+            "QEMU monitor `{command}`: {reply}"
+        );
     }
 
     fn kill(&mut self) {
