@@ -98,6 +98,13 @@ impl From<LifecycleError> for CommandError {
             | LifecycleError::SettingsOfExisting { .. }
             | LifecycleError::ShrinkDisk { .. }
             | LifecycleError::Bundle(_) => ErrorKind::Invalid,
+            LifecycleError::Network(rmachine_machine::network::NetworkError::NotFound(_)) => {
+                ErrorKind::NotFound
+            }
+            LifecycleError::Network(rmachine_machine::network::NetworkError::InUse { .. }) => {
+                ErrorKind::Busy
+            }
+            LifecycleError::Network(_) => ErrorKind::Invalid,
             LifecycleError::Config(_) | LifecycleError::Context(_) | LifecycleError::Paths(_) => {
                 ErrorKind::Io
             }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 pub use dirs::BuildDirs;
 use rmachine_protocol::image::{files as image_files, Manifest, ManifestError};
 use sha2::{Digest, Sha256};
+pub use tools::is_root;
 
 /// Options of one build.
 #[derive(Debug, Clone)]

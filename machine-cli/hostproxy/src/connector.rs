@@ -7,13 +7,14 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use rmachine_machine::guest_link::{Carrier, LinkError};
+use rmachine_machine::guest_link::{Carrier, LinkError, CONNECT_DEADLINE};
 use rmachine_protocol::dial::{self, DialError, DialRequest};
 use rmachine_protocol::line::{read_line_limited, Line, MAX_HEADER_LINE};
 use rmachine_protocol::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-/// How long a dial (connect, hello, header and the agent's answer) may take.
+/// How long a dial's header exchange (the request and the agent's answer) may take, once
+/// connected (the connect has its own deadline, [`CONNECT_DEADLINE`]).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A byte stream to a guest service, already greeted.
@@ -50,7 +51,7 @@ impl GuestConnector for Carrier {
                 Err(err) => {
                     let kind = match &err {
                         LinkError::Connect { source, .. } | LinkError::Io(source) => source.kind(),
-                        LinkError::Timeout(_) => io::ErrorKind::TimedOut,
+                        LinkError::Timeout(_) | LinkError::Busy => io::ErrorKind::TimedOut,
                         LinkError::Closed(_) => io::ErrorKind::UnexpectedEof,
                         _ => io::ErrorKind::ConnectionRefused,
                     };
@@ -85,12 +86,13 @@ pub enum GuestDialError {
     Unsupported(String),
 }
 
-/// Dials `request` inside the guest ([`GuestConnector::dial`]), within [`DIAL_TIMEOUT`].
+/// Dials `request` inside the guest ([`GuestConnector::dial`]), within its connect's
+/// deadline and [`DIAL_TIMEOUT`].
 pub async fn dial(
     connector: &dyn GuestConnector,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
-    tokio::time::timeout(DIAL_TIMEOUT, connector.dial(request))
+    tokio::time::timeout(CONNECT_DEADLINE + DIAL_TIMEOUT, connector.dial(request))
         .await
         .map_err(|_| GuestDialError::Timeout)?
 }

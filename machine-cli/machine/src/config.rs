@@ -94,6 +94,13 @@ pub struct Settings {
     /// The remote host of an `ssh` machine; none for a VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh: Option<crate::ssh::SshSettings>,
+    /// Networks between machines the machine joins (`rmachine network create`); default
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
+    /// The engine's settings (`daemon.json`, see `engine_settings`); default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The resolved settings a machine runs with.
@@ -106,6 +113,10 @@ pub struct MachineSpec {
     pub image: Option<String>,
     pub mounts: Vec<MountSpec>,
     pub ssh: Option<crate::ssh::SshSettings>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub engine: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why settings are not usable.
@@ -142,6 +153,8 @@ impl Settings {
             image: other.image.clone().or_else(|| self.image.clone()),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
             ssh: other.ssh.clone().or_else(|| self.ssh.clone()),
+            networks: other.networks.clone().or_else(|| self.networks.clone()),
+            engine: other.engine.clone().or_else(|| self.engine.clone()),
         }
     }
 
@@ -177,6 +190,34 @@ impl Settings {
             }
         }
         crate::ssh::validate_settings(self.driver, self.ssh.as_ref())?;
+        // An ssh machine's engine is the host's own: its daemon.json and networks are the
+        // host's business, not this machine's settings.
+        if self.driver == Some(DriverKind::Ssh) {
+            if self.engine.as_ref().is_some_and(|e| !e.is_empty()) {
+                return invalid(
+                    "engine",
+                    "an ssh machine's engine settings are its host's /etc/docker/daemon.json"
+                        .into(),
+                );
+            }
+            if self.networks.as_ref().is_some_and(|n| !n.is_empty()) {
+                return invalid(
+                    "networks",
+                    "an ssh machine cannot join rmachine networks (they connect local VMs)".into(),
+                );
+            }
+        }
+        if let Some(engine) = &self.engine {
+            crate::engine_settings::validate(engine).map_err(|message| ConfigError::Invalid {
+                field: "engine",
+                message,
+            })?;
+        }
+        for n in self.networks.iter().flatten() {
+            if crate::store::validate_name(n).is_err() {
+                return invalid("networks", format!("{n:?} is not a network name"));
+            }
+        }
         for m in self.mounts.iter().flatten() {
             if !m.path.is_absolute()
                 || m.path
@@ -211,12 +252,17 @@ impl Settings {
             image: self.image.clone(),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
             ssh: self.ssh.clone(),
+            networks: self.networks.clone().unwrap_or_default(),
+            engine: self.engine.clone().unwrap_or_default(),
         }
     }
 }
 
 /// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
-pub const KEYS: [&str; 5] = ["cpus", "memory", "disk", "driver", "image"];
+/// (`engine.KEY` sets one engine setting: `rmachine config set engine.log-driver local`.)
+pub const KEYS: [&str; 7] = [
+    "cpus", "memory", "disk", "driver", "image", "networks", "engine",
+];
 
 impl MachineSpec {
     /// One setting as text, in the units `set` takes (`2048M`, `64G`).
@@ -230,7 +276,16 @@ impl MachineSpec {
             "ssh-host" => (self.ssh.as_ref())
                 .map(|s| s.target().to_string())
                 .unwrap_or_else(|| "(not an ssh machine)".into()),
-            other => return Err(unknown_key(other)),
+            "networks" => self.networks.join(","),
+            "engine" => serde_json::Value::Object(self.engine.clone()).to_string(),
+            other => match other.strip_prefix("engine.") {
+                Some(name) => self
+                    .engine
+                    .get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                None => return Err(unknown_key(other)),
+            },
         })
     }
 }
@@ -263,7 +318,39 @@ impl Settings {
             }
             "image" => self.image = Some(value.to_string()),
             "ssh-host" => crate::ssh::set_host(&mut self.ssh, value)?,
-            other => return Err(unknown_key(other)),
+            // A comma-separated list; empty: none.
+            "networks" => {
+                self.networks = Some(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+            // The whole of daemon.json as a JSON object; empty: none.
+            "engine" => {
+                self.engine = match value.trim() {
+                    "" => None,
+                    text => Some(
+                        serde_json::from_str(text)
+                            .map_err(|e| invalid("engine", format!("not a JSON object: {e}")))?,
+                    ),
+                }
+            }
+            other => match other.strip_prefix("engine.") {
+                // One setting; an empty value removes it.
+                Some(name) => {
+                    let engine = self.engine.get_or_insert_with(Default::default);
+                    if value.is_empty() {
+                        engine.remove(name);
+                    } else {
+                        engine.insert(name.to_string(), crate::engine_settings::parse_value(value));
+                    }
+                }
+                None => return Err(unknown_key(other)),
+            },
         }
         Ok(())
     }
@@ -641,5 +728,23 @@ mod tests {
         assert_eq!(spec.get("driver").unwrap(), "qemu");
         assert_eq!(spec.get("image").unwrap(), "(newest)");
         assert!(spec.get("colour").is_err());
+
+        // The engine's settings, one at a time or whole, checked.
+        let mut s = Settings::default();
+        s.set("engine.insecure-registries", "[\"r:5000\"]").unwrap();
+        s.set("engine.log-driver", "local").unwrap();
+        let spec = s.resolve();
+        assert_eq!(spec.get("engine.log-driver").unwrap(), "\"local\"");
+        assert!(spec.get("engine").unwrap().contains("r:5000"));
+        assert!(s
+            .set("engine.hosts", "[\"tcp://0.0.0.0:2375\"]")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be set"));
+        assert!(s.set("engine", "{nope").is_err());
+        s.set("engine.log-driver", "").unwrap();
+        assert!(!s.resolve().engine.contains_key("log-driver"));
+        s.set("engine", "").unwrap();
+        assert!(s.resolve().engine.is_empty());
     }
 }

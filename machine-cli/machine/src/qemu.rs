@@ -35,6 +35,18 @@ pub struct QemuVm {
     pub pid_file: Option<PathBuf>,
     /// Shared folders: vhost-user-fs devices fed by virtiofsd over these sockets.
     pub shares: Vec<QemuShare>,
+    /// The user-mode NIC's MAC, when other NICs must be told apart from it.
+    pub primary_mac: Option<String>,
+    /// NICs on networks between machines: each a stream socket of a switch.
+    pub nics: Vec<QemuNic>,
+}
+
+/// A NIC on a network between machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuNic {
+    pub mac: String,
+    /// The network switch's unix socket (4-byte length framing, as `-netdev stream`).
+    pub socket: PathBuf,
 }
 
 /// One virtio-fs device.
@@ -115,17 +127,34 @@ impl QemuVm {
                 host.port()
             ));
         }
-        cmd.args([
-            "-netdev",
-            &netdev,
-            "-device",
-            "virtio-net-device,netdev=net0",
-        ]);
+        let mut primary = "virtio-net-device,netdev=net0".to_string();
+        if let Some(mac) = &self.primary_mac {
+            primary.push_str(&format!(",mac={mac}"));
+        }
+        cmd.args(["-netdev", &netdev, "-device", &primary]);
+        // Without a vnet header on a stream netdev, QEMU offers the guest no checksum or
+        // segmentation offloads: the guest computes every checksum (VXLAN needs them).
+        for (i, nic) in self.nics.iter().enumerate() {
+            let id = format!("nic{}", i + 1);
+            cmd.args([
+                "-netdev",
+                &format!(
+                    "stream,id={id},server=off,addr.type=unix,addr.path={}",
+                    escape(&nic.socket)
+                ),
+                "-device",
+                &format!("virtio-net-device,netdev={id},mac={}", nic.mac),
+            ]);
+        }
         cmd.args([
             "-object",
             "rng-random,id=rng0,filename=/dev/urandom",
             "-device",
             "virtio-rng-device,rng=rng0",
+            // Memory the guest frees goes back to the host (free page reporting), as under
+            // rmachine-vmm: an idle machine does not keep the peak of its last build.
+            "-device",
+            "virtio-balloon-device,free-page-reporting=on",
         ]);
         for (i, share) in self.shares.iter().enumerate() {
             cmd.arg("-chardev")
@@ -174,6 +203,8 @@ mod tests {
             qmp_socket: None,
             pid_file: None,
             shares: vec![],
+            primary_mac: None,
+            nics: vec![],
         }
     }
 
@@ -198,6 +229,10 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("-no-reboot"));
+        assert!(
+            joined.contains("virtio-balloon-device,free-page-reporting=on"),
+            "{joined}"
+        );
         assert!(joined.contains("reboot=t"));
         assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
         assert!(
@@ -240,5 +275,38 @@ mod tests {
             joined.contains("vhost-user-fs-device,chardev=fs0,tag=share0"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn test_network_nics_are_stream_netdevs_with_their_macs() {
+        let mut v = vm();
+        v.primary_mac = Some("52:54:00:12:34:56".into());
+        v.nics = vec![QemuNic {
+            mac: "02:72:6d:01:02:03".into(),
+            socket: "/h/networks/swarm/switch.sock".into(),
+        }];
+        let args: Vec<String> = v
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "stream,id=nic1,server=off,addr.type=unix,addr.path=/h/networks/swarm/switch.sock"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("virtio-net-device,netdev=nic1,mac=02:72:6d:01:02:03"),
+            "{joined}"
+        );
+        let user = joined.find("netdev=net0").unwrap();
+        let nic = joined.find("netdev=nic1").unwrap();
+        assert!(user < nic, "the user-mode NIC comes first");
     }
 }
