@@ -331,11 +331,17 @@ pub fn dropin(exec_start: &str) -> String {
     )
 }
 
+/// Clears systemd's start rate limit of the engine's units before rmachine restarts it:
+/// setting TLS up, regenerating certificates and purging within a few minutes are
+/// otherwise refused ("start of the service was attempted too often").
+const RESET_RATE_LIMIT: &str =
+    "systemctl reset-failed docker.service docker.socket 2>/dev/null || true\n";
+
 /// The root script that removes the drop-in and the certificates (and restarts the engine
 /// only when the drop-in was there, so that it stops listening on 2376).
 pub fn removal_script() -> String {
     format!(
-        "if [ -f {DROPIN} ]; then rm -f {DROPIN}; rm -rf {REMOTE_DIR}; systemctl daemon-reload; \
+        "{RESET_RATE_LIMIT}if [ -f {DROPIN} ]; then rm -f {DROPIN}; rm -rf {REMOTE_DIR}; systemctl daemon-reload; \
          if systemctl is-active -q docker.service; then systemctl restart docker.service; fi; fi\n"
     )
 }
@@ -412,7 +418,9 @@ pub async fn setup(
         ));
     }
     script.push_str(&format!("chmod 0644 {DROPIN}\n"));
-    script.push_str("systemctl daemon-reload\nsystemctl restart docker.service\n");
+    script.push_str("systemctl daemon-reload\n");
+    script.push_str(RESET_RATE_LIMIT);
+    script.push_str("systemctl restart docker.service\n");
     session
         .run_ok(
             step,
