@@ -245,7 +245,8 @@ function renderMachines() {
         detail ? h('div', { class: 'detail' }, detail) : null,
         m.error ? h('div', { class: 'detail error' }, m.error) : null,
         ...(m.warnings || []).map((w) => h('div', { class: 'detail error', role: 'status' }, `⚠ ${w}`))),
-      h('td', {}, m.driver || '–', m.backend && m.backend !== m.driver ? h('span', { class: 'muted' }, ` (${m.backend})`) : null),
+      h('td', {}, m.driver || '–', m.backend && m.backend !== m.driver ? h('span', { class: 'muted' }, ` (${m.backend})`) : null,
+        m.host ? h('div', { class: 'detail host', title: 'Start and Stop act on the SSH tunnel (the local docker.sock and ports); the engine on the host keeps running' }, `on ${m.host} · start/stop act on the tunnel`) : null),
       h('td', { class: 'num' }, m.cpus ?? '–'),
       h('td', { class: 'num' }, fmtMib(m.memory_mib)),
       h('td', { class: 'num' }, m.disk_size_gib != null ? `${m.disk_size_gib} GiB` : '–'),
@@ -270,13 +271,56 @@ function firstPaint() {
 function openCreateForm() {
   const f = $('#create-form');
   f.hidden = false;
+  syncCreateDriver();
   $('#create-name').focus();
 }
+/** Shows the remote host's fields for an ssh machine, the VM's sizes otherwise. */
+function syncCreateDriver() {
+  const ssh = $('#create-driver').value === 'ssh';
+  $('#create-ssh').hidden = !ssh;
+  $('#create-ssh-host').required = ssh;
+  document.querySelectorAll('#create-form .vm-only').forEach((el) => { el.hidden = ssh; });
+}
+$('#create-driver').addEventListener('change', syncCreateDriver);
+listen('machine-create-progress', (p) => {
+  $('#create-ssh-progress').textContent = (p && p.detail) || '';
+});
 $('#new-machine').addEventListener('click', openCreateForm);
 $('#create-cancel').addEventListener('click', () => { $('#create-form').hidden = true; $('#new-machine').focus(); });
 $('#create-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const num = (id) => { const v = $(id).value.trim(); return v === '' ? null : Number(v); };
+  const text = (id) => { const v = $(id).value.trim(); return v === '' ? null : v; };
+  if ($('#create-driver').value === 'ssh') {
+    const machine = {
+      name: $('#create-name').value.trim() || 'default',
+      ssh_host: $('#create-ssh-host').value.trim(),
+      ssh_key: text('#create-ssh-key'),
+      passphrase: $('#create-ssh-passphrase').value || null,
+      ssh_host_key: text('#create-ssh-host-key'),
+      install: $('#create-ssh-install').value,
+      engine_tls: $('#create-ssh-tls').checked,
+      restart_engine: $('#create-ssh-restart').checked,
+    };
+    const btn = $('#create-submit');
+    btn.disabled = true;
+    $('#create-ssh-progress').textContent = `connecting to ${machine.ssh_host}…`;
+    try {
+      await invoke('create_ssh_machine', { machine });
+      toast(`Machine ${machine.name} created on ${machine.ssh_host}`);
+      $('#create-form').reset();
+      $('#create-ssh-progress').textContent = '';
+      $('#create-form').hidden = true;
+      await loadMachines();
+    } catch (err) {
+      $('#create-ssh-progress').textContent = '';
+      reportError('Cannot create the machine', err);
+    } finally {
+      $('#create-ssh-passphrase').value = '';
+      btn.disabled = false;
+    }
+    return;
+  }
   const machine = {
     name: $('#create-name').value.trim() || 'default',
     driver: $('#create-driver').value || null,

@@ -30,7 +30,7 @@ if [ "$deps" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
-    qemu-system-x86 debootstrap erofs-utils e2fsprogs busybox-static \
+    qemu-system-x86 qemu-utils openssh-client openssl debootstrap erofs-utils e2fsprogs busybox-static \
     make gcc libc6-dev bc bison flex libelf-dev libssl-dev cpio xz-utils dpkg-dev \
     debian-archive-keyring ca-certificates tar >/dev/null
   # The desktop app (Tauri: WebKitGTK 4.1) and its window test (Xvfb, WebKitWebDriver).

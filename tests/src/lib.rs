@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod nested;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

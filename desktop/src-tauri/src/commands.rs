@@ -10,7 +10,9 @@ use crate::engine::{
     self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow,
 };
 use crate::error::{CommandError, CommandResult, ErrorKind};
-use crate::machines::{self, Defaults, LogText, MachineList, NewDefaults, NewMachine};
+use crate::machines::{
+    self, Defaults, LogText, MachineList, NewDefaults, NewMachine, NewSshMachine,
+};
 use crate::AppState;
 
 /// Progress of a machine operation (`machine-progress`).
@@ -112,6 +114,38 @@ pub async fn create_machine(
 ) -> CommandResult<MachineSummary> {
     let lc = state.lc.clone();
     blocking(move || machines::create(&lc, &machine)).await
+}
+
+/// Progress of an ssh machine's create (`machine-create-progress`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateProgress {
+    pub name: String,
+    pub detail: String,
+}
+
+/// Creates an ssh machine; its steps (connecting, the host key pinned, probing,
+/// installing the engine) go to the UI as `machine-create-progress` events.
+#[tauri::command]
+pub async fn create_ssh_machine(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    machine: NewSshMachine,
+) -> CommandResult<MachineSummary> {
+    let lc = state.lc.clone();
+    blocking(move || {
+        let name = machine.name.trim().to_string();
+        let mut progress = |detail: &str| {
+            let p = CreateProgress {
+                name: name.clone(),
+                detail: detail.to_string(),
+            };
+            if let Err(e) = app.emit("machine-create-progress", p) {
+                tracing::debug!(error = %e, "cannot emit progress");
+            }
+        };
+        machines::create_ssh(&lc, &machine, &mut progress)
+    })
+    .await
 }
 
 #[tauri::command]

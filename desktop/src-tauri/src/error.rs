@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Engine,
     /// A machine did not start or stop.
     Machine,
+    /// An ssh machine's host refused or could not be reached (the message names the step:
+    /// unreachable, host key changed, no sudo, wrong key, engine not running).
+    Remote,
     /// Reading or writing a file failed.
     Io,
     /// Anything else.
@@ -80,6 +83,7 @@ fn machine_kind(e: &MachineError) -> ErrorKind {
         | MachineError::StartFailed { .. }
         | MachineError::Timeout { .. }
         | MachineError::HostAgent { .. } => ErrorKind::Machine,
+        MachineError::Remote { .. } => ErrorKind::Remote,
     }
 }
 
@@ -92,7 +96,8 @@ impl From<LifecycleError> for CommandError {
             }
             LifecycleError::Config(rmachine_machine::config::ConfigError::Invalid { .. })
             | LifecycleError::SettingsOfExisting { .. }
-            | LifecycleError::ShrinkDisk { .. } => ErrorKind::Invalid,
+            | LifecycleError::ShrinkDisk { .. }
+            | LifecycleError::Bundle(_) => ErrorKind::Invalid,
             LifecycleError::Network(rmachine_machine::network::NetworkError::NotFound(_)) => {
                 ErrorKind::NotFound
             }

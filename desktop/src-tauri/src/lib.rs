@@ -61,6 +61,7 @@ pub fn run() -> std::process::ExitCode {
         .invoke_handler(tauri::generate_handler![
             commands::list_machines,
             commands::create_machine,
+            commands::create_ssh_machine,
             commands::machine_op,
             commands::remove_machine,
             commands::use_machine,

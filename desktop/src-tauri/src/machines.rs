@@ -8,7 +8,7 @@ use rmachine_machine::config::{
 use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary, DEFAULT_MACHINE};
 use serde::{Deserialize, Serialize};
 
-use crate::error::CommandResult;
+use crate::error::{CommandError, CommandResult, ErrorKind};
 
 /// The Machines page's data.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +53,81 @@ pub fn create(lc: &Lifecycle, new: &NewMachine) -> CommandResult<MachineSummary>
         ..Settings::default()
     };
     let m = lc.create(new.name.trim(), &settings)?;
+    Ok(lc.summary(&m.name)?)
+}
+
+/// The create form of an ssh machine (an existing Linux host).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSshMachine {
+    pub name: String,
+    /// `user@host[:port]`.
+    pub ssh_host: String,
+    /// A private key file (default: the ssh-agent's keys, then ~/.ssh/id_*).
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    /// The key's passphrase, when it is encrypted; used for this create only, never
+    /// stored.
+    #[serde(default)]
+    pub passphrase: Option<String>,
+    /// The host key's expected SHA256 fingerprint; none: pinned on first use.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
+    /// `auto` (install docker.io when missing) or `never` (adopt as is).
+    #[serde(default)]
+    pub install: Option<String>,
+    #[serde(default)]
+    pub engine_tls: bool,
+    #[serde(default)]
+    pub restart_engine: bool,
+}
+
+/// Creates an ssh machine: the host is prepared over SSH (its key pinned, probed, the
+/// engine installed when allowed); `progress` hears each step.
+pub fn create_ssh(
+    lc: &Lifecycle,
+    new: &NewSshMachine,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> CommandResult<MachineSummary> {
+    use rmachine_machine::ssh::{
+        host_key, remote::CreateOptions, InstallMode, Secret, SshSettings, SshTarget,
+    };
+    let invalid = |m: String| CommandError::new(ErrorKind::Invalid, m);
+    let target = SshTarget::parse(new.ssh_host.trim()).map_err(invalid)?;
+    let install = match new.install.as_deref().filter(|s| !s.is_empty()) {
+        Some(i) => InstallMode::parse(i).map_err(invalid)?,
+        None => InstallMode::Auto,
+    };
+    let fingerprint = match new.ssh_host_key.as_deref().map(str::trim) {
+        Some(f) if !f.is_empty() => Some(host_key::parse_fingerprint(f).map_err(invalid)?),
+        _ => None,
+    };
+    let settings = Settings {
+        driver: Some(DriverKind::Ssh),
+        mounts: Some(Vec::new()),
+        ssh: Some(SshSettings {
+            port: (target.port != rmachine_machine::ssh::DEFAULT_PORT).then_some(target.port),
+            host: target.host,
+            user: target.user,
+            key: new
+                .ssh_key
+                .as_deref()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(Into::into),
+            install,
+            engine_tls: new.engine_tls,
+        }),
+        ..Settings::default()
+    };
+    let lc = lc
+        .clone()
+        .with_ssh_passphrase(new.passphrase.clone().filter(|p| !p.is_empty()).map(Secret));
+    let options = CreateOptions {
+        host_key: fingerprint,
+        restart_engine: new.restart_engine,
+    };
+    let (m, _) = lc.create_ssh(new.name.trim(), &settings, &options, progress)?;
     Ok(lc.summary(&m.name)?)
 }
 
@@ -199,6 +274,40 @@ mod tests {
             memory_mib: Some(1024),
             disk_size_gib: Some(8),
         }
+    }
+
+    #[test]
+    fn test_ssh_create_reports_bad_input_and_unreachable_hosts() {
+        let (_d, lc) = lifecycle();
+        let bad = NewSshMachine {
+            name: "far".into(),
+            ssh_host: "no-user-here".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            create_ssh(&lc, &bad, &mut |_| {}).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let unreachable = NewSshMachine {
+            name: "far".into(),
+            ssh_host: format!("me@127.0.0.1:{port}"),
+            ..Default::default()
+        };
+        let mut heard = Vec::new();
+        let err = create_ssh(&lc, &unreachable, &mut |d| heard.push(d.to_string())).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Remote, "{err:?}");
+        assert!(
+            err.message.contains("cannot reach 127.0.0.1"),
+            "{}",
+            err.message
+        );
+        assert!(heard[0].contains("connecting to me@127.0.0.1"), "{heard:?}");
+        assert!(list(&lc).unwrap().machines.is_empty(), "nothing is left");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod control;
 mod launch;
+mod remote;
 // Networks between machines: their switches run on unix sockets.
 #[cfg(unix)]
 mod networks;
@@ -171,6 +172,10 @@ async fn serve(
     stop_tx: mpsc::Sender<StopReason>,
     stop_rx: &mut mpsc::Receiver<StopReason>,
 ) -> anyhow::Result<()> {
+    // An ssh machine: no VM, one SSH connection to the host serves everything.
+    if machine.spec.driver == rmachine_machine::config::DriverKind::Ssh {
+        return remote::serve(machine, state, stop_tx, stop_rx).await;
+    }
     let choice = choose_backend(machine.spec.driver);
     tracing::info!(backend = choice.backend.as_str(), accel = choice.accel.as_str(), reason = %choice.reason, "backend chosen");
     state.update(|s| {

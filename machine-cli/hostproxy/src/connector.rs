@@ -26,10 +26,21 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> GuestIo for T {}
 pub type ConnectFuture<'a> =
     Pin<Box<dyn Future<Output = io::Result<Box<dyn GuestIo>>> + Send + 'a>>;
 
+/// The future returned by [`GuestConnector::dial`].
+pub type DialFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<DialedStream, GuestDialError>> + Send + 'a>>;
+
 /// Opens greeted streams to guest services.
 pub trait GuestConnector: Send + Sync + 'static {
     /// Connects to `service` and completes the hello exchange.
     fn connect(&self, service: Service) -> ConnectFuture<'_>;
+
+    /// Dials `request` inside the guest: by default through the guest's dial service
+    /// (header and answer); a connector with a way of its own (an ssh machine's
+    /// direct-tcpip channels) replaces it.
+    fn dial<'a>(&'a self, request: &'a DialRequest) -> DialFuture<'a> {
+        Box::pin(dial_service(self, request))
+    }
 }
 
 impl GuestConnector for Carrier {
@@ -71,26 +82,30 @@ pub enum GuestDialError {
     Refused(#[source] DialError),
     #[error("timed out after {DIAL_TIMEOUT:?} dialing through the guest")]
     Timeout,
+    #[error("{0}")]
+    Unsupported(String),
 }
 
-/// Dials `request` inside the guest through the dial service.
+/// Dials `request` inside the guest ([`GuestConnector::dial`]), within its connect's
+/// deadline and [`DIAL_TIMEOUT`].
 pub async fn dial(
     connector: &dyn GuestConnector,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
-    let stream = tokio::time::timeout(CONNECT_DEADLINE, connector.connect(Service::Dial))
-        .await
-        .map_err(|_| GuestDialError::Timeout)?
-        .map_err(GuestDialError::Connect)?;
-    tokio::time::timeout(DIAL_TIMEOUT, exchange(stream, request))
+    tokio::time::timeout(CONNECT_DEADLINE + DIAL_TIMEOUT, connector.dial(request))
         .await
         .map_err(|_| GuestDialError::Timeout)?
 }
 
-async fn exchange(
-    stream: Box<dyn GuestIo>,
+/// The dial service's exchange: connect, send the header, read the agent's answer.
+async fn dial_service<C: GuestConnector + ?Sized>(
+    connector: &C,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
+    let stream = connector
+        .connect(Service::Dial)
+        .await
+        .map_err(GuestDialError::Connect)?;
     let mut stream = BufReader::new(stream);
     stream
         .get_mut()

@@ -141,6 +141,50 @@ impl MachinePolicy {
     }
 }
 
+/// rmachine's policy for an ssh machine: its engine runs on another host, which cannot
+/// see this computer's folders (there are no shares over SSH). A bind mount from the
+/// user's home folder here (what `-v "$PWD":/src` gives) is refused with a message that
+/// says so, instead of silently binding the remote host's directory of that name; other
+/// sources are the remote host's own paths and pass.
+#[derive(Debug, Clone)]
+pub struct RemotePolicy {
+    /// The machine's name, for messages.
+    pub machine: String,
+    /// The remote host (`user@host`), for messages.
+    pub host: String,
+    /// This computer's home folder.
+    pub local_home: Option<PathBuf>,
+}
+
+impl CreatePolicy for RemotePolicy {
+    fn review(&self, body: &mut Value) -> Result<(), String> {
+        let Some(host_config) = body.get("HostConfig") else {
+            return Ok(());
+        };
+        let Some(home) = self.local_home.as_deref().map(normalize) else {
+            return Ok(());
+        };
+        if home == Path::new("/") {
+            return Ok(());
+        }
+        for bind in binds(host_config) {
+            let source = normalize(Path::new(&bind.source));
+            if source.starts_with(&home) {
+                return Err(format!(
+                    "rmachine: machine \"{}\" is an ssh machine: its engine runs on {}, which cannot see \
+                     this computer's folders (no shares over SSH), so bind mount source {} would be \
+                     that host's own directory; copy the files into a volume or the image instead \
+                     (docker cp, COPY in a build)",
+                    self.machine,
+                    self.host,
+                    source.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The bind mounts of a create request's `HostConfig`: `Binds` entries whose source is
 /// an absolute path (a name is a volume), and `Mounts` of type `bind`.
 fn binds(host_config: &Value) -> Vec<Bind> {
@@ -201,6 +245,31 @@ fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_remote_policy_refuses_laptop_folders_only() {
+        let p = RemotePolicy {
+            machine: "far".into(),
+            host: "me@box".into(),
+            local_home: Some("/home/me".into()),
+        };
+        let mut body = serde_json::json!({"HostConfig": {"Binds": ["/home/me/src:/src"]}});
+        let err = p.review(&mut body).unwrap_err();
+        assert!(
+            err.contains("ssh machine") && err.contains("me@box") && err.contains("/home/me/src"),
+            "{err}"
+        );
+        let mut mounts = serde_json::json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/home/me/../me/x"}]}});
+        assert!(p.review(&mut mounts).is_err());
+        for ok in [
+            serde_json::json!({"HostConfig": {"Binds": ["/srv/data:/data", "vol:/v", "/var/run/docker.sock:/var/run/docker.sock"]}}),
+            serde_json::json!({"Image": "x"}),
+        ] {
+            let mut b = ok.clone();
+            p.review(&mut b).unwrap();
+            assert_eq!(b, ok, "nothing added for a remote engine");
+        }
+    }
     use serde_json::json;
 
     fn policy() -> MachinePolicy {

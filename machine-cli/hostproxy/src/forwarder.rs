@@ -67,8 +67,20 @@ pub struct Forwarder {
 impl Forwarder {
     /// Binds `port` on the host and starts forwarding to the guest. Must be called inside
     /// a tokio runtime.
+    #[cfg(test)]
     pub fn open(
         port: PublishedPort,
+        connector: Arc<dyn GuestConnector>,
+        udp_idle_timeout: Duration,
+    ) -> Result<Forwarder, ForwarderError> {
+        Forwarder::open_at(port, port.host_ip, connector, udp_idle_timeout)
+    }
+
+    /// [`Forwarder::open`], binding `bind_ip` on the host instead of the port's own
+    /// address (a remote engine's ports open on this host's loopback).
+    pub fn open_at(
+        port: PublishedPort,
+        bind_ip: IpAddr,
         connector: Arc<dyn GuestConnector>,
         udp_idle_timeout: Duration,
     ) -> Result<Forwarder, ForwarderError> {
@@ -80,11 +92,11 @@ impl Forwarder {
         let span = tracing::info_span!("port", %port);
         let task = match port.transport {
             Transport::Tcp => {
-                let listener = bind_tcp(port).map_err(bind_err)?;
+                let listener = bind_tcp(port, bind_ip).map_err(bind_err)?;
                 tokio::spawn(serve_tcp(listener, port, connector, cancel.clone()).instrument(span))
             }
             Transport::Udp => {
-                let socket = bind_udp(port).map_err(bind_err)?;
+                let socket = bind_udp(port, bind_ip).map_err(bind_err)?;
                 tokio::spawn(
                     serve_udp(socket, port, connector, udp_idle_timeout, cancel.clone())
                         .instrument(span),
@@ -116,11 +128,12 @@ impl Drop for Forwarder {
 /// (which dockerd publishes side by side) can both be bound, as in the guest.
 fn socket_for(
     port: PublishedPort,
+    bind_ip: IpAddr,
     ty: Type,
     protocol: Protocol,
 ) -> io::Result<(Socket, SocketAddr)> {
-    let addr = SocketAddr::new(port.host_ip, port.host_port);
-    let domain = match port.host_ip {
+    let addr = SocketAddr::new(bind_ip, port.host_port);
+    let domain = match bind_ip {
         IpAddr::V4(_) => Domain::IPV4,
         IpAddr::V6(_) => Domain::IPV6,
     };
@@ -132,16 +145,16 @@ fn socket_for(
     Ok((socket, addr))
 }
 
-fn bind_tcp(port: PublishedPort) -> io::Result<TcpListener> {
-    let (socket, addr) = socket_for(port, Type::STREAM, Protocol::TCP)?;
+fn bind_tcp(port: PublishedPort, bind_ip: IpAddr) -> io::Result<TcpListener> {
+    let (socket, addr) = socket_for(port, bind_ip, Type::STREAM, Protocol::TCP)?;
     rebind::allow_rebind(&socket)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 
-fn bind_udp(port: PublishedPort) -> io::Result<UdpSocket> {
-    let (socket, addr) = socket_for(port, Type::DGRAM, Protocol::UDP)?;
+fn bind_udp(port: PublishedPort, bind_ip: IpAddr) -> io::Result<UdpSocket> {
+    let (socket, addr) = socket_for(port, bind_ip, Type::DGRAM, Protocol::UDP)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
@@ -360,19 +373,25 @@ mod tests {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let host_port = probe.local_addr().unwrap().port();
         drop(probe);
-        let v4 = bind_tcp(PublishedPort {
-            transport: Transport::Tcp,
-            host_ip: "127.0.0.1".parse().unwrap(),
-            host_port,
-        });
+        let v4 = bind_tcp(
+            PublishedPort {
+                transport: Transport::Tcp,
+                host_ip: "127.0.0.1".parse().unwrap(),
+                host_port,
+            },
+            "127.0.0.1".parse().unwrap(),
+        );
         assert!(v4.is_ok(), "{v4:?}");
         // Skipped silently where the host has no IPv6 loopback.
         if std::net::TcpListener::bind("[::1]:0").is_ok() {
-            let v6 = bind_tcp(PublishedPort {
-                transport: Transport::Tcp,
-                host_ip: "::".parse().unwrap(),
-                host_port,
-            });
+            let v6 = bind_tcp(
+                PublishedPort {
+                    transport: Transport::Tcp,
+                    host_ip: "::".parse().unwrap(),
+                    host_port,
+                },
+                "::".parse().unwrap(),
+            );
             assert!(v6.is_ok(), "{v6:?}");
         }
     }

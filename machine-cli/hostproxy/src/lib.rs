@@ -57,8 +57,8 @@ mod fake_engine;
 mod fake_guest;
 
 pub use connector::{GuestConnector, GuestIo};
-pub use create_policy::{CreatePolicy, MachinePolicy, Share};
+pub use create_policy::{CreatePolicy, MachinePolicy, RemotePolicy, Share};
 pub use engine_proxy::serve_engine;
-pub use port::{ContainerRef, PortEvent, PortStatus, PublishedPort, Transport};
+pub use port::{ContainerRef, HostPorts, PortEvent, PortStatus, PublishedPort, Transport};
 pub use publisher::{run, Publisher};
 pub use share_events::BindEvent;

@@ -79,6 +79,27 @@ impl fmt::Display for PublishedPort {
     }
 }
 
+/// How published ports open on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPorts {
+    /// Open every port on the loopback address of its family, whatever address the
+    /// engine publishes it on: a remote engine's ports are for this host alone.
+    pub loopback_only: bool,
+    /// Why udp ports are not forwarded, when they are not (reported as failed ports).
+    pub udp_unsupported: Option<String>,
+}
+
+impl HostPorts {
+    /// Where `port` opens on this host.
+    pub fn bind_ip(&self, port: &PublishedPort) -> IpAddr {
+        match (self.loopback_only, port.host_ip) {
+            (false, ip) => ip,
+            (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            (true, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        }
+    }
+}
+
 /// The container a port belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerRef {
@@ -123,6 +144,26 @@ pub struct PortStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_remote_ports_open_on_the_loopback_of_their_family() {
+        let remote = HostPorts {
+            loopback_only: true,
+            udp_unsupported: Some("no udp".into()),
+        };
+        for (published, bound) in [
+            ("0.0.0.0", "127.0.0.1"),
+            ("192.168.1.5", "127.0.0.1"),
+            ("::", "::1"),
+        ] {
+            let p = port(published, Transport::Tcp);
+            assert_eq!(remote.bind_ip(&p), bound.parse::<IpAddr>().unwrap());
+            // The remote side is dialed where the engine publishes it.
+            assert_eq!(p.dial_request().guest_addr, p.guest_addr());
+        }
+        let p = port("0.0.0.0", Transport::Tcp);
+        assert_eq!(HostPorts::default().bind_ip(&p), p.host_ip);
+    }
 
     fn port(ip: &str, transport: Transport) -> PublishedPort {
         PublishedPort {

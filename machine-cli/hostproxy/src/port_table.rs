@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::connector::GuestConnector;
 use crate::forwarder::Forwarder;
-use crate::port::{ContainerRef, PortEvent, PortStatus, PublishedPort};
+use crate::port::{ContainerRef, HostPorts, PortEvent, PortStatus, PublishedPort, Transport};
 
 enum State {
     Open(Forwarder),
@@ -31,6 +31,7 @@ pub struct PortTable {
     entries: BTreeMap<PublishedPort, Entry>,
     connector: Arc<dyn GuestConnector>,
     udp_idle_timeout: Duration,
+    host_ports: HostPorts,
     events: mpsc::Sender<PortEvent>,
     status: watch::Sender<Vec<PortStatus>>,
 }
@@ -46,9 +47,16 @@ impl PortTable {
             entries: BTreeMap::new(),
             connector,
             udp_idle_timeout,
+            host_ports: HostPorts::default(),
             events,
             status,
         }
+    }
+
+    /// Opens ports as `host_ports` says (loopback only, no udp).
+    pub fn with_host_ports(mut self, host_ports: HostPorts) -> PortTable {
+        self.host_ports = host_ports;
+        self
     }
 
     /// Makes `container`'s ports exactly `ports`: closes the ones it no longer
@@ -168,8 +176,17 @@ impl PortTable {
         container: &ContainerRef,
         events: &mut Vec<PortEvent>,
     ) -> Entry {
-        let state = match Forwarder::open(port, Arc::clone(&self.connector), self.udp_idle_timeout)
-        {
+        let opened = match (&self.host_ports.udp_unsupported, port.transport) {
+            (Some(reason), Transport::Udp) => Err(reason.clone()),
+            _ => Forwarder::open_at(
+                port,
+                self.host_ports.bind_ip(&port),
+                Arc::clone(&self.connector),
+                self.udp_idle_timeout,
+            )
+            .map_err(|err| error_chain(&err)),
+        };
+        let state = match opened {
             Ok(forwarder) => {
                 info!(%port, container = %container.name, "port opened");
                 events.push(PortEvent::Opened {
@@ -178,8 +195,7 @@ impl PortTable {
                 });
                 State::Open(forwarder)
             }
-            Err(err) => {
-                let error = error_chain(&err);
+            Err(error) => {
                 warn!(%port, container = %container.name, %error, "cannot open port");
                 events.push(PortEvent::Failed {
                     port,
@@ -300,6 +316,42 @@ mod tests {
             id: id.into(),
             name: format!("{id}-name"),
         }
+    }
+
+    /// A remote engine's table: a port published on any address opens on this host's
+    /// loopback, and a udp port is reported failed with the reason, nothing bound.
+    #[tokio::test]
+    async fn test_remote_ports_bind_loopback_and_refuse_udp() {
+        let (table, mut events, status) = table();
+        let mut table = table.with_host_ports(HostPorts {
+            loopback_only: true,
+            udp_unsupported: Some("UDP is not forwarded over SSH".into()),
+        });
+        let port = free_port();
+        let wildcard = PublishedPort {
+            host_ip: "0.0.0.0".parse().unwrap(),
+            ..tcp(port)
+        };
+        let udp = PublishedPort {
+            transport: Transport::Udp,
+            ..tcp(port)
+        };
+        table.set_container(container("a"), &[wildcard, udp]).await;
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let snapshot = status.borrow().clone();
+        let failed: Vec<_> = snapshot.iter().filter_map(|s| s.error.clone()).collect();
+        assert_eq!(failed, ["UDP is not forwarded over SSH"]);
+        let mut kinds = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            kinds.push(match e {
+                PortEvent::Opened { .. } => "opened",
+                PortEvent::Failed { .. } => "failed",
+                PortEvent::Closed { .. } => "closed",
+            });
+        }
+        kinds.sort();
+        assert_eq!(kinds, ["failed", "opened"]);
+        table.close_all().await;
     }
 
     fn table() -> (

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::connector::GuestConnector;
 use crate::engine::{EngineClient, EngineError, EngineSession, Event};
-use crate::port::{ContainerRef, PortEvent, PortStatus, PublishedPort};
+use crate::port::{ContainerRef, HostPorts, PortEvent, PortStatus, PublishedPort};
 use crate::port_table::PortTable;
 use crate::share_events::BindEvent;
 
@@ -46,6 +46,7 @@ pub struct Publisher {
     events: mpsc::Sender<PortEvent>,
     status: watch::Sender<Vec<PortStatus>>,
     udp_idle_timeout: Duration,
+    host_ports: HostPorts,
     binds: Option<mpsc::UnboundedSender<BindEvent>>,
 }
 
@@ -69,6 +70,7 @@ impl Publisher {
             events,
             status: watch::Sender::new(Vec::new()),
             udp_idle_timeout: UDP_IDLE_TIMEOUT,
+            host_ports: HostPorts::default(),
             binds: None,
         }
     }
@@ -77,6 +79,12 @@ impl Publisher {
     /// [`crate::share_events`]), from the same event stream.
     pub fn with_bind_events(mut self, binds: mpsc::UnboundedSender<BindEvent>) -> Publisher {
         self.binds = Some(binds);
+        self
+    }
+
+    /// Opens ports as `host_ports` says (a remote engine's: loopback only, no udp).
+    pub fn with_host_ports(mut self, host_ports: HostPorts) -> Publisher {
+        self.host_ports = host_ports;
         self
     }
 
@@ -106,7 +114,8 @@ impl Publisher {
             self.udp_idle_timeout,
             self.events.clone(),
             self.status.clone(),
-        );
+        )
+        .with_host_ports(self.host_ports.clone());
         let mut delay = RECONNECT_MIN;
         loop {
             let started = Instant::now();

@@ -20,13 +20,15 @@ pub enum DriverKind {
     Vmm,
     /// QEMU `-M microvm`.
     Qemu,
+    /// An existing Linux host over SSH (settings in `[ssh]`).
+    Ssh,
     /// For tests of the layers above: no VM at all.
     Fake,
 }
 
 impl DriverKind {
     /// The drivers a user can name (`--driver`, `config set driver`).
-    pub const NAMES: &'static str = "auto, vmm, qemu or fake";
+    pub const NAMES: &'static str = "auto, vmm, qemu, ssh or fake";
 
     /// Parses a driver name.
     pub fn parse(name: &str) -> Result<DriverKind, String> {
@@ -34,6 +36,7 @@ impl DriverKind {
             "auto" => Ok(DriverKind::Auto),
             "vmm" => Ok(DriverKind::Vmm),
             "qemu" => Ok(DriverKind::Qemu),
+            "ssh" => Ok(DriverKind::Ssh),
             "fake" => Ok(DriverKind::Fake),
             other => Err(format!(
                 "unknown driver {other:?}: use {}",
@@ -47,6 +50,7 @@ impl DriverKind {
             DriverKind::Auto => "auto",
             DriverKind::Vmm => "vmm",
             DriverKind::Qemu => "qemu",
+            DriverKind::Ssh => "ssh",
             DriverKind::Fake => "fake",
         }
     }
@@ -87,6 +91,9 @@ pub struct Settings {
     /// Shared folders; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<MountSpec>>,
+    /// The remote host of an `ssh` machine; none for a VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<crate::ssh::SshSettings>,
     /// Networks between machines the machine joins (`rmachine network create`); default
     /// none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +112,7 @@ pub struct MachineSpec {
     pub disk_size_gib: u32,
     pub image: Option<String>,
     pub mounts: Vec<MountSpec>,
+    pub ssh: Option<crate::ssh::SshSettings>,
     #[serde(default)]
     pub networks: Vec<String>,
     #[serde(default)]
@@ -144,6 +152,7 @@ impl Settings {
             disk_size_gib: other.disk_size_gib.or(self.disk_size_gib),
             image: other.image.clone().or_else(|| self.image.clone()),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
+            ssh: other.ssh.clone().or_else(|| self.ssh.clone()),
             networks: other.networks.clone().or_else(|| self.networks.clone()),
             engine: other.engine.clone().or_else(|| self.engine.clone()),
         }
@@ -178,6 +187,24 @@ impl Settings {
         if let Some(d) = self.disk_size_gib {
             if !(4..=4096).contains(&d) {
                 return invalid("disk", format!("{d} GiB: must be between 4 and 4096 GiB"));
+            }
+        }
+        crate::ssh::validate_settings(self.driver, self.ssh.as_ref())?;
+        // An ssh machine's engine is the host's own: its daemon.json and networks are the
+        // host's business, not this machine's settings.
+        if self.driver == Some(DriverKind::Ssh) {
+            if self.engine.as_ref().is_some_and(|e| !e.is_empty()) {
+                return invalid(
+                    "engine",
+                    "an ssh machine's engine settings are its host's /etc/docker/daemon.json"
+                        .into(),
+                );
+            }
+            if self.networks.as_ref().is_some_and(|n| !n.is_empty()) {
+                return invalid(
+                    "networks",
+                    "an ssh machine cannot join rmachine networks (they connect local VMs)".into(),
+                );
             }
         }
         if let Some(engine) = &self.engine {
@@ -224,6 +251,7 @@ impl Settings {
             disk_size_gib: self.disk_size_gib.unwrap_or(DEFAULT_DISK_SIZE_GIB),
             image: self.image.clone(),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
+            ssh: self.ssh.clone(),
             networks: self.networks.clone().unwrap_or_default(),
             engine: self.engine.clone().unwrap_or_default(),
         }
@@ -245,6 +273,9 @@ impl MachineSpec {
             "disk" => format!("{}G", self.disk_size_gib),
             "driver" => self.driver.as_str().to_string(),
             "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
+            "ssh-host" => (self.ssh.as_ref())
+                .map(|s| s.target().to_string())
+                .unwrap_or_else(|| "(not an ssh machine)".into()),
             "networks" => self.networks.join(","),
             "engine" => serde_json::Value::Object(self.engine.clone()).to_string(),
             other => match other.strip_prefix("engine.") {
@@ -286,6 +317,7 @@ impl Settings {
                 self.driver = Some(DriverKind::parse(value).map_err(|m| invalid("driver", m))?)
             }
             "image" => self.image = Some(value.to_string()),
+            "ssh-host" => crate::ssh::set_host(&mut self.ssh, value)?,
             // A comma-separated list; empty: none.
             "networks" => {
                 self.networks = Some(

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod paths;
 pub mod qemu;
+pub mod ssh;
 pub mod state;
 pub mod store;
 pub mod sys;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::config::{self, ConfigError, Settings};
 use crate::docker_context::{self, ContextError};
 use crate::driver::{self, MachineError};
+use crate::ssh::remote::{CreateOptions, RemoteRecord};
 use crate::state::{PublishedPort, State};
 use crate::store::{Machine, Store, StoreError};
 use crate::sys::local_socket::Endpoint;
@@ -37,6 +38,8 @@ pub enum LifecycleError {
     SettingsOfExisting { name: String },
     #[error("disk: cannot shrink the data disk from {from}G to {to}G (data would be lost)")]
     ShrinkDisk { from: u32, to: u32 },
+    #[error(transparent)]
+    Bundle(#[from] crate::ssh::bundle::BundleError),
     #[error("cannot prepare machine {name}")]
     Prepare {
         name: String,
@@ -61,6 +64,8 @@ pub struct MachineSummary {
     pub memory_mib: Option<u32>,
     pub disk_size_gib: Option<u32>,
     pub docker_context: String,
+    /// The remote host of an ssh machine (`user@host[:port]`).
+    pub host: Option<String>,
     /// Whether its docker context is the current one.
     pub active: bool,
     /// `unix://…/docker.sock`, `npipe:////./pipe/…`.
@@ -81,6 +86,12 @@ impl MachineSummary {
         let context = docker_context::context_name(&machine.name);
         let d = driver::for_machine(machine);
         let s = &machine.state;
+        let host = machine
+            .spec
+            .ssh
+            .as_ref()
+            .map(|ssh| ssh.target().to_string());
+        let vm = host.is_none();
         MachineSummary {
             name: machine.name.clone(),
             state: s.state.name().to_string(),
@@ -91,11 +102,12 @@ impl MachineSummary {
             detail: s.detail.clone(),
             driver: Some(machine.spec.driver.as_str().to_string()),
             backend: s.backend.clone(),
-            cpus: Some(machine.spec.cpus),
-            memory_mib: Some(machine.spec.memory_mib),
-            disk_size_gib: Some(machine.spec.disk_size_gib),
+            cpus: Some(machine.spec.cpus).filter(|_| vm),
+            memory_mib: Some(machine.spec.memory_mib).filter(|_| vm),
+            disk_size_gib: Some(machine.spec.disk_size_gib).filter(|_| vm),
             active: current_context == Some(context.as_str()),
             docker_context: context,
+            host,
             docker_host: Some(machine.files.docker_endpoint().docker_host()),
             docker_endpoint: Some(machine.files.docker_endpoint()),
             can_start_stop: d.capabilities().can_start_stop,
@@ -125,6 +137,7 @@ impl MachineSummary {
             disk_size_gib: None,
             active: current_context == Some(context.as_str()),
             docker_context: context,
+            host: None,
             docker_host: None,
             docker_endpoint: None,
             can_start_stop: false,
@@ -164,6 +177,9 @@ impl LogKind {
 pub struct Lifecycle {
     store: Store,
     docker_config: PathBuf,
+    /// The ssh key's passphrase for this process's operations, when the face asked for
+    /// it (never stored).
+    ssh_passphrase: Option<crate::ssh::Secret>,
 }
 
 impl Lifecycle {
@@ -171,6 +187,23 @@ impl Lifecycle {
         Lifecycle {
             store,
             docker_config,
+            ssh_passphrase: None,
+        }
+    }
+
+    /// Uses `passphrase` for the ssh key of the machines this lifecycle creates and starts.
+    pub fn with_ssh_passphrase(mut self, passphrase: Option<crate::ssh::Secret>) -> Lifecycle {
+        self.ssh_passphrase = passphrase;
+        self
+    }
+
+    /// The driver of `machine`, with what this face gave it.
+    fn driver(&self, machine: &Machine) -> Box<dyn driver::Driver> {
+        match machine.spec.driver {
+            crate::config::DriverKind::Ssh => {
+                Box::new(driver::SshDriver::new(self.ssh_passphrase.clone()))
+            }
+            _ => driver::for_machine(machine),
         }
     }
 
@@ -226,6 +259,11 @@ impl Lifecycle {
     /// Creates a machine with `settings` over the defaults, prepares what its driver needs
     /// (the data disk) and writes its docker context. A failed preparation leaves nothing.
     pub fn create(&self, name: &str, settings: &Settings) -> Result<Machine, LifecycleError> {
+        if settings.ssh.is_some() {
+            return self
+                .create_ssh(name, settings, &CreateOptions::default(), &mut |_| {})
+                .map(|(m, _)| m);
+        }
         // Its networks must exist before anything is made.
         for network in settings.networks.iter().flatten() {
             self.networks().load(network)?;
@@ -250,6 +288,101 @@ impl Lifecycle {
             "machine created"
         );
         Ok(machine)
+    }
+
+    /// Creates an ssh machine: its settings, then its host prepared over SSH (host key
+    /// pinned, probe, engine installed when allowed, TLS when asked; `progress` hears each
+    /// step), then its docker context. A failure leaves no machine (and says which step
+    /// failed).
+    pub fn create_ssh(
+        &self,
+        name: &str,
+        settings: &Settings,
+        options: &CreateOptions,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(Machine, RemoteRecord), LifecycleError> {
+        let machine = self.store.create(name, settings)?;
+        let d = driver::SshDriver::new(self.ssh_passphrase.clone());
+        let record = match d.prepare(&machine, options, progress) {
+            Ok(r) => r,
+            Err(source) => {
+                let _ = self.store.remove(name);
+                return Err(LifecycleError::Prepare {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+        };
+        self.write_context(&machine)?;
+        tracing::info!(machine = name, driver = "ssh", "machine created");
+        Ok((self.store.load(name)?, record))
+    }
+
+    /// Re-issues an ssh machine's engine server certificate (after the host's address
+    /// changed); the client certificate stays. Returns the certificate's names.
+    pub fn regenerate_certs(
+        &self,
+        name: &str,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Vec<String>, LifecycleError> {
+        let machine = self.store.load(name)?;
+        Ok(driver::SshDriver::new(self.ssh_passphrase.clone())
+            .regenerate_certs(&machine, progress)?)
+    }
+
+    /// An ssh machine as a bundle for another computer (see [`crate::ssh::bundle`]).
+    pub fn export(
+        &self,
+        name: &str,
+        include_secrets: bool,
+    ) -> Result<crate::ssh::bundle::Bundle, LifecycleError> {
+        let m = self.store.load(name)?;
+        Ok(crate::ssh::bundle::Bundle::of(
+            name,
+            m.spec.ssh.as_ref(),
+            &m.files,
+            include_secrets,
+            dirs::home_dir().as_deref(),
+        )?)
+    }
+
+    /// Recreates an exported ssh machine here as `name` (default: its exported name),
+    /// paths made local: its pin is in place before the first connection, which then
+    /// checks it and that the engine answers. A failure leaves no machine.
+    pub fn import(
+        &self,
+        bundle: &crate::ssh::bundle::Bundle,
+        name: Option<&str>,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Machine, LifecycleError> {
+        let name = name.unwrap_or(&bundle.name);
+        let settings = Settings {
+            driver: Some(crate::config::DriverKind::Ssh),
+            mounts: Some(Vec::new()),
+            ssh: Some(bundle.settings_here()),
+            ..Settings::default()
+        };
+        let machine = self.store.create(name, &settings)?;
+        let prepared = bundle
+            .install(&machine.files)
+            .map_err(|source| MachineError::Io {
+                what: "cannot write the imported files into",
+                path: machine.files.dir().to_path_buf(),
+                source,
+            })
+            .and_then(|()| {
+                driver::SshDriver::new(self.ssh_passphrase.clone()).verify(&machine, progress)
+            });
+        if let Err(source) = prepared {
+            let _ = self.store.remove(name);
+            return Err(LifecycleError::Prepare {
+                name: name.to_string(),
+                source,
+            });
+        }
+        self.write_context(&machine)?;
+        tracing::info!(machine = name, "machine imported");
+        Ok(self.store.load(name)?)
     }
 
     /// The networks between machines of this home.
@@ -344,7 +477,7 @@ impl Lifecycle {
         let machine = self.store.load(name)?;
         if machine.state.state != State::Running {
             self.write_context(&machine)?;
-            let d = driver::for_machine(&machine);
+            let d = self.driver(&machine);
             if !d.capabilities().can_start_stop {
                 return Err(MachineError::Unsupported {
                     driver: machine.spec.driver.as_str(),
@@ -435,7 +568,11 @@ impl Lifecycle {
     pub fn inspect(&self, name: &str) -> Result<serde_json::Value, LifecycleError> {
         let m = self.store.load(name)?;
         let d = driver::for_machine(&m);
-        let choice = driver::choose_backend(m.spec.driver);
+        let mut choice = driver::choose_backend(m.spec.driver);
+        if m.spec.driver == crate::config::DriverKind::Ssh {
+            choice.reason = "the engine runs on the ssh host".into();
+        }
+        let remote = crate::ssh::remote::RemoteRecord::read(&m.files.remote_record());
         Ok(serde_json::json!({
             "name": m.name,
             "settings": m.spec,
@@ -443,11 +580,12 @@ impl Lifecycle {
             "driver": {
                 "kind": d.kind().as_str(),
                 "capabilities": d.capabilities(),
-                "backend": m.state.backend.clone().unwrap_or_else(|| choice.backend.as_str().to_string()),
+                "backend": m.state.backend.clone().unwrap_or_else(|| if d.capabilities().remote { "ssh".into() } else { choice.backend.as_str().to_string() }),
                 "accel": choice.accel.as_str(),
                 "reason": m.state.backend_reason.clone().unwrap_or(choice.reason),
             },
             "endpoints": d.endpoints(&m)?,
+            "remote": remote,
             "docker_context": docker_context::context_name(&m.name),
             "files": {
                 "dir": m.files.dir(),
@@ -490,6 +628,19 @@ impl Lifecycle {
     /// Removes a machine with its data disk and docker context. A machine that is not
     /// stopped (or in error) is refused unless `force`, which kills it first.
     pub fn remove(&self, name: &str, force: bool) -> Result<(), LifecycleError> {
+        self.remove_with(name, force, false, &mut |_| {})
+    }
+
+    /// [`Lifecycle::remove`]; with `purge_remote`, an ssh machine's host is first rid of
+    /// what rmachine changed there (its TLS setup, the packages it installed). Without it
+    /// the remote engine is left alone.
+    pub fn remove_with(
+        &self,
+        name: &str,
+        force: bool,
+        purge_remote: bool,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(), LifecycleError> {
         let machine = match self.store.load(name) {
             Ok(m) => Some(m),
             // A machine whose machine.toml is broken can still be removed with force.
@@ -506,7 +657,10 @@ impl Lifecycle {
                 .into());
             }
             // Also for an error state: a VM process may be left.
-            let d = driver::for_machine(m);
+            let d = self.driver(m);
+            if purge_remote && d.capabilities().remote {
+                driver::SshDriver::new(self.ssh_passphrase.clone()).purge_remote(m, progress)?;
+            }
             d.kill(m)?;
             d.remove(m)?;
         }

@@ -214,6 +214,24 @@ impl MachinePaths {
     pub fn passt_log(&self) -> PathBuf {
         self.dir.join("passt.log")
     }
+    /// An ssh machine's pinned host key (one OpenSSH public key line).
+    pub fn ssh_host_key(&self) -> PathBuf {
+        self.dir.join("ssh_host_key")
+    }
+    /// What the probe of an ssh machine's host found, and what rmachine changed there
+    /// (generated JSON).
+    pub fn remote_record(&self) -> PathBuf {
+        self.dir.join("remote.json")
+    }
+    /// The engine's TLS client files (`ca.pem`, `cert.pem`, `key.pem`): `DOCKER_CERT_PATH`.
+    pub fn engine_certs(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+    /// The machine's own certificate authority (`ca-key.pem`, `ca.pem`): it signs the
+    /// engine's server certificate; never exported.
+    pub fn engine_ca(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,13 @@ enum Command {
     Cp(cmd::cp::CpArgs),
     /// Print the environment that points docker at a machine.
     Env(cmd::env::EnvArgs),
+    /// Re-issue an ssh machine's engine server certificate (--engine-tls; after the host's
+    /// address changed).
+    RegenerateCerts(cmd::regenerate_certs::RegenerateCertsArgs),
+    /// Write an ssh machine's settings and host key pin to a file (for `rmachine import`).
+    Export(cmd::export::ExportArgs),
+    /// Recreate an exported ssh machine here.
+    Import(cmd::import::ImportArgs),
     /// Make a machine's docker context the current one.
     Use(cmd::use_context::UseArgs),
     /// Print a machine's console, host agent or VM log.
@@ -84,6 +91,9 @@ fn main() -> std::process::ExitCode {
         Command::Stop(a) => cmd::stop::run(a),
         Command::Restart(a) => cmd::restart::run(a),
         Command::Rm(a) => cmd::rm::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Import(a) => cmd::import::run(a),
+        Command::RegenerateCerts(a) => cmd::regenerate_certs::run(a),
         Command::Ls(a) => cmd::ls::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Status(a) => cmd::status::run(a),

@@ -59,6 +59,14 @@ impl StepProgress {
         }
     }
 
+    /// A line that stays (above the spinner on a terminal).
+    pub fn println(&self, what: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(what),
+            None => eprintln!("      {what}"),
+        }
+    }
+
     /// A detail within the current step.
     pub fn detail(&self, what: &str) {
         match &self.bar {

@@ -35,6 +35,7 @@ impl Driver for FakeDriver {
         DriverCaps {
             can_start_stop: true,
             local_vm: false,
+            remote: false,
         }
     }
 
@@ -71,6 +72,7 @@ impl Driver for FakeDriver {
         Ok(Endpoints {
             docker_host: machine.files.docker_endpoint().docker_host(),
             ssh: None,
+            engine_tls: None,
         })
     }
 }

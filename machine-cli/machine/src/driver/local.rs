@@ -63,7 +63,7 @@ pub fn choose_backend(kind: DriverKind) -> BackendChoice {
             accel: Accel::Kvm,
             reason: "--driver vmm".into(),
         },
-        DriverKind::Auto | DriverKind::Fake => {
+        DriverKind::Auto | DriverKind::Fake | DriverKind::Ssh => {
             if a.accel != Accel::Kvm {
                 BackendChoice {
                     backend: Backend::Qemu,
@@ -211,6 +211,110 @@ fn shutdown_orphan(machine: &Machine) {
     }
 }
 
+/// Starts the host agent of `machine` and waits until the machine runs (or fails);
+/// `secret` (an ssh key's passphrase) is handed to it on its stdin, never stored.
+pub(super) fn start_hostagent(
+    machine: &Machine,
+    progress: &mut dyn FnMut(&str),
+    secret: Option<&str>,
+) -> Result<(), MachineError> {
+    if machine.state.state.has_hostagent() {
+        return match machine.state.state {
+            State::Running => Ok(()),
+            _ => Err(MachineError::StartFailed {
+                name: machine.name.clone(),
+                reason: format!("it is {}", machine.state.state.name()),
+            }),
+        };
+    }
+    let log_path = machine.files.hostagent_log();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| MachineError::Io {
+            what: "cannot open",
+            path: log_path.clone(),
+            source,
+        })?;
+    let log2 = log.try_clone().map_err(|source| MachineError::Io {
+        what: "cannot open",
+        path: log_path.clone(),
+        source,
+    })?;
+    // The starting state is written before the host agent runs, so a reader never
+    // sees the stale state of the previous run; it keeps a VM whose host agent died,
+    // which the new host agent takes over.
+    let starting = MachineState::starting_after(&MachineState::read(&machine.files.state()));
+    let state_path = machine.files.state();
+    starting
+        .write(&state_path)
+        .map_err(|source| MachineError::Io {
+            what: "cannot write",
+            path: state_path.clone(),
+            source,
+        })?;
+    let exe = rmachine_binary();
+    let mut command = Command::new(&exe);
+    process::detach(&mut command);
+    let mut child = command
+        .arg("hostagent")
+        .arg(&machine.name)
+        .stdin(if secret.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|source| MachineError::SpawnHostAgent {
+            exe: exe.display().to_string(),
+            source,
+        })?;
+    if let (Some(secret), Some(mut stdin)) = (secret, child.stdin.take()) {
+        use std::io::Write;
+        let _ = writeln!(stdin, "{secret}");
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut last_detail = String::new();
+    loop {
+        let s = MachineState::read(&state_path);
+        if s.detail != last_detail && !s.detail.is_empty() {
+            progress(&s.detail);
+            last_detail = s.detail.clone();
+        }
+        match s.state {
+            State::Running => return Ok(()),
+            State::Error(reason) => {
+                return Err(MachineError::StartFailed {
+                    name: machine.name.clone(),
+                    reason,
+                });
+            }
+            _ => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(MachineError::StartFailed {
+                name: machine.name.clone(),
+                reason: format!(
+                    "the host agent exited ({status}); its log ends:\n{}",
+                    tail(&log_path, 15)
+                ),
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(MachineError::Timeout {
+                name: machine.name.clone(),
+                what: "start",
+                timeout: START_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Driver for LocalDriver {
     fn kind(&self) -> DriverKind {
         self.kind
@@ -220,6 +324,7 @@ impl Driver for LocalDriver {
         DriverCaps {
             can_start_stop: true,
             local_vm: true,
+            remote: false,
         }
     }
 
@@ -249,94 +354,8 @@ impl Driver for LocalDriver {
     }
 
     fn start(&self, machine: &Machine, progress: &mut dyn FnMut(&str)) -> Result<(), MachineError> {
-        if machine.state.state.has_hostagent() {
-            return match machine.state.state {
-                State::Running => Ok(()),
-                _ => Err(MachineError::StartFailed {
-                    name: machine.name.clone(),
-                    reason: format!("it is {}", machine.state.state.name()),
-                }),
-            };
-        }
         self.create(machine)?;
-        let log_path = machine.files.hostagent_log();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|source| MachineError::Io {
-                what: "cannot open",
-                path: log_path.clone(),
-                source,
-            })?;
-        let log2 = log.try_clone().map_err(|source| MachineError::Io {
-            what: "cannot open",
-            path: log_path.clone(),
-            source,
-        })?;
-        // The starting state is written before the host agent runs, so a reader never
-        // sees the stale state of the previous run; it keeps a VM whose host agent died,
-        // which the new host agent takes over.
-        let starting = MachineState::starting_after(&MachineState::read(&machine.files.state()));
-        let state_path = machine.files.state();
-        starting
-            .write(&state_path)
-            .map_err(|source| MachineError::Io {
-                what: "cannot write",
-                path: state_path.clone(),
-                source,
-            })?;
-        let exe = rmachine_binary();
-        let mut command = Command::new(&exe);
-        process::detach(&mut command);
-        let mut child = command
-            .arg("hostagent")
-            .arg(&machine.name)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| MachineError::SpawnHostAgent {
-                exe: exe.display().to_string(),
-                source,
-            })?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut last_detail = String::new();
-        loop {
-            let s = MachineState::read(&state_path);
-            if s.detail != last_detail && !s.detail.is_empty() {
-                progress(&s.detail);
-                last_detail = s.detail.clone();
-            }
-            match s.state {
-                State::Running => return Ok(()),
-                State::Error(reason) => {
-                    return Err(MachineError::StartFailed {
-                        name: machine.name.clone(),
-                        reason,
-                    });
-                }
-                _ => {}
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(MachineError::StartFailed {
-                    name: machine.name.clone(),
-                    reason: format!(
-                        "the host agent exited ({status}); its log ends:\n{}",
-                        tail(&log_path, 15)
-                    ),
-                });
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(MachineError::Timeout {
-                    name: machine.name.clone(),
-                    what: "start",
-                    timeout: START_TIMEOUT,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        start_hostagent(machine, progress, None)
     }
 
     fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
@@ -421,6 +440,7 @@ impl Driver for LocalDriver {
         Ok(Endpoints {
             docker_host: machine.files.docker_endpoint().docker_host(),
             ssh: None,
+            engine_tls: None,
         })
     }
 }

@@ -4,11 +4,13 @@
 
 mod fake;
 mod local;
+mod ssh;
 
 use std::time::Duration;
 
 pub use fake::FakeDriver;
 pub use local::{choose_backend, vmm_binary, Backend, BackendChoice, LocalDriver};
+pub use ssh::SshDriver;
 
 use crate::config::DriverKind;
 use crate::state::State;
@@ -20,6 +22,9 @@ pub struct DriverCaps {
     pub can_start_stop: bool,
     /// The VM runs on this host (logs, console, shell through the agent).
     pub local_vm: bool,
+    /// The engine runs on another host (ssh): start and stop act on the local end (the
+    /// tunnel, `docker.sock` and ports), never on the engine.
+    pub remote: bool,
 }
 
 /// How to reach a machine.
@@ -29,6 +34,18 @@ pub struct Endpoints {
     pub docker_host: String,
     /// SSH target of a remote machine (`user@host:port`).
     pub ssh: Option<String>,
+    /// The engine's own mutual TLS listener (ssh machines with `--engine-tls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_tls: Option<TlsEndpoint>,
+}
+
+/// The engine's mutual TLS listener, docker-machine style.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsEndpoint {
+    /// `tcp://host:2376`.
+    pub docker_host: String,
+    /// `DOCKER_CERT_PATH`: `ca.pem`, `cert.pem`, `key.pem`.
+    pub cert_path: std::path::PathBuf,
 }
 
 /// Why a driver operation failed.
@@ -66,6 +83,12 @@ pub enum MachineError {
     },
     #[error("host agent of {name}: {message}")]
     HostAgent { name: String, message: String },
+    #[error("ssh machine {name}")]
+    Remote {
+        name: String,
+        #[source]
+        source: Box<crate::ssh::SshError>,
+    },
 }
 
 /// The lifecycle of one kind of machine.
@@ -91,6 +114,7 @@ pub trait Driver: Send + Sync {
 pub fn for_machine(machine: &Machine) -> Box<dyn Driver> {
     match machine.spec.driver {
         DriverKind::Fake => Box::new(FakeDriver),
+        DriverKind::Ssh => Box::new(SshDriver::new(None)),
         kind => Box::new(LocalDriver::new(kind)),
     }
 }

@@ -10,9 +10,11 @@
 //! - [`fs`]: files only their owner may read (state with the boot's token), executables.
 //! - [`host`]: the host's memory.
 //! - [`signal`]: the request to stop a long-running process.
+//! - [`ssh_agent`]: the user's ssh-agent (a unix socket, or a named pipe on Windows).
 
 pub mod fs;
 pub mod host;
 pub mod local_socket;
 pub mod process;
 pub mod signal;
+pub mod ssh_agent;

@@ -63,9 +63,14 @@ pub struct CreateArgs {
     pub name: String,
     #[command(flatten)]
     pub settings: SettingsArgs,
+    #[command(flatten)]
+    pub ssh: super::create_ssh::SshArgs,
 }
 
 pub fn run(args: CreateArgs) -> anyhow::Result<()> {
+    if args.ssh.wanted(args.settings.driver) {
+        return super::create_ssh::run(&args.name, &args.settings.settings(), &args.ssh);
+    }
     let machine = super::lifecycle()?.create(&args.name, &args.settings.settings())?;
     println!(
         "created machine {} (docker context {})",

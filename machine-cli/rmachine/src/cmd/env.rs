@@ -36,11 +36,52 @@ pub fn run(args: EnvArgs) -> anyhow::Result<()> {
             _ => Shell::Sh,
         }
     });
-    print!(
-        "{}",
-        render(shell, &endpoints.docker_host, args.unset, &args.name)
-    );
+    match &endpoints.engine_tls {
+        Some(tls) => print!(
+            "{}",
+            render_tls(
+                shell,
+                &tls.docker_host,
+                &tls.cert_path.display().to_string(),
+                args.unset,
+                &args.name
+            )
+        ),
+        None => print!(
+            "{}",
+            render(shell, &endpoints.docker_host, args.unset, &args.name)
+        ),
+    }
     Ok(())
+}
+
+/// The docker-machine style exports of an ssh machine with `--engine-tls`.
+fn render_tls(shell: Shell, host: &str, certs: &str, unset: bool, name: &str) -> String {
+    let hint = format!("rmachine env {name}");
+    let vars = [
+        ("DOCKER_HOST", host),
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_CERT_PATH", certs),
+    ];
+    let mut out = String::new();
+    for (k, v) in vars {
+        out.push_str(&match (shell, unset) {
+            (Shell::Sh, false) => format!("export {k}=\"{v}\"\n"),
+            (Shell::Sh, true) => format!("unset {k}\n"),
+            (Shell::Fish, false) => format!("set -gx {k} \"{v}\";\n"),
+            (Shell::Fish, true) => format!("set -e {k};\n"),
+            (Shell::Powershell, false) => format!("$Env:{k} = \"{v}\"\n"),
+            (Shell::Powershell, true) => format!("Remove-Item Env:\\{k}\n"),
+        });
+    }
+    if !unset {
+        out.push_str(&match shell {
+            Shell::Sh => format!("unset DOCKER_CONTEXT\n# eval \"$({hint})\"\n"),
+            Shell::Fish => format!("set -e DOCKER_CONTEXT;\n# {hint} | source\n"),
+            Shell::Powershell => format!("Remove-Item Env:\\DOCKER_CONTEXT -ErrorAction SilentlyContinue\n# & {hint} | Invoke-Expression\n"),
+        });
+    }
+    out
 }
 
 fn render(shell: Shell, host: &str, unset: bool, name: &str) -> String {
@@ -67,5 +108,21 @@ mod tests {
         assert!(render(Shell::Fish, h, false, "m").contains("set -gx DOCKER_HOST"));
         assert!(render(Shell::Powershell, h, false, "m").contains("$Env:DOCKER_HOST = "));
         assert_eq!(render(Shell::Sh, h, true, "m"), "unset DOCKER_HOST\n");
+    }
+
+    #[test]
+    fn test_tls_machine_exports_docker_machine_variables() {
+        let out = render_tls(Shell::Sh, "tcp://box:2376", "/m/certs", false, "m");
+        assert!(
+            out.contains("export DOCKER_HOST=\"tcp://box:2376\""),
+            "{out}"
+        );
+        assert!(out.contains("export DOCKER_TLS_VERIFY=\"1\""), "{out}");
+        assert!(
+            out.contains("export DOCKER_CERT_PATH=\"/m/certs\""),
+            "{out}"
+        );
+        let fish = render_tls(Shell::Fish, "tcp://box:2376", "/m/certs", true, "m");
+        assert!(fish.contains("set -e DOCKER_TLS_VERIFY;"), "{fish}");
     }
 }

@@ -14,6 +14,11 @@ pub struct IpArgs {
 
 pub fn run(args: IpArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
+    if let Some(ssh) = &m.spec.ssh {
+        // An ssh machine is its host.
+        println!("{}", ssh.host);
+        return Ok(());
+    }
     let carrier = m
         .state
         .carrier

@@ -34,6 +34,11 @@ fn table(rows: &[MachineSummary]) -> String {
             .map(|p| format!("{}:{}/{}", p.host_ip, p.host_port, p.proto))
             .collect();
         let context = format!("{}{}", r.docker_context, if r.active { " *" } else { "" });
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| format!(" @ {h}"))
+            .unwrap_or_default();
         out.push_str(&format!(
             "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  {:<24} {}\n",
             r.name,
@@ -49,6 +54,7 @@ fn table(rows: &[MachineSummary]) -> String {
             context,
             ports.join(", ")
         ));
+        out.push_str(&host);
         for warning in &r.warnings {
             out.push_str(&format!("  warning: {warning}\n"));
         }

@@ -11,7 +11,7 @@ pub struct RestartArgs {
 }
 
 pub fn run(args: RestartArgs) -> anyhow::Result<()> {
-    let lc = super::lifecycle()?;
+    let lc = super::create_ssh::with_passphrase(super::lifecycle()?, &args.name)?;
     let progress = StepProgress::new();
     progress.step(1, 1, &format!("restarting machine {}", args.name));
     let machine = lc.restart(&args.name, &mut |detail| progress.detail(detail))?;

@@ -8,12 +8,21 @@ pub struct RmArgs {
     /// Stop a running machine first (killing it).
     #[arg(long, short)]
     pub force: bool,
+    /// For an ssh machine: also undo what rmachine changed on the host (its TLS setup and
+    /// the packages it installed). Without it the remote engine is left alone.
+    #[arg(long)]
+    pub purge_remote: bool,
 }
 
 pub fn run(args: RmArgs) -> anyhow::Result<()> {
-    let lc = super::lifecycle()?;
+    let mut lc = super::lifecycle()?;
     for name in &args.names {
-        lc.remove(name, args.force)?;
+        if args.purge_remote {
+            lc = super::create_ssh::with_passphrase(lc, name)?;
+        }
+        lc.remove_with(name, args.force, args.purge_remote, &mut |line| {
+            eprintln!("      {line}")
+        })?;
         println!("removed machine {name}");
     }
     Ok(())

@@ -46,6 +46,13 @@ pub struct ShellArgs {
 
 pub fn run(args: ShellArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
+    if let Some(ssh) = &m.spec.ssh {
+        anyhow::bail!(
+            "machine {} is an ssh machine: use ssh itself (`ssh {}`); `rmachine shell` and `cp` reach the guest agent of a VM",
+            m.name,
+            ssh.target()
+        );
+    }
     let carrier = m.running_carrier()?;
     let stdin_tty = std::io::stdin().is_terminal();
     let tty = args.tty || (!args.no_tty && stdin_tty && std::io::stdout().is_terminal());

@@ -23,7 +23,7 @@ pub struct StartArgs {
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<()> {
-    let lc = super::lifecycle()?;
+    let lc = super::create_ssh::with_passphrase(super::lifecycle()?, &args.name)?;
     let was_running = lc
         .store()
         .load(&args.name)
@@ -44,6 +44,14 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
 
 /// What a finished start says.
 pub fn started_message(machine: &rmachine_machine::store::Machine) -> String {
+    if let Some(ssh) = &machine.spec.ssh {
+        return format!(
+            "machine {} is running: its local docker.sock and ports reach the engine on {} over ssh (connected in {:.1} s)",
+            machine.name,
+            ssh.target(),
+            machine.state.engine_ready_ms.unwrap_or(0) as f64 / 1000.0
+        );
+    }
     format!(
         "machine {} is running ({}; engine ready {:.1} s after boot)",
         machine.name,

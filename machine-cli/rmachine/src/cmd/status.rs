@@ -45,8 +45,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             e as f64 / 1000.0
         );
     }
+    if let Some(ssh) = &m.spec.ssh {
+        println!(
+            "host: {} (ssh; stop and start act on the local tunnel, never on the remote engine)",
+            ssh.target()
+        );
+    }
     if s.state == State::Running {
         println!("docker: {}", m.files.docker_endpoint().docker_host());
+    }
+    if m.spec.ssh.is_some() {
+        println!("ports: published TCP ports open on this computer's loopback; UDP is not forwarded over SSH");
     }
     for p in &s.ports {
         match &p.error {

@@ -10,7 +10,7 @@ mod os;
 #[path = "windows.rs"]
 mod os;
 
-pub use os::{size, watch, RawMode};
+pub use os::{read_secret, size, watch, RawMode};
 
 /// Something that happened to the local session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,3 +69,25 @@ pub fn watch(tty: bool) -> std::io::Result<mpsc::Receiver<Event>> {
     forward(SignalKind::hangup(), Event::HangUp, &tx)?;
     Ok(rx)
 }
+
+/// Asks for a secret on the terminal (stderr for the prompt, stdin not echoed); `None`
+/// when stdin is no terminal.
+pub fn read_secret(prompt: &str) -> std::io::Result<Option<String>> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    if !termios::isatty(&stdin) {
+        return Ok(None);
+    }
+    let saved = termios::tcgetattr(&stdin)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(termios::LocalModes::ECHO);
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    termios::tcsetattr(&stdin, OptionalActions::Flush, &quiet)?;
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let _ = termios::tcsetattr(&stdin, OptionalActions::Flush, &saved);
+    eprintln!();
+    read?;
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
+}

@@ -68,3 +68,35 @@ pub fn watch(tty: bool) -> std::io::Result<mpsc::Receiver<Event>> {
     });
     Ok(rx)
 }
+
+/// Asks for a secret on the console, not echoed (raw mode, keys read one by one);
+/// `None` when there is no console.
+pub fn read_secret(prompt: &str) -> std::io::Result<Option<String>> {
+    use crossterm::event::{read, Event as Input, KeyCode, KeyEventKind};
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let _raw = RawMode::enter()?;
+    let mut secret = String::new();
+    loop {
+        if let Input::Key(key) = read()? {
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            match key.code {
+                KeyCode::Enter => break,
+                KeyCode::Backspace => {
+                    secret.pop();
+                }
+                KeyCode::Char(c) => secret.push(c),
+                KeyCode::Esc => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+    eprintln!();
+    Ok(Some(secret))
+}
