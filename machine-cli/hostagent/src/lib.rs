@@ -154,7 +154,7 @@ async fn serve(
     stop_tx: mpsc::Sender<StopReason>,
     stop_rx: &mut mpsc::Receiver<StopReason>,
 ) -> anyhow::Result<()> {
-    let choice = choose_backend(machine.spec.driver);
+    let choice = choose_backend(machine.spec.driver, machine.spec.arch);
     tracing::info!(backend = choice.backend.as_str(), accel = choice.accel.as_str(), reason = %choice.reason, "backend chosen");
     state.update(|s| {
         s.backend = Some(choice.backend.as_str().to_string());

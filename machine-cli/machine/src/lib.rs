@@ -14,6 +14,7 @@ pub mod hostagent_api;
 pub mod image_store;
 pub mod lifecycle;
 pub mod paths;
+pub mod platform;
 pub mod qemu;
 pub mod state;
 pub mod store;

@@ -55,6 +55,8 @@ pub struct MachineSummary {
     pub detail: String,
     pub driver: Option<String>,
     pub backend: Option<String>,
+    /// The guest architecture (`amd64`, `arm64`).
+    pub arch: Option<String>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
     pub disk_size_gib: Option<u32>,
@@ -89,6 +91,7 @@ impl MachineSummary {
             detail: s.detail.clone(),
             driver: Some(machine.spec.driver.as_str().to_string()),
             backend: s.backend.clone(),
+            arch: Some(machine.spec.arch.to_string()),
             cpus: Some(machine.spec.cpus),
             memory_mib: Some(machine.spec.memory_mib),
             disk_size_gib: Some(machine.spec.disk_size_gib),
@@ -118,6 +121,7 @@ impl MachineSummary {
             detail: String::new(),
             driver: None,
             backend: None,
+            arch: None,
             cpus: None,
             memory_mib: None,
             disk_size_gib: None,
@@ -348,9 +352,10 @@ impl Lifecycle {
     pub fn inspect(&self, name: &str) -> Result<serde_json::Value, LifecycleError> {
         let m = self.store.load(name)?;
         let d = driver::for_machine(&m);
-        let choice = driver::choose_backend(m.spec.driver);
+        let choice = driver::choose_backend(m.spec.driver, m.spec.arch);
         Ok(serde_json::json!({
             "name": m.name,
+            "arch": m.spec.arch,
             "settings": m.spec,
             "state": m.state.redacted(),
             "driver": {
@@ -358,6 +363,7 @@ impl Lifecycle {
                 "capabilities": d.capabilities(),
                 "backend": m.state.backend.clone().unwrap_or_else(|| choice.backend.as_str().to_string()),
                 "accel": choice.accel.as_str(),
+                "accel_reason": choice.accel_reason,
                 "reason": m.state.backend_reason.clone().unwrap_or(choice.reason),
             },
             "endpoints": d.endpoints(&m)?,

@@ -8,7 +8,7 @@ mod local;
 use std::time::Duration;
 
 pub use fake::FakeDriver;
-pub use local::{choose_backend, vmm_binary, Backend, BackendChoice, LocalDriver};
+pub use local::{check_arch, choose_backend, vmm_binary, Backend, BackendChoice, LocalDriver};
 
 use crate::config::DriverKind;
 use crate::state::State;
@@ -38,6 +38,12 @@ pub enum MachineError {
     Unsupported {
         driver: &'static str,
         op: &'static str,
+    },
+    #[error("the {driver} driver cannot run {arch} guests: {reason}")]
+    UnsupportedArch {
+        driver: &'static str,
+        arch: crate::platform::Arch,
+        reason: String,
     },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -9,7 +9,7 @@ use super::DEFAULT_MACHINE;
 pub enum ConfigCommand {
     /// Print settings (one key, or all).
     Get(GetArgs),
-    /// Change a setting: cpus, memory, disk, driver or image.
+    /// Change a setting: cpus, memory, disk, driver, image or arch.
     Set(SetArgs),
 }
 
@@ -25,7 +25,7 @@ pub struct Target {
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// cpus, memory, disk, driver or image (default: all).
+    /// cpus, memory, disk, driver, image or arch (default: all).
     pub key: Option<String>,
     #[command(flatten)]
     pub target: Target,
@@ -33,7 +33,7 @@ pub struct GetArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
-    /// cpus, memory, disk, driver or image.
+    /// cpus, memory, disk, driver, image or arch.
     pub key: String,
     /// The new value (memory and disk take units: 4G, 512M).
     pub value: String,
