@@ -44,6 +44,13 @@ fn test_arm64_machine_under_emulation() {
     let (manifest, _) = image_of(Arch::Arm64);
     assert_eq!(manifest.arch, Arch::Arm64);
     eprintln!("arm64 image {}", manifest.version);
+    let images = env.rmachine_ok(&["image", "ls"]);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with(&manifest.version) && l.contains(" arm64 ")),
+        "{images}"
+    );
 
     // Bad input is refused clearly.
     assert!(env
@@ -150,6 +157,31 @@ fn test_arm64_machine_under_emulation() {
         "aarch64"
     );
     eprintln!("docker run --rm: {:?}", run_at.elapsed());
+
+    // A build on the arm64 engine (several RUN steps on both vCPUs, which software
+    // emulation runs on one host thread each).
+    let ctx = work.join("build");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM e2e/busybox:arm64\nRUN uname -m > /arch\nRUN for i in 1 2 3 4 5 6 7 8; do echo $i; done | wc -l > /count\nCMD [\"cat\", \"/arch\", \"/count\"]\n",
+    )
+    .unwrap();
+    let build_at = Instant::now();
+    env.docker_ok(&[
+        "build",
+        "-q",
+        "-t",
+        "e2e/built:arm64",
+        ctx.to_str().unwrap(),
+    ]);
+    eprintln!("docker build: {:?}", build_at.elapsed());
+    assert_eq!(
+        env.docker_ok(&["run", "--rm", "e2e/built:arm64"])
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["aarch64", "8"]
+    );
 
     // The shared folder, host to guest: a page a published port serves to the host.
     std::fs::write(share.join("index.html"), "served-by-arm64\n").unwrap();
