@@ -136,10 +136,39 @@ pub fn build(
     let source_version = apt.candidate(kernel::SOURCE_PACKAGE)?;
     progress.finish(&format!("{} {source_version}", kernel::SOURCE_PACKAGE));
 
-    progress.step(3, STEPS, &format!("guest kernel ({arch})"));
-    let kernel = kernel::build(dirs, &apt, arch, &source_version, opts.jobs, progress)?;
+    // The root filesystem's base is debootstrapped beside the kernel build: it mostly
+    // waits (downloads; under emulation, the packages' scripts) while the kernel build
+    // keeps the CPUs busy. An error of either is reported once both have ended.
+    progress.step(
+        3,
+        STEPS,
+        &format!("guest kernel ({arch}; the root filesystem's base beside it)"),
+    );
+    let (kernel, base) = std::thread::scope(|scope| {
+        let base = scope.spawn(|| rootfs::prepare_base(dirs, &apt, arch, &agent));
+        let kernel = kernel::build(dirs, &apt, arch, &source_version, opts.jobs, progress);
+        if !base.is_finished() {
+            progress.detail(if kernel.is_ok() {
+                "waiting for the root filesystem's base (debootstrap)"
+            } else {
+                "the kernel build failed; waiting for debootstrap to end to report it"
+            });
+        }
+        let base = base
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (kernel, base)
+    });
+    let kernel = kernel?;
+    let base_took = base?;
 
     progress.step(4, STEPS, &format!("guest root filesystem ({arch})"));
+    if let Some(took) = base_took {
+        progress.detail(&format!(
+            "base debootstrapped in {:.0} s beside the kernel",
+            took.as_secs_f64()
+        ));
+    }
     let rootfs = rootfs::build(dirs, &apt, arch, &agent, progress)?;
 
     progress.step(5, STEPS, "installing the image");

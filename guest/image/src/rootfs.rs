@@ -168,6 +168,36 @@ fn final_key(base: &str, agent: &Agent) -> String {
     content_key(&parts)
 }
 
+/// Makes sure the debootstrapped base of `arch` is in the cache, unless the finished root
+/// filesystem for `agent` is (it needs no base). Reports nothing while it works (its log
+/// is `rootfs/build.log`), so that it can run beside the kernel build: the base spends most
+/// of its time waiting (downloads, and under emulation the packages' scripts), the kernel
+/// build on the CPUs. Returns how long debootstrap took, when it ran.
+pub(crate) fn prepare_base(
+    dirs: &BuildDirs,
+    apt: &Apt,
+    arch: Arch,
+    agent: &Agent,
+) -> Result<Option<std::time::Duration>, ImageError> {
+    struct Silent;
+    impl Progress for Silent {
+        fn step(&self, _: usize, _: usize, _: &str) {}
+        fn detail(&self, _: &str) {}
+        fn finish(&self, _: &str) {}
+    }
+    let cache = dirs.rootfs_cache();
+    std::fs::create_dir_all(&cache).map_err(ImageError::io("cannot create", &cache))?;
+    let base_key = base_key(arch);
+    let key = final_key(&base_key, agent);
+    let base = cache.join(format!("base-{base_key}"));
+    if cache.join(format!("{key}.erofs")).exists() || base.join(".complete").exists() {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    debootstrap(&cache, &base, arch, apt, &Silent)?;
+    Ok(Some(started.elapsed()))
+}
+
 pub(crate) fn build(
     dirs: &BuildDirs,
     apt: &Apt,
