@@ -13,17 +13,40 @@ use rmachine_e2e::*;
 
 const M: &str = "arm";
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
         match check() {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{what} not reached within {timeout:?}: {last}");
+    Err(format!("{what} not reached within {timeout:?}: {last}"))
+}
+
+/// What a failure message shows: the machine's status, containers and host agent log.
+fn diagnostics(env: &MachineEnv) -> String {
+    let out = |o: std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let log = env.hostagent_log(M);
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!(
+        "--- rmachine status ---\n{}--- docker ps -a ---\n{}--- host agent log (last 40 lines) ---\n{}",
+        out(env.rmachine(&["status", M])),
+        out(env.docker(&["ps", "-a"], None, &[])),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
 }
 
 /// The command line of the machine's VM process, from state.json's pid.
@@ -218,7 +241,8 @@ fn test_arm64_machine_under_emulation() {
                 }
             })
         },
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&env)));
     eprintln!(
         "published port answered {:?} after docker run returned",
         run_at.elapsed()
