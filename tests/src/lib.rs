@@ -179,6 +179,8 @@ impl Guest {
             qmp_socket: None,
             pid_file: None,
             shares: vec![],
+            primary_mac: None,
+            nics: vec![],
         };
         let mut command = vm.command().expect("a QEMU command for this host");
         if std::env::var_os("RMACHINE_E2E_VERBOSE").is_some() {
@@ -524,6 +526,10 @@ fn busybox_tarball_from(dir: &Path, busybox: &Path) -> PathBuf {
         "inotifyd",
         "mv",
         "touch",
+        "yes",
+        "head",
+        "sync",
+        "ping",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -703,6 +709,20 @@ impl Drop for MachineEnv {
             }
         }
     }
+}
+
+/// Polls `check` until it succeeds; panics with its last error after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check() {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} not reached within {timeout:?}: {last}");
 }
 
 /// One HTTP GET to 127.0.0.1:port; the body on a 200.

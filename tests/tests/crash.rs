@@ -16,19 +16,6 @@ use rmachine_e2e::*;
 const M: &str = "crash";
 const IMG: &str = "e2e/busybox:1";
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match check() {
-            Ok(()) => return,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what} not reached within {timeout:?}: {last}");
-}
-
 /// Every live process whose command line names `dir` (the machine's folder): the host
 /// agent runs as `rmachine hostagent NAME` with RMACHINE_HOME, its VM and helpers name
 /// files in the folder.
@@ -148,13 +135,22 @@ impl Crash {
 
     fn wait_running_app(&self) {
         wait_until("the container runs", Duration::from_secs(120), || {
-            let out = self
-                .env
-                .docker(&["inspect", "-f", "{{.State.Running}}", "app"], None, &[]);
-            match String::from_utf8_lossy(&out.stdout).trim() {
-                "true" => Ok(()),
-                other => Err(format!("{other} {}", String::from_utf8_lossy(&out.stderr))),
+            let out = self.env.docker(
+                &["inspect", "-f", "{{.State.Running}} {{json .State}}", "app"],
+                None,
+                &[],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.starts_with("true") {
+                return Ok(());
             }
+            let logs = self.env.docker(&["logs", "--tail", "5", "app"], None, &[]);
+            Err(format!(
+                "{text} {} logs: {} {}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ))
         });
     }
 
@@ -237,8 +233,10 @@ fn test_crash_matrix_loses_nothing() {
         "-d",
         "--name",
         "app",
+        // `always`: Docker restarts it when its engine comes back from a crash
+        // (`unless-stopped` counts the engine's own kill at its restart as a stop).
         "--restart",
-        "unless-stopped",
+        "always",
         "-v",
         "crashvol:/data",
         "-v",
@@ -352,9 +350,8 @@ fn test_crash_matrix_loses_nothing() {
             &format!("the engine back after {daemon}"),
             Duration::from_secs(120),
             || {
-                let out = c
-                    .env
-                    .docker(&["version", "--format", "{{.Server.Version}}"], None, &[]);
+                // The engine answers and can run a container (containerd is back too).
+                let out = c.env.docker(&["run", "--rm", IMG, "true"], None, &[]);
                 out.status
                     .success()
                     .then_some(())
@@ -377,7 +374,10 @@ fn test_crash_matrix_loses_nothing() {
     kill9(c.pid("/hostagent/pid"));
     c.env.rmachine_ok(&["stop", M]);
     assert_eq!(c.env.listed(M)["state"], "stopped");
-    let console = std::fs::read_to_string(c.dir.join("console.log")).unwrap_or_default();
+    // The console is bytes (a serial line may start with 0xff).
+    let console =
+        String::from_utf8_lossy(&std::fs::read(c.dir.join("console.log")).unwrap_or_default())
+            .into_owned();
     assert!(
         console.contains("shutting down") && console.contains("resetting the machine"),
         "no clean shutdown on the console: {console}"

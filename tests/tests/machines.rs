@@ -10,19 +10,6 @@ use rmachine_e2e::*;
 
 const M: &str = "e2e";
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match check() {
-            Ok(()) => return,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} not reached within {timeout:?}: {last}");
-}
-
 #[test]
 fn test_machine_lifecycle_with_the_plain_docker_cli() {
     let env = MachineEnv::new();

@@ -174,6 +174,21 @@ fn test_shared_folders_both_ways() {
     let watch = share.join("watch");
     std::fs::create_dir_all(&watch).unwrap();
     let watch_img = inotify_image(&env, &work);
+    // The host agent logs each folder it starts watching; the container's start is seen
+    // once one more such line names the share (the earlier containers' --rm ends came
+    // before it in the engine's event stream).
+    let watched_line = format!("path={share_s}");
+    let watch_lines = || {
+        env.hostagent_log(M)
+            .lines()
+            .filter(|l| {
+                l.contains("watching for host changes")
+                    && !l.contains("no longer")
+                    && l.contains(&watched_line)
+            })
+            .count()
+    };
+    let watched_before = watch_lines();
     let watcher = env.docker_ok(&[
         "run",
         "-d",
@@ -184,8 +199,15 @@ fn test_shared_folders_both_ways() {
         "/src/watch",
     ]);
     let watcher = watcher.trim();
-    // The host agent starts watching once it sees the container start.
-    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    while watch_lines() <= watched_before {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the host agent never watched {share_s}:\n{}",
+            env.hostagent_log(M)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for (round, name) in ["created-on-host.txt", "created-on-host.txt"]
         .iter()
         .enumerate()

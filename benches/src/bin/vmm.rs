@@ -22,10 +22,22 @@
 //!   pass right before the guest's (right after it in odd runs; the guest waits on its serial
 //!   line meanwhile).
 //!
+//! - Snapshots: a VM held at its ready line is snapshotted (`PUT /vm/snapshot`): the time the
+//!   API takes, the memory file's data and the state file's size; then rmachine-vmm started
+//!   with `--restore` to the guest's first line after the restore (it was waiting for a byte
+//!   on COM1, written at once), beside a cold boot of the same configuration to its ready
+//!   line, interleaved, median of BENCH_RUNS.
+//! - Another VMM (`BENCH_FIRECRACKER=path` to a Firecracker binary, when one is installed):
+//!   the same start and memory figures on the same guest and disk (`--no-api
+//!   --config-file`), its ratio against rmachine-vmm in the same run.
+//!
 //! `cargo run --profile benchmark -p rmachine-bench --bin vmm`
 //! (BENCH_RUNS=20 starts, BENCH_START_ONLY=1 stops after them, BENCH_XFER_RUNS=5 transfer runs, BENCH_VSOCK_MIB=256,
 //! BENCH_BLK_MIB=64, BENCH_BLK_REQ_KIB=1024; RMACHINE_VMM_BIN=path skips building
-//! rmachine-vmm; BENCH_QEMU=0 skips the QEMU peer).
+//! rmachine-vmm; BENCH_QEMU=0 skips the QEMU peer; BENCH_SNAPSHOT=0 skips the snapshot part,
+//! BENCH_SNAPSHOT_ONLY=1 runs only it; BENCH_FIRECRACKER=path adds Firecracker;
+//! BENCH_VMM_ALT=path adds another build of rmachine-vmm, e.g. a static musl one, measured
+//! interleaved with the first for start and memory).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -429,6 +441,18 @@ impl Setup {
         devices: serde_json::Value,
         args: &[&str],
     ) -> Result<Vm> {
+        self.rmachine_bin(&self.vmm, name, cmdline, devices, args)
+    }
+
+    /// [`Setup::rmachine_with_args`] with another rmachine-vmm binary.
+    fn rmachine_bin(
+        &self,
+        bin: &Path,
+        name: &str,
+        cmdline: &str,
+        devices: serde_json::Value,
+        args: &[&str],
+    ) -> Result<Vm> {
         let mut config = json!({
             "memory_mib": GUEST_MIB,
             "kernel": {"path": self.guest, "cmdline": format!("console=ttyS0 reboot=k {cmdline}")},
@@ -439,7 +463,7 @@ impl Setup {
         }
         let path = self.dir.path().join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
-        let mut cmd = Command::new(&self.vmm);
+        let mut cmd = Command::new(bin);
         // The default level, plus the vCPU thread's one debug line (its start).
         cmd.args(args)
             .arg("--config")
@@ -479,6 +503,39 @@ impl Setup {
             ))
             .args(["-device", "virtio-blk-device,drive=data,serial=data"]);
         Vm::spawn("qemu", cmd, self.dir.path().join("qemu.log"))
+    }
+
+    /// Starts Firecracker (`BENCH_FIRECRACKER`) on the same guest and disk, without its API.
+    fn firecracker(&self, bin: &Path, cmdline: &str, disk: &Path) -> Result<Vm> {
+        let config = json!({
+            "boot-source": {
+                "kernel_image_path": self.guest,
+                "boot_args": format!("console=ttyS0 reboot=k {cmdline}"),
+            },
+            "drives": [{
+                "drive_id": "data",
+                "path_on_host": disk,
+                "is_root_device": false,
+                "is_read_only": false,
+            }],
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MIB},
+        });
+        let path = self.dir.path().join("firecracker.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        // Its log goes to a file, so stdout carries only the guest's console.
+        let log = self.dir.path().join("firecracker-log.txt");
+        File::create(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--no-api")
+            .arg("--config-file")
+            .arg(&path)
+            .arg("--log-path")
+            .arg(&log);
+        Vm::spawn(
+            "firecracker",
+            cmd,
+            self.dir.path().join("firecracker.stderr"),
+        )
     }
 
     fn disk(&self, name: &str, mib: u64) -> Result<PathBuf> {
@@ -550,6 +607,103 @@ fn rss_split(pid: u32, guest_kib: u64) -> Result<(u64, u64)> {
         }
     }
     Ok((total, guest.context("no guest-memory mapping in smaps")?))
+}
+
+/// Private (not shared with other processes: anonymous, dirty or own) resident KiB of a
+/// process outside its guest-memory mapping of `guest_kib`.
+fn private_kib(pid: u32, guest_kib: u64) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("read smaps")?;
+    let kib = |v: &str| {
+        v.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let (mut private, mut size) = (0, 0);
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Size:") {
+            size = kib(v);
+        } else if let Some(v) = line
+            .strip_prefix("Private_Clean:")
+            .or_else(|| line.strip_prefix("Private_Dirty:"))
+        {
+            if !(guest_kib..=guest_kib + 4096).contains(&size) {
+                private += kib(v);
+            }
+        }
+    }
+    Ok(private)
+}
+
+/// Memory beyond guest RAM, idle at the ready line: rmachine-vmm (with its private part) and
+/// Firecracker when given.
+fn idle_overhead(
+    s: &Setup,
+    disk: &Path,
+    firecracker: Option<&Path>,
+    alt: Option<&Path>,
+    table: &mut Table,
+) -> Result<()> {
+    let held = "rmtest.bench=boot rmtest.sync=1";
+    let mut bins = vec![s.vmm.clone()];
+    bins.extend(alt.map(Path::to_path_buf));
+    let mut firsts = Vec::new();
+    for bin in &bins {
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            let mut vm = s.rmachine_bin(
+                bin,
+                "idle",
+                held,
+                json!({"disks": [{"id": "data", "path": disk}]}),
+                &[],
+            )?;
+            vm.wait_line("rmguest: bench waiting ready")?;
+            let (over, _) = overhead(&vm)?;
+            let private = private_kib(vm.pid(), GUEST_MIB * 1024)?;
+            vm.poke()?;
+            vm.wait_exit()?;
+            samples.push((over, private));
+        }
+        samples.sort();
+        let (over, private) = samples[samples.len() / 2];
+        table.row(
+            format!(
+                "rmachine-vmm ({}): RSS − touched guest memory, idle at ready (median of 3)",
+                bin.display()
+            ),
+            format!(
+                "{} ({} of it private, the rest shared file pages)",
+                mib(over),
+                mib(private)
+            ),
+        );
+        firsts.push(over);
+    }
+    if let [a, b] = firsts[..] {
+        table.row(
+            "memory overhead, the other build / the first",
+            format!("{:.2}×", b as f64 / a as f64),
+        );
+    }
+    let rm_over = firsts[0];
+    if let Some(bin) = firecracker {
+        let mut vm = s.firecracker(bin, held, disk)?;
+        vm.wait_line("rmguest: bench waiting ready")?;
+        let (over, _) = overhead(&vm)?;
+        let private = private_kib(vm.pid(), GUEST_MIB * 1024)?;
+        drop(vm);
+        table.row(
+            "Firecracker (peer): RSS − touched guest memory, idle at ready",
+            format!("{} ({} private)", mib(over), mib(private)),
+        );
+        table.row(
+            "memory overhead, rmachine-vmm / Firecracker",
+            format!("{:.2}×", rm_over as f64 / over as f64),
+        );
+    }
+    Ok(())
 }
 
 /// VMM overhead at a held point: (resident KiB minus resident guest memory, guest KiB touched).
@@ -819,6 +973,179 @@ fn fmedian(mut v: Vec<f64>) -> f64 {
 }
 
 /// The result table, printed as markdown at the end.
+/// One HTTP/1.1 request over the VMM's API socket; (status, body).
+fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket).context("connect to the api")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+/// Snapshot figures of one VM.
+struct SnapshotSample {
+    /// `PUT /vm/snapshot` round trip.
+    wall: Duration,
+    /// The VMM's own total.
+    total_ms: f64,
+    data_bytes: u64,
+    allocated_bytes: u64,
+    state_bytes: u64,
+}
+
+/// Boots the guest to its ready line (held there), snapshots it into `dir`, powers it off.
+fn snapshot_once(s: &Setup, disk: &Path, dir: &Path) -> Result<SnapshotSample> {
+    let socket = s.dir.path().join("snap-api.sock");
+    let mut vm = s.rmachine(
+        "snap",
+        "rmtest.bench=boot rmtest.sync=1",
+        json!({"disks": [{"id": "data", "path": disk}], "api_socket": socket}),
+    )?;
+    vm.wait_line("rmguest: bench waiting ready")?;
+    let _ = std::fs::remove_dir_all(dir);
+    let t = Instant::now();
+    let (status, body) = api(
+        &socket,
+        "PUT",
+        "/vm/snapshot",
+        &json!({ "dir": dir }).to_string(),
+    )?;
+    let wall = t.elapsed();
+    ensure!(status == 200, "snapshot answered {status}: {body}");
+    let info: serde_json::Value = serde_json::from_str(&body)?;
+    let (status, _) = api(&socket, "PUT", "/vm/poweroff", "")?;
+    ensure!(status == 202, "poweroff answered {status}");
+    vm.wait_exit()?;
+    use std::os::unix::fs::MetadataExt;
+    let allocated_bytes = std::fs::metadata(dir.join("memory"))?.blocks() * 512;
+    Ok(SnapshotSample {
+        wall,
+        total_ms: info["total_ms"].as_f64().unwrap_or(f64::NAN),
+        data_bytes: info["memory_data_bytes"].as_u64().unwrap_or(0),
+        allocated_bytes,
+        state_bytes: info["state_bytes"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Starts rmachine-vmm from the snapshot in `dir` and times it to the guest's first line after
+/// the restore (the guest waited for a byte on COM1, written at once).
+fn restore_once(s: &Setup, disk: &Path, dir: &Path) -> Result<(Duration, Vm)> {
+    let socket = s.dir.path().join("snap-api.sock");
+    let mut vm = s.rmachine_with_args(
+        "restore",
+        "rmtest.bench=boot rmtest.sync=1",
+        json!({"disks": [{"id": "data", "path": disk}], "api_socket": socket}),
+        &["--restore", dir.to_str().context("utf-8 path")?],
+    )?;
+    vm.poke()?;
+    let line = vm.wait_line("rmguest: all ok")?;
+    Ok((line.end - vm.started, vm))
+}
+
+/// The snapshot part: sizes, snapshot time, restore against a cold boot.
+fn snapshot_section(s: &Setup, runs: usize, table: &mut Table) -> Result<()> {
+    let disk = s.disk("snap.img", 64)?;
+    let dir = s.dir.path().join("snapshot");
+    let snap_runs = runs.clamp(1, 5);
+    let mut snaps = Vec::new();
+    for _ in 0..snap_runs {
+        snaps.push(snapshot_once(s, &disk, &dir)?);
+    }
+    let (mut restored, mut cold, mut restored_over) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let cold_first = i % 2 == 1;
+        if cold_first {
+            cold.push(cold_boot(s, &disk)?);
+        }
+        let (t, mut vm) = restore_once(s, &disk, &dir)?;
+        restored.push(t);
+        if i == 0 {
+            // The restored VM's own overhead, once (it resets right after its line).
+            if let Ok((total, guest)) = rss_split(vm.pid(), GUEST_MIB * 1024) {
+                restored_over.push((total - guest, guest));
+            }
+        }
+        vm.wait_exit()?;
+        drop(vm);
+        if !cold_first {
+            cold.push(cold_boot(s, &disk)?);
+        }
+        eprintln!("snapshot {i}: restore {} cold {}", ms(t), ms(cold[i]));
+    }
+    let last = snaps.last().context("a snapshot")?;
+    table.row(
+        format!("snapshot of the guest held at ready: `PUT /vm/snapshot` round trip (median of {snap_runs})"),
+        format!(
+            "{} (the VMM's own total {:.2} ms)",
+            ms(median(snaps.iter().map(|x| x.wall).collect())),
+            {
+                let mut t: Vec<f64> = snaps.iter().map(|x| x.total_ms).collect();
+                t.sort_by(|a, b| a.total_cmp(b));
+                t[t.len() / 2]
+            }
+        ),
+    );
+    table.row(
+        "snapshot size: memory file data / allocated / apparent; state file",
+        format!(
+            "{} / {} / {} MiB; {:.1} KiB",
+            mib(last.data_bytes / 1024),
+            mib(last.allocated_bytes / 1024),
+            GUEST_MIB,
+            last.state_bytes as f64 / 1024.0
+        ),
+    );
+    let r = median(restored);
+    let c = median(cold);
+    table.row(
+        format!(
+            "restore → guest running again (its first line after the restore; median of {runs})"
+        ),
+        ms(r),
+    );
+    table.row(
+        "cold boot of the same configuration → `rmguest: ready` (peer)",
+        ms(c),
+    );
+    table.row(
+        "restore / cold boot",
+        format!("{:.2}×", r.as_secs_f64() / c.as_secs_f64()),
+    );
+    if let Some((over, guest)) = restored_over.first() {
+        table.row(
+            "restored VM: RSS − touched guest memory",
+            format!("{} (guest memory read back {})", mib(*over), mib(*guest)),
+        );
+    }
+    Ok(())
+}
+
+/// A cold boot of the snapshot part's configuration to its ready line.
+fn cold_boot(s: &Setup, disk: &Path) -> Result<Duration> {
+    let socket = s.dir.path().join("cold-api.sock");
+    let mut vm = s.rmachine(
+        "cold",
+        "rmtest.bench=boot rmtest.sync=1",
+        json!({"disks": [{"id": "data", "path": disk}], "api_socket": socket}),
+    )?;
+    let line = vm.wait_line("rmguest: ready")?;
+    vm.wait_line("rmguest: bench waiting ready")?;
+    vm.poke()?;
+    vm.wait_exit()?;
+    Ok(line.end - vm.started)
+}
+
 #[derive(Default)]
 struct Table(Vec<(String, String)>);
 
@@ -861,9 +1188,21 @@ fn main() -> Result<()> {
         dir,
     };
     let mut table = Table::default();
+    let want_snapshot = std::env::var("BENCH_SNAPSHOT").as_deref() != Ok("0");
+    if std::env::var("BENCH_SNAPSHOT_ONLY").as_deref() == Ok("1") {
+        snapshot_section(&s, runs, &mut table)?;
+        println!("# rmachine-vmm snapshots: test guest, 1 vCPU, {GUEST_MIB} MiB");
+        table.print();
+        return Ok(());
+    }
+    let firecracker = std::env::var_os("BENCH_FIRECRACKER").map(PathBuf::from);
+    let alt = std::env::var_os("BENCH_VMM_ALT").map(PathBuf::from);
+    let mut alt_starts: Vec<Start> = Vec::new();
 
-    // 1. Start, interleaved: rmachine-vmm, QEMU, /bin/true.
+    // 1. Start, interleaved: rmachine-vmm, QEMU, Firecracker if given, /bin/true.
     let boot_disk = s.disk("boot.img", 64)?;
+    let mut fc: Vec<Start> = Vec::new();
+    let mut fc_error: Option<String> = None;
     let mut qemu_error = if want_qemu {
         None
     } else {
@@ -901,6 +1240,26 @@ fn main() -> Result<()> {
             {
                 Ok(sample) => qemu.push(sample),
                 Err(e) => qemu_error = Some(format!("{e:#}")),
+            }
+        }
+        if let Some(bin) = &alt {
+            let mut vm = s.rmachine_bin(
+                bin,
+                "boot-alt",
+                "rmtest.bench=boot",
+                json!({"disks": [{"id": "data", "path": boot_disk}]}),
+                &[],
+            )?;
+            alt_starts.push(start_once(&mut vm)?);
+            vm.wait_exit()?;
+        }
+        if let (Some(bin), None) = (&firecracker, &fc_error) {
+            match s
+                .firecracker(bin, "rmtest.bench=boot", &boot_disk)
+                .and_then(|mut vm| start_once(&mut vm))
+            {
+                Ok(sample) => fc.push(sample),
+                Err(e) => fc_error = Some(format!("{e:#}")),
             }
         }
         let t = Instant::now();
@@ -964,12 +1323,73 @@ fn main() -> Result<()> {
             format!("{:.2}×", rm_ready.as_secs_f64() / q_ready.as_secs_f64()),
         );
     }
+    if let Some(bin) = &alt {
+        let a_first = median(alt_starts.iter().map(|x| x.first).collect());
+        let a_ready = median(alt_starts.iter().map(|x| x.ready).collect());
+        let running: Vec<Duration> = alt_starts.iter().filter_map(|x| x.vcpu_running).collect();
+        if running.len() == alt_starts.len() {
+            table.row(
+                format!(
+                    "rmachine-vmm ({}): start → first guest instruction",
+                    bin.display()
+                ),
+                ms(median(running)),
+            );
+        }
+        table.row(
+            format!(
+                "rmachine-vmm ({}): start → first guest serial byte",
+                bin.display()
+            ),
+            ms(a_first),
+        );
+        table.row(
+            format!("rmachine-vmm ({}): start → `rmguest: ready`", bin.display()),
+            ms(a_ready),
+        );
+        table.row(
+            "first byte, the other build / the first",
+            format!("{:.2}×", a_first.as_secs_f64() / rm_first.as_secs_f64()),
+        );
+        table.row(
+            "ready, the other build / the first",
+            format!("{:.2}×", a_ready.as_secs_f64() / rm_ready.as_secs_f64()),
+        );
+    }
+    if firecracker.is_some() {
+        match &fc_error {
+            Some(e) => table.row(
+                "Firecracker (peer)",
+                format!("not measured: {}", e.lines().next().unwrap_or("")),
+            ),
+            None => {
+                let f_first = median(fc.iter().map(|x| x.first).collect());
+                let f_ready = median(fc.iter().map(|x| x.ready).collect());
+                table.row(
+                    "Firecracker (peer): start → first guest serial byte",
+                    ms(f_first),
+                );
+                table.row("Firecracker (peer): start → `rmguest: ready`", ms(f_ready));
+                table.row(
+                    "first byte, rmachine-vmm / Firecracker",
+                    format!("{:.2}×", rm_first.as_secs_f64() / f_first.as_secs_f64()),
+                );
+            }
+        }
+    }
     table.row("spawn and reap `/bin/true` (peer)", ms(spawn_true));
     table.row(
         "first byte, rmachine-vmm / `/bin/true`",
         format!("{:.1}×", rm_first.as_secs_f64() / spawn_true.as_secs_f64()),
     );
     if std::env::var("BENCH_START_ONLY").as_deref() == Ok("1") {
+        idle_overhead(
+            &s,
+            &boot_disk,
+            firecracker.as_deref(),
+            alt.as_deref(),
+            &mut table,
+        )?;
         println!("# rmachine-vmm: test guest, 1 vCPU, {GUEST_MIB} MiB (start only)");
         table.print();
         return Ok(());
@@ -1008,6 +1428,16 @@ fn main() -> Result<()> {
             "memory overhead, rmachine-vmm / QEMU",
             format!("{:.2}×", rm_over as f64 / q_over as f64),
         );
+    }
+
+    if firecracker.is_some() || alt.is_some() {
+        idle_overhead(
+            &s,
+            &boot_disk,
+            firecracker.as_deref(),
+            alt.as_deref(),
+            &mut table,
+        )?;
     }
 
     // 3. The guest's own speed: the same loop under both VMMs and natively.
@@ -1124,6 +1554,9 @@ fn main() -> Result<()> {
         mib(worst),
     );
 
+    if want_snapshot {
+        snapshot_section(&s, runs, &mut table)?;
+    }
     println!("# rmachine-vmm: test guest, 1 vCPU, {GUEST_MIB} MiB");
     table.print();
     Ok(())

@@ -72,7 +72,9 @@ fn store_kind(e: &StoreError) -> ErrorKind {
 
 fn machine_kind(e: &MachineError) -> ErrorKind {
     match e {
-        MachineError::Unsupported { .. } => ErrorKind::Unsupported,
+        MachineError::Unsupported { .. } | MachineError::UnsupportedArch { .. } => {
+            ErrorKind::Unsupported
+        }
         MachineError::Store(s) => store_kind(s),
         MachineError::NotRunning { .. } => ErrorKind::NotRunning,
         MachineError::Io { .. } => ErrorKind::Io,
@@ -93,6 +95,13 @@ impl From<LifecycleError> for CommandError {
             LifecycleError::Config(rmachine_machine::config::ConfigError::Invalid { .. })
             | LifecycleError::SettingsOfExisting { .. }
             | LifecycleError::ShrinkDisk { .. } => ErrorKind::Invalid,
+            LifecycleError::Network(rmachine_machine::network::NetworkError::NotFound(_)) => {
+                ErrorKind::NotFound
+            }
+            LifecycleError::Network(rmachine_machine::network::NetworkError::InUse { .. }) => {
+                ErrorKind::Busy
+            }
+            LifecycleError::Network(_) => ErrorKind::Invalid,
             LifecycleError::Config(_) | LifecycleError::Context(_) | LifecycleError::Paths(_) => {
                 ErrorKind::Io
             }

@@ -46,6 +46,8 @@ pub struct BootConfig {
     pub networks: Vec<StaticNic>,
     /// Peer names for /etc/hosts (valid ones only).
     pub hosts: Vec<HostEntry>,
+    /// The engine's settings (daemon.json), as the host checked them.
+    pub engine: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl BootConfig {
@@ -61,6 +63,7 @@ impl BootConfig {
             primary_mac: None,
             networks: Vec::new(),
             hosts: Vec::new(),
+            engine: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl BootConfig {
             primary_mac,
             networks,
             hosts,
+            engine: config.engine,
         }
     }
 }

@@ -18,6 +18,8 @@ pub const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
 pub const DOCKER_SOCK: &str = "/run/docker.sock";
 pub const CONTAINERD_LOG: &str = "/var/log/containerd.log";
 pub const DOCKERD_LOG: &str = "/var/log/docker.log";
+/// The engine's settings from the config disk (the root filesystem is read-only).
+pub const DAEMON_JSON: &str = "/run/rmachine/daemon.json";
 
 /// How long dockerd may take to stop before it is killed.
 pub const DOCKERD_STOP_GRACE: Duration = Duration::from_secs(20);
@@ -45,7 +47,7 @@ fn containerd_spec() -> Spec {
 /// dockerd's command; `host_gateway` is the address `host-gateway` stands for in a
 /// container's extra hosts (`host.docker.internal:host-gateway`): the host as the guest
 /// reaches it.
-fn dockerd_spec(host_gateway: Option<&str>) -> Spec {
+fn dockerd_spec(host_gateway: Option<&str>, daemon_json: Option<&str>) -> Spec {
     let mut args = vec![
         format!("--containerd={CONTAINERD_SOCK}"),
         "-H".into(),
@@ -53,6 +55,9 @@ fn dockerd_spec(host_gateway: Option<&str>) -> Spec {
     ];
     if let Some(addr) = host_gateway {
         args.push(format!("--host-gateway-ip={addr}"));
+    }
+    if let Some(path) = daemon_json {
+        args.push(format!("--config-file={path}"));
     }
     Spec {
         name: "dockerd",
@@ -71,6 +76,7 @@ impl Engine {
     pub fn start(
         reaper: &Reaper,
         host_gateway: Option<&str>,
+        daemon_json: Option<&str>,
         containerd_info: Arc<watch::Sender<ProcessInfo>>,
         dockerd_info: Arc<watch::Sender<ProcessInfo>>,
     ) -> Engine {
@@ -88,7 +94,7 @@ impl Engine {
             containerd_info,
         );
         let dockerd = Supervisor::start(
-            dockerd_spec(host_gateway),
+            dockerd_spec(host_gateway, daemon_json),
             Policy::ENGINE,
             Some(after),
             reaper.clone(),
@@ -129,15 +135,61 @@ pub fn state_name(state: ServiceState) -> &'static str {
     }
 }
 
+/// Writes the engine's settings for dockerd; `None` when there are none. A file that
+/// cannot be written leaves dockerd on its defaults, with an error logged.
+pub fn write_daemon_json(
+    settings: Option<&serde_json::Map<String, serde_json::Value>>,
+    path: &std::path::Path,
+) -> Option<String> {
+    let settings = settings.filter(|s| !s.is_empty())?;
+    let text = serde_json::to_vec_pretty(settings).expect("a JSON object serializes");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, text));
+    match written {
+        Ok(()) => {
+            info!(keys = settings.len(), "engine settings written");
+            Some(path.display().to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot write the engine's settings; dockerd starts with its defaults");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn test_engine_settings_become_daemon_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rmachine/daemon.json");
+        assert_eq!(write_daemon_json(None, &path), None);
+        let mut settings = serde_json::Map::new();
+        assert_eq!(
+            write_daemon_json(Some(&settings), &path),
+            None,
+            "empty: none"
+        );
+        settings.insert("insecure-registries".into(), serde_json::json!(["r:5000"]));
+        let written = write_daemon_json(Some(&settings), &path).unwrap();
+        let back: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+        assert_eq!(back["insecure-registries"][0], "r:5000");
+    }
+
+    #[test]
     fn test_dockerd_uses_containerd_socket_and_docker_socket() {
-        let spec = dockerd_spec(Some("10.0.2.2"));
+        let spec = dockerd_spec(Some("10.0.2.2"), None);
         assert!(spec.args.iter().any(|a| a == "--host-gateway-ip=10.0.2.2"));
-        assert!(!dockerd_spec(None)
+        assert!(dockerd_spec(None, Some(DAEMON_JSON))
+            .args
+            .iter()
+            .any(|a| a == "--config-file=/run/rmachine/daemon.json"));
+        assert!(!dockerd_spec(None, None)
             .args
             .iter()
             .any(|a| a.starts_with("--host-gateway-ip")));

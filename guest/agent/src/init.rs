@@ -155,9 +155,14 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
     let engine = match data {
         Ok(()) => {
             status.set_data_disk_mounted(true);
+            let daemon_json = engine::write_daemon_json(
+                config.engine.as_ref(),
+                std::path::Path::new(engine::DAEMON_JSON),
+            );
             Some(Engine::start(
                 &reaper,
                 config.host_addr.as_deref(),
+                daemon_json.as_deref(),
                 status.containerd.clone(),
                 status.dockerd.clone(),
             ))

@@ -494,9 +494,15 @@ mod tests {
         let _guard = CHILDREN.lock().await;
         let reaper = Reaper::start();
         let (tx, mut rx) = watch::channel(pending_info());
-        let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+        // The shell says when its trap is in place by creating a file.
+        let dir = tempfile::tempdir().unwrap();
+        let trapped = dir.path().join("trapped");
+        let script = format!(
+            "trap '' TERM; : > '{}'; while :; do sleep 0.05; done",
+            trapped.display()
+        );
         let sup = Supervisor::start(
-            spec("sh", &["-c", script], Readiness::Started),
+            spec("sh", &["-c", &script], Readiness::Started),
             FAST,
             None,
             reaper,
@@ -509,8 +515,13 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        // Let the shell install its trap.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !trapped.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the shell installs its trap");
         let started = Instant::now();
         sup.stop(Duration::from_millis(300)).await;
         assert!(started.elapsed() >= Duration::from_millis(300));

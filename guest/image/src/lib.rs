@@ -28,6 +28,7 @@ pub use dirs::BuildDirs;
 pub use rmachine_protocol::image::Arch;
 use rmachine_protocol::image::{files as image_files, Manifest, ManifestError};
 use sha2::{Digest, Sha256};
+pub use tools::is_root;
 
 /// Options of one build.
 #[derive(Debug, Clone)]

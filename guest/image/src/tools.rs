@@ -157,7 +157,8 @@ fn check(
     Ok(())
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (the image build and host-wide installs need it).
+pub fn is_root() -> bool {
     // /proc/self/status "Uid:" line: real, effective, saved, fs.
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -65,6 +65,10 @@ pub struct GuestConfig {
     /// host agent keeps them current with [`crate::control::Request::SetHosts`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostEntry>,
+    /// The engine's settings (`daemon.json`, a JSON object checked by the host): dockerd
+    /// reads them from a file the agent writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why bytes were not a config disk.
@@ -94,6 +98,7 @@ impl Default for GuestConfig {
             primary_mac: None,
             networks: Vec::new(),
             hosts: Vec::new(),
+            engine: None,
         }
     }
 }
@@ -142,6 +147,7 @@ mod tests {
             primary_mac: None,
             networks: Vec::new(),
             hosts: Vec::new(),
+            engine: None,
         }
     }
 
@@ -158,6 +164,9 @@ mod tests {
                 name: "worker".into(),
                 ip: "192.168.127.3".into(),
             }],
+            engine: serde_json::json!({"insecure-registries": ["192.168.127.2:5000"]})
+                .as_object()
+                .cloned(),
             ..sample()
         }
     }

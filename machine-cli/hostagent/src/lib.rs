@@ -2,7 +2,8 @@
 //! It boots the VM with the chosen backend and supervises it, serves the Engine API on
 //! `docker.sock`, publishes container ports on the host, answers `hostagent.sock`, and
 //! keeps `state.json` current. A VM that dies moves the machine to the error state with
-//! the console's last lines.
+//! the console's last lines. The same crate runs the other background process, a
+//! network's switch ([`run_network_switch`]).
 //!
 //! It is the body of a process: its errors end in its log and in `state.json`, so it
 //! reports them with `anyhow` context chains like a binary.
@@ -10,6 +11,12 @@
 
 mod control;
 mod launch;
+// Networks between machines: their switches run on unix sockets.
+#[cfg(unix)]
+mod networks;
+#[cfg(not(unix))]
+#[path = "networks_unsupported.rs"]
+mod networks;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +37,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(600);
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Boots tried before a VM that dies during boot is the machine's error.
 const BOOT_ATTEMPTS: u32 = 2;
+/// How often the switches of the machine's networks are looked at.
+const SWITCH_CHECK: Duration = Duration::from_secs(5);
 /// Clean shutdown before the VM is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,8 +76,11 @@ pub(crate) enum StopReason {
     Requested,
 }
 
-/// Runs the host agent of machine `name` until the machine stops.
-pub fn run(name: &str) -> anyhow::Result<()> {
+pub use networks::run_network_switch;
+
+/// Logs of the background processes (to their stderr, their log file): `RMACHINE_LOG`
+/// filters, `info` by default.
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RMACHINE_LOG")
@@ -76,6 +88,11 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         )
         .with_ansi(false)
         .init();
+}
+
+/// Runs the host agent of machine `name` until the machine stops.
+pub fn run(name: &str) -> anyhow::Result<()> {
+    init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -225,9 +242,30 @@ async fn serve(
     });
     tracing::info!(endpoint = %docker_endpoint, "machine running");
 
+    let paths = Paths::from_env()?;
+    let networks = networks::attach(machine, &paths)?;
+    let mut switch_check = tokio::time::interval(SWITCH_CHECK);
+    let mut switches_lost: Vec<String> = Vec::new();
     let result = loop {
         tokio::select! {
             status = vm.vm.wait() => break Err(vm_died(machine, status)),
+            // A network's switch that died: this machine's NIC on it stays down until it
+            // restarts (QEMU cannot reconnect a stream netdev), and it says so; the next
+            // member to start starts the switch again.
+            _ = switch_check.tick(), if !networks.attachments.is_empty() => {
+                for network in networks::switches_down(&networks, &paths) {
+                    if switches_lost.contains(&network) {
+                        continue;
+                    }
+                    let warning = format!(
+                        "the switch of network {network} stopped: its link is down until the machine restarts (`rmachine restart {}`)",
+                        machine.name
+                    );
+                    tracing::error!("{warning}");
+                    state.update(|s| s.warnings.push(warning));
+                    switches_lost.push(network);
+                }
+            }
             _ = stop_rx.recv() => {
                 state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
                 shutdown(&carrier, &mut vm).await;

@@ -7,13 +7,14 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use rmachine_machine::guest_link::{Carrier, LinkError};
+use rmachine_machine::guest_link::{Carrier, LinkError, CONNECT_DEADLINE};
 use rmachine_protocol::dial::{self, DialError, DialRequest};
 use rmachine_protocol::line::{read_line_limited, Line, MAX_HEADER_LINE};
 use rmachine_protocol::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-/// How long a dial (connect, hello, header and the agent's answer) may take.
+/// How long a dial's header exchange (the request and the agent's answer) may take, once
+/// connected (the connect has its own deadline, [`CONNECT_DEADLINE`]).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A byte stream to a guest service, already greeted.
@@ -39,7 +40,7 @@ impl GuestConnector for Carrier {
                 Err(err) => {
                     let kind = match &err {
                         LinkError::Connect { source, .. } | LinkError::Io(source) => source.kind(),
-                        LinkError::Timeout(_) => io::ErrorKind::TimedOut,
+                        LinkError::Timeout(_) | LinkError::Busy => io::ErrorKind::TimedOut,
                         LinkError::Closed(_) => io::ErrorKind::UnexpectedEof,
                         _ => io::ErrorKind::ConnectionRefused,
                     };
@@ -77,19 +78,19 @@ pub async fn dial(
     connector: &dyn GuestConnector,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
-    tokio::time::timeout(DIAL_TIMEOUT, dial_inner(connector, request))
+    let stream = tokio::time::timeout(CONNECT_DEADLINE, connector.connect(Service::Dial))
+        .await
+        .map_err(|_| GuestDialError::Timeout)?
+        .map_err(GuestDialError::Connect)?;
+    tokio::time::timeout(DIAL_TIMEOUT, exchange(stream, request))
         .await
         .map_err(|_| GuestDialError::Timeout)?
 }
 
-async fn dial_inner(
-    connector: &dyn GuestConnector,
+async fn exchange(
+    stream: Box<dyn GuestIo>,
     request: &DialRequest,
 ) -> Result<DialedStream, GuestDialError> {
-    let stream = connector
-        .connect(Service::Dial)
-        .await
-        .map_err(GuestDialError::Connect)?;
     let mut stream = BufReader::new(stream);
     stream
         .get_mut()

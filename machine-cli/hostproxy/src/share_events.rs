@@ -159,9 +159,22 @@ impl Watches {
 /// through `notify` until `shutdown`.
 pub async fn run(
     shares: Vec<PathBuf>,
+    binds: mpsc::UnboundedReceiver<BindEvent>,
+    notify: Notifier,
+    shutdown: CancellationToken,
+) {
+    let (watched, _) = tokio::sync::watch::channel(BTreeSet::new());
+    run_reporting(shares, binds, notify, shutdown, watched).await
+}
+
+/// [`run`], publishing the set of watched folders on `watched` as it changes (a readiness
+/// signal: a change under a folder is heard once the folder is in the set).
+pub async fn run_reporting(
+    shares: Vec<PathBuf>,
     mut binds: mpsc::UnboundedReceiver<BindEvent>,
     notify: Notifier,
     shutdown: CancellationToken,
+    watched: tokio::sync::watch::Sender<BTreeSet<PathBuf>>,
 ) {
     let (changes_tx, mut changes) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
     let mut watcher = match notify::recommended_watcher(move |event| {
@@ -187,6 +200,13 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        watched.send_if_modified(|w| {
+            let changed = *w != watches.watched;
+            if changed {
+                w.clone_from(&watches.watched);
+            }
+            changed
+        });
         tokio::select! {
             _ = shutdown.cancelled() => break,
             event = binds.recv() => match event {
@@ -331,7 +351,27 @@ mod tests {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(vec![share.clone()], rx, notifier, shutdown.clone()));
+        let (watched_tx, watched) = tokio::sync::watch::channel(BTreeSet::new());
+        let task = tokio::spawn(run_reporting(
+            vec![share.clone()],
+            rx,
+            notifier,
+            shutdown.clone(),
+            watched_tx,
+        ));
+        let watching = |want: bool| {
+            let app = app.clone();
+            let mut watched = watched.clone();
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    watched.wait_for(|w| w.contains(&app) == want),
+                )
+                .await
+                .expect("the watch set changes")
+                .expect("the forwarder runs");
+            }
+        };
         let wait_for = |want: PathBuf| {
             let sent = sent.clone();
             async move {
@@ -352,7 +392,7 @@ mod tests {
             sources: vec![app.clone(), PathBuf::from("/etc")],
         })
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        watching(true).await;
         std::fs::write(app.join("src/main.rs"), "fn main() {}").unwrap();
         assert!(
             wait_for(app.join("src/main.rs")).await,
@@ -382,7 +422,7 @@ mod tests {
 
         // Stopped: no longer watched.
         tx.send(BindEvent::Stopped { id: "c1".into() }).unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        watching(false).await;
         sent.lock().unwrap().clear();
         std::fs::write(app.join("late.txt"), "x").unwrap();
         assert!(!wait_for(app.join("late.txt")).await);

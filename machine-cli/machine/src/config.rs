@@ -93,6 +93,13 @@ pub struct Settings {
     /// Shared folders; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<MountSpec>>,
+    /// Networks between machines the machine joins (`rmachine network create`); default
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
+    /// The engine's settings (`daemon.json`, see `engine_settings`); default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The resolved settings a machine runs with.
@@ -105,6 +112,10 @@ pub struct MachineSpec {
     pub image: Option<String>,
     pub arch: Arch,
     pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub engine: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why settings are not usable.
@@ -141,6 +152,8 @@ impl Settings {
             image: other.image.clone().or_else(|| self.image.clone()),
             arch: other.arch.or(self.arch),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
+            networks: other.networks.clone().or_else(|| self.networks.clone()),
+            engine: other.engine.clone().or_else(|| self.engine.clone()),
         }
     }
 
@@ -173,6 +186,17 @@ impl Settings {
         if let Some(d) = self.disk_size_gib {
             if !(4..=4096).contains(&d) {
                 return invalid("disk", format!("{d} GiB: must be between 4 and 4096 GiB"));
+            }
+        }
+        if let Some(engine) = &self.engine {
+            crate::engine_settings::validate(engine).map_err(|message| ConfigError::Invalid {
+                field: "engine",
+                message,
+            })?;
+        }
+        for n in self.networks.iter().flatten() {
+            if crate::store::validate_name(n).is_err() {
+                return invalid("networks", format!("{n:?} is not a network name"));
             }
         }
         for m in self.mounts.iter().flatten() {
@@ -209,12 +233,17 @@ impl Settings {
             image: self.image.clone(),
             arch: self.arch.unwrap_or_else(Arch::host),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
+            networks: self.networks.clone().unwrap_or_default(),
+            engine: self.engine.clone().unwrap_or_default(),
         }
     }
 }
 
 /// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
-pub const KEYS: [&str; 6] = ["cpus", "memory", "disk", "driver", "image", "arch"];
+/// (`engine.KEY` sets one engine setting: `rmachine config set engine.log-driver local`.)
+pub const KEYS: [&str; 8] = [
+    "cpus", "memory", "disk", "driver", "image", "arch", "networks", "engine",
+];
 
 impl MachineSpec {
     /// One setting as text, in the units `set` takes (`2048M`, `64G`).
@@ -226,7 +255,16 @@ impl MachineSpec {
             "driver" => self.driver.as_str().to_string(),
             "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
             "arch" => self.arch.to_string(),
-            other => return Err(unknown_key(other)),
+            "networks" => self.networks.join(","),
+            "engine" => serde_json::Value::Object(self.engine.clone()).to_string(),
+            other => match other.strip_prefix("engine.") {
+                Some(name) => self
+                    .engine
+                    .get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                None => return Err(unknown_key(other)),
+            },
         })
     }
 }
@@ -259,7 +297,39 @@ impl Settings {
             }
             "image" => self.image = Some(value.to_string()),
             "arch" => self.arch = Some(Arch::parse(value).map_err(|m| invalid("arch", m))?),
-            other => return Err(unknown_key(other)),
+            // A comma-separated list; empty: none.
+            "networks" => {
+                self.networks = Some(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+            // The whole of daemon.json as a JSON object; empty: none.
+            "engine" => {
+                self.engine = match value.trim() {
+                    "" => None,
+                    text => Some(
+                        serde_json::from_str(text)
+                            .map_err(|e| invalid("engine", format!("not a JSON object: {e}")))?,
+                    ),
+                }
+            }
+            other => match other.strip_prefix("engine.") {
+                // One setting; an empty value removes it.
+                Some(name) => {
+                    let engine = self.engine.get_or_insert_with(Default::default);
+                    if value.is_empty() {
+                        engine.remove(name);
+                    } else {
+                        engine.insert(name.to_string(), crate::engine_settings::parse_value(value));
+                    }
+                }
+                None => return Err(unknown_key(other)),
+            },
         }
         Ok(())
     }
@@ -637,6 +707,24 @@ mod tests {
         assert_eq!(spec.get("driver").unwrap(), "qemu");
         assert_eq!(spec.get("image").unwrap(), "(newest)");
         assert!(spec.get("colour").is_err());
+
+        // The engine's settings, one at a time or whole, checked.
+        let mut s = Settings::default();
+        s.set("engine.insecure-registries", "[\"r:5000\"]").unwrap();
+        s.set("engine.log-driver", "local").unwrap();
+        let spec = s.resolve();
+        assert_eq!(spec.get("engine.log-driver").unwrap(), "\"local\"");
+        assert!(spec.get("engine").unwrap().contains("r:5000"));
+        assert!(s
+            .set("engine.hosts", "[\"tcp://0.0.0.0:2375\"]")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be set"));
+        assert!(s.set("engine", "{nope").is_err());
+        s.set("engine.log-driver", "").unwrap();
+        assert!(!s.resolve().engine.contains_key("log-driver"));
+        s.set("engine", "").unwrap();
+        assert!(s.resolve().engine.is_empty());
     }
 
     #[test]

@@ -27,6 +27,21 @@ use crate::sys::local_socket::{self, LocalStream};
 /// How long a connect plus hello may take before the link is called unreachable.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many connects over QEMU's user-mode forwards run at once in this process. QEMU's
+/// slirp listens on each forward with a backlog of one: a burst of connects (100 API
+/// clients at once) overflows it, the kernel drops the extra SYNs and retries them after
+/// 1, 3, 7 s, and the handshakes time out. Queued here, they all get through.
+const TCP_CONNECTS_AT_ONCE: usize = 4;
+static TCP_CONNECTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(TCP_CONNECTS_AT_ONCE);
+
+/// How long a connect may wait for its turn behind others.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest [`Carrier::connect`] takes: its turn, then the handshake. Callers that
+/// put their own deadline around a connect use this.
+pub const CONNECT_DEADLINE: Duration = QUEUE_TIMEOUT.saturating_add(HANDSHAKE_TIMEOUT);
+
 /// What carries bytes between host and guest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -80,6 +95,8 @@ pub enum LinkError {
     Closed(Service),
     #[error("timed out after {HANDSHAKE_TIMEOUT:?} waiting for the {0} service")]
     Timeout(Service),
+    #[error("timed out after {QUEUE_TIMEOUT:?} waiting behind other connections to the guest")]
+    Busy,
     #[error("vsock muxer refused port {port}: {answer:?}")]
     VsockRefused { port: u16, answer: String },
     #[error("handshake with the {service} service failed")]
@@ -104,7 +121,18 @@ enum Inner {
 
 impl Carrier {
     /// Connects to `service` and completes the hello exchange.
+    /// Connects over QEMU's forwards wait for their turn first (see
+    /// [`TCP_CONNECTS_AT_ONCE`]).
     pub async fn connect(&self, service: Service) -> Result<GuestStream, LinkError> {
+        let _turn = match self {
+            Carrier::Tcp { .. } => Some(
+                tokio::time::timeout(QUEUE_TIMEOUT, TCP_CONNECTS.acquire())
+                    .await
+                    .map_err(|_| LinkError::Busy)?
+                    .expect("the semaphore is never closed"),
+            ),
+            Carrier::HybridVsock { .. } => None,
+        };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connect_inner(service))
             .await
             .map_err(|_| LinkError::Timeout(service))?

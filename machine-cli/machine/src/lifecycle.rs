@@ -31,6 +31,8 @@ pub enum LifecycleError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Paths(#[from] crate::paths::PathsError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("machine {name} exists; change its settings with `rmachine config set` (applied at the next start)")]
     SettingsOfExisting { name: String },
     #[error("disk: cannot shrink the data disk from {from}G to {to}G (data would be lost)")]
@@ -228,7 +230,15 @@ impl Lifecycle {
     /// Creates a machine with `settings` over the defaults, prepares what its driver needs
     /// (the data disk) and writes its docker context. A failed preparation leaves nothing.
     pub fn create(&self, name: &str, settings: &Settings) -> Result<Machine, LifecycleError> {
+        // Its networks must exist before anything is made.
+        for network in settings.networks.iter().flatten() {
+            self.networks().load(network)?;
+        }
         let machine = self.store.create(name, settings)?;
+        if let Err(e) = self.join_networks(&machine) {
+            let _ = self.store.remove(name);
+            return Err(e);
+        }
         let d = driver::for_machine(&machine);
         if let Err(source) = d.create(&machine) {
             let _ = self.store.remove(name);
@@ -244,6 +254,78 @@ impl Lifecycle {
             "machine created"
         );
         Ok(machine)
+    }
+
+    /// The networks between machines of this home.
+    pub fn networks(&self) -> crate::network::Networks {
+        crate::network::Networks::new(self.store.paths())
+    }
+
+    /// Makes the machine a member of exactly its configured networks (an address on each
+    /// it joins; the ones it left free theirs), and tells the running members of the
+    /// networks whose members changed.
+    fn join_networks(&self, machine: &Machine) -> Result<(), LifecycleError> {
+        let networks = self.networks();
+        let before = networks.list()?;
+        for name in &machine.spec.networks {
+            networks.join(name, &machine.name)?;
+        }
+        networks.leave_all_but(&machine.name, &machine.spec.networks)?;
+        let after = networks.list()?;
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|n| !before.contains(n))
+            .chain(
+                before
+                    .iter()
+                    .filter(|n| !after.iter().any(|a| a.name == n.name)),
+            )
+            .map(|n| n.name.clone())
+            .collect();
+        self.refresh_peers(&changed);
+        Ok(())
+    }
+
+    /// Sends the current peer names to every running machine on one of `changed` (best
+    /// effort: a machine that cannot be reached gets them at its next start).
+    fn refresh_peers(&self, changed: &[String]) {
+        if changed.is_empty() {
+            return;
+        }
+        let networks = self.networks();
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        for (name, machine) in self.store.list().unwrap_or_default() {
+            let Ok(machine) = machine else { continue };
+            if !machine.spec.networks.iter().any(|n| changed.contains(n)) {
+                continue;
+            }
+            let (Ok(carrier), Ok(peers)) = (
+                machine.running_carrier(),
+                networks.peers(&machine.spec.networks),
+            ) else {
+                continue;
+            };
+            let hosts = peers
+                .into_iter()
+                .map(|(name, ip)| rmachine_protocol::net::HostEntry {
+                    name,
+                    ip: ip.to_string(),
+                })
+                .collect();
+            let told = rt.block_on(async {
+                let mut c = crate::guest_link::ControlClient::connect(&carrier).await?;
+                c.call(rmachine_protocol::control::Request::SetHosts { hosts })
+                    .await
+            });
+            if let Err(e) = told {
+                tracing::warn!(machine = %name, error = %e, "cannot tell the machine its peers' names");
+            }
+        }
     }
 
     /// Writes (or refreshes) the machine's docker context.
@@ -336,7 +418,12 @@ impl Lifecycle {
                 to,
             });
         }
-        Ok(self.store.update(name, &settings)?)
+        for network in settings.networks.iter().flatten() {
+            self.networks().load(network)?;
+        }
+        let machine = self.store.update(name, &settings)?;
+        self.join_networks(&machine)?;
+        Ok(machine)
     }
 
     /// Changes one default for new machines.
@@ -429,6 +516,7 @@ impl Lifecycle {
             d.kill(m)?;
             d.remove(m)?;
         }
+        self.networks().leave_all_but(name, &[])?;
         self.store.remove(name)?;
         docker_context::remove(&self.docker_config, &docker_context::context_name(name))?;
         tracing::info!(machine = name, "machine removed");
@@ -685,6 +773,35 @@ mod tests {
         let inspected = lc.inspect("dev").unwrap();
         assert_eq!(inspected["driver"]["kind"], "fake");
         assert_eq!(inspected["settings"]["memory_mib"], 2048);
+    }
+
+    #[test]
+    fn test_machines_join_and_leave_their_networks() {
+        let (_d, lc) = lifecycle();
+        let on = |nets: &[&str]| Settings {
+            networks: Some(nets.iter().map(|n| n.to_string()).collect()),
+            ..fake()
+        };
+        assert!(matches!(
+            lc.create("m1", &on(&["nope"])),
+            Err(LifecycleError::Network(
+                crate::network::NetworkError::NotFound(_)
+            ))
+        ));
+        assert!(lc.store().load("m1").is_err(), "nothing made");
+        lc.networks().create("a", None).unwrap();
+        lc.networks().create("b", None).unwrap();
+        lc.create("m1", &on(&["a"])).unwrap();
+        lc.create("m2", &on(&["a", "b"])).unwrap();
+        let a = lc.networks().load("a").unwrap();
+        assert_eq!(a.members.keys().collect::<Vec<_>>(), ["m1", "m2"]);
+        lc.set_setting("m2", "networks", "b").unwrap();
+        assert!(!lc.networks().load("a").unwrap().members.contains_key("m2"));
+        assert!(lc.networks().load("b").unwrap().members.contains_key("m2"));
+        assert!(lc.networks().remove("b").is_err(), "m2 uses it");
+        lc.remove("m2", true).unwrap();
+        lc.networks().remove("b").unwrap();
+        assert_eq!(lc.store().load("m1").unwrap().spec.networks, ["a"]);
     }
 
     #[test]

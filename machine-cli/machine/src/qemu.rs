@@ -48,6 +48,18 @@ pub struct QemuVm {
     pub pid_file: Option<PathBuf>,
     /// Shared folders: vhost-user-fs devices fed by virtiofsd over these sockets.
     pub shares: Vec<QemuShare>,
+    /// The user-mode NIC's MAC, when other NICs must be told apart from it.
+    pub primary_mac: Option<String>,
+    /// NICs on networks between machines: each a stream socket of a switch.
+    pub nics: Vec<QemuNic>,
+}
+
+/// A NIC on a network between machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuNic {
+    pub mac: String,
+    /// The network switch's unix socket (4-byte length framing, as `-netdev stream`).
+    pub socket: PathBuf,
 }
 
 /// One virtio-fs device.
@@ -171,9 +183,35 @@ impl QemuVm {
             ));
         }
         a.pair("-netdev", netdev);
-        a.pair("-device", bus.pin("virtio-net-device,netdev=net0".into()));
+        let mut primary = "virtio-net-device,netdev=net0".to_string();
+        if let Some(mac) = &self.primary_mac {
+            primary.push_str(&format!(",mac={mac}"));
+        }
+        a.pair("-device", bus.pin(primary));
+        // Without a vnet header on a stream netdev, QEMU offers the guest no checksum or
+        // segmentation offloads: the guest computes every checksum (VXLAN needs them).
+        for (i, nic) in self.nics.iter().enumerate() {
+            let id = format!("nic{}", i + 1);
+            a.pair(
+                "-netdev",
+                format!(
+                    "stream,id={id},server=off,addr.type=unix,addr.path={}",
+                    escape(&nic.socket)
+                ),
+            );
+            a.pair(
+                "-device",
+                bus.pin(format!("virtio-net-device,netdev={id},mac={}", nic.mac)),
+            );
+        }
         a.pair("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
         a.pair("-device", bus.pin("virtio-rng-device,rng=rng0".into()));
+        // Memory the guest frees goes back to the host (free page reporting), as under
+        // rmachine-vmm: an idle machine does not keep the peak of its last build.
+        a.pair(
+            "-device",
+            bus.pin("virtio-balloon-device,free-page-reporting=on".into()),
+        );
         for (i, share) in self.shares.iter().enumerate() {
             a.pair(
                 "-chardev",
@@ -299,6 +337,8 @@ mod tests {
             qmp_socket: None,
             pid_file: None,
             shares: vec![],
+            primary_mac: None,
+            nics: vec![],
         }
     }
 
@@ -351,6 +391,10 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("-no-reboot"));
+        assert!(
+            joined.contains("virtio-balloon-device,free-page-reporting=on"),
+            "{joined}"
+        );
         assert!(joined.contains("reboot=t"));
         assert!(
             !joined.contains("memory-backend"),
@@ -438,8 +482,9 @@ mod tests {
                 "virtio-blk-device,drive=config,bus=virtio-mmio-bus.2",
                 "virtio-net-device,netdev=net0,bus=virtio-mmio-bus.3",
                 "virtio-rng-device,rng=rng0,bus=virtio-mmio-bus.4",
-                "vhost-user-fs-device,chardev=fs0,tag=share0,bus=virtio-mmio-bus.5",
-                "vhost-user-fs-device,chardev=fs1,tag=share1,bus=virtio-mmio-bus.6",
+                "virtio-balloon-device,free-page-reporting=on,bus=virtio-mmio-bus.5",
+                "vhost-user-fs-device,chardev=fs0,tag=share0,bus=virtio-mmio-bus.6",
+                "vhost-user-fs-device,chardev=fs1,tag=share1,bus=virtio-mmio-bus.7",
             ]
         );
         let joined = args.join(" ");
@@ -464,7 +509,7 @@ mod tests {
         assert_eq!(value(&args, "-cpu"), "host");
         assert_eq!(
             devices(&args).last().copied(),
-            Some("vhost-vsock-device,guest-cid=7,bus=virtio-mmio-bus.5")
+            Some("vhost-vsock-device,guest-cid=7,bus=virtio-mmio-bus.6")
         );
     }
 
@@ -481,7 +526,7 @@ mod tests {
         assert_eq!(value(&args, "-M"), "virt,gic-version=max");
         assert_eq!(value(&args, "-accel"), "hvf");
         assert_eq!(value(&args, "-cpu"), "host");
-        assert_eq!(devices(&args).len(), 5, "{args:?}");
+        assert_eq!(devices(&args).len(), 6, "{args:?}");
         // Shares (a memfd for vhost-user) and vhost-vsock are Linux's.
         let mut shared = arm64_vm(host, Accel::Hvf);
         shared.shares = vec![QemuShare {
@@ -546,5 +591,33 @@ mod tests {
         assert_eq!(binary(Arch::Arm64), "qemu-system-aarch64");
         assert_eq!(debian_package(Arch::Arm64), "qemu-system-arm");
         assert_eq!(debian_package(Arch::Amd64), "qemu-system-x86");
+    }
+
+    #[test]
+    fn test_network_nics_are_stream_netdevs_with_their_macs() {
+        let mut v = vm();
+        v.primary_mac = Some("52:54:00:12:34:56".into());
+        v.nics = vec![QemuNic {
+            mac: "02:72:6d:01:02:03".into(),
+            socket: "/h/networks/swarm/switch.sock".into(),
+        }];
+        let joined = v.args().unwrap().join(" ");
+        assert!(
+            joined.contains("virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "stream,id=nic1,server=off,addr.type=unix,addr.path=/h/networks/swarm/switch.sock"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("virtio-net-device,netdev=nic1,mac=02:72:6d:01:02:03"),
+            "{joined}"
+        );
+        let user = joined.find("netdev=net0").unwrap();
+        let nic = joined.find("netdev=nic1").unwrap();
+        assert!(user < nic, "the user-mode NIC comes first");
     }
 }

@@ -27,6 +27,9 @@ pub struct VmmConfig {
     pub filesystems: Vec<Filesystem>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net: Option<Net>,
+    /// NICs on networks between machines (their switches' sockets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_nets: Vec<Net>,
     pub api_socket: PathBuf,
 }
 
@@ -82,6 +85,7 @@ pub struct Filesystem {
 pub struct Net {
     pub backend: NetBackend,
     pub socket: PathBuf,
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,7 +119,7 @@ mod tests {
             std::fs::write(p(file), b"x").unwrap();
         }
         let mut listeners = Vec::new();
-        for sock in ["fs0.sock", "fs1.sock", "passt.sock"] {
+        for sock in ["fs0.sock", "fs1.sock", "passt.sock", "switch.sock"] {
             listeners.push(std::os::unix::net::UnixListener::bind(p(sock)).unwrap());
         }
         let disk = |id: &str, file: &str, read_only| Disk {
@@ -157,6 +161,11 @@ mod tests {
                 n.socket = p("passt.sock");
                 n
             }),
+            extra_nets: vec![Net {
+                backend: NetBackend::Passt,
+                socket: p("switch.sock"),
+                mac: "02:72:6d:01:02:03".into(),
+            }],
             api_socket: p("vmm.sock"),
         };
         (dir, cfg, listeners)
@@ -169,6 +178,7 @@ mod tests {
         let net = Net {
             backend: NetBackend::Passt,
             socket: PathBuf::new(),
+            mac: "52:54:00:12:34:56".into(),
         };
         let cpu = Cpu {
             disable_features: vec!["tsc_deadline_timer".into()],
@@ -186,9 +196,14 @@ mod tests {
         );
         assert_eq!(
             resolved.slots.len(),
-            9,
-            "3 disks, vsock, rng, balloon, 2 fs, net: {:?}",
+            10,
+            "3 disks, vsock, rng, balloon, 2 fs, net, a network's NIC: {:?}",
             resolved.slots
+        );
+        assert_eq!(parsed.extra_nets.len(), 1);
+        assert_eq!(
+            parsed.extra_nets[0].mac.as_deref(),
+            Some("02:72:6d:01:02:03")
         );
         assert_eq!(resolved.cmdline, "console=ttyS0 reboot=k");
         assert_eq!(parsed.vcpus, Some(2));
@@ -206,6 +221,6 @@ mod tests {
         let parsed = vmm::config::VmConfig::from_json(&cfg.to_json()).unwrap();
         let resolved = parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
         assert!(parsed.net.is_none() && parsed.cpu.is_none());
-        assert_eq!(resolved.slots.len(), 8, "{:?}", resolved.slots);
+        assert_eq!(resolved.slots.len(), 9, "{:?}", resolved.slots);
     }
 }

@@ -53,6 +53,9 @@ enum Command {
     Use(cmd::use_context::UseArgs),
     /// Print a machine's console, host agent or VM log.
     Logs(cmd::logs::LogsArgs),
+    /// Networks between machines: create, ls, inspect, rm.
+    #[command(subcommand)]
+    Network(cmd::network::NetworkCommand),
     /// Get or set machine settings (applied at the next start).
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -65,6 +68,9 @@ enum Command {
     Version(cmd::version::VersionArgs),
     /// Print the shell completion script (bash, zsh, fish or powershell).
     Completion(cmd::completion::CompletionArgs),
+    /// Run a network's switch (started by a host agent).
+    #[command(hide = true)]
+    NetworkSwitch(cmd::network_switch::NetworkSwitchArgs),
     /// Run a machine's host agent (started by `rmachine start`).
     #[command(hide = true)]
     Hostagent(cmd::hostagent::HostAgentArgs),
@@ -87,11 +93,13 @@ fn main() -> std::process::ExitCode {
         Command::Env(a) => cmd::env::run(a),
         Command::Use(a) => cmd::use_context::run(a),
         Command::Logs(a) => cmd::logs::run(a),
+        Command::Network(c) => cmd::network::run(c),
         Command::Config(c) => cmd::config::run(c),
         Command::Setup(a) => cmd::setup::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Version(a) => cmd::version::run(a),
         Command::Completion(a) => cmd::completion::run(a, &mut Cli::command()),
+        Command::NetworkSwitch(a) => cmd::network_switch::run(a),
         Command::Hostagent(a) => cmd::hostagent::run(a),
     };
     match result {

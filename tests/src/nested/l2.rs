@@ -164,7 +164,9 @@ pub fn vm_config(cmdline: String, console: Console, share: Option<Share>) -> VmC
             })
             .collect(),
         api_socket: None,
+        snapshot_dir: None,
         jail: None,
+        extra_nets: Vec::new(),
     }
 }
 

@@ -81,6 +81,19 @@ pub enum HypervisorError {
         #[source]
         source: std::io::Error,
     },
+    /// Saving or restoring VM-wide state (clock, interrupt controllers, timer) failed.
+    #[error("cannot {op} of the vm")]
+    VmState {
+        /// The step (e.g. `get_clock`).
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A saved state does not fit this backend (another backend's, or a block of the wrong
+    /// size); the message names the part.
+    #[error("the saved state does not fit this hypervisor: {0}")]
+    StateMismatch(String),
     /// Querying supported CPUID leaves failed.
     #[error("cannot query the supported cpuid")]
     SupportedCpuid(#[source] std::io::Error),
@@ -212,6 +225,15 @@ pub trait Vm: Send + Sync {
 
     /// The eventfd fast path, when the backend has one.
     fn irqfd(&self) -> Option<&dyn IrqFd>;
+
+    /// Saves the interrupt controllers, the timer and the guest clock (vCPUs paused).
+    #[cfg(target_arch = "x86_64")]
+    fn save_state(&self) -> Result<x86_64::VmState>;
+
+    /// Restores what [`Vm::save_state`] saved, before any vCPU runs. The guest clock moves on
+    /// by the host time elapsed since the snapshot (see [`x86_64::ClockRestore`]).
+    #[cfg(target_arch = "x86_64")]
+    fn restore_state(&self, state: &x86_64::VmState) -> Result<x86_64::ClockRestore>;
 }
 
 /// Interrupts a running [`Vcpu`] from another thread: its `run` returns [`VmExit::Interrupted`]
@@ -254,6 +276,15 @@ pub trait Vcpu {
     /// passes through) and LINT1 as NMI.
     #[cfg(target_arch = "x86_64")]
     fn setup_lapic(&self) -> Result<()>;
+
+    /// Saves the whole vCPU state. Call it on the vCPU's thread while it is outside guest
+    /// mode, after a `run` that returned [`VmExit::Interrupted`] (so no I/O is half done).
+    #[cfg(target_arch = "x86_64")]
+    fn save_state(&self) -> Result<x86_64::VcpuState>;
+
+    /// Restores what [`Vcpu::save_state`] saved, CPUID included, before the first `run`.
+    #[cfg(target_arch = "x86_64")]
+    fn restore_state(&self, state: &x86_64::VcpuState) -> Result<()>;
 }
 
 /// The first usable backend on this host.

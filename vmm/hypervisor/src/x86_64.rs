@@ -165,6 +165,57 @@ impl CpuidEntry {
     pub const FLAG_INDEXED: u32 = 1;
 }
 
+/// A vCPU's complete state, saved while it is outside guest mode, for a snapshot. The register
+/// blocks are laid out as the backend that saved them defines them ([`VcpuState::backend`]): a
+/// state is restored only by the same backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VcpuState {
+    /// The backend that saved the state (`kvm`).
+    pub backend: String,
+    /// Model-specific registers, in the order they are restored (the TSC before the
+    /// TSC-deadline timer).
+    pub msrs: Vec<MsrEntry>,
+    /// The CPUID the vCPU showed.
+    pub cpuid: Vec<CpuidEntry>,
+    /// The guest TSC frequency, kHz, when the backend knows it.
+    pub tsc_khz: Option<u32>,
+    /// Register blocks by name (`regs`, `sregs`, `xsave`, `lapic`, ...), backend layout.
+    pub blocks: Vec<(String, Vec<u8>)>,
+}
+
+/// The guest's paravirtual clock (KVM's kvmclock) at a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClockState {
+    /// The guest clock, nanoseconds.
+    pub guest_ns: u64,
+    /// Backend flags of the reading.
+    pub flags: u32,
+    /// The host's `CLOCK_REALTIME` at the same instant, nanoseconds since the epoch.
+    pub host_realtime_ns: u64,
+}
+
+/// VM-wide state (interrupt controllers, timer, clock), saved with the vCPUs paused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmState {
+    /// The backend that saved the state (`kvm`).
+    pub backend: String,
+    /// The guest clock.
+    pub clock: ClockState,
+    /// Device blocks by name (`pic_master`, `pic_slave`, `ioapic`, `pit`), backend layout.
+    pub blocks: Vec<(String, Vec<u8>)>,
+}
+
+/// How the guest clock was set on a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockRestore {
+    /// Nanoseconds the guest clock was moved past the saved reading: the host time that went
+    /// by since the snapshot.
+    pub advanced_ns: u64,
+    /// Whether the hypervisor did the advance itself (KVM's `KVM_CLOCK_REALTIME`) rather than
+    /// the VMM from its own reading of the host clock.
+    pub by_hypervisor: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,11 @@ pub struct VmConfig {
     pub rng: Option<RngConfig>,
     /// The network device. Default: none.
     pub net: Option<NetConfig>,
+    /// Further network devices, each on a stream socket (backend `passt`: passt, or the
+    /// switch of a network between machines, which speaks the same framing). Default:
+    /// none.
+    #[serde(default)]
+    pub extra_nets: Vec<NetConfig>,
     /// The memory balloon. Default: none.
     pub balloon: Option<BalloonConfig>,
     /// Shared folders (virtio-fs through vhost-user backends such as virtiofsd), in order.
@@ -60,6 +65,10 @@ pub struct VmConfig {
     pub filesystems: Vec<FsConfig>,
     /// Unix socket of the control API. Default: no API.
     pub api_socket: Option<PathBuf>,
+    /// Folder `PUT /vm/snapshot` writes a snapshot into when its request names none (an
+    /// existing folder; a jailed VMM sees it read-write, and can write snapshots nowhere
+    /// else). Default: none (each request names its folder).
+    pub snapshot_dir: Option<PathBuf>,
     /// Run confined (see the `jail` module): as an unprivileged user, in new mount, PID,
     /// network and IPC namespaces, seeing only the kernel, disks, backend sockets, the vsock
     /// socket's folder and `/dev/kvm`. Every path of the document must then be absolute.
@@ -198,6 +207,8 @@ pub enum SlotDevice {
     Rng,
     /// The net device.
     Net,
+    /// `extra_nets[i]`.
+    ExtraNet(usize),
     /// The balloon device.
     Balloon,
     /// `filesystems[i]`.
@@ -308,6 +319,14 @@ impl VmConfig {
         if let Some(api) = &self.api_socket {
             check_parent_dir("api_socket", api)?;
         }
+        if let Some(dir) = &self.snapshot_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "snapshot_dir",
+                    format!("{} is not an existing folder", dir.display()),
+                ));
+            }
+        }
         if let Some(jail) = &self.jail {
             self.check_jail(jail)?;
         }
@@ -344,6 +363,20 @@ impl VmConfig {
         if let Some(net) = &self.net {
             net.validate()?;
             wanted.push(("net".to_string(), net.slot, SlotDevice::Net));
+        }
+        for (i, net) in self.extra_nets.iter().enumerate() {
+            if net.backend != NetBackendKind::Passt {
+                return Err(invalid(
+                    format!("extra_nets[{i}].backend"),
+                    "must be \"passt\" (a stream socket)",
+                ));
+            }
+            net.validate()?;
+            wanted.push((
+                format!("extra_nets[{i}]"),
+                net.slot,
+                SlotDevice::ExtraNet(i),
+            ));
         }
         if let Some(balloon) = &self.balloon {
             wanted.push(("balloon".to_string(), balloon.slot, SlotDevice::Balloon));
@@ -432,11 +465,19 @@ impl VmConfig {
         if let Some(p) = self.net.as_ref().and_then(|n| n.socket.as_ref()) {
             paths.push(("net.socket".into(), p));
         }
+        for (i, n) in self.extra_nets.iter().enumerate() {
+            if let Some(p) = &n.socket {
+                paths.push((format!("extra_nets[{i}].socket"), p));
+            }
+        }
         for (i, f) in self.filesystems.iter().enumerate() {
             paths.push((format!("filesystems[{i}].socket_path"), &f.socket_path));
         }
         if let Some(p) = &self.api_socket {
             paths.push(("api_socket".into(), p));
+        }
+        if let Some(p) = &self.snapshot_dir {
+            paths.push(("snapshot_dir".into(), p));
         }
         paths
     }
@@ -756,5 +797,19 @@ mod tests {
         let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
             "filesystems": [{"tag": "x".repeat(37), "socket_path": sock}]}));
         assert_eq!(e, "filesystems[0].tag: must be 1 to 36 bytes");
+    }
+
+    #[test]
+    fn test_extra_nets_are_stream_sockets_with_their_own_slots() {
+        let f = Files::new();
+        let sock = f.p("switch.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let r = parse(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "extra_nets": [{"backend": "passt", "socket": sock, "mac": "02:72:6d:00:00:01"}]}))
+        .unwrap();
+        assert_eq!(r.slots.get(&0), Some(&SlotDevice::ExtraNet(0)));
+        let e = err(serde_json::json!({"kernel": {"path": f.p("vmlinux")},
+            "extra_nets": [{"backend": "tap", "tap": "tap0"}]}));
+        assert!(e.starts_with("extra_nets[0].backend"), "{e}");
     }
 }

@@ -21,6 +21,8 @@ use crate::config::{ResolvedConfig, SlotDevice};
 use crate::layout::*;
 use crate::preopen::Preopened;
 use crate::seccomp::{self, Filters, ThreadKind};
+use crate::snapshot::state::{DeviceDoc, SnapshotState};
+use crate::snapshot::SnapshotError;
 use crate::vcpu::VmmExit;
 
 mod fs;
@@ -92,6 +94,10 @@ pub struct VirtioEntry {
     pub addr: u64,
     /// IOAPIC pin.
     pub irq: u32,
+    /// The transport (and through it the device).
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The device.
+    pub device: Arc<Mutex<dyn devices::virtio::VirtioDevice>>,
     /// The transport's counters.
     pub transport_metrics: Arc<dyn MetricsSource>,
     /// The device's counters.
@@ -110,6 +116,18 @@ type NewDevice = (
     Arc<dyn MetricsSource>,
 );
 
+/// The devices' part of a snapshot.
+pub struct SavedDevices {
+    /// COM1.
+    pub serial: devices::legacy::persist::SerialState,
+    /// The i8042.
+    pub i8042: devices::legacy::persist::I8042State,
+    /// The CMOS.
+    pub cmos: devices::legacy::persist::CmosState,
+    /// Virtio devices by slot.
+    pub devices: Vec<DeviceDoc>,
+}
+
 /// All devices of one VM.
 pub struct DeviceManager {
     /// x86 I/O ports.
@@ -120,9 +138,14 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<Serial>>,
     /// The keyboard controller (reset, Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
+    /// The CMOS.
+    pub cmos: Arc<Mutex<Cmos>>,
     /// virtio devices, by slot.
     pub virtio: Vec<VirtioEntry>,
     subscribers: Vec<Subscriber>,
+    /// Feed the VMM's stdin to the serial port (started with the event loop, after a restore
+    /// put the UART back: input read before would be lost).
+    serial_stdin: bool,
 }
 
 impl DeviceManager {
@@ -133,7 +156,6 @@ impl DeviceManager {
         vm: Arc<dyn Vm>,
         mem: &GuestMemory,
         exit: Sender<VmmExit>,
-        filters: &Arc<Filters>,
         preopened: &mut Preopened,
     ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
@@ -147,9 +169,6 @@ impl DeviceManager {
         )));
         pio.insert(serial.clone(), SERIAL_PORT, 8)
             .map_err(|e| DeviceError::Bus("serial".into(), e))?;
-        if serial_cfg.stdio {
-            spawn_stdin_reader(serial.clone(), filters);
-        }
 
         let reset_exit = Mutex::new(exit);
         let i8042 = Arc::new(Mutex::new(I8042::new(
@@ -160,7 +179,8 @@ impl DeviceManager {
         )));
         pio.insert(i8042.clone(), I8042_PORT, 5)
             .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
-        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        pio.insert(cmos.clone(), CMOS_PORT, 2)
             .map_err(|e| DeviceError::Bus("cmos".into(), e))?;
 
         let mut virtio = Vec::new();
@@ -205,12 +225,18 @@ impl DeviceManager {
                     ("vsock".to_string(), "vsock", vsock.clone(), vsock, metrics)
                 }
                 SlotDevice::Net => net_balloon::create_net(
+                    "net",
                     config
                         .config
                         .net
                         .as_ref()
                         .expect("a net slot exists only with a net config"),
                     preopened.tap.take(),
+                )?,
+                SlotDevice::ExtraNet(i) => net_balloon::create_net(
+                    &format!("net{}", i + 1),
+                    &config.config.extra_nets[*i],
+                    None,
                 )?,
                 SlotDevice::Balloon => net_balloon::create_balloon(
                     config
@@ -224,10 +250,12 @@ impl DeviceManager {
             };
             let addr = virtio_mmio_addr(slot);
             let irq = virtio_irq(slot);
-            let transport = MmioTransport::new(mem.clone(), dev, VmIrq::new(vm.clone(), irq))
-                .map_err(|e| DeviceError::Transport(id.clone(), e))?;
+            let transport =
+                MmioTransport::new(mem.clone(), dev.clone(), VmIrq::new(vm.clone(), irq))
+                    .map_err(|e| DeviceError::Transport(id.clone(), e))?;
             let transport_metrics = transport.metrics();
-            mmio.insert(Arc::new(Mutex::new(transport)), addr, MMIO_SIZE)
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(transport.clone(), addr, MMIO_SIZE)
                 .map_err(|e| DeviceError::Bus(id.clone(), e))?;
             subscribers.push(sub);
             virtio.push(VirtioEntry {
@@ -236,6 +264,8 @@ impl DeviceManager {
                 slot,
                 addr,
                 irq,
+                transport,
+                device: dev,
                 transport_metrics,
                 device_metrics: metrics,
             });
@@ -245,8 +275,10 @@ impl DeviceManager {
             mmio: Arc::new(mmio),
             serial,
             i8042,
+            cmos,
             virtio,
             subscribers,
+            serial_stdin: serial_cfg.stdio,
         })
     }
 
@@ -257,6 +289,9 @@ impl DeviceManager {
 
     /// Starts the thread that runs the devices' event handlers, under the devices filter.
     pub fn start_event_loop(&mut self, filters: &Arc<Filters>) -> Result<(), DeviceError> {
+        if self.serial_stdin {
+            spawn_stdin_reader(self.serial.clone(), filters);
+        }
         let mut manager: EventManager<Subscriber> = EventManager::new()
             .map_err(|e| DeviceError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
         for sub in self.subscribers.drain(..) {
@@ -269,6 +304,75 @@ impl DeviceManager {
             }
         })
         .map_err(DeviceError::EventLoop)?;
+        Ok(())
+    }
+
+    /// Saves the legacy devices and every virtio device (transport registers, queues, the
+    /// device's own state) with the VM paused, then runs `quiet` (the memory dump) while every
+    /// device is still held, so the device thread changes neither them nor guest memory.
+    pub fn save_with<R>(
+        &self,
+        quiet: impl FnOnce() -> Result<R, SnapshotError>,
+    ) -> Result<(SavedDevices, R), SnapshotError> {
+        // Devices first, then transports: the vCPUs (the only ones that take a transport and
+        // then its device) are paused, and the device thread takes one device at a time.
+        let held: Vec<_> = self.virtio.iter().map(|v| lock(&v.device)).collect();
+        let mut docs = Vec::with_capacity(self.virtio.len());
+        for (v, device) in self.virtio.iter().zip(&held) {
+            let transport = lock(&v.transport)
+                .save_state_with(&**device)
+                .map_err(|why| SnapshotError::Save {
+                    what: format!("device {:?}", v.id),
+                    why,
+                })?;
+            docs.push(DeviceDoc {
+                slot: v.slot,
+                id: v.id.clone(),
+                transport,
+            });
+        }
+        let serial = lock(&self.serial);
+        let saved = SavedDevices {
+            serial: serial.save_state(),
+            i8042: lock(&self.i8042).save_state(),
+            cmos: lock(&self.cmos).save_state(),
+            devices: docs,
+        };
+        let result = quiet()?;
+        drop(serial);
+        drop(held);
+        Ok((saved, result))
+    }
+
+    /// Puts every device back in a snapshot's state; virtio devices that were active are
+    /// activated again on their saved queues. Call before the event loop and the vCPUs start.
+    pub fn restore(&self, state: &SnapshotState) -> Result<(), SnapshotError> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |why: String| SnapshotError::Restore { what, why }
+        };
+        lock(&self.serial)
+            .restore_state(&state.serial)
+            .map_err(err("the serial port"))?;
+        lock(&self.i8042)
+            .restore_state(&state.i8042)
+            .map_err(err("the i8042"))?;
+        lock(&self.cmos)
+            .restore_state(&state.cmos)
+            .map_err(err("the cmos"))?;
+        for doc in &state.devices {
+            let entry = self
+                .virtio
+                .iter()
+                .find(|v| v.slot == doc.slot)
+                .ok_or_else(|| SnapshotError::Restore {
+                    what: format!("device {:?}", doc.id),
+                    why: format!("no device in slot {}", doc.slot),
+                })?;
+            lock(&entry.transport)
+                .restore_state(&doc.transport)
+                .map_err(err(&format!("device {:?}", doc.id)))?;
+        }
         Ok(())
     }
 

@@ -273,6 +273,11 @@ fn binds(config: &ResolvedConfig) -> Result<Vec<Bind>, JailError> {
             }
         }
     }
+    for (i, net) in c.extra_nets.iter().enumerate() {
+        if let Some(p) = &net.socket {
+            binds.push(bind_source(&format!("extra_nets[{i}].socket"), p, true)?);
+        }
+    }
     for (i, f) in c.filesystems.iter().enumerate() {
         let field = format!("filesystems[{i}].socket_path");
         binds.push(bind_source(&field, &f.socket_path, true)?);
@@ -304,6 +309,10 @@ fn binds(config: &ResolvedConfig) -> Result<Vec<Bind>, JailError> {
             );
         }
         binds.push(bind);
+    }
+    if let Some(dir) = &c.snapshot_dir {
+        // Read-write: PUT /vm/snapshot writes its files there.
+        binds.push(bind_source("snapshot_dir", dir, false)?);
     }
     // Folders first: a file may sit in one (and is then mounted over its view there).
     binds.sort_by_key(|b| !b.dir);

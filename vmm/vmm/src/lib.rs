@@ -14,5 +14,6 @@ pub mod layout;
 pub mod memory;
 pub mod preopen;
 pub mod seccomp;
+pub mod snapshot;
 pub mod tap;
 pub mod vcpu;

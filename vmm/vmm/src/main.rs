@@ -12,6 +12,7 @@ use vmm::builder::Vmm;
 use vmm::config::VmConfig;
 use vmm::preopen::Preopened;
 use vmm::seccomp::{Filters, SeccompSettings, ThreadKind};
+use vmm::snapshot::{LoadedSnapshot, RESTORE_REFUSED_EXIT};
 
 /// rmachine's KVM microVM monitor.
 #[derive(Debug, Parser)]
@@ -20,6 +21,12 @@ struct Cli {
     /// The VM's JSON configuration (see the `vmm::config` documentation).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Start from the snapshot in DIR (written by `PUT /vm/snapshot`) instead of booting.
+    /// The configuration must describe the same VM; a snapshot that is refused (missing,
+    /// truncated, corrupt, another format version, other settings) ends the VMM with exit
+    /// status 3 before anything ran, so the caller can boot cold instead.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
     /// Log file (default: stderr). The level comes from RUST_LOG (default: info).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
@@ -59,8 +66,40 @@ fn init_logging(log_file: Option<&PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+/// A failure with its own exit status.
+#[derive(Debug)]
+struct ExitWith(u8, anyhow::Error);
+
+fn run(cli: Cli) -> Result<i32, ExitWith> {
+    run_inner(cli).map_err(|e| match e.downcast::<ExitWith>() {
+        Ok(exit) => exit,
+        Err(e) => ExitWith(1, e),
+    })
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.1)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+fn run_inner(cli: Cli) -> anyhow::Result<i32> {
     let config = VmConfig::from_file(&cli.config)?.validate()?;
+    // Read and checked before anything is created (and before a jail hides the folder).
+    let restore = match &cli.restore {
+        Some(dir) => Some(LoadedSnapshot::open(dir, &config).map_err(|e| {
+            ExitWith(
+                RESTORE_REFUSED_EXIT,
+                anyhow::Error::new(e).context(format!(
+                    "snapshot {} refused; boot without --restore instead",
+                    dir.display()
+                )),
+            )
+        })?),
+        None => None,
+    };
     if cli.no_seccomp {
         tracing::warn!("--no-seccomp: the vmm's threads run without seccomp filters");
     } else if cli.seccomp_log {
@@ -77,7 +116,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         vmm::jail::enter(&config, &filters)?;
     }
     let api = preopened.api.take();
-    let vmm = Vmm::start(config, &mut preopened, &filters).context("cannot start the vm")?;
+    let vmm =
+        Vmm::start(config, &mut preopened, &filters, restore).context("cannot start the vm")?;
     if let Some(listener) = api {
         vmm::api::serve(listener, vmm.handle(), &filters).context("cannot serve the api")?;
     }
@@ -109,10 +149,10 @@ fn main() -> ExitCode {
     match run(cli) {
         // Exit at once: vCPU and device threads are not joined.
         Ok(code) => std::process::exit(code),
-        Err(e) => {
+        Err(ExitWith(code, e)) => {
             tracing::error!("{e:#}");
             eprintln!("rmachine-vmm: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }

@@ -121,6 +121,14 @@ impl Vm for MappedVm {
     fn irqfd(&self) -> Option<&dyn IrqFd> {
         self.vm.irqfd()
     }
+
+    fn save_state(&self) -> HvResult<x86_64::VmState> {
+        self.vm.save_state()
+    }
+
+    fn restore_state(&self, state: &x86_64::VmState) -> HvResult<x86_64::ClockRestore> {
+        self.vm.restore_state(state)
+    }
 }
 
 /// A vCPU with the guest memory its VM maps: fields drop in order, the vCPU first.
@@ -159,6 +167,12 @@ impl Vcpu for MappedVcpu {
     }
     fn setup_lapic(&self) -> HvResult<()> {
         self.vcpu.setup_lapic()
+    }
+    fn save_state(&self) -> HvResult<x86_64::VcpuState> {
+        self.vcpu.save_state()
+    }
+    fn restore_state(&self, state: &x86_64::VcpuState) -> HvResult<()> {
+        self.vcpu.restore_state(state)
     }
 }
 

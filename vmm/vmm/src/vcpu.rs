@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
 use devices::bus::{lock, Bus};
-use hypervisor::x86_64::CpuidEntry;
+use hypervisor::x86_64::{CpuidEntry, VcpuState};
 use hypervisor::{Vcpu, VcpuKicker, Vm, VmExit};
 
 use crate::boot::{cpuid, regs, BootProtocol};
@@ -50,10 +50,23 @@ pub struct BootSetup {
     pub vcpu_count: u8,
 }
 
+/// How the vCPUs start: booted, or from a snapshot's states (one per vCPU, in id order).
+#[derive(Debug, Clone)]
+pub enum VcpuStart {
+    /// Booting a kernel.
+    Boot(BootSetup),
+    /// Restoring saved states.
+    Restore(Vec<VcpuState>),
+}
+
 #[derive(Default)]
 struct RunState {
     paused: bool,
     parked: usize,
+    /// Incremented to ask the parked vCPUs to save their state.
+    save_epoch: u64,
+    /// Saved states by vCPU id.
+    saved: Vec<(u8, Result<VcpuState, String>)>,
 }
 
 /// Pause/resume of all vCPUs.
@@ -86,6 +99,34 @@ impl VcpuControl {
         Ok(())
     }
 
+    /// Saves every vCPU's state; the VM must be paused (by [`VcpuControl::pause`]). Each
+    /// parked vCPU thread saves its own vCPU (a vCPU is used on its thread only).
+    pub fn save_vcpus(&self, count: usize) -> Result<Vec<VcpuState>, String> {
+        let mut state = lock(&self.state);
+        if !state.paused || state.parked < count {
+            return Err("the vcpus are not paused".into());
+        }
+        state.saved.clear();
+        state.save_epoch += 1;
+        self.cv.notify_all();
+        let (mut state, timeout) = self
+            .cv
+            .wait_timeout_while(state, Duration::from_secs(10), |s| s.saved.len() < count)
+            .unwrap_or_else(|p| p.into_inner());
+        if timeout.timed_out() {
+            return Err(format!(
+                "only {} of {count} vcpus saved their state",
+                state.saved.len()
+            ));
+        }
+        let mut saved = std::mem::take(&mut state.saved);
+        saved.sort_by_key(|(id, _)| *id);
+        saved
+            .into_iter()
+            .map(|(id, r)| r.map_err(|e| format!("vcpu {id}: {e}")))
+            .collect()
+    }
+
     /// Lets paused vCPUs run again.
     pub fn resume(&self) {
         lock(&self.state).paused = false;
@@ -97,14 +138,26 @@ impl VcpuControl {
         lock(&self.state).paused
     }
 
-    fn park_if_paused(&self) {
+    /// Parks the vCPU while the VM is paused, saving its state when asked. Called only after
+    /// a `run` returned `Interrupted`: KVM then finished any I/O the guest had started (the
+    /// kick's `immediate_exit` makes `KVM_RUN` complete pending port and MMIO reads before it
+    /// returns), so the saved state is consistent.
+    fn park_if_paused(&self, vcpu: &dyn Vcpu, id: u8) {
         let mut state = lock(&self.state);
         if !state.paused {
             return;
         }
         state.parked += 1;
+        let mut served = state.save_epoch;
         self.cv.notify_all();
         while state.paused {
+            if state.save_epoch != served {
+                served = state.save_epoch;
+                let saved = vcpu.save_state().map_err(|e| error_chain(&e));
+                state.saved.push((id, saved));
+                self.cv.notify_all();
+                continue;
+            }
             state = self.cv.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.parked -= 1;
@@ -115,18 +168,22 @@ impl VcpuControl {
 /// the vCPU seccomp filter of `filters` once its vCPU is configured, before it runs.
 pub fn spawn_vcpus(
     vm: Arc<dyn Vm>,
-    boot: BootSetup,
+    start: VcpuStart,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     control: Arc<VcpuControl>,
     exit: Sender<VmmExit>,
     filters: Arc<Filters>,
 ) -> std::io::Result<()> {
-    let barrier = Arc::new(Barrier::new(usize::from(boot.vcpu_count)));
-    for id in 0..boot.vcpu_count {
-        let (vm, boot, pio, mmio, control, exit, barrier, filters) = (
+    let count = match &start {
+        VcpuStart::Boot(boot) => boot.vcpu_count,
+        VcpuStart::Restore(states) => states.len() as u8,
+    };
+    let barrier = Arc::new(Barrier::new(usize::from(count)));
+    for id in 0..count {
+        let (vm, start, pio, mmio, control, exit, barrier, filters) = (
             vm.clone(),
-            boot.clone(),
+            start.clone(),
             pio.clone(),
             mmio.clone(),
             control.clone(),
@@ -139,7 +196,7 @@ pub fn spawn_vcpus(
             .spawn(move || {
                 // Creation and configuration ioctls come before the filter, which allows
                 // KVM_RUN and what the guest's exits lead to.
-                let vcpu = match create_vcpu(vm.as_ref(), id, &boot).and_then(|v| {
+                let vcpu = match create_vcpu(vm.as_ref(), id, &start).and_then(|v| {
                     filters
                         .apply(ThreadKind::Vcpu)
                         .map(|()| v)
@@ -164,10 +221,21 @@ pub fn spawn_vcpus(
     Ok(())
 }
 
-fn create_vcpu(vm: &dyn Vm, id: u8, boot: &BootSetup) -> Result<Box<dyn Vcpu>, String> {
+fn create_vcpu(vm: &dyn Vm, id: u8, start: &VcpuStart) -> Result<Box<dyn Vcpu>, String> {
     let vcpu = vm
         .create_vcpu(id)
         .map_err(|e| format!("cannot create vcpu {id}: {e}"))?;
+    let boot = match start {
+        VcpuStart::Boot(boot) => boot,
+        VcpuStart::Restore(states) => {
+            let state = states
+                .get(usize::from(id))
+                .ok_or_else(|| format!("no saved state for vcpu {id}"))?;
+            vcpu.restore_state(state)
+                .map_err(|e| format!("cannot restore vcpu {id}: {}", error_chain(&e)))?;
+            return Ok(vcpu);
+        }
+    };
     let cpuid = cpuid::filter(
         &boot.supported_cpuid,
         id,
@@ -201,7 +269,6 @@ fn run_vcpu(
 ) -> VmmExit {
     tracing::debug!(vcpu = id, "vcpu running");
     loop {
-        control.park_if_paused();
         match vcpu.run() {
             Ok(VmExit::IoIn { port, data }) => {
                 if !pio.read(u64::from(port), data) {
@@ -225,7 +292,7 @@ fn run_vcpu(
                     devices::warn_guest!(vcpu = id, addr, "write to unmapped guest address");
                 }
             }
-            Ok(VmExit::Interrupted) => {}
+            Ok(VmExit::Interrupted) => control.park_if_paused(vcpu.as_ref(), id),
             Ok(VmExit::Halt) => {
                 tracing::info!(vcpu = id, "vcpu halted");
                 // Nothing will wake it: park until the VMM exits.

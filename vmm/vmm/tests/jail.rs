@@ -447,3 +447,74 @@ fn test_jail_without_cap_sys_admin_nor_user_namespaces_says_what_is_missing() {
         vmm.log()
     );
 }
+
+#[test]
+fn test_jailed_vmm_writes_snapshots_in_snapshot_dir_and_restores_from_them() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_kvm() || !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path());
+    let api = dir.path().join("vmm.sock");
+    std::fs::create_dir(dir.path().join("vsock")).unwrap();
+    let uds = dir.path().join("vsock/v.sock");
+    // The folder the jail shows read-write, the jail user's.
+    let snaps = dir.path().join("snapshots");
+    std::fs::create_dir(&snaps).unwrap();
+    std::os::unix::fs::chown(&snaps, Some(JAIL_ID), Some(JAIL_ID)).unwrap();
+    let config = json!({
+        "kernel": {"path": guest, "cmdline": "console=ttyS0 reboot=k rmtest.h2g=7000"},
+        "memory_mib": 32,
+        "serial": {"log_path": dir.path().join("console.log")},
+        "vsock": {"guest_cid": 3, "uds_path": uds},
+        "api_socket": api,
+        "snapshot_dir": snaps,
+        "jail": {"uid": JAIL_ID, "gid": JAIL_ID},
+    });
+    let mut vmm = VmmProcess::start(dir.path(), &config);
+    vmm.wait_for_console("rmguest: vsock listening 7000");
+    wait_for_path(&api);
+    // No folder in the request: the configured one, the only one the jail can write.
+    let (status, body) = http(&api, "PUT", "/vm/snapshot");
+    assert_eq!(status, 200, "{body}\n{}", vmm.log());
+    let snap = snaps.join("vm.state");
+    assert_eq!(std::fs::metadata(&snap).unwrap().uid(), JAIL_ID);
+    assert_eq!(
+        std::fs::metadata(snaps.join("memory")).unwrap().len(),
+        32 << 20
+    );
+    // A folder outside it is not in the jail.
+    let (status, body) = http_with_body(
+        &api,
+        "PUT",
+        "/vm/snapshot",
+        &json!({"dir": dir.path().join("elsewhere")}).to_string(),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("cannot create the snapshot folder"), "{body}");
+    assert_eq!(http(&api, "PUT", "/vm/poweroff").0, 202);
+    assert!(vmm.wait_exit().success());
+    drop(vmm);
+
+    // Restored in a jail too: the snapshot is read before the jail is entered.
+    let args = ["--restore", snaps.to_str().unwrap()];
+    let mut vmm = VmmProcess::start_with_args(dir.path(), &config, &args);
+    // The sockets of the first VMM are still there: wait for this one's.
+    vmm.wait_for_log("restoring");
+    let mut s = UnixStream::connect(&uds).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    writeln!(s, "CONNECT 7000").unwrap();
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("OK "), "{line:?}\n{}", vmm.log());
+    s.write_all(b"hello-guest").unwrap();
+    let mut back = [0u8; 11];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello-guest");
+    drop(s);
+    vmm.wait_for_console("rmguest: vsock h2g ok");
+    assert!(vmm.wait_exit().success(), "{}", vmm.log());
+}

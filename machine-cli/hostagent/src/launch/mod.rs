@@ -17,11 +17,13 @@ mod vmm;
 mod vmm;
 
 use std::net::{SocketAddr, TcpListener};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rmachine_machine::guest_link::Carrier;
 use rmachine_machine::state::{Helper, MachineState};
 use rmachine_machine::store::Machine;
+use rmachine_protocol::config_disk::{GuestConfig, Mount};
 
 pub(crate) use process::Proc;
 pub(crate) use qemu::launch_qemu;
@@ -104,6 +106,38 @@ pub(crate) fn adoptable(machine: &Machine, previous: &MachineState) -> Option<Ru
         carrier,
         daemons,
     })
+}
+
+/// Writes the machine's config disk for this boot: its name, the boot's `token` (empty on
+/// a carrier that needs none), the host's address as containers reach it, its shared
+/// folders, networks and peers, and its engine's settings.
+pub(crate) fn write_config_disk(
+    machine: &Machine,
+    token: &str,
+    host_addr: Option<&str>,
+    mounts: Vec<Mount>,
+    networks: &crate::networks::MachineNetworks,
+) -> anyhow::Result<std::path::PathBuf> {
+    let config = GuestConfig {
+        version: rmachine_protocol::PROTOCOL_VERSION,
+        token: token.to_string(),
+        hostname: machine.name.clone(),
+        data_disk: "/dev/vdb".into(),
+        host_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+        host_addr: host_addr.map(str::to_string),
+        mounts,
+        primary_mac: networks.primary_mac(),
+        networks: networks.nics(),
+        hosts: networks.hosts.clone(),
+        engine: Some(machine.spec.engine.clone()).filter(|e| !e.is_empty()),
+    };
+    let path = machine.files.config_disk();
+    std::fs::write(&path, config.encode())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 pub(crate) fn free_loopback_port() -> anyhow::Result<SocketAddr> {

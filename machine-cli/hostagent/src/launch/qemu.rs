@@ -3,16 +3,14 @@
 //! user-mode network's TCP forwards with the boot's token.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rmachine_machine::driver::{BackendChoice, Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
 use rmachine_machine::paths::Paths;
 use rmachine_machine::platform::Platform;
-use rmachine_machine::qemu::{self, QemuVm};
+use rmachine_machine::qemu::{self, QemuNic, QemuVm};
 use rmachine_machine::store::Machine;
-use rmachine_protocol::config_disk::GuestConfig;
 use rmachine_protocol::Service;
 
 use super::{free_loopback_port, new_token, Proc, RunningVm, QEMU_HOST_ADDR};
@@ -33,26 +31,16 @@ pub(crate) async fn launch_qemu(
     LocalDriver::new(machine.spec.driver).create(machine)?;
 
     let token = new_token();
-    let config = GuestConfig {
-        version: rmachine_protocol::PROTOCOL_VERSION,
-        token: token.clone(),
-        hostname: machine.name.clone(),
-        data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
-        host_addr: Some(QEMU_HOST_ADDR.into()),
-        ..GuestConfig::default()
-    };
     let (virtiofsd, shares, guest_mounts) = super::virtiofsd::start(machine, &paths).await?;
-    let config = GuestConfig {
-        mounts: guest_mounts,
-        ..config
-    };
-    let config_disk = machine.files.config_disk();
-    std::fs::write(&config_disk, config.encode())
-        .with_context(|| format!("cannot write {}", config_disk.display()))?;
+    let networks = crate::networks::attach(machine, &paths)?;
+    crate::networks::ensure_switches(&networks, &paths).await?;
+    let config_disk = super::write_config_disk(
+        machine,
+        &token,
+        Some(QEMU_HOST_ADDR),
+        guest_mounts,
+        &networks,
+    )?;
 
     let mut ports = BTreeMap::new();
     let mut forwards = Vec::new();
@@ -82,6 +70,15 @@ pub(crate) async fn launch_qemu(
         qmp_socket: Some(machine.files.qmp_socket()),
         pid_file: None,
         shares,
+        primary_mac: networks.primary_mac(),
+        nics: networks
+            .attachments
+            .iter()
+            .map(|a| QemuNic {
+                mac: a.mac.clone(),
+                socket: a.socket.clone(),
+            })
+            .collect(),
     };
     let log_path = machine.files.vmm_log();
     let log = std::fs::File::create(&log_path)

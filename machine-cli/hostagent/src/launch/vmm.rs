@@ -1,8 +1,6 @@
 //! Booting a machine under rmachine-vmm (Linux with hardware KVM), with passt for its
 //! network.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::Context;
 use rmachine_machine::driver::{Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
@@ -11,7 +9,6 @@ use rmachine_machine::paths::Paths;
 use rmachine_machine::qemu::QemuShare;
 use rmachine_machine::store::Machine;
 use rmachine_machine::vmm_config::{self, VmmConfig};
-use rmachine_protocol::config_disk::GuestConfig;
 
 use super::{Daemon, Proc, RunningVm, QEMU_HOST_ADDR};
 use crate::SharedState;
@@ -44,22 +41,16 @@ pub(crate) async fn launch_vmm(
         process: Proc::child(child),
         serves: "network".into(),
     }));
-    let config = GuestConfig {
-        version: rmachine_protocol::PROTOCOL_VERSION,
-        token: String::new(),
-        hostname: machine.name.clone(),
-        data_disk: "/dev/vdb".into(),
-        host_time_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
-        host_addr: net_socket.is_some().then(|| QEMU_HOST_ADDR.into()),
-        mounts: guest_mounts,
-        ..GuestConfig::default()
-    };
-    let config_disk = machine.files.config_disk();
-    std::fs::write(&config_disk, config.encode())
-        .with_context(|| format!("cannot write {}", config_disk.display()))?;
+    let networks = crate::networks::attach(machine, &paths)?;
+    crate::networks::ensure_switches(&networks, &paths).await?;
+    // The hybrid vsock carrier needs no token.
+    let config_disk = super::write_config_disk(
+        machine,
+        "",
+        net_socket.is_some().then_some(QEMU_HOST_ADDR),
+        guest_mounts,
+        &networks,
+    )?;
     let console_log = machine.files.console_log();
     std::fs::write(&console_log, b"")
         .with_context(|| format!("cannot reset {}", console_log.display()))?;
@@ -75,6 +66,7 @@ pub(crate) async fn launch_vmm(
         &config_disk,
         &shares,
         net_socket.as_deref(),
+        &networks.attachments,
     );
     let config_path = machine.files.dir().join("vmm.json");
     std::fs::write(&config_path, vm_config.to_json())
@@ -182,6 +174,7 @@ fn vmm_config(
     config_disk: &std::path::Path,
     shares: &[QemuShare],
     net_socket: Option<&std::path::Path>,
+    attachments: &[rmachine_machine::network::Attachment],
 ) -> VmmConfig {
     let disk = |id: &str, path: std::path::PathBuf, read_only| vmm_config::Disk {
         id: id.into(),
@@ -227,7 +220,17 @@ fn vmm_config(
         net: net_socket.map(|socket| vmm_config::Net {
             backend: vmm_config::NetBackend::Passt,
             socket: socket.to_path_buf(),
+            mac: crate::networks::PRIMARY_MAC.into(),
         }),
+        // A network's switch speaks passt's framing on its socket.
+        extra_nets: attachments
+            .iter()
+            .map(|a| vmm_config::Net {
+                backend: vmm_config::NetBackend::Passt,
+                socket: a.socket.clone(),
+                mac: a.mac.clone(),
+            })
+            .collect(),
         api_socket: machine.files.vmm_socket(),
     }
 }

@@ -80,6 +80,10 @@ pub struct SwitchOptions {
     pub max_macs: usize,
     /// Most ports connected at once; further connections are closed. Default 256.
     pub max_ports: usize,
+    /// [`run`] ends once no port has been connected for this long (from its start, or
+    /// from its last port's going): a network's switch ends with its last machine.
+    /// Default: never.
+    pub idle_exit: Option<Duration>,
 }
 
 impl Default for SwitchOptions {
@@ -90,6 +94,7 @@ impl Default for SwitchOptions {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_macs: DEFAULT_MAX_MACS,
             max_ports: DEFAULT_MAX_PORTS,
+            idle_exit: None,
         }
     }
 }

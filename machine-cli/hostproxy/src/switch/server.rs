@@ -330,10 +330,32 @@ pub async fn run(
     options: SwitchOptions,
     shutdown: CancellationToken,
 ) -> Result<SwitchStats, SwitchError> {
+    let idle_exit = options.idle_exit;
     let switch = Switch::new(options)?;
     let listener = listen(listen_path)?;
     info!(path = %listen_path.display(), "switch listening");
-    switch.serve(listener, shutdown).await;
+    let stop = shutdown.child_token();
+    let idle_watch = idle_exit.map(|after| {
+        let stop = stop.clone();
+        let switch = switch.clone();
+        tokio::spawn(async move {
+            let mut idle_since = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250).min(after)).await;
+                if !switch.stats().ports.is_empty() {
+                    idle_since = tokio::time::Instant::now();
+                } else if idle_since.elapsed() >= after {
+                    info!(?after, "no port for a while: the switch ends");
+                    stop.cancel();
+                    return;
+                }
+            }
+        })
+    });
+    switch.serve(listener, stop).await;
+    if let Some(task) = idle_watch {
+        task.abort();
+    }
     if let Err(e) = std::fs::remove_file(listen_path) {
         debug!(path = %listen_path.display(), error = %e, "cannot remove the socket");
     }
@@ -625,6 +647,42 @@ mod tests {
             Err(SwitchError::PortsFull { max: 2 })
         ));
         assert_eq!(switch.stats().ports_refused, 1);
+    }
+
+    /// With `idle_exit`, the switch stays while a port is connected and ends on its own
+    /// once none has been for that long.
+    #[tokio::test]
+    async fn test_idle_switch_ends_after_its_last_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net.sock");
+        let options = SwitchOptions {
+            idle_exit: Some(Duration::from_millis(600)),
+            ..SwitchOptions::default()
+        };
+        let running = {
+            let path = path.clone();
+            tokio::spawn(async move { run(&path, options, CancellationToken::new()).await })
+        };
+        let deadline = Instant::now() + WAIT;
+        let port = loop {
+            match UnixStream::connect(&path).await {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("switch never listened: {e}"),
+            }
+        };
+        // Connected for longer than the idle time: it stays.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!running.is_finished(), "it ended with a port connected");
+        drop(port);
+        tokio::time::timeout(WAIT, running)
+            .await
+            .expect("it ends once idle")
+            .unwrap()
+            .unwrap();
+        assert!(!path.exists(), "its socket is removed");
     }
 
     #[tokio::test]

@@ -36,6 +36,9 @@ pub struct SettingsArgs {
     /// Share no host folder at all.
     #[arg(long, conflicts_with = "mounts")]
     pub no_mounts: bool,
+    /// Join a network between machines (`rmachine network create`); repeat for more.
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
 }
 
 impl SettingsArgs {
@@ -52,6 +55,7 @@ impl SettingsArgs {
             } else {
                 Some(self.mounts.clone()).filter(|m| !m.is_empty())
             },
+            networks: Some(self.networks.clone()).filter(|n| !n.is_empty()),
             ..Settings::default()
         }
     }

@@ -12,6 +12,8 @@ pub mod inspect;
 pub mod ip;
 pub mod logs;
 pub mod ls;
+pub mod network;
+pub mod network_switch;
 pub mod restart;
 pub mod rm;
 pub mod setup;

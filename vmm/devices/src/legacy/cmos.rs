@@ -3,6 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::persist::CmosState;
 use crate::bus::BusDevice;
 
 /// RTC registers.
@@ -73,6 +74,25 @@ impl Cmos {
             nvram: [0; 128],
             now: unix_now,
         }
+    }
+
+    /// The selected register and the NVRAM, for a snapshot.
+    pub fn save_state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    /// Puts the CMOS back in a saved state.
+    pub fn restore_state(&mut self, state: &CmosState) -> Result<(), String> {
+        self.nvram = state
+            .nvram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("cmos: {} bytes of nvram, expected 128", state.nvram.len()))?;
+        self.index = state.index & 0x7f;
+        Ok(())
     }
 
     fn register(&self, index: u8) -> u8 {

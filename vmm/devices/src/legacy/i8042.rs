@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::persist::I8042State;
 use crate::bus::BusDevice;
 use crate::interrupt::InterruptLine;
 
@@ -76,6 +77,33 @@ impl I8042 {
             irq,
             on_reset,
         }
+    }
+
+    /// The registers and output buffer, for a snapshot.
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            outp: self.outp,
+            pending_cmd: self.pending_cmd,
+            buf: self.buf.iter().copied().collect(),
+        }
+    }
+
+    /// Puts the controller back in a saved state.
+    pub fn restore_state(&mut self, state: &I8042State) -> Result<(), String> {
+        if state.buf.len() > BUF_SIZE {
+            return Err(format!(
+                "i8042: {} bytes in the output buffer, at most {BUF_SIZE}",
+                state.buf.len()
+            ));
+        }
+        self.status = state.status;
+        self.control = state.control;
+        self.outp = state.outp;
+        self.pending_cmd = state.pending_cmd;
+        self.buf = state.buf.iter().copied().collect();
+        Ok(())
     }
 
     /// Queues Ctrl-Alt-Del; Linux answers with an orderly reboot (`ctrl_alt_del`).

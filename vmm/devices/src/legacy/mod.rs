@@ -3,6 +3,7 @@
 
 pub mod cmos;
 pub mod i8042;
+pub mod persist;
 pub mod serial;
 
 pub use cmos::Cmos;

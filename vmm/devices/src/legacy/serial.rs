@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use super::persist::SerialState;
 use crate::bus::BusDevice;
 use crate::interrupt::InterruptLine;
 
@@ -75,13 +76,61 @@ impl Write for SerialOutput {
 /// COM1: an 8250 UART at I/O ports 0x3f8..0x3ff, IRQ 4.
 pub struct Serial {
     uart: vm_superio::Serial<SerialIrq, vm_superio::serial::NoEvents, SerialOutput>,
+    irq: Arc<dyn InterruptLine>,
 }
 
 impl Serial {
     /// A UART raising `irq`, writing to `out`.
     pub fn new(irq: Arc<dyn InterruptLine>, out: SerialOutput) -> Self {
         Serial {
-            uart: vm_superio::Serial::new(SerialIrq(irq), out),
+            uart: vm_superio::Serial::new(SerialIrq(irq.clone()), out),
+            irq,
+        }
+    }
+
+    /// The UART's registers and unread input, for a snapshot.
+    pub fn save_state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Puts the UART back in a saved state, keeping its output.
+    pub fn restore_state(&mut self, state: &SerialState) -> Result<(), String> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let out = std::mem::replace(self.uart.writer_mut(), SerialOutput::new(None, false));
+        match vm_superio::Serial::from_state(
+            &s,
+            SerialIrq(self.irq.clone()),
+            vm_superio::serial::NoEvents,
+            out,
+        ) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => Err(format!("serial: {e:?}")),
         }
     }
 

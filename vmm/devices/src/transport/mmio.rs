@@ -13,7 +13,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::{lock, BusDevice};
 use crate::interrupt::InterruptLine;
 use crate::virtio::defs::{features::VIRTIO_F_VERSION_1, status};
+use crate::virtio::persist::QueueSnapshot;
 use crate::virtio::{ActiveQueues, VirtioDevice, VirtioInterrupt};
+
+use super::persist::TransportSnapshot;
 use crate::{warn_guest, GuestMemory};
 
 /// Size of one device's MMIO window.
@@ -252,12 +255,20 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        if let Err(reason) = self.try_activate() {
+            inc(&self.metrics.activation_failures);
+            warn_guest!(device = self.device_type, %reason, "virtio-mmio: activation failed; device needs reset");
+            self.interrupt.set_needs_reset();
+        }
+    }
+
+    fn try_activate(&mut self) -> Result<(), String> {
         // Queues that exist only with a feature the driver declined stay unused.
         let count = lock(&self.device)
             .active_queue_count(self.acked_features)
             .min(self.queues.len());
         let not_ready = self.queues[..count].iter().position(|q| !q.ready());
-        let result = match not_ready {
+        match not_ready {
             Some(idx) => Err(format!("queue {idx} is not ready")),
             None => self.queues[..count]
                 .iter()
@@ -273,12 +284,104 @@ impl MmioTransport {
                         })
                         .map_err(|e| e.to_string())
                 }),
-        };
-        if let Err(reason) = result {
-            inc(&self.metrics.activation_failures);
-            warn_guest!(device = self.device_type, %reason, "virtio-mmio: activation failed; device needs reset");
-            self.interrupt.set_needs_reset();
         }
+    }
+
+    /// The transport's and its device's state, for a snapshot. The VM must be paused and the
+    /// device idle (its lock held by the caller's order: transport, then device).
+    pub fn save_state(&self) -> Result<TransportSnapshot, String> {
+        let device = lock(&self.device);
+        self.save_state_with(&*device)
+    }
+
+    /// [`save_state`](Self::save_state) with the device already held by the caller (`device`
+    /// must be this transport's).
+    pub fn save_state_with(&self, device: &dyn VirtioDevice) -> Result<TransportSnapshot, String> {
+        if let Some(reason) = device.snapshot_blocker() {
+            return Err(reason);
+        }
+        let activated = device.is_activated();
+        let mut queues: Vec<QueueSnapshot> = self.queues.iter().map(QueueSnapshot::of).collect();
+        if activated {
+            let progress = device.queue_progress().unwrap_or_default();
+            for (q, (next_avail, next_used)) in queues.iter_mut().zip(progress) {
+                q.next_avail = next_avail;
+                q.next_used = next_used;
+            }
+        }
+        Ok(TransportSnapshot {
+            device_type: self.device_type,
+            status: self.status,
+            features_select: self.features_select,
+            acked_features_select: self.acked_features_select,
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            bad_queue_address: self.bad_queue_address.clone(),
+            queues,
+            activated,
+            device: device.save_state(),
+        })
+    }
+
+    /// Puts the transport back in `snap`'s state and, if the device was active, activates it
+    /// again on its saved queues and restores its own state. Anything that does not fit this
+    /// device (another type, a queue count that differs, an impossible queue) is an error.
+    pub fn restore_state(&mut self, snap: &TransportSnapshot) -> Result<(), String> {
+        if snap.device_type != self.device_type {
+            return Err(format!(
+                "device type {} in the snapshot, {} here",
+                snap.device_type, self.device_type
+            ));
+        }
+        if snap.queues.len() != self.queues.len()
+            || snap.bad_queue_address.len() != self.queues.len()
+        {
+            return Err(format!(
+                "{} queues in the snapshot, the device has {}",
+                snap.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let unknown = snap.acked_features & !self.avail_features;
+        if unknown != 0 {
+            return Err(format!(
+                "the driver accepted features {unknown:#x} that this device does not offer"
+            ));
+        }
+        let mut queues = Vec::with_capacity(snap.queues.len());
+        for (i, (q, current)) in snap.queues.iter().zip(&self.queues).enumerate() {
+            if q.max_size != current.max_size() {
+                return Err(format!(
+                    "queue {i}: maximum size {} in the snapshot, {} here",
+                    q.max_size,
+                    current.max_size()
+                ));
+            }
+            let queue = q.to_queue().map_err(|e| format!("queue {i}: {e}"))?;
+            if queue.ready() && !queue.is_valid(&self.mem) {
+                return Err(format!("queue {i}: its rings are not in guest memory"));
+            }
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.bad_queue_address = snap.bad_queue_address.clone();
+        self.status = snap.status;
+        self.features_select = snap.features_select;
+        self.acked_features_select = snap.acked_features_select;
+        self.acked_features = snap.acked_features;
+        self.queue_select = snap.queue_select;
+        self.config_generation = snap.config_generation;
+        self.interrupt
+            .restore(snap.interrupt_status, snap.needs_reset);
+        if snap.activated {
+            self.try_activate()
+                .map_err(|e| format!("cannot activate the device again: {e}"))?;
+            lock(&self.device).restore_state(&snap.device)?;
+        }
+        Ok(())
     }
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
@@ -532,6 +635,9 @@ mod tests {
         }
         fn queue_events(&self) -> &[EventFd] {
             &self.evts
+        }
+        fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+            self.active.then(|| vec![(3, 2), (0, 0)])
         }
     }
 

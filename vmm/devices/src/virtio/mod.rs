@@ -6,6 +6,7 @@ pub mod block;
 pub mod chain;
 pub mod fs;
 pub mod net;
+pub mod persist;
 pub mod rng;
 pub mod vsock;
 
@@ -140,6 +141,13 @@ impl VirtioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the InterruptStatus register and the needs-reset flag (a restore), without
+    /// raising the line: the guest's interrupt controller state is restored separately.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// Clears everything (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
@@ -201,6 +209,27 @@ pub trait VirtioDevice: Send {
 
     /// One eventfd per queue, written by the transport when the driver notifies the queue.
     fn queue_events(&self) -> &[EventFd];
+
+    /// For a snapshot (the VM paused, the device idle): `(next_avail, next_used)` of each
+    /// active queue, where the device is in the rings. `None` when inactive.
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>>;
+
+    /// Why the device cannot be snapshotted now, if it cannot. Default: it can.
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    /// The device's own state for a snapshot (beyond queues and negotiated features, which
+    /// the transport keeps). Default: none.
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores [`save_state`](Self::save_state)'s value; called on a restore after the
+    /// transport re-activated the device with its saved queues.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A `u64` feature mask from feature bit numbers.

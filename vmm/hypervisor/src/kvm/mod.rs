@@ -1,8 +1,10 @@
 //! The KVM backend (Linux). The only code of the workspace that touches `kvm-ioctls`.
 
+mod state;
 mod vcpu;
 mod vm;
 
+pub use state::{vcpu_save_ioctls, vm_save_ioctls};
 pub use vcpu::{kick_signal, KvmVcpu, KvmVcpuKicker};
 pub use vm::KvmVm;
 

@@ -104,11 +104,13 @@ pub struct KvmVcpu {
     /// The `kvm_run` mapping owned by `fd`.
     run_area: *mut kvm_run,
     target: Arc<KickTarget>,
+    /// The MSRs [`Vcpu::save_state`] saves.
+    msrs_to_save: Arc<Vec<u32>>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(mut fd: VcpuFd) -> Self {
+    pub(super) fn new(mut fd: VcpuFd, msrs_to_save: Arc<Vec<u32>>) -> Self {
         install_kick_handler();
         let run: *mut kvm_run = fd.get_kvm_run();
         KVM_RUN.with(|p| p.set(run));
@@ -121,6 +123,7 @@ impl KvmVcpu {
                 tgid,
                 tid: Mutex::new(Some(tid)),
             }),
+            msrs_to_save,
             _not_send: PhantomData,
         }
     }
@@ -159,7 +162,15 @@ impl KvmVcpuKicker {
             // SAFETY: tgkill takes integers and reads no memory; a stale id cannot cause harm
             // (module doc). The lock is held across the call, so the vCPU is not dropped (and
             // its thread cannot exit) meanwhile.
-            Some(tid) => unsafe { libc::tgkill(self.target.tgid, tid, kick_signal()) == 0 },
+            // (The raw system call: musl's libc has no tgkill wrapper.)
+            Some(tid) => unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::c_long::from(self.target.tgid),
+                    libc::c_long::from(tid),
+                    libc::c_long::from(kick_signal()),
+                ) == 0
+            },
             None => false,
         }
     }
@@ -477,6 +488,14 @@ impl Vcpu for KvmVcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(Self::state_err("set_lapic"))
+    }
+
+    fn save_state(&self) -> Result<crate::x86_64::VcpuState> {
+        super::state::save_vcpu(&self.fd, &self.msrs_to_save)
+    }
+
+    fn restore_state(&self, state: &crate::x86_64::VcpuState) -> Result<()> {
+        super::state::restore_vcpu(&self.fd, state)
     }
 }
 

@@ -4,6 +4,8 @@ use kvm_bindings::{
     kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -17,6 +19,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// A VM backed by a KVM VM file descriptor.
 pub struct KvmVm {
     fd: VmFd,
+    /// The MSRs a vCPU snapshot saves (KVM_GET_MSR_INDEX_LIST, read when the VM is created).
+    msrs_to_save: Arc<Vec<u32>>,
 }
 
 impl KvmVm {
@@ -43,7 +47,13 @@ impl KvmVm {
                 what: "pit",
                 source: e.into(),
             })?;
-        Ok(KvmVm { fd })
+        let index_list = kvm
+            .get_msr_index_list()
+            .map_err(|e| HypervisorError::CreateVm(e.into()))?;
+        Ok(KvmVm {
+            fd,
+            msrs_to_save: Arc::new(super::state::msrs_to_save(index_list.as_slice())),
+        })
     }
 }
 
@@ -87,7 +97,7 @@ impl Vm for KvmVm {
                 id,
                 source: e.into(),
             })?;
-        Ok(Box::new(KvmVcpu::new(fd)))
+        Ok(Box::new(KvmVcpu::new(fd, self.msrs_to_save.clone())))
     }
 
     fn inject_irq(&self, line: u32) -> Result<()> {
@@ -117,6 +127,14 @@ impl Vm for KvmVm {
 
     fn irqfd(&self) -> Option<&dyn IrqFd> {
         Some(self)
+    }
+
+    fn save_state(&self) -> Result<crate::x86_64::VmState> {
+        super::state::save_vm(&self.fd)
+    }
+
+    fn restore_state(&self, state: &crate::x86_64::VmState) -> Result<crate::x86_64::ClockRestore> {
+        super::state::restore_vm(&self.fd, state)
     }
 }
 

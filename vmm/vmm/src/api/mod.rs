@@ -7,6 +7,7 @@
 //! | `PUT /vm/resume` | 204 |
 //! | `PUT /vm/shutdown` | 202: Ctrl-Alt-Del sent; a guest booted with `reboot=k` resets and the VMM exits 0 |
 //! | `PUT /vm/poweroff` | 202: the VMM exits (status 0) once the answer is sent and the client closed the connection, or 1 s later |
+//! | `PUT /vm/snapshot` | 200 once a snapshot is written (body `{"dir": PATH}`, or none for the configuration's `snapshot_dir`); the VM is paused first and stays paused: power it off, or resume it if that snapshot will not be restored (the disks would move on from it). Answers the sizes and times |
 //! | `GET /metrics` | 200, per-device counters |
 //!
 //! Errors are `{"error": "..."}` with 400, 404, 405 or 500.
@@ -29,6 +30,16 @@ pub trait VmController: Send + Sync {
     fn poweroff(&self);
     /// Per-device counters.
     fn metrics(&self) -> serde_json::Value;
+    /// Pauses the VM and writes a snapshot into `dir` (default: the configured folder).
+    fn snapshot(&self, dir: Option<std::path::PathBuf>) -> Result<serde_json::Value, String>;
+}
+
+/// The body of `PUT /vm/snapshot`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    /// The snapshot folder.
+    dir: Option<std::path::PathBuf>,
 }
 
 /// An HTTP answer: status and optional JSON body.
@@ -56,9 +67,10 @@ fn reply(status: u16, body: Option<serde_json::Value>) -> Reply {
 
 /// Routes one request. A power-off is not done here but flagged in the reply: the server does
 /// it after the answer went out.
-pub fn route(method: &str, path: &str, vm: &dyn VmController) -> Reply {
+pub fn route(method: &str, path: &str, body: &[u8], vm: &dyn VmController) -> Reply {
     let known = [
         "/vm",
+        "/vm/snapshot",
         "/vm/pause",
         "/vm/resume",
         "/vm/shutdown",
@@ -80,6 +92,20 @@ pub fn route(method: &str, path: &str, vm: &dyn VmController) -> Reply {
             Ok(()) => reply(202, None),
             Err(e) => error(500, e),
         },
+        ("PUT", "/vm/snapshot") => {
+            let request = if body.iter().all(u8::is_ascii_whitespace) {
+                Ok(SnapshotRequest { dir: None })
+            } else {
+                serde_json::from_slice::<SnapshotRequest>(body)
+            };
+            match request {
+                Err(e) => error(400, format!("invalid snapshot request: {e}")),
+                Ok(r) => match vm.snapshot(r.dir) {
+                    Ok(info) => reply(200, Some(info)),
+                    Err(e) => error(500, e),
+                },
+            }
+        }
         ("PUT", "/vm/poweroff") => Reply {
             status: 202,
             body: None,
@@ -122,20 +148,42 @@ mod tests {
         fn metrics(&self) -> serde_json::Value {
             serde_json::json!({ "devices": {} })
         }
+        fn snapshot(&self, dir: Option<std::path::PathBuf>) -> Result<serde_json::Value, String> {
+            match dir {
+                Some(d) => Ok(serde_json::json!({ "dir": d })),
+                None => Err("no snapshot folder".into()),
+            }
+        }
     }
 
     #[test]
     fn test_routes() {
         let vm = Fake::default();
-        assert_eq!(route("PUT", "/vm/pause", &vm).status, 204);
-        assert_eq!(route("GET", "/vm", &vm).body.unwrap()["state"], "paused");
-        assert_eq!(route("PUT", "/vm/resume", &vm).status, 204);
-        assert_eq!(route("GET", "/vm", &vm).body.unwrap()["state"], "running");
-        assert_eq!(route("PUT", "/vm/shutdown", &vm).status, 500);
-        assert_eq!(route("GET", "/metrics", &vm).status, 200);
-        assert_eq!(route("POST", "/vm", &vm).status, 405);
-        assert_eq!(route("GET", "/nope", &vm).status, 404);
-        let off = route("PUT", "/vm/poweroff", &vm);
+        assert_eq!(route("PUT", "/vm/pause", b"", &vm).status, 204);
+        assert_eq!(
+            route("GET", "/vm", b"", &vm).body.unwrap()["state"],
+            "paused"
+        );
+        assert_eq!(route("PUT", "/vm/resume", b"", &vm).status, 204);
+        assert_eq!(
+            route("GET", "/vm", b"", &vm).body.unwrap()["state"],
+            "running"
+        );
+        assert_eq!(route("PUT", "/vm/shutdown", b"", &vm).status, 500);
+        assert_eq!(route("GET", "/metrics", b"", &vm).status, 200);
+        assert_eq!(route("POST", "/vm", b"", &vm).status, 405);
+        assert_eq!(route("GET", "/nope", b"", &vm).status, 404);
+        let snap = route("PUT", "/vm/snapshot", br#"{"dir": "/s"}"#, &vm);
+        assert_eq!(snap.status, 200);
+        assert_eq!(snap.body.unwrap()["dir"], "/s");
+        assert_eq!(route("PUT", "/vm/snapshot", b"", &vm).status, 500);
+        let bad = route("PUT", "/vm/snapshot", br#"{"folder": "/s"}"#, &vm);
+        assert_eq!(bad.status, 400);
+        assert!(bad.body.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field"));
+        let off = route("PUT", "/vm/poweroff", b"", &vm);
         assert_eq!(off.status, 202);
         assert!(off.poweroff_after);
         assert!(!vm.off.load(Ordering::SeqCst));

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -51,7 +51,15 @@ pub fn serve(
                     let (service_vm, service_poweroff) = (vm.clone(), poweroff.clone());
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (vm, poweroff) = (service_vm.clone(), service_poweroff.clone());
-                        async move { Ok::<_, Infallible>(handle(req, &vm, &poweroff)) }
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let limited = http_body_util::Limited::new(body, MAX_BODY);
+                            let response = match limited.collect().await {
+                                Ok(b) => handle(&parts, &b.to_bytes(), &vm, &poweroff),
+                                Err(_) => too_large(),
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     if let Err(e) = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -70,12 +78,24 @@ pub fn serve(
     Ok(())
 }
 
+/// Largest request body (a snapshot request is a path).
+const MAX_BODY: usize = 64 * 1024;
+
+fn too_large() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::json!({ "error": "request body too large" }).to_string(),
+    )));
+    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    response
+}
+
 fn handle(
-    req: Request<Incoming>,
+    req: &hyper::http::request::Parts,
+    body: &[u8],
     vm: &Arc<dyn VmController>,
     poweroff: &AtomicBool,
 ) -> Response<Full<Bytes>> {
-    let reply = route(req.method().as_str(), req.uri().path(), vm.as_ref());
+    let reply = route(req.method.as_str(), req.uri.path(), body, vm.as_ref());
     if reply.poweroff_after {
         poweroff.store(true, Ordering::SeqCst);
         // A client that keeps the connection open does not delay the power-off for long.
@@ -85,7 +105,7 @@ fn handle(
             vm.poweroff();
         });
     }
-    tracing::info!(method = %req.method(), path = req.uri().path(), status = reply.status, "api request");
+    tracing::info!(method = %req.method, path = req.uri.path(), status = reply.status, "api request");
     let body = reply.body.map(|b| b.to_string()).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() =

@@ -17,6 +17,7 @@ use crate::tap::open_tap;
 /// Opens the backend of `cfg` (a TAP already opened as `tap`, if given) and creates the net
 /// device.
 pub(super) fn create_net(
+    id: &str,
     cfg: &NetConfig,
     tap: Option<std::fs::File>,
 ) -> Result<NewDevice, DeviceError> {
@@ -52,7 +53,7 @@ pub(super) fn create_net(
     let net = Net::new(DeviceNetConfig { mac }, backend).map_err(DeviceError::Net)?;
     let metrics = net.metrics();
     let net = Arc::new(Mutex::new(net));
-    Ok(("net".to_string(), "net", net.clone(), net, metrics))
+    Ok((id.to_string(), "net", net.clone(), net, metrics))
 }
 
 /// Creates the balloon device, discarding pages of `mem`.

@@ -19,7 +19,8 @@ const KVM_IRQ_LINE: u64 = 0x4008_ae61;
 /// `FIONBIO` (what std's `set_nonblocking` uses on sockets).
 const FIONBIO: u64 = libc::FIONBIO;
 /// The flags glibc's `pthread_create` passes to `clone` (the fallback when `clone3` is
-/// refused): a thread of this process, nothing else.
+/// refused): a thread of this process, nothing else. musl adds `CLONE_DETACHED` (ignored by
+/// the kernel since 2.6) to the same set ([`MUSL_THREAD_CLONE_FLAGS`]).
 const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
     | libc::CLONE_FILES
@@ -29,6 +30,9 @@ const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_SETTLS
     | libc::CLONE_PARENT_SETTID
     | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// The flags musl's `pthread_create` passes to `clone` (a static musl build).
+const MUSL_THREAD_CLONE_FLAGS: u64 = THREAD_CLONE_FLAGS | 0x0040_0000;
 
 /// One allowed system call: any arguments when `rules` is empty, else those matching a rule.
 pub(super) struct Allowed {
@@ -79,11 +83,12 @@ fn common() -> Vec<Allowed> {
         any("munmap", libc::SYS_munmap),
         any("mremap", libc::SYS_mremap),
         any("mprotect", libc::SYS_mprotect),
+        // MADV_FREE: musl's malloc gives freed groups back that way (a static musl build).
         arg_in(
             "madvise",
             libc::SYS_madvise,
             2,
-            &[libc::MADV_DONTNEED as u64],
+            &[libc::MADV_DONTNEED as u64, libc::MADV_FREE as u64],
         ),
         any("futex", libc::SYS_futex),
         any("sched_yield", libc::SYS_sched_yield),
@@ -111,7 +116,12 @@ fn common() -> Vec<Allowed> {
 /// falls back to `clone`, whose flags a filter can check.
 fn thread_spawning() -> Vec<Allowed> {
     vec![
-        arg_in("clone", libc::SYS_clone, 0, &[THREAD_CLONE_FLAGS]),
+        arg_in(
+            "clone",
+            libc::SYS_clone,
+            0,
+            &[THREAD_CLONE_FLAGS, MUSL_THREAD_CLONE_FLAGS],
+        ),
         any("clone3", libc::SYS_clone3),
         any("set_robust_list", libc::SYS_set_robust_list),
         any("rseq", libc::SYS_rseq),
@@ -131,8 +141,11 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
     let extra = match kind {
         ThreadKind::Main => vec![],
         ThreadKind::Vcpu => {
+            let mut ioctls = vec![KVM_RUN, KVM_IRQ_LINE];
+            // A snapshot: each parked vCPU thread saves its own vCPU.
+            ioctls.extend(hypervisor::kvm::vcpu_save_ioctls());
             let mut v = vec![
-                arg_in("ioctl", libc::SYS_ioctl, 1, &[KVM_RUN, KVM_IRQ_LINE]),
+                arg_in("ioctl", libc::SYS_ioctl, 1, &ioctls),
                 // The vhost-user exchanges of virtio-fs activation and reset.
                 any("sendmsg", libc::SYS_sendmsg),
                 any("recvmsg", libc::SYS_recvmsg),
@@ -166,8 +179,34 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
             arg_in("madvise", libc::SYS_madvise, 2, &[libc::MADV_REMOVE as u64]),
         ],
         ThreadKind::Api => vec![
-            // Shutdown raises the i8042's interrupt.
-            arg_in("ioctl", libc::SYS_ioctl, 1, &[KVM_IRQ_LINE, FIONBIO]),
+            // Shutdown raises the i8042's interrupt; a snapshot saves the VM-wide state.
+            arg_in("ioctl", libc::SYS_ioctl, 1, &{
+                let mut v = vec![KVM_IRQ_LINE, FIONBIO];
+                v.extend(hypervisor::kvm::vm_save_ioctls());
+                v
+            }),
+            // A snapshot: the folder, the memory file (sparse: sized, then written where the
+            // guest's pages are, found with mincore or SEEK_DATA), the state file, renames.
+            any("mkdirat", libc::SYS_mkdirat),
+            // musl's open() is the `open` system call.
+            any("open", libc::SYS_open),
+            any("mkdir", libc::SYS_mkdir),
+            any("openat", libc::SYS_openat),
+            any("newfstatat", libc::SYS_newfstatat),
+            any("statx", libc::SYS_statx),
+            any("fstat", libc::SYS_fstat),
+            any("ftruncate", libc::SYS_ftruncate),
+            any("pwrite64", libc::SYS_pwrite64),
+            any("lseek", libc::SYS_lseek),
+            any("mincore", libc::SYS_mincore),
+            // ... and the writable disks are synced.
+            any("fsync", libc::SYS_fsync),
+            any("fdatasync", libc::SYS_fdatasync),
+            any("rename", libc::SYS_rename),
+            any("renameat", libc::SYS_renameat),
+            any("renameat2", libc::SYS_renameat2),
+            // The state file's document (serde_json buffers it) and the api's write.
+            any("write", libc::SYS_write),
             any("epoll_wait", libc::SYS_epoll_wait),
             any("epoll_pwait", libc::SYS_epoll_pwait),
             any("epoll_ctl", libc::SYS_epoll_ctl),

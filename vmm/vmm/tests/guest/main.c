@@ -867,6 +867,155 @@ static void test_fs(u64 base) {
     puts_("rmguest: fs ok\n");
 }
 
+/* ---- snapshots (rmtest.snap=1): state on every device, a counter with the guest clock, then
+ * the same devices checked once the VMM restored the machine (seen through the vsock
+ * transport reset on the event queue). The host snapshots after "snap tick 3" and restores. ---- */
+static inline void wrmsr(u32 msr, u64 v) { __asm__ volatile("wrmsr" :: "c"(msr), "a"((u32)v), "d"((u32)(v >> 32))); }
+static inline u64 rdtsc(void) { u32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return ((u64)hi << 32) | lo; }
+struct pvclock { u32 version; u32 pad0; u64 tsc_timestamp; u64 system_time; u32 mul; int8_t shift; u8 flags; u8 pad[2]; };
+static volatile struct pvclock kvmclock __attribute__((aligned(64)));
+/* kvmclock (MSR_KVM_SYSTEM_TIME_NEW): the guest clock the VMM saves and sets on restore. */
+static u64 clock_ns(void) {
+    u32 v; u64 ns;
+    do {
+        v = kvmclock.version; mb();
+        u64 delta = rdtsc() - kvmclock.tsc_timestamp;
+        if (kvmclock.shift < 0) delta >>= -kvmclock.shift; else delta <<= kvmclock.shift;
+        ns = kvmclock.system_time + (u64)(((unsigned __int128)delta * kvmclock.mul) >> 32);
+        mb();
+    } while ((v & 1) || v != kvmclock.version);
+    return ns;
+}
+static u64 find_device(const char *cmdline, u32 want) {
+    for (const char *s = cmdline; *s; s++) {
+        if (!startswith(s, "virtio_mmio.device=")) continue;
+        const char *p = s + 19;
+        parse_num(&p); if (*p == 'K') p++;
+        if (*p++ != '@') continue;
+        u64 base = parse_num(&p);
+        if (mmio_r(base + DEVICE_ID) == want) return base;
+    }
+    return 0;
+}
+static u32 snap_evbuf[4] __attribute__((aligned(16)));
+static u32 snap_pfn[2] __attribute__((aligned(16)));
+static void snap_pattern(u32 round) { for (u32 i = 0; i < 4096; i++) bdata[i] = (u8)(i * 13 + round); memcpy_(bcheck, bdata, 4096); }
+static void test_snapshot(const char *cmdline) {
+    u64 blk = find_device(cmdline, 2), vs = find_device(cmdline, 19), net = find_device(cmdline, 1), bal = find_device(cmdline, 5);
+    u32 f, bufs; struct vq bq, evq, inf, def; struct vsock_hdr h; u8 buf[256];
+    if (!blk || !vs || !net || !bal) { fail("snap devices"); return; }
+    /* disk: a pattern at sector 8 */
+    if (dev_init(blk, 1u << 9, &f) || vq_setup(&bq, blk, 0)) { fail("snap blk init"); return; }
+    dev_ready(blk);
+    snap_pattern(1);
+    if (blk_req(&bq, 1, 8, 4096, 1) != 0 || blk_req(&bq, 4, 0, 0, 0) != 0) { fail("snap blk write"); return; }
+    puts_("rmguest: snap blk written\n");
+    /* balloon: the driver reports 3 pages, one page inflated */
+    if (dev_init(bal, 1u << 5, &f) || vq_setup(&inf, bal, 0) || vq_setup(&def, bal, 1)) { fail("snap balloon init"); return; }
+    struct vq rep; if (vq_setup(&rep, bal, 2)) { fail("snap balloon rep"); return; }
+    dev_ready(bal);
+    mmio_w(bal + CONFIG + 4, 3);
+    snap_pfn[0] = 0x3000;
+    inf.desc[0].addr = (u64)snap_pfn; inf.desc[0].len = 4; inf.desc[0].flags = 0; inf.desc[0].next = 0;
+    vq_post(&inf, 0);
+    if (vq_wait(&inf, 0) < 0) { fail("snap balloon inflate"); return; }
+    puts_("rmguest: snap balloon actual 3\n");
+    /* net: one frame out */
+    if (dev_init(net, (1u << 5) | (1u << 15), &f) || vq_setup(&net_rx, net, 0) || vq_setup(&net_tx, net, 1)) { fail("snap net init"); return; }
+    dev_ready(net);
+    u8 mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = *(volatile u8 *)(net + CONFIG + i);
+    for (u16 i = 0; i < NET_RXBUFS; i++) net_post_rx(i);
+    net_frame(mac, "rmguest-snap-before");
+    if (net_send(0, (u64)ntx, 60)) { fail("snap net tx"); return; }
+    puts_("rmguest: snap net sent\n");
+    /* vsock: a host connection on rmtest.h2g, an event buffer posted */
+    if (dev_init(vs, 0, &f) || vq_setup(&vsock_rx, vs, 0) || vq_setup(&vsock_tx, vs, 1) || vq_setup(&evq, vs, 2)) { fail("snap vsock init"); return; }
+    dev_ready(vs);
+    guest_cid = mmio_r(vs + CONFIG) | ((u64)mmio_r(vs + CONFIG + 4) << 32);
+    for (u16 i = 0; i < RXBUFS; i++) vsock_post_rx(i);
+    snap_evbuf[0] = 0xffffffff;
+    evq.desc[0].addr = (u64)snap_evbuf; evq.desc[0].len = 4; evq.desc[0].flags = F_WRITE; evq.desc[0].next = 0;
+    vq_post(&evq, 0);
+    u32 port = cmdline_num(cmdline, "rmtest.h2g");
+    puts_("rmguest: snap vsock listening\n");
+    int n;
+    do { n = vsock_recv(port, &h, buf, sizeof buf); } while (n >= 0 && h.op != OP_REQUEST);
+    if (n < 0) { fail("snap vsock request"); return; }
+    u32 peer = h.src_port;
+    fwd_cnt = 0;
+    vsock_send(port, peer, OP_RESPONSE, 0, 0, 0);
+    u32 got = 0;
+    while (got < 11) { n = vsock_recv(port, &h, buf + got, sizeof buf - got); if (n < 0 || h.op != OP_RW) { fail("snap vsock data"); return; } got += n; }
+    vsock_send(port, peer, OP_RW, 0, buf, got);
+    puts_("rmguest: snap vsock connected\n");
+    /* the counter, on the guest clock, until the transport reset says the machine was restored */
+    wrmsr(0x4b564d01, (u64)&kvmclock | 1);
+    u64 next = clock_ns(); u32 tick = 0;
+    for (;;) {
+        mb();
+        if (evq.used->idx != evq.last_used) break;
+        u64 now = clock_ns();
+        if (now >= next) {
+            tick++;
+            puts_("rmguest: snap tick "); putdec(tick); puts_(" clock_ms "); putdec(now / 1000000); putc_('\n');
+            next = now + 100000000ull;
+        }
+        __asm__ volatile("pause");
+    }
+    u32 id; long evlen = vq_wait(&evq, &id);
+    tick++;
+    puts_("rmguest: snap tick "); putdec(tick); puts_(" clock_ms "); putdec(clock_ns() / 1000000); putc_('\n');
+    if (evlen != 4 || snap_evbuf[0] != 0) { fail("snap vsock event"); return; }
+    puts_("rmguest: snap vsock transport reset\n");
+    /* the old connection is gone on the host side: data on it is answered with a reset */
+    vsock_send(port, peer, OP_RW, 0, "late", 4);
+    do { n = vsock_recv(port, &h, buf, sizeof buf); } while (n >= 0 && !(h.op == OP_RST && h.src_port == peer));
+    if (n < 0) { fail("snap vsock old connection"); return; }
+    puts_("rmguest: snap vsock old connection reset\n");
+    /* the listener keeps serving */
+    puts_("rmguest: snap vsock listening again\n");
+    do { n = vsock_recv(port, &h, buf, sizeof buf); } while (n >= 0 && h.op != OP_REQUEST);
+    if (n < 0) { fail("snap vsock request again"); return; }
+    peer = h.src_port; fwd_cnt = 0;
+    vsock_send(port, peer, OP_RESPONSE, 0, 0, 0);
+    got = 0;
+    while (got < 11) { n = vsock_recv(port, &h, buf + got, sizeof buf - got); if (n < 0 || h.op != OP_RW) { fail("snap vsock data again"); return; } got += n; }
+    if (!memeq(buf, "hello-again", 11)) { fail("snap vsock content again"); return; }
+    vsock_send(port, peer, OP_RW, 0, buf, got);
+    puts_("rmguest: snap vsock new connection ok\n");
+    /* the disk still holds what was written before, and takes new writes */
+    memset_(bdata, 0, 4096);
+    if (blk_req(&bq, 0, 8, 4096, 0) != 0 || !memeq(bdata, bcheck, 4096)) { fail("snap blk readback"); return; }
+    snap_pattern(2);
+    if (blk_req(&bq, 1, 9, 4096, 1) != 0) { fail("snap blk write after"); return; }
+    memset_(bdata, 0, 4096);
+    if (blk_req(&bq, 0, 9, 4096, 0) != 0 || !memeq(bdata, bcheck, 4096)) { fail("snap blk readback after"); return; }
+    puts_("rmguest: snap blk ok\n");
+    /* the balloon kept its sizes and its queues */
+    u32 actual = mmio_r(bal + CONFIG + 4);
+    snap_pfn[0] = 0x3001;
+    vq_post(&inf, 0);
+    if (vq_wait(&inf, 0) < 0) { fail("snap balloon inflate after"); return; }
+    def.desc[0].addr = (u64)snap_pfn; def.desc[0].len = 4; def.desc[0].flags = 0; def.desc[0].next = 0;
+    vq_post(&def, 0);
+    if (vq_wait(&def, 0) < 0) { fail("snap balloon deflate after"); return; }
+    puts_("rmguest: snap balloon actual "); putdec(actual); putc_('\n');
+    if (actual != 3) { fail("snap balloon actual"); return; }
+    /* the net device reaches the backend's new connection */
+    net_frame(mac, "rmguest-snap-after");
+    if (net_send(0, (u64)ntx, 60)) { fail("snap net tx after"); return; }
+    if (net_recv(nbig, sizeof nbig, &bufs) != 60 || !memeq(nbig + 14, "snap-pong", 9)) { fail("snap net rx after"); return; }
+    puts_("rmguest: snap net ok\n");
+    for (u32 i = 0; i < 3; i++) {
+        u64 until = clock_ns() + 100000000ull;
+        while (clock_ns() < until) __asm__ volatile("pause");
+        tick++;
+        puts_("rmguest: snap tick "); putdec(tick); puts_(" clock_ms "); putdec(clock_ns() / 1000000); putc_('\n');
+    }
+    puts_("rmguest: snap done\n");
+}
+
 /* ---- main ---- */
 void guest_main(u64 boot_params) {
     puts_("rmguest: hello\n");
@@ -885,7 +1034,8 @@ void guest_main(u64 boot_params) {
         puts_("rmguest: mp cpus "); putdec(cpus); putc_('\n');
     } else fail("mp table");
 
-    for (const char *s = cmdline; *s; s++) {
+    if (cmdline_num(cmdline, "rmtest.snap")) test_snapshot(cmdline);
+    else for (const char *s = cmdline; *s; s++) {
         if (!startswith(s, "virtio_mmio.device=")) continue;
         const char *p = s + 19;
         parse_num(&p); if (*p == 'K') p++;

@@ -54,7 +54,9 @@ pub fn vmm_command() -> Command {
 fn vmm_command_inner() -> Command {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let bin = env!("CARGO_BIN_EXE_rmachine-vmm");
+    // RMTEST_VMM_BIN runs the tests against another build (a static musl one).
+    let built = env!("CARGO_BIN_EXE_rmachine-vmm");
+    let bin = std::env::var("RMTEST_VMM_BIN").unwrap_or_else(|_| built.to_string());
     match std::env::var_os("RMTEST_VMM_STRACE") {
         Some(dir) => {
             let n = RUNS.fetch_add(1, Ordering::SeqCst);
@@ -63,7 +65,7 @@ fn vmm_command_inner() -> Command {
             let mut cmd = Command::new("strace");
             cmd.args(["-f", "-ff", "-qq", "-o"])
                 .arg(out.join("t"))
-                .arg(bin)
+                .arg(&bin)
                 .arg("--seccomp-log");
             cmd
         }
@@ -190,10 +192,15 @@ impl Drop for VmmProcess {
 
 /// Sends one HTTP/1.1 request over a unix socket; returns (status, body).
 pub fn http(socket: &Path, method: &str, path: &str) -> (u16, String) {
+    http_with_body(socket, method, path, "")
+}
+
+/// [`http`] with a request body.
+pub fn http_with_body(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the api");
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let status = response

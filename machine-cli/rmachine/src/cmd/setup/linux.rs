@@ -16,7 +16,7 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     };
     let bin_dir = match args.bin_dir {
         Some(d) => d,
-        None if is_root() => PathBuf::from("/usr/local/bin"),
+        None if rmachine_image::is_root() => PathBuf::from("/usr/local/bin"),
         None => {
             PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/bin")
         }
@@ -61,15 +61,4 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
     }
     progress.done("docker CLI, compose, buildx, virtiofsd and passt ready");
     Ok(())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|r| r.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }

@@ -82,6 +82,18 @@ impl Balloon {
         self.actual_pages
     }
 
+    /// The balloon size asked of the guest, in 4 KiB pages.
+    pub fn target_pages(&self) -> u32 {
+        self.target_pages
+    }
+
+    /// Sets both sizes back (a restore): no configuration change is signalled, the driver
+    /// already saw them.
+    pub(super) fn restore_sizes(&mut self, target_pages: u32, actual_pages: u32) {
+        self.target_pages = target_pages;
+        self.actual_pages = actual_pages;
+    }
+
     /// Asks the guest for a balloon of `pages` 4 KiB pages (a configuration change).
     pub fn set_target_pages(&mut self, pages: u32) {
         self.target_pages = pages;
@@ -219,6 +231,20 @@ impl Balloon {
 }
 
 impl VirtioDevice for Balloon {
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        self.active
+            .as_ref()
+            .map(|a| crate::virtio::persist::progress_of(&a.queues))
+    }
+
+    fn save_state(&self) -> serde_json::Value {
+        self.state()
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        self.set_state(state)
+    }
+
     fn device_type(&self) -> u32 {
         device_type::BALLOON
     }

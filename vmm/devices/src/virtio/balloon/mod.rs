@@ -10,6 +10,7 @@
 mod device;
 mod event_handler;
 pub mod metrics;
+pub mod persist;
 pub mod request;
 
 use vm_memory::GuestAddress;

@@ -372,6 +372,22 @@ fn negotiate(frontend: &mut Frontend, path: &Path) -> Result<(u64, bool), FsErro
 }
 
 impl VirtioDevice for Fs {
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        // The backend owns the rings; see `snapshot_blocker`.
+        None
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        // The backend process holds the FUSE session (its inode and file-handle tables) and
+        // the ring positions; a restored guest would talk to a backend that never saw its
+        // FUSE_INIT. Carrying that over needs the backend's own migration (vhost-user
+        // SET_DEVICE_STATE_FD, virtiofsd 1.11's --migration-mode), not implemented here.
+        Some(format!(
+            "virtio-fs {:?}: its vhost-user backend holds the share's FUSE session, which a snapshot cannot carry over yet",
+            self.tag
+        ))
+    }
+
     fn device_type(&self) -> u32 {
         DEVICE_TYPE_FS
     }

@@ -423,6 +423,17 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        let active = self.active.as_ref()?;
+        let mut progress = crate::virtio::persist::progress_of(&active.queues);
+        // Receive chains taken from the ring but not used yet are given back: a restored
+        // device takes them again (the frames waiting for them are dropped, as a network may).
+        if let Some((next_avail, _)) = progress.get_mut(RXQ) {
+            *next_avail = next_avail.wrapping_sub(self.rx_chains.len() as u16);
+        }
+        Some(progress)
+    }
+
     fn device_type(&self) -> u32 {
         device_type::NET
     }

@@ -131,6 +131,12 @@ impl Rng {
 }
 
 impl VirtioDevice for Rng {
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        self.active
+            .as_ref()
+            .map(|a| crate::virtio::persist::progress_of(&a.queues))
+    }
+
     fn device_type(&self) -> u32 {
         device_type::RNG
     }

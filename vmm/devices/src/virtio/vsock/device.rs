@@ -36,6 +36,8 @@ pub struct Vsock {
     /// Tx packets were left in the queue because too many answers wait for rx buffers
     /// ([`VsockMuxer::control_backlogged`]); receiving resumes transmitting.
     tx_stalled: bool,
+    /// A transport reset waits for an event-queue buffer (after a restore).
+    reset_pending: bool,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -68,8 +70,14 @@ impl Vsock {
             queue_evts,
             active: None,
             tx_stalled: false,
+            reset_pending: false,
             metrics,
         })
+    }
+
+    /// The guest's CID.
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
     }
 
     /// The device's counters.
@@ -215,6 +223,57 @@ impl Vsock {
         }
     }
 
+    /// Asks for VIRTIO_VSOCK_EVENT_TRANSPORT_RESET to be sent: the driver then drops every
+    /// connection (they fail with ECONNRESET) and keeps its listening sockets.
+    pub(super) fn request_transport_reset(&mut self) {
+        self.reset_pending = true;
+        self.send_pending_reset();
+    }
+
+    /// Sends a pending transport reset in the next event-queue buffer, if the driver posted
+    /// one.
+    pub(super) fn send_pending_reset(&mut self) {
+        if !self.reset_pending {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if !Self::avail_ok(active, EVQ, &self.metrics) {
+            self.reset_pending = false;
+            return;
+        }
+        let mem = active.mem.clone();
+        let queue = &mut active.queues[EVQ];
+        let Some(desc_chain) = queue.pop_descriptor_chain(&mem) else {
+            return;
+        };
+        let head = desc_chain.head_index();
+        let event = super::defs::EVENT_TRANSPORT_RESET.to_le_bytes();
+        let len = match chain::collect(desc_chain, &mem, usize::from(QUEUE_SIZES[EVQ])) {
+            Ok(b) if b.writable_len() >= super::defs::EVENT_LEN => {
+                match scatter(&mem, &b.writable, 0, &event) {
+                    Ok(()) => super::defs::EVENT_LEN as u32,
+                    Err(_) => 0,
+                }
+            }
+            _ => {
+                VsockMetrics::add(&self.metrics.malformed_packets, 1);
+                warn_guest!("vsock: unusable event buffer");
+                0
+            }
+        };
+        if queue.add_used(&mem, head, len).is_err() {
+            active.interrupt.set_needs_reset();
+            return;
+        }
+        active.interrupt.signal_used_queue();
+        if len > 0 {
+            self.reset_pending = false;
+            tracing::info!("vsock: transport reset sent to the guest");
+        }
+    }
+
     pub(super) fn drain_queue_event(&self, idx: usize) {
         let _ = self.queue_evts[idx].read();
     }
@@ -225,6 +284,20 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
+    fn queue_progress(&self) -> Option<Vec<(u16, u16)>> {
+        self.active
+            .as_ref()
+            .map(|a| crate::virtio::persist::progress_of(&a.queues))
+    }
+
+    fn save_state(&self) -> serde_json::Value {
+        self.state()
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        self.set_state(state)
+    }
+
     fn device_type(&self) -> u32 {
         device_type::VSOCK
     }
@@ -257,6 +330,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.tx_stalled = false;
+        self.reset_pending = false;
         self.muxer.reset();
     }
 

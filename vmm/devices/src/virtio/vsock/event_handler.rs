@@ -36,8 +36,11 @@ impl MutEventSubscriber for Vsock {
                 self.drain_queue_event(idx);
                 if idx == TXQ {
                     self.process_tx();
-                } else if idx == RXQ || Self::is_event_queue(idx) {
-                    // New rx buffers, or event-queue buffers (kept for transport resets).
+                } else if Self::is_event_queue(idx) {
+                    // Event-queue buffers: kept for transport resets.
+                    self.send_pending_reset();
+                } else if idx == RXQ {
+                    // New rx buffers: filled below.
                 }
             }
             LISTENER_TOKEN => self.muxer.accept(),

@@ -10,6 +10,7 @@ mod device;
 mod event_handler;
 pub mod metrics;
 pub mod packet;
+pub mod persist;
 pub mod unix;
 
 pub use device::{Vsock, VsockConfig};
@@ -52,6 +53,11 @@ pub mod defs {
     pub const SHUTDOWN_RCV: u32 = 1;
     /// Shutdown: the sender will send no more.
     pub const SHUTDOWN_SEND: u32 = 2;
+
+    /// Event id of `struct virtio_vsock_event`: the transport was reset (5.10.6.8).
+    pub const EVENT_TRANSPORT_RESET: u32 = 0;
+    /// Length of `struct virtio_vsock_event`.
+    pub const EVENT_LEN: u64 = 4;
 
     /// Largest payload the device accepts in one packet.
     pub const MAX_PKT_PAYLOAD: u32 = 64 * 1024;
