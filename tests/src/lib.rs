@@ -3,7 +3,8 @@
 //! token, forwards the engine to a unix socket and runs the host's real `docker` CLI.
 //!
 //! The tests need the guest image (`rmachine image build`, which the README's setup and
-//! `.ci/run` do) and fail with that instruction when it is missing.
+//! `.ci/run` do) and fail with that instruction when it is missing; the arm64 tests need
+//! the arm64 image (`rmachine image build --arch arm64`, a part of `.ci/run`).
 //!
 //! [`nested`] is the nested-KVM harness (rmachine-vmm inside an L1 VM under TCG), shared by
 //! the `nested_vmm` test and the nested benchmark.
@@ -19,21 +20,30 @@ use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rmachine_machine::accel;
+use rmachine_machine::accel::{self, Accel, AccelChoice};
 use rmachine_machine::guest_link::{Carrier, ControlClient};
 use rmachine_machine::paths::Paths;
-use rmachine_machine::qemu::QemuVm;
+pub use rmachine_machine::platform::Arch;
+use rmachine_machine::platform::Platform;
+use rmachine_machine::qemu::{self, QemuVm};
 use rmachine_protocol::config_disk::GuestConfig;
 use rmachine_protocol::control::{GuestInfo, Reply, Request, ServiceState};
 use rmachine_protocol::Service;
 
-/// The installed guest image (newest), verified; panics with the fix when missing.
+/// The installed guest image of the host's architecture (newest), verified; panics with
+/// the fix when missing.
 pub fn image() -> (rmachine_machine::image_store::Manifest, PathBuf) {
+    image_of(Arch::host())
+}
+
+/// The installed guest image of `arch` (newest), verified; panics with the fix when
+/// missing.
+pub fn image_of(arch: Arch) -> (rmachine_machine::image_store::Manifest, PathBuf) {
     let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
-    match rmachine_machine::image_store::resolve(&paths, None) {
+    match rmachine_machine::image_store::resolve(&paths, None, arch) {
         Ok(found) => found,
         Err(e) => panic!(
-            "no usable guest image ({e}). Build it first: `rmachine image build` \
+            "no usable {arch} guest image ({e}). Build it first: `rmachine image build --arch {arch}` \
              (the README's setup command and .ci/run do this)"
         ),
     }
@@ -68,7 +78,13 @@ impl Guest {
     /// Boots the image with `data_disk` under QEMU (accelerator chosen as the `qemu`
     /// driver does).
     pub fn boot(dir: &Path, data_disk: &Path) -> Guest {
-        let (manifest, _) = image();
+        Guest::boot_arch(dir, data_disk, Arch::host(), None)
+    }
+
+    /// Boots the image of `arch` with `data_disk` under QEMU, with `accel` or the one the
+    /// `qemu` driver would choose for that architecture.
+    pub fn boot_arch(dir: &Path, data_disk: &Path, arch: Arch, accel: Option<Accel>) -> Guest {
+        let (manifest, _) = image_of(arch);
         let token = new_token();
         let config = GuestConfig {
             version: rmachine_protocol::PROTOCOL_VERSION,
@@ -85,12 +101,14 @@ impl Guest {
         };
         let config_disk = dir.join("config.img");
         std::fs::write(&config_disk, config.encode()).expect("write config disk");
-        Guest::boot_custom(
+        Guest::boot_custom_arch(
             dir,
             data_disk,
             &manifest.kernel_cmdline,
             &config_disk,
             token,
+            arch,
+            accel,
         )
     }
 
@@ -103,7 +121,27 @@ impl Guest {
         third_disk: &Path,
         token: String,
     ) -> Guest {
-        let (manifest, image_dir) = image();
+        Guest::boot_custom_arch(
+            dir,
+            data_disk,
+            cmdline,
+            third_disk,
+            token,
+            Arch::host(),
+            None,
+        )
+    }
+
+    fn boot_custom_arch(
+        dir: &Path,
+        data_disk: &Path,
+        cmdline: &str,
+        third_disk: &Path,
+        token: String,
+        arch: Arch,
+        accel: Option<Accel>,
+    ) -> Guest {
+        let (manifest, image_dir) = image_of(arch);
         let mut ports = BTreeMap::new();
         let mut forwards = Vec::new();
         for service in Service::ALL {
@@ -112,14 +150,22 @@ impl Guest {
             forwards.push((host, service.port()));
         }
         let console_log = dir.join("console.log");
-        let choice = accel::choose();
+        let choice = match accel {
+            Some(accel) => AccelChoice {
+                accel,
+                reason: "chosen by the test".into(),
+            },
+            None => accel::choose_for(arch),
+        };
         eprintln!(
-            "booting {} under QEMU ({}: {})",
+            "booting {} ({arch}) under QEMU ({}: {})",
             manifest.version,
             choice.accel.as_str(),
             choice.reason
         );
         let vm = QemuVm {
+            arch,
+            host: Platform::current(),
             kernel: image_dir.join(&manifest.kernel.file),
             cmdline: cmdline.to_string(),
             rootfs: image_dir.join(&manifest.rootfs.file),
@@ -137,7 +183,7 @@ impl Guest {
             primary_mac: None,
             nics: vec![],
         };
-        let mut command = vm.command();
+        let mut command = vm.command().expect("a QEMU command for this host");
         if std::env::var_os("RMACHINE_E2E_VERBOSE").is_some() {
             eprintln!("qemu command: {command:?}");
         }
@@ -146,7 +192,13 @@ impl Guest {
             .stdout(std::fs::File::create(dir.join("qemu.out")).unwrap())
             .stderr(std::fs::File::create(dir.join("qemu.err")).unwrap())
             .spawn()
-            .expect("start qemu-system-x86_64 (Debian package qemu-system-x86)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (Debian package {}): {e}",
+                    qemu::binary(arch),
+                    qemu::debian_package(arch)
+                )
+            });
         Guest {
             dir: dir.to_path_buf(),
             carrier: Arc::new(Carrier::Tcp { ports, token }),
@@ -374,7 +426,7 @@ fn output_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("wait for the command")
 }
 
-/// A root filesystem tarball of busybox-static with its applets linked, for
+/// A root filesystem tarball of the host's busybox-static with its applets linked, for
 /// `docker import` (no registry is reachable).
 pub fn busybox_tarball(dir: &Path) -> PathBuf {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -382,12 +434,77 @@ pub fn busybox_tarball(dir: &Path) -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .expect("busybox not found: install the Debian package busybox-static");
+    busybox_tarball_from(dir, &busybox)
+}
+
+/// The same for a guest of `arch`: the host's busybox for the host's architecture, else
+/// [`busybox_of`].
+pub fn busybox_tarball_of(dir: &Path, arch: Arch) -> PathBuf {
+    if arch == Arch::host() {
+        return busybox_tarball(dir);
+    }
+    busybox_tarball_from(dir, &busybox_of(arch))
+}
+
+/// ELF `e_machine` of a file, if it is an ELF file.
+pub fn elf_machine(path: &Path) -> Option<u16> {
+    let bytes = std::fs::read(path).ok()?;
+    (bytes.get(..4) == Some(b"\x7fELF")).then_some(())?;
+    bytes.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// Debian trixie's busybox-static for `arch`, downloaded through the image builder's own
+/// apt configuration (the host's dpkg architectures are not changed) and kept under the
+/// cache root (`e2e/busybox-static-<arch>/busybox`) for the next runs.
+pub fn busybox_of(arch: Arch) -> PathBuf {
+    struct Quiet;
+    impl rmachine_image::Progress for Quiet {
+        fn step(&self, _: usize, _: usize, _: &str) {}
+        fn detail(&self, what: &str) {
+            eprintln!("  {what}");
+        }
+        fn finish(&self, _: &str) {}
+    }
+    let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
+    let cached = paths
+        .cache()
+        .join(format!("e2e/busybox-static-{arch}/busybox"));
+    if elf_machine(&cached) != Some(arch.elf_machine()) {
+        let unpack = cached.with_file_name("unpack");
+        let _ = std::fs::remove_dir_all(&unpack);
+        std::fs::create_dir_all(&unpack).expect("create the busybox folder");
+        let dirs = rmachine_image::BuildDirs::new(paths.cache(), paths.images_dir());
+        let package = format!("busybox-static:{arch}");
+        eprintln!("fetching {package} from Debian trixie");
+        let got =
+            rmachine_image::host_tools::unpack_packages(&dirs, None, &[&package], &unpack, &Quiet)
+                .unwrap_or_else(|e| panic!("cannot fetch {package}: {}", error_chain(&e)));
+        eprintln!("  {}", got.join(", "));
+        let binary = ["usr/bin/busybox", "bin/busybox"]
+            .into_iter()
+            .map(|p| unpack.join(p))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{package} has no busybox binary"));
+        std::fs::rename(&binary, &cached).expect("keep busybox");
+        let _ = std::fs::remove_dir_all(&unpack);
+    }
+    assert_eq!(
+        elf_machine(&cached),
+        Some(arch.elf_machine()),
+        "{} is not an {arch} executable",
+        cached.display()
+    );
+    cached
+}
+
+/// A root filesystem tarball of `busybox` with its applets linked.
+fn busybox_tarball_from(dir: &Path, busybox: &Path) -> PathBuf {
     let root = dir.join("busybox-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     for d in ["etc", "tmp", "www", "proc", "sys", "dev"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     for applet in [
         "sh",
         "echo",
@@ -460,8 +577,15 @@ pub struct MachineEnv {
 }
 
 impl MachineEnv {
+    /// An env whose images folder holds an image of the host's architecture.
     pub fn new() -> MachineEnv {
-        let (_, image_dir) = image();
+        MachineEnv::with_image_of(Arch::host())
+    }
+
+    /// An env whose images folder holds an image of `arch` (panics with the fix if none
+    /// does).
+    pub fn with_image_of(arch: Arch) -> MachineEnv {
+        let (_, image_dir) = image_of(arch);
         let images = image_dir.parent().expect("images folder").to_path_buf();
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()

@@ -375,7 +375,9 @@ impl RemoteHost {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let mut cmd = Command::new(rmachine_machine::qemu::QEMU);
+        let mut cmd = Command::new(rmachine_machine::qemu::binary(
+            rmachine_machine::platform::Arch::Amd64,
+        ));
         let accel = match rmachine_machine::accel::choose().accel {
             rmachine_machine::accel::Accel::Tcg => "tcg,thread=single".to_string(),
             other => other.as_str().to_string(),

@@ -75,7 +75,9 @@ fn store_kind(e: &StoreError) -> ErrorKind {
 
 fn machine_kind(e: &MachineError) -> ErrorKind {
     match e {
-        MachineError::Unsupported { .. } => ErrorKind::Unsupported,
+        MachineError::Unsupported { .. } | MachineError::UnsupportedArch { .. } => {
+            ErrorKind::Unsupported
+        }
         MachineError::Store(s) => store_kind(s),
         MachineError::NotRunning { .. } => ErrorKind::NotRunning,
         MachineError::Io { .. } => ErrorKind::Io,

@@ -1,10 +1,15 @@
 //! A separate apt configuration that reaches Debian trixie (own sources list, lists and
 //! package cache under the build cache), used for downloads and debootstrap. The host's
-//! own apt sources are never changed; only its mirror URL is borrowed.
+//! own apt sources are never changed; only its mirror URL is borrowed. Its lists hold
+//! the packages of every guest architecture (amd64 and arm64), so a package of another
+//! architecture than the host's (`busybox-static:arm64`) can be downloaded without
+//! changing the host's dpkg architectures.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use rmachine_protocol::image::Arch;
 
 use crate::BuildDirs;
 
@@ -57,7 +62,7 @@ impl Apt {
             std::fs::write(&status, "").map_err(ImageError::io("cannot write", &status))?;
         }
         let apt = Apt { root, mirror };
-        if changed || apt.lists_stale() {
+        if changed || apt.lists_stale() || !apt.lists_complete() {
             progress.detail(&format!("apt-get update ({SUITE} from {})", apt.mirror));
             command::run(
                 apt.command("apt-get").arg("update"),
@@ -66,6 +71,21 @@ impl Apt {
             )?;
         }
         Ok(apt)
+    }
+
+    /// Whether the lists hold every architecture's packages (a cache shared with an older
+    /// build has only amd64's).
+    fn lists_complete(&self) -> bool {
+        let names: Vec<String> = std::fs::read_dir(self.root.join("lists"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        Arch::ALL.iter().all(|arch| {
+            let suffix = format!("binary-{arch}_Packages");
+            names.iter().any(|n| n.ends_with(&suffix))
+        })
     }
 
     fn lists_stale(&self) -> bool {
@@ -94,7 +114,8 @@ impl Apt {
             ("Dir::State::Lists", r("lists")),
             ("Dir::State::Status", r("status")),
             ("Dir::Cache", r("cache")),
-            ("APT::Architecture", "amd64".to_string()),
+            ("APT::Architecture", host_arch().to_string()),
+            ("APT::Architectures", architectures()),
             ("APT::Sandbox::User", "root".to_string()),
             ("Debug::NoLocking", "true".to_string()),
         ] {
@@ -110,7 +131,8 @@ impl Apt {
         parse_candidate(&out).ok_or_else(|| ImageError::MissingPackage(package.to_string()))
     }
 
-    /// Downloads `package=version` into `dir`; returns the .deb's path.
+    /// Downloads `package=version` into `dir` (`package` may name its architecture:
+    /// `busybox-static:arm64`); returns the .deb's path.
     pub(crate) fn download(
         &self,
         package: &str,
@@ -126,7 +148,10 @@ impl Apt {
             &self.root.join("apt.log"),
             &mut |_| {},
         )?;
-        let prefix = format!("{package}_");
+        let (name, arch) = match package.split_once(':') {
+            Some((name, arch)) => (name, arch.to_string()),
+            None => (package, host_arch().to_string()),
+        };
         std::fs::read_dir(dir)
             .map_err(ImageError::io("cannot list", dir))?
             .flatten()
@@ -134,7 +159,7 @@ impl Apt {
             .find(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                    .is_some_and(|n| is_deb_of(n, name, version, &arch))
             })
             .ok_or_else(|| ImageError::MissingPackage(package.to_string()))
     }
@@ -147,6 +172,30 @@ impl Apt {
     pub(crate) fn archives(&self) -> PathBuf {
         self.root.join("cache/archives")
     }
+}
+
+/// The architecture apt installs for: the host's (the host tools' bundles).
+fn host_arch() -> Arch {
+    tools::host_arch().unwrap_or(Arch::Amd64)
+}
+
+/// Every guest architecture, the host's first.
+fn architectures() -> String {
+    let host = host_arch();
+    std::iter::once(host)
+        .chain(Arch::ALL.into_iter().filter(|a| *a != host))
+        .map(Arch::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether `file` is the .deb apt downloads for `name=version` of `arch` (or of `all`):
+/// `name_version_arch.deb`, an epoch's colon written `%3a`.
+fn is_deb_of(file: &str, name: &str, version: &str, arch: &str) -> bool {
+    let version = version.replace(':', "%3a");
+    [arch, "all"]
+        .iter()
+        .any(|a| file == format!("{name}_{version}_{a}.deb"))
 }
 
 fn parse_candidate(policy: &str) -> Option<String> {
@@ -249,6 +298,40 @@ mod tests {
             mirror_from_one_line("deb-src http://m.example/debian bookworm main"),
             None
         );
+    }
+
+    #[test]
+    fn test_deb_file_names_match_version_and_arch() {
+        assert!(is_deb_of(
+            "busybox-static_1%3a1.37.0-6_arm64.deb",
+            "busybox-static",
+            "1:1.37.0-6",
+            "arm64"
+        ));
+        assert!(!is_deb_of(
+            "busybox-static_1%3a1.37.0-6_amd64.deb",
+            "busybox-static",
+            "1:1.37.0-6",
+            "arm64"
+        ));
+        assert!(!is_deb_of(
+            "busybox-static_1%3a1.36.1-9_arm64.deb",
+            "busybox-static",
+            "1:1.37.0-6",
+            "arm64"
+        ));
+        assert!(is_deb_of(
+            "linux-source-6.12_6.12.117-1_all.deb",
+            "linux-source-6.12",
+            "6.12.117-1",
+            "amd64"
+        ));
+        let archs = architectures();
+        assert!(
+            archs.contains("amd64") && archs.contains("arm64"),
+            "{archs}"
+        );
+        assert!(archs.starts_with(host_arch().as_str()), "{archs}");
     }
 
     #[test]

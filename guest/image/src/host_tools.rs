@@ -92,8 +92,9 @@ fn set_executable(path: &Path) -> Result<(), ImageError> {
 }
 
 /// Unpacks the newest trixie build of each of `packages` into `dest` (the bundles of host
-/// daemons: `rmachine_machine::host_tools::Bundle::install`); returns "package version"
-/// for each.
+/// daemons: `rmachine_machine::host_tools::Bundle::install`; a package of another
+/// architecture is named with it: `busybox-static:arm64`); returns "package version" for
+/// each.
 pub fn unpack_packages(
     dirs: &BuildDirs,
     mirror: Option<&str>,
@@ -102,7 +103,9 @@ pub fn unpack_packages(
     progress: &dyn Progress,
 ) -> Result<Vec<String>, ImageError> {
     let apt = Apt::setup(dirs, mirror, progress)?;
-    let log = dirs.host_tools_scratch().join("host-tools.log");
+    let scratch = dirs.host_tools_scratch();
+    std::fs::create_dir_all(&scratch).map_err(ImageError::io("cannot create", &scratch))?;
+    let log = scratch.join("host-tools.log");
     let mut unpacked = Vec::new();
     for package in packages {
         let version = apt.candidate(package)?;

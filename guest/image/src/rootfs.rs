@@ -1,5 +1,6 @@
-//! The guest root filesystem: `debootstrap --variant=minbase` of Debian trixie with the
-//! packages of `rootfs/packages.txt`, stripped of docs, man pages and locales, plus the
+//! The guest root filesystem: `debootstrap --variant=minbase --arch=<arch>` of Debian
+//! trixie with the packages of `rootfs/packages.txt` (the same for every architecture;
+//! another architecture's package scripts run under QEMU's user-mode emulation), stripped of docs, man pages and locales, plus the
 //! files of `rootfs/overlay/` and the agent, packed read-only as erofs (lz4hc).
 //!
 //! The writable state lives elsewhere: `/run` and `/tmp` are tmpfs, `/var/lib/docker`,
@@ -8,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use rmachine_protocol::image::Arch;
 
 use crate::BuildDirs;
 
@@ -26,7 +29,8 @@ const OVERLAY: &[(&str, &str)] = &[
 ];
 
 /// Bumped when the base steps (debootstrap, stripping) change.
-const BASE_RECIPE: &str = "1";
+/// 2: the architecture in the key and on debootstrap's command line.
+const BASE_RECIPE: &str = "2";
 /// Bumped when the final assembly steps change.
 const FINAL_RECIPE: &str = "2";
 
@@ -66,6 +70,7 @@ const MOUNT_POINTS: &[&str] = &[
 /// Where the agent lives in the guest (the kernel's `init=`).
 pub(crate) const AGENT_PATH: &str = "sbin/rmachine-agent";
 
+#[derive(Debug)]
 pub(crate) struct Agent {
     pub path: PathBuf,
     pub sha256: String,
@@ -76,11 +81,26 @@ pub(crate) struct Built {
     pub erofs: PathBuf,
 }
 
-/// Checks that the agent exists and is statically linked (the guest's libc is not ours).
-pub(crate) fn check_agent(path: &Path) -> Result<Agent, ImageError> {
-    let bytes = std::fs::read(path).map_err(|_| ImageError::NoAgent(path.to_path_buf()))?;
+/// Checks that the agent exists, is statically linked (the guest's libc is not ours) and
+/// is built for `arch` (an agent of another architecture makes a guest that panics at
+/// init).
+pub(crate) fn check_agent(path: &Path, arch: Arch) -> Result<Agent, ImageError> {
+    let bytes = std::fs::read(path).map_err(|_| ImageError::NoAgent(path.to_path_buf(), arch))?;
     if !is_static_elf(&bytes) {
-        return Err(ImageError::AgentNotStatic(path.to_path_buf()));
+        return Err(ImageError::AgentNotStatic(path.to_path_buf(), arch));
+    }
+    let machine = elf_machine(&bytes);
+    if machine != Some(arch.elf_machine()) {
+        let found = Arch::ALL
+            .into_iter()
+            .find(|a| Some(a.elf_machine()) == machine)
+            .map(|a| a.kernel_name().to_string())
+            .unwrap_or_else(|| format!("ELF machine {}", machine.unwrap_or(0)));
+        return Err(ImageError::AgentWrongArch {
+            path: path.to_path_buf(),
+            found,
+            arch,
+        });
     }
     Ok(Agent {
         path: path.to_path_buf(),
@@ -114,6 +134,11 @@ fn is_static_elf(b: &[u8]) -> bool {
     })
 }
 
+/// The ELF header's `e_machine` (offset 18).
+fn elf_machine(b: &[u8]) -> Option<u16> {
+    b.get(18..20).map(|s| u16::from_le_bytes([s[0], s[1]]))
+}
+
 fn packages() -> Vec<&'static str> {
     PACKAGES
         .lines()
@@ -122,9 +147,10 @@ fn packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn base_key() -> String {
+fn base_key(arch: Arch) -> String {
     content_key(&[
         ("recipe", BASE_RECIPE.as_bytes()),
+        ("arch", arch.as_str().as_bytes()),
         ("suite", SUITE.as_bytes()),
         ("packages", PACKAGES.as_bytes()),
     ])
@@ -142,24 +168,55 @@ fn final_key(base: &str, agent: &Agent) -> String {
     content_key(&parts)
 }
 
+/// Makes sure the debootstrapped base of `arch` is in the cache, unless the finished root
+/// filesystem for `agent` is (it needs no base). Reports nothing while it works (its log
+/// is `rootfs/build.log`), so that it can run beside the kernel build: the base spends most
+/// of its time waiting (downloads, and under emulation the packages' scripts), the kernel
+/// build on the CPUs. Returns how long debootstrap took, when it ran.
+pub(crate) fn prepare_base(
+    dirs: &BuildDirs,
+    apt: &Apt,
+    arch: Arch,
+    agent: &Agent,
+) -> Result<Option<std::time::Duration>, ImageError> {
+    struct Silent;
+    impl Progress for Silent {
+        fn step(&self, _: usize, _: usize, _: &str) {}
+        fn detail(&self, _: &str) {}
+        fn finish(&self, _: &str) {}
+    }
+    let cache = dirs.rootfs_cache();
+    std::fs::create_dir_all(&cache).map_err(ImageError::io("cannot create", &cache))?;
+    let base_key = base_key(arch);
+    let key = final_key(&base_key, agent);
+    let base = cache.join(format!("base-{base_key}"));
+    if cache.join(format!("{key}.erofs")).exists() || base.join(".complete").exists() {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    debootstrap(&cache, &base, arch, apt, &Silent)?;
+    Ok(Some(started.elapsed()))
+}
+
 pub(crate) fn build(
     dirs: &BuildDirs,
     apt: &Apt,
+    arch: Arch,
     agent: &Agent,
     progress: &dyn Progress,
 ) -> Result<Built, ImageError> {
     let cache = dirs.rootfs_cache();
     std::fs::create_dir_all(&cache).map_err(ImageError::io("cannot create", &cache))?;
-    let base_key = base_key();
+    let base_key = base_key(arch);
     let key = final_key(&base_key, agent);
     let erofs = cache.join(format!("{key}.erofs"));
     if erofs.exists() {
-        progress.finish(&format!("root filesystem {} (cached)", &key[..12]));
+        progress.finish(&format!("{arch} root filesystem {} (cached)", &key[..12]));
         return Ok(Built { key, erofs });
     }
     let base = cache.join(format!("base-{base_key}"));
     if !base.join(".complete").exists() {
-        debootstrap(&cache, &base, apt, progress)?;
+        debootstrap(&cache, &base, arch, apt, progress)?;
     } else {
         progress.detail(&format!("base {} (cached)", &base_key[..12]));
     }
@@ -189,13 +246,14 @@ pub(crate) fn build(
     )?;
     std::fs::rename(&partial, &erofs).map_err(ImageError::io("cannot move to", &erofs))?;
     remove_dir(&stage)?;
-    progress.finish(&format!("root filesystem {} built", &key[..12]));
+    progress.finish(&format!("{arch} root filesystem {} built", &key[..12]));
     Ok(Built { key, erofs })
 }
 
 fn debootstrap(
     cache: &Path,
     base: &Path,
+    arch: Arch,
     apt: &Apt,
     progress: &dyn Progress,
 ) -> Result<(), ImageError> {
@@ -205,12 +263,13 @@ fn debootstrap(
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs).map_err(ImageError::io("cannot create", &debs))?;
     progress.detail(&format!(
-        "debootstrap {SUITE} from {} (log: {})",
+        "debootstrap {SUITE} {arch} from {} (log: {})",
         apt.mirror(),
         cache.join("build.log").display()
     ));
     let mut cmd = Command::new("debootstrap");
-    cmd.arg("--variant=minbase")
+    cmd.arg(format!("--arch={arch}"))
+        .arg("--variant=minbase")
         .arg(format!("--include={}", packages().join(",")))
         .arg(format!("--keyring={}", tools::TRIXIE_KEYRING))
         .arg(format!("--cache-dir={}", debs.display()))
@@ -329,6 +388,46 @@ mod tests {
         elf.extend(vec![0u8; 56]);
         elf[64..68].copy_from_slice(&3u32.to_le_bytes());
         assert!(!is_static_elf(&elf));
+    }
+
+    /// A static ELF header of `machine` (no program headers).
+    fn static_elf(machine: u16) -> Vec<u8> {
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+        elf[18..20].copy_from_slice(&machine.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn test_agent_of_another_arch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("rmachine-agent");
+        std::fs::write(&agent, static_elf(62)).unwrap();
+        check_agent(&agent, Arch::Amd64).unwrap();
+        let err = check_agent(&agent, Arch::Arm64).unwrap_err().to_string();
+        assert!(
+            err.contains("built for x86_64") && err.contains("aarch64-unknown-linux-musl"),
+            "{err}"
+        );
+        std::fs::write(&agent, static_elf(183)).unwrap();
+        check_agent(&agent, Arch::Arm64).unwrap();
+        assert!(check_agent(&agent, Arch::Amd64).is_err());
+        std::fs::write(&agent, static_elf(243)).unwrap();
+        let err = check_agent(&agent, Arch::Arm64).unwrap_err().to_string();
+        assert!(err.contains("ELF machine 243"), "{err}");
+        let err = check_agent(&dir.path().join("none"), Arch::Arm64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not found") && err.contains("--target aarch64-unknown-linux-musl"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_base_key_depends_on_arch() {
+        assert_ne!(base_key(Arch::Amd64), base_key(Arch::Arm64));
+        assert_eq!(base_key(Arch::Arm64), base_key(Arch::Arm64));
     }
 
     #[test]

@@ -176,7 +176,7 @@ async fn serve(
     if machine.spec.driver == rmachine_machine::config::DriverKind::Ssh {
         return remote::serve(machine, state, stop_tx, stop_rx).await;
     }
-    let choice = choose_backend(machine.spec.driver);
+    let choice = choose_backend(machine.spec.driver, machine.spec.arch);
     tracing::info!(backend = choice.backend.as_str(), accel = choice.accel.as_str(), reason = %choice.reason, "backend chosen");
     state.update(|s| {
         s.backend = Some(choice.backend.as_str().to_string());

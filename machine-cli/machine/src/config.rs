@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::platform::Arch;
+
 /// Version of the `machine.toml` format written by this build.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -85,9 +87,13 @@ pub struct Settings {
     /// Data disk size in GiB (sparse); default 64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_size_gib: Option<u32>,
-    /// Guest image version; default the newest installed.
+    /// Guest image version; default the newest installed of the machine's architecture.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Guest architecture (`amd64`, `arm64`); default the host's. Another architecture
+    /// than the host's runs under QEMU's software emulation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
     /// Shared folders; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<MountSpec>>,
@@ -111,6 +117,7 @@ pub struct MachineSpec {
     pub memory_mib: u32,
     pub disk_size_gib: u32,
     pub image: Option<String>,
+    pub arch: Arch,
     pub mounts: Vec<MountSpec>,
     pub ssh: Option<crate::ssh::SshSettings>,
     #[serde(default)]
@@ -151,6 +158,7 @@ impl Settings {
             memory_mib: other.memory_mib.or(self.memory_mib),
             disk_size_gib: other.disk_size_gib.or(self.disk_size_gib),
             image: other.image.clone().or_else(|| self.image.clone()),
+            arch: other.arch.or(self.arch),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
             ssh: other.ssh.clone().or_else(|| self.ssh.clone()),
             networks: other.networks.clone().or_else(|| self.networks.clone()),
@@ -250,6 +258,7 @@ impl Settings {
             memory_mib: self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
             disk_size_gib: self.disk_size_gib.unwrap_or(DEFAULT_DISK_SIZE_GIB),
             image: self.image.clone(),
+            arch: self.arch.unwrap_or_else(Arch::host),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
             ssh: self.ssh.clone(),
             networks: self.networks.clone().unwrap_or_default(),
@@ -260,8 +269,8 @@ impl Settings {
 
 /// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
 /// (`engine.KEY` sets one engine setting: `rmachine config set engine.log-driver local`.)
-pub const KEYS: [&str; 7] = [
-    "cpus", "memory", "disk", "driver", "image", "networks", "engine",
+pub const KEYS: [&str; 8] = [
+    "cpus", "memory", "disk", "driver", "image", "arch", "networks", "engine",
 ];
 
 impl MachineSpec {
@@ -273,6 +282,7 @@ impl MachineSpec {
             "disk" => format!("{}G", self.disk_size_gib),
             "driver" => self.driver.as_str().to_string(),
             "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
+            "arch" => self.arch.to_string(),
             "ssh-host" => (self.ssh.as_ref())
                 .map(|s| s.target().to_string())
                 .unwrap_or_else(|| "(not an ssh machine)".into()),
@@ -317,6 +327,7 @@ impl Settings {
                 self.driver = Some(DriverKind::parse(value).map_err(|m| invalid("driver", m))?)
             }
             "image" => self.image = Some(value.to_string()),
+            "arch" => self.arch = Some(Arch::parse(value).map_err(|m| invalid("arch", m))?),
             "ssh-host" => crate::ssh::set_host(&mut self.ssh, value)?,
             // A comma-separated list; empty: none.
             "networks" => {
@@ -746,5 +757,37 @@ mod tests {
         assert!(!s.resolve().engine.contains_key("log-driver"));
         s.set("engine", "").unwrap();
         assert!(s.resolve().engine.is_empty());
+    }
+
+    #[test]
+    fn test_arch_defaults_to_the_host_and_is_set_by_name() {
+        let mut s = Settings::default();
+        assert_eq!(s.resolve().arch, Arch::host());
+        assert_eq!(s.resolve().get("arch").unwrap(), Arch::host().as_str());
+        s.set("arch", "arm64").unwrap();
+        assert_eq!(s.arch, Some(Arch::Arm64));
+        assert_eq!(s.resolve().get("arch").unwrap(), "arm64");
+        let err = s.set("arch", "riscv64").unwrap_err().to_string();
+        assert!(
+            err.contains("arch") && err.contains("riscv64") && err.contains("amd64 or arm64"),
+            "{err}"
+        );
+        assert_eq!(s.arch, Some(Arch::Arm64), "a refused value changes nothing");
+        // machine.toml carries it; flags override the defaults.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("machine.toml");
+        write_machine_file(&path, &s).unwrap();
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("arch = \"arm64\""));
+        assert_eq!(read_machine_file(&path).unwrap().arch, Some(Arch::Arm64));
+        std::fs::write(&path, "version = 1\narch = \"sparc\"\n").unwrap();
+        let err = read_machine_file(&path).unwrap_err().to_string();
+        assert!(err.contains("sparc"), "{err}");
+        let defaults = Settings {
+            arch: Some(Arch::Amd64),
+            ..Default::default()
+        };
+        assert_eq!(defaults.overlay(&s).resolve().arch, Arch::Arm64);
     }
 }

@@ -102,6 +102,19 @@ impl HostTool {
     }
 }
 
+/// Where Debian puts the dynamic loader and the libraries of `arch`, inside a bundle
+/// (the bundle's packages are the host's architecture).
+fn loader_paths(arch: crate::platform::Arch) -> (&'static str, &'static str) {
+    match arch {
+        crate::platform::Arch::Amd64 => {
+            ("usr/lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu")
+        }
+        crate::platform::Arch::Arm64 => {
+            ("usr/lib/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu")
+        }
+    }
+}
+
 impl Bundle {
     /// The bundle's folder under the cache.
     pub fn dir(&self, paths: &Paths) -> PathBuf {
@@ -109,9 +122,10 @@ impl Bundle {
     }
 
     fn tool_in(&self, dir: &Path) -> HostTool {
+        let (loader, library_path) = loader_paths(crate::platform::Arch::host());
         HostTool {
-            loader: Some(dir.join("usr/lib64/ld-linux-x86-64.so.2")),
-            library_path: Some(dir.join("usr/lib/x86_64-linux-gnu")),
+            loader: Some(dir.join(loader)),
+            library_path: Some(dir.join(library_path)),
             binary: dir.join(self.binary),
         }
     }
@@ -224,18 +238,24 @@ mod tests {
         std::fs::write(bundle.join(".complete"), "fake 1.0").unwrap();
         let tool = FAKE.find(&paths).unwrap();
         let cmd = tool.command();
-        assert_eq!(
-            cmd.get_program(),
-            bundle.join("usr/lib64/ld-linux-x86-64.so.2")
-        );
+        let (loader, libs) = loader_paths(crate::platform::Arch::host());
+        assert_eq!(cmd.get_program(), bundle.join(loader));
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(
             args,
             [
                 std::ffi::OsStr::new("--library-path"),
-                bundle.join("usr/lib/x86_64-linux-gnu").as_os_str(),
+                bundle.join(libs).as_os_str(),
                 bundle.join("usr/bin/fake").as_os_str()
             ]
+        );
+        assert_eq!(
+            loader_paths(crate::platform::Arch::Amd64),
+            ("usr/lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu")
+        );
+        assert_eq!(
+            loader_paths(crate::platform::Arch::Arm64),
+            ("usr/lib/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu")
         );
     }
 

@@ -1,10 +1,11 @@
 //! The installed guest images (`images/<version>/`): listing, removal, and the image a
-//! machine boots, verified against its manifest's checksums and protocol at every start.
+//! machine boots (the newest of the machine's architecture, or the version it names),
+//! verified against its manifest's architecture, checksums and protocol at every start.
 //! The image builder (`guest/image`) writes these folders; this module only reads them.
 
 use std::path::{Path, PathBuf};
 
-pub use rmachine_protocol::image::{files, Artifact, Manifest, ManifestError};
+pub use rmachine_protocol::image::{files, Arch, Artifact, Manifest, ManifestError};
 use sha2::{Digest, Sha256};
 
 use crate::paths::Paths;
@@ -14,8 +15,14 @@ use crate::paths::Paths;
 pub enum ImageStoreError {
     #[error("image {0} not found")]
     NotFound(String),
-    #[error("no guest image is installed: run `rmachine image build`")]
-    NoneInstalled,
+    #[error("no {0} guest image is installed: run `rmachine image build --arch {0}`")]
+    NoneInstalled(Arch),
+    #[error("image {version} is an {image} image; this machine runs {machine} guests (leave the image setting unset for the newest {machine} image)")]
+    WrongArch {
+        version: String,
+        image: Arch,
+        machine: Arch,
+    },
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -69,21 +76,30 @@ pub fn remove(paths: &Paths, version: &str) -> Result<(), ImageStoreError> {
     std::fs::remove_dir_all(&dir).map_err(io("cannot remove", &dir))
 }
 
-/// The image to use: `version`, or the newest installed one; checksums verified.
+/// The image a machine of architecture `arch` boots: `version` (which must be of that
+/// architecture), or the newest installed of that architecture; checksums verified.
 pub fn resolve(
     paths: &Paths,
     version: Option<&str>,
+    arch: Arch,
 ) -> Result<(Manifest, PathBuf), ImageStoreError> {
     let version = match version {
         Some(v) => v.to_string(),
         None => list(paths)?
             .into_iter()
-            .next()
+            .find(|(m, _)| m.arch == arch)
             .map(|(m, _)| m.version)
-            .ok_or(ImageStoreError::NoneInstalled)?,
+            .ok_or(ImageStoreError::NoneInstalled(arch))?,
     };
     let dir = paths.image_dir(&version);
     let manifest = Manifest::read(&dir).map_err(|_| ImageStoreError::NotFound(version.clone()))?;
+    if manifest.arch != arch {
+        return Err(ImageStoreError::WrongArch {
+            version,
+            image: manifest.arch,
+            machine: arch,
+        });
+    }
     verify(&manifest, &dir)?;
     Ok((manifest, dir))
 }
@@ -119,6 +135,10 @@ mod tests {
     use super::*;
 
     fn fake_image(paths: &Paths, version: &str) -> Manifest {
+        fake_image_of(paths, version, Arch::Amd64)
+    }
+
+    fn fake_image_of(paths: &Paths, version: &str, arch: Arch) -> Manifest {
         let dir = paths.image_dir(version);
         std::fs::create_dir_all(&dir).unwrap();
         let describe = |file: &str, bytes: &[u8]| {
@@ -131,13 +151,14 @@ mod tests {
         };
         let m = Manifest {
             version: version.into(),
+            arch,
             protocol: rmachine_protocol::PROTOCOL_VERSION,
-            kernel: describe(files::KERNEL, b"kernel"),
+            kernel: describe(files::kernel(arch), b"kernel"),
             rootfs: describe(files::ROOTFS, b"rootfs"),
             kernel_source: "linux-source-6.12 6.12.1-1".into(),
             kernel_config_sha256: "c".into(),
             agent_sha256: "a".into(),
-            kernel_cmdline: rmachine_protocol::image::KERNEL_CMDLINE.into(),
+            kernel_cmdline: rmachine_protocol::image::kernel_cmdline(arch).into(),
         };
         m.write(&dir).unwrap();
         m
@@ -156,10 +177,13 @@ mod tests {
             remove(&paths, "../etc"),
             Err(ImageStoreError::NotFound(_))
         ));
-        assert!(matches!(
-            resolve(&paths, None),
-            Err(ImageStoreError::NoneInstalled)
-        ));
+        let err = resolve(&paths, None, Arch::Arm64).unwrap_err();
+        assert!(matches!(err, ImageStoreError::NoneInstalled(Arch::Arm64)));
+        assert!(
+            err.to_string()
+                .contains("rmachine image build --arch arm64"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -167,13 +191,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
         let mut m = fake_image(&paths, "0.1.0-abc");
-        let (found, found_dir) = resolve(&paths, None).unwrap();
+        let (found, found_dir) = resolve(&paths, None, Arch::Amd64).unwrap();
         assert_eq!(found, m);
         assert_eq!(found_dir, paths.image_dir("0.1.0-abc"));
         assert_eq!(list(&paths).unwrap().len(), 1);
 
         std::fs::write(found_dir.join(files::ROOTFS), b"tampered").unwrap();
-        let err = resolve(&paths, Some("0.1.0-abc")).unwrap_err().to_string();
+        let err = resolve(&paths, Some("0.1.0-abc"), Arch::Amd64)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("rootfs.erofs") && err.contains("damaged"),
             "{err}"
@@ -185,5 +211,49 @@ mod tests {
 
         remove(&paths, "0.1.0-abc").unwrap();
         assert!(list(&paths).unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_resolve_takes_the_newest_image_of_the_arch() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
+        let old_amd64 = fake_image_of(&paths, "0.1.0-amd64-old", Arch::Amd64);
+        let arm64 = fake_image_of(&paths, "0.1.0-arm64-new", Arch::Arm64);
+        // The arm64 image is the newest of all; each arch still gets its own.
+        let age = |version: &str, secs: u64| {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(paths.image_dir(version).join(files::MANIFEST))
+                .unwrap();
+            file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        age("0.1.0-amd64-old", 1_000);
+        age("0.1.0-arm64-new", 2_000);
+        assert_eq!(list(&paths).unwrap()[0].0.version, "0.1.0-arm64-new");
+        assert_eq!(resolve(&paths, None, Arch::Amd64).unwrap().0, old_amd64);
+        let (found, found_dir) = resolve(&paths, None, Arch::Arm64).unwrap();
+        assert_eq!(found, arm64);
+        assert!(found_dir.join("Image").is_file());
+        // A named image of another architecture is refused, saying both.
+        let err = resolve(&paths, Some("0.1.0-arm64-new"), Arch::Amd64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("0.1.0-arm64-new")
+                && err.contains("arm64 image")
+                && err.contains("amd64 guests"),
+            "{err}"
+        );
+        // A manifest written before the arch field is an amd64 image.
+        let legacy = paths.image_dir("0.1.0-amd64-old").join(files::MANIFEST);
+        let mut value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&legacy).unwrap()).unwrap();
+        value.as_object_mut().unwrap().remove("arch");
+        std::fs::write(&legacy, value.to_string()).unwrap();
+        assert_eq!(
+            resolve(&paths, None, Arch::Amd64).unwrap().0.version,
+            "0.1.0-amd64-old"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod image_store;
 pub mod lifecycle;
 pub mod network;
 pub mod paths;
+pub mod platform;
 pub mod qemu;
 pub mod ssh;
 pub mod state;

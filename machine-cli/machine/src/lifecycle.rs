@@ -60,6 +60,8 @@ pub struct MachineSummary {
     pub detail: String,
     pub driver: Option<String>,
     pub backend: Option<String>,
+    /// The guest architecture (`amd64`, `arm64`).
+    pub arch: Option<String>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
     pub disk_size_gib: Option<u32>,
@@ -102,6 +104,7 @@ impl MachineSummary {
             detail: s.detail.clone(),
             driver: Some(machine.spec.driver.as_str().to_string()),
             backend: s.backend.clone(),
+            arch: Some(machine.spec.arch.to_string()).filter(|_| vm),
             cpus: Some(machine.spec.cpus).filter(|_| vm),
             memory_mib: Some(machine.spec.memory_mib).filter(|_| vm),
             disk_size_gib: Some(machine.spec.disk_size_gib).filter(|_| vm),
@@ -132,6 +135,7 @@ impl MachineSummary {
             detail: String::new(),
             driver: None,
             backend: None,
+            arch: None,
             cpus: None,
             memory_mib: None,
             disk_size_gib: None,
@@ -568,13 +572,15 @@ impl Lifecycle {
     pub fn inspect(&self, name: &str) -> Result<serde_json::Value, LifecycleError> {
         let m = self.store.load(name)?;
         let d = driver::for_machine(&m);
-        let mut choice = driver::choose_backend(m.spec.driver);
+        let mut choice = driver::choose_backend(m.spec.driver, m.spec.arch);
         if m.spec.driver == crate::config::DriverKind::Ssh {
             choice.reason = "the engine runs on the ssh host".into();
+            choice.accel_reason = "the engine runs on the ssh host".into();
         }
         let remote = crate::ssh::remote::RemoteRecord::read(&m.files.remote_record());
         Ok(serde_json::json!({
             "name": m.name,
+            "arch": m.spec.arch,
             "settings": m.spec,
             "state": m.state.redacted(),
             "driver": {
@@ -582,6 +588,7 @@ impl Lifecycle {
                 "capabilities": d.capabilities(),
                 "backend": m.state.backend.clone().unwrap_or_else(|| if d.capabilities().remote { "ssh".into() } else { choice.backend.as_str().to_string() }),
                 "accel": choice.accel.as_str(),
+                "accel_reason": choice.accel_reason,
                 "reason": m.state.backend_reason.clone().unwrap_or(choice.reason),
             },
             "endpoints": d.endpoints(&m)?,

@@ -1,16 +1,29 @@
-//! The QEMU command line for a guest (`-M microvm`, virtio-mmio devices, which QEMU also
-//! announces on the kernel command line): the `qemu` driver's engine, and the real-VM
-//! path of the tests where hardware KVM is missing.
+//! The QEMU command line for a guest: the `qemu` driver's engine, and the real-VM path of
+//! the tests where hardware KVM is missing.
+//!
+//! - amd64 guests: `qemu-system-x86_64 -M microvm`, virtio-mmio devices that QEMU also
+//!   announces on the kernel command line; a triple fault (`reboot=t`) resets.
+//! - arm64 guests: `qemu-system-aarch64 -M virt`, virtio-mmio devices from the device
+//!   tree, each pinned to its transport (`bus=virtio-mmio-bus.N`) so that the disks are
+//!   `vda`, `vdb`, `vdc` (root, data, config) in that order; PSCI resets.
+//!
+//! The host platform is an argument ([`QemuVm::host`]), not a `cfg`, so one test run
+//! checks the command every platform gets.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
 use crate::accel::Accel;
+use crate::platform::{Arch, HostOs, Platform};
 
 /// Everything QEMU needs to boot one machine.
 #[derive(Debug, Clone)]
 pub struct QemuVm {
+    /// The guest's architecture (the image's).
+    pub arch: Arch,
+    /// The host QEMU runs on.
+    pub host: Platform,
     pub kernel: PathBuf,
     /// Base kernel command line (from the image manifest).
     pub cmdline: String,
@@ -58,66 +71,108 @@ pub struct QemuShare {
     pub socket: PathBuf,
 }
 
-/// The QEMU binary for this host's architecture.
-pub const QEMU: &str = "qemu-system-x86_64";
+/// Why a QEMU command cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{what} needs a Linux host (this one is {host})")]
+    NeedsLinux { what: &'static str, host: Platform },
+}
+
+/// The QEMU binary that runs guests of `arch`.
+pub fn binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    }
+}
+
+/// The Debian package with [`binary`].
+pub fn debian_package(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86",
+        Arch::Arm64 => "qemu-system-arm",
+    }
+}
 
 impl QemuVm {
     /// The full command. A guest reset ends QEMU (`-no-reboot`): the agent powers off by
-    /// resetting, as a microVM without ACPI has no other way.
-    pub fn command(&self) -> Command {
-        let mut cmd = Command::new(QEMU);
-        let mut machine = "microvm,acpi=off,rtc=off,pcie=off".to_string();
+    /// resetting, as a microVM without ACPI has no other way (and arm64 resets through
+    /// PSCI the same way).
+    pub fn command(&self) -> Result<Command, QemuError> {
+        let mut cmd = Command::new(binary(self.arch));
+        cmd.args(self.args()?);
+        Ok(cmd)
+    }
+
+    /// The arguments of [`QemuVm::command`].
+    pub fn args(&self) -> Result<Vec<String>, QemuError> {
+        if self.host.os != HostOs::Linux {
+            // vhost-user devices need the guest memory in a memfd; vhost-vsock is a Linux
+            // kernel device.
+            if !self.shares.is_empty() {
+                return Err(QemuError::NeedsLinux {
+                    what: "sharing folders through virtio-fs",
+                    host: self.host,
+                });
+            }
+            if self.vsock_cid.is_some() {
+                return Err(QemuError::NeedsLinux {
+                    what: "vhost-vsock",
+                    host: self.host,
+                });
+            }
+        }
+        let mut a = Args::default();
+        let mut machine = match self.arch {
+            Arch::Amd64 => "microvm,acpi=off,rtc=off,pcie=off".to_string(),
+            // Hardware virtualization gets the host's GIC (GICv3-only hosts, most arm64
+            // servers and Apple Silicon, have no GICv2); TCG keeps the default GICv2.
+            Arch::Arm64 if self.accel != Accel::Tcg => "virt,gic-version=max".to_string(),
+            Arch::Arm64 => "virt".to_string(),
+        };
         if !self.shares.is_empty() {
             // vhost-user devices need the guest memory shared with virtiofsd.
             machine.push_str(",memory-backend=mem");
-            cmd.args([
+            a.pair(
                 "-object",
-                &format!(
+                format!(
                     "memory-backend-memfd,id=mem,size={}M,share=on",
                     self.memory_mib
                 ),
-            ]);
+            );
         }
-        // Software emulation runs the vCPUs on one host thread: with one thread per vCPU
-        // (MTTCG) a guest kernel's live code patching (static keys, `text_poke_bp`) was seen to
-        // hit a vCPU still running the old code, an `int3` the kernel did not place: "Oops:
-        // int3" and a panic, under a `docker build` that enabled a static key.
-        let accel = match self.accel {
-            Accel::Tcg => "tcg,thread=single".to_string(),
-            other => other.as_str().to_string(),
-        };
-        cmd.args(["-M", &machine, "-accel", &accel]);
-        cmd.args([
-            "-cpu",
-            if self.accel == Accel::Tcg {
-                "max"
-            } else {
-                "host"
+        a.pair("-M", machine);
+        a.pair("-accel", self.accel_arg());
+        a.pair("-cpu", self.cpu_arg());
+        a.pair("-smp", self.cpus.to_string());
+        a.pair("-m", format!("{}M", self.memory_mib));
+        a.words(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        a.pair("-serial", format!("file:{}", self.console_log.display()));
+        a.pair("-kernel", self.kernel.display().to_string());
+        a.pair(
+            "-append",
+            match self.arch {
+                // x86's reset: a triple fault, which `-no-reboot` turns into QEMU's exit.
+                Arch::Amd64 => format!("{} reboot=t", self.cmdline),
+                Arch::Arm64 => self.cmdline.clone(),
             },
-        ]);
-        cmd.args([
-            "-smp",
-            &self.cpus.to_string(),
-            "-m",
-            &format!("{}M", self.memory_mib),
-        ]);
-        cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        cmd.arg("-serial")
-            .arg(format!("file:{}", self.console_log.display()));
-        cmd.arg("-kernel").arg(&self.kernel);
-        cmd.arg("-append").arg(format!("{} reboot=t", self.cmdline));
+        );
         let disks = [
             ("root", &self.rootfs, true),
             ("data", &self.data_disk, false),
             ("config", &self.config_disk, true),
         ];
+        let mut bus = Buses::new(self.arch);
         for (id, path, read_only) in disks {
             let ro = if read_only { ",readonly=on" } else { "" };
-            cmd.arg("-drive").arg(format!(
-                "id={id},file={},format=raw,if=none,cache=writeback,discard=unmap{ro}",
-                escape(path)
-            ));
-            cmd.args(["-device", &format!("virtio-blk-device,drive={id}")]);
+            a.pair(
+                "-drive",
+                format!(
+                    "id={id},file={},format=raw,if=none,cache=writeback,discard=unmap{ro}",
+                    escape(path)
+                ),
+            );
+            a.pair("-device", bus.pin(format!("virtio-blk-device,drive={id}")));
         }
         let mut netdev = "user,id=net0".to_string();
         for (host, guest_port) in &self.forwards {
@@ -127,54 +182,126 @@ impl QemuVm {
                 host.port()
             ));
         }
+        a.pair("-netdev", netdev);
         let mut primary = "virtio-net-device,netdev=net0".to_string();
         if let Some(mac) = &self.primary_mac {
             primary.push_str(&format!(",mac={mac}"));
         }
-        cmd.args(["-netdev", &netdev, "-device", &primary]);
+        a.pair("-device", bus.pin(primary));
         // Without a vnet header on a stream netdev, QEMU offers the guest no checksum or
         // segmentation offloads: the guest computes every checksum (VXLAN needs them).
         for (i, nic) in self.nics.iter().enumerate() {
             let id = format!("nic{}", i + 1);
-            cmd.args([
+            a.pair(
                 "-netdev",
-                &format!(
+                format!(
                     "stream,id={id},server=off,addr.type=unix,addr.path={}",
                     escape(&nic.socket)
                 ),
+            );
+            a.pair(
                 "-device",
-                &format!("virtio-net-device,netdev={id},mac={}", nic.mac),
-            ]);
+                bus.pin(format!("virtio-net-device,netdev={id},mac={}", nic.mac)),
+            );
         }
-        cmd.args([
-            "-object",
-            "rng-random,id=rng0,filename=/dev/urandom",
+        a.pair("-object", "rng-random,id=rng0,filename=/dev/urandom".into());
+        a.pair("-device", bus.pin("virtio-rng-device,rng=rng0".into()));
+        // Memory the guest frees goes back to the host (free page reporting), as under
+        // rmachine-vmm: an idle machine does not keep the peak of its last build.
+        a.pair(
             "-device",
-            "virtio-rng-device,rng=rng0",
-            // Memory the guest frees goes back to the host (free page reporting), as under
-            // rmachine-vmm: an idle machine does not keep the peak of its last build.
-            "-device",
-            "virtio-balloon-device,free-page-reporting=on",
-        ]);
+            bus.pin("virtio-balloon-device,free-page-reporting=on".into()),
+        );
         for (i, share) in self.shares.iter().enumerate() {
-            cmd.arg("-chardev")
-                .arg(format!("socket,id=fs{i},path={}", escape(&share.socket)));
-            cmd.args([
+            a.pair(
+                "-chardev",
+                format!("socket,id=fs{i},path={}", escape(&share.socket)),
+            );
+            a.pair(
                 "-device",
-                &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag),
-            ]);
+                bus.pin(format!(
+                    "vhost-user-fs-device,chardev=fs{i},tag={}",
+                    share.tag
+                )),
+            );
         }
         if let Some(cid) = self.vsock_cid {
-            cmd.args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
+            a.pair(
+                "-device",
+                bus.pin(format!("vhost-vsock-device,guest-cid={cid}")),
+            );
         }
         if let Some(qmp) = &self.qmp_socket {
-            cmd.arg("-qmp")
-                .arg(format!("unix:{},server=on,wait=off", escape(qmp)));
+            a.pair("-qmp", format!("unix:{},server=on,wait=off", escape(qmp)));
         }
         if let Some(pid) = &self.pid_file {
-            cmd.arg("-pidfile").arg(pid);
+            a.pair("-pidfile", pid.display().to_string());
         }
-        cmd
+        Ok(a.0)
+    }
+
+    fn accel_arg(&self) -> String {
+        match (self.accel, self.arch) {
+            // Software emulation of x86 runs the vCPUs on one host thread: with one thread
+            // per vCPU (MTTCG) a guest kernel's live code patching (static keys,
+            // `text_poke_bp`) was seen to hit a vCPU still running the old code, an `int3`
+            // the kernel did not place: "Oops: int3" and a panic, under a `docker build`
+            // that enabled a static key. arm64 has no such `int3` patching: it keeps MTTCG.
+            (Accel::Tcg, Arch::Amd64) => "tcg,thread=single".into(),
+            (other, _) => other.as_str().into(),
+        }
+    }
+
+    fn cpu_arg(&self) -> String {
+        match (self.accel, self.arch) {
+            (Accel::Tcg, Arch::Amd64) => "max".into(),
+            // QEMU's architected pointer authentication (QARMA5) is slow to emulate and
+            // Debian's userspace signs every return: the implementation-defined algorithm
+            // halves the time to the engine ready (ARM64.md).
+            (Accel::Tcg, Arch::Arm64) => "max,pauth-impdef=on".into(),
+            _ => "host".into(),
+        }
+    }
+}
+
+/// The command's arguments as they are added.
+#[derive(Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    fn pair(&mut self, flag: &str, value: String) {
+        self.0.push(flag.to_string());
+        self.0.push(value);
+    }
+
+    fn words(&mut self, words: &[&str]) {
+        self.0.extend(words.iter().map(|w| w.to_string()));
+    }
+}
+
+/// The virtio-mmio transports of `-M virt`, handed out in order. Unpinned, `-M virt`
+/// gives the first device the highest-addressed transport and Linux names disks in
+/// address order (the root would be `vdc`); `-M microvm` needs no pinning.
+struct Buses {
+    next: Option<u32>,
+}
+
+impl Buses {
+    fn new(arch: Arch) -> Buses {
+        Buses {
+            next: (arch == Arch::Arm64).then_some(0),
+        }
+    }
+
+    fn pin(&mut self, device: String) -> String {
+        match &mut self.next {
+            Some(n) => {
+                let pinned = format!("{device},bus=virtio-mmio-bus.{n}");
+                *n += 1;
+                pinned
+            }
+            None => device,
+        }
     }
 }
 
@@ -187,8 +314,15 @@ fn escape(path: &std::path::Path) -> String {
 mod tests {
     use super::*;
 
+    const LINUX_X86: Platform = Platform {
+        os: HostOs::Linux,
+        arch: Arch::Amd64,
+    };
+
     fn vm() -> QemuVm {
         QemuVm {
+            arch: Arch::Amd64,
+            host: LINUX_X86,
             kernel: "/i/bzImage".into(),
             cmdline: "console=ttyS0".into(),
             rootfs: "/i/rootfs.erofs".into(),
@@ -208,9 +342,37 @@ mod tests {
         }
     }
 
+    fn arm64_vm(host: Platform, accel: Accel) -> QemuVm {
+        QemuVm {
+            arch: Arch::Arm64,
+            host,
+            accel,
+            kernel: "/i/Image".into(),
+            cmdline: "console=ttyAMA0".into(),
+            ..vm()
+        }
+    }
+
+    /// The value after `flag` (the first).
+    fn value<'a>(args: &'a [String], flag: &str) -> &'a str {
+        args.windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
+    }
+
+    /// Every `-device` value, in order.
+    fn devices(args: &[String]) -> Vec<&str> {
+        args.windows(2)
+            .filter(|w| w[0] == "-device")
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
     #[test]
     fn test_command_has_disks_in_order_and_forwards() {
-        let cmd = vm().command();
+        let cmd = vm().command().unwrap();
+        assert_eq!(cmd.get_program(), "qemu-system-x86_64");
         let args: Vec<String> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -234,12 +396,6 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("reboot=t"));
-        assert!(args.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
-        assert!(
-            args.windows(2)
-                .any(|w| w[0] == "-accel" && w[1] == "tcg,thread=single"),
-            "{joined}"
-        );
         assert!(
             !joined.contains("memory-backend"),
             "no shared memory without shares"
@@ -253,12 +409,7 @@ mod tests {
             tag: "share0".into(),
             socket: "/m/fs0.sock".into(),
         }];
-        let joined: Vec<String> = v
-            .command()
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let joined = joined.join(" ");
+        let joined = v.args().unwrap().join(" ");
         assert!(
             joined.contains("memory-backend-memfd,id=mem,size=2048M,share=on"),
             "{joined}"
@@ -278,6 +429,171 @@ mod tests {
     }
 
     #[test]
+    fn test_amd64_on_linux_kvm_and_tcg() {
+        let mut v = vm();
+        v.accel = Accel::Kvm;
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-M"), "microvm,acpi=off,rtc=off,pcie=off");
+        assert_eq!(value(&args, "-accel"), "kvm");
+        assert_eq!(value(&args, "-cpu"), "host");
+        assert_eq!(value(&args, "-append"), "console=ttyS0 reboot=t");
+        // microvm places its transports itself: nothing pinned.
+        assert!(
+            devices(&args).iter().all(|d| !d.contains("bus=")),
+            "{args:?}"
+        );
+        v.accel = Accel::Tcg;
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-accel"), "tcg,thread=single");
+        assert_eq!(value(&args, "-cpu"), "max");
+    }
+
+    #[test]
+    fn test_arm64_on_x86_64_linux_tcg() {
+        let mut v = arm64_vm(LINUX_X86, Accel::Tcg);
+        v.shares = vec![
+            QemuShare {
+                tag: "share0".into(),
+                socket: "/m/fs0.sock".into(),
+            },
+            QemuShare {
+                tag: "share1".into(),
+                socket: "/m/fs1.sock".into(),
+            },
+        ];
+        v.qmp_socket = Some("/m/qmp.sock".into());
+        let cmd = v.command().unwrap();
+        assert_eq!(cmd.get_program(), "qemu-system-aarch64");
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-M"), "virt,memory-backend=mem");
+        assert_eq!(value(&args, "-accel"), "tcg", "arm64 keeps MTTCG");
+        assert_eq!(value(&args, "-cpu"), "max,pauth-impdef=on");
+        assert_eq!(
+            value(&args, "-append"),
+            "console=ttyAMA0",
+            "no x86 reboot=t: arm64 resets through PSCI"
+        );
+        assert!(args.iter().any(|a| a == "-no-reboot"));
+        assert_eq!(
+            devices(&args),
+            [
+                "virtio-blk-device,drive=root,bus=virtio-mmio-bus.0",
+                "virtio-blk-device,drive=data,bus=virtio-mmio-bus.1",
+                "virtio-blk-device,drive=config,bus=virtio-mmio-bus.2",
+                "virtio-net-device,netdev=net0,bus=virtio-mmio-bus.3",
+                "virtio-rng-device,rng=rng0,bus=virtio-mmio-bus.4",
+                "virtio-balloon-device,free-page-reporting=on,bus=virtio-mmio-bus.5",
+                "vhost-user-fs-device,chardev=fs0,tag=share0,bus=virtio-mmio-bus.6",
+                "vhost-user-fs-device,chardev=fs1,tag=share1,bus=virtio-mmio-bus.7",
+            ]
+        );
+        let joined = args.join(" ");
+        assert!(!joined.contains("microvm") && !joined.contains("acpi=off"));
+        assert!(
+            joined.contains("hostfwd=tcp:127.0.0.1:41000-:1024"),
+            "the TCP carrier as on amd64: {joined}"
+        );
+    }
+
+    #[test]
+    fn test_arm64_on_arm64_linux_kvm_with_vsock() {
+        let host = Platform {
+            os: HostOs::Linux,
+            arch: Arch::Arm64,
+        };
+        let mut v = arm64_vm(host, Accel::Kvm);
+        v.vsock_cid = Some(7);
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-M"), "virt,gic-version=max");
+        assert_eq!(value(&args, "-accel"), "kvm");
+        assert_eq!(value(&args, "-cpu"), "host");
+        assert_eq!(
+            devices(&args).last().copied(),
+            Some("vhost-vsock-device,guest-cid=7,bus=virtio-mmio-bus.6")
+        );
+    }
+
+    #[test]
+    fn test_arm64_on_macos_hvf() {
+        let host = Platform {
+            os: HostOs::Macos,
+            arch: Arch::Arm64,
+        };
+        let v = arm64_vm(host, Accel::Hvf);
+        let cmd = v.command().unwrap();
+        assert_eq!(cmd.get_program(), "qemu-system-aarch64");
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-M"), "virt,gic-version=max");
+        assert_eq!(value(&args, "-accel"), "hvf");
+        assert_eq!(value(&args, "-cpu"), "host");
+        assert_eq!(devices(&args).len(), 6, "{args:?}");
+        // Shares (a memfd for vhost-user) and vhost-vsock are Linux's.
+        let mut shared = arm64_vm(host, Accel::Hvf);
+        shared.shares = vec![QemuShare {
+            tag: "share0".into(),
+            socket: "/m/fs0.sock".into(),
+        }];
+        let err = shared.args().unwrap_err().to_string();
+        assert!(
+            err.contains("virtio-fs") && err.contains("macos aarch64"),
+            "{err}"
+        );
+        let mut vsock = arm64_vm(host, Accel::Hvf);
+        vsock.vsock_cid = Some(3);
+        assert!(vsock.args().is_err());
+    }
+
+    #[test]
+    fn test_amd64_on_windows_whpx() {
+        let mut v = vm();
+        v.host = Platform {
+            os: HostOs::Windows,
+            arch: Arch::Amd64,
+        };
+        v.accel = Accel::Whpx;
+        let cmd = v.command().unwrap();
+        assert_eq!(cmd.get_program(), "qemu-system-x86_64");
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-M"), "microvm,acpi=off,rtc=off,pcie=off");
+        assert_eq!(value(&args, "-accel"), "whpx");
+        assert_eq!(value(&args, "-cpu"), "host");
+        assert_eq!(value(&args, "-append"), "console=ttyS0 reboot=t");
+    }
+
+    #[test]
+    fn test_amd64_on_arm64_tcg_and_arm64_on_windows_tcg() {
+        // An Apple Silicon Mac emulating an amd64 guest.
+        let mut v = vm();
+        v.host = Platform {
+            os: HostOs::Macos,
+            arch: Arch::Arm64,
+        };
+        let args = v.args().unwrap();
+        assert_eq!(v.command().unwrap().get_program(), "qemu-system-x86_64");
+        assert_eq!(value(&args, "-accel"), "tcg,thread=single");
+        assert_eq!(value(&args, "-cpu"), "max");
+        // Windows emulating an arm64 guest.
+        let v = arm64_vm(
+            Platform {
+                os: HostOs::Windows,
+                arch: Arch::Amd64,
+            },
+            Accel::Tcg,
+        );
+        let args = v.args().unwrap();
+        assert_eq!(value(&args, "-M"), "virt");
+        assert_eq!(value(&args, "-cpu"), "max,pauth-impdef=on");
+    }
+
+    #[test]
+    fn test_binaries_and_packages() {
+        assert_eq!(binary(Arch::Amd64), "qemu-system-x86_64");
+        assert_eq!(binary(Arch::Arm64), "qemu-system-aarch64");
+        assert_eq!(debian_package(Arch::Arm64), "qemu-system-arm");
+        assert_eq!(debian_package(Arch::Amd64), "qemu-system-x86");
+    }
+
+    #[test]
     fn test_network_nics_are_stream_netdevs_with_their_macs() {
         let mut v = vm();
         v.primary_mac = Some("52:54:00:12:34:56".into());
@@ -285,12 +601,7 @@ mod tests {
             mac: "02:72:6d:01:02:03".into(),
             socket: "/h/networks/swarm/switch.sock".into(),
         }];
-        let args: Vec<String> = v
-            .command()
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let joined = args.join(" ");
+        let joined = v.args().unwrap().join(" ");
         assert!(
             joined.contains("virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"),
             "{joined}"

@@ -1,5 +1,6 @@
-//! Booting a machine under QEMU (`-M microvm`), reached over its user-mode network's
-//! TCP forwards with the boot's token.
+//! Booting a machine under QEMU (`-M microvm` for amd64 guests, `-M virt` for arm64: the
+//! binary and command line follow the machine's architecture), reached over its
+//! user-mode network's TCP forwards with the boot's token.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,8 @@ use anyhow::Context;
 use rmachine_machine::driver::{BackendChoice, Driver, LocalDriver};
 use rmachine_machine::guest_link::Carrier;
 use rmachine_machine::paths::Paths;
-use rmachine_machine::qemu::{QemuNic, QemuVm, QEMU};
+use rmachine_machine::platform::Platform;
+use rmachine_machine::qemu::{self, QemuNic, QemuVm};
 use rmachine_machine::store::Machine;
 use rmachine_protocol::Service;
 
@@ -20,9 +22,12 @@ pub(crate) async fn launch_qemu(
     state: &SharedState,
 ) -> anyhow::Result<RunningVm> {
     let paths = Paths::from_env()?;
-    let (manifest, image_dir) =
-        rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
-            .context("the guest image is missing or damaged")?;
+    let (manifest, image_dir) = rmachine_machine::image_store::resolve(
+        &paths,
+        machine.spec.image.as_deref(),
+        machine.spec.arch,
+    )
+    .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
 
     let token = new_token();
@@ -49,6 +54,8 @@ pub(crate) async fn launch_qemu(
     std::fs::write(&console_log, b"")
         .with_context(|| format!("cannot reset {}", console_log.display()))?;
     let vm = QemuVm {
+        arch: manifest.arch,
+        host: Platform::current(),
         kernel: image_dir.join(&manifest.kernel.file),
         cmdline: manifest.kernel_cmdline.clone(),
         rootfs: image_dir.join(&manifest.rootfs.file),
@@ -76,14 +83,19 @@ pub(crate) async fn launch_qemu(
     let log_path = machine.files.vmm_log();
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut cmd = tokio::process::Command::from(vm.command());
+    let command = vm.command()?;
+    tracing::info!(?command, "starting QEMU");
+    let mut cmd = tokio::process::Command::from(command);
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
-    tracing::info!(command = ?vm.command(), "starting QEMU");
     let child = cmd.spawn().with_context(|| {
-        format!("cannot run {QEMU} (install the Debian package qemu-system-x86)")
+        format!(
+            "cannot run {} (install the Debian package {})",
+            qemu::binary(vm.arch),
+            qemu::debian_package(vm.arch)
+        )
     })?;
     let carrier = Carrier::Tcp { ports, token };
     let vm = RunningVm {

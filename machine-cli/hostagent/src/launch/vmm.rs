@@ -27,9 +27,12 @@ pub(crate) async fn launch_vmm(
     let paths = Paths::from_env()?;
     let vmm = rmachine_machine::driver::vmm_binary()
         .context("rmachine-vmm is not installed beside rmachine (or set RMACHINE_VMM)")?;
-    let (manifest, image_dir) =
-        rmachine_machine::image_store::resolve(&paths, machine.spec.image.as_deref())
-            .context("the guest image is missing or damaged")?;
+    let (manifest, image_dir) = rmachine_machine::image_store::resolve(
+        &paths,
+        machine.spec.image.as_deref(),
+        machine.spec.arch,
+    )
+    .context("the guest image is missing or damaged")?;
     LocalDriver::new(machine.spec.driver).create(machine)?;
     let (mut daemons, shares, guest_mounts) = super::virtiofsd::start(machine, &paths).await?;
     let passt = start_passt(machine, &paths).await?;

@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{Driver, DriverCaps, Endpoints, MachineError};
-use crate::accel::{self, Accel};
+use crate::accel::{self, Accel, AccelChoice};
 use crate::config::DriverKind;
 use crate::guest_link::ControlClient;
 use crate::hostagent_api::{HostAgentReply, HostAgentRequest};
+use crate::platform::{Arch, Platform};
 use crate::state::{MachineState, State};
 use crate::store::{is_hostagent, Machine};
 use crate::sys::local_socket;
@@ -40,51 +41,93 @@ impl Backend {
     }
 }
 
-/// The backend chosen for a machine, with the reason in words (`rmachine inspect`).
+/// The backend chosen for a machine, with the reasons in words (`rmachine inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackendChoice {
     pub backend: Backend,
     pub accel: Accel,
+    /// Why this backend (and accelerator).
     pub reason: String,
+    /// Why this accelerator.
+    pub accel_reason: String,
 }
 
-/// Chooses the backend: `vmm` only where it can boot the guest (hardware KVM usable for
-/// Linux and the rmachine-vmm binary present), else `qemu` with the best accelerator.
-pub fn choose_backend(kind: DriverKind) -> BackendChoice {
-    let a = accel::choose();
+/// Chooses the backend for a guest of architecture `arch`: `vmm` only where it can boot
+/// the guest (hardware KVM usable for Linux, a guest of the host's architecture and the
+/// rmachine-vmm binary present), else `qemu` with the best accelerator for that guest.
+pub fn choose_backend(kind: DriverKind, arch: Arch) -> BackendChoice {
+    choose_backend_on(
+        kind,
+        arch,
+        Platform::current(),
+        accel::choose_for(arch),
+        vmm_binary().is_some(),
+    )
+}
+
+/// [`choose_backend`] with the host, its accelerator for the guest and whether
+/// rmachine-vmm is installed given.
+fn choose_backend_on(
+    kind: DriverKind,
+    arch: Arch,
+    host: Platform,
+    a: AccelChoice,
+    vmm_installed: bool,
+) -> BackendChoice {
+    let qemu = |reason: String| BackendChoice {
+        backend: Backend::Qemu,
+        accel: a.accel,
+        reason,
+        accel_reason: a.reason.clone(),
+    };
     match kind {
-        DriverKind::Qemu => BackendChoice {
-            backend: Backend::Qemu,
-            accel: a.accel,
-            reason: format!("--driver qemu; {}", a.reason),
-        },
+        DriverKind::Qemu => qemu(format!("--driver qemu; {}", a.reason)),
         DriverKind::Vmm => BackendChoice {
             backend: Backend::Vmm,
             accel: Accel::Kvm,
             reason: "--driver vmm".into(),
+            accel_reason: "rmachine-vmm runs on hardware KVM".into(),
         },
         DriverKind::Auto | DriverKind::Fake | DriverKind::Ssh => {
-            if a.accel != Accel::Kvm {
-                BackendChoice {
-                    backend: Backend::Qemu,
-                    accel: a.accel,
-                    reason: format!("rmachine-vmm needs hardware KVM: {}", a.reason),
-                }
-            } else if vmm_binary().is_none() {
-                BackendChoice {
-                    backend: Backend::Qemu,
-                    accel: a.accel,
-                    reason: "rmachine-vmm is not installed beside rmachine".into(),
-                }
+            if arch != host.arch {
+                qemu(format!(
+                    "rmachine-vmm runs only {} guests; {}",
+                    host.arch, a.reason
+                ))
+            } else if a.accel != Accel::Kvm {
+                qemu(format!("rmachine-vmm needs hardware KVM: {}", a.reason))
+            } else if !vmm_installed {
+                qemu("rmachine-vmm is not installed beside rmachine".into())
             } else {
                 BackendChoice {
                     backend: Backend::Vmm,
                     accel: Accel::Kvm,
-                    reason: a.reason,
+                    reason: a.reason.clone(),
+                    accel_reason: a.reason,
                 }
             }
         }
     }
+}
+
+/// Refuses a guest architecture the driver cannot run: rmachine-vmm runs only guests of
+/// the host's architecture (QEMU runs both, emulating the other).
+pub fn check_arch(kind: DriverKind, arch: Arch) -> Result<(), MachineError> {
+    check_arch_on(kind, arch, Platform::current())
+}
+
+fn check_arch_on(kind: DriverKind, arch: Arch, host: Platform) -> Result<(), MachineError> {
+    if kind == DriverKind::Vmm && arch != host.arch {
+        return Err(MachineError::UnsupportedArch {
+            driver: kind.as_str(),
+            arch,
+            reason: format!(
+                "rmachine-vmm runs only guests of the host's architecture ({}); use --driver qemu (or auto), which emulates {arch}",
+                host.arch
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The rmachine-vmm binary beside this executable, or `RMACHINE_VMM`.
@@ -329,6 +372,7 @@ impl Driver for LocalDriver {
     }
 
     fn create(&self, machine: &Machine) -> Result<(), MachineError> {
+        check_arch(self.kind, machine.spec.arch)?;
         let path = machine.files.data_disk();
         let size = u64::from(machine.spec.disk_size_gib) << 30;
         let file = std::fs::OpenOptions::new()
@@ -451,14 +495,58 @@ mod tests {
 
     #[test]
     fn test_explicit_qemu_choice_says_why() {
-        let c = choose_backend(DriverKind::Qemu);
+        let c = choose_backend(DriverKind::Qemu, Arch::host());
         assert_eq!(c.backend, Backend::Qemu);
         assert!(c.reason.contains("--driver qemu"));
+        assert!(!c.accel_reason.is_empty());
+    }
+
+    #[test]
+    fn test_a_guest_of_another_arch_goes_to_qemu_and_vmm_refuses_it() {
+        use crate::platform::HostOs;
+        let host = Platform {
+            os: HostOs::Linux,
+            arch: Arch::Amd64,
+        };
+        let kvm = AccelChoice {
+            accel: Accel::Kvm,
+            reason: "/dev/kvm is usable".into(),
+        };
+        // The host's arch with KVM and rmachine-vmm: vmm.
+        let c = choose_backend_on(DriverKind::Auto, Arch::Amd64, host, kvm.clone(), true);
+        assert_eq!((c.backend, c.accel), (Backend::Vmm, Accel::Kvm));
+        // arm64 on x86_64: qemu under TCG, whatever the host offers its own guests.
+        let tcg = accel::for_guest(kvm.clone(), host, Arch::Arm64);
+        let c = choose_backend_on(DriverKind::Auto, Arch::Arm64, host, tcg.clone(), true);
+        assert_eq!((c.backend, c.accel), (Backend::Qemu, Accel::Tcg));
+        assert!(
+            c.reason.contains("rmachine-vmm runs only amd64 guests"),
+            "{}",
+            c.reason
+        );
+        assert!(
+            c.accel_reason.contains("software emulation"),
+            "{}",
+            c.accel_reason
+        );
+        let c = choose_backend_on(DriverKind::Qemu, Arch::Arm64, host, tcg, true);
+        assert_eq!((c.backend, c.accel), (Backend::Qemu, Accel::Tcg));
+        // vmm is refused for another arch, with the way out; qemu and auto are not.
+        let err = check_arch_on(DriverKind::Vmm, Arch::Arm64, host)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vmm driver cannot run arm64 guests") && err.contains("--driver qemu"),
+            "{err}"
+        );
+        check_arch_on(DriverKind::Vmm, Arch::Amd64, host).unwrap();
+        check_arch_on(DriverKind::Qemu, Arch::Arm64, host).unwrap();
+        check_arch_on(DriverKind::Auto, Arch::Arm64, host).unwrap();
     }
 
     #[test]
     fn test_auto_takes_vmm_only_with_hardware_kvm() {
-        let c = choose_backend(DriverKind::Auto);
+        let c = choose_backend(DriverKind::Auto, Arch::host());
         if c.backend == Backend::Vmm {
             assert_eq!(c.accel, Accel::Kvm);
         } else {

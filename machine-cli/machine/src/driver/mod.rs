@@ -9,7 +9,7 @@ mod ssh;
 use std::time::Duration;
 
 pub use fake::FakeDriver;
-pub use local::{choose_backend, vmm_binary, Backend, BackendChoice, LocalDriver};
+pub use local::{check_arch, choose_backend, vmm_binary, Backend, BackendChoice, LocalDriver};
 pub use ssh::SshDriver;
 
 use crate::config::DriverKind;
@@ -55,6 +55,12 @@ pub enum MachineError {
     Unsupported {
         driver: &'static str,
         op: &'static str,
+    },
+    #[error("the {driver} driver cannot run {arch} guests: {reason}")]
+    UnsupportedArch {
+        driver: &'static str,
+        arch: crate::platform::Arch,
+        reason: String,
     },
     #[error(transparent)]
     Store(#[from] StoreError),

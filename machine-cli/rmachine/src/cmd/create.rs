@@ -1,7 +1,7 @@
 //! `rmachine create [NAME]`: a new machine with its settings and docker context.
 
 use rmachine_machine::config::{
-    parse_gib, parse_mib, parse_mount, DriverKind, MountSpec, Settings,
+    parse_gib, parse_mib, parse_mount, Arch, DriverKind, MountSpec, Settings,
 };
 use rmachine_machine::docker_context;
 
@@ -22,9 +22,13 @@ pub struct SettingsArgs {
     /// Driver: auto (rmachine-vmm where it can run, else qemu), vmm, qemu, or fake (tests).
     #[arg(long, value_parser = DriverKind::parse)]
     pub driver: Option<DriverKind>,
-    /// Guest image version (default: the newest installed).
+    /// Guest image version (default: the newest installed of the machine's architecture).
     #[arg(long)]
     pub image: Option<String>,
+    /// Guest architecture: amd64 or arm64 (default: the host's; another one runs under
+    /// QEMU's software emulation).
+    #[arg(long, value_parser = Arch::parse)]
+    pub arch: Option<Arch>,
     /// Share a host folder with the machine at the same path: PATH or PATH:ro; repeat for
     /// more (default: your home directory).
     #[arg(long = "mount", value_parser = parse_mount)]
@@ -45,6 +49,7 @@ impl SettingsArgs {
             memory_mib: self.memory,
             disk_size_gib: self.disk,
             image: self.image.clone(),
+            arch: self.arch,
             mounts: if self.no_mounts {
                 Some(Vec::new())
             } else {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use rmachine_machine::paths::Paths;
+use rmachine_protocol::image::Arch;
 
 use super::Format;
 
@@ -27,8 +28,13 @@ pub enum ImageCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// The static agent binary (default: RMACHINE_AGENT, or the musl build beside this
-    /// binary's target directory).
+    /// Guest architecture: amd64 or arm64 (default: the host's). An image of another
+    /// architecture is cross-built (see the README).
+    #[arg(long, value_parser = Arch::parse)]
+    pub arch: Option<Arch>,
+    /// The static agent binary, built for the image's architecture (default:
+    /// RMACHINE_AGENT, or the musl build of that architecture in this binary's target
+    /// directory).
     #[arg(long, env = "RMACHINE_AGENT")]
     pub agent: Option<PathBuf>,
     /// Parallel jobs for the kernel build (default: the number of CPUs).
@@ -74,13 +80,14 @@ fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {
         }
         Format::Table => {
             println!(
-                "{:<22} {:>10} {:>12} {:>8}  KERNEL SOURCE",
-                "VERSION", "KERNEL", "ROOTFS", "PROTOCOL"
+                "{:<26} {:<6} {:>10} {:>12} {:>8}  KERNEL SOURCE",
+                "VERSION", "ARCH", "KERNEL", "ROOTFS", "PROTOCOL"
             );
             for (m, _) in &images {
                 println!(
-                    "{:<22} {:>8.1}Mi {:>10.1}Mi {:>8}  {}",
+                    "{:<26} {:<6} {:>8.1}Mi {:>10.1}Mi {:>8}  {}",
                     m.version,
+                    m.arch,
                     m.kernel.size_bytes as f64 / 1048576.0,
                     m.rootfs.size_bytes as f64 / 1048576.0,
                     m.protocol,

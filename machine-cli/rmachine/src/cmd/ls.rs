@@ -23,8 +23,8 @@ pub fn run(args: LsArgs) -> anyhow::Result<()> {
 
 fn table(rows: &[MachineSummary]) -> String {
     let mut out = format!(
-        "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  {:<24} PORTS\n",
-        "NAME", "STATE", "DRIVER", "CPUS", "MEMORY", "DISK", "DOCKER CONTEXT"
+        "{:<16} {:<9} {:<7} {:<6} {:>4} {:>8} {:>8}  {:<24} PORTS\n",
+        "NAME", "STATE", "DRIVER", "ARCH", "CPUS", "MEMORY", "DISK", "DOCKER CONTEXT"
     );
     let dash = || "-".to_string();
     for r in rows {
@@ -40,10 +40,11 @@ fn table(rows: &[MachineSummary]) -> String {
             .map(|h| format!(" @ {h}"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:<16} {:<9} {:<7} {:>4} {:>8} {:>8}  {:<24} {}\n",
+            "{:<16} {:<9} {:<7} {:<6} {:>4} {:>8} {:>8}  {:<24} {}\n",
             r.name,
             r.state,
             r.driver.as_deref().unwrap_or("-"),
+            r.arch.as_deref().unwrap_or("-"),
             r.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
             r.memory_mib
                 .map(|m| human_mib(u64::from(m)))

@@ -4,14 +4,21 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use rmachine_machine::paths::Paths;
+use rmachine_protocol::image::Arch;
 
 use super::BuildArgs;
 use crate::progress::StepProgress;
 
 pub fn run(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
+    let arch = args.arch.unwrap_or_else(Arch::host);
     let agent = match args.agent {
         Some(a) => a,
-        None => default_agent().context("cannot find the agent binary: pass --agent PATH")?,
+        None => default_agent(arch).with_context(|| {
+            format!(
+                "cannot find the agent binary for {arch}: build it with `cargo build --profile agent --target {} -p rmachine-agent`, or pass --agent PATH",
+                arch.agent_target()
+            )
+        })?,
     };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -19,6 +26,7 @@ pub fn run(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
             .unwrap_or(1)
     });
     let opts = rmachine_image::BuildOptions {
+        arch,
         agent,
         jobs,
         mirror: args.mirror,
@@ -27,7 +35,8 @@ pub fn run(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
     let dirs = rmachine_image::BuildDirs::new(paths.cache(), paths.images_dir());
     let manifest = rmachine_image::build(&dirs, &opts, &progress).context("image build failed")?;
     progress.done(&format!(
-        "image {}: kernel {:.1} MiB, root filesystem {:.1} MiB",
+        "{} image {}: kernel {:.1} MiB, root filesystem {:.1} MiB",
+        manifest.arch,
         manifest.version,
         manifest.kernel.size_bytes as f64 / 1048576.0,
         manifest.rootfs.size_bytes as f64 / 1048576.0
@@ -35,15 +44,18 @@ pub fn run(paths: &Paths, args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent binary next to this executable, or the musl build of the same target dir.
-fn default_agent() -> Option<PathBuf> {
+/// The musl build for `arch` in the same target dir, or (for the host's architecture) the
+/// agent binary next to this executable.
+fn default_agent(arch: Arch) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [
-        dir.join("rmachine-agent"),
-        dir.join("../x86_64-unknown-linux-musl/agent/rmachine-agent"),
-        dir.join("../x86_64-unknown-linux-musl/release/rmachine-agent"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
+    let target = arch.agent_target();
+    let mut candidates = vec![
+        dir.join(format!("../{target}/agent/rmachine-agent")),
+        dir.join(format!("../{target}/release/rmachine-agent")),
+    ];
+    if arch == Arch::host() {
+        candidates.insert(0, dir.join("rmachine-agent"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
 }
