@@ -177,7 +177,7 @@ impl CreatePolicy for RemotePolicy {
                      (docker cp, COPY in a build)",
                     self.machine,
                     self.host,
-                    source.display()
+                    bind.source
                 ));
             }
         }

@@ -15,8 +15,15 @@ if [ -z "$wine" ]; then
 fi
 dll="$dir/bcryptprimitives.dll"
 if [ ! -f "$dll" ] || [ "$here/bcryptprimitives.c" -nt "$dll" ]; then
-  x86_64-w64-mingw32-gcc -shared -O2 -o "$dll.tmp" "$here/bcryptprimitives.c" -ladvapi32
-  mv "$dll.tmp" "$dll"
+  # Under a lock, into a file of this process's own: nextest starts several test
+  # binaries at once, and a half-written DLL makes wine fail to start the .exe.
+  (
+    flock 9
+    if [ ! -f "$dll" ] || [ "$here/bcryptprimitives.c" -nt "$dll" ]; then
+      x86_64-w64-mingw32-gcc -shared -O2 -o "$dll.$$" "$here/bcryptprimitives.c" -ladvapi32
+      mv "$dll.$$" "$dll"
+    fi
+  ) 9>"$dll.lock"
 fi
 # target/x86_64-pc-windows-gnu/<profile>/… → target/wine-prefix
 prefix_root=$dir
