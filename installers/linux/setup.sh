@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# rmachine setup for a Debian/Ubuntu host: installs what rmachine needs, builds the
-# rmachine CLI and the guest agent, builds (or reuses) the guest image, installs the
-# docker CLI plugins (compose, buildx), and starts the default machine, whose docker
-# context becomes current: `docker run` then works.
+# rmachine setup for a Debian/Ubuntu host: installs what rmachine needs (and
+# cargo-nextest, which the README's test command uses), builds the rmachine CLI (release)
+# and the guest agent, builds (or reuses) the guest image, installs the docker CLI
+# plugins (compose, buildx), and starts the default machine, whose docker context
+# becomes current: `docker run` then works.
 #
 #   installers/linux/setup.sh             # everything
-#   installers/linux/setup.sh --no-deps   # skip the apt and rustup steps
+#   installers/linux/setup.sh --no-deps   # skip the apt, rustup and cargo-nextest steps
 #   installers/linux/setup.sh --no-start  # do not start the default machine
+#   installers/linux/setup.sh --debug     # link the debug build (what the tests build) into PATH
 #
 # Run as root (or with sudo): the image build uses debootstrap.
 set -euo pipefail
@@ -14,11 +16,13 @@ cd "$(dirname "$0")/../.."
 
 deps=1
 start=1
+profile=release
 for arg in "$@"; do
   case "$arg" in
     --no-deps) deps=0 ;;
     --no-start) start=0 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --debug) profile=debug ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,30 +47,39 @@ if [ "$deps" = 1 ]; then
   fi
   step "installing Rust targets"
   rustup target add x86_64-unknown-linux-musl >/dev/null
+  if ! command -v cargo-nextest >/dev/null; then
+    step "installing cargo-nextest (the test runner of the README's second command)"
+    cargo install --locked cargo-nextest
+  fi
 fi
 
 step "building the guest agent (static, musl)"
 cargo build --profile agent --target x86_64-unknown-linux-musl -p rmachine-agent
 
-step "building the rmachine CLI"
-cargo build -p rmachine
+step "building the rmachine CLI ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release -p rmachine
+else
+  cargo build -p rmachine
+fi
+rmachine="$PWD/target/$profile/rmachine"
 
 step "building the guest image"
-./target/debug/rmachine image build --agent target/x86_64-unknown-linux-musl/agent/rmachine-agent
+"$rmachine" image build --agent target/x86_64-unknown-linux-musl/agent/rmachine-agent
 
 step "installing the rmachine command"
 bindir=/usr/local/bin
 [ "$(id -u)" = 0 ] || bindir="$HOME/.local/bin"
 mkdir -p "$bindir"
-ln -sf "$PWD/target/debug/rmachine" "$bindir/rmachine"
-echo "$bindir/rmachine -> $PWD/target/debug/rmachine"
+ln -sf "$rmachine" "$bindir/rmachine"
+echo "$bindir/rmachine -> $rmachine"
 
 step "docker CLI tools (compose, buildx)"
-./target/debug/rmachine setup
+"$rmachine" setup
 
 if [ "$start" = 1 ]; then
   step "starting the default machine"
-  ./target/debug/rmachine start
+  "$rmachine" start
   echo
   echo "Ready: try \`docker run --rm -it IMAGE\` (rmachine status, rmachine stop)."
 fi
