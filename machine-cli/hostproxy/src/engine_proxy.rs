@@ -988,6 +988,10 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        windows,
+        ignore = "runs the Linux docker CLI against a unix socket: under wine there is no docker.exe"
+    )]
     async fn test_docker_cli_prints_the_refusal() {
         let docker = std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
