@@ -384,6 +384,9 @@ fn mount(
     })
 }
 
+/// `ST_RELATIME` (sys/statvfs.h; the libc crate has it for glibc, not for musl).
+const ST_RELATIME: libc::c_ulong = 0x1000;
+
 /// The flags of the mount at `path` that a remount must keep (locked in a user namespace).
 fn kept_flags(path: &Path) -> std::io::Result<libc::c_ulong> {
     let c = CString::new(path.to_string_lossy().as_bytes()).map_err(std::io::Error::other)?;
@@ -398,7 +401,7 @@ fn kept_flags(path: &Path) -> std::io::Result<libc::c_ulong> {
         (libc::ST_NOEXEC, libc::MS_NOEXEC),
         (libc::ST_NOATIME, libc::MS_NOATIME),
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_RELATIME, libc::MS_RELATIME),
         (libc::ST_RDONLY, libc::MS_RDONLY),
     ] {
         if st.f_flag & st_flag != 0 {

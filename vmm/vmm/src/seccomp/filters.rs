@@ -16,8 +16,9 @@ use super::ThreadKind;
 const KVM_RUN: u64 = 0xae80;
 /// `KVM_IRQ_LINE` (`_IOW(KVMIO, 0x61, struct kvm_irq_level)`).
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
-/// `FIONBIO` (what std's `set_nonblocking` uses on sockets).
-const FIONBIO: u64 = libc::FIONBIO;
+/// `FIONBIO` (what std's `set_nonblocking` uses on sockets): asm-generic/ioctls.h, the
+/// value on x86_64 and aarch64 (the libc crate types it differently for glibc and musl).
+const FIONBIO: u64 = 0x5421;
 /// The flags glibc's `pthread_create` passes to `clone` (the fallback when `clone3` is
 /// refused): a thread of this process, nothing else. musl adds `CLONE_DETACHED` (ignored by
 /// the kernel since 2.6) to the same set ([`MUSL_THREAD_CLONE_FLAGS`]).
