@@ -53,6 +53,30 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// Builds the `rmachine` CLI (and so the host agent) with the `benchmark` profile beside
+/// this bench, where `rmachine_e2e::rmachine_bin` looks first: without it a bench would
+/// measure the debug build's host agent (unoptimized dependencies: its SSH crypto and
+/// proxy copies run many times slower). `RMACHINE_BIN=path` skips the build.
+pub fn build_rmachine() {
+    if std::env::var_os("RMACHINE_BIN").is_some() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches/ sits in the workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building rmachine (benchmark profile) for the host agent under test");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--profile", "benchmark", "-p", "rmachine"])
+        .current_dir(root)
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cargo build --profile benchmark -p rmachine failed"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

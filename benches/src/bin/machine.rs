@@ -90,6 +90,7 @@ fn upload(port: u16, bytes: u64) -> f64 {
 }
 
 fn main() {
+    rmachine_bench::build_rmachine();
     let env = MachineEnv::new();
     let runs = env_num("BENCH_RUNS", 5) as usize;
     env.rmachine_ok(&["create", M, "--driver", "qemu", "--disk", "8G"]);

@@ -29,6 +29,7 @@ fn sh(script: &str) -> Duration {
 }
 
 fn main() {
+    rmachine_bench::build_rmachine();
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

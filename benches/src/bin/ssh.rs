@@ -125,6 +125,7 @@ fn median_f(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    rmachine_bench::build_rmachine();
     let rounds = env_num("BENCH_ROUNDS", 100) as usize;
     let mib = env_num("BENCH_MIB", 16);
     let host = RemoteHost::boot(&docker_image());
