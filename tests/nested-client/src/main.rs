@@ -377,8 +377,13 @@ fn unix_request(
 ) -> Result<Vec<u8>, String> {
     let stream = std::os::unix::net::UnixStream::connect(sock)
         .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+    // Both ways: a request body the server stops reading (seen once, an image import
+    // through docker.sock that never finished) fails this attempt instead of hanging.
     stream
         .set_read_timeout(Some(ATTEMPT_TIMEOUT))
+        .map_err(|e| format!("set timeout: {e}"))?;
+    stream
+        .set_write_timeout(Some(ATTEMPT_TIMEOUT))
         .map_err(|e| format!("set timeout: {e}"))?;
     let (content_type, bytes) = body.unwrap_or(("text/plain", b""));
     let mut request = format!(
