@@ -53,6 +53,32 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// The workspace's root folder.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Builds `package` with the `benchmark` profile, so its binaries sit beside the
+/// running bench; an error names the command that failed.
+pub fn build_benchmark_profile(package: &str) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--profile", "benchmark", "-p", package])
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cargo build --profile benchmark -p {package} failed"
+        ))
+    }
+}
+
 /// Builds the `rmachine` CLI (and so the host agent) with the `benchmark` profile beside
 /// this bench, where `rmachine_e2e::rmachine_bin` looks first: without it a bench would
 /// measure the debug build's host agent (unoptimized dependencies: its SSH crypto and
@@ -61,20 +87,10 @@ pub fn build_rmachine() {
     if std::env::var_os("RMACHINE_BIN").is_some() {
         return;
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ sits in the workspace");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building rmachine (benchmark profile) for the host agent under test");
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--profile", "benchmark", "-p", "rmachine"])
-        .current_dir(root)
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build --profile benchmark -p rmachine failed"
-    );
+    if let Err(e) = build_benchmark_profile("rmachine") {
+        panic!("{e}");
+    }
 }
 
 #[cfg(test)]

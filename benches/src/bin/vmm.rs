@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-use rmachine_bench::median;
+use rmachine_bench::{build_benchmark_profile, median, workspace_root};
 use serde_json::json;
 
 /// Bound on anything a guest does; only catches hangs.
@@ -72,28 +72,12 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ sits in the workspace")
-        .to_path_buf()
-}
-
 /// `rmachine-vmm` of the `benchmark` profile, built now, or RMACHINE_VMM_BIN.
 fn vmm_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("RMACHINE_VMM_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--profile", "benchmark", "-p", "rmachine-vmm"])
-        .current_dir(workspace_root())
-        .status()
-        .context("run cargo")?;
-    ensure!(
-        status.success(),
-        "cargo build --profile benchmark -p rmachine-vmm failed"
-    );
+    build_benchmark_profile("rmachine-vmm").map_err(anyhow::Error::msg)?;
     let exe = std::env::current_exe().context("own path")?;
     let bin = exe.parent().context("own folder")?.join("rmachine-vmm");
     ensure!(bin.is_file(), "{} was not built", bin.display());
