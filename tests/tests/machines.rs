@@ -70,6 +70,7 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
         inspect["state"]["carrier"]["token"], "(hidden)",
         "inspect must not print the token"
     );
+    check_start_phases(&env, &inspect["state"]);
 
     // Images made here: busybox imported, a web image built with a build arg.
     let work = env.dir.path().join("work");
@@ -345,4 +346,43 @@ fn test_machine_lifecycle_with_the_plain_docker_cli() {
     let contexts = env.docker_ok(&["context", "ls", "--format", "{{.Name}}"]);
     assert!(!contexts.contains("rmachine-e2e"), "{contexts}");
     let _ = env.hostagent_log(M);
+}
+
+/// The start's steps are recorded, from the host and from the guest, in order on one
+/// clock, and the guest's are placed inside the host's (its kernel started after the VM
+/// process did, its services listened before the host's ping got an answer).
+fn check_start_phases(env: &MachineEnv, state: &serde_json::Value) {
+    assert_eq!(state["start_kind"], "boot", "{state}");
+    let phases = state["start_phases"].as_array().expect("start_phases");
+    let at = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["ms"].as_u64())
+            .unwrap_or_else(|| panic!("no phase {name:?} in {state}"))
+    };
+    let times: Vec<u64> = phases.iter().map(|p| p["ms"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{state}");
+    assert!(at("VM process started") <= at("kernel started"), "{state}");
+    assert!(at("kernel started") < at("agent started"), "{state}");
+    assert!(
+        at("guest services listening") <= at("agent answered ping") + 500,
+        "{state}"
+    );
+    assert!(at("data disk mounted") < at("containerd ready"), "{state}");
+    assert!(at("containerd ready") < at("dockerd ready"), "{state}");
+    assert!(
+        at("dockerd ready") <= at("engine ready (seen by the host agent)") + 500,
+        "{state}"
+    );
+    assert!(phases.iter().any(|p| p["clock"] == "guest"), "{state}");
+    // The human form lists the same steps.
+    let table = env.rmachine_ok(&["status", M, "--phases"]);
+    for step in [
+        "kernel started",
+        "dockerd ready",
+        "docker.sock answers _ping",
+    ] {
+        assert!(table.contains(step), "{table}");
+    }
 }

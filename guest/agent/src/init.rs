@@ -27,6 +27,7 @@ use crate::server::{self, Context};
 use crate::shares;
 use crate::shutdown::{self, ShutdownRequest};
 use crate::status::Status;
+use crate::sysinfo;
 
 /// The agent's own log file, on the data disk.
 const LOG_FILE: &str = "/var/log/rmachine-agent.log";
@@ -39,6 +40,7 @@ const NOFILE_HARD: u64 = 524_288;
 /// Boots the guest, serves until asked to stop, shuts down and resets the machine.
 pub fn run() -> ! {
     let started = Instant::now();
+    let started_boot_ms = sysinfo::boot_clock_ms();
     let log = LogSink::new(true, true);
     logging::init(&log);
     info!(
@@ -69,7 +71,7 @@ pub fn run() -> ! {
         .build();
     match runtime {
         Ok(runtime) => runtime.block_on(async {
-            let request = boot_and_serve(&log, started).await;
+            let request = boot_and_serve(&log, started, started_boot_ms).await;
             info!(
                 "boot-to-shutdown time {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -92,7 +94,7 @@ fn step_done(step: &str, started: Instant) {
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "{step}");
 }
 
-async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
+async fn boot_and_serve(log: &LogSink, boot_started: Instant, started_boot_ms: u64) {
     let reaper = Reaper::start();
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<ShutdownRequest>(4);
     forward_signals(shutdown_tx.clone());
@@ -105,6 +107,8 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
     let hosts_file = install_hosts(&config);
 
     let status = Arc::new(Status::new(&config.hostname));
+    status.phase_at("agent started", started_boot_ms);
+    status.phase("config read");
     let ctx = Arc::new(
         Context::new(
             config.token.clone(),
@@ -126,6 +130,7 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
     let t = Instant::now();
     start_services(&ctx).await;
     step_done("guest services listening", t);
+    status.phase("guest services listening");
 
     // Network and data disk in parallel; the engine waits for both.
     let t = Instant::now();
@@ -133,14 +138,29 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
         let reaper = reaper.clone();
         let hostname = config.hostname.clone();
         let (primary_mac, networks) = (config.primary_mac, config.networks.clone());
-        tokio::spawn(
-            async move { network::setup(&reaper, &hostname, primary_mac, &networks).await },
-        )
+        let status = status.clone();
+        tokio::spawn(async move {
+            let ip = network::setup(&reaper, &hostname, primary_mac, &networks).await;
+            status.phase("network up");
+            ip
+        })
     };
-    let data = prepare_data_disk(&reaper, &config, log);
+    let data = async {
+        let done = prepare_data_disk(&reaper, &config, log).await;
+        if done.is_ok() {
+            status.phase("data disk mounted");
+        }
+        done
+    };
     let shares = {
         let mounts = config.mounts.clone();
-        tokio::task::spawn_blocking(move || shares::mount_all(&mounts))
+        let status = status.clone();
+        tokio::task::spawn_blocking(move || {
+            shares::mount_all(&mounts);
+            if !mounts.is_empty() {
+                status.phase("shared folders mounted");
+            }
+        })
     };
     let (network, data, shares) = tokio::join!(network, data, shares);
     if let Err(e) = shares {
@@ -178,20 +198,22 @@ async fn boot_and_serve(log: &LogSink, boot_started: Instant) {
         "boot done; serving"
     );
     if engine.is_some() {
-        let mut dockerd = status.dockerd.subscribe();
-        let t = boot_started;
-        tokio::spawn(async move {
-            if dockerd
-                .wait_for(|i| i.state == rmachine_protocol::control::ServiceState::Running)
-                .await
-                .is_ok()
-            {
-                info!(
-                    elapsed_ms = t.elapsed().as_millis() as u64,
-                    "engine answering _ping"
-                );
-            }
-        });
+        for (name, service) in [
+            ("containerd ready", &status.containerd),
+            ("dockerd ready", &status.dockerd),
+        ] {
+            let mut watch = service.subscribe();
+            let (status, t) = (status.clone(), boot_started);
+            tokio::spawn(async move {
+                let running = |i: &rmachine_protocol::control::ProcessInfo| {
+                    i.state == rmachine_protocol::control::ServiceState::Running
+                };
+                if watch.wait_for(running).await.is_ok() {
+                    status.phase(name);
+                    info!(elapsed_ms = t.elapsed().as_millis() as u64, "{name}");
+                }
+            });
+        }
     }
 
     let request = shutdown_rx.recv().await.unwrap_or_else(|| ShutdownRequest {

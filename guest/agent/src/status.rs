@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rmachine_protocol::control::{GuestInfo, ProcessInfo};
+use rmachine_protocol::control::{BootPhase, GuestInfo, ProcessInfo, MAX_BOOT_PHASES};
 use rmachine_protocol::{AGENT_VERSION, PROTOCOL_VERSION};
 use tokio::sync::watch;
 use tracing::debug;
@@ -20,6 +20,8 @@ pub struct Status {
     ip: Mutex<Option<String>>,
     pub containerd: Arc<watch::Sender<ProcessInfo>>,
     pub dockerd: Arc<watch::Sender<ProcessInfo>>,
+    /// This boot's finished steps on the boot clock, in the order they finished.
+    phases: Mutex<Vec<BootPhase>>,
 }
 
 impl Status {
@@ -30,6 +32,23 @@ impl Status {
             ip: Mutex::new(None),
             containerd: Arc::new(watch::channel(pending_info()).0),
             dockerd: Arc::new(watch::channel(pending_info()).0),
+            phases: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records that a step of the boot finished now.
+    pub fn phase(&self, name: &str) {
+        self.phase_at(name, sysinfo::boot_clock_ms());
+    }
+
+    /// Records that a step of the boot finished at `ms` on the boot clock.
+    pub fn phase_at(&self, name: &str, ms: u64) {
+        let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        if phases.len() < MAX_BOOT_PHASES {
+            phases.push(BootPhase {
+                name: name.to_string(),
+                ms,
+            });
         }
     }
 
@@ -76,6 +95,11 @@ impl Status {
             data_disk_mounted: self.data_disk_mounted(),
             containerd: self.containerd.borrow().clone(),
             dockerd: self.dockerd.borrow().clone(),
+            boot_phases: self
+                .phases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }
@@ -105,5 +129,22 @@ mod tests {
         assert_eq!(info.containerd.state, ServiceState::Pending);
         assert!(info.mem_total_kib > 0 && info.uptime_s > 0.0);
         assert_eq!(info.protocol, PROTOCOL_VERSION);
+        assert!(info.boot_phases.is_empty());
+    }
+
+    #[test]
+    fn test_phases_are_reported_in_order_and_bounded() {
+        let status = Status::new("box");
+        status.phase_at("agent started", 700);
+        status.phase("config read");
+        let phases = status.guest_info().boot_phases;
+        assert_eq!(phases[0].name, "agent started");
+        assert_eq!(phases[0].ms, 700);
+        assert_eq!(phases[1].name, "config read");
+        assert!(phases[1].ms > 0);
+        for i in 0..100 {
+            status.phase(&format!("step {i}"));
+        }
+        assert_eq!(status.guest_info().boot_phases.len(), MAX_BOOT_PHASES);
     }
 }

@@ -28,6 +28,14 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Milliseconds on the boot clock (`CLOCK_BOOTTIME`: counting since the kernel started
+/// keeping time, suspends included), the clock of `/proc/uptime`.
+pub fn boot_clock_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
 /// Seconds since boot, from `/proc/uptime`.
 pub fn uptime_s(proc_uptime: &Path) -> Result<f64, SysinfoError> {
     let text = read(proc_uptime)?;
@@ -88,6 +96,9 @@ mod tests {
 
     #[test]
     fn test_real_proc_values_are_plausible() {
+        let uptime_ms = (uptime_s(Path::new("/proc/uptime")).unwrap() * 1000.0) as u64;
+        // /proc/uptime has 10 ms steps; the boot clock is the same clock.
+        assert!(boot_clock_ms().abs_diff(uptime_ms) < 1000);
         assert!(uptime_s(Path::new("/proc/uptime")).unwrap() > 0.0);
         let (total, available) = meminfo_kib(Path::new("/proc/meminfo")).unwrap();
         assert!(total >= available && total > 0);

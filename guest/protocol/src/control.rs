@@ -171,7 +171,25 @@ pub struct GuestInfo {
     pub data_disk_mounted: bool,
     pub containerd: ProcessInfo,
     pub dockerd: ProcessInfo,
+    /// The steps of this boot as the agent saw them, in the order they finished (absent
+    /// from agents older than it: empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_phases: Vec<BootPhase>,
 }
+
+/// One finished step of the guest's boot, on the guest's boot clock: milliseconds since
+/// the kernel started counting time (`CLOCK_BOOTTIME`, the clock of `uptime_s`), so the
+/// host can place it on its own clock from one `info` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootPhase {
+    /// What finished ("agent started", "data disk mounted", "dockerd ready").
+    pub name: String,
+    pub ms: u64,
+}
+
+/// Most phases one boot reports (the agent records a fixed handful; a guest claiming
+/// more is not believed past this).
+pub const MAX_BOOT_PHASES: usize = 32;
 
 /// Why a control line could not be turned into a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +341,16 @@ mod tests {
     }
 
     #[test]
+    fn test_info_of_an_older_agent_has_no_boot_phases() {
+        let line = r#"{"agent":"0.1.0","protocol":1,"kernel":"6.12","hostname":"m","uptime_s":2.0,
+            "mem_total_kib":1,"mem_available_kib":1,"cpus":1,"ip":null,"data_disk_mounted":true,
+            "containerd":{"state":"running","pid":1,"restarts":0,"last_error":null},
+            "dockerd":{"state":"running","pid":2,"restarts":0,"last_error":null}}"#;
+        let info: GuestInfo = serde_json::from_str(line).unwrap();
+        assert!(info.boot_phases.is_empty());
+    }
+
+    #[test]
     fn test_shutdown_reboot_defaults_to_false() {
         let env = parse_request(br#"{"v":1,"id":3,"op":"shutdown"}"#).unwrap();
         assert_eq!(env.request, Request::Shutdown { reboot: false });
@@ -353,6 +381,10 @@ mod tests {
                 restarts: 2,
                 last_error: Some("exit 1".into()),
             },
+            boot_phases: vec![BootPhase {
+                name: "agent started".into(),
+                ms: 812,
+            }],
         };
         for reply in [
             Reply::Pong,

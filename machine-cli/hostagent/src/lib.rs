@@ -11,6 +11,7 @@
 
 mod control;
 mod launch;
+mod phases;
 mod remote;
 // Networks between machines: their switches run on unix sockets.
 #[cfg(unix)]
@@ -26,11 +27,11 @@ use anyhow::{anyhow, bail, Context};
 use rmachine_machine::driver::{choose_backend, Backend, BackendChoice};
 use rmachine_machine::guest_link::{Carrier, ControlClient};
 use rmachine_machine::paths::Paths;
-use rmachine_machine::state::{MachineState, State};
+use rmachine_machine::state::{MachineState, StartKind, State};
 use rmachine_machine::store::{Machine, Store};
 use rmachine_machine::sys::local_socket::LocalListener;
 use rmachine_machine::sys::process::ProcessId;
-use rmachine_protocol::control::{Reply, Request, ServiceState};
+use rmachine_protocol::control::{GuestInfo, Reply, Request, ServiceState};
 use tokio::sync::mpsc;
 
 /// Boot to agent ping, per accelerator (software emulation is slow).
@@ -130,10 +131,14 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
     cleanup_sockets(&machine);
     match result {
         Ok(()) => {
+            // What the last start was and took stays readable after the stop.
             state.update(|s| {
-                let image = s.image.clone();
+                let (image, kind) = (s.image.clone(), s.start_kind);
+                let phases = std::mem::take(&mut s.start_phases);
                 *s = MachineState::stopped();
                 s.image = image;
+                s.start_kind = kind;
+                s.start_phases = phases;
             });
             tracing::info!("machine stopped");
             Ok(())
@@ -192,24 +197,43 @@ async fn serve(
         rmachine_machine::accel::Accel::Tcg => (PING_TIMEOUT, ENGINE_TIMEOUT),
         _ => (Duration::from_secs(60), Duration::from_secs(180)),
     };
-    let Some((mut vm, carrier, boot, ping_ms)) =
-        take_over_or_boot(machine, previous, &choice, state, stop_rx, ping_timeout).await?
+    let phases = phases::Phases::begin(state.clone());
+    let Some(Started {
+        mut vm,
+        carrier,
+        boot,
+        ping_ms,
+        kind,
+    }) = take_over_or_boot(machine, previous, &choice, state, stop_rx, ping_timeout).await?
     else {
         return Ok(());
     };
     tracing::info!(ping_ms, "agent answered ping");
+    state.update(|s| s.start_kind = Some(kind));
+    phases.mark_at("VM process started", phases.ms_at(boot));
+    phases.mark("agent answered ping");
+    // A first reading of the guest's clock, to measure its rate against the host's.
+    let first_reading = guest_clock(&carrier).await.map(|uptime_s| phases::Anchor {
+        uptime_s,
+        at_ms: phases.now_ms(),
+    });
     sync_time(&carrier).await?;
     state.update(|s| {
         s.ping_ms = Some(ping_ms);
         s.detail = "engine starting".into();
     });
-    tokio::select! {
+    let info = tokio::select! {
         r = wait_engine(&carrier, engine_timeout) => r?,
         status = vm.vm.wait() => return Err(vm_died(machine, status)),
         _ = stop_rx.recv() => { shutdown(&carrier, &mut vm).await; return Ok(()) }
     };
     let engine_ms = boot.elapsed().as_millis() as u64;
     tracing::info!(engine_ms, "engine ready");
+    // A VM taken over booted long ago: only a boot's guest steps belong to this start.
+    if kind == StartKind::Boot {
+        phases.guest(&info, phases.now_ms(), first_reading);
+    }
+    phases.mark("engine ready (seen by the host agent)");
 
     let docker_endpoint = machine.files.docker_endpoint();
     let listener = LocalListener::bind(&docker_endpoint)
@@ -238,7 +262,16 @@ async fn serve(
         state.clone(),
         shares,
         ports_shutdown.clone(),
+        phases.clone(),
     );
+    // The docker CLI's own path answers before the machine is called running (the
+    // published ports of containers that kept running follow on their own).
+    match phases::engine_ping(&docker_endpoint).await {
+        Ok(()) => phases.mark("docker.sock answers _ping"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), endpoint = %docker_endpoint, "the engine does not answer through the machine's docker endpoint")
+        }
+    }
 
     state.update(|s| {
         s.state = State::Running;
@@ -304,6 +337,7 @@ fn publish_ports(
     state: SharedState,
     shares: Vec<std::path::PathBuf>,
     shutdown: tokio_util::sync::CancellationToken,
+    phases: phases::Phases,
 ) -> tokio::task::JoinHandle<()> {
     use rmachine_hostproxy::{share_events, PortEvent, Publisher};
     let (events_tx, mut events_rx) = mpsc::channel::<PortEvent>(64);
@@ -330,6 +364,12 @@ fn publish_ports(
     }
     let publisher = Arc::new(publisher);
     let mut statuses = publisher.subscribe();
+    let mut resyncs = publisher.resyncs();
+    tokio::spawn(async move {
+        if resyncs.wait_for(|n| *n >= 1).await.is_ok() {
+            phases.mark("published ports restored");
+        }
+    });
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
             match &event {
@@ -382,6 +422,16 @@ fn vm_died(machine: &Machine, status: String) -> anyhow::Error {
     anyhow!("the VM exited unexpectedly ({status}); the console's last lines:\n{tail}")
 }
 
+/// The VM a start got: booted or taken over, when, and how long its agent took to answer.
+struct Started {
+    vm: launch::RunningVm,
+    carrier: Arc<Carrier>,
+    /// When the VM process started (taken over: when the take-over began).
+    boot: Instant,
+    ping_ms: u64,
+    kind: StartKind,
+}
+
 /// How long a VM taken over from a host agent that died may take to answer: it was
 /// running, so its agent answers at once unless it is stuck.
 const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -396,7 +446,7 @@ async fn take_over_or_boot(
     state: &SharedState,
     stop_rx: &mut mpsc::Receiver<StopReason>,
     ping_timeout: Duration,
-) -> anyhow::Result<Option<(launch::RunningVm, Arc<Carrier>, Instant, u64)>> {
+) -> anyhow::Result<Option<Started>> {
     if let Some(mut vm) = launch::adoptable(machine, previous) {
         let carrier = Arc::new(vm.carrier.clone());
         state.update(|s| {
@@ -408,7 +458,7 @@ async fn take_over_or_boot(
             r = wait_ping(&carrier, TAKE_OVER_TIMEOUT) => match r {
                 Ok(ping_ms) => {
                     tracing::info!(ping_ms, vm = ?vm.vm.id(), helpers = vm.daemons.len(), "took over the running VM");
-                    return Ok(Some((vm, carrier, started, ping_ms)));
+                    return Ok(Some(Started { vm, carrier, boot: started, ping_ms, kind: StartKind::TakeOver }));
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "the running VM's agent does not answer: stopping it and booting again");
@@ -440,7 +490,7 @@ async fn take_over_or_boot(
         let died = tokio::select! {
             r = wait_ping(&carrier, ping_timeout) => {
                 let ping_ms = r?;
-                return Ok(Some((vm, carrier, boot, ping_ms)));
+                return Ok(Some(Started { vm, carrier, boot, ping_ms, kind: StartKind::Boot }));
             }
             status = vm.vm.wait() => vm_died(machine, status),
             _ = stop_rx.recv() => { vm.kill().await; return Ok(None) }
@@ -502,14 +552,24 @@ pub(crate) async fn sync_time(carrier: &Carrier) -> anyhow::Result<i64> {
     }
 }
 
-async fn wait_engine(carrier: &Carrier, timeout: Duration) -> anyhow::Result<()> {
+/// The guest's uptime in seconds, if its agent tells.
+async fn guest_clock(carrier: &Carrier) -> Option<f64> {
+    let mut c = ControlClient::connect(carrier).await.ok()?;
+    match c.call(Request::Info {}).await {
+        Ok(Reply::Info(info)) => Some(info.uptime_s),
+        _ => None,
+    }
+}
+
+/// Waits until the guest agent says dockerd answers; its last `info` reply.
+async fn wait_engine(carrier: &Carrier, timeout: Duration) -> anyhow::Result<GuestInfo> {
     let started = Instant::now();
     let mut last = None;
     while started.elapsed() < timeout {
         if let Ok(mut c) = ControlClient::connect(carrier).await {
             if let Ok(Reply::Info(info)) = c.call(Request::Info {}).await {
                 match info.dockerd.state {
-                    ServiceState::Running => return Ok(()),
+                    ServiceState::Running => return Ok(*info),
                     ServiceState::Failed => bail!(
                         "the engine could not start: {}",
                         info.dockerd

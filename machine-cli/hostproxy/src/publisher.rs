@@ -48,6 +48,8 @@ pub struct Publisher {
     udp_idle_timeout: Duration,
     host_ports: HostPorts,
     binds: Option<mpsc::UnboundedSender<BindEvent>>,
+    /// How many times the table was brought in line with the engine's running containers.
+    resyncs: watch::Sender<u64>,
 }
 
 /// Follows the engine and publishes ports until `shutdown` is cancelled, then closes them
@@ -72,6 +74,7 @@ impl Publisher {
             udp_idle_timeout: UDP_IDLE_TIMEOUT,
             host_ports: HostPorts::default(),
             binds: None,
+            resyncs: watch::Sender::new(0),
         }
     }
 
@@ -100,6 +103,12 @@ impl Publisher {
         self.status.borrow().clone()
     }
 
+    /// Counts the resyncs with the engine (the first one: the ports of containers that
+    /// were already running are open).
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resyncs.subscribe()
+    }
+
     /// Follows changes of [`Publisher::snapshot`].
     pub fn subscribe(&self) -> watch::Receiver<Vec<PortStatus>> {
         self.status.subscribe()
@@ -121,7 +130,7 @@ impl Publisher {
             let started = Instant::now();
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                outcome = session(&engine, &mut table, self.binds.as_ref()).instrument(tracing::info_span!("engine_session")) => outcome,
+                outcome = session(&engine, &mut table, self.binds.as_ref(), &self.resyncs).instrument(tracing::info_span!("engine_session")) => outcome,
             };
             match outcome {
                 Ok(()) => info!("engine event stream ended, reconnecting"),
@@ -153,10 +162,12 @@ async fn session(
     engine: &EngineClient,
     table: &mut PortTable,
     binds: Option<&mpsc::UnboundedSender<BindEvent>>,
+    resyncs: &watch::Sender<u64>,
 ) -> Result<(), EngineError> {
     let mut events = engine.events().await?;
     let mut requests = engine.session().await?;
     resync(&mut requests, table, binds).await?;
+    resyncs.send_modify(|n| *n += 1);
     while let Some(event) = events.next().await? {
         if !event.is_container() {
             continue;
@@ -586,6 +597,12 @@ mod tests {
             matches!(h.next_event().await, PortEvent::Opened { port, .. } if port.host_port == early)
         );
         h.wait_resynced(1).await;
+        let mut resyncs = h.publisher.resyncs();
+        let first = *tokio::time::timeout(PATIENCE, resyncs.wait_for(|n| *n >= 1))
+            .await
+            .expect("first resync counted")
+            .unwrap();
+        assert_eq!(first, 1);
         let connects = h.guest.event_connects();
         // The stream breaks; meanwhile one container stops and one starts, unseen.
         h.guest.set_events_status(503);
@@ -623,6 +640,8 @@ mod tests {
         );
         assert_eq!(echo_through(late, b"late").await, b"late");
         wait_refused(early).await;
+        // The reconnect's resync counted too.
+        assert_eq!(*h.publisher.resyncs().borrow(), 2);
         h.stop().await;
     }
 

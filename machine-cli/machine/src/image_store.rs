@@ -1,6 +1,7 @@
 //! The installed guest images (`images/<version>/`): listing, removal, and the image a
 //! machine boots (the newest of the machine's architecture, or the version it names),
-//! verified against its manifest's architecture, checksums and protocol at every start.
+//! verified against its manifest's architecture, checksums and protocol at every start
+//! (a file is hashed again only when it changed since its checksum last matched).
 //! The image builder (`guest/image`) writes these folders; this module only reads them.
 
 use std::path::{Path, PathBuf};
@@ -100,8 +101,69 @@ pub fn resolve(
             machine: arch,
         });
     }
-    verify(&manifest, &dir)?;
+    verify_unless_unchanged(&manifest, &dir, &paths.cache().join(VERIFIED_DIR))?;
     Ok((manifest, dir))
+}
+
+/// Where [`verify_unless_unchanged`] remembers the files it checked, under the cache.
+const VERIFIED_DIR: &str = "verified-images";
+
+/// What an image file looked like when its checksum last matched.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Checked {
+    file: String,
+    sha256: String,
+    len: u64,
+    modified_ns: u128,
+}
+
+impl Checked {
+    fn of(artifact: &Artifact, dir: &Path) -> Option<Checked> {
+        let meta = std::fs::metadata(dir.join(&artifact.file)).ok()?;
+        let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH);
+        Some(Checked {
+            file: artifact.file.clone(),
+            sha256: artifact.sha256.clone(),
+            len: meta.len(),
+            modified_ns: modified.ok()?.as_nanos(),
+        })
+    }
+}
+
+/// [`verify`], skipping the hashing when every file has the size and modification time
+/// it had when its checksum last matched (recorded in `seen_dir`): hashing a 240 MiB root
+/// filesystem costs about a second of every start. What this trusts is the file system's
+/// metadata: a change of content through the usual ways (a rebuild, a copy, a truncated
+/// download, a write) changes the size or the time. A record that cannot be read or
+/// written only means hashing again.
+pub fn verify_unless_unchanged(
+    manifest: &Manifest,
+    dir: &Path,
+    seen_dir: &Path,
+) -> Result<(), ImageStoreError> {
+    manifest.check_protocol()?;
+    let record = seen_dir.join(format!("{}.json", manifest.version));
+    let now: Option<Vec<Checked>> = manifest
+        .artifacts()
+        .into_iter()
+        .map(|a| Checked::of(a, dir))
+        .collect();
+    let before = std::fs::read(&record)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Vec<Checked>>(&bytes).ok());
+    if now.is_some() && before == now {
+        return Ok(());
+    }
+    verify(manifest, dir)?;
+    if let Some(now) = now {
+        let written = std::fs::create_dir_all(seen_dir).and_then(|()| {
+            crate::store::write_atomic(&record, &serde_json::to_vec(&now).unwrap_or_default())
+        });
+        if let Err(e) = written {
+            tracing::debug!(error = %e, path = %record.display(), "cannot record the verified image");
+        }
+    }
+    Ok(())
 }
 
 /// Checks the image's protocol version and each file's sha256.
@@ -211,6 +273,39 @@ mod tests {
 
         remove(&paths, "0.1.0-abc").unwrap();
         assert!(list(&paths).unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_a_checked_image_is_hashed_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
+        let m = fake_image(&paths, "0.1.0-abc");
+        let image = paths.image_dir("0.1.0-abc");
+        let seen = dir.path().join("seen");
+        verify_unless_unchanged(&m, &image, &seen).unwrap();
+        let record = seen.join("0.1.0-abc.json");
+        assert!(record.exists(), "the match is recorded");
+
+        // Same size, new content: the new modification time makes it hashed again.
+        let rootfs = image.join(files::ROOTFS);
+        std::fs::write(&rootfs, b"ROOTFS").unwrap();
+        let file = std::fs::File::options().write(true).open(&rootfs).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7))
+            .unwrap();
+        let err = verify_unless_unchanged(&m, &image, &seen).unwrap_err();
+        assert!(err.to_string().contains("rootfs.erofs"), "{err}");
+
+        // Restored: checked again, and a garbage record is only a reason to hash.
+        std::fs::write(&rootfs, b"rootfs").unwrap();
+        std::fs::write(&record, b"\x00 not json").unwrap();
+        verify_unless_unchanged(&m, &image, &seen).unwrap();
+        let recorded: Vec<Checked> =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(recorded.len(), 2);
+
+        // A missing file is never taken as unchanged.
+        std::fs::remove_file(&rootfs).unwrap();
+        assert!(verify_unless_unchanged(&m, &image, &seen).is_err());
     }
 
     #[test]

@@ -64,6 +64,45 @@ pub struct Helper {
     pub id: ProcessId,
 }
 
+/// How a start got its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartKind {
+    /// The VM was booted.
+    Boot,
+    /// A VM left running by a host agent that died was taken over.
+    TakeOver,
+}
+
+/// Whose clock measured a [`StartPhase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseClock {
+    /// The host agent's.
+    Host,
+    /// The guest's boot clock, placed on the host's through the agent's uptime.
+    Guest,
+}
+
+/// One finished step of a start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartPhase {
+    pub name: String,
+    /// Milliseconds since the host agent began the start.
+    pub ms: u64,
+    pub clock: PhaseClock,
+}
+
+impl StartPhase {
+    pub fn host(name: &str, ms: u64) -> StartPhase {
+        StartPhase {
+            name: name.into(),
+            ms,
+            clock: PhaseClock::Host,
+        }
+    }
+}
+
 /// `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineState {
@@ -93,6 +132,14 @@ pub struct MachineState {
     /// Boot to agent ping and to engine ready, in milliseconds.
     pub ping_ms: Option<u64>,
     pub engine_ready_ms: Option<u64>,
+    /// How the last start got its VM: a cold boot, or a running VM taken over from a
+    /// host agent that died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_kind: Option<StartKind>,
+    /// The last start's steps, in milliseconds since the host agent began it: the host's
+    /// own, and the guest agent's placed on the host's clock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_phases: Vec<StartPhase>,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
     /// Problems of a running machine that do not stop it (a shared folder's server exited).
@@ -116,6 +163,8 @@ impl MachineState {
             started_at_unix: None,
             ping_ms: None,
             engine_ready_ms: None,
+            start_kind: None,
+            start_phases: Vec::new(),
             ports: Vec::new(),
             warnings: Vec::new(),
         }
