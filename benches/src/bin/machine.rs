@@ -98,15 +98,46 @@ fn main() {
     // 1. rmachine start → engine _ping, cold boots.
     let socket = env.home.join("machines").join(M).join("docker.sock");
     let mut starts = Vec::new();
+    // Each start's steps (`start_phases`): name → milliseconds, per run.
+    let mut phases: Vec<(String, Vec<u64>)> = Vec::new();
     for i in 0..runs {
         let t = Instant::now();
         env.rmachine_ok(&["start", M]);
         ping(&socket).expect("engine _ping after start");
         starts.push(t.elapsed());
         eprintln!("start {i}: {:?}", t.elapsed());
+        let state = env.state(M);
+        for p in state["start_phases"].as_array().into_iter().flatten() {
+            let (Some(name), Some(ms)) = (p["name"].as_str(), p["ms"].as_u64()) else {
+                continue;
+            };
+            match phases.iter_mut().find(|(n, _)| n == name) {
+                Some((_, all)) => all.push(ms),
+                None => phases.push((name.to_string(), vec![ms])),
+            }
+        }
         if i + 1 < runs {
             env.rmachine_ok(&["stop", M]);
         }
+    }
+
+    println!("start phases (median of {runs} starts; seconds since the host agent began):");
+    let mut table: Vec<(u64, &str)> = phases
+        .iter_mut()
+        .map(|(name, all)| {
+            all.sort_unstable();
+            (all[all.len() / 2], name.as_str())
+        })
+        .collect();
+    table.sort_unstable();
+    let mut before = 0;
+    for (ms, name) in table {
+        println!(
+            "  {:>7.2} s {:>+7.2} s  {name}",
+            ms as f64 / 1000.0,
+            (ms as f64 - before as f64) / 1000.0
+        );
+        before = ms;
     }
 
     // 2. API round trip: host agent socket vs. a direct forward of the engine service.
