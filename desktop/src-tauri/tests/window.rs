@@ -193,6 +193,74 @@ impl Driver {
         }
     }
 
+    /// Runs `script` (a function body that calls `done(value)`) and returns the value.
+    fn js_async(&self, script: &str) -> Value {
+        let body = format!("const done = arguments[arguments.length - 1]; {script}");
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": body, "args": [] })),
+        )
+    }
+
+    /// The app's count of streams holding a connection open (`live_streams`).
+    fn live_streams(&self) -> Value {
+        self.js_async(
+            "window.__TAURI__.core.invoke('live_streams').then(done, (e) => done({ error: String(e.message || e) }));",
+        )
+    }
+
+    /// Types into the focused element (the terminal's input), key by key, as a person
+    /// would; `\u{E007}` is Enter.
+    fn type_keys(&self, text: &str) {
+        let keys: Vec<Value> = text
+            .chars()
+            .flat_map(|c| {
+                [
+                    json!({ "type": "keyDown", "value": c.to_string() }),
+                    json!({ "type": "keyUp", "value": c.to_string() }),
+                ]
+            })
+            .collect();
+        self.call(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": keys }] })),
+        );
+        let _ = self.try_call("DELETE", "/actions", None);
+    }
+
+    /// Presses Ctrl+`key` (keyboard actions: Control held while the key goes down and up).
+    fn ctrl(&self, key: &str) {
+        self.call(
+            "POST",
+            "/actions",
+            Some(
+                json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+                { "type": "keyDown", "value": "\u{E009}" },
+                { "type": "keyDown", "value": key },
+                { "type": "keyUp", "value": key },
+                { "type": "keyUp", "value": "\u{E009}" },
+            ] }] }),
+            ),
+        );
+        let _ = self.try_call("DELETE", "/actions", None);
+    }
+
+    /// Waits until the terminal shows `text`.
+    fn wait_terminal(&self, what: &str, text: &str) {
+        let expr = format!(
+            "document.querySelector('#terminal .xterm-rows')?.textContent.includes({})",
+            json!(text)
+        );
+        self.wait_for_unless(
+            what,
+            &expr,
+            "document.querySelector('#terminal')?.dataset.error",
+            Duration::from_secs(60),
+        );
+    }
+
     fn screenshot(&self, name: &str) {
         // Let the last change paint.
         std::thread::sleep(Duration::from_millis(500));
@@ -264,7 +332,7 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "echo", "httpd"] {
+    for applet in ["sh", "sleep", "echo", "httpd", "stty", "printf"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tarball = dir.join("busybox.tar");
@@ -513,6 +581,170 @@ fn test_window_starts_machine_and_stops_container() {
         "the container made after the page loaded",
         "document.querySelector('tr[data-name=\"late\"]')?.dataset.state === 'running'",
         Duration::from_secs(30),
+    );
+
+    // A terminal in a container: its size, output with colours, Ctrl-C, a resize, and the
+    // exit status.
+    let step = Instant::now();
+    d.click("tr[data-name='late'] [data-action='terminal']");
+    d.wait_for_unless(
+        "the container's shell prompt",
+        "document.querySelector('#terminal-status').textContent === 'connected' && document.querySelector('#terminal .xterm-rows')?.textContent.includes('#')",
+        "document.querySelector('#terminal')?.dataset.error",
+        Duration::from_secs(60),
+    );
+    let size = |d: &Driver| {
+        let v = d.js("const t = document.querySelector('#terminal'); return `${t.dataset.rows} ${t.dataset.cols}`;");
+        v.as_str().unwrap().to_string()
+    };
+    let first = size(&d);
+    d.type_keys("stty size\u{E007}");
+    d.wait_terminal("stty size", &first);
+    d.type_keys(
+        "echo hi-$((6*7)); printf '\\033[1;31mred\\033[0m \\033[32mgreen\\033[0m\\n'\u{E007}",
+    );
+    d.wait_terminal("echo's output", "hi-42");
+    d.wait_terminal("printf's colours", "red green");
+    d.type_keys("sleep 100\u{E007}");
+    std::thread::sleep(Duration::from_millis(500));
+    d.ctrl("c");
+    d.type_keys("echo status=$?\u{E007}");
+    d.wait_terminal("sleep interrupted by Ctrl-C", "status=130");
+    d.screenshot("15-container-terminal");
+    // A larger window: the terminal follows and so does the container's TTY.
+    d.call(
+        "POST",
+        "/window/rect",
+        Some(json!({ "width": 1240, "height": 780 })),
+    );
+    d.wait_for(
+        "the terminal resized",
+        &format!("(() => {{ const t = document.querySelector('#terminal'); return `${{t.dataset.rows}} ${{t.dataset.cols}}` !== {}; }})()", json!(first)),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let second = size(&d);
+    d.type_keys("clear; stty size\u{E007}");
+    d.wait_terminal("stty size after the resize", &second);
+    d.type_keys("exit 3\u{E007}");
+    d.wait_for(
+        "the exit status",
+        "document.querySelector('#terminal')?.dataset.exit === '3' && document.querySelector('#terminal-status').textContent === 'exited with status 3'",
+        Duration::from_secs(30),
+    );
+    d.screenshot("16-container-terminal-exited");
+    d.click("#terminal-close");
+    d.call(
+        "POST",
+        "/window/rect",
+        Some(json!({ "width": 1024, "height": 700 })),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.live_streams()["terminals"] != json!(0) {
+        assert!(
+            Instant::now() < deadline,
+            "a terminal session outlived its dialog: {}",
+            d.live_streams()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("terminal steps: {:.1} s", step.elapsed().as_secs_f64());
+
+    // Live charts of a container burning CPU: the CPU chart climbs, and settles when the
+    // container stops; its stream ends with it.
+    let step = Instant::now();
+    docker(
+        &socket,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "burner",
+            "--stop-timeout",
+            "1",
+            "busybox-gui:1",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ],
+    );
+    d.click("tr[data-name='burner'] [data-action='details']");
+    let cpu = d.wait_for_unless(
+        "the CPU chart climbing",
+        "(() => { const v = parseFloat(document.querySelector('#chart-cpu')?.dataset.last); return v > 20 ? v : null; })()",
+        "document.querySelector('#container-charts')?.dataset.ended",
+        Duration::from_secs(60),
+    );
+    eprintln!("burner at {cpu} % CPU");
+    assert_eq!(
+        d.live_streams()["stats"],
+        json!(1),
+        "one stats stream while the view shows"
+    );
+    d.screenshot("17-container-charts");
+    d.click("#container-stop");
+    d.wait_for(
+        "the CPU chart settled",
+        "document.querySelector('#container-charts')?.dataset.ended === 'true' && parseFloat(document.querySelector('#chart-cpu').dataset.last) < 5 && document.querySelector('#container-state .badge')?.dataset.state === 'exited'",
+        Duration::from_secs(60),
+    );
+    d.screenshot("18-container-charts-stopped");
+    assert_eq!(
+        d.live_streams()["stats"],
+        json!(0),
+        "the stream ended with the container"
+    );
+    eprintln!(
+        "container chart steps: {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+
+    // The machine's charts and its shell (the agent's exec service, as `rmachine shell`);
+    // leaving the view closes its stream.
+    let step = Instant::now();
+    d.click("#nav-machines");
+    d.click("#machine-gui [data-action='details']");
+    d.wait_for_unless(
+        "the machine's figures",
+        "parseFloat(document.querySelector('#chart-guest-mem')?.dataset.last) > 0 && parseFloat(document.querySelector('#chart-host-mem')?.dataset.last) > 0 && document.querySelector('#chart-host-cpu')?.dataset.last !== ''",
+        "document.querySelector('#machine-stream-status')?.textContent.startsWith('No live')",
+        Duration::from_secs(60),
+    );
+    assert_eq!(d.live_streams()["stats"], json!(1), "the machine's stream");
+    d.screenshot("19-machine-charts");
+    d.click("#machine-shell");
+    d.wait_for_unless(
+        "the machine's shell",
+        "document.querySelector('#terminal-status').textContent === 'connected' && document.querySelector('#terminal .xterm-rows')?.textContent.includes('#')",
+        "document.querySelector('#terminal')?.dataset.error",
+        Duration::from_secs(60),
+    );
+    d.type_keys("echo machine-$((2+3))\u{E007}");
+    d.wait_terminal("the guest's answer", "machine-5");
+    d.screenshot("20-machine-shell");
+    d.type_keys("exit 4\u{E007}");
+    d.wait_for(
+        "the shell's exit status",
+        "document.querySelector('#terminal')?.dataset.exit === '4'",
+        Duration::from_secs(30),
+    );
+    d.click("#terminal-close");
+    d.click("#machine-back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = d.live_streams();
+        if s["stats"] == json!(0) && s["terminals"] == json!(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams left open after the views closed: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "machine chart and shell steps: {:.1} s",
+        step.elapsed().as_secs_f64()
     );
 
     // The other pages.

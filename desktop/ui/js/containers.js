@@ -2,6 +2,7 @@
 import { S, $, h, invoke, listen, toast, reportError, confirmDialog, textDialog, setTextDialogOnClose, appendText, errMsg, stateBadge } from './core.js';
 import { registerView, showPage } from './nav.js';
 import { engineLoad } from './engine.js';
+import { showContainer, openContainerTerminal } from './container.js';
 
 export async function containerAction(c, action) {
   if (action === 'remove') {
@@ -48,7 +49,7 @@ export function portLinks(ports) {
 export function containerRow(c) {
   const running = c.state === 'running';
   return h('tr', { 'data-key': c.id, 'data-name': c.name, 'data-state': c.state },
-    h('td', {}, h('strong', {}, c.name), c.compose_service ? h('div', { class: 'detail' }, `service ${c.compose_service}`) : null,
+    h('td', {}, h('button', { class: 'link', 'data-action': 'details', title: `Charts and terminal of ${c.name}`, onclick: () => showContainer(c) }, h('strong', {}, c.name)), c.compose_service ? h('div', { class: 'detail' }, `service ${c.compose_service}`) : null,
       h('div', { class: 'detail mono' }, c.id.slice(0, 12))),
     h('td', { class: 'mono' }, c.image),
     h('td', {}, stateBadge(c.state), h('div', { class: 'detail' }, c.status)),
@@ -58,6 +59,7 @@ export function containerRow(c) {
         ? h('button', { class: 'small', 'data-action': 'stop', onclick: () => containerAction(c, 'stop') }, 'Stop')
         : h('button', { class: 'small primary', 'data-action': 'start', onclick: () => containerAction(c, 'start') }, 'Start'),
       h('button', { class: 'small', 'data-action': 'restart', onclick: () => containerAction(c, 'restart') }, 'Restart'),
+      running ? h('button', { class: 'small', 'data-action': 'terminal', onclick: () => openContainerTerminal(S.engineMachine, c) }, 'Terminal') : null,
       h('button', { class: 'small', 'data-action': 'logs', onclick: () => showContainerLogs(c) }, 'Logs'),
       h('button', { class: 'small', 'data-action': 'inspect', onclick: () => inspectContainer(c) }, 'Inspect'),
       h('button', { class: 'small danger', 'data-action': 'remove', 'aria-label': `Remove ${c.name}`, onclick: () => containerAction(c, 'remove') }, 'Remove')));

@@ -2,6 +2,7 @@
 import { S, $, h, invoke, listen, toast, reportError, confirmDialog, textDialog, setTextDialogOnClose, appendText, errMsg, fmtMib, stateBadge } from './core.js';
 import { registerView, showPage } from './nav.js';
 import { pickEngineMachine, renderEnginePicker } from './engine.js';
+import { showMachine, openMachineShell } from './machine.js';
 
 export function applyMachineList(list) {
   S.machines = list.machines;
@@ -109,10 +110,11 @@ export function renderMachines() {
     if (stopped) actions.push(h('button', { class: 'small primary', 'data-action': 'start', disabled: busy || !m.can_start_stop, onclick: () => machineOp(m.name, 'start') }, 'Start'));
     if (!stopped) actions.push(h('button', { class: 'small', 'data-action': 'stop', disabled: busy && m.state !== 'starting', onclick: () => machineOp(m.name, m.state === 'starting' ? 'kill' : 'stop') }, 'Stop'));
     actions.push(h('button', { class: 'small', 'data-action': 'restart', disabled: busy || !running, onclick: () => machineOp(m.name, 'restart') }, 'Restart'));
+    if (running && !m.host) actions.push(h('button', { class: 'small', 'data-action': 'shell', onclick: () => openMachineShell(m.name) }, 'Shell'));
     actions.push(h('button', { class: 'small', 'data-action': 'logs', onclick: () => showMachineLogs(m.name, 'console') }, 'Logs'));
     actions.push(h('button', { class: 'small danger', 'data-action': 'delete', disabled: busy, 'aria-label': `Delete ${m.name}`, onclick: () => removeMachine(m) }, 'Delete'));
     return h('tr', { id: `machine-${m.name}`, 'data-name': m.name, 'data-state': m.state },
-      h('td', {}, h('strong', {}, m.name), m.active ? h('span', { class: 'active-tag', title: 'the docker CLI uses this machine' }, 'active') : null),
+      h('td', {}, h('button', { class: 'link', 'data-action': 'details', title: `Charts and shell of ${m.name}`, onclick: () => showMachine(m.name) }, h('strong', {}, m.name)), m.active ? h('span', { class: 'active-tag', title: 'the docker CLI uses this machine' }, 'active') : null),
       h('td', {}, stateBadge(state),
         detail ? h('div', { class: 'detail' }, detail) : null,
         m.error ? h('div', { class: 'detail error' }, m.error) : null,

@@ -8,6 +8,8 @@ import './containers.js';
 import './images.js';
 import './volumes.js';
 import './settings.js';
+import './container.js';
+import './machine.js';
 
 // ---------- live updates ----------
 let engineRefresh = null;
@@ -20,7 +22,7 @@ listen('machines-changed', (list) => {
   const before = S.machines.find((m) => m.name === S.engineMachine)?.state;
   applyMachineList(list);
   const after = S.machines.find((m) => m.name === S.engineMachine)?.state;
-  if (before !== after && showsEngine()) refreshPage();
+  if ((before !== after && showsEngine()) || S.page === 'machine') refreshPage();
 });
 listen('machine-progress', (p) => {
   if (p.done) { delete S.progress[p.name]; } else { S.progress[p.name] = { op: p.op, detail: p.detail }; }
