@@ -1,5 +1,6 @@
 // Small live line charts (uPlot, vendored): the last minutes of one or more series, with
 // the latest value written beside the title. A chart is destroyed with its view.
+import './locale.js';
 import uPlot from '../vendor/uPlot.esm.js';
 import { h } from './core.js';
 

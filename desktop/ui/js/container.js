@@ -3,10 +3,16 @@
 // the view shows and closed when another page replaces it.
 import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes } from './core.js';
 import { registerView, showPage } from './nav.js';
-import { LiveChart, COLORS, fmtPercent, fmtRate } from './charts.js';
-import { openTerminal } from './terminal.js';
+
+// The charting and terminal libraries load when first used: the lists start without them,
+// and a failure there cannot stop the rest of the app.
+const charts = () => import('./charts.js');
+async function openTerminal(...args) {
+  try { (await import('./terminal.js')).openTerminal(...args); } catch (e) { reportError('Cannot open the terminal', e); }
+}
 
 let view = null; // { machine, id, name, state, stream, charts, closed }
+let loading = null;
 
 export function showContainer(c) { showPage('container', { machine: S.engineMachine, id: c.id, name: c.name, state: c.state }); }
 
@@ -72,8 +78,14 @@ function openStream() {
   });
 }
 
-function load(arg) {
+async function load(arg) {
   close();
+  const token = {};
+  loading = token;
+  let lib;
+  try { lib = await charts(); } catch (e) { reportError('Cannot load the charts', e); return; }
+  if (loading !== token) return;
+  const { LiveChart, COLORS, fmtPercent, fmtRate } = lib;
   view = { ...arg, stream: null, opening: false, closed: false, streamNote: '' };
   view.charts = [
     new LiveChart('chart-cpu', 'CPU (100 % = one core)', [{ label: 'CPU', color: COLORS.a }], fmtPercent, 100),
@@ -108,6 +120,7 @@ async function refresh() {
 }
 
 function close() {
+  loading = null;
   const v = view;
   if (!v) return;
   v.closed = true;

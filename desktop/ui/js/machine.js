@@ -1,12 +1,18 @@
 // A machine's detail view: the guest's CPU and memory (read through its agent) and what
 // the machine costs the host (its VM process, helpers and host agent), sampled every 2 s
 // while the view shows; and a shell in the guest.
-import { S, $, h, invoke, channel, stateBadge, fmtBytes, fmtMib } from './core.js';
+import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes, fmtMib } from './core.js';
 import { registerView, showPage } from './nav.js';
-import { LiveChart, COLORS, fmtPercent } from './charts.js';
-import { openTerminal } from './terminal.js';
+
+// The charting and terminal libraries load when first used: the lists start without them,
+// and a failure there cannot stop the rest of the app.
+const charts = () => import('./charts.js');
+async function openTerminal(...args) {
+  try { (await import('./terminal.js')).openTerminal(...args); } catch (e) { reportError('Cannot open the terminal', e); }
+}
 
 let view = null;
+let loading = null;
 
 export function showMachine(name) { showPage('machine', { name }); }
 
@@ -57,8 +63,14 @@ function openStream() {
   }, (e) => { v.opening = false; v.note = `No live figures: ${e.message || e}`; render(); });
 }
 
-function load(arg) {
+async function load(arg) {
   close();
+  const token = {};
+  loading = token;
+  let lib;
+  try { lib = await charts(); } catch (e) { reportError('Cannot load the charts', e); return; }
+  if (loading !== token) return;
+  const { LiveChart, COLORS, fmtPercent, fmtRate } = lib;
   view = { name: arg.name, stream: null, opening: false, closed: false, note: '' };
   view.charts = [
     new LiveChart('chart-guest-cpu', 'Guest CPU (100 % = one CPU)', [{ label: 'CPU', color: COLORS.a }], fmtPercent, 100),
@@ -79,6 +91,7 @@ function refresh() {
 }
 
 function close() {
+  loading = null;
   const v = view;
   if (!v) return;
   v.closed = true;

@@ -1,6 +1,7 @@
 // rmachine Desktop UI: plain ES modules over Tauri commands and events (no bundler, no
 // network; third-party libraries are vendored in ../vendor). Each page is a view module
 // that registers itself with nav.js; this file wires the app's live events to them.
+import './locale.js';
 import { S, listen, appendText } from './core.js';
 import { refreshPage, showsEngine } from './nav.js';
 import { applyMachineList, loadMachines, renderMachines } from './machines.js';
