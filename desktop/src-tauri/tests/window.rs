@@ -706,7 +706,7 @@ fn test_window_starts_machine_and_stops_container() {
     d.click("#machine-gui [data-action='details']");
     d.wait_for_unless(
         "the machine's figures",
-        "parseFloat(document.querySelector('#chart-guest-mem')?.dataset.last) > 0 && parseFloat(document.querySelector('#chart-host-mem')?.dataset.last) > 0 && document.querySelector('#chart-host-cpu')?.dataset.last !== ''",
+        "parseFloat(document.querySelector('#chart-guest-mem')?.dataset.last) > 0 && parseFloat(document.querySelector('#chart-host-mem')?.dataset.last) > 0 && document.querySelector('#chart-guest-cpu')?.dataset.points >= 3 && document.querySelector('#chart-host-cpu')?.dataset.last !== ''",
         "document.querySelector('#machine-stream-status')?.textContent.startsWith('No live')",
         Duration::from_secs(60),
     );

@@ -29,10 +29,11 @@ export class LiveChart {
       h('div', { class: 'chart-legend' }, series.map((s) => h('span', {}, h('i', { style: `background:${s.color}` }), s.label))));
     const axis = { stroke: cssVar('--muted'), grid: { stroke: cssVar('--border'), width: 1 }, ticks: { show: false }, font: '11px system-ui' };
     this.opts = {
-      width: 300, height: 110,
+      width: 300, height: 96,
       legend: { show: false }, cursor: { show: false },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(floor, max * 1.1)] } },
-      axes: [{ ...axis, values: (u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString([], { minute: '2-digit', second: '2-digit' })) },
+      // Time runs left to right over the last minutes; its labels would only crowd a small chart.
+      axes: [{ show: false },
         { ...axis, size: 64, values: (u, vals) => vals.map((v) => fmt(v)) }],
       series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, fill: s.color + '22', points: { show: false } }))],
     };
