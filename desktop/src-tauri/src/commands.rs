@@ -2,7 +2,7 @@
 //! Machine lifecycle work runs on a blocking thread; each returns `{ kind, message }` on
 //! failure.
 
-use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary};
+use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachinePlan, MachineSummary};
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
@@ -159,6 +159,32 @@ pub async fn machine_op(
     op: MachineOp,
 ) -> CommandResult<MachineSummary> {
     run_machine_op(app, state.lc.clone(), name, op).await
+}
+
+/// What the first-run offer says before it starts anything: the machine `default` would
+/// get (the defaults resolved) and the driver, backend and accelerator, with why.
+#[tauri::command]
+pub async fn first_run_plan(state: State<'_, AppState>) -> CommandResult<MachinePlan> {
+    let lc = state.lc.clone();
+    blocking(move || Ok(lc.plan(&Default::default())?)).await
+}
+
+/// First run: creates `default` from the defaults when it does not exist and starts it,
+/// with a start's progress events (the tray's Start takes the same path).
+#[tauri::command]
+pub async fn start_default_machine(
+    app: AppHandle,
+    state: State<'_, AppState>,
+) -> CommandResult<MachineSummary> {
+    let lc = state.lc.clone();
+    blocking(move || machines::ensure_default(&lc)).await?;
+    run_machine_op(
+        app,
+        state.lc.clone(),
+        rmachine_machine::lifecycle::DEFAULT_MACHINE.into(),
+        MachineOp::Start,
+    )
+    .await
 }
 
 #[tauri::command]

@@ -97,6 +97,8 @@ pub fn run() -> std::process::ExitCode {
             commands::open_machine_stats,
             commands::close_stats,
             commands::live_streams,
+            commands::first_run_plan,
+            commands::start_default_machine,
         ])
         .setup(move |app| {
             let handle = app.handle().clone();

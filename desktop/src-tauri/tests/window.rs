@@ -374,6 +374,12 @@ fn test_window_starts_machine_and_stops_container() {
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
+    // Defaults for new machines: the first-run machine is small and runs under QEMU.
+    std::fs::write(
+        home.join("defaults.toml"),
+        "driver = \"qemu\"\ncpus = 2\nmemory_mib = 2048\ndisk_size_gib = 8\n",
+    )
+    .unwrap();
     let docker_config = tmp.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
     let shots = profile_dir()
@@ -391,7 +397,7 @@ fn test_window_starts_machine_and_stops_container() {
     let _guard = MachineGuard {
         rmachine: rmachine.clone(),
         env: env.clone(),
-        name: "gui",
+        name: "default",
     };
 
     // An X display of our own.
@@ -448,52 +454,53 @@ fn test_window_starts_machine_and_stops_container() {
         Some(json!({ "width": 1024, "height": 700 })),
     );
 
-    // Machines: empty, then create a QEMU machine from the form.
+    // Machines: empty; the first-run offer says what `default` will be and run on (the
+    // test's defaults: QEMU, 2 CPUs, 2 GiB, 8 GiB) before anything starts.
     d.wait_for(
         "the empty machine list",
         "document.querySelector('#no-machines')",
         Duration::from_secs(30),
     );
-    d.screenshot("1-machines-empty");
-    d.click("#new-machine");
-    d.type_into("#create-name", "gui");
-    d.js("document.querySelector('#create-driver').value = 'qemu'; return true;");
-    d.type_into("#create-cpus", "2");
-    d.type_into("#create-memory", "2048");
-    d.type_into("#create-disk", "8");
-    d.screenshot("2-machines-create-form");
-    d.click("#create-submit");
-    d.wait_for(
-        "the new machine row",
-        "document.querySelector('#machine-gui')?.dataset.state === 'stopped'",
+    let plan = d.wait_for(
+        "the first-run plan",
+        "document.querySelector('#first-run-why') && document.querySelector('#no-machines').innerText",
         Duration::from_secs(30),
     );
-
-    // Start it: progress shows, then running.
+    let plan = plan.as_str().unwrap_or("").to_string();
+    assert!(
+        plan.contains("2 CPUs") && plan.contains("QEMU") && plan.contains("Why: --driver qemu"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("software emulation") || plan.contains("hardware virtualization"),
+        "{plan}"
+    );
+    d.screenshot("1-machines-empty-first-run");
+    // One button creates and starts it: progress shows, then running.
     let started = Instant::now();
-    d.click("#machine-gui [data-action='start']");
-    d.wait_for("the starting state", "['starting','running'].includes(document.querySelector('#machine-gui .badge')?.dataset.state)", Duration::from_secs(30));
+    d.click("#first-run-start");
+    d.wait_for("the starting state", "['starting','running'].includes(document.querySelector('#machine-default .badge')?.dataset.state)", Duration::from_secs(30));
     d.screenshot("3-machines-starting");
     d.wait_for_unless(
         "the machine running",
-        "document.querySelector('#machine-gui')?.dataset.state === 'running'",
-        "document.querySelector('#machine-gui')?.dataset.state === 'error'",
+        "document.querySelector('#machine-default')?.dataset.state === 'running'",
+        "document.querySelector('#machine-default')?.dataset.state === 'error'",
         Duration::from_secs(600),
     );
     eprintln!(
         "machine running {:.1} s after the click",
         started.elapsed().as_secs_f64()
     );
-    d.click("#machine-gui [data-action='use']");
+    d.click("#machine-default [data-action='use']");
     d.wait_for(
         "the active machine",
-        "document.querySelector('#machine-gui .active-tag')",
+        "document.querySelector('#machine-default .active-tag')",
         Duration::from_secs(10),
     );
     d.screenshot("4-machines-running");
 
     // A container, made behind the app's back through the machine's docker.sock.
-    let socket = home.join("machines/gui/docker.sock");
+    let socket = home.join("machines/default/docker.sock");
     let tarball = busybox_tarball(tmp.path());
     docker(
         &socket,
@@ -610,7 +617,7 @@ fn test_window_starts_machine_and_stops_container() {
     d.ctrl("c");
     d.type_keys("echo status=$?\u{E007}");
     d.wait_terminal("sleep interrupted by Ctrl-C", "status=130");
-    d.screenshot("15-container-terminal");
+    d.screenshot("16-container-terminal");
     // A larger window: the terminal follows and so does the container's TTY.
     d.call(
         "POST",
@@ -632,7 +639,7 @@ fn test_window_starts_machine_and_stops_container() {
         "document.querySelector('#terminal')?.dataset.exit === '3' && document.querySelector('#terminal-status').textContent === 'exited with status 3'",
         Duration::from_secs(30),
     );
-    d.screenshot("16-container-terminal-exited");
+    d.screenshot("17-container-terminal-exited");
     d.click("#terminal-close");
     d.call(
         "POST",
@@ -681,14 +688,14 @@ fn test_window_starts_machine_and_stops_container() {
         json!(1),
         "one stats stream while the view shows"
     );
-    d.screenshot("17-container-charts");
+    d.screenshot("18-container-charts");
     d.click("#container-stop");
     d.wait_for(
         "the CPU chart settled",
         "document.querySelector('#container-charts')?.dataset.ended === 'true' && parseFloat(document.querySelector('#chart-cpu').dataset.last) < 5 && document.querySelector('#container-state .badge')?.dataset.state === 'exited'",
         Duration::from_secs(60),
     );
-    d.screenshot("18-container-charts-stopped");
+    d.screenshot("19-container-charts-stopped");
     assert_eq!(
         d.live_streams()["stats"],
         json!(0),
@@ -703,7 +710,7 @@ fn test_window_starts_machine_and_stops_container() {
     // leaving the view closes its stream.
     let step = Instant::now();
     d.click("#nav-machines");
-    d.click("#machine-gui [data-action='details']");
+    d.click("#machine-default [data-action='details']");
     d.wait_for_unless(
         "the machine's figures",
         "parseFloat(document.querySelector('#chart-guest-mem')?.dataset.last) > 0 && parseFloat(document.querySelector('#chart-host-mem')?.dataset.last) > 0 && document.querySelector('#chart-guest-cpu')?.dataset.points >= 3 && document.querySelector('#chart-host-cpu')?.dataset.last !== ''",
@@ -711,7 +718,7 @@ fn test_window_starts_machine_and_stops_container() {
         Duration::from_secs(60),
     );
     assert_eq!(d.live_streams()["stats"], json!(1), "the machine's stream");
-    d.screenshot("19-machine-charts");
+    d.screenshot("20-machine-charts");
     d.click("#machine-shell");
     d.wait_for_unless(
         "the machine's shell",
@@ -721,7 +728,7 @@ fn test_window_starts_machine_and_stops_container() {
     );
     d.type_keys("echo machine-$((2+3))\u{E007}");
     d.wait_terminal("the guest's answer", "machine-5");
-    d.screenshot("20-machine-shell");
+    d.screenshot("21-machine-shell");
     d.type_keys("exit 4\u{E007}");
     d.wait_for(
         "the shell's exit status",
@@ -779,7 +786,7 @@ fn test_window_starts_machine_and_stops_container() {
 
     // Machine logs, then stop the machine from the UI.
     d.click("#nav-machines");
-    d.click("#machine-gui [data-action='logs']");
+    d.click("#machine-default [data-action='logs']");
     d.wait_for(
         "the console log",
         "document.querySelector('#text-body').textContent.length > 100",
@@ -787,10 +794,10 @@ fn test_window_starts_machine_and_stops_container() {
     );
     d.screenshot("12-machine-console-log");
     d.click("#text-close");
-    d.click("#machine-gui [data-action='stop']");
+    d.click("#machine-default [data-action='stop']");
     d.wait_for(
         "the machine stopped",
-        "document.querySelector('#machine-gui')?.dataset.state === 'stopped'",
+        "document.querySelector('#machine-default')?.dataset.state === 'stopped'",
         Duration::from_secs(180),
     );
     d.screenshot("13-machines-stopped");
@@ -803,6 +810,29 @@ fn test_window_starts_machine_and_stops_container() {
         Duration::from_secs(30),
     );
     d.screenshot("14-containers-machine-stopped");
+
+    // The create form: a second machine made (not started), then deleted.
+    d.click("#nav-machines");
+    d.click("#new-machine");
+    d.type_into("#create-name", "spare");
+    d.js("document.querySelector('#create-driver').value = 'qemu'; return true;");
+    d.type_into("#create-cpus", "1");
+    d.type_into("#create-memory", "1024");
+    d.type_into("#create-disk", "4");
+    d.screenshot("15-machines-create-form");
+    d.click("#create-submit");
+    d.wait_for(
+        "the new machine row",
+        "document.querySelector('#machine-spare')?.dataset.state === 'stopped'",
+        Duration::from_secs(30),
+    );
+    d.click("#machine-spare [data-action='delete']");
+    d.click("#confirm-ok");
+    d.wait_for(
+        "the machine deleted",
+        "!document.querySelector('#machine-spare') && document.querySelector('#machine-default')",
+        Duration::from_secs(30),
+    );
 
     let _ = ureq::delete(&format!("{}/session/{}", d.base, d.session)).call();
     drop(procs);

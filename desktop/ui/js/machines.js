@@ -37,6 +37,62 @@ export async function machineOp(name, op) {
   }
 }
 
+// ---------- first run ----------
+const ACCEL = {
+  kvm: 'hardware virtualization (KVM)',
+  hvf: 'hardware virtualization (Hypervisor.framework)',
+  whpx: 'hardware virtualization (Windows Hypervisor Platform)',
+  tcg: 'software emulation (TCG: much slower than hardware virtualization)',
+};
+const BACKEND = { vmm: 'rmachine-vmm, rmachine\'s own microVM monitor', qemu: 'QEMU' };
+let plan = null;
+let planError = null;
+
+async function loadPlan() {
+  try {
+    plan = await invoke('first_run_plan');
+    planError = null;
+  } catch (e) {
+    planError = errMsg(e);
+  }
+  if (!S.machines.length && S.page === 'machines') renderMachines();
+}
+
+/** With no machine: what `default` would be and run on, said before anything starts. */
+function firstRunCard() {
+  const p = S.progress.default;
+  if (!plan && !planError) loadPlan();
+  const said = plan
+    ? [h('p', { id: 'first-run-plan' },
+      `Machine “default”: ${plan.cpus} CPUs, ${fmtMib(plan.memory_mib)} of memory, a ${plan.disk_size_gib} GiB disk (it grows as it is used), ${plan.arch}. `,
+      `It will run under ${BACKEND[plan.backend] || plan.backend} with ${ACCEL[plan.accel] || plan.accel}.`),
+    h('p', { class: 'detail', id: 'first-run-why' }, `Why: ${plan.reason}${plan.reason.includes(plan.accel_reason) ? '' : `; ${plan.accel_reason}`}.`)]
+    : [h('p', { class: planError ? 'detail error' : 'detail', id: 'first-run-plan' }, planError ? `Cannot tell what this computer can run: ${planError}` : 'Finding out what this computer can run…')];
+  return h('div', { class: 'card empty', id: 'no-machines' },
+    h('h2', {}, 'No machines yet'),
+    h('p', {}, 'A machine is a small VM that runs the Docker Engine; docker on this computer then uses it.'),
+    ...said,
+    p ? h('p', { class: 'detail', role: 'status', id: 'first-run-progress' }, p.detail || 'starting') : null,
+    h('div', { class: 'form-actions' },
+      h('button', { class: 'primary', id: 'first-run-start', disabled: !plan || !!p, onclick: firstRun }, 'Create and start “default”'),
+      h('button', { id: 'first-run-custom', disabled: !!p, onclick: () => openCreateForm() }, 'Other settings…')));
+}
+
+async function firstRun() {
+  S.progress.default = { op: 'start', detail: 'creating the machine' };
+  renderMachines();
+  try {
+    const m = await invoke('start_default_machine');
+    toast(`Machine default is ${m.state} (its docker context: rmachine-default)`);
+  } catch (e) {
+    reportError('Cannot create and start the machine default', e);
+  } finally {
+    delete S.progress.default;
+    plan = null;
+    await loadMachines();
+  }
+}
+
 export async function removeMachine(m) {
   const busy = !['stopped', 'error'].includes(m.state);
   const ok = await confirmDialog(`Delete machine ${m.name}?`,
@@ -92,10 +148,7 @@ export async function showMachineLogs(name, kind) {
 export function renderMachines() {
   const body = $('#machines-body');
   if (!S.machines.length) {
-    body.replaceChildren(h('div', { class: 'card empty', id: 'no-machines' },
-      h('h2', {}, 'No machines yet'),
-      h('p', {}, 'A machine is a small VM that runs the Docker Engine. Create one to run containers.'),
-      h('button', { class: 'primary', onclick: () => openCreateForm() }, 'Create a machine')));
+    body.replaceChildren(firstRunCard());
     firstPaint();
     return;
   }
