@@ -881,7 +881,7 @@ mod tests {
         let (_dir, lc) = lifecycle();
         lc.set_defaults(&Settings {
             driver: Some(crate::config::DriverKind::Qemu),
-            cpus: Some(3),
+            cpus: Some(1),
             ..Settings::default()
         })
         .unwrap();
@@ -898,7 +898,7 @@ mod tests {
                 plan.cpus,
                 plan.memory_mib
             ),
-            ("qemu", "qemu", 3, 1024)
+            ("qemu", "qemu", 1, 1024)
         );
         assert!(
             !plan.accel.is_empty() && !plan.accel_reason.is_empty(),
