@@ -678,7 +678,7 @@ fn test_window_starts_machine_and_stops_container() {
     d.click("tr[data-name='burner'] [data-action='details']");
     let cpu = d.wait_for_unless(
         "the CPU chart climbing",
-        "(() => { const v = parseFloat(document.querySelector('#chart-cpu')?.dataset.last); return v > 20 ? v : null; })()",
+        "(() => { const v = parseFloat(document.querySelector('#chart-cpu')?.dataset.last); return v > 20 && document.querySelector('#chart-net .chart-value').textContent.startsWith('↓') && document.querySelector('#chart-blk .chart-value').textContent.startsWith('read') ? v : null; })()",
         "document.querySelector('#container-charts')?.dataset.ended",
         Duration::from_secs(60),
     );

@@ -73,12 +73,3 @@ export class LiveChart {
 }
 
 export const COLORS = { a: '#3b82f6', b: '#f59e0b', c: '#10b981', d: '#ef4444' };
-
-export function fmtPercent(v) { return v == null ? '–' : `${v < 10 ? v.toFixed(1) : Math.round(v)} %`; }
-export function fmtRate(v) {
-  if (v == null) return '–';
-  const u = ['B/s', 'kB/s', 'MB/s', 'GB/s'];
-  let i = 0;
-  while (v >= 1000 && i < u.length - 1) { v /= 1000; i++; }
-  return `${v.toFixed(v < 10 && i > 0 ? 1 : 0)} ${u[i]}`;
-}

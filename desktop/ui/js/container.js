@@ -1,7 +1,7 @@
 // A container's detail view: its live charts (CPU, memory against its limit, network and
 // block I/O from the engine's stats stream) and its terminal. The stream is opened when
 // the view shows and closed when another page replaces it.
-import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes } from './core.js';
+import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes, fmtPercent, fmtRate } from './core.js';
 import { registerView, showPage } from './nav.js';
 
 // The charting and terminal libraries load when first used: the lists start without them,
@@ -85,7 +85,7 @@ async function load(arg) {
   let lib;
   try { lib = await charts(); } catch (e) { reportError('Cannot load the charts', e); return; }
   if (loading !== token) return;
-  const { LiveChart, COLORS, fmtPercent, fmtRate } = lib;
+  const { LiveChart, COLORS } = lib;
   view = { ...arg, stream: null, opening: false, closed: false, streamNote: '' };
   view.charts = [
     new LiveChart('chart-cpu', 'CPU (100 % = one core)', [{ label: 'CPU', color: COLORS.a }], fmtPercent, 100),

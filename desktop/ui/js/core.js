@@ -107,3 +107,12 @@ export function stateBadge(state, label) {
 }
 
 export function setTextDialogOnClose(f) { textDialogOnClose = f; }
+
+export function fmtPercent(v) { return v == null ? '–' : `${v < 10 ? v.toFixed(1) : Math.round(v)} %`; }
+export function fmtRate(v) {
+  if (v == null) return '–';
+  const u = ['B/s', 'kB/s', 'MB/s', 'GB/s'];
+  let i = 0;
+  while (v >= 1000 && i < u.length - 1) { v /= 1000; i++; }
+  return `${v.toFixed(v < 10 && i > 0 ? 1 : 0)} ${u[i]}`;
+}

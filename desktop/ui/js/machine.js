@@ -1,7 +1,7 @@
 // A machine's detail view: the guest's CPU and memory (read through its agent) and what
 // the machine costs the host (its VM process, helpers and host agent), sampled every 2 s
 // while the view shows; and a shell in the guest.
-import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes, fmtMib } from './core.js';
+import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes, fmtMib, fmtPercent } from './core.js';
 import { registerView, showPage } from './nav.js';
 
 // The charting and terminal libraries load when first used: the lists start without them,
@@ -70,7 +70,7 @@ async function load(arg) {
   let lib;
   try { lib = await charts(); } catch (e) { reportError('Cannot load the charts', e); return; }
   if (loading !== token) return;
-  const { LiveChart, COLORS, fmtPercent, fmtRate } = lib;
+  const { LiveChart, COLORS } = lib;
   view = { name: arg.name, stream: null, opening: false, closed: false, note: '' };
   view.charts = [
     new LiveChart('chart-guest-cpu', 'Guest CPU (100 % = one CPU)', [{ label: 'CPU', color: COLORS.a }], fmtPercent, 100),

@@ -64,15 +64,15 @@ function firstRunCard() {
   if (!plan && !planError) loadPlan();
   const said = plan
     ? [h('p', { id: 'first-run-plan' },
-      `Machine “default”: ${plan.cpus} CPUs, ${fmtMib(plan.memory_mib)} of memory, a ${plan.disk_size_gib} GiB disk (it grows as it is used), ${plan.arch}. `,
+      `Machine “default”: ${plan.cpus} CPUs, ${fmtMib(plan.memory_mib)} of memory, ${plan.disk_size_gib} GiB of disk (taken as it is used), ${plan.arch}. `,
       `It will run under ${BACKEND[plan.backend] || plan.backend} with ${ACCEL[plan.accel] || plan.accel}.`),
-    h('p', { class: 'detail', id: 'first-run-why' }, `Why: ${plan.reason}${plan.reason.includes(plan.accel_reason) ? '' : `; ${plan.accel_reason}`}.`)]
+    h('p', { class: 'why', id: 'first-run-why' }, `Why: ${plan.reason}${plan.reason.includes(plan.accel_reason) ? '' : `; ${plan.accel_reason}`}.`)]
     : [h('p', { class: planError ? 'detail error' : 'detail', id: 'first-run-plan' }, planError ? `Cannot tell what this computer can run: ${planError}` : 'Finding out what this computer can run…')];
   return h('div', { class: 'card empty', id: 'no-machines' },
     h('h2', {}, 'No machines yet'),
     h('p', {}, 'A machine is a small VM that runs the Docker Engine; docker on this computer then uses it.'),
     ...said,
-    p ? h('p', { class: 'detail', role: 'status', id: 'first-run-progress' }, p.detail || 'starting') : null,
+    p ? h('p', { class: 'why', role: 'status', id: 'first-run-progress' }, p.detail || 'starting') : null,
     h('div', { class: 'form-actions' },
       h('button', { class: 'primary', id: 'first-run-start', disabled: !plan || !!p, onclick: firstRun }, 'Create and start “default”'),
       h('button', { id: 'first-run-custom', disabled: !!p, onclick: () => openCreateForm() }, 'Other settings…')));
