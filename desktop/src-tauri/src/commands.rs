@@ -2,8 +2,9 @@
 //! Machine lifecycle work runs on a blocking thread; each returns `{ kind, message }` on
 //! failure.
 
-use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachineSummary};
+use rmachine_machine::lifecycle::{Lifecycle, LogKind, MachinePlan, MachineSummary};
 use serde::{Deserialize, Serialize};
+use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 
 use crate::engine::{
@@ -13,6 +14,8 @@ use crate::error::{CommandError, CommandResult, ErrorKind};
 use crate::machines::{
     self, Defaults, LogText, MachineList, NewDefaults, NewMachine, NewSshMachine,
 };
+use crate::stats::{ContainerStatsEvent, MachineStatsEvent};
+use crate::terminal::{SessionId, Size, TerminalEvent};
 use crate::AppState;
 
 /// Progress of a machine operation (`machine-progress`).
@@ -156,6 +159,32 @@ pub async fn machine_op(
     op: MachineOp,
 ) -> CommandResult<MachineSummary> {
     run_machine_op(app, state.lc.clone(), name, op).await
+}
+
+/// What the first-run offer says before it starts anything: the machine `default` would
+/// get (the defaults resolved) and the driver, backend and accelerator, with why.
+#[tauri::command]
+pub async fn first_run_plan(state: State<'_, AppState>) -> CommandResult<MachinePlan> {
+    let lc = state.lc.clone();
+    blocking(move || Ok(lc.plan(&Default::default())?)).await
+}
+
+/// First run: creates `default` from the defaults when it does not exist and starts it,
+/// with a start's progress events (the tray's Start takes the same path).
+#[tauri::command]
+pub async fn start_default_machine(
+    app: AppHandle,
+    state: State<'_, AppState>,
+) -> CommandResult<MachineSummary> {
+    let lc = state.lc.clone();
+    blocking(move || machines::ensure_default(&lc)).await?;
+    run_machine_op(
+        app,
+        state.lc.clone(),
+        rmachine_machine::lifecycle::DEFAULT_MACHINE.into(),
+        MachineOp::Start,
+    )
+    .await
 }
 
 #[tauri::command]
@@ -307,6 +336,132 @@ pub async fn list_networks(
     machine: String,
 ) -> CommandResult<Vec<NetworkRow>> {
     engine::networks(&engine::connect(&state.lc, &machine)?).await
+}
+
+/// A sink that sends to a channel the UI holds (one per session or stream).
+fn channel_sink<T: Serialize + Clone + Send + Sync + 'static>(
+    channel: Channel<T>,
+) -> crate::live::Sink<T> {
+    std::sync::Arc::new(move |event: T| {
+        if let Err(e) = channel.send(event) {
+            tracing::debug!(error = %e, "cannot send to the UI's channel");
+        }
+    })
+}
+
+/// Opens a shell on a TTY in a running container; its output, then its exit status,
+/// come on `events`.
+#[tauri::command]
+pub async fn open_container_terminal(
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+    size: Size,
+    events: Channel<TerminalEvent>,
+) -> CommandResult<SessionId> {
+    let socket = engine::socket(&state.lc, &machine)?;
+    let docker = engine::connect_socket(&socket)?;
+    state
+        .terminals
+        .open_container(docker, &socket, &id, size, channel_sink(events))
+        .await
+}
+
+/// Opens a root shell in a machine's guest through its agent (as `rmachine shell`).
+#[tauri::command]
+pub async fn open_machine_shell(
+    state: State<'_, AppState>,
+    machine: String,
+    size: Size,
+    events: Channel<TerminalEvent>,
+) -> CommandResult<SessionId> {
+    let lc = state.lc.clone();
+    let name = machine.clone();
+    let m = blocking(move || Ok(lc.store().load(&name)?)).await?;
+    if let Some(ssh) = &m.spec.ssh {
+        return Err(CommandError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "machine {machine} is an ssh machine: open a shell with ssh itself (ssh {})",
+                ssh.target()
+            ),
+        ));
+    }
+    let carrier = m.running_carrier()?;
+    state
+        .terminals
+        .open_machine(&carrier, size, channel_sink(events))
+        .await
+}
+
+#[tauri::command]
+pub async fn terminal_input(
+    state: State<'_, AppState>,
+    session: SessionId,
+    data: String,
+) -> CommandResult<()> {
+    state.terminals.input(session, data.into_bytes()).await
+}
+
+#[tauri::command]
+pub async fn terminal_resize(
+    state: State<'_, AppState>,
+    session: SessionId,
+    size: Size,
+) -> CommandResult<()> {
+    state.terminals.resize(session, size).await
+}
+
+#[tauri::command]
+pub fn close_terminal(state: State<'_, AppState>, session: SessionId) {
+    state.terminals.close(session);
+}
+
+/// Follows a container's stats for its charts until `close_stats`.
+#[tauri::command]
+pub async fn open_container_stats(
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+    events: Channel<ContainerStatsEvent>,
+) -> CommandResult<u64> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    Ok(state.stats.open_container(docker, id, channel_sink(events)))
+}
+
+/// Samples a machine for its charts until `close_stats` (or until it stops).
+#[tauri::command]
+pub async fn open_machine_stats(
+    state: State<'_, AppState>,
+    machine: String,
+    events: Channel<MachineStatsEvent>,
+) -> CommandResult<u64> {
+    Ok(state
+        .stats
+        .open_machine(state.lc.clone(), machine, channel_sink(events)))
+}
+
+#[tauri::command]
+pub fn close_stats(state: State<'_, AppState>, stream: u64) {
+    state.stats.close(stream);
+}
+
+/// The streams that hold a connection open (for the window test and the benchmark: a
+/// closed view must leave none).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LiveStreams {
+    pub stats: usize,
+    pub terminals: usize,
+    pub logs: usize,
+}
+
+#[tauri::command]
+pub fn live_streams(state: State<'_, AppState>) -> LiveStreams {
+    LiveStreams {
+        stats: state.stats.active(),
+        terminals: state.terminals.active(),
+        logs: state.logs.active(),
+    }
 }
 
 /// Opens a published port's page in the default browser (only local http URLs).

@@ -3,7 +3,7 @@
 //! is a plain async function the Tauri commands wrap.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{
     CreateImageOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions,
@@ -30,11 +30,17 @@ const ENGINE_TIMEOUT_S: u64 = 120;
 
 /// A client of machine `name`'s engine; a machine that is not running is `NotRunning`.
 pub fn connect(lc: &Lifecycle, name: &str) -> CommandResult<Docker> {
+    connect_socket(&socket(lc, name)?)
+}
+
+/// Where machine `name`'s engine listens (a unix socket, a named pipe on Windows); a
+/// machine that is not running is `NotRunning`.
+pub fn socket(lc: &Lifecycle, name: &str) -> CommandResult<PathBuf> {
     let machine = lc.store().load(name)?;
     if machine.state.state != State::Running {
         return Err(CommandError::not_running(name));
     }
-    connect_socket(&machine.files.docker_endpoint().path())
+    Ok(machine.files.docker_endpoint().path())
 }
 
 /// A client of the engine at a local endpoint (a unix socket, a named pipe on Windows).

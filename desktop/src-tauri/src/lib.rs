@@ -12,6 +12,8 @@ pub mod engine;
 pub mod error;
 pub mod live;
 pub mod machines;
+pub mod stats;
+pub mod terminal;
 pub mod tray;
 pub mod watch;
 
@@ -29,6 +31,8 @@ pub struct AppState {
     pub lc: Lifecycle,
     pub events: live::EngineEvents,
     pub logs: live::LogFollower,
+    pub terminals: terminal::Terminals,
+    pub stats: stats::Stats,
     pub tray: Mutex<Option<tray::Tray>>,
     /// When the process started (for the start-up benchmark).
     pub started: Instant,
@@ -84,6 +88,17 @@ pub fn run() -> std::process::ExitCode {
             commands::open_url,
             commands::pick_tarball,
             commands::first_paint,
+            commands::open_container_terminal,
+            commands::open_machine_shell,
+            commands::terminal_input,
+            commands::terminal_resize,
+            commands::close_terminal,
+            commands::open_container_stats,
+            commands::open_machine_stats,
+            commands::close_stats,
+            commands::live_streams,
+            commands::first_run_plan,
+            commands::start_default_machine,
         ])
         .setup(move |app| {
             let handle = app.handle().clone();
@@ -106,6 +121,8 @@ pub fn run() -> std::process::ExitCode {
                 lc: lc.clone(),
                 events,
                 logs,
+                terminals: terminal::Terminals::new(),
+                stats: stats::Stats::new(),
                 tray: Mutex::new(tray),
                 started,
             });

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +38,35 @@ pub struct LogChunk {
     pub end: bool,
 }
 
-/// Where events go (the Tauri app handle, or a test's collector).
+/// Where events go (the Tauri app handle, a session's channel, or a test's collector).
 pub type Sink<T> = Arc<dyn Fn(T) + Send + Sync>;
+
+/// How many streams of a kind hold a connection open: each holds a guard, which its task
+/// owns, so the count falls when the task ends or is aborted (the connection dropped with
+/// it). The window test reads these counts to prove that a closed view left nothing open.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveCount(Arc<AtomicUsize>);
+
+/// One open stream of an [`ActiveCount`].
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveCount {
+    pub fn guard(&self) -> ActiveGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(self.0.clone())
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The events streams of the running machines.
 pub struct EngineEvents {
@@ -138,6 +166,7 @@ async fn follow_events(machine: String, socket: PathBuf, sink: Sink<EngineEvent>
 pub struct LogFollower {
     current: Mutex<Option<JoinHandle<()>>>,
     sink: Sink<LogChunk>,
+    active: ActiveCount,
 }
 
 /// How long chunks are gathered before they are sent, in milliseconds.
@@ -148,6 +177,7 @@ impl LogFollower {
         LogFollower {
             current: Mutex::new(None),
             sink,
+            active: ActiveCount::default(),
         }
     }
 
@@ -155,7 +185,9 @@ impl LogFollower {
     pub fn follow(&self, docker: Docker, machine: String, id: String, tail: u32) {
         self.stop();
         let sink = self.sink.clone();
+        let guard = self.active.guard();
         let task = tauri::async_runtime::spawn(async move {
+            let _guard = guard;
             let options = LogsOptionsBuilder::new()
                 .follow(true)
                 .stdout(true)
@@ -198,6 +230,11 @@ impl LogFollower {
         if let Ok(mut cur) = self.current.lock() {
             *cur = Some(task);
         }
+    }
+
+    /// Log streams still open (0 or 1).
+    pub fn active(&self) -> usize {
+        self.active.get()
     }
 
     /// Stops following.

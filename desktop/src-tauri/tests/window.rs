@@ -193,6 +193,74 @@ impl Driver {
         }
     }
 
+    /// Runs `script` (a function body that calls `done(value)`) and returns the value.
+    fn js_async(&self, script: &str) -> Value {
+        let body = format!("const done = arguments[arguments.length - 1]; {script}");
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": body, "args": [] })),
+        )
+    }
+
+    /// The app's count of streams holding a connection open (`live_streams`).
+    fn live_streams(&self) -> Value {
+        self.js_async(
+            "window.__TAURI__.core.invoke('live_streams').then(done, (e) => done({ error: String(e.message || e) }));",
+        )
+    }
+
+    /// Types into the focused element (the terminal's input), key by key, as a person
+    /// would; `\u{E007}` is Enter.
+    fn type_keys(&self, text: &str) {
+        let keys: Vec<Value> = text
+            .chars()
+            .flat_map(|c| {
+                [
+                    json!({ "type": "keyDown", "value": c.to_string() }),
+                    json!({ "type": "keyUp", "value": c.to_string() }),
+                ]
+            })
+            .collect();
+        self.call(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": keys }] })),
+        );
+        let _ = self.try_call("DELETE", "/actions", None);
+    }
+
+    /// Presses Ctrl+`key` (keyboard actions: Control held while the key goes down and up).
+    fn ctrl(&self, key: &str) {
+        self.call(
+            "POST",
+            "/actions",
+            Some(
+                json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+                { "type": "keyDown", "value": "\u{E009}" },
+                { "type": "keyDown", "value": key },
+                { "type": "keyUp", "value": key },
+                { "type": "keyUp", "value": "\u{E009}" },
+            ] }] }),
+            ),
+        );
+        let _ = self.try_call("DELETE", "/actions", None);
+    }
+
+    /// Waits until the terminal shows `text`.
+    fn wait_terminal(&self, what: &str, text: &str) {
+        let expr = format!(
+            "document.querySelector('#terminal .xterm-rows')?.textContent.includes({})",
+            json!(text)
+        );
+        self.wait_for_unless(
+            what,
+            &expr,
+            "document.querySelector('#terminal')?.dataset.error",
+            Duration::from_secs(60),
+        );
+    }
+
     fn screenshot(&self, name: &str) {
         // Let the last change paint.
         std::thread::sleep(Duration::from_millis(500));
@@ -264,7 +332,7 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "echo", "httpd"] {
+    for applet in ["sh", "sleep", "echo", "httpd", "stty", "printf"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tarball = dir.join("busybox.tar");
@@ -306,6 +374,12 @@ fn test_window_starts_machine_and_stops_container() {
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
+    // Defaults for new machines: the first-run machine is small and runs under QEMU.
+    std::fs::write(
+        home.join("defaults.toml"),
+        "driver = \"qemu\"\ncpus = 2\nmemory_mib = 2048\ndisk_size_gib = 8\n",
+    )
+    .unwrap();
     let docker_config = tmp.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
     let shots = profile_dir()
@@ -323,7 +397,7 @@ fn test_window_starts_machine_and_stops_container() {
     let _guard = MachineGuard {
         rmachine: rmachine.clone(),
         env: env.clone(),
-        name: "gui",
+        name: "default",
     };
 
     // An X display of our own.
@@ -380,52 +454,53 @@ fn test_window_starts_machine_and_stops_container() {
         Some(json!({ "width": 1024, "height": 700 })),
     );
 
-    // Machines: empty, then create a QEMU machine from the form.
+    // Machines: empty; the first-run offer says what `default` will be and run on (the
+    // test's defaults: QEMU, 2 CPUs, 2 GiB, 8 GiB) before anything starts.
     d.wait_for(
         "the empty machine list",
         "document.querySelector('#no-machines')",
         Duration::from_secs(30),
     );
-    d.screenshot("1-machines-empty");
-    d.click("#new-machine");
-    d.type_into("#create-name", "gui");
-    d.js("document.querySelector('#create-driver').value = 'qemu'; return true;");
-    d.type_into("#create-cpus", "2");
-    d.type_into("#create-memory", "2048");
-    d.type_into("#create-disk", "8");
-    d.screenshot("2-machines-create-form");
-    d.click("#create-submit");
-    d.wait_for(
-        "the new machine row",
-        "document.querySelector('#machine-gui')?.dataset.state === 'stopped'",
+    let plan = d.wait_for(
+        "the first-run plan",
+        "document.querySelector('#first-run-why') && document.querySelector('#no-machines').innerText",
         Duration::from_secs(30),
     );
-
-    // Start it: progress shows, then running.
+    let plan = plan.as_str().unwrap_or("").to_string();
+    assert!(
+        plan.contains("2 CPUs") && plan.contains("QEMU") && plan.contains("Why: --driver qemu"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("software emulation") || plan.contains("hardware virtualization"),
+        "{plan}"
+    );
+    d.screenshot("1-machines-empty-first-run");
+    // One button creates and starts it: progress shows, then running.
     let started = Instant::now();
-    d.click("#machine-gui [data-action='start']");
-    d.wait_for("the starting state", "['starting','running'].includes(document.querySelector('#machine-gui .badge')?.dataset.state)", Duration::from_secs(30));
+    d.click("#first-run-start");
+    d.wait_for("the starting state", "['starting','running'].includes(document.querySelector('#machine-default .badge')?.dataset.state)", Duration::from_secs(30));
     d.screenshot("3-machines-starting");
     d.wait_for_unless(
         "the machine running",
-        "document.querySelector('#machine-gui')?.dataset.state === 'running'",
-        "document.querySelector('#machine-gui')?.dataset.state === 'error'",
+        "document.querySelector('#machine-default')?.dataset.state === 'running'",
+        "document.querySelector('#machine-default')?.dataset.state === 'error'",
         Duration::from_secs(600),
     );
     eprintln!(
         "machine running {:.1} s after the click",
         started.elapsed().as_secs_f64()
     );
-    d.click("#machine-gui [data-action='use']");
+    d.click("#machine-default [data-action='use']");
     d.wait_for(
         "the active machine",
-        "document.querySelector('#machine-gui .active-tag')",
+        "document.querySelector('#machine-default .active-tag')",
         Duration::from_secs(10),
     );
     d.screenshot("4-machines-running");
 
     // A container, made behind the app's back through the machine's docker.sock.
-    let socket = home.join("machines/gui/docker.sock");
+    let socket = home.join("machines/default/docker.sock");
     let tarball = busybox_tarball(tmp.path());
     docker(
         &socket,
@@ -515,6 +590,170 @@ fn test_window_starts_machine_and_stops_container() {
         Duration::from_secs(30),
     );
 
+    // A terminal in a container: its size, output with colours, Ctrl-C, a resize, and the
+    // exit status.
+    let step = Instant::now();
+    d.click("tr[data-name='late'] [data-action='terminal']");
+    d.wait_for_unless(
+        "the container's shell prompt",
+        "document.querySelector('#terminal-status').textContent === 'connected' && document.querySelector('#terminal .xterm-rows')?.textContent.includes('#')",
+        "document.querySelector('#terminal')?.dataset.error",
+        Duration::from_secs(60),
+    );
+    let size = |d: &Driver| {
+        let v = d.js("const t = document.querySelector('#terminal'); return `${t.dataset.rows} ${t.dataset.cols}`;");
+        v.as_str().unwrap().to_string()
+    };
+    let first = size(&d);
+    d.type_keys("stty size\u{E007}");
+    d.wait_terminal("stty size", &first);
+    d.type_keys(
+        "echo hi-$((6*7)); printf '\\033[1;31mred\\033[0m \\033[32mgreen\\033[0m\\n'\u{E007}",
+    );
+    d.wait_terminal("echo's output", "hi-42");
+    d.wait_terminal("printf's colours", "red green");
+    d.type_keys("sleep 100\u{E007}");
+    std::thread::sleep(Duration::from_millis(500));
+    d.ctrl("c");
+    d.type_keys("echo status=$?\u{E007}");
+    d.wait_terminal("sleep interrupted by Ctrl-C", "status=130");
+    d.screenshot("16-container-terminal");
+    // A larger window: the terminal follows and so does the container's TTY.
+    d.call(
+        "POST",
+        "/window/rect",
+        Some(json!({ "width": 1240, "height": 780 })),
+    );
+    d.wait_for(
+        "the terminal resized",
+        &format!("(() => {{ const t = document.querySelector('#terminal'); return `${{t.dataset.rows}} ${{t.dataset.cols}}` !== {}; }})()", json!(first)),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let second = size(&d);
+    d.type_keys("clear; stty size\u{E007}");
+    d.wait_terminal("stty size after the resize", &second);
+    d.type_keys("exit 3\u{E007}");
+    d.wait_for(
+        "the exit status",
+        "document.querySelector('#terminal')?.dataset.exit === '3' && document.querySelector('#terminal-status').textContent === 'exited with status 3'",
+        Duration::from_secs(30),
+    );
+    d.screenshot("17-container-terminal-exited");
+    d.click("#terminal-close");
+    d.call(
+        "POST",
+        "/window/rect",
+        Some(json!({ "width": 1024, "height": 700 })),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.live_streams()["terminals"] != json!(0) {
+        assert!(
+            Instant::now() < deadline,
+            "a terminal session outlived its dialog: {}",
+            d.live_streams()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("terminal steps: {:.1} s", step.elapsed().as_secs_f64());
+
+    // Live charts of a container burning CPU: the CPU chart climbs, and settles when the
+    // container stops; its stream ends with it.
+    let step = Instant::now();
+    docker(
+        &socket,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "burner",
+            "--stop-timeout",
+            "1",
+            "busybox-gui:1",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ],
+    );
+    d.click("tr[data-name='burner'] [data-action='details']");
+    let cpu = d.wait_for_unless(
+        "the CPU chart climbing",
+        "(() => { const v = parseFloat(document.querySelector('#chart-cpu')?.dataset.last); return v > 20 && document.querySelector('#chart-net .chart-value').textContent.startsWith('↓') && document.querySelector('#chart-blk .chart-value').textContent.startsWith('read') ? v : null; })()",
+        "document.querySelector('#container-charts')?.dataset.ended",
+        Duration::from_secs(60),
+    );
+    eprintln!("burner at {cpu} % CPU");
+    assert_eq!(
+        d.live_streams()["stats"],
+        json!(1),
+        "one stats stream while the view shows"
+    );
+    d.screenshot("18-container-charts");
+    d.click("#container-stop");
+    d.wait_for(
+        "the CPU chart settled",
+        "document.querySelector('#container-charts')?.dataset.ended === 'true' && parseFloat(document.querySelector('#chart-cpu').dataset.last) < 5 && document.querySelector('#container-state .badge')?.dataset.state === 'exited'",
+        Duration::from_secs(60),
+    );
+    d.screenshot("19-container-charts-stopped");
+    assert_eq!(
+        d.live_streams()["stats"],
+        json!(0),
+        "the stream ended with the container"
+    );
+    eprintln!(
+        "container chart steps: {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+
+    // The machine's charts and its shell (the agent's exec service, as `rmachine shell`);
+    // leaving the view closes its stream.
+    let step = Instant::now();
+    d.click("#nav-machines");
+    d.click("#machine-default [data-action='details']");
+    d.wait_for_unless(
+        "the machine's figures",
+        "parseFloat(document.querySelector('#chart-guest-mem')?.dataset.last) > 0 && parseFloat(document.querySelector('#chart-host-mem')?.dataset.last) > 0 && document.querySelector('#chart-guest-cpu')?.dataset.points >= 3 && document.querySelector('#chart-host-cpu')?.dataset.last !== ''",
+        "document.querySelector('#machine-stream-status')?.textContent.startsWith('No live')",
+        Duration::from_secs(60),
+    );
+    assert_eq!(d.live_streams()["stats"], json!(1), "the machine's stream");
+    d.screenshot("20-machine-charts");
+    d.click("#machine-shell");
+    d.wait_for_unless(
+        "the machine's shell",
+        "document.querySelector('#terminal-status').textContent === 'connected' && document.querySelector('#terminal .xterm-rows')?.textContent.includes('#')",
+        "document.querySelector('#terminal')?.dataset.error",
+        Duration::from_secs(60),
+    );
+    d.type_keys("echo machine-$((2+3))\u{E007}");
+    d.wait_terminal("the guest's answer", "machine-5");
+    d.screenshot("21-machine-shell");
+    d.type_keys("exit 4\u{E007}");
+    d.wait_for(
+        "the shell's exit status",
+        "document.querySelector('#terminal')?.dataset.exit === '4'",
+        Duration::from_secs(30),
+    );
+    d.click("#terminal-close");
+    d.click("#machine-back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = d.live_streams();
+        if s["stats"] == json!(0) && s["terminals"] == json!(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams left open after the views closed: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "machine chart and shell steps: {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+
     // The other pages.
     d.click("#nav-images");
     d.wait_for(
@@ -547,7 +786,7 @@ fn test_window_starts_machine_and_stops_container() {
 
     // Machine logs, then stop the machine from the UI.
     d.click("#nav-machines");
-    d.click("#machine-gui [data-action='logs']");
+    d.click("#machine-default [data-action='logs']");
     d.wait_for(
         "the console log",
         "document.querySelector('#text-body').textContent.length > 100",
@@ -555,10 +794,10 @@ fn test_window_starts_machine_and_stops_container() {
     );
     d.screenshot("12-machine-console-log");
     d.click("#text-close");
-    d.click("#machine-gui [data-action='stop']");
+    d.click("#machine-default [data-action='stop']");
     d.wait_for(
         "the machine stopped",
-        "document.querySelector('#machine-gui')?.dataset.state === 'stopped'",
+        "document.querySelector('#machine-default')?.dataset.state === 'stopped'",
         Duration::from_secs(180),
     );
     d.screenshot("13-machines-stopped");
@@ -571,6 +810,29 @@ fn test_window_starts_machine_and_stops_container() {
         Duration::from_secs(30),
     );
     d.screenshot("14-containers-machine-stopped");
+
+    // The create form: a second machine made (not started), then deleted.
+    d.click("#nav-machines");
+    d.click("#new-machine");
+    d.type_into("#create-name", "spare");
+    d.js("document.querySelector('#create-driver').value = 'qemu'; return true;");
+    d.type_into("#create-cpus", "1");
+    d.type_into("#create-memory", "1024");
+    d.type_into("#create-disk", "4");
+    d.screenshot("15-machines-create-form");
+    d.click("#create-submit");
+    d.wait_for(
+        "the new machine row",
+        "document.querySelector('#machine-spare')?.dataset.state === 'stopped'",
+        Duration::from_secs(30),
+    );
+    d.click("#machine-spare [data-action='delete']");
+    d.click("#confirm-ok");
+    d.wait_for(
+        "the machine deleted",
+        "!document.querySelector('#machine-spare') && document.querySelector('#machine-default')",
+        Duration::from_secs(30),
+    );
 
     let _ = ureq::delete(&format!("{}/session/{}", d.base, d.session)).call();
     drop(procs);

@@ -732,6 +732,25 @@ impl Lifecycle {
         })?)
     }
 
+    /// What a new machine made with the defaults and `settings` would be, before anything
+    /// is made: its resolved settings and the backend and accelerator its driver would
+    /// pick, with the reasons (a first-run offer says them before it starts).
+    pub fn plan(&self, settings: &Settings) -> Result<MachinePlan, LifecycleError> {
+        let spec = self.defaults()?.overlay(settings).resolve();
+        let choice = driver::choose_backend(spec.driver, spec.arch);
+        Ok(MachinePlan {
+            driver: spec.driver.as_str().to_string(),
+            backend: choice.backend.as_str().to_string(),
+            accel: choice.accel.as_str().to_string(),
+            reason: choice.reason,
+            accel_reason: choice.accel_reason,
+            arch: spec.arch.to_string(),
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            disk_size_gib: spec.disk_size_gib,
+        })
+    }
+
     /// The defaults for new machines (`defaults.toml`).
     pub fn defaults(&self) -> Result<Settings, LifecycleError> {
         Ok(config::read_defaults(&self.store.paths().defaults_file())?)
@@ -755,6 +774,25 @@ impl Lifecycle {
             &defaults,
         )?)
     }
+}
+
+/// What [`Lifecycle::plan`] says of a machine not yet made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachinePlan {
+    /// The driver setting (`auto`, `vmm`, `qemu`).
+    pub driver: String,
+    /// What runs the VM (`vmm`, `qemu`).
+    pub backend: String,
+    /// The accelerator (`kvm`, `hvf`, `whpx`, `tcg` for software emulation).
+    pub accel: String,
+    /// Why this backend.
+    pub reason: String,
+    /// Why this accelerator.
+    pub accel_reason: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_size_gib: u32,
 }
 
 /// The last `max_bytes` of a file from a line start, and the file's length; a missing
@@ -836,6 +874,37 @@ mod tests {
             memory_mib: Some(1024),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn test_plan_resolves_the_defaults_before_anything_is_made() {
+        let (_dir, lc) = lifecycle();
+        lc.set_defaults(&Settings {
+            driver: Some(crate::config::DriverKind::Qemu),
+            cpus: Some(1),
+            ..Settings::default()
+        })
+        .unwrap();
+        let plan = lc
+            .plan(&Settings {
+                memory_mib: Some(1024),
+                ..Settings::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (
+                plan.driver.as_str(),
+                plan.backend.as_str(),
+                plan.cpus,
+                plan.memory_mib
+            ),
+            ("qemu", "qemu", 1, 1024)
+        );
+        assert!(
+            !plan.accel.is_empty() && !plan.accel_reason.is_empty(),
+            "{plan:?}"
+        );
+        assert!(lc.store().list().unwrap().is_empty(), "nothing made");
     }
 
     #[test]

@@ -33,6 +33,25 @@ pub struct ProcessId {
     pub started: u64,
 }
 
+/// What a process costs the host so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessUsage {
+    /// CPU time used since it started, in milliseconds (all its threads).
+    pub cpu_time_ms: u64,
+    /// Resident memory, in bytes.
+    pub rss_bytes: u64,
+}
+
+impl std::ops::Add for ProcessUsage {
+    type Output = ProcessUsage;
+    fn add(self, other: ProcessUsage) -> ProcessUsage {
+        ProcessUsage {
+            cpu_time_ms: self.cpu_time_ms + other.cpu_time_ms,
+            rss_bytes: self.rss_bytes + other.rss_bytes,
+        }
+    }
+}
+
 /// What the system knows of one live process.
 struct Found {
     started: u64,
@@ -59,6 +78,28 @@ fn find(pid: u32) -> Option<Found> {
 }
 
 impl ProcessId {
+    /// Its CPU time and resident memory, while it is alive (not another process that got
+    /// its PID).
+    pub fn usage(&self) -> Option<ProcessUsage> {
+        let pid = Pid::from_u32(self.pid);
+        let mut system = System::new();
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            false,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        let process = system.process(pid)?;
+        if process.start_time() != self.started
+            || process.status() == sysinfo::ProcessStatus::Zombie
+        {
+            return None;
+        }
+        Some(ProcessUsage {
+            cpu_time_ms: process.accumulated_cpu_time(),
+            rss_bytes: process.memory(),
+        })
+    }
+
     /// The live process `pid` as it is now.
     pub fn of(pid: u32) -> Option<ProcessId> {
         find(pid).map(|f| ProcessId {
@@ -151,6 +192,29 @@ mod tests {
         );
         assert!(other.cmdline().is_none());
         assert!(!me.cmdline().unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_usage_counts_cpu_time_and_memory_of_the_process_itself() {
+        let me = ProcessId::current();
+        let before = me.usage().expect("this process's usage");
+        assert!(before.rss_bytes > 1 << 20, "{before:?}");
+        // Burn some CPU: the counter moves.
+        let deadline = std::time::Instant::now() + Duration::from_millis(300);
+        let mut x = 0u64;
+        while std::time::Instant::now() < deadline {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = me.usage().unwrap();
+        assert!(
+            after.cpu_time_ms > before.cpu_time_ms,
+            "{before:?} {after:?}"
+        );
+        let other = ProcessId {
+            started: me.started.wrapping_sub(3600),
+            ..me
+        };
+        assert_eq!(other.usage(), None, "same PID, another process");
     }
 
     #[test]

@@ -1,0 +1,86 @@
+// The Containers page: containers grouped by compose project, their actions and logs.
+import { S, $, h, invoke, listen, toast, reportError, confirmDialog, textDialog, setTextDialogOnClose, appendText, errMsg, stateBadge } from './core.js';
+import { registerView, showPage } from './nav.js';
+import { engineLoad } from './engine.js';
+import { showContainer, openContainerTerminal } from './container.js';
+
+export async function containerAction(c, action) {
+  if (action === 'remove') {
+    const ok = await confirmDialog(`Remove container ${c.name}?`, `The container and its anonymous volumes are deleted${c.state === 'running' ? ' (it is running: it will be killed)' : ''}.`, 'Remove');
+    if (!ok) return;
+  }
+  const row = $(`tr[data-key="${CSS.escape(c.id)}"]`);
+  if (row) for (const b of row.querySelectorAll('button')) b.disabled = true;
+  try {
+    await invoke('container_action', { machine: S.engineMachine, id: c.id, action });
+  } catch (e) {
+    reportError(`Cannot ${action} ${c.name}`, e);
+  }
+  loadContainers();
+}
+
+export async function showContainerLogs(c) {
+  const machine = S.engineMachine;
+  S.logsFollowing = c.id;
+  textDialog(`Logs of ${c.name}`, '');
+  setTextDialogOnClose(() => { S.logsFollowing = null; invoke('stop_container_logs').catch(() => {}); });
+  try {
+    await invoke('follow_container_logs', { machine, id: c.id });
+  } catch (e) {
+    appendText(errMsg(e));
+  }
+}
+
+export async function inspectContainer(c) {
+  try {
+    textDialog(`Inspect ${c.name}`, await invoke('inspect_container', { machine: S.engineMachine, id: c.id }));
+  } catch (e) {
+    reportError(`Cannot inspect ${c.name}`, e);
+  }
+}
+
+export function portLinks(ports) {
+  if (!ports.length) return h('span', { class: 'muted' }, '–');
+  return ports.map((p) => p.url
+    ? h('a', { href: p.url, class: 'port', onclick: (e) => { e.preventDefault(); invoke('open_url', { url: p.url }).catch((er) => reportError('Cannot open the browser', er)); } }, `${p.host_port}→${p.container_port}`, ' ')
+    : h('span', { class: 'tag' }, `${p.host_port}→${p.container_port}/${p.proto}`));
+}
+
+export function containerRow(c) {
+  const running = c.state === 'running';
+  return h('tr', { 'data-key': c.id, 'data-name': c.name, 'data-state': c.state },
+    h('td', {}, h('button', { class: 'link', 'data-action': 'details', title: `Charts and terminal of ${c.name}`, onclick: () => showContainer(c) }, h('strong', {}, c.name)), c.compose_service ? h('div', { class: 'detail' }, `service ${c.compose_service}`) : null,
+      h('div', { class: 'detail mono' }, c.id.slice(0, 12))),
+    h('td', { class: 'mono' }, c.image),
+    h('td', {}, stateBadge(c.state), h('div', { class: 'detail' }, c.status)),
+    h('td', {}, portLinks(c.ports)),
+    h('td', { class: 'actions' },
+      running
+        ? h('button', { class: 'small', 'data-action': 'stop', onclick: () => containerAction(c, 'stop') }, 'Stop')
+        : h('button', { class: 'small primary', 'data-action': 'start', onclick: () => containerAction(c, 'start') }, 'Start'),
+      h('button', { class: 'small', 'data-action': 'restart', onclick: () => containerAction(c, 'restart') }, 'Restart'),
+      running ? h('button', { class: 'small', 'data-action': 'terminal', onclick: () => openContainerTerminal(S.engineMachine, c) }, 'Terminal') : null,
+      h('button', { class: 'small', 'data-action': 'logs', onclick: () => showContainerLogs(c) }, 'Logs'),
+      h('button', { class: 'small', 'data-action': 'inspect', onclick: () => inspectContainer(c) }, 'Inspect'),
+      h('button', { class: 'small danger', 'data-action': 'remove', 'aria-label': `Remove ${c.name}`, onclick: () => containerAction(c, 'remove') }, 'Remove')));
+}
+
+export function loadContainers() {
+  return engineLoad('containers', 'list_containers', (groups) => {
+    if (!groups.length) {
+      return h('div', { class: 'card empty' }, h('h2', {}, 'No containers'),
+        h('p', {}, `Run one with docker: the context rmachine-${S.engineMachine} points at this machine.`));
+    }
+    return h('div', { id: 'containers-list' }, groups.map((g) => {
+      const running = g.containers.filter((c) => c.state === 'running').length;
+      return h('section', { class: 'group', 'aria-label': g.project ? `Compose project ${g.project}` : 'Standalone containers' },
+        h('div', { class: 'group-head' }, h('h2', {}, g.project ? `${g.project}` : 'Containers'),
+          h('span', { class: 'muted' }, g.project ? `compose project · ${running}/${g.containers.length} running` : `${running}/${g.containers.length} running`)),
+        h('table', {},
+          h('thead', {}, h('tr', {}, ['Name', 'Image', 'State', 'Ports', ''].map((c) => h('th', { scope: 'col' }, c)))),
+          h('tbody', {}, g.containers.map(containerRow))));
+    }));
+  });
+}
+
+registerView('containers', { load: loadContainers, engine: true });
