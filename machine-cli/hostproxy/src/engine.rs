@@ -33,12 +33,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest response body read (the container list of a busy engine is well below).
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
-/// The `/events` query: container events that change published ports.
+/// The `/events` query: container events that change published ports, and swarm service
+/// events (a service's published ports are its routing mesh's, open on every node).
 const EVENTS_PATH: &str = concat!(
     "/events?filters=",
-    // {"type":["container"],"event":["start","die","stop","destroy"]}
-    "%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%2C",
-    "%22stop%22%2C%22destroy%22%5D%7D"
+    // {"type":["container","service"],
+    //  "event":["start","die","stop","destroy","create","update","remove"]}
+    "%7B%22type%22%3A%5B%22container%22%2C%22service%22%5D%2C%22event%22%3A%5B",
+    "%22start%22%2C%22die%22%2C%22stop%22%2C%22destroy%22%2C%22create%22%2C",
+    "%22update%22%2C%22remove%22%5D%7D"
 );
 
 /// Why an Engine API call failed.
@@ -202,6 +205,78 @@ impl ContainerInspect {
     }
 }
 
+/// A swarm service of `GET /services`, with what the publisher needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceSummary {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Spec", default)]
+    spec: ServiceSpec,
+    #[serde(rename = "Endpoint", default)]
+    endpoint: ServiceEndpoint,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ServiceSpec {
+    #[serde(rename = "Name", default)]
+    name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ServiceEndpoint {
+    #[serde(rename = "Ports", default)]
+    ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ServicePort {
+    #[serde(rename = "Protocol", default)]
+    protocol: String,
+    #[serde(rename = "PublishedPort", default)]
+    published: u32,
+    #[serde(rename = "PublishMode", default)]
+    mode: String,
+}
+
+/// The prefix that keeps a service's id apart from containers' ids in the port table.
+pub const SERVICE_ID_PREFIX: &str = "service:";
+
+impl ServiceSummary {
+    /// The owner reference of its ports: `service:<id>`, named `service <name>`.
+    pub fn owner(&self) -> ContainerRef {
+        ContainerRef {
+            id: format!("{SERVICE_ID_PREFIX}{}", self.id),
+            name: format!("service {}", self.spec.name),
+        }
+    }
+
+    /// Its routing mesh's ports (`ingress` mode): open on every node's addresses, loopback
+    /// included, so the guest reaches them on `127.0.0.1`. `host` mode ports are its tasks'
+    /// containers' own, published with them. SCTP and invalid ports are skipped.
+    pub fn published_ports(&self) -> Vec<PublishedPort> {
+        let mut out: Vec<PublishedPort> = self
+            .endpoint
+            .ports
+            .iter()
+            .filter(|p| p.mode.is_empty() || p.mode == "ingress")
+            .filter_map(|p| {
+                // An empty protocol is the API's default, tcp.
+                let transport = Transport::from_docker(p.protocol.as_str())
+                    .or(p.protocol.is_empty().then_some(Transport::Tcp))?;
+                let host_port = u16::try_from(p.published).ok().filter(|&n| n != 0)?;
+                Some(PublishedPort {
+                    transport,
+                    host_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    host_port,
+                })
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// A container event of `/events`, in both the current (`Action`, `Actor.ID`) and the
 /// legacy (`status`, `id`) spelling.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -241,6 +316,11 @@ impl Event {
         } else {
             &self.actor.id
         }
+    }
+
+    /// Whether this is a swarm service event.
+    pub fn is_service(&self) -> bool {
+        self.kind == "service"
     }
 
     /// Whether this is a container event (events without a type are from old engines,
@@ -342,6 +422,20 @@ impl EngineSession {
     /// The ids of the running containers.
     pub async fn running_containers(&mut self) -> Result<Vec<ContainerSummary>, EngineError> {
         Ok(self.get_json("/containers/json").await?.unwrap_or_default())
+    }
+
+    /// The swarm services with their published ports; empty when this engine is not a
+    /// swarm manager (it then answers 503: only managers know the services).
+    pub async fn services(&mut self) -> Result<Vec<ServiceSummary>, EngineError> {
+        match self.get_json("/services").await {
+            Ok(list) => Ok(list.unwrap_or_default()),
+            Err(EngineError::Status { status, .. })
+                if status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Inspects a container; `None` if the engine does not know it (anymore).

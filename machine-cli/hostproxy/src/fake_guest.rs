@@ -105,6 +105,9 @@ struct State {
     lists: usize,
     inspects: Vec<String>,
     dials: Vec<String>,
+    /// Swarm services (`GET /services`): `None` answers 503 as an engine that is not a
+    /// swarm manager does; each service is (id, name, its ingress tcp ports).
+    services: Option<Vec<(String, String, Vec<u16>)>>,
 }
 
 struct Inner {
@@ -155,6 +158,16 @@ impl FakeGuest {
             .state()
             .containers
             .insert(container.id.clone(), container);
+    }
+
+    /// Makes the engine a swarm manager with these services (id, name, published tcp
+    /// ports), or no manager at all (`None`).
+    pub fn set_services(&self, services: Option<Vec<(&str, &str, Vec<u16>)>>) {
+        self.inner.state().services = services.map(|list| {
+            list.into_iter()
+                .map(|(id, name, ports)| (id.to_string(), name.to_string(), ports))
+                .collect()
+        });
     }
 
     pub fn set_running(&self, id: &str, running: bool) {
@@ -284,6 +297,25 @@ fn handle_engine(inner: &Inner, request: Request<Incoming>) -> Response<FakeBody
             .collect();
         return json_response(StatusCode::OK, serde_json::Value::Array(list));
     }
+    if path == "/services" {
+        let Some(services) = &state.services else {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "message": "This node is not a swarm manager." }),
+            );
+        };
+        let list: Vec<serde_json::Value> = services
+            .iter()
+            .map(|(id, name, ports)| {
+                let ports: Vec<serde_json::Value> = ports
+                    .iter()
+                    .map(|p| serde_json::json!({ "Protocol": "tcp", "TargetPort": 80, "PublishedPort": p, "PublishMode": "ingress" }))
+                    .collect();
+                serde_json::json!({ "ID": id, "Spec": { "Name": name }, "Endpoint": { "Ports": ports } })
+            })
+            .collect();
+        return json_response(StatusCode::OK, serde_json::Value::Array(list));
+    }
     if path == "/events" {
         state.event_connects += 1;
         if state.events_status != 200 {
@@ -357,12 +389,19 @@ async fn serve_dial(inner: Arc<Inner>, stream: DuplexStream) {
         Proto::Tcp => Transport::Tcp,
         Proto::Udp => Transport::Udp,
     };
-    let published = inner.state().containers.values().any(|c| {
-        c.running
-            && c.ports
-                .iter()
-                .any(|(t, _, port)| *t == transport && *port == request.guest_port)
-    });
+    let published = {
+        let state = inner.state();
+        let by_service = transport == Transport::Tcp
+            && (state.services.iter().flatten())
+                .any(|(_, _, ports)| ports.contains(&request.guest_port));
+        by_service
+            || state.containers.values().any(|c| {
+                c.running
+                    && c.ports
+                        .iter()
+                        .any(|(t, _, port)| *t == transport && *port == request.guest_port)
+            })
+    };
     if !published {
         let _ = stream
             .get_mut()

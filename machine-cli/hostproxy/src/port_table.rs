@@ -125,6 +125,16 @@ impl PortTable {
         self.remove_ports(ports).await;
     }
 
+    /// The owners (container or service ids) that have ports in the table.
+    pub fn owner_ids(&self) -> Vec<String> {
+        let ids: BTreeSet<&str> = self
+            .entries
+            .values()
+            .map(|e| e.container.id.as_str())
+            .collect();
+        ids.into_iter().map(str::to_string).collect()
+    }
+
     /// Makes the whole table equal to `containers` (each container with its ports):
     /// containers not listed lose their ports.
     pub async fn resync(&mut self, containers: Vec<(ContainerRef, Vec<PublishedPort>)>) {

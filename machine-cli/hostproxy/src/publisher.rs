@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::connector::GuestConnector;
-use crate::engine::{EngineClient, EngineError, EngineSession, Event};
+use crate::engine::{EngineClient, EngineError, EngineSession, Event, SERVICE_ID_PREFIX};
 use crate::port::{ContainerRef, HostPorts, PortEvent, PortStatus, PublishedPort};
 use crate::port_table::PortTable;
 use crate::share_events::BindEvent;
@@ -169,6 +169,13 @@ async fn session(
     resync(&mut requests, table, binds).await?;
     resyncs.send_modify(|n| *n += 1);
     while let Some(event) = events.next().await? {
+        if event.is_service() {
+            if requests.is_closed() {
+                requests = engine.session().await?;
+            }
+            services_changed(&mut requests, table).await?;
+            continue;
+        }
         if !event.is_container() {
             continue;
         }
@@ -187,6 +194,31 @@ async fn session(
             }
             _ => log_ignored(&event),
         }
+    }
+    Ok(())
+}
+
+/// A swarm service was created, updated or removed: the services' ports are brought in
+/// line with the engine's list (a service event's actor is the service; its ports are in
+/// the list, not the event).
+async fn services_changed(
+    requests: &mut EngineSession,
+    table: &mut PortTable,
+) -> Result<(), EngineError> {
+    let services = requests.services().await?;
+    let listed: std::collections::BTreeSet<String> =
+        services.iter().map(|s| s.owner().id).collect();
+    for gone in table
+        .owner_ids()
+        .into_iter()
+        .filter(|id| id.starts_with(SERVICE_ID_PREFIX) && !listed.contains(id))
+    {
+        table.remove_container(&gone).await;
+    }
+    for service in services {
+        table
+            .set_container(service.owner(), &service.published_ports())
+            .await;
     }
     Ok(())
 }
@@ -270,6 +302,11 @@ async fn resync(
             bound.push((summary.id.clone(), found.binds));
             containers.push((found.container, found.ports));
         }
+    }
+    // Swarm services' routing-mesh ports, beside the containers' own.
+    for service in requests.services().await? {
+        let ports = service.published_ports();
+        containers.push((service.owner(), ports));
     }
     let published: usize = containers.iter().map(|(_, ports)| ports.len()).sum();
     info!(
@@ -642,6 +679,71 @@ mod tests {
         wait_refused(early).await;
         // The reconnect's resync counted too.
         assert_eq!(*h.publisher.resyncs().borrow(), 2);
+        h.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_swarm_service_ports_follow_service_events() {
+        let guest = FakeGuest::new().await;
+        let (web, api) = (free_tcp_port(), free_tcp_port());
+        guest.set_services(Some(vec![("s1", "web", vec![web])]));
+        let mut h = start(guest).await;
+        // The resync opens the routing mesh's port, owned by the service, dialed on the
+        // guest's loopback.
+        let event = h.next_event().await;
+        assert!(
+            matches!(&event, PortEvent::Opened { port, container }
+                if port.host_port == web && container.id == "service:s1" && container.name == "service web"),
+            "{event:?}"
+        );
+        assert_eq!(echo_through(web, b"mesh").await, b"mesh");
+        assert!(
+            h.guest
+                .dials()
+                .iter()
+                .any(|d| d.contains(&format!("127.0.0.1 {web}"))
+                    || d.contains(&format!("127.0.0.1:{web}"))),
+            "{:?}",
+            h.guest.dials()
+        );
+        // A service event: web removed, api created; the list is what counts.
+        h.guest.set_services(Some(vec![("s2", "api", vec![api])]));
+        h.guest.send_events_raw(
+            b"{\"Type\":\"service\",\"Action\":\"create\",\"Actor\":{\"ID\":\"s2\"}}\n",
+        );
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(match h.next_event().await {
+                PortEvent::Opened { port, container } => {
+                    format!("opened {} {}", port.host_port, container.id)
+                }
+                PortEvent::Closed { port, container } => {
+                    format!("closed {} {}", port.host_port, container.id)
+                }
+                other => panic!("{other:?}"),
+            });
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                format!("closed {web} service:s1"),
+                format!("opened {api} service:s2")
+            ]
+        );
+        assert_eq!(echo_through(api, b"api").await, b"api");
+        wait_refused(web).await;
+        // The swarm left (the engine is no manager any more): its ports close, nothing breaks.
+        h.guest.set_services(None);
+        h.guest.send_events_raw(
+            b"{\"Type\":\"service\",\"Action\":\"remove\",\"Actor\":{\"ID\":\"s2\"}}\n",
+        );
+        let event = h.next_event().await;
+        assert!(
+            matches!(&event, PortEvent::Closed { port, .. } if port.host_port == api),
+            "{event:?}"
+        );
+        assert_eq!(h.guest.event_connects(), 1, "the event stream stayed up");
         h.stop().await;
     }
 
