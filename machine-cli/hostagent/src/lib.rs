@@ -340,7 +340,7 @@ fn publish_ports(
     phases: phases::Phases,
 ) -> tokio::task::JoinHandle<()> {
     use rmachine_hostproxy::{share_events, PortEvent, Publisher};
-    let (events_tx, mut events_rx) = mpsc::channel::<PortEvent>(64);
+    let (events_tx, events_rx) = mpsc::channel::<PortEvent>(64);
     let connector: Arc<dyn rmachine_hostproxy::GuestConnector> = Arc::new(carrier.as_ref().clone());
     let mut publisher = Publisher::new(connector, events_tx);
     if !shares.is_empty() {
@@ -363,38 +363,54 @@ fn publish_ports(
         ));
     }
     let publisher = Arc::new(publisher);
-    let mut statuses = publisher.subscribe();
     let mut resyncs = publisher.resyncs();
     tokio::spawn(async move {
         if resyncs.wait_for(|n| *n >= 1).await.is_ok() {
             phases.mark("published ports restored");
         }
     });
+    mirror_ports(
+        &publisher,
+        events_rx,
+        rmachine_hostproxy::HostPorts::default(),
+        state,
+        shutdown.clone(),
+    );
+    tokio::spawn(async move { publisher.run(shutdown).await })
+}
+
+/// Logs a publisher's port events and mirrors its ports into `state.json` (with the
+/// address each opens on here, as `host_ports` binds it) until `shutdown`.
+pub(crate) fn mirror_ports(
+    publisher: &rmachine_hostproxy::Publisher,
+    mut events_rx: mpsc::Receiver<rmachine_hostproxy::PortEvent>,
+    host_ports: rmachine_hostproxy::HostPorts,
+    state: SharedState,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use rmachine_hostproxy::PortEvent;
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
+            let text = serde_json::to_string(&event).unwrap_or_default();
             match &event {
-                PortEvent::Failed { .. } => {
-                    tracing::warn!(event = %serde_json::to_string(&event).unwrap_or_default(), "port")
-                }
-                _ => {
-                    tracing::info!(event = %serde_json::to_string(&event).unwrap_or_default(), "port")
-                }
+                PortEvent::Failed { .. } => tracing::warn!(event = %text, "port"),
+                _ => tracing::info!(event = %text, "port"),
             }
         }
     });
-    let mirror_shutdown = shutdown.clone();
+    let mut statuses = publisher.subscribe();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 changed = statuses.changed() => if changed.is_err() { break },
-                _ = mirror_shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break,
             }
             let ports = statuses
                 .borrow_and_update()
                 .iter()
                 .map(|p| rmachine_machine::state::PublishedPort {
                     proto: p.port.transport.proto().as_str().to_string(),
-                    host_ip: p.port.host_ip.to_string(),
+                    host_ip: host_ports.bind_ip(&p.port).to_string(),
                     host_port: p.port.host_port,
                     container: p.container.name.clone(),
                     error: p.error.clone(),
@@ -403,7 +419,6 @@ fn publish_ports(
             state.update(|s| s.ports = ports);
         }
     });
-    tokio::spawn(async move { publisher.run(shutdown).await })
 }
 
 async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {

@@ -359,39 +359,9 @@ fn publish_ports(
         loopback_only: true,
         udp_unsupported: Some(UDP_OVER_SSH.into()),
     };
-    let (events_tx, mut events_rx) = mpsc::channel::<PortEvent>(64);
+    let (events_tx, events_rx) = mpsc::channel::<PortEvent>(64);
     let publisher =
         Arc::new(Publisher::new(connector, events_tx).with_host_ports(host_ports.clone()));
-    let mut statuses = publisher.subscribe();
-    tokio::spawn(async move {
-        while let Some(event) = events_rx.recv().await {
-            let text = serde_json::to_string(&event).unwrap_or_default();
-            match &event {
-                PortEvent::Failed { .. } => tracing::warn!(event = %text, "port"),
-                _ => tracing::info!(event = %text, "port"),
-            }
-        }
-    });
-    let mirror_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = statuses.changed() => if changed.is_err() { break },
-                _ = mirror_shutdown.cancelled() => break,
-            }
-            let ports = statuses
-                .borrow_and_update()
-                .iter()
-                .map(|p| rmachine_machine::state::PublishedPort {
-                    proto: p.port.transport.proto().as_str().to_string(),
-                    host_ip: host_ports.bind_ip(&p.port).to_string(),
-                    host_port: p.port.host_port,
-                    container: p.container.name.clone(),
-                    error: p.error.clone(),
-                })
-                .collect();
-            state.update(|s| s.ports = ports);
-        }
-    });
+    crate::mirror_ports(&publisher, events_rx, host_ports, state, shutdown.clone());
     tokio::spawn(async move { publisher.run(shutdown).await })
 }
