@@ -22,4 +22,5 @@ pub mod ssh;
 pub mod state;
 pub mod store;
 pub mod sys;
+pub mod version;
 pub mod vmm_config;
