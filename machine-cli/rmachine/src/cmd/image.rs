@@ -54,8 +54,10 @@ pub struct LsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
-    /// The image version to remove (see `rmachine image ls`).
-    version: String,
+    /// The image version to remove (see `rmachine image ls`). (Not named `version`: that
+    /// id is the `--version` flag's, and clap's debug checks refuse the clash.)
+    #[arg(value_name = "VERSION")]
+    image: String,
 }
 
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
@@ -64,8 +66,8 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Build(args) => build::run(&paths, args),
         ImageCommand::Ls(args) => ls(&paths, args),
         ImageCommand::Rm(args) => {
-            rmachine_machine::image_store::remove(&paths, &args.version)?;
-            println!("removed image {}", args.version);
+            rmachine_machine::image_store::remove(&paths, &args.image)?;
+            println!("removed image {}", args.image);
             Ok(())
         }
     }
