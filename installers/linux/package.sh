@@ -12,6 +12,7 @@
 #   installers/linux/package.sh --image VERSION         # default: this user's newest amd64 image
 #   installers/linux/package.sh --fast                  # fast compression, bigger files (CI)
 #   installers/linux/package.sh --no-tarball            # the .deb only
+#   installers/linux/package.sh --revision N            # the .deb's revision (default 1: VERSION-1)
 #
 # Needs cargo-deb (installed with `cargo install --locked cargo-deb` when missing), the
 # guest image (`rmachine image build`) and the host tools (`rmachine setup`): both are
@@ -24,6 +25,7 @@ bin_dir=
 image=
 fast=0
 tarball=1
+revision=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) bin_dir=; shift ;;
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
     --image) image=${2:?--image needs a version}; shift 2 ;;
     --fast) fast=1; shift ;;
     --no-tarball) tarball=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --revision) revision=${2:?--revision needs a number}; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "package.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -171,7 +174,7 @@ fi
 
 rm -f "$out"/rmachine_*.deb "$out"/rmachine-*-linux-amd64.tar.*
 step "the .deb (cargo-deb$([ "$fast" = 1 ] && echo ', gzip -1'))"
-deb_args=(--no-build --no-strip --no-dbgsym -p rmachine -o "$out/")
+deb_args=(--no-build --no-strip --no-dbgsym --deb-revision "$revision" -p rmachine -o "$out/")
 # Fast: the system's `gzip -1` (cargo-deb's own gzip is zopfli unless built with its gzip
 # feature, and takes minutes on the image); else cargo-deb's multithreaded xz -6.
 [ "$fast" = 1 ] && deb_args+=(--compress-system --compress-type gz --fast)

@@ -14,24 +14,31 @@
 # did not install, installs, the same binaries find the prefix's image and host tools,
 # and --uninstall leaves the prefix empty. Each check names what it found when it fails.
 #
-#   tests/tools/deb/package-test.sh DEB [TARBALL] [--boot]
+#   tests/tools/deb/package-test.sh DEB [TARBALL] [--boot] [--upgrade-from OLD.deb]
 #
 # --boot also starts a machine from the packaged image with the packaged binaries and
-# host tools (the qemu driver; about a minute under software emulation) and removes it.
-# Whatever happens, the package is removed at the end.
+# host tools (the qemu driver; about 25 s here under software emulation) and removes it.
+# --upgrade-from installs OLD.deb first (a package with another image), boots a machine
+# from it and writes a file on its data disk, and makes a second machine pinned to the
+# old image; after the upgrade to DEB the old image is gone, the first machine boots the
+# new one with its file kept, and the pinned one is refused saying what to do. (Two more
+# boots: not a part of CI.) Whatever happens, the package is removed at the end.
 set -euo pipefail
 
 deb=
 tarball=
 boot=0
-for arg in "$@"; do
-  case "$arg" in
+old_deb=
+while [ $# -gt 0 ]; do
+  case "$1" in
     --boot) boot=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
-    *.deb) deb=$(realpath "$arg") ;;
-    *.tar.*) tarball=$(realpath "$arg") ;;
-    *) echo "package-test: unknown argument $arg (see --help)" >&2; exit 2 ;;
+    --upgrade-from) old_deb=$(realpath "${2:?--upgrade-from needs a .deb}"); shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    *.deb) deb=$(realpath "$1") ;;
+    *.tar.*) tarball=$(realpath "$1") ;;
+    *) echo "package-test: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
+  shift
 done
 [ -f "$deb" ] || { echo "usage: package-test.sh DEB [TARBALL] [--boot]" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "package-test: needs root (it installs the package)" >&2; exit 2; }
@@ -51,8 +58,10 @@ pkg_status() { dpkg-query -W -f='${db:Status-Status}' rmachine 2>/dev/null || ec
 
 scratch=$(mktemp -d /tmp/rmachine-package-test.XXXXXX)
 cleanup() {
-  if [ "$boot" = 1 ] && [ -x /usr/bin/rmachine ]; then
-    as_user /usr/bin/rmachine rm -f default >/dev/null 2>&1 || true
+  if [ -x /usr/bin/rmachine ]; then
+    for machine in default upgraded pinned; do
+      as_user /usr/bin/rmachine rm -f "$machine" >/dev/null 2>&1 || true
+    done
   fi
   if [ "$(pkg_status)" != not-installed ]; then
     echo "-- removing the package left by a failed check"
@@ -87,10 +96,26 @@ image=$(dpkg-deb -c "$deb" | sed -n 's|.*\./usr/lib/rmachine/images/\([^/]*\)/ma
 [ -n "$image" ] || fail "no image in the package: $(dpkg-deb -c "$deb" | grep -c .) entries"
 echo "   image $image, $(du -m "$deb" | cut -f1) MiB"
 
+if [ -n "$old_deb" ]; then
+  old_image=$(dpkg-deb -c "$old_deb" | sed -n 's|.*\./usr/lib/rmachine/images/\([^/]*\)/manifest.json$|\1|p')
+  [ -n "$old_image" ] && [ "$old_image" != "$image" ] || fail "$old_deb must carry another image than $image (it has: ${old_image:-none})"
+  step "the older package: apt-get install $(basename "$old_deb") (image $old_image)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$old_deb" >"$scratch/apt.log" 2>&1 \
+    || fail "apt-get install $old_deb: $(tail -5 "$scratch/apt.log")"
+  as_user /usr/bin/rmachine create upgraded --driver qemu >/dev/null || fail "rmachine create upgraded"
+  out=$(as_user /usr/bin/rmachine start upgraded 2>&1) || fail "rmachine start upgraded: $(tail -5 <<<"$out")"
+  as_user /usr/bin/rmachine shell upgraded -T -- sh -c 'echo kept > /var/lib/docker/upgrade-marker' \
+    || fail "writing on the data disk"
+  as_user /usr/bin/rmachine stop upgraded >/dev/null || fail "rmachine stop upgraded"
+  as_user /usr/bin/rmachine create pinned --driver qemu --image "$old_image" >/dev/null || fail "rmachine create pinned"
+fi
+
 step "apt-get install ./$(basename "$deb")"
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$deb" >"$scratch/apt.log" 2>&1 \
   || fail "apt-get install: $(tail -5 "$scratch/apt.log")"
-[ "$(dpkg-query -W -f='${Version}' rmachine)" = "$version-1" ] || fail "installed version: $(dpkg-query -W -f='${Version}' rmachine)"
+deb_version=$(dpkg-deb -f "$deb" Version)
+[ "${deb_version%-*}" = "$version" ] || fail "the package's version $deb_version is not the workspace's $version"
+[ "$(dpkg-query -W -f='${Version}' rmachine)" = "$deb_version" ] || fail "installed version: $(dpkg-query -W -f='${Version}' rmachine)"
 
 step "dpkg -L and dpkg --verify"
 listed=$(dpkg -L rmachine)
@@ -166,6 +191,21 @@ if [ "$boot" = 1 ]; then
   out=$(as_user /usr/bin/rmachine inspect 2>&1)
   grep -q "$image" <<<"$out" || fail "the machine did not boot $image: $out"
   as_user /usr/bin/rmachine rm -f default >/dev/null || fail "rmachine rm"
+fi
+
+if [ -n "$old_deb" ]; then
+  step "after the upgrade: the old image is gone, the machines are kept"
+  [ ! -e "/usr/lib/rmachine/images/$old_image" ] || fail "the old image $old_image is left after the upgrade"
+  out=$(as_user /usr/bin/rmachine start upgraded 2>&1) || fail "rmachine start upgraded after the upgrade: $(tail -5 <<<"$out")"
+  grep -q "$image" <<<"$(as_user /usr/bin/rmachine inspect upgraded)" || fail "the upgraded machine did not boot $image"
+  kept=$(as_user /usr/bin/rmachine shell upgraded -T -- cat /var/lib/docker/upgrade-marker 2>&1) || true
+  [ "$kept" = kept ] || fail "the data disk's file after the upgrade: $kept"
+  as_user /usr/bin/rmachine rm -f upgraded >/dev/null || fail "rmachine rm upgraded"
+  out=$(as_user /usr/bin/rmachine start pinned 2>&1) && fail "the machine pinned to the removed image started: $out"
+  grep -q "image $old_image is not installed" <<<"$out" && grep -q "image newest" <<<"$out" \
+    || fail "starting the pinned machine said: $out"
+  echo "   pinned: $(grep -o "image $old_image is not installed.*" <<<"$out" | head -1)"
+  as_user /usr/bin/rmachine rm -f pinned >/dev/null || fail "rmachine rm pinned"
 fi
 
 step "apt-get remove rmachine"
