@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::host_tools;
 use crate::image_store::{self, Installed};
 use crate::paths::Paths;
+use crate::platform::HostOs;
 
 /// The version of rmachine, its VMM and its desktop app (one number: the workspace's).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -24,7 +25,8 @@ pub struct Report {
     /// The rmachine-vmm a machine would run; `None` when there is none (machines then run
     /// under QEMU).
     pub vmm: Option<VmmVersion>,
-    /// The host daemons a machine runs beside its VM (virtiofsd, passt), as found.
+    /// The host daemons a machine runs beside its VM (virtiofsd, passt), as found (Linux
+    /// hosts; empty elsewhere).
     pub host_tools: Vec<HostToolFound>,
     /// The installed images, the user's first (see [`image_store::list`]).
     pub images: Vec<Installed>,
@@ -74,7 +76,9 @@ pub fn report(paths: Option<&Paths>) -> Report {
         version: VERSION,
         protocol: rmachine_protocol::PROTOCOL_VERSION,
         vmm: crate::driver::vmm_binary().map(|path| ask_vmm(&path)),
-        host_tools: match paths {
+        // The bundles are Debian's, for Linux hosts; elsewhere they mean nothing.
+        host_tools: match paths.filter(|_| crate::platform::Platform::current().os == HostOs::Linux)
+        {
             Some(paths) => [&host_tools::VIRTIOFSD, &host_tools::PASST]
                 .into_iter()
                 .map(|bundle| HostToolFound {
