@@ -127,7 +127,8 @@ impl Arch {
 
 impl std::fmt::Display for Arch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // pad: tables give it a width.
+        f.pad(self.as_str())
     }
 }
 
@@ -180,7 +181,7 @@ pub enum ManifestError {
         expected: String,
         actual: String,
     },
-    #[error("image {version} speaks agent protocol {image}, this rmachine speaks {host}: rebuild it with `rmachine image build`")]
+    #[error("image {version} speaks agent protocol {image}, this rmachine speaks {host}")]
     Protocol {
         version: String,
         image: u32,

@@ -326,7 +326,13 @@ impl Settings {
             "driver" => {
                 self.driver = Some(DriverKind::parse(value).map_err(|m| invalid("driver", m))?)
             }
-            "image" => self.image = Some(value.to_string()),
+            // `newest` (or nothing): the newest installed image of the machine's arch.
+            "image" => {
+                self.image = match value.trim() {
+                    "" | "newest" => None,
+                    version => Some(version.to_string()),
+                }
+            }
             "arch" => self.arch = Some(Arch::parse(value).map_err(|m| invalid("arch", m))?),
             "ssh-host" => crate::ssh::set_host(&mut self.ssh, value)?,
             // A comma-separated list; empty: none.
@@ -739,6 +745,14 @@ mod tests {
         assert_eq!(spec.get("driver").unwrap(), "qemu");
         assert_eq!(spec.get("image").unwrap(), "(newest)");
         assert!(spec.get("colour").is_err());
+        // An image by version, and back to the newest.
+        s.set("image", "0.1.0-amd64-abc").unwrap();
+        assert_eq!(s.resolve().get("image").unwrap(), "0.1.0-amd64-abc");
+        s.set("image", "newest").unwrap();
+        assert_eq!(s.image, None);
+        s.set("image", "0.1.0-amd64-abc").unwrap();
+        s.set("image", "").unwrap();
+        assert_eq!(s.image, None);
 
         // The engine's settings, one at a time or whole, checked.
         let mut s = Settings::default();

@@ -2,8 +2,9 @@
 //! (networking under rmachine-vmm). Each is a bundle taken from Debian trixie with the
 //! libraries it needs: trixie's C library is newer than a bookworm host's, so the bundle
 //! brings its own and runs the tool through trixie's dynamic loader. Bundles are unpacked
-//! into `host-tools/<name>` under the cache by `rmachine setup`; every machine start finds
-//! them here.
+//! into `host-tools/<name>` under the cache by `rmachine setup`, or installed with rmachine
+//! (the .deb carries both) in the system folder's `host-tools/<name>`; every machine start
+//! finds them there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,7 +131,8 @@ impl Bundle {
         }
     }
 
-    /// The environment variable's binary, the installed bundle, or the host's binary.
+    /// The environment variable's binary, the bundle `rmachine setup` installed, the
+    /// bundle installed with rmachine, or the host's binary.
     pub fn find(&self, paths: &Paths) -> Option<HostTool> {
         if let Some(p) = std::env::var_os(self.env_var)
             .filter(|v| !v.is_empty())
@@ -142,8 +144,17 @@ impl Bundle {
         if dir.join(".complete").exists() {
             return Some(self.tool_in(&dir));
         }
+        if let Some(tool) = self.system(paths) {
+            return Some(tool);
+        }
         let host = PathBuf::from(self.host_binary);
         host.is_file().then(|| HostTool::direct(host))
+    }
+
+    /// The bundle installed with rmachine (`<system>/host-tools/<name>`), if complete.
+    pub fn system(&self, paths: &Paths) -> Option<HostTool> {
+        let dir = paths.system_host_tools_dir()?.join(self.name);
+        dir.join(".complete").exists().then(|| self.tool_in(&dir))
     }
 
     /// Installs the bundle unless it is complete: `unpack` puts the packages into the
@@ -257,6 +268,26 @@ mod tests {
             loader_paths(crate::platform::Arch::Arm64),
             ("usr/lib/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu")
         );
+    }
+
+    #[test]
+    fn test_system_bundle_is_found_after_the_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("home"), dir.path().join("cache"))
+            .with_system_dir(Some(dir.path().join("system")));
+        let system = dir.path().join("system/host-tools/fake");
+        std::fs::create_dir_all(&system).unwrap();
+        assert_eq!(FAKE.find(&paths), None, "an unfinished bundle is not used");
+        std::fs::write(system.join(".complete"), "fake 1.0").unwrap();
+        assert_eq!(
+            FAKE.find(&paths).unwrap().binary,
+            system.join("usr/bin/fake")
+        );
+        assert_eq!(FAKE.system(&paths), FAKE.find(&paths));
+        let user = paths.host_tools_dir().join("fake");
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::write(user.join(".complete"), "fake 1.1").unwrap();
+        assert_eq!(FAKE.find(&paths).unwrap().binary, user.join("usr/bin/fake"));
     }
 
     #[test]

@@ -23,4 +23,5 @@ pub mod state;
 pub mod store;
 pub mod sys;
 pub mod usage;
+pub mod version;
 pub mod vmm_config;

@@ -9,6 +9,10 @@
 //!   the bundled host daemons (`host-tools/`) and the image builder's caches (kernel tree,
 //!   root filesystem bases, trixie package lists: their layout is the builder's own, see
 //!   `rmachine_image::BuildDirs`), keyed by content hash.
+//! - The system folder (`RMACHINE_SYSTEM_DIR`; default: the install's own, found from the
+//!   executable, see [`crate::sys::install_dir`]: `/usr/lib/rmachine` for the .deb):
+//!   read-only files installed with rmachine, `images/<version>/` and `host-tools/<name>/`.
+//!   Looked in after the user's own folders; rmachine never writes there.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +25,8 @@ use crate::sys::local_socket::Endpoint;
 pub struct Paths {
     home: PathBuf,
     cache: PathBuf,
+    /// Read-only files installed with rmachine (guest images, host tools), if any.
+    system: Option<PathBuf>,
     /// Set when `home` is not the user's default: named pipes (global on Windows) then
     /// carry it, so two homes never share a pipe name.
     pipe_tag: Option<String>,
@@ -60,14 +66,20 @@ impl Paths {
                 }
             }
         };
-        let mut paths = Paths::with_roots(home, cache);
+        // Set but empty: no system folder.
+        let system = match std::env::var_os("RMACHINE_SYSTEM_DIR") {
+            Some(dir) if dir.is_empty() => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => crate::sys::install_dir::system_dir(),
+        };
+        let mut paths = Paths::with_roots(home, cache).with_system_dir(system);
         if Some(&paths.home) == default_home.as_ref() {
             paths.pipe_tag = None;
         }
         Ok(paths)
     }
 
-    /// Roots given explicitly (tests).
+    /// Roots given explicitly (tests), without a system folder.
     pub fn with_roots(home: impl Into<PathBuf>, cache: impl Into<PathBuf>) -> Paths {
         let home = home.into();
         let digest = sha2::Sha256::digest(home.to_string_lossy().as_bytes());
@@ -75,7 +87,14 @@ impl Paths {
             pipe_tag: Some(hex::encode(&digest[..4])),
             home,
             cache: cache.into(),
+            system: None,
         }
+    }
+
+    /// The same roots with this system folder (or none).
+    pub fn with_system_dir(mut self, system: Option<PathBuf>) -> Paths {
+        self.system = system;
+        self
     }
 
     pub fn home(&self) -> &Path {
@@ -94,6 +113,21 @@ impl Paths {
     /// `images/<version>/`.
     pub fn image_dir(&self, version: &str) -> PathBuf {
         self.images_dir().join(version)
+    }
+
+    /// The system folder: read-only files installed with rmachine.
+    pub fn system_dir(&self) -> Option<&Path> {
+        self.system.as_deref()
+    }
+
+    /// Guest images installed with rmachine (`<system>/images/`), one folder per version.
+    pub fn system_images_dir(&self) -> Option<PathBuf> {
+        self.system.as_ref().map(|s| s.join("images"))
+    }
+
+    /// Host daemons installed with rmachine (`<system>/host-tools/`), one bundle each.
+    pub fn system_host_tools_dir(&self) -> Option<PathBuf> {
+        self.system.as_ref().map(|s| s.join("host-tools"))
     }
 
     /// `machines/`.
@@ -247,6 +281,13 @@ mod tests {
             PathBuf::from("/h/machines/default")
         );
         assert_eq!(p.host_tools_dir(), PathBuf::from("/c/host-tools"));
+        assert_eq!(p.system_images_dir(), None);
+        let p = p.with_system_dir(Some("/s".into()));
+        assert_eq!(p.system_images_dir(), Some(PathBuf::from("/s/images")));
+        assert_eq!(
+            p.system_host_tools_dir(),
+            Some(PathBuf::from("/s/host-tools"))
+        );
         let m = p.machine("m");
         assert_eq!(
             m.docker_endpoint(),

@@ -124,3 +124,16 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_command_definitions_pass_clap_checks() {
+        // clap checks a command's definition only when it is parsed in a debug build
+        // (`image rm` once panicked there: an argument named `version` clashed with
+        // `--version`); this checks every subcommand at once.
+        Cli::command().debug_assert();
+    }
+}

@@ -9,11 +9,13 @@
 //!   socket, or a named pipe on Windows), their listener and client.
 //! - [`fs`]: files only their owner may read (state with the boot's token), executables.
 //! - [`host`]: the host's memory.
+//! - [`install_dir`]: the read-only files an installed rmachine came with.
 //! - [`signal`]: the request to stop a long-running process.
 //! - [`ssh_agent`]: the user's ssh-agent (a unix socket, or a named pipe on Windows).
 
 pub mod fs;
 pub mod host;
+pub mod install_dir;
 pub mod local_socket;
 pub mod process;
 pub mod signal;

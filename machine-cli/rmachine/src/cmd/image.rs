@@ -19,10 +19,10 @@ mod build;
 pub enum ImageCommand {
     /// Build the guest image (kernel and root filesystem), reusing cached parts.
     Build(BuildArgs),
-    /// List installed guest images.
+    /// List installed guest images: the user's, then those installed with rmachine.
     #[command(alias = "list")]
     Ls(LsArgs),
-    /// Remove an installed guest image.
+    /// Remove one of the user's guest images (images installed with rmachine go with it).
     Rm(RmArgs),
 }
 
@@ -54,8 +54,10 @@ pub struct LsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
-    /// The image version to remove (see `rmachine image ls`).
-    version: String,
+    /// The image version to remove (see `rmachine image ls`). (Not named `version`: that
+    /// id is the `--version` flag's, and clap's debug checks refuse the clash.)
+    #[arg(value_name = "VERSION")]
+    image: String,
 }
 
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
@@ -64,37 +66,62 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Build(args) => build::run(&paths, args),
         ImageCommand::Ls(args) => ls(&paths, args),
         ImageCommand::Rm(args) => {
-            rmachine_machine::image_store::remove(&paths, &args.version)?;
-            println!("removed image {}", args.version);
+            rmachine_machine::image_store::remove(&paths, &args.image)?;
+            println!("removed image {}", args.image);
             Ok(())
         }
     }
 }
 
 fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {
-    let images = rmachine_machine::image_store::list(paths)?;
+    let listing = rmachine_machine::image_store::list(paths)?;
     match args.format {
-        Format::Json => {
-            let list: Vec<_> = images.iter().map(|(m, _)| m).collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
-        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(&listing.images)?),
         Format::Table => {
             println!(
-                "{:<26} {:<6} {:>10} {:>12} {:>8}  KERNEL SOURCE",
-                "VERSION", "ARCH", "KERNEL", "ROOTFS", "PROTOCOL"
+                "{:<26} {:<6} {:>10} {:>12} {:>8}  {:<7} KERNEL SOURCE",
+                "VERSION", "ARCH", "KERNEL", "ROOTFS", "PROTOCOL", "SOURCE"
             );
-            for (m, _) in &images {
+            for image in &listing.images {
+                let m = &image.manifest;
+                // An image of another agent protocol is listed, but never booted.
+                let protocol = match image.usable() {
+                    true => m.protocol.to_string(),
+                    false => format!("{}(!)", m.protocol),
+                };
                 println!(
-                    "{:<26} {:<6} {:>8.1}Mi {:>10.1}Mi {:>8}  {}",
+                    "{:<26} {:<6} {:>8.1}Mi {:>10.1}Mi {:>8}  {:<7} {}",
                     m.version,
                     m.arch,
                     m.kernel.size_bytes as f64 / 1048576.0,
                     m.rootfs.size_bytes as f64 / 1048576.0,
-                    m.protocol,
+                    protocol,
+                    image.source,
                     m.kernel_source
                 );
             }
+            println!();
+            println!("user images:   {}", paths.images_dir().display());
+            match paths.system_images_dir() {
+                Some(dir) if dir.is_dir() => {
+                    println!("system images: {} (read-only)", dir.display())
+                }
+                Some(dir) => println!("system images: {} (absent)", dir.display()),
+                None => println!("system images: none"),
+            }
+            if listing.images.iter().any(|i| !i.usable()) {
+                println!(
+                    "(!) another agent protocol than this rmachine's ({}): not booted",
+                    rmachine_protocol::PROTOCOL_VERSION
+                );
+            }
         }
+    }
+    for problem in &listing.broken {
+        eprintln!(
+            "warning: {}",
+            rmachine_machine::lifecycle::error_chain(problem)
+        );
     }
     Ok(())
 }

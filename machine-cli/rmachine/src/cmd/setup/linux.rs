@@ -32,6 +32,11 @@ pub fn run(args: SetupArgs) -> anyhow::Result<()> {
         &progress,
     )?;
     let install_bundle = |bundle: &host_tools::Bundle| {
+        // Installed with rmachine (the package carries it): nothing to fetch.
+        if let Some(tool) = bundle.system(&paths) {
+            progress.detail("installed with rmachine");
+            return Ok(tool);
+        }
         bundle.install(
             &paths,
             |dest, packages| {
