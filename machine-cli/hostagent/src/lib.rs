@@ -217,7 +217,10 @@ async fn serve(
         uptime_s,
         at_ms: phases.now_ms(),
     });
-    sync_time(&carrier).await?;
+    // A guest whose clock could not be set still serves: say so and go on.
+    if let Err(e) = sync_time(&carrier).await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot set the guest's clock");
+    }
     state.update(|s| {
         s.ping_ms = Some(ping_ms);
         s.detail = "engine starting".into();

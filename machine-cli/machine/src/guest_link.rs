@@ -268,7 +268,14 @@ pub enum ControlError {
     TooLong,
     #[error(transparent)]
     Reply(#[from] ReplyError),
+    #[error("the agent did not answer within {CALL_TIMEOUT:?}")]
+    Timeout,
 }
+
+/// How long one control request may wait for its answer: the agent answers each at once
+/// (a shutdown only starts), so a request without an answer is a connection gone wrong,
+/// reported as an error instead of a start or stop that waits forever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client of the agent's control service over one connection.
 pub struct ControlClient {
@@ -286,17 +293,24 @@ impl ControlClient {
     }
 
     /// Sends one request and waits for its reply.
+    /// Sends one request and reads its answer, within [`CALL_TIMEOUT`] (after a timeout
+    /// the connection is not used again: the answer may still be on its way).
     pub async fn call(&mut self, request: Request) -> Result<Reply, ControlError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.stream
-            .write_all(control::encode_request(id, request).as_bytes())
-            .await?;
-        match self.stream.read_line(MAX_CONTROL_LINE).await? {
-            Line::Data(line) => Ok(control::parse_reply(&line, id)?),
-            Line::TooLong { .. } => Err(ControlError::TooLong),
-            Line::Eof => Err(ControlError::Closed),
-        }
+        let exchange = async {
+            self.stream
+                .write_all(control::encode_request(id, request).as_bytes())
+                .await?;
+            match self.stream.read_line(MAX_CONTROL_LINE).await? {
+                Line::Data(line) => Ok(control::parse_reply(&line, id)?),
+                Line::TooLong { .. } => Err(ControlError::TooLong),
+                Line::Eof => Err(ControlError::Closed),
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ControlError::Timeout)?
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Run {
     pub lines: Vec<Line>,
     /// QEMU was killed at the deadline.
     pub timed_out: bool,
+    /// QEMU was killed because L1 froze: its process used no CPU for [`FROZEN_AFTER`].
+    pub frozen: bool,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// QEMU's stderr.
@@ -106,6 +108,42 @@ impl Drop for KillOnDrop {
         }
         let _ = self.0.wait();
     }
+}
+
+/// How long L1's QEMU may use no CPU at all before L1 counts as frozen. A working L1 always
+/// uses some (its timer ticks, its init, L2 under its KVM); seen in CI: an L1 whose QEMU used
+/// no CPU for 15 minutes, its console stopped mid-line, until the test's deadline.
+pub const FROZEN_AFTER: Duration = Duration::from_secs(150);
+
+/// CPU time (user + system) of a process, in clock ticks, from `/proc/PID/stat`.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis: state is the 3rd field, utime and
+    // stime the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// [`run`], and once more when L1 froze (a hang of the emulated nested hypervisor, not of
+/// what runs in it), saying so on stderr; `make` builds the same command each time.
+pub fn run_once_more_if_frozen(make: impl Fn() -> Command, timeout: Duration, log: &Path) -> Run {
+    let run = run(make(), timeout, log);
+    if !run.frozen {
+        return run;
+    }
+    let frozen_log = log.with_extension("frozen.log");
+    let _ = std::fs::rename(log, &frozen_log);
+    eprintln!(
+        "nested: L1 FROZE after {:.0} s (its QEMU used no CPU for {FROZEN_AFTER:?}; console in {}): running L1 once more",
+        run.elapsed.as_secs_f64(),
+        frozen_log.display()
+    );
+    let again = self::run(make(), timeout.saturating_sub(run.elapsed), log);
+    if again.frozen {
+        eprintln!("nested: L1 froze again");
+    }
+    again
 }
 
 /// Runs `cmd` until QEMU exits or `timeout` passes. Console lines are saved to `log` as they
@@ -145,6 +183,9 @@ pub fn run(mut cmd: Command, timeout: Duration, log: &Path) -> Run {
     let mut lines = Vec::new();
     let deadline = started + timeout;
     let mut timed_out = false;
+    let mut frozen = false;
+    let pid = child.0.id();
+    let mut last_cpu = (cpu_ticks(pid), Instant::now());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
@@ -164,12 +205,21 @@ pub fn run(mut cmd: Command, timeout: Duration, log: &Path) -> Run {
                 }
             }
         }
+        let cpu = cpu_ticks(pid);
+        if cpu != last_cpu.0 || cpu.is_none() {
+            last_cpu = (cpu, Instant::now());
+        } else if last_cpu.1.elapsed() >= FROZEN_AFTER {
+            frozen = true;
+            let _ = child.0.kill();
+            break;
+        }
     }
     drop(child);
     let _ = reader.join();
     Run {
         lines,
         timed_out,
+        frozen,
         elapsed: started.elapsed(),
         stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
     }
@@ -296,6 +346,20 @@ pub fn log_dir(target_dir: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn test_cpu_ticks_of_a_process_move_when_it_works() {
+        let me = std::process::id();
+        let before = cpu_ticks(me).expect("own /proc/PID/stat");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_ticks(me).unwrap() > before);
+        assert_eq!(cpu_ticks(u32::MAX), None);
+    }
+
     use super::*;
 
     fn lines(text: &[(f64, &str)]) -> Vec<Line> {

@@ -108,22 +108,24 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
     let log_dir = l1::log_dir(&build::target_dir());
     std::fs::create_dir_all(&log_dir).expect("create the log folder");
     let log = log_dir.join("l1-machine-console.log");
-    let cmd = l1::command(
-        &kernel.vmlinuz,
-        &initrd,
-        &l1::Disks {
-            root: &image_dir.join(&manifest.rootfs.file),
-            data: &data,
-            config: &config,
-        },
-        "",
-    );
+    let make_cmd = || {
+        l1::command(
+            &kernel.vmlinuz,
+            &initrd,
+            &l1::Disks {
+                root: &image_dir.join(&manifest.rootfs.file),
+                data: &data,
+                config: &config,
+            },
+            "",
+        )
+    };
     eprintln!(
         "nested machine: image {}, L1 console in {}",
         manifest.version,
         log.display()
     );
-    let run = l1::run(cmd, L1_TIMEOUT, &log);
+    let run = l1::run_once_more_if_frozen(make_cmd, L1_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
     let at = |needle: &str| {
         run.lines

@@ -100,23 +100,26 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
     let log_dir = l1::log_dir(&target);
     std::fs::create_dir_all(&log_dir).expect("create the log folder");
     let log = log_dir.join("l1-console.log");
-    let cmd = l1::command(
-        &kernel.vmlinuz,
-        &initrd,
-        &l1::Disks {
-            root: &image_dir.join(&manifest.rootfs.file),
-            data: &data,
-            config: &config_disk,
-        },
-        "",
-    );
+    let make_cmd = || {
+        l1::command(
+            &kernel.vmlinuz,
+            &initrd,
+            &l1::Disks {
+                root: &image_dir.join(&manifest.rootfs.file),
+                data: &data,
+                config: &config_disk,
+            },
+            "",
+        )
+    };
     eprintln!(
-        "nested: image {}, L1 kernel {}, L1 console in {}\nnested: {cmd:?}",
+        "nested: image {}, L1 kernel {}, L1 console in {}\nnested: {:?}",
         manifest.version,
         kernel.package,
-        log.display()
+        log.display(),
+        make_cmd()
     );
-    let run = l1::run(cmd, L1_TIMEOUT, &log);
+    let run = l1::run_once_more_if_frozen(make_cmd, L1_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
 
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
