@@ -210,7 +210,11 @@ async fn serve(
     };
     tracing::info!(ping_ms, "agent answered ping");
     state.update(|s| s.start_kind = Some(kind));
-    phases.mark_at("VM process started", phases.ms_at(boot));
+    let first_step = match kind {
+        StartKind::Boot => "VM process started",
+        StartKind::TakeOver => "took over the running VM",
+    };
+    phases.mark_at(first_step, phases.ms_at(boot));
     phases.mark("agent answered ping");
     // A first reading of the guest's clock, to measure its rate against the host's.
     let first_reading = guest_clock(&carrier).await.map(|uptime_s| phases::Anchor {

@@ -365,6 +365,25 @@ mod tests {
                 .expect("events closed")
         }
 
+        /// The next `n` events, each `opened|closed PORT OWNER`, sorted (their order
+        /// between owners is not fixed).
+        async fn opened_and_closed(&mut self, n: usize) -> Vec<String> {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                seen.push(match self.next_event().await {
+                    PortEvent::Opened { port, container } => {
+                        format!("opened {} {}", port.host_port, container.id)
+                    }
+                    PortEvent::Closed { port, container } => {
+                        format!("closed {} {}", port.host_port, container.id)
+                    }
+                    other => panic!("{other:?}"),
+                });
+            }
+            seen.sort();
+            seen
+        }
+
         /// Waits until the publisher listed the containers `n` times: with none
         /// running, its resync is then done and it follows the event stream.
         async fn wait_resynced(&self, n: usize) {
@@ -655,19 +674,7 @@ mod tests {
             "{attempts} reconnects in 700 ms"
         );
         h.guest.set_events_status(200);
-        let mut seen = Vec::new();
-        for _ in 0..2 {
-            seen.push(match h.next_event().await {
-                PortEvent::Opened { port, container } => {
-                    format!("opened {} {}", port.host_port, container.id)
-                }
-                PortEvent::Closed { port, container } => {
-                    format!("closed {} {}", port.host_port, container.id)
-                }
-                other => panic!("{other:?}"),
-            });
-        }
-        seen.sort();
+        let seen = h.opened_and_closed(2).await;
         assert_eq!(
             seen,
             vec![
@@ -711,19 +718,7 @@ mod tests {
         h.guest.send_events_raw(
             b"{\"Type\":\"service\",\"Action\":\"create\",\"Actor\":{\"ID\":\"s2\"}}\n",
         );
-        let mut seen = Vec::new();
-        for _ in 0..2 {
-            seen.push(match h.next_event().await {
-                PortEvent::Opened { port, container } => {
-                    format!("opened {} {}", port.host_port, container.id)
-                }
-                PortEvent::Closed { port, container } => {
-                    format!("closed {} {}", port.host_port, container.id)
-                }
-                other => panic!("{other:?}"),
-            });
-        }
-        seen.sort();
+        let seen = h.opened_and_closed(2).await;
         assert_eq!(
             seen,
             vec![
