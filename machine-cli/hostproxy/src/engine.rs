@@ -425,13 +425,15 @@ impl EngineSession {
     }
 
     /// The swarm services with their published ports; empty when this engine is not a
-    /// swarm manager (it then answers 503: only managers know the services).
+    /// swarm manager (it then answers 503: only managers know the services) or answers the
+    /// list with an error or with something that is not one: services' ports are an
+    /// extra, and containers' ports must not stop being published because of them. A
+    /// broken connection is still an error.
     pub async fn services(&mut self) -> Result<Vec<ServiceSummary>, EngineError> {
         match self.get_json("/services").await {
             Ok(list) => Ok(list.unwrap_or_default()),
-            Err(EngineError::Status { status, .. })
-                if status == StatusCode::SERVICE_UNAVAILABLE =>
-            {
+            Err(e @ (EngineError::Status { .. } | EngineError::Parse { .. })) => {
+                debug!(error = %e, "no swarm services");
                 Ok(Vec::new())
             }
             Err(e) => Err(e),

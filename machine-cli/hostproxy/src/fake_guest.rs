@@ -108,6 +108,8 @@ struct State {
     /// Swarm services (`GET /services`): `None` answers 503 as an engine that is not a
     /// swarm manager does; each service is (id, name, its ingress tcp ports).
     services: Option<Vec<(String, String, Vec<u16>)>>,
+    /// `GET /services` answers 200 with a body that is not a list.
+    services_garbage: bool,
 }
 
 struct Inner {
@@ -168,6 +170,11 @@ impl FakeGuest {
                 .map(|(id, name, ports)| (id.to_string(), name.to_string(), ports))
                 .collect()
         });
+    }
+
+    /// Makes `GET /services` answer 200 with garbage.
+    pub fn set_services_garbage(&self, garbage: bool) {
+        self.inner.state().services_garbage = garbage;
     }
 
     pub fn set_running(&self, id: &str, running: bool) {
@@ -296,6 +303,9 @@ fn handle_engine(inner: &Inner, request: Request<Incoming>) -> Response<FakeBody
             .map(|c| serde_json::json!({ "Id": c.id, "Names": [c.name], "State": "running" }))
             .collect();
         return json_response(StatusCode::OK, serde_json::Value::Array(list));
+    }
+    if path == "/services" && state.services_garbage {
+        return json_response(StatusCode::OK, serde_json::json!({ "not": "a list" }));
     }
     if path == "/services" {
         let Some(services) = &state.services else {

@@ -738,6 +738,20 @@ mod tests {
             matches!(&event, PortEvent::Closed { port, .. } if port.host_port == api),
             "{event:?}"
         );
+        // An engine answering the service list with garbage: containers' ports still open.
+        h.guest.set_services_garbage(true);
+        h.guest.send_events_raw(
+            b"{\"Type\":\"service\",\"Action\":\"update\",\"Actor\":{\"ID\":\"s2\"}}\n",
+        );
+        let port = free_tcp_port();
+        h.guest
+            .add_container(FakeContainer::tcp("c9", "127.0.0.1", port));
+        h.guest.send_events_raw(start_event("c9").as_bytes());
+        let event = h.next_event().await;
+        assert!(
+            matches!(&event, PortEvent::Opened { port: p, .. } if p.host_port == port),
+            "{event:?}"
+        );
         assert_eq!(h.guest.event_connects(), 1, "the event stream stayed up");
         h.stop().await;
     }
