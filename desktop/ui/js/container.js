@@ -1,7 +1,7 @@
 // A container's detail view: its live charts (CPU, memory against its limit, network and
 // block I/O from the engine's stats stream) and its terminal. The stream is opened when
 // the view shows and closed when another page replaces it.
-import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes, fmtPercent, fmtRate } from './core.js';
+import { S, $, h, invoke, channel, closeStatsView, reportError, stateBadge, fmtBytes, fmtPercent, fmtRate } from './core.js';
 import { registerView, showPage } from './nav.js';
 
 // The charting and terminal libraries load when first used: the lists start without them,
@@ -121,12 +121,7 @@ async function refresh() {
 
 function close() {
   loading = null;
-  const v = view;
-  if (!v) return;
-  v.closed = true;
-  if (v.stream !== null) invoke('close_stats', { stream: v.stream }).catch(() => {});
-  v.stream = null;
-  for (const c of v.charts || []) c.destroy();
+  if (view) closeStatsView(view);
   view = null;
 }
 

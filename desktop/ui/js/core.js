@@ -116,3 +116,11 @@ export function fmtRate(v) {
   while (v >= 1000 && i < u.length - 1) { v /= 1000; i++; }
   return `${v.toFixed(v < 10 && i > 0 ? 1 : 0)} ${u[i]}`;
 }
+
+/** Ends a detail view's live part: its stats stream (closed on the Rust side) and its charts. */
+export function closeStatsView(v) {
+  v.closed = true;
+  if (v.stream !== null) invoke('close_stats', { stream: v.stream }).catch(() => {});
+  v.stream = null;
+  for (const c of v.charts || []) c.destroy();
+}

@@ -1,7 +1,7 @@
 // A machine's detail view: the guest's CPU and memory (read through its agent) and what
 // the machine costs the host (its VM process, helpers and host agent), sampled every 2 s
 // while the view shows; and a shell in the guest.
-import { S, $, h, invoke, channel, reportError, stateBadge, fmtBytes, fmtMib, fmtPercent } from './core.js';
+import { S, $, h, invoke, channel, closeStatsView, reportError, stateBadge, fmtBytes, fmtMib, fmtPercent } from './core.js';
 import { registerView, showPage } from './nav.js';
 
 // The charting and terminal libraries load when first used: the lists start without them,
@@ -92,12 +92,7 @@ function refresh() {
 
 function close() {
   loading = null;
-  const v = view;
-  if (!v) return;
-  v.closed = true;
-  if (v.stream !== null) invoke('close_stats', { stream: v.stream }).catch(() => {});
-  v.stream = null;
-  for (const c of v.charts || []) c.destroy();
+  if (view) closeStatsView(view);
   view = null;
 }
 
