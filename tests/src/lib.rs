@@ -497,6 +497,92 @@ pub fn busybox_of(arch: Arch) -> PathBuf {
     cached
 }
 
+/// Debian trixie's packages for `arch`, unpacked (`dpkg-deb -x`, no maintainer scripts)
+/// into one tree through the image builder's own apt configuration and kept under the
+/// cache root (`e2e/<name>-<arch>/`) for the next runs.
+pub fn trixie_tree(name: &str, arch: Arch, packages: &[&str]) -> PathBuf {
+    struct Quiet;
+    impl rmachine_image::Progress for Quiet {
+        fn step(&self, _: usize, _: usize, _: &str) {}
+        fn detail(&self, what: &str) {
+            eprintln!("  {what}");
+        }
+        fn finish(&self, _: &str) {}
+    }
+    let paths = Paths::from_env().expect("HOME or RMACHINE_HOME is set");
+    let tree = paths.cache().join(format!("e2e/{name}-{arch}"));
+    let done = tree.join(".complete");
+    if !done.is_file() {
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::create_dir_all(&tree).expect("create the package tree");
+        let dirs = rmachine_image::BuildDirs::new(paths.cache(), paths.images_dir());
+        let packages: Vec<String> = packages.iter().map(|p| format!("{p}:{arch}")).collect();
+        let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+        eprintln!("fetching {} from Debian trixie", packages.join(", "));
+        rmachine_image::host_tools::unpack_packages(&dirs, None, &packages, &tree, &Quiet)
+            .unwrap_or_else(|e| panic!("cannot fetch {packages:?}: {}", error_chain(&e)));
+        std::fs::write(&done, packages.join("\n")).expect("mark the tree complete");
+    }
+    tree
+}
+
+/// An image tarball (for `docker import`) of a container registry: Debian trixie's
+/// `docker-registry` (Distribution 2.8) with the C library it links and busybox, serving
+/// on port 5000 without authentication, its storage in `/var/lib/registry`. Run it as
+/// `/usr/bin/docker-registry serve /etc/registry.yml`. (No image pulls here: Docker Hub's
+/// `registry:2` is what a user would run.)
+pub fn registry_tarball(dir: &Path) -> PathBuf {
+    let arch = Arch::host();
+    let tree = trixie_tree("registry", arch, &["docker-registry", "libc6"]);
+    let root = dir.join("registry-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", tree.display()))
+        .arg(&root)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "copying the registry tree failed");
+    let _ = std::fs::remove_file(root.join(".complete"));
+    for d in ["tmp", "var/lib/registry", "bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // Debian's merged /usr: the packages ship /usr only, base-files adds these links.
+    for (link, target) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        if root.join(target).is_dir() && !root.join(link).exists() {
+            std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+        }
+    }
+    std::fs::copy(
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox not found: install the Debian package busybox-static"),
+        root.join("bin/busybox"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(
+        root.join("etc/registry.yml"),
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n\
+         http:\n  addr: :5000\n",
+    )
+    .unwrap();
+    let tarball = dir.join("registry.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar failed");
+    let _ = std::fs::remove_dir_all(&root);
+    tarball
+}
+
 /// A root filesystem tarball of `busybox` with its applets linked.
 fn busybox_tarball_from(dir: &Path, busybox: &Path) -> PathBuf {
     let root = dir.join("busybox-root");

@@ -2,9 +2,11 @@
 //! `rmachine network create lan` reach each other by address and by name over their
 //! second NIC (through the network's switch), their containers reach the other machine,
 //! the default route stays on the user-mode NIC, Docker Swarm runs across them (routing
-//! mesh on every node and on the host's localhost, an overlay network with service names),
-//! a machine that joins later is known by name to the running one, and the switch ends
-//! after its last machine stops.
+//! mesh on every node and on the host's localhost, an overlay network with service names,
+//! a private registry pushed to from one node and pulled from by the other, a global
+//! service, a rolling update, a stack with a secret and a config, a node leaving and
+//! rejoining), a machine that joins later is known by name to the running one, and the
+//! switch ends after its last machine stops.
 
 use std::time::Duration;
 
@@ -360,4 +362,253 @@ fn swarm_across_machines(env: &MachineEnv, a1: &str, a2: &str) {
             || fetch_in(env, "n1", "apps", name, 80).map(|_| ()),
         );
     }
+
+    registry_global_update_stack(env);
+}
+
+/// The host's `GET path` on 127.0.0.1:`port`: the whole reply.
+fn localhost_get(port: u16, path: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+    reply
+        .starts_with("HTTP/1.")
+        .then_some(reply.clone())
+        .ok_or(reply)
+}
+
+/// The rest of Docker's swarm story on the two nodes, as its docs tell it:
+/// - a private registry run as a service (its port is on every node's loopback through
+///   the routing mesh, and a loopback registry needs no TLS nor engine setting), pushed
+///   to from n1 and read from the host's localhost;
+/// - a global service of the pushed image: one task per node, n2 pulling it from the
+///   registry;
+/// - a rolling update of it that completes, every task replaced;
+/// - `docker stack deploy` of a compose file with a secret and a config, served on the
+///   host's localhost;
+/// - n2 leaving (its machine stopped: the manager sees it down) and coming back: it
+///   rejoins and gets its global task again.
+fn registry_global_update_stack(env: &MachineEnv) {
+    let ctx = |m: &'static str| {
+        move |args: &[&str]| {
+            let mut all = vec![
+                "--context",
+                if m == "n1" {
+                    "rmachine-n1"
+                } else {
+                    "rmachine-n2"
+                },
+            ];
+            all.extend(args);
+            env.docker(&all, None, &[])
+        }
+    };
+    let (d1, d2) = (ctx("n1"), ctx("n2"));
+    let ok = |out: std::process::Output| -> Result<String, String> {
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let must = |out: std::process::Output| ok(out).unwrap_or_else(|e| panic!("{e}"));
+    // Each step's time, for the CI log (under emulation every swarm step costs seconds).
+    let t = std::time::Instant::now();
+    let done = |step: &str| eprintln!("swarm: {step} at {:.0} s", t.elapsed().as_secs_f64());
+
+    let work = env.dir.path().join("registry");
+    std::fs::create_dir_all(&work).unwrap();
+    let tarball = registry_tarball(&work);
+    must(d1(&["import", tarball.to_str().unwrap(), "e2e/registry:1"]));
+    must(d1(&[
+        "service",
+        "create",
+        "--name",
+        "registry",
+        "--publish",
+        "5055:5000",
+        "--constraint",
+        "node.role==manager",
+        "--no-resolve-image",
+        "--detach",
+        "e2e/registry:1",
+        "/usr/bin/docker-registry",
+        "serve",
+        "/etc/registry.yml",
+    ]));
+    let image = "127.0.0.1:5055/e2e/web:2";
+    must(d1(&["tag", IMG, image]));
+    wait_until(
+        "a push to the registry service",
+        Duration::from_secs(180),
+        || ok(d1(&["push", image])).map(|_| ()),
+    );
+    done("registry pushed to");
+    wait_until(
+        "the registry's catalog on the host's localhost",
+        Duration::from_secs(60),
+        || {
+            let reply = localhost_get(5055, "/v2/_catalog")?;
+            reply.contains("e2e/web").then_some(()).ok_or(reply)
+        },
+    );
+
+    // A global service of the pushed image: n2 has never seen it and pulls it.
+    let page = "mkdir -p /www && (hostname; env) > /www/index.html && httpd -f -p 80 -h /www";
+    must(d1(&[
+        "service",
+        "create",
+        "--name",
+        "everywhere",
+        "--mode",
+        "global",
+        "--detach",
+        image,
+        "sh",
+        "-c",
+        page,
+    ]));
+    let running = |service: &str| -> String {
+        ok(d1(&[
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}} {{.CurrentState}}",
+        ]))
+        .unwrap_or_else(|e| e)
+    };
+    let on_both = |service: &'static str| {
+        move || {
+            let tasks = running(service);
+            let lines: Vec<&str> = tasks.lines().collect();
+            (lines.len() == 2
+                && ["n1 Running", "n2 Running"]
+                    .iter()
+                    .all(|n| lines.iter().any(|l| l.starts_with(n))))
+            .then_some(())
+            .ok_or(tasks)
+        }
+    };
+    wait_until(
+        "one task of the global service per node",
+        Duration::from_secs(240),
+        on_both("everywhere"),
+    );
+    done("global service on both nodes");
+    let pulled = must(d2(&["image", "ls", "-q", "127.0.0.1:5055/e2e/web"]));
+    assert!(!pulled.trim().is_empty(), "n2 did not pull the image");
+
+    // A rolling update, one task at a time: it completes and every task carries it.
+    must(d1(&[
+        "service",
+        "update",
+        "--detach",
+        "--update-parallelism",
+        "1",
+        "--env-add",
+        "STAGE=2",
+        "everywhere",
+    ]));
+    wait_until(
+        "the rolling update completes",
+        Duration::from_secs(300),
+        || {
+            let state = ok(d1(&[
+                "service",
+                "inspect",
+                "everywhere",
+                "--format",
+                "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+            ]))?;
+            (state.trim() == "completed").then_some(()).ok_or(state)
+        },
+    );
+    done("rolling update completed");
+    for d in [&d1, &d2] {
+        let ids = must(d(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=everywhere",
+        ]));
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        assert_eq!(ids.len(), 1, "one running task per node: {ids:?}");
+        let env_of = must(d(&["inspect", "--format", "{{.Config.Env}}", ids[0]]));
+        assert!(env_of.contains("STAGE=2"), "{env_of}");
+    }
+
+    // `docker stack deploy` of a compose file with a secret and a config.
+    std::fs::write(work.join("token.txt"), "s3cret-token\n").unwrap();
+    std::fs::write(work.join("motd.txt"), "hello from a config\n").unwrap();
+    let compose = format!(
+        "services:\n\
+         \x20 page:\n\
+         \x20   image: {IMG}\n\
+         \x20   command: [\"sh\", \"-c\", \"mkdir -p /www && cat /run/secrets/token /motd.txt > /www/index.html && httpd -f -p 80 -h /www\"]\n\
+         \x20   ports: [\"8082:80\"]\n\
+         \x20   secrets: [token]\n\
+         \x20   configs:\n\
+         \x20     - source: motd\n\
+         \x20       target: /motd.txt\n\
+         secrets:\n\
+         \x20 token:\n\
+         \x20   file: ./token.txt\n\
+         configs:\n\
+         \x20 motd:\n\
+         \x20   file: ./motd.txt\n"
+    );
+    let file = work.join("compose.yaml");
+    std::fs::write(&file, compose).unwrap();
+    must(d1(&[
+        "stack",
+        "deploy",
+        "--detach=true",
+        "--resolve-image",
+        "never",
+        "-c",
+        file.to_str().unwrap(),
+        "st",
+    ]));
+    wait_until(
+        "the stack's service on the host's localhost",
+        Duration::from_secs(240),
+        || {
+            let reply = localhost_get(8082, "/")?;
+            (reply.contains("s3cret-token") && reply.contains("hello from a config"))
+                .then_some(())
+                .ok_or(reply)
+        },
+    );
+    done("stack served");
+    let services = must(d1(&["stack", "services", "st", "--format", "{{.Name}}"]));
+    assert_eq!(services.trim(), "st_page", "{services}");
+
+    // n2 leaves (its machine stops) and comes back: it rejoins and runs its global task.
+    env.rmachine_ok(&["stop", "n2"]);
+    wait_until("the manager sees n2 down", Duration::from_secs(120), || {
+        let nodes = ok(d1(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]))?;
+        nodes.contains("n2 Down").then_some(()).ok_or(nodes)
+    });
+    done("n2 left");
+    env.rmachine_ok(&["start", "n2", "--no-use"]);
+    wait_until("n2 is back and ready", Duration::from_secs(180), || {
+        let nodes = ok(d1(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]))?;
+        nodes.contains("n2 Ready").then_some(()).ok_or(nodes)
+    });
+    wait_until(
+        "the global service runs on n2 again",
+        Duration::from_secs(240),
+        on_both("everywhere"),
+    );
+    done("n2 rejoined");
 }
