@@ -233,6 +233,25 @@ pub async fn set_defaults(
 }
 
 #[tauri::command]
+pub async fn get_engine_settings(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<machines::EngineSettings> {
+    let lc = state.lc.clone();
+    blocking(move || machines::engine_settings(&lc, &machine)).await
+}
+
+#[tauri::command]
+pub async fn set_engine_settings(
+    state: State<'_, AppState>,
+    machine: String,
+    json: String,
+) -> CommandResult<machines::EngineSettings> {
+    let lc = state.lc.clone();
+    blocking(move || machines::set_engine_settings(&lc, &machine, &json)).await
+}
+
+#[tauri::command]
 pub async fn list_containers(
     state: State<'_, AppState>,
     machine: String,

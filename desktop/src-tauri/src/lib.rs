@@ -72,6 +72,8 @@ pub fn run() -> std::process::ExitCode {
             commands::machine_logs,
             commands::get_defaults,
             commands::set_defaults,
+            commands::get_engine_settings,
+            commands::set_engine_settings,
             commands::list_containers,
             commands::container_action,
             commands::inspect_container,

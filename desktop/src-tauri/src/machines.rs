@@ -234,6 +234,64 @@ pub fn set_defaults(lc: &Lifecycle, new: &NewDefaults) -> CommandResult<Defaults
     defaults(lc)
 }
 
+/// A machine's engine settings (its `daemon.json`), as the Settings page's editor shows
+/// them: what Docker Desktop's "Docker Engine" pane is, per machine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineSettings {
+    pub machine: String,
+    /// The settings as indented JSON (`{}` when there are none).
+    pub json: String,
+    /// The settings a machine's engine may take.
+    pub allowed: Vec<&'static str>,
+    /// Whether the machine runs now (saved settings apply at its next start).
+    pub running: bool,
+    /// An ssh machine's engine settings are its host's own file, not editable here.
+    pub editable: bool,
+}
+
+pub fn engine_settings(lc: &Lifecycle, name: &str) -> CommandResult<EngineSettings> {
+    let machine = lc.store().load(name)?;
+    let summary = lc.summary(name)?;
+    Ok(EngineSettings {
+        machine: machine.name.clone(),
+        json: serde_json::to_string_pretty(&machine.spec.engine)
+            .unwrap_or_else(|_| "{}".to_string()),
+        allowed: rmachine_machine::engine_settings::allowed(),
+        running: summary.state == "running",
+        editable: machine.spec.driver != DriverKind::Ssh,
+    })
+}
+
+/// Replaces a machine's engine settings with `json` (an object; empty or `{}`: none),
+/// checked as `rmachine config set engine` checks them: a setting the engine may not take,
+/// or a value of the wrong type, is refused by name and nothing is stored.
+pub fn set_engine_settings(
+    lc: &Lifecycle,
+    name: &str,
+    json: &str,
+) -> CommandResult<EngineSettings> {
+    let text = json.trim();
+    let value = match serde_json::from_str::<serde_json::Value>(text) {
+        _ if text.is_empty() => String::new(),
+        Ok(serde_json::Value::Object(map)) if map.is_empty() => String::new(),
+        Ok(serde_json::Value::Object(_)) => text.to_string(),
+        Ok(_) => {
+            return Err(CommandError::new(
+                ErrorKind::Invalid,
+                "the engine settings must be a JSON object, like {\"log-driver\": \"local\"}",
+            ))
+        }
+        Err(e) => {
+            return Err(CommandError::new(
+                ErrorKind::Invalid,
+                format!("the engine settings are not valid JSON: {e}"),
+            ))
+        }
+    };
+    lc.set_setting(name, "engine", &value)?;
+    engine_settings(lc, name)
+}
+
 /// The Settings form (unset: the built-in default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -274,6 +332,42 @@ mod tests {
             memory_mib: Some(1024),
             disk_size_gib: Some(8),
         }
+    }
+
+    #[test]
+    fn test_engine_settings_are_checked_before_they_are_stored() {
+        let (_d, lc) = lifecycle();
+        create(&lc, &fake("m")).unwrap();
+        let empty = engine_settings(&lc, "m").unwrap();
+        assert_eq!(empty.json, "{}");
+        assert!(empty.allowed.contains(&"insecure-registries") && !empty.running && empty.editable);
+        let saved =
+            set_engine_settings(&lc, "m", r#"{"log-driver": "local", "debug": true}"#).unwrap();
+        assert!(
+            saved.json.contains("\"log-driver\": \"local\""),
+            "{}",
+            saved.json
+        );
+        for (bad, says) in [
+            (
+                r#"{"hosts": ["tcp://0.0.0.0:2375"]}"#,
+                "\"hosts\" cannot be set",
+            ),
+            (r#"{"debug": "yes"}"#, "debug must be true or false"),
+            ("{nope", "not valid JSON"),
+            ("[1, 2]", "must be a JSON object"),
+        ] {
+            let e = set_engine_settings(&lc, "m", bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Invalid, "{bad}");
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+        // Nothing refused was stored.
+        assert_eq!(engine_settings(&lc, "m").unwrap().json, saved.json);
+        assert_eq!(set_engine_settings(&lc, "m", " {} ").unwrap().json, "{}");
+        assert_eq!(
+            set_engine_settings(&lc, "nope", "{}").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 
     #[test]

@@ -783,6 +783,40 @@ fn test_window_starts_machine_and_stops_container() {
         Duration::from_secs(30),
     );
     d.screenshot("11-settings");
+    // The Docker Engine pane: a setting a machine's engine may not take is refused by
+    // name and nothing is stored; a good one is saved to the machine's settings, and as
+    // the machine runs the page offers the restart that applies it.
+    d.wait_for(
+        "the engine editor",
+        "document.querySelector('#engine-machine').value === 'default' && document.querySelector('#engine-json').value.trim() === '{}'",
+        Duration::from_secs(30),
+    );
+    d.js("document.querySelector('#engine-json').value = '{\"hosts\": [\"tcp://0.0.0.0:2375\"]}'; return true;");
+    d.click("#engine-save");
+    d.wait_for(
+        "the refusal naming the setting",
+        "document.querySelector('#engine-status').textContent.includes('\"hosts\" cannot be set')",
+        Duration::from_secs(30),
+    );
+    let settings_file = home.join("machines/default/machine.toml");
+    let stored = std::fs::read_to_string(&settings_file).unwrap();
+    assert!(
+        !stored.contains("hosts"),
+        "a refused setting was stored: {stored}"
+    );
+    d.js("document.querySelector('#engine-json').value = '{\"log-driver\": \"local\"}'; return true;");
+    d.click("#engine-save");
+    d.wait_for(
+        "the setting saved, with the restart offered",
+        "document.querySelector('#engine-status').textContent.includes('Saved') && !document.querySelector('#engine-restart').hidden",
+        Duration::from_secs(30),
+    );
+    let stored = std::fs::read_to_string(&settings_file).unwrap();
+    assert!(
+        stored.contains("log-driver") && stored.contains("local"),
+        "{stored}"
+    );
+    d.screenshot("11b-settings-engine");
 
     // Machine logs, then stop the machine from the UI.
     d.click("#nav-machines");

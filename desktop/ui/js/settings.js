@@ -1,6 +1,8 @@
-// The Settings page: defaults for new machines.
-import { $, invoke, toast, reportError } from './core.js';
+// The Settings page: defaults for new machines, and each machine's engine settings
+// (its daemon.json, as Docker Desktop's "Docker Engine" pane).
+import { S, $, h, invoke, toast, reportError, errMsg } from './core.js';
 import { registerView } from './nav.js';
+import { machineOp } from './machines.js';
 
 export async function loadDefaults() {
   try {
@@ -27,4 +29,52 @@ $('#defaults-form').addEventListener('submit', async (e) => {
   } catch (err) { reportError('Cannot save the defaults', err); }
 });
 
-registerView('settings', { load: loadDefaults });
+// ---------- engine settings ----------
+function showEngine(e) {
+  $('#engine-allowed').textContent = e.allowed.join(', ');
+  $('#engine-json').value = e.json;
+  $('#engine-json').disabled = !e.editable;
+  $('#engine-save').disabled = !e.editable;
+  $('#engine-status').textContent = e.editable ? '' : `${e.machine} is an ssh machine: its engine's settings are its host's /etc/docker/daemon.json.`;
+  $('#engine-restart').hidden = true;
+}
+
+export async function loadEngine() {
+  const select = $('#engine-machine');
+  const names = S.machines.map((m) => m.name);
+  const keep = names.includes(select.value) ? select.value : (S.engineMachine && names.includes(S.engineMachine) ? S.engineMachine : names[0]);
+  select.replaceChildren(...names.map((n) => h('option', { value: n }, n)));
+  $('#engine-form').hidden = names.length === 0;
+  if (!keep) return;
+  select.value = keep;
+  try {
+    showEngine(await invoke('get_engine_settings', { machine: keep }));
+  } catch (e) { reportError(`Cannot read the engine settings of ${keep}`, e); }
+}
+$('#engine-machine').addEventListener('change', loadEngine);
+$('#engine-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const machine = $('#engine-machine').value;
+  const status = $('#engine-status');
+  try {
+    const saved = await invoke('set_engine_settings', { machine, json: $('#engine-json').value });
+    showEngine(saved);
+    status.classList.remove('error');
+    status.textContent = saved.running ? `Saved. ${machine} runs: the settings apply when it restarts.` : `Saved. They apply when ${machine} starts.`;
+    $('#engine-restart').hidden = !saved.running;
+    toast(`Engine settings of ${machine} saved`);
+  } catch (err) {
+    // The editor keeps the text, so the setting named can be fixed.
+    status.classList.add('error');
+    status.textContent = `Not saved: ${errMsg(err)}`;
+  }
+});
+$('#engine-restart').addEventListener('click', async () => {
+  const machine = $('#engine-machine').value;
+  $('#engine-restart').hidden = true;
+  $('#engine-status').textContent = `Restarting ${machine}…`;
+  await machineOp(machine, 'restart');
+  loadEngine();
+});
+
+registerView('settings', { load: () => { loadDefaults(); loadEngine(); } });

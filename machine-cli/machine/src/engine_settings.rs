@@ -89,14 +89,18 @@ impl Kind {
     }
 }
 
+/// The names of the settings a machine's engine may take.
+pub fn allowed() -> Vec<&'static str> {
+    ALLOWED.iter().map(|(k, _)| *k).collect()
+}
+
 /// Checks every setting; the error names the first that cannot be used and why.
 pub fn validate(settings: &Map<String, Value>) -> Result<(), String> {
     for (key, value) in settings {
         let Some((_, kind)) = ALLOWED.iter().find(|(k, _)| k == key) else {
-            let names: Vec<&str> = ALLOWED.iter().map(|(k, _)| *k).collect();
             return Err(format!(
                 "{key:?} cannot be set for a machine's engine (allowed: {})",
-                names.join(", ")
+                allowed().join(", ")
             ));
         };
         kind.check(value).map_err(|why| format!("{key} {why}"))?;
