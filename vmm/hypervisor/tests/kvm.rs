@@ -1,7 +1,7 @@
 //! KVM smoke tests of the hypervisor layer: real-mode code doing port and MMIO I/O, and kicks.
 
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hypervisor::x86_64::Segment;
 use hypervisor::{Hypervisor, MemoryFlags, Vm, VmConfig, VmExit};
@@ -130,7 +130,7 @@ fn test_kvm_kick_interrupts_spinning_guest() {
         let mut vcpu = vcpu_vm.create_vcpu(0).expect("vcpu");
         setup_real_mode(vcpu.as_ref());
         tx.send(vcpu.kicker()).expect("send kicker");
-        // Two kicks: one likely during KVM_RUN, one possibly before it.
+        // Two runs, each ended by a kick (one likely during KVM_RUN, one possibly before it).
         for _ in 0..2 {
             match vcpu.run().expect("run") {
                 VmExit::Interrupted => {}
@@ -139,10 +139,18 @@ fn test_kvm_kick_interrupts_spinning_guest() {
         }
     });
     let kicker = rx.recv().expect("kicker");
-    std::thread::sleep(Duration::from_millis(50));
-    kicker.kick();
-    std::thread::sleep(Duration::from_millis(10));
-    kicker.kick();
+    // A kick is a level, not a count: two kicks before the thread reaches its first run
+    // end that one run only (a loaded CI machine saw the second run spin forever when the
+    // test kicked exactly twice). So kick until both runs have been interrupted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !handle.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the spinning vCPU was not interrupted twice by kicks every 10 ms for 60 s"
+        );
+        kicker.kick();
+        std::thread::sleep(Duration::from_millis(10));
+    }
     handle.join().expect("vcpu thread");
 }
 
