@@ -122,6 +122,10 @@ impl Vm for MappedVm {
         self.vm.irqfd()
     }
 
+    fn vcpus_created(&self) -> HvResult<()> {
+        self.vm.vcpus_created()
+    }
+
     fn save_state(&self) -> HvResult<x86_64::VmState> {
         self.vm.save_state()
     }
@@ -144,30 +148,48 @@ impl Vcpu for MappedVcpu {
     fn kicker(&self) -> Box<dyn VcpuKicker> {
         self.vcpu.kicker()
     }
+    #[cfg(target_arch = "x86_64")]
     fn regs(&self) -> HvResult<x86_64::StandardRegisters> {
         self.vcpu.regs()
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_regs(&self, regs: &x86_64::StandardRegisters) -> HvResult<()> {
         self.vcpu.set_regs(regs)
     }
+    #[cfg(target_arch = "x86_64")]
     fn sregs(&self) -> HvResult<x86_64::SpecialRegisters> {
         self.vcpu.sregs()
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_sregs(&self, sregs: &x86_64::SpecialRegisters) -> HvResult<()> {
         self.vcpu.set_sregs(sregs)
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_fpu(&self, fpu: &x86_64::FpuState) -> HvResult<()> {
         self.vcpu.set_fpu(fpu)
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_msrs(&self, msrs: &[x86_64::MsrEntry]) -> HvResult<()> {
         self.vcpu.set_msrs(msrs)
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_cpuid(&self, entries: &[x86_64::CpuidEntry]) -> HvResult<()> {
         self.vcpu.set_cpuid(entries)
     }
+    #[cfg(target_arch = "x86_64")]
     fn setup_lapic(&self) -> HvResult<()> {
         self.vcpu.setup_lapic()
     }
+    #[cfg(target_arch = "aarch64")]
+    fn init(&self, init: &hypervisor::aarch64::VcpuInit) -> HvResult<()> {
+        self.vcpu.init(init)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn set_core_reg(&self, reg: hypervisor::aarch64::CoreReg, value: u64) -> HvResult<()> {
+        self.vcpu.set_core_reg(reg, value)
+    }
+
     fn save_state(&self) -> HvResult<x86_64::VcpuState> {
         self.vcpu.save_state()
     }
