@@ -201,6 +201,15 @@ fn test_rmachine_vmm_boots_an_arm64_guest_under_nested_kvm() {
         run.lines.iter().any(|(_, l)| l.trim_end() == expected),
         "the guest's line is missing: {expected}"
     );
+    // The guest's garbage MMIO (0x0c000000: no device) was logged and survived.
+    for access in ["read from", "write to"] {
+        assert!(
+            run.lines.iter().any(|(_, l)| l.contains("VMM| ")
+                && l.contains(&format!("WARN {access} unmapped guest address"))
+                && l.contains("addr=201326592")),
+            "the VMM did not log the guest's {access} an unmapped address"
+        );
+    }
 }
 
 #[test]
