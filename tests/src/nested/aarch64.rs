@@ -24,16 +24,18 @@ pub const TARGET: &str = "aarch64-unknown-linux-musl";
 pub const QEMU: &str = "qemu-system-aarch64";
 /// PID 1 of L1.
 pub const L1_INIT: &str = include_str!("aarch64-l1-init.sh");
+/// PID 1 of L1 for the arm64 guest image (rmachine-vmm and the nested client).
+pub const L1_AGENT_INIT: &str = include_str!("aarch64-l1-agent.sh");
 /// PID 1 of the test guest (L2).
 pub const L2_INIT: &str = include_str!("aarch64-l2-init.sh");
-/// L1's RAM in MiB.
+/// L1's RAM in MiB for the test guest.
 pub const L1_MEMORY_MIB: u64 = 1024;
 /// L1's vCPUs (TCG runs one host thread per vCPU).
 pub const L1_VCPUS: u8 = 2;
 /// Busybox applets linked in both roots.
 const APPLETS: &[&str] = &[
     "sh", "mount", "cat", "cut", "head", "tail", "tr", "grep", "sed", "tee", "sleep", "uname",
-    "dmesg", "devmem", "poweroff", "killall", "ls", "echo",
+    "dmesg", "devmem", "poweroff", "killall", "ls", "echo", "ln",
 ];
 
 /// Fails with the fix when QEMU for arm64 is missing.
@@ -189,16 +191,19 @@ pub struct Disk {
     pub path: PathBuf,
     /// Read-only for L1.
     pub read_only: bool,
+    /// The serial L1 finds it by, if any.
+    pub serial: Option<String>,
 }
 
-/// L1's QEMU command line: the disks in order on virtio-mmio transports 0.. (so L1 names
-/// them vda, vdb, …; the first is L1's root), `append_extra` on L1's kernel command line.
-pub fn command(kernel: &Path, disks: &[Disk], append_extra: &str) -> Command {
+/// L1's QEMU command line: `memory_mib` of RAM, the disks in order on virtio-mmio transports
+/// 0.. (so L1 names them vda, vdb, …; the first is L1's root), `append_extra` on L1's kernel
+/// command line.
+pub fn command(kernel: &Path, disks: &[Disk], memory_mib: u64, append_extra: &str) -> Command {
     let mut cmd = Command::new(QEMU);
     cmd.args(["-M", "virt,virtualization=on,gic-version=3"])
         .args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"])
         .args(["-smp", &L1_VCPUS.to_string()])
-        .args(["-m", &L1_MEMORY_MIB.to_string()])
+        .args(["-m", &memory_mib.to_string()])
         .args(["-nodefaults", "-no-user-config", "-nographic"])
         .args(["-serial", "stdio", "-no-reboot"]);
     for (i, disk) in disks.iter().enumerate() {
@@ -280,20 +285,24 @@ mod tests {
             Disk {
                 path: "/a.erofs".into(),
                 read_only: true,
+                serial: None,
             },
             Disk {
                 path: "/b.img".into(),
                 read_only: false,
+                serial: Some("rm-data".into()),
             },
         ];
-        let cmd = command(Path::new("/Image"), &disks, "x=1");
+        let cmd = command(Path::new("/Image"), &disks, 1024, "x=1");
         let args: Vec<String> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert!(args.contains(&"virt,virtualization=on,gic-version=3".to_string()));
         assert!(args.contains(&"virtio-blk-device,drive=d0,bus=virtio-mmio-bus.0".to_string()));
-        assert!(args.contains(&"virtio-blk-device,drive=d1,bus=virtio-mmio-bus.1".to_string()));
+        assert!(args.contains(
+            &"virtio-blk-device,drive=d1,bus=virtio-mmio-bus.1,serial=rm-data".to_string()
+        ));
         assert!(args
             .iter()
             .any(|a| a.contains("file=/a.erofs") && a.ends_with("readonly=on")));
@@ -310,7 +319,9 @@ mod tests {
         assert!(L1_INIT.contains("NESTED PASS") && L1_INIT.contains("NESTED FAIL"));
         assert!(L1_INIT.contains("/etc/nested/vm.json") && L1_INIT.contains("/etc/nested/env"));
         assert!(L2_INIT.contains("NESTED L2 root=") && L2_INIT.contains("poweroff -f"));
-        for applet in ["devmem", "tee", "killall", "poweroff", "tr"] {
+        assert!(L1_AGENT_INIT.contains("--uds /run/vsock.sock"));
+        assert!(L1_AGENT_INIT.contains("/run/rm-root") && L1_AGENT_INIT.contains("/run/rm-config"));
+        for applet in ["devmem", "tee", "killall", "poweroff", "tr", "ln"] {
             assert!(APPLETS.contains(&applet), "{applet}");
         }
     }
