@@ -64,6 +64,18 @@ pub fn build_vmm() -> PathBuf {
         .join("release/rmachine-vmm")
 }
 
+/// Builds `rmachine-nested-client` for aarch64 (static, release) and returns its path.
+pub fn build_client() -> PathBuf {
+    build::cargo_build(
+        &["-p", "rmachine-nested-client", "--target", TARGET],
+        "The client runs inside the arm64 L1 and must be static: \
+         `rustup target add aarch64-unknown-linux-musl`",
+    );
+    build::target_dir()
+        .join(TARGET)
+        .join("release/rmachine-nested-client")
+}
+
 /// One member of a root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Member {
