@@ -225,8 +225,13 @@ pub fn command(kernel: &Path, disks: &[Disk], memory_mib: u64, append_extra: &st
             disk.path.display()
         ));
         // Without `bus=`, QEMU's virt gives the first device the highest-addressed transport.
+        let serial = disk
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={s}"))
+            .unwrap_or_default();
         cmd.arg("-device").arg(format!(
-            "virtio-blk-device,drive=d{i},bus=virtio-mmio-bus.{i}"
+            "virtio-blk-device,drive=d{i},bus=virtio-mmio-bus.{i}{serial}"
         ));
     }
     cmd.arg("-kernel").arg(kernel).arg("-append").arg(
