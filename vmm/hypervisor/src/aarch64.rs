@@ -101,10 +101,11 @@ mod tests {
         assert_eq!(CoreReg::X(31).kvm_id(), None);
     }
 
+    const _: () = assert!(GIC_DIST_ADDR + GIC_DIST_SIZE <= GIC_REDIST_ADDR);
+
     #[test]
     fn test_gic_regions_fit() {
         assert_eq!(GIC_MAX_VCPUS, 123);
-        assert!(GIC_DIST_ADDR + GIC_DIST_SIZE <= GIC_REDIST_ADDR);
         assert!(GIC_REDIST_ADDR + gic_redist_size(GIC_MAX_VCPUS as u8) <= GIC_REDIST_END);
     }
 
