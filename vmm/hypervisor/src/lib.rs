@@ -119,7 +119,8 @@ pub struct Capabilities {
     pub backend: &'static str,
     /// Interrupts can be raised by writing an eventfd ([`Vm::irqfd`]).
     pub irqfd: bool,
-    /// The interrupt controller (LAPIC/IOAPIC/PIC) and PIT are emulated by the hypervisor.
+    /// The interrupt controller (x86: LAPIC/IOAPIC/PIC and the PIT; aarch64: the GICv3) is
+    /// emulated by the hypervisor.
     pub in_kernel_irqchip: bool,
     /// Highest number of vCPUs one VM may have.
     pub max_vcpus: u32,

@@ -22,11 +22,11 @@ pub use state::{vcpu_save_ioctls, vm_save_ioctls};
 pub use vcpu::{kick_signal, KvmVcpu, KvmVcpuKicker};
 pub use vm::KvmVm;
 #[cfg(target_arch = "aarch64")]
-pub use vm_aarch64::{vcpu_save_ioctls, vm_save_ioctls};
+use vm_aarch64::{max_vcpus, REQUIRED_CAPS, SNAPSHOTS};
 #[cfg(target_arch = "aarch64")]
-use vm_aarch64::{MAX_VCPUS, REQUIRED_CAPS, SNAPSHOTS};
+pub use vm_aarch64::{vcpu_save_ioctls, vm_save_ioctls};
 #[cfg(target_arch = "x86_64")]
-use vm_x86_64::{MAX_VCPUS, REQUIRED_CAPS, SNAPSHOTS};
+use vm_x86_64::{max_vcpus, REQUIRED_CAPS, SNAPSHOTS};
 
 use kvm_ioctls::{Cap, Kvm};
 
@@ -56,7 +56,7 @@ impl Hypervisor for KvmHypervisor {
             backend: "kvm",
             irqfd: self.kvm.check_extension(Cap::Irqfd),
             in_kernel_irqchip: true,
-            max_vcpus: (self.kvm.get_max_vcpus() as u32).min(MAX_VCPUS),
+            max_vcpus: max_vcpus(&self.kvm),
             max_memory_slots: self.kvm.get_nr_memslots() as u32,
             snapshots: SNAPSHOTS,
         }

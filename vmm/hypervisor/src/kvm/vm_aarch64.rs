@@ -28,8 +28,11 @@ pub(super) const REQUIRED_CAPS: [(Cap, &str); 6] = [
     (Cap::DeviceCtrl, "device_ctrl"),
 ];
 
-/// The redistributors of at most this many vCPUs fit the memory map.
-pub(super) const MAX_VCPUS: u32 = crate::aarch64::GIC_MAX_VCPUS;
+/// Most vCPUs a VM may have: KVM's limit, and no more than the redistributors the memory
+/// map has room for.
+pub(super) fn max_vcpus(kvm: &Kvm) -> u32 {
+    (kvm.get_max_vcpus() as u32).min(crate::aarch64::GIC_MAX_VCPUS)
+}
 
 /// Snapshots of aarch64 VMs are not implemented (vCPU system registers, the vgic's state).
 pub(super) const SNAPSHOTS: bool = false;

@@ -28,8 +28,10 @@ pub(super) const REQUIRED_CAPS: [(Cap, &str); 5] = [
 ];
 
 /// VM and vCPU state can be saved and restored.
-/// No limit besides KVM's.
-pub(super) const MAX_VCPUS: u32 = u32::MAX;
+/// Most vCPUs a VM may have: KVM's limit.
+pub(super) fn max_vcpus(kvm: &Kvm) -> u32 {
+    kvm.get_max_vcpus() as u32
+}
 
 /// VM and vCPU state can be saved and restored.
 pub(super) const SNAPSHOTS: bool = true;
