@@ -14,8 +14,8 @@ pub use hypervisor::aarch64::{GIC_DIST_ADDR, GIC_DIST_SIZE, GIC_REDIST_ADDR, GIC
 
 /// Start of RAM.
 pub const RAM_START: u64 = 0x8000_0000;
-/// Most RAM the map takes (up to the 512 GiB the arm64 boot protocol lets the DT live in).
-pub const RAM_MAX_SIZE: u64 = (512 << 30) - RAM_START;
+/// The arm64 boot protocol wants the device tree within the first 512 GiB.
+pub const FDT_LIMIT: u64 = 512 << 30;
 /// The PL011 UART's registers.
 pub const SERIAL_ADDR: u64 = 0x0900_0000;
 /// Size of the UART's window.
@@ -48,9 +48,14 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     vec![(RAM_START, mem_size)]
 }
 
-/// Where the device tree goes: the last [`FDT_MAX_SIZE`] of RAM (2 MiB aligned).
+/// Where the device tree goes: the last [`FDT_MAX_SIZE`] of RAM (2 MiB aligned), or of the
+/// first [`FDT_LIMIT`] bytes of the address space when RAM goes beyond.
 pub fn fdt_addr(mem_size: u64) -> u64 {
-    (RAM_START + mem_size).saturating_sub(FDT_MAX_SIZE) & !(FDT_MAX_SIZE - 1)
+    RAM_START
+        .saturating_add(mem_size)
+        .min(FDT_LIMIT)
+        .saturating_sub(FDT_MAX_SIZE)
+        & !(FDT_MAX_SIZE - 1)
 }
 
 #[cfg(test)]
@@ -72,6 +77,8 @@ mod tests {
     fn test_ram_and_fdt() {
         assert_eq!(ram_ranges(512 << 20), vec![(RAM_START, 512 << 20)]);
         assert_eq!(fdt_addr(512 << 20), RAM_START + (510 << 20));
+        assert_eq!(fdt_addr(1 << 40), FDT_LIMIT - FDT_MAX_SIZE);
+        assert_eq!(fdt_addr(u64::MAX), FDT_LIMIT - FDT_MAX_SIZE);
         assert_eq!(virtio_mmio_addr(2), 0x0a00_2000);
     }
 }
