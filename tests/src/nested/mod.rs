@@ -16,6 +16,7 @@
 //!
 //! Every console line of L1 meant for the host starts with `NESTED `.
 
+pub mod aarch64;
 pub mod build;
 pub mod cpio;
 pub mod initramfs;

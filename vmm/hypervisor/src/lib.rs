@@ -7,11 +7,18 @@
 //! `Send`); another thread interrupts it through its [`VcpuKicker`].
 //!
 //! No `kvm_bindings` type appears in a trait signature: register state uses the plain
-//! structures of [`x86_64`].
+//! structures of [`x86_64`] and [`aarch64`]. Both modules are plain data compiled on every
+//! host; the arch-specific trait methods exist only on their arch. Snapshots are x86_64's
+//! (their documents use [`x86_64`]'s structures): an aarch64 backend refuses them with
+//! [`HypervisorError::Unsupported`] and says so in [`Capabilities::snapshots`].
 
-#[cfg(all(feature = "kvm", target_os = "linux", target_arch = "x86_64"))]
+pub mod aarch64;
+#[cfg(all(
+    feature = "kvm",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub mod kvm;
-#[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -94,6 +101,9 @@ pub enum HypervisorError {
     /// size); the message names the part.
     #[error("the saved state does not fit this hypervisor: {0}")]
     StateMismatch(String),
+    /// The backend cannot do this on this arch (the message names what).
+    #[error("{0} is not supported by this hypervisor backend")]
+    Unsupported(&'static str),
     /// Querying supported CPUID leaves failed.
     #[error("cannot query the supported cpuid")]
     SupportedCpuid(#[source] std::io::Error),
@@ -109,12 +119,15 @@ pub struct Capabilities {
     pub backend: &'static str,
     /// Interrupts can be raised by writing an eventfd ([`Vm::irqfd`]).
     pub irqfd: bool,
-    /// The interrupt controller (LAPIC/IOAPIC/PIC) and PIT are emulated by the hypervisor.
+    /// The interrupt controller (x86: LAPIC/IOAPIC/PIC and the PIT; aarch64: the GICv3) is
+    /// emulated by the hypervisor.
     pub in_kernel_irqchip: bool,
     /// Highest number of vCPUs one VM may have.
     pub max_vcpus: u32,
     /// Number of memory slots.
     pub max_memory_slots: u32,
+    /// VM and vCPU state can be saved and restored ([`Vm::save_state`], [`Vcpu::save_state`]).
+    pub snapshots: bool,
 }
 
 /// Hypervisor-level settings of a VM.
@@ -217,7 +230,8 @@ pub trait Vm: Send + Sync {
     /// Creates vCPU `id`. Call it on the thread that will run the vCPU.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>>;
 
-    /// Raises an edge on interrupt `line` (an IOAPIC pin on x86).
+    /// Raises an edge on interrupt `line` (an IOAPIC pin on x86, a GIC SPI number, counted
+    /// from 0, on aarch64; the irqfd of [`Vm::irqfd`] takes the same numbers).
     fn inject_irq(&self, line: u32) -> Result<()>;
 
     /// Sends a message-signalled interrupt.
@@ -226,13 +240,16 @@ pub trait Vm: Send + Sync {
     /// The eventfd fast path, when the backend has one.
     fn irqfd(&self) -> Option<&dyn IrqFd>;
 
+    /// Completes the VM once every vCPU exists, before any runs: on aarch64 KVM this
+    /// initialises the in-kernel GIC (which must see all vCPUs); nothing to do on x86.
+    fn vcpus_created(&self) -> Result<()>;
+
     /// Saves the interrupt controllers, the timer and the guest clock (vCPUs paused).
-    #[cfg(target_arch = "x86_64")]
+    /// [`HypervisorError::Unsupported`] where [`Capabilities::snapshots`] is false.
     fn save_state(&self) -> Result<x86_64::VmState>;
 
     /// Restores what [`Vm::save_state`] saved, before any vCPU runs. The guest clock moves on
     /// by the host time elapsed since the snapshot (see [`x86_64::ClockRestore`]).
-    #[cfg(target_arch = "x86_64")]
     fn restore_state(&self, state: &x86_64::VmState) -> Result<x86_64::ClockRestore>;
 }
 
@@ -277,24 +294,38 @@ pub trait Vcpu {
     #[cfg(target_arch = "x86_64")]
     fn setup_lapic(&self) -> Result<()>;
 
+    /// Initialises the vCPU (KVM_ARM_VCPU_INIT with PSCI 0.2): call it once, first.
+    #[cfg(target_arch = "aarch64")]
+    fn init(&self, init: &aarch64::VcpuInit) -> Result<()>;
+    /// Sets one core register.
+    #[cfg(target_arch = "aarch64")]
+    fn set_core_reg(&self, reg: aarch64::CoreReg, value: u64) -> Result<()>;
+
     /// Saves the whole vCPU state. Call it on the vCPU's thread while it is outside guest
     /// mode, after a `run` that returned [`VmExit::Interrupted`] (so no I/O is half done).
-    #[cfg(target_arch = "x86_64")]
+    /// [`HypervisorError::Unsupported`] where [`Capabilities::snapshots`] is false.
     fn save_state(&self) -> Result<x86_64::VcpuState>;
 
     /// Restores what [`Vcpu::save_state`] saved, CPUID included, before the first `run`.
-    #[cfg(target_arch = "x86_64")]
     fn restore_state(&self, state: &x86_64::VcpuState) -> Result<()>;
 }
 
 /// The first usable backend on this host.
-#[cfg(all(feature = "kvm", target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    feature = "kvm",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub fn new() -> Result<Box<dyn Hypervisor>> {
     Ok(Box::new(kvm::KvmHypervisor::new()?))
 }
 
 /// The first usable backend on this host.
-#[cfg(not(all(feature = "kvm", target_os = "linux", target_arch = "x86_64")))]
+#[cfg(not(all(
+    feature = "kvm",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 pub fn new() -> Result<Box<dyn Hypervisor>> {
     Err(HypervisorError::NoBackend)
 }

@@ -1,4 +1,7 @@
-//! KVM smoke tests of the hypervisor layer: real-mode code doing port and MMIO I/O, and kicks.
+//! KVM smoke tests of the hypervisor layer: real-mode code doing port and MMIO I/O, and kicks
+//! (x86_64 guest code: the aarch64 backend is tested by `tests/tests/nested_aarch64.rs`).
+
+#![cfg(target_arch = "x86_64")]
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

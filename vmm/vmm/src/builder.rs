@@ -9,7 +9,7 @@ use devices::GuestMemory;
 use hypervisor::{Vm, VmConfig as HvVmConfig};
 
 use crate::api::VmController;
-use crate::boot::{self, loader, mptable, regs, BootError};
+use crate::boot::{self, BootError};
 use crate::config::ResolvedConfig;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{self, MemoryError};
@@ -17,7 +17,7 @@ use crate::preopen::Preopened;
 use crate::seccomp::Filters;
 use crate::snapshot::state::{Settings, SnapshotState, VcpuStateDoc, VmStateDoc};
 use crate::snapshot::{self, LoadedSnapshot, SnapshotError};
-use crate::vcpu::{spawn_vcpus, BootSetup, VcpuControl, VcpuStart, VmmExit};
+use crate::vcpu::{spawn_vcpus, VcpuControl, VcpuStart, VmmExit};
 
 /// Errors of VM construction; each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ pub struct VmmHandle {
     exit_tx: Mutex<Sender<VmmExit>>,
     started: Instant,
     /// `Some` for a cold boot.
-    boot_protocol: Option<boot::BootProtocol>,
+    boot_protocol: Option<String>,
     /// The snapshot folder this VM was restored from.
     restored_from: Option<std::path::PathBuf>,
     vm: Arc<dyn Vm>,
@@ -115,8 +115,9 @@ impl Vmm {
                 (VcpuStart::Restore(states), None, Some(snap.dir.clone()))
             }
             _ => {
-                let boot = prepare_boot(&config, &mem, &devices, hv.as_ref())?;
-                let protocol = boot.protocol;
+                let boot = boot::prepare(&config, &mem, &devices, hv.as_ref())
+                    .map_err(BuildError::Boot)?;
+                let protocol = boot.protocol_name();
                 (VcpuStart::Boot(boot), Some(protocol), None)
             }
         };
@@ -163,43 +164,6 @@ impl Vmm {
         lock(&self.handle.devices.serial).flush();
         reason
     }
-}
-
-/// Loads a cold boot's kernel, initrd, command line and boot tables into guest memory.
-fn prepare_boot(
-    config: &ResolvedConfig,
-    mem: &GuestMemory,
-    devices: &DeviceManager,
-    hv: &dyn hypervisor::Hypervisor,
-) -> Result<BootSetup, BuildError> {
-    let kernel = loader::load_kernel(mem, &config.config.kernel.path).map_err(BuildError::Boot)?;
-    let initrd = match &config.config.kernel.initrd {
-        Some(path) => Some(loader::load_initrd(mem, path, kernel.end).map_err(BuildError::Boot)?),
-        None => None,
-    };
-    let cmdline = loader::build_cmdline(&config.cmdline, &devices.virtio_cmdline_entries())
-        .map_err(BuildError::Boot)?;
-    let cmdline_len = loader::write_cmdline(mem, &cmdline).map_err(BuildError::Boot)?;
-    loader::write_boot_info(mem, &kernel, cmdline_len, initrd, config.memory_bytes)
-        .map_err(BuildError::Boot)?;
-    mptable::write(mem, config.vcpus).map_err(BuildError::Boot)?;
-    regs::write_boot_tables(mem, kernel.protocol).map_err(BuildError::Boot)?;
-    let supported_cpuid = hv.supported_cpuid().map_err(BuildError::Hypervisor)?;
-    tracing::info!(
-        entry = format_args!("{:#x}", kernel.entry),
-        protocol = ?kernel.protocol,
-        vcpus = config.vcpus,
-        memory_mib = config.memory_bytes >> 20,
-        cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
-        "booting"
-    );
-    Ok(BootSetup {
-        entry: kernel.entry,
-        protocol: kernel.protocol,
-        supported_cpuid,
-        disabled_features: config.disabled_features.clone(),
-        vcpu_count: config.vcpus,
-    })
 }
 
 /// Loads a snapshot's memory and VM-wide state; returns the vCPU states to restore.
@@ -334,7 +298,7 @@ impl VmController for VmmHandle {
             "state": if self.control.is_paused() { "paused" } else { "running" },
             "vcpus": self.config.vcpus,
             "memory_mib": self.config.memory_bytes >> 20,
-            "boot_protocol": self.boot_protocol.map(|p| format!("{p:?}")),
+            "boot_protocol": self.boot_protocol,
             "restored_from": self.restored_from,
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "devices": devices,
@@ -352,9 +316,7 @@ impl VmController for VmmHandle {
     }
 
     fn shutdown(&self) -> Result<(), String> {
-        tracing::info!("graceful shutdown requested: sending ctrl-alt-del");
-        lock(&self.devices.i8042).trigger_ctrl_alt_del();
-        Ok(())
+        self.devices.request_shutdown()
     }
 
     fn poweroff(&self) {

@@ -20,8 +20,12 @@ pub use net::{parse_mac, NetBackendKind, NetConfig, DEFAULT_MAC};
 
 /// Default kernel command line: serial console, reset through the i8042 on reboot, no PCI, and
 /// an i8042 driver that does not probe for a mouse or a PnP description.
+#[cfg(not(target_arch = "aarch64"))]
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// Default kernel command line on aarch64: the PL011 console (PSCI resets and powers off).
+#[cfg(target_arch = "aarch64")]
+pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0 panic=1";
 /// Default number of vCPUs.
 pub const DEFAULT_VCPUS: u8 = 1;
 /// Default guest memory, MiB.

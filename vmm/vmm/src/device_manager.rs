@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, Bus};
 use devices::interrupt::InterruptLine;
-use devices::legacy::{Cmos, Serial, SerialOutput, I8042};
+use devices::legacy::{Cmos, SerialOutput, I8042};
 use devices::metrics::MetricsSource;
 use devices::transport::{MmioTransport, MMIO_SIZE};
 use devices::virtio::block::{Block, BlockConfig};
@@ -26,7 +26,17 @@ use crate::snapshot::SnapshotError;
 use crate::vcpu::VmmExit;
 
 mod fs;
+#[cfg(target_arch = "aarch64")]
+mod legacy_aarch64;
+#[cfg(target_arch = "x86_64")]
+mod legacy_x86_64;
 mod net_balloon;
+
+pub use legacy::{Console, ConsoleState};
+#[cfg(target_arch = "aarch64")]
+use legacy_aarch64 as legacy;
+#[cfg(target_arch = "x86_64")]
+use legacy_x86_64 as legacy;
 
 /// Errors of device creation.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +128,8 @@ type NewDevice = (
 
 /// The devices' part of a snapshot.
 pub struct SavedDevices {
-    /// COM1.
-    pub serial: devices::legacy::persist::SerialState,
+    /// The console UART.
+    pub serial: ConsoleState,
     /// The i8042.
     pub i8042: devices::legacy::persist::I8042State,
     /// The CMOS.
@@ -134,8 +144,8 @@ pub struct DeviceManager {
     pub pio: Arc<Bus>,
     /// Memory-mapped devices.
     pub mmio: Arc<Bus>,
-    /// COM1.
-    pub serial: Arc<Mutex<Serial>>,
+    /// The console UART (COM1 on x86_64, the PL011 on aarch64).
+    pub serial: Arc<Mutex<Console>>,
     /// The keyboard controller (reset, Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
     /// The CMOS.
@@ -163,25 +173,17 @@ impl DeviceManager {
 
         let serial_cfg = config.config.serial.clone().unwrap_or_default();
         let log = preopened.serial_log.take();
-        let serial = Arc::new(Mutex::new(Serial::new(
-            VmIrq::new(vm.clone(), SERIAL_IRQ),
+        let legacy::Legacy {
+            serial,
+            i8042,
+            cmos,
+        } = legacy::create(
+            &vm,
+            &mut pio,
+            &mut mmio,
             SerialOutput::new(log, serial_cfg.stdio),
-        )));
-        pio.insert(serial.clone(), SERIAL_PORT, 8)
-            .map_err(|e| DeviceError::Bus("serial".into(), e))?;
-
-        let reset_exit = Mutex::new(exit);
-        let i8042 = Arc::new(Mutex::new(I8042::new(
-            VmIrq::new(vm.clone(), I8042_IRQ),
-            Box::new(move || {
-                let _ = lock(&reset_exit).send(VmmExit::GuestReset);
-            }),
-        )));
-        pio.insert(i8042.clone(), I8042_PORT, 5)
-            .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
-        let cmos = Arc::new(Mutex::new(Cmos::new()));
-        pio.insert(cmos.clone(), CMOS_PORT, 2)
-            .map_err(|e| DeviceError::Bus("cmos".into(), e))?;
+            exit,
+        )?;
 
         let mut virtio = Vec::new();
         let mut subscribers: Vec<Subscriber> = Vec::new();
@@ -282,7 +284,13 @@ impl DeviceManager {
         })
     }
 
-    /// `(address, irq)` of each virtio device, for the kernel command line.
+    /// Asks the guest to shut down (Ctrl-Alt-Del on x86_64; aarch64 has no way yet).
+    pub fn request_shutdown(&self) -> Result<(), String> {
+        legacy::request_shutdown(&self.i8042)
+    }
+
+    /// `(address, irq)` of each virtio device, for the kernel command line (x86_64) or the
+    /// device tree (aarch64).
     pub fn virtio_cmdline_entries(&self) -> Vec<(u64, u32)> {
         self.virtio.iter().map(|v| (v.addr, v.irq)).collect()
     }
@@ -394,7 +402,7 @@ impl DeviceManager {
 }
 
 /// Feeds the VMM's stdin to the serial port.
-fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>, filters: &Arc<Filters>) {
+fn spawn_stdin_reader(serial: Arc<Mutex<Console>>, filters: &Arc<Filters>) {
     let spawned = seccomp::spawn(
         "serial-stdin",
         ThreadKind::SerialStdin,

@@ -122,6 +122,10 @@ impl Vm for MappedVm {
         self.vm.irqfd()
     }
 
+    fn vcpus_created(&self) -> HvResult<()> {
+        self.vm.vcpus_created()
+    }
+
     fn save_state(&self) -> HvResult<x86_64::VmState> {
         self.vm.save_state()
     }
@@ -144,30 +148,48 @@ impl Vcpu for MappedVcpu {
     fn kicker(&self) -> Box<dyn VcpuKicker> {
         self.vcpu.kicker()
     }
+    #[cfg(target_arch = "x86_64")]
     fn regs(&self) -> HvResult<x86_64::StandardRegisters> {
         self.vcpu.regs()
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_regs(&self, regs: &x86_64::StandardRegisters) -> HvResult<()> {
         self.vcpu.set_regs(regs)
     }
+    #[cfg(target_arch = "x86_64")]
     fn sregs(&self) -> HvResult<x86_64::SpecialRegisters> {
         self.vcpu.sregs()
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_sregs(&self, sregs: &x86_64::SpecialRegisters) -> HvResult<()> {
         self.vcpu.set_sregs(sregs)
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_fpu(&self, fpu: &x86_64::FpuState) -> HvResult<()> {
         self.vcpu.set_fpu(fpu)
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_msrs(&self, msrs: &[x86_64::MsrEntry]) -> HvResult<()> {
         self.vcpu.set_msrs(msrs)
     }
+    #[cfg(target_arch = "x86_64")]
     fn set_cpuid(&self, entries: &[x86_64::CpuidEntry]) -> HvResult<()> {
         self.vcpu.set_cpuid(entries)
     }
+    #[cfg(target_arch = "x86_64")]
     fn setup_lapic(&self) -> HvResult<()> {
         self.vcpu.setup_lapic()
     }
+    #[cfg(target_arch = "aarch64")]
+    fn init(&self, init: &hypervisor::aarch64::VcpuInit) -> HvResult<()> {
+        self.vcpu.init(init)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn set_core_reg(&self, reg: hypervisor::aarch64::CoreReg, value: u64) -> HvResult<()> {
+        self.vcpu.set_core_reg(reg, value)
+    }
+
     fn save_state(&self) -> HvResult<x86_64::VcpuState> {
         self.vcpu.save_state()
     }
@@ -242,6 +264,11 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
+    /// Where RAM starts on this arch (0 on x86_64, 2 GiB on aarch64).
+    fn ram_base() -> u64 {
+        ram_ranges(1)[0].0
+    }
+
     #[test]
     fn test_madvise_discard_zeroes_whole_pages_only() {
         for shared in [false, true] {
@@ -250,27 +277,33 @@ mod tests {
     }
 
     fn discard_zeroes_whole_pages_only(shared: bool) {
+        let base = ram_base();
         let mem = create(64 << 20, shared).unwrap();
-        mem.write_slice(&[0xabu8; 3 * 4096], GuestAddress(0x10000))
+        mem.write_slice(&[0xabu8; 3 * 4096], GuestAddress(base + 0x10000))
             .unwrap();
         let d = MadviseDiscard::new(mem.clone());
         // A range starting mid-page: only the two whole pages inside go.
-        let n = d.discard(GuestAddress(0x10800), 2 * 4096 + 0x800).unwrap();
+        let n = d
+            .discard(GuestAddress(base + 0x10800), 2 * 4096 + 0x800)
+            .unwrap();
         assert_eq!(n, 2 * 4096);
         let mut buf = [0u8; 3 * 4096];
-        mem.read_slice(&mut buf, GuestAddress(0x10000)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(base + 0x10000))
+            .unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0xab));
         assert!(buf[4096..].iter().all(|&b| b == 0));
-        assert!(d.discard(GuestAddress(64 << 20), 4096).is_err());
+        assert!(d.discard(GuestAddress(base + (64 << 20)), 4096).is_err());
     }
 
     #[test]
     fn test_create_splits_at_mmio_gap() {
         let mem = create(64 << 20, false).unwrap();
         assert_eq!(mem.num_regions(), 1);
-        assert_eq!(mem.last_addr().0, (64 << 20) - 1);
+        assert_eq!(mem.last_addr().0, ram_base() + (64 << 20) - 1);
     }
 
+    /// x86_64's RAM is split around the 32-bit MMIO hole (aarch64's is one range).
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn test_shared_memory_is_one_memfd_at_increasing_offsets() {
         let mem = create(4 << 30, true).unwrap();

@@ -6,10 +6,10 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
 use devices::bus::{lock, Bus};
-use hypervisor::x86_64::{CpuidEntry, VcpuState};
+use hypervisor::x86_64::VcpuState;
 use hypervisor::{Vcpu, VcpuKicker, Vm, VmExit};
 
-use crate::boot::{cpuid, regs, BootProtocol};
+pub use crate::boot::BootSetup;
 use crate::seccomp::{Filters, ThreadKind};
 
 /// Why the VMM stops.
@@ -33,21 +33,6 @@ impl VmmExit {
             _ => 0,
         }
     }
-}
-
-/// How the vCPUs boot.
-#[derive(Debug, Clone)]
-pub struct BootSetup {
-    /// Entry point.
-    pub entry: u64,
-    /// Protocol.
-    pub protocol: BootProtocol,
-    /// CPUID as KVM supports it.
-    pub supported_cpuid: Vec<CpuidEntry>,
-    /// Features to hide.
-    pub disabled_features: Vec<cpuid::Feature>,
-    /// Number of vCPUs.
-    pub vcpu_count: u8,
 }
 
 /// How the vCPUs start: booted, or from a snapshot's states (one per vCPU, in id order).
@@ -164,8 +149,9 @@ impl VcpuControl {
     }
 }
 
-/// Spawns one thread per vCPU; they start running once all are configured. Each installs
-/// the vCPU seccomp filter of `filters` once its vCPU is configured, before it runs.
+/// Spawns one thread per vCPU; they start running once all are configured and the VM is
+/// complete ([`Vm::vcpus_created`]). Each installs the vCPU seccomp filter of `filters` then,
+/// before it runs.
 pub fn spawn_vcpus(
     vm: Arc<dyn Vm>,
     start: VcpuStart,
@@ -194,20 +180,28 @@ pub fn spawn_vcpus(
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                // Creation and configuration ioctls come before the filter, which allows
-                // KVM_RUN and what the guest's exits lead to.
-                let vcpu = match create_vcpu(vm.as_ref(), id, &start).and_then(|v| {
-                    filters
-                        .apply(ThreadKind::Vcpu)
-                        .map(|()| v)
-                        .map_err(|e| error_chain(&e))
-                }) {
+                // Creation and configuration ioctls, and the VM's completion once every vCPU
+                // exists, come before the filter, which allows KVM_RUN and what the guest's
+                // exits lead to.
+                let mut vcpu = match create_vcpu(vm.as_ref(), id, &start) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         let _ = exit.send(VmmExit::Error(e));
                         None
                     }
                 };
+                if barrier.wait().is_leader() {
+                    if let Err(e) = vm.vcpus_created() {
+                        let _ = exit.send(VmmExit::Error(error_chain(&e)));
+                    }
+                }
+                barrier.wait();
+                if vcpu.is_some() {
+                    if let Err(e) = filters.apply(ThreadKind::Vcpu) {
+                        let _ = exit.send(VmmExit::Error(error_chain(&e)));
+                        vcpu = None;
+                    }
+                }
                 if let Some(vcpu) = &vcpu {
                     lock(&control.kickers).push(vcpu.kicker());
                 }
@@ -236,19 +230,12 @@ fn create_vcpu(vm: &dyn Vm, id: u8, start: &VcpuStart) -> Result<Box<dyn Vcpu>, 
             return Ok(vcpu);
         }
     };
-    let cpuid = cpuid::filter(
-        &boot.supported_cpuid,
-        id,
-        boot.vcpu_count,
-        &boot.disabled_features,
-    );
-    vcpu.set_cpuid(&cpuid)
-        .map_err(|e| format!("cannot set cpuid of vcpu {id}: {e}"))?;
-    regs::setup_vcpu(vcpu.as_ref(), id, boot.entry, boot.protocol).map_err(|e| error_chain(&e))?;
+    crate::boot::setup_vcpu(vcpu.as_ref(), id, boot)?;
     Ok(vcpu)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its sources, joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -1,5 +1,7 @@
 //! Guest memory registration keeps the mappings alive for the VM and its vCPUs, whatever the
-//! caller does with its own handle of the memory.
+//! caller does with its own handle of the memory. (The guest code is x86_64's.)
+
+#![cfg(target_arch = "x86_64")]
 
 mod support;
 

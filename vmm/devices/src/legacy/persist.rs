@@ -4,6 +4,32 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The PL011 UART (aarch64's console): its registers and unread input.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pl011State {
+    /// Control register.
+    pub cr: u32,
+    /// Line control.
+    pub lcr_h: u32,
+    /// Integer baud rate divisor.
+    pub ibrd: u32,
+    /// Fractional baud rate divisor.
+    pub fbrd: u32,
+    /// IrDA low-power counter.
+    pub ilpr: u32,
+    /// FIFO levels.
+    pub ifls: u32,
+    /// Interrupt mask.
+    pub imsc: u32,
+    /// Raw interrupt status.
+    pub ris: u32,
+    /// DMA control.
+    pub dmacr: u32,
+    /// Input not read by the guest yet.
+    pub in_buffer: Vec<u8>,
+}
+
 /// The 8250 UART.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

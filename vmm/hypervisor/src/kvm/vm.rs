@@ -1,64 +1,32 @@
-//! A KVM VM: memory slots, the in-kernel irqchip and PIT, interrupt injection.
+//! A KVM VM: memory slots, vCPU creation, the irqfd fast path. The arch's files set up the
+//! in-kernel interrupt controller and implement [`crate::Vm`] on top of these helpers.
 
-use kvm_bindings::{
-    kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
-};
-use std::sync::Arc;
-
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
+use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::vcpu::KvmVcpu;
-use crate::{HypervisorError, IrqFd, MemoryFlags, Result, Vcpu, Vm, VmConfig};
+use super::vcpu::{KvmVcpu, VcpuArch};
+use crate::{HypervisorError, IrqFd, MemoryFlags, Result};
 
-/// Where KVM puts the three pages of the real-mode TSS (just below the IOAPIC/LAPIC window and
-/// the 4 GiB boundary, outside any RAM the VMM maps).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+#[cfg(target_arch = "aarch64")]
+pub(super) use super::vm_aarch64::VmArch;
+#[cfg(target_arch = "x86_64")]
+pub(super) use super::vm_x86_64::VmArch;
 
 /// A VM backed by a KVM VM file descriptor.
 pub struct KvmVm {
-    fd: VmFd,
-    /// The MSRs a vCPU snapshot saves (KVM_GET_MSR_INDEX_LIST, read when the VM is created).
-    msrs_to_save: Arc<Vec<u32>>,
+    pub(super) fd: VmFd,
+    /// The arch's interrupt controller and what its vCPUs need.
+    pub(super) arch: VmArch,
 }
 
 impl KvmVm {
-    pub(super) fn new(kvm: &Kvm, _config: &VmConfig) -> Result<Self> {
-        let fd = kvm
-            .create_vm()
-            .map_err(|e| HypervisorError::CreateVm(e.into()))?;
-        fd.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|e| HypervisorError::SetupIrqchip {
-                what: "tss",
-                source: e.into(),
-            })?;
-        fd.create_irq_chip()
-            .map_err(|e| HypervisorError::SetupIrqchip {
-                what: "irqchip",
-                source: e.into(),
-            })?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit)
-            .map_err(|e| HypervisorError::SetupIrqchip {
-                what: "pit",
-                source: e.into(),
-            })?;
-        let index_list = kvm
-            .get_msr_index_list()
-            .map_err(|e| HypervisorError::CreateVm(e.into()))?;
-        Ok(KvmVm {
-            fd,
-            msrs_to_save: Arc::new(super::state::msrs_to_save(index_list.as_slice())),
-        })
-    }
-}
-
-impl Vm for KvmVm {
-    unsafe fn map_memory(
+    /// `KVM_SET_USER_MEMORY_REGION`.
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`crate::Vm::map_memory`].
+    pub(super) unsafe fn map(
         &self,
         slot: u32,
         guest_addr: u64,
@@ -89,7 +57,8 @@ impl Vm for KvmVm {
         })
     }
 
-    fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
+    /// `KVM_CREATE_VCPU`, wrapped with the arch's per-vCPU data.
+    pub(super) fn new_vcpu(&self, id: u8, arch: VcpuArch) -> Result<KvmVcpu> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
@@ -97,44 +66,7 @@ impl Vm for KvmVm {
                 id,
                 source: e.into(),
             })?;
-        Ok(Box::new(KvmVcpu::new(fd, self.msrs_to_save.clone())))
-    }
-
-    fn inject_irq(&self, line: u32) -> Result<()> {
-        let to_err = |e: kvm_ioctls::Error| HypervisorError::Interrupt {
-            line,
-            source: e.into(),
-        };
-        self.fd.set_irq_line(line, true).map_err(to_err)?;
-        self.fd.set_irq_line(line, false).map_err(to_err)
-    }
-
-    fn signal_msi(&self, addr: u64, data: u32) -> Result<()> {
-        let msi = kvm_msi {
-            address_lo: addr as u32,
-            address_hi: (addr >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        self.fd
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| HypervisorError::Interrupt {
-                line: data,
-                source: e.into(),
-            })
-    }
-
-    fn irqfd(&self) -> Option<&dyn IrqFd> {
-        Some(self)
-    }
-
-    fn save_state(&self) -> Result<crate::x86_64::VmState> {
-        super::state::save_vm(&self.fd)
-    }
-
-    fn restore_state(&self, state: &crate::x86_64::VmState) -> Result<crate::x86_64::ClockRestore> {
-        super::state::restore_vm(&self.fd, state)
+        Ok(KvmVcpu::new(fd, arch))
     }
 }
 

@@ -43,7 +43,7 @@ pub(super) struct Allowed {
 }
 
 /// `name` with any arguments.
-fn any(name: &'static str, nr: i64) -> Allowed {
+pub(super) fn any(name: &'static str, nr: i64) -> Allowed {
     Allowed {
         name,
         nr,
@@ -158,7 +158,6 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
         }
         ThreadKind::Devices => vec![
             arg_in("ioctl", libc::SYS_ioctl, 1, &[KVM_IRQ_LINE, FIONBIO]),
-            any("epoll_wait", libc::SYS_epoll_wait),
             any("epoll_pwait", libc::SYS_epoll_pwait),
             any("epoll_ctl", libc::SYS_epoll_ctl),
             // Queues: disks, the rng, TAP and passt streams, eventfds.
@@ -189,9 +188,6 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
             // A snapshot: the folder, the memory file (sparse: sized, then written where the
             // guest's pages are, found with mincore or SEEK_DATA), the state file, renames.
             any("mkdirat", libc::SYS_mkdirat),
-            // musl's open() is the `open` system call.
-            any("open", libc::SYS_open),
-            any("mkdir", libc::SYS_mkdir),
             any("openat", libc::SYS_openat),
             any("newfstatat", libc::SYS_newfstatat),
             any("statx", libc::SYS_statx),
@@ -203,12 +199,10 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
             // ... and the writable disks are synced.
             any("fsync", libc::SYS_fsync),
             any("fdatasync", libc::SYS_fdatasync),
-            any("rename", libc::SYS_rename),
             any("renameat", libc::SYS_renameat),
             any("renameat2", libc::SYS_renameat2),
             // The state file's document (serde_json buffers it) and the api's write.
             any("write", libc::SYS_write),
-            any("epoll_wait", libc::SYS_epoll_wait),
             any("epoll_pwait", libc::SYS_epoll_pwait),
             any("epoll_ctl", libc::SYS_epoll_ctl),
             any("accept4", libc::SYS_accept4),
@@ -240,6 +234,7 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<Allowed> {
         ],
     };
     add(&mut list, extra);
+    add(&mut list, super::arch::allowed(kind));
     list
 }
 

@@ -20,13 +20,22 @@
 //! `--seccomp-deny THREAD:SYSCALL` removes one system call from one thread's list, which is
 //! how the tests show that a forbidden call kills the VMM.
 
+#[cfg(target_arch = "aarch64")]
+mod arch_aarch64;
+#[cfg(target_arch = "x86_64")]
+mod arch_x86_64;
 mod filters;
+
+#[cfg(target_arch = "aarch64")]
+use arch_aarch64 as arch;
+#[cfg(target_arch = "x86_64")]
+use arch_x86_64 as arch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 
 /// Errors of building and installing filters.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +254,7 @@ fn compile(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, SeccompError> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+    let filter = SeccompFilter::new(rules, mismatch, matched, arch::TARGET)
         .map_err(|e| SeccompError::Build(kind.name(), e.into()))?;
     filter
         .try_into()

@@ -265,15 +265,17 @@ mod tests {
 
     #[test]
     fn test_save_writes_only_nonzero_pages_and_load_restores_them() {
+        // Where RAM starts on this arch (0 on x86_64, 2 GiB on aarch64).
+        let base = crate::layout::ram_ranges(1)[0].0;
         for shared in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let mem = crate::memory::create(64 << 20, shared).unwrap();
-            mem.write_slice(&[0xab; 3 * PAGE], GuestAddress(0x10000))
+            mem.write_slice(&[0xab; 3 * PAGE], GuestAddress(base + 0x10000))
                 .unwrap();
             // Touched, but zero: not written.
-            mem.write_slice(&[0u8; PAGE], GuestAddress(0x40000))
+            mem.write_slice(&[0u8; PAGE], GuestAddress(base + 0x40000))
                 .unwrap();
-            mem.write_slice(b"end", GuestAddress((64 << 20) - 3))
+            mem.write_slice(b"end", GuestAddress(base + (64 << 20) - 3))
                 .unwrap();
             let path = dir.path().join("memory");
             let layout = save(&mem, &path).unwrap();
@@ -288,11 +290,13 @@ mod tests {
             check(&fresh, &file, &layout).unwrap();
             load(&fresh, &file).unwrap();
             let mut buf = [0u8; 3 * PAGE];
-            fresh.read_slice(&mut buf, GuestAddress(0x10000)).unwrap();
+            fresh
+                .read_slice(&mut buf, GuestAddress(base + 0x10000))
+                .unwrap();
             assert!(buf.iter().all(|&b| b == 0xab));
             let mut end = [0u8; 3];
             fresh
-                .read_slice(&mut end, GuestAddress((64 << 20) - 3))
+                .read_slice(&mut end, GuestAddress(base + (64 << 20) - 3))
                 .unwrap();
             assert_eq!(&end, b"end");
 

@@ -3,11 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use devices::legacy::persist::{CmosState, I8042State, SerialState};
+use devices::legacy::persist::{CmosState, I8042State};
 use devices::transport::TransportSnapshot;
 use hypervisor::x86_64::{ClockState, CpuidEntry, MsrEntry, VcpuState, VmState};
 
 use crate::config::{ResolvedConfig, SlotDevice};
+use crate::device_manager::ConsoleState;
 
 /// Everything but guest memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,8 +26,8 @@ pub struct SnapshotState {
     pub vm: VmStateDoc,
     /// One per vCPU, in id order.
     pub vcpus: Vec<VcpuStateDoc>,
-    /// COM1.
-    pub serial: SerialState,
+    /// The console UART.
+    pub serial: ConsoleState,
     /// The keyboard controller.
     pub i8042: I8042State,
     /// The CMOS.
