@@ -231,18 +231,35 @@ fn shutdown_orphan(machine: &Machine) {
         return;
     };
     tracing::info!(machine = %machine.name, "shutting down the VM its host agent left");
+    // A clean shutdown is worth waiting for (the alternative kills the VM with the engine's
+    // writes in flight): a guest starved of CPU (software emulation on a loaded host) may
+    // miss one connection's handshake or answer, so the request is tried again while the
+    // VM runs, for up to half the stop's time.
+    let started = Instant::now();
     let asked = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
             rt.block_on(async {
-                let mut c = ControlClient::connect(&carrier)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                c.call(Request::Shutdown { reboot: false })
-                    .await
-                    .map_err(|e| e.to_string())
+                loop {
+                    let attempt = async {
+                        let mut c = ControlClient::connect(&carrier)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        c.call(Request::Shutdown { reboot: false })
+                            .await
+                            .map_err(|e| e.to_string())
+                    };
+                    match attempt.await {
+                        Ok(reply) => return Ok(reply),
+                        Err(e) if started.elapsed() < STOP_TIMEOUT / 2 && vm.is_alive() => {
+                            tracing::warn!(error = %e, "the guest did not take the shutdown request; asking again");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             })
         });
     match asked {
