@@ -476,7 +476,7 @@ async fn stop_vm(
 ) {
     let outcome = match (save, backend) {
         (false, _) => {
-            launch::SaveOutcome::NotSaved("a full shutdown was asked for (--no-save)".into())
+            launch::SaveOutcome::NotSaved("--no-save asks for a full shutdown".into())
         }
         (true, Backend::Vmm) => {
             launch::SaveOutcome::NotSaved("the vmm backend cannot save a machine yet".into())

@@ -268,12 +268,24 @@ pub fn load(files: &MachinePaths, now: &Expected<'_>) -> Result<Option<SavedHead
 pub fn summary(files: &MachinePaths) -> Option<SavedSummary> {
     match read(files) {
         Ok(None) => None,
-        Ok(Some(h)) => Some(SavedSummary {
-            saved_at_unix: h.saved_at_unix,
-            size_bytes: h.state_size_bytes,
-            save_ms: h.save_ms,
-            damaged: None,
-        }),
+        Ok(Some(h)) => {
+            // The cheap part of the check: the state file is there, whole.
+            let size = std::fs::metadata(files.saved_state()).map(|m| m.len());
+            let damaged = match size {
+                Ok(found) if found == h.state_size_bytes => None,
+                Ok(found) => Some(Refusal::Size {
+                    expected: h.state_size_bytes,
+                    found,
+                }),
+                Err(_) => Some(Refusal::StateMissing),
+            };
+            Some(SavedSummary {
+                saved_at_unix: h.saved_at_unix,
+                size_bytes: h.state_size_bytes,
+                save_ms: h.save_ms,
+                damaged: damaged.map(|r| r.to_string()),
+            })
+        }
         Err(refusal) => Some(SavedSummary {
             saved_at_unix: 0,
             size_bytes: std::fs::metadata(files.saved_state())
@@ -376,6 +388,11 @@ mod tests {
         let (_d, files) = files();
         let (s, d) = (settings(), header().devices);
         save(&files, &header(), b"123");
+        assert!(summary(&files)
+            .unwrap()
+            .damaged
+            .unwrap()
+            .contains("truncated"));
         assert_eq!(
             load(&files, &now(&s, &d)),
             Err(Refusal::Size {

@@ -467,7 +467,7 @@ impl Driver for LocalDriver {
             s.last_stop
                 .clone()
                 .filter(|_| s.state == State::Stopped)
-                .unwrap_or_else(|| StopReport::shut_down("stopped at once: not saved")),
+                .unwrap_or_else(|| StopReport::shut_down("the VM was stopped at once")),
         ));
         let path = machine.files.state();
         stopped.write(&path).map_err(|source| MachineError::Io {
