@@ -983,6 +983,28 @@ mod tests {
     }
 
     #[test]
+    fn test_a_saved_state_is_listed_discarded_by_no_save_and_removed_with_the_machine() {
+        let (_d, lc) = lifecycle();
+        let m = lc.create("dev", &fake()).unwrap();
+        std::fs::write(m.files.saved_state(), b"state").unwrap();
+        std::fs::write(m.files.saved_header(), b"{ not a header").unwrap();
+        let row = lc.summary("dev").unwrap();
+        let saved = row.saved_state.expect("listed");
+        assert!(saved.damaged.unwrap().contains("damaged"));
+        assert!(lc.inspect("dev").unwrap()["saved_state"].is_object());
+        // A stopped machine: --no-save drops its state; a plain stop keeps it.
+        lc.stop_with("dev", StopMode::Save).unwrap();
+        assert!(m.files.saved_header().exists());
+        lc.stop_with("dev", StopMode::Shutdown).unwrap();
+        assert!(!m.files.saved_header().exists() && !m.files.saved_state().exists());
+        assert!(lc.summary("dev").unwrap().saved_state.is_none());
+        assert!(!lc.discard_saved("dev").unwrap(), "nothing left to discard");
+        std::fs::write(m.files.saved_state(), b"state").unwrap();
+        lc.remove("dev", false).unwrap();
+        assert!(!m.files.saved_state().exists(), "removed with the machine");
+    }
+
+    #[test]
     fn test_broken_machine_is_an_error_row() {
         let (_d, lc) = lifecycle();
         lc.create("dev", &fake()).unwrap();

@@ -159,6 +159,26 @@ mod tests {
     use rmachine_machine::state::StartPhase;
 
     #[test]
+    fn test_saved_line_says_what_the_next_start_does() {
+        let mut saved = rmachine_machine::saved_state::SavedSummary {
+            saved_at_unix: 1,
+            size_bytes: 300 << 20,
+            save_ms: 2_700,
+            damaged: None,
+        };
+        assert_eq!(
+            saved_line("m", &saved),
+            "saved state of 300 MiB (saved in 2.7 s): `rmachine start m` resumes it, `rmachine stop --no-save m` discards it"
+        );
+        saved.damaged = Some("the saved state is damaged".into());
+        assert!(saved_line("m", &saved).contains("will not be resumed (the saved state is damaged)"));
+        let mut s = MachineState::stopped();
+        s.start_kind = Some(StartKind::Resume);
+        s.start_phases = vec![StartPhase::host("VM resumed", 700)];
+        assert!(phase_table(&s).starts_with("last start (resumed from the saved state):"));
+    }
+
+    #[test]
     fn test_phase_table_shows_each_step_and_its_share() {
         let mut s = MachineState::stopped();
         assert_eq!(phase_table(&s), "last start: no steps recorded\n");
