@@ -6,7 +6,9 @@
 //! cannot be saved by this QEMU and says why; a truncated state is refused by name and
 //! the machine boots cold with the volume's data intact; `rmachine rm` removes the state.
 //!
-//! Three cold boots and one resume: the fewest that show each path.
+//! Two cold boots and one resume (a cold boot is ~25-40 s here): the first boot also
+//! shows a start with no saved state, the second one a damaged state refused, and it
+//! runs with a shared folder for the stop that cannot save.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -228,14 +230,44 @@ fn test_stop_saves_and_start_resumes_or_boots_cold_saying_why() {
     let version = env.docker_ok(&["version", "--format", "{{.Server.Version}}"]);
     assert!(version.trim().starts_with("26."), "{version}");
 
-    // `stop --no-save`: a full shutdown, no state; with a shared folder added, the next
-    // start boots cold (nothing to resume).
+    // `stop --no-save`: a full shutdown, and no state is left for the next start (which
+    // then boots cold, as the first start did: there is nothing to resume).
     let out = env.rmachine_ok(&["stop", "--no-save", M]);
     assert!(
         out.contains("not saved: --no-save asks for a full shutdown"),
         "{out}"
     );
     assert_eq!(saved_files(&dir), (false, false));
+    let status = env.rmachine_ok(&["status", M]);
+    assert!(
+        status.contains(&format!("machine {M}: stopped\n")),
+        "{status}"
+    );
+    assert!(
+        status.contains("last stop: not saved (--no-save"),
+        "{status}"
+    );
+
+    // A damaged (truncated) state: refused by name, the machine boots cold, the volume's
+    // data is intact. (The copy made earlier, cut in half.) The machine now also shares
+    // a folder, for the next step.
+    std::fs::copy(kept.join("saved.json"), dir.join("saved.json")).unwrap();
+    let len = std::fs::metadata(kept.join("saved.vmstate")).unwrap().len();
+    {
+        use std::io::{Read, Write};
+        let mut half = Vec::new();
+        std::fs::File::open(kept.join("saved.vmstate"))
+            .unwrap()
+            .take(len / 2)
+            .read_to_end(&mut half)
+            .unwrap();
+        std::fs::File::create(dir.join("saved.vmstate"))
+            .unwrap()
+            .write_all(&half)
+            .unwrap();
+    }
+    let status = env.rmachine_ok(&["status", M]);
+    assert!(status.contains("will not be resumed"), "{status}");
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let toml = std::fs::read_to_string(dir.join("machine.toml")).unwrap();
@@ -247,62 +279,6 @@ fn test_stop_saves_and_start_resumes_or_boots_cold_saying_why() {
         ),
     )
     .unwrap();
-    let t = Instant::now();
-    let out = rmachine_all(&env, &["start", M]);
-    eprintln!("cold start after --no-save: {:?}", t.elapsed());
-    let state = inspect_state(&env);
-    assert_eq!(state["start_kind"], "boot", "{state}");
-    assert!(state.get("cold_boot_reason").is_none(), "{state}");
-    assert!(!out.contains("resumed"), "{out}");
-    assert_eq!(
-        env.docker_ok(&[
-            "run",
-            "--rm",
-            "-v",
-            "keep:/data",
-            "e2e/busybox:1",
-            "cat",
-            "/data/f"
-        ])
-        .trim(),
-        "written-before-the-save"
-    );
-
-    // A machine with a shared folder: this QEMU cannot save it, and the stop says why
-    // (and what would lift it) in one line; nothing is saved, so the next start boots cold.
-    let out = env.rmachine_ok(&["stop", M]);
-    eprintln!("stop with a shared folder: {}", out.trim());
-    let line = out.lines().last().unwrap_or("");
-    assert!(line.contains("not saved"), "{out}");
-    assert!(
-        line.contains("shared folders") && line.contains("vhost-user-fs"),
-        "{out}"
-    );
-    assert!(
-        line.contains("newer QEMU") && line.contains("virtiofsd"),
-        "{out}"
-    );
-    assert_eq!(saved_files(&dir), (false, false));
-    let status = env.rmachine_ok(&["status", M]);
-    assert!(status.contains("last stop: not saved (QEMU"), "{status}");
-
-    // A damaged (truncated) state: refused by name, the machine boots cold, the volume's
-    // data is intact. (The copy made earlier, cut in half.)
-    std::fs::copy(kept.join("saved.json"), dir.join("saved.json")).unwrap();
-    let len = std::fs::metadata(kept.join("saved.vmstate")).unwrap().len();
-    let state_file = std::fs::File::create(dir.join("saved.vmstate")).unwrap();
-    {
-        use std::io::{Read, Write};
-        let mut half = Vec::new();
-        std::fs::File::open(kept.join("saved.vmstate"))
-            .unwrap()
-            .take(len / 2)
-            .read_to_end(&mut half)
-            .unwrap();
-        (&state_file).write_all(&half).unwrap();
-    }
-    let status = env.rmachine_ok(&["status", M]);
-    assert!(status.contains("will not be resumed"), "{status}");
     let t = Instant::now();
     let out = rmachine_all(&env, &["start", M]);
     eprintln!(
@@ -348,8 +324,26 @@ fn test_stop_saves_and_start_resumes_or_boots_cold_saying_why() {
         "a cold boot ends the running processes"
     );
 
+    // A machine with a shared folder: this QEMU cannot save it, and the stop says why
+    // (and what would lift it) in one line; nothing is saved, so the next start boots
+    // cold.
+    let out = env.rmachine_ok(&["stop", M]);
+    eprintln!("stop with a shared folder: {}", out.trim());
+    let line = out.lines().last().unwrap_or("");
+    assert!(line.contains("not saved"), "{out}");
+    assert!(
+        line.contains("shared folders") && line.contains("vhost-user-fs"),
+        "{out}"
+    );
+    assert!(
+        line.contains("newer QEMU") && line.contains("virtiofsd"),
+        "{out}"
+    );
+    assert_eq!(saved_files(&dir), (false, false));
+    let status = env.rmachine_ok(&["status", M]);
+    assert!(status.contains("last stop: not saved (QEMU"), "{status}");
+
     // `rmachine rm` removes a saved state with the machine.
-    env.rmachine_ok(&["stop", "--force", M]);
     std::fs::copy(kept.join("saved.json"), dir.join("saved.json")).unwrap();
     env.rmachine_ok(&["rm", M]);
     assert!(

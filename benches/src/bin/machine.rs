@@ -96,7 +96,15 @@ fn main() {
     let env = MachineEnv::new();
     let runs = env_num("BENCH_RUNS", 5) as usize;
     // No shared folder: QEMU 7.2 cannot save a VM with one (the resume part needs it).
-    env.rmachine_ok(&["create", M, "--driver", "qemu", "--disk", "8G", "--no-mounts"]);
+    env.rmachine_ok(&[
+        "create",
+        M,
+        "--driver",
+        "qemu",
+        "--disk",
+        "8G",
+        "--no-mounts",
+    ]);
 
     // 1. rmachine start → engine _ping, cold boots.
     let socket = env.home.join("machines").join(M).join("docker.sock");
@@ -144,7 +152,9 @@ fn main() {
         resumes.push(t.elapsed());
         let state = env.state(M);
         assert_eq!(state["start_kind"], "resume", "not resumed: {state}");
-        resume_ms.push(Duration::from_millis(state["resume_ms"].as_u64().unwrap_or(0)));
+        resume_ms.push(Duration::from_millis(
+            state["resume_ms"].as_u64().unwrap_or(0),
+        ));
         eprintln!("save {i}: {:?}; resume {i}: {:?}", saves[i], resumes[i]);
     }
     let cold = median(starts.clone());

@@ -75,9 +75,10 @@ impl SharedState {
 /// Why the host agent is winding down.
 #[derive(Debug)]
 pub(crate) enum StopReason {
-    /// `rmachine stop` (`save`: save the VM where the backend can) or a signal (a full
-    /// shutdown).
+    /// `rmachine stop` (`save`: save the VM where the backend can).
     Requested { save: bool },
+    /// A signal (the host shutting down, a user's `kill`): a full shutdown.
+    Signal,
 }
 
 pub use networks::run_network_switch;
@@ -319,8 +320,7 @@ async fn serve(
                 }
             }
             reason = stop_rx.recv() => {
-                let save = matches!(reason, Some(StopReason::Requested { save: true }));
-                stop_vm(machine, choice.backend, &carrier, &mut vm, state, save).await;
+                stop_vm(machine, choice.backend, &carrier, &mut vm, state, reason).await;
                 break Ok(());
             }
             // A helper daemon cannot be replaced under a running guest (the device's
@@ -438,7 +438,7 @@ pub(crate) fn mirror_ports(
 async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
     rmachine_machine::sys::signal::stop_requested().await;
     tracing::info!("signal received: stopping");
-    let _ = stop_tx.send(StopReason::Requested { save: false }).await;
+    let _ = stop_tx.send(StopReason::Signal).await;
 }
 
 fn vm_died(machine: &Machine, status: String) -> anyhow::Error {
@@ -464,24 +464,29 @@ struct Started {
     steps: Vec<(String, Instant)>,
 }
 
-/// Stops the machine's VM: saved when `save` asks and the backend can (else, or when the
-/// save is refused, a clean shutdown); `state.last_stop` says which and why.
+/// Stops the machine's VM for `reason`: saved when `rmachine stop` asks and the backend
+/// can (else, or when the save is refused, a clean shutdown); `state.last_stop` says which
+/// and why.
 async fn stop_vm(
     machine: &Machine,
     backend: Backend,
     carrier: &Carrier,
     vm: &mut launch::RunningVm,
     state: &SharedState,
-    save: bool,
+    reason: Option<StopReason>,
 ) {
-    let outcome = match (save, backend) {
-        (false, _) => {
+    let save = matches!(reason, Some(StopReason::Requested { save: true }));
+    let outcome = match (reason, backend) {
+        (Some(StopReason::Requested { save: false }), _) => {
             launch::SaveOutcome::NotSaved("--no-save asks for a full shutdown".into())
         }
-        (true, Backend::Vmm) => {
+        (Some(StopReason::Signal) | None, _) => launch::SaveOutcome::NotSaved(
+            "the host agent was signalled to stop: a full shutdown".into(),
+        ),
+        (Some(StopReason::Requested { save: true }), Backend::Vmm) => {
             launch::SaveOutcome::NotSaved("the vmm backend cannot save a machine yet".into())
         }
-        (true, Backend::Qemu) => {
+        (Some(StopReason::Requested { save: true }), Backend::Qemu) => {
             state.update(|s| {
                 s.state = State::Stopping;
                 s.detail = "saving the VM".into();

@@ -171,7 +171,9 @@ mod tests {
             "saved state of 300 MiB (saved in 2.7 s): `rmachine start m` resumes it, `rmachine stop --no-save m` discards it"
         );
         saved.damaged = Some("the saved state is damaged".into());
-        assert!(saved_line("m", &saved).contains("will not be resumed (the saved state is damaged)"));
+        assert!(
+            saved_line("m", &saved).contains("will not be resumed (the saved state is damaged)")
+        );
         let mut s = MachineState::stopped();
         s.start_kind = Some(StartKind::Resume);
         s.start_phases = vec![StartPhase::host("VM resumed", 700)];
