@@ -377,9 +377,9 @@ mod tests {
         save(&files, &header(), b"12345");
         assert_eq!(load(&files, &now(&s, &d)), Ok(Some(header())));
         assert_eq!(summary(&files).unwrap().size_bytes, 5);
-        assert_eq!(discard(&files).unwrap(), true);
+        assert!(discard(&files).unwrap());
         assert_eq!(load(&files, &now(&s, &d)), Ok(None));
-        assert_eq!(discard(&files).unwrap(), false);
+        assert!(!discard(&files).unwrap());
         assert!(summary(&files).is_none());
     }
 
