@@ -49,7 +49,9 @@ pub(crate) struct RunningVm {
     /// passt. They end when the VM disconnects, and are killed with the VM.
     pub daemons: Vec<Daemon>,
     /// The VM's devices as a saved state records them (QEMU's command line without the
-    /// parts of one start); `None` when unknown (a VM taken over, rmachine-vmm).
+    /// parts of one start); `None` when unknown (a VM taken over, rmachine-vmm). Read by
+    /// saves, which need QMP's unix socket.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub devices: Option<Vec<String>>,
 }
 
