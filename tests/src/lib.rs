@@ -182,6 +182,7 @@ impl Guest {
             shares: vec![],
             primary_mac: None,
             nics: vec![],
+            incoming: false,
         };
         let mut command = vm.command().expect("a QEMU command for this host");
         if std::env::var_os("RMACHINE_E2E_VERBOSE").is_some() {

@@ -1,10 +1,12 @@
-//! Machines benchmark: `rmachine start` to the engine answering `_ping` (cold boot),
+//! Machines benchmark: `rmachine start` to the engine answering `_ping` (cold boot), the
+//! same after `rmachine stop` saved the machine (resume, with the ratio to the cold boot),
 //! the Engine API round trip through the host agent's docker.sock against a direct
 //! forward of the guest's engine service, published-port throughput host → container
 //! against host loopback, and the host agent's RSS and CPU while idle.
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin machine`
-//! (BENCH_RUNS=5 starts, BENCH_IDLE_SECS=60, BENCH_MIB=128 per transfer).
+//! (BENCH_RUNS=5 starts of each kind, BENCH_IDLE_SECS=60, BENCH_MIB=128 per transfer;
+//! BENCH_RESUME_ONLY=1 stops after the cold boots and resumes).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -93,7 +95,16 @@ fn main() {
     rmachine_bench::build_rmachine();
     let env = MachineEnv::new();
     let runs = env_num("BENCH_RUNS", 5) as usize;
-    env.rmachine_ok(&["create", M, "--driver", "qemu", "--disk", "8G"]);
+    // No shared folder: QEMU 7.2 cannot save a VM with one (the resume part needs it).
+    env.rmachine_ok(&[
+        "create",
+        M,
+        "--driver",
+        "qemu",
+        "--disk",
+        "8G",
+        "--no-mounts",
+    ]);
 
     // 1. rmachine start → engine _ping, cold boots.
     let socket = env.home.join("machines").join(M).join("docker.sock");
@@ -117,8 +128,62 @@ fn main() {
             }
         }
         if i + 1 < runs {
-            env.rmachine_ok(&["stop", M]);
+            // A full shutdown: the next start boots cold.
+            env.rmachine_ok(&["stop", "--no-save", M]);
         }
+    }
+
+    // 1b. The same machine saved by `rmachine stop`, then `rmachine start` → engine
+    // _ping: resumes.
+    let mut saves = Vec::new();
+    let mut resumes = Vec::new();
+    let mut sizes = Vec::new();
+    let mut resume_ms = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        env.rmachine_ok(&["stop", M]);
+        saves.push(t.elapsed());
+        let stopped = env.state(M);
+        assert_eq!(stopped["last_stop"]["saved"], true, "not saved: {stopped}");
+        sizes.push(stopped["last_stop"]["size_bytes"].as_u64().unwrap_or(0));
+        let t = Instant::now();
+        env.rmachine_ok(&["start", M]);
+        ping(&socket).expect("engine _ping after the resume");
+        resumes.push(t.elapsed());
+        let state = env.state(M);
+        assert_eq!(state["start_kind"], "resume", "not resumed: {state}");
+        resume_ms.push(Duration::from_millis(
+            state["resume_ms"].as_u64().unwrap_or(0),
+        ));
+        eprintln!("save {i}: {:?}; resume {i}: {:?}", saves[i], resumes[i]);
+    }
+    let cold = median(starts.clone());
+    let resumed = median(resumes.clone());
+    let save_report = || {
+        report(
+            "rmachine start to engine _ping (resume of a saved machine)",
+            &secs(resumed),
+            &format!(
+                "{:.2}x the cold boot of the same machine; VM running again after {}",
+                resumed.as_secs_f64() / cold.as_secs_f64(),
+                secs(median(resume_ms.clone()))
+            ),
+        );
+        report(
+            "rmachine stop (save)",
+            &secs(median(saves.clone())),
+            &format!("state {} MiB", sizes.iter().max().unwrap_or(&0) >> 20),
+        );
+    };
+    if std::env::var_os("BENCH_RESUME_ONLY").is_some() {
+        env.rmachine_ok(&["stop", "--no-save", M]);
+        println!(
+            "# machines, backend qemu ({}), median of {runs}",
+            rmachine_machine::accel::choose().accel.as_str()
+        );
+        report("rmachine start to engine _ping (cold)", &secs(cold), "");
+        save_report();
+        return;
     }
 
     println!("start phases (median of {runs} starts; seconds since the host agent began):");
@@ -233,17 +298,14 @@ fn main() {
         }
         rss_after = now;
     }
-    env.rmachine_ok(&["stop", M]);
+    env.rmachine_ok(&["stop", "--no-save", M]);
 
     println!(
         "# machines, backend qemu ({}), median of {runs}",
         rmachine_machine::accel::choose().accel.as_str()
     );
-    report(
-        "rmachine start to engine _ping (cold)",
-        &secs(median(starts)),
-        "",
-    );
+    report("rmachine start to engine _ping (cold)", &secs(cold), "");
+    save_report();
     report(
         "GET /version via host agent docker.sock",
         &secs(via_agent),

@@ -170,6 +170,8 @@ export function renderMachines() {
       h('td', {}, h('button', { class: 'link', 'data-action': 'details', title: `Charts and shell of ${m.name}`, onclick: () => showMachine(m.name) }, h('strong', {}, m.name)), m.active ? h('span', { class: 'active-tag', title: 'the docker CLI uses this machine' }, 'active') : null),
       h('td', {}, stateBadge(state),
         detail ? h('div', { class: 'detail' }, detail) : null,
+        !p && m.state === 'stopped' && m.saved_state && !m.saved_state.damaged
+          ? h('div', { class: 'detail saved', title: 'Stop saved this machine: Start resumes it with its containers still running' }, 'saved: Start resumes it') : null,
         m.error ? h('div', { class: 'detail error' }, m.error) : null,
         ...(m.warnings || []).map((w) => h('div', { class: 'detail error', role: 'status' }, `⚠ ${w}`))),
       h('td', {}, m.driver || '–', m.backend && m.backend !== m.driver ? h('span', { class: 'muted' }, ` (${m.backend})`) : null,

@@ -72,8 +72,8 @@ async fn handle(
         HostAgentRequest::Status => HostAgentReply::Status {
             state: Box::new(state.snapshot()),
         },
-        HostAgentRequest::Stop => {
-            let _ = stop_tx.send(StopReason::Requested).await;
+        HostAgentRequest::Stop { save } => {
+            let _ = stop_tx.send(StopReason::Requested { save }).await;
             HostAgentReply::Stopping
         }
         HostAgentRequest::SyncTime => match state.snapshot().carrier {

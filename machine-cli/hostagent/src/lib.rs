@@ -27,7 +27,8 @@ use anyhow::{anyhow, bail, Context};
 use rmachine_machine::driver::{choose_backend, Backend, BackendChoice};
 use rmachine_machine::guest_link::{Carrier, ControlClient};
 use rmachine_machine::paths::Paths;
-use rmachine_machine::state::{MachineState, StartKind, State};
+use rmachine_machine::saved_state::{self, Refusal};
+use rmachine_machine::state::{MachineState, StartKind, State, StopReport};
 use rmachine_machine::store::{Machine, Store};
 use rmachine_machine::sys::local_socket::LocalListener;
 use rmachine_machine::sys::process::ProcessId;
@@ -74,8 +75,10 @@ impl SharedState {
 /// Why the host agent is winding down.
 #[derive(Debug)]
 pub(crate) enum StopReason {
-    /// `rmachine stop` or a signal.
-    Requested,
+    /// `rmachine stop` (`save`: save the VM where the backend can).
+    Requested { save: bool },
+    /// A signal (the host shutting down, a user's `kill`): a full shutdown.
+    Signal,
 }
 
 pub use networks::run_network_switch;
@@ -132,14 +135,7 @@ async fn run_async(name: &str) -> anyhow::Result<()> {
     match result {
         Ok(()) => {
             // What the last start was and took stays readable after the stop.
-            state.update(|s| {
-                let (image, kind) = (s.image.clone(), s.start_kind);
-                let phases = std::mem::take(&mut s.start_phases);
-                *s = MachineState::stopped();
-                s.image = image;
-                s.start_kind = kind;
-                s.start_phases = phases;
-            });
+            state.update(|s| *s = s.stopped_after(s.last_stop.clone()));
             tracing::info!("machine stopped");
             Ok(())
         }
@@ -204,6 +200,7 @@ async fn serve(
         boot,
         ping_ms,
         kind,
+        steps,
     }) = take_over_or_boot(machine, previous, &choice, state, stop_rx, ping_timeout).await?
     else {
         return Ok(());
@@ -213,17 +210,28 @@ async fn serve(
     let first_step = match kind {
         StartKind::Boot => "VM process started",
         StartKind::TakeOver => "took over the running VM",
+        StartKind::Resume => "QEMU started, waiting for the saved state",
     };
     phases.mark_at(first_step, phases.ms_at(boot));
+    for (name, at) in &steps {
+        phases.mark_at(name, phases.ms_at(*at));
+    }
     phases.mark("agent answered ping");
     // A first reading of the guest's clock, to measure its rate against the host's.
     let first_reading = guest_clock(&carrier).await.map(|uptime_s| phases::Anchor {
         uptime_s,
         at_ms: phases.now_ms(),
     });
-    // A guest whose clock could not be set still serves: say so and go on.
-    if let Err(e) = sync_time(&carrier).await {
-        tracing::warn!(error = %format!("{e:#}"), "cannot set the guest's clock");
+    // A guest whose clock could not be set still serves: say so and go on. A resumed
+    // guest's clock stood still while it was saved: this sets it to the host's.
+    match sync_time(&carrier).await {
+        Ok(offset_ns) => {
+            tracing::info!(offset_ms = offset_ns / 1_000_000, "guest clock set");
+            if kind == StartKind::Resume {
+                phases.mark("guest clock set from the host's");
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot set the guest's clock"),
     }
     state.update(|s| {
         s.ping_ms = Some(ping_ms);
@@ -311,9 +319,8 @@ async fn serve(
                     switches_lost.push(network);
                 }
             }
-            _ = stop_rx.recv() => {
-                state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
-                shutdown(&carrier, &mut vm).await;
+            reason = stop_rx.recv() => {
+                stop_vm(machine, choice.backend, &carrier, &mut vm, state, reason).await;
                 break Ok(());
             }
             // A helper daemon cannot be replaced under a running guest (the device's
@@ -431,7 +438,7 @@ pub(crate) fn mirror_ports(
 async fn forward_signals(stop_tx: mpsc::Sender<StopReason>) {
     rmachine_machine::sys::signal::stop_requested().await;
     tracing::info!("signal received: stopping");
-    let _ = stop_tx.send(StopReason::Requested).await;
+    let _ = stop_tx.send(StopReason::Signal).await;
 }
 
 fn vm_died(machine: &Machine, status: String) -> anyhow::Error {
@@ -444,7 +451,8 @@ fn vm_died(machine: &Machine, status: String) -> anyhow::Error {
     anyhow!("the VM exited unexpectedly ({status}); the console's last lines:\n{tail}")
 }
 
-/// The VM a start got: booted or taken over, when, and how long its agent took to answer.
+/// The VM a start got: booted, taken over or resumed, when, and how long its agent took
+/// to answer.
 struct Started {
     vm: launch::RunningVm,
     carrier: Arc<Carrier>,
@@ -452,6 +460,64 @@ struct Started {
     boot: Instant,
     ping_ms: u64,
     kind: StartKind,
+    /// The start's own steps before the agent answered (a resume's), and when.
+    steps: Vec<(String, Instant)>,
+}
+
+/// Stops the machine's VM for `reason`: saved when `rmachine stop` asks and the backend
+/// can (else, or when the save is refused, a clean shutdown); `state.last_stop` says which
+/// and why.
+async fn stop_vm(
+    machine: &Machine,
+    backend: Backend,
+    carrier: &Carrier,
+    vm: &mut launch::RunningVm,
+    state: &SharedState,
+    reason: Option<StopReason>,
+) {
+    let save = matches!(reason, Some(StopReason::Requested { save: true }));
+    let outcome = match (reason, backend) {
+        (Some(StopReason::Requested { save: false }), _) => {
+            launch::SaveOutcome::NotSaved("--no-save asks for a full shutdown".into())
+        }
+        (Some(StopReason::Signal) | None, _) => launch::SaveOutcome::NotSaved(
+            "the host agent was signalled to stop: a full shutdown".into(),
+        ),
+        (Some(StopReason::Requested { save: true }), Backend::Vmm) => {
+            launch::SaveOutcome::NotSaved("the vmm backend cannot save a machine yet".into())
+        }
+        (Some(StopReason::Requested { save: true }), Backend::Qemu) => {
+            state.update(|s| {
+                s.state = State::Stopping;
+                s.detail = "saving the VM".into();
+            });
+            let image = state.snapshot().image.unwrap_or_default();
+            launch::save_qemu(machine, vm, carrier, &image).await
+        }
+    };
+    let report = match outcome {
+        launch::SaveOutcome::Saved(report) => {
+            tracing::info!(size_bytes = ?report.size_bytes, flush_ms = ?report.flush_ms, save_ms = ?report.save_ms, "VM saved");
+            report
+        }
+        launch::SaveOutcome::NotSaved(reason) => {
+            if save {
+                tracing::warn!(%reason, "not saved: shutting the guest down");
+            }
+            state.update(|s| {
+                s.state = State::Stopping;
+                s.detail = "shutting down the guest".into();
+            });
+            shutdown(carrier, vm).await;
+            StopReport::shut_down(reason)
+        }
+        launch::SaveOutcome::Lost(reason) => {
+            tracing::error!(%reason, "save failed after the VM stopped");
+            vm.kill().await;
+            StopReport::shut_down(reason)
+        }
+    };
+    state.update(|s| s.last_stop = Some(report));
 }
 
 /// How long a VM taken over from a host agent that died may take to answer: it was
@@ -480,7 +546,7 @@ async fn take_over_or_boot(
             r = wait_ping(&carrier, TAKE_OVER_TIMEOUT) => match r {
                 Ok(ping_ms) => {
                     tracing::info!(ping_ms, vm = ?vm.vm.id(), helpers = vm.daemons.len(), "took over the running VM");
-                    return Ok(Some(Started { vm, carrier, boot: started, ping_ms, kind: StartKind::TakeOver }));
+                    return Ok(Some(Started { vm, carrier, boot: started, ping_ms, kind: StartKind::TakeOver, steps: Vec::new() }));
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "the running VM's agent does not answer: stopping it and booting again");
@@ -491,13 +557,35 @@ async fn take_over_or_boot(
             _ = stop_rx.recv() => { shutdown(&carrier, &mut vm).await; return Ok(None) }
         }
     }
+    // The VM `rmachine stop` saved, resumed; a saved state that cannot be is discarded,
+    // and the boot says why.
+    match resume_saved(machine, choice, state, stop_rx).await? {
+        Resume::Resumed(started) => return Ok(Some(started)),
+        Resume::StopAsked => return Ok(None),
+        Resume::Cold(Some(reason)) => {
+            tracing::warn!(%reason, "booting cold instead of resuming the saved state");
+            if let Err(e) = saved_state::discard(&machine.files) {
+                // A state that stays could be resumed after this boot wrote the data disk
+                // (its check would refuse it, but it is not left to that).
+                bail!(
+                    "cannot remove the saved state that is not resumed ({reason}): {e}; remove {} and start again",
+                    machine.files.saved_state().display()
+                );
+            }
+            state.update(|s| {
+                s.cold_boot_reason = Some(reason.clone());
+                s.detail = format!("booting cold: {reason}");
+            });
+        }
+        Resume::Cold(None) => {}
+    }
     // A VM that dies before its agent answers is booted once more: under software
     // emulation a guest has been seen to reset right as init started, leaving nothing on
     // the console. A second death is the machine's error, with the console's lines.
     let mut attempt = 1;
     loop {
         let mut vm = match choice.backend {
-            Backend::Qemu => launch::launch_qemu(machine, choice, state).await?,
+            Backend::Qemu => launch::launch_qemu(machine, choice, state, None).await?,
             Backend::Vmm => launch::launch_vmm(machine, state).await?,
         };
         let carrier = Arc::new(vm.carrier.clone());
@@ -512,7 +600,7 @@ async fn take_over_or_boot(
         let died = tokio::select! {
             r = wait_ping(&carrier, ping_timeout) => {
                 let ping_ms = r?;
-                return Ok(Some(Started { vm, carrier, boot, ping_ms, kind: StartKind::Boot }));
+                return Ok(Some(Started { vm, carrier, boot, ping_ms, kind: StartKind::Boot, steps: Vec::new() }));
             }
             status = vm.vm.wait() => vm_died(machine, status),
             _ = stop_rx.recv() => { vm.kill().await; return Ok(None) }
@@ -522,6 +610,93 @@ async fn take_over_or_boot(
         }
         tracing::warn!(error = %format!("{died:#}"), attempt, "the VM died before its agent answered; booting it again");
         attempt += 1;
+    }
+}
+
+/// What became of a machine's saved state at its start.
+enum Resume {
+    /// Resumed: the VM runs and its agent answered.
+    Resumed(Started),
+    /// A stop was asked for meanwhile (the new QEMU was killed; the state stays).
+    StopAsked,
+    /// Boot cold: there is no saved state, or why it was not resumed.
+    Cold(Option<String>),
+}
+
+/// How long a resumed VM's agent may take to answer: it was running when saved.
+const RESUME_PING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Resumes the machine's saved state when it has one that fits (see
+/// [`rmachine_machine::saved_state`]).
+async fn resume_saved(
+    machine: &Machine,
+    choice: &BackendChoice,
+    state: &SharedState,
+    stop_rx: &mut mpsc::Receiver<StopReason>,
+) -> anyhow::Result<Resume> {
+    let saved = match saved_state::read(&machine.files) {
+        Ok(None) => return Ok(Resume::Cold(None)),
+        Ok(Some(saved)) => saved,
+        Err(refusal) => return Ok(Resume::Cold(Some(refusal.to_string()))),
+    };
+    if choice.backend != Backend::Qemu {
+        let refusal = Refusal::Backend {
+            saved: saved.backend.clone(),
+            now: choice.backend.as_str().into(),
+        };
+        return Ok(Resume::Cold(Some(refusal.to_string())));
+    }
+    state.update(|s| {
+        s.detail = format!(
+            "resuming the saved VM ({} MiB)",
+            saved.state_size_bytes >> 20
+        )
+    });
+    let resume = async {
+        let resumed = launch::resume_qemu(machine, choice, state, &saved).await?;
+        let launch::Resumed {
+            mut vm,
+            started,
+            loaded,
+            running,
+            size_bytes,
+        } = resumed;
+        let carrier = Arc::new(vm.carrier.clone());
+        state.update(|s| {
+            vm.record(s);
+            s.resume_ms = Some(running.duration_since(started).as_millis() as u64);
+            s.detail = "resumed: waiting for the guest agent".into();
+        });
+        let ping_ms = match wait_ping(&carrier, RESUME_PING_TIMEOUT).await {
+            Ok(_) => started.elapsed().as_millis() as u64,
+            Err(e) => {
+                vm.kill().await;
+                return Err(e.context("the resumed VM's agent did not answer"));
+            }
+        };
+        let steps = vec![
+            (
+                format!("saved state loaded ({} MiB)", size_bytes >> 20),
+                loaded,
+            ),
+            ("VM resumed".to_string(), running),
+        ];
+        anyhow::Ok(Started {
+            vm,
+            carrier,
+            boot: started,
+            ping_ms,
+            kind: StartKind::Resume,
+            steps,
+        })
+    };
+    tokio::select! {
+        r = resume => Ok(match r {
+            Ok(started) => Resume::Resumed(started),
+            Err(e) => Resume::Cold(Some(format!("{e:#}"))),
+        }),
+        // The new QEMU is killed as the resume is dropped.
+        _ = stop_rx.recv() => Ok(Resume::StopAsked),
     }
 }
 

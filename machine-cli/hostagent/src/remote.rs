@@ -248,7 +248,7 @@ pub(crate) async fn serve(
         async move {
             rmachine_machine::sys::signal::stop_requested().await;
             tracing::info!("signal received: stopping");
-            let _ = stop_tx.send(StopReason::Requested).await;
+            let _ = stop_tx.send(StopReason::Requested { save: false }).await;
         }
     });
     let auth = Auth {

@@ -12,8 +12,13 @@ use crate::state::MachineState;
 pub enum HostAgentRequest {
     /// The machine's live state.
     Status,
-    /// Shut the guest down cleanly and exit.
-    Stop,
+    /// Stop the machine and exit: save the VM where the backend can and `save` asks
+    /// (the next start resumes it), else shut the guest down cleanly.
+    Stop {
+        /// Absent: a full shutdown (what a client older than saving meant).
+        #[serde(default)]
+        save: bool,
+    },
     /// Set the guest clock from the host's now.
     SyncTime,
 }
@@ -36,12 +41,18 @@ mod tests {
     fn test_requests_round_trip_and_reject_unknown() {
         for r in [
             HostAgentRequest::Status,
-            HostAgentRequest::Stop,
+            HostAgentRequest::Stop { save: true },
+            HostAgentRequest::Stop { save: false },
             HostAgentRequest::SyncTime,
         ] {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<HostAgentRequest>(&line).unwrap(), r);
         }
         assert!(serde_json::from_str::<HostAgentRequest>(r#"{"op":"format"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<HostAgentRequest>(r#"{"op":"stop"}"#).unwrap(),
+            HostAgentRequest::Stop { save: false },
+            "an older client's stop is a full shutdown"
+        );
     }
 }

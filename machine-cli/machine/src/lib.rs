@@ -18,6 +18,7 @@ pub mod network;
 pub mod paths;
 pub mod platform;
 pub mod qemu;
+pub mod saved_state;
 pub mod ssh;
 pub mod state;
 pub mod store;

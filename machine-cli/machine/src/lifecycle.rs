@@ -80,6 +80,8 @@ pub struct MachineSummary {
     pub engine_ready_ms: Option<u64>,
     /// Problems of a running machine that did not stop it (a shared folder's server exited).
     pub warnings: Vec<String>,
+    /// A stopped machine's saved state (its next start resumes it), if it has one.
+    pub saved_state: Option<crate::saved_state::SavedSummary>,
 }
 
 impl MachineSummary {
@@ -118,6 +120,7 @@ impl MachineSummary {
             started_at_unix: s.started_at_unix,
             engine_ready_ms: s.engine_ready_ms,
             warnings: s.warnings.clone(),
+            saved_state: crate::saved_state::summary(&machine.files),
         }
     }
 
@@ -149,6 +152,7 @@ impl MachineSummary {
             started_at_unix: None,
             engine_ready_ms: None,
             warnings: Vec::new(),
+            saved_state: None,
         }
     }
 }
@@ -602,33 +606,70 @@ impl Lifecycle {
                 "console_log": m.files.console_log(),
                 "hostagent_log": m.files.hostagent_log(),
                 "vmm_log": m.files.vmm_log(),
+                "saved_state": m.files.saved_state(),
+                "saved_header": m.files.saved_header(),
             },
+            "saved_state": crate::saved_state::summary(&m.files),
         }))
     }
 
-    /// Stops a machine cleanly, or at once with `force`. A stopped machine is left as is.
+    /// Stops a machine: saved where its driver can (`rmachine stop`), or at once with
+    /// `force` (never saved). A stopped machine is left as is.
     pub fn stop(&self, name: &str, force: bool) -> Result<Machine, LifecycleError> {
+        self.stop_with(
+            name,
+            if force {
+                StopMode::Force
+            } else {
+                StopMode::Save
+            },
+        )
+    }
+
+    /// Stops a machine the way `mode` says; the machine's `state.last_stop` then says
+    /// whether it was saved, and why not. [`StopMode::Shutdown`] also discards the saved
+    /// state of a machine that is already stopped (its next start boots cold).
+    pub fn stop_with(&self, name: &str, mode: StopMode) -> Result<Machine, LifecycleError> {
         let machine = self.store.load(name)?;
         if machine.state.state != State::Stopped {
             let d = driver::for_machine(&machine);
-            let _span = tracing::info_span!("stop", machine = name, force).entered();
-            if force {
-                d.kill(&machine)?;
-            } else {
-                d.stop(&machine)?;
+            let _span = tracing::info_span!("stop", machine = name, ?mode).entered();
+            match mode {
+                StopMode::Force => d.kill(&machine)?,
+                StopMode::Save => d.stop(&machine, true)?,
+                StopMode::Shutdown => d.stop(&machine, false)?,
             }
             tracing::info!("machine stopped");
+        }
+        if mode == StopMode::Shutdown {
+            self.discard_saved(name)?;
         }
         Ok(self.store.load(name)?)
     }
 
-    /// Stops (when not stopped) and starts a machine.
+    /// Removes a stopped machine's saved state, if it has one (its next start boots
+    /// cold); returns whether it had one.
+    pub fn discard_saved(&self, name: &str) -> Result<bool, LifecycleError> {
+        let machine = self.store.load(name)?;
+        let had = crate::saved_state::discard(&machine.files).map_err(|source| StoreError::Io {
+            what: "cannot remove the saved state in",
+            path: machine.files.dir().to_path_buf(),
+            source,
+        })?;
+        if had {
+            tracing::info!(machine = name, "saved state discarded");
+        }
+        Ok(had)
+    }
+
+    /// Stops (when not stopped, with a full shutdown: a restart boots afresh) and starts a
+    /// machine.
     pub fn restart(
         &self,
         name: &str,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Machine, LifecycleError> {
-        self.stop(name, false)?;
+        self.stop_with(name, StopMode::Shutdown)?;
         self.start(name, progress)
     }
 
@@ -774,6 +815,17 @@ impl Lifecycle {
             &defaults,
         )?)
     }
+}
+
+/// How [`Lifecycle::stop_with`] ends a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Save the VM where the driver can (the next start resumes it), else shut it down.
+    Save,
+    /// Shut the guest down cleanly and drop any saved state: the next start boots cold.
+    Shutdown,
+    /// Kill the VM and every process of the machine at once; never saved.
+    Force,
 }
 
 /// What [`Lifecycle::plan`] says of a machine not yet made.
@@ -928,6 +980,28 @@ mod tests {
         lc.remove("dev", false).unwrap();
         assert!(!docker_context::exists(lc.docker_config(), "rmachine-dev"));
         assert_eq!(lc.active_machine(), None);
+    }
+
+    #[test]
+    fn test_a_saved_state_is_listed_discarded_by_no_save_and_removed_with_the_machine() {
+        let (_d, lc) = lifecycle();
+        let m = lc.create("dev", &fake()).unwrap();
+        std::fs::write(m.files.saved_state(), b"state").unwrap();
+        std::fs::write(m.files.saved_header(), b"{ not a header").unwrap();
+        let row = lc.summary("dev").unwrap();
+        let saved = row.saved_state.expect("listed");
+        assert!(saved.damaged.unwrap().contains("damaged"));
+        assert!(lc.inspect("dev").unwrap()["saved_state"].is_object());
+        // A stopped machine: --no-save drops its state; a plain stop keeps it.
+        lc.stop_with("dev", StopMode::Save).unwrap();
+        assert!(m.files.saved_header().exists());
+        lc.stop_with("dev", StopMode::Shutdown).unwrap();
+        assert!(!m.files.saved_header().exists() && !m.files.saved_state().exists());
+        assert!(lc.summary("dev").unwrap().saved_state.is_none());
+        assert!(!lc.discard_saved("dev").unwrap(), "nothing left to discard");
+        std::fs::write(m.files.saved_state(), b"state").unwrap();
+        lc.remove("dev", false).unwrap();
+        assert!(!m.files.saved_state().exists(), "removed with the machine");
     }
 
     #[test]

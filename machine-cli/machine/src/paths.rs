@@ -215,6 +215,14 @@ impl MachinePaths {
     pub fn vsock_socket(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
+    /// The saved VM of a machine `rmachine stop` saved (see [`crate::saved_state`]).
+    pub fn saved_state(&self) -> PathBuf {
+        self.dir.join("saved.vmstate")
+    }
+    /// The saved state's header, written last (see [`crate::saved_state`]).
+    pub fn saved_header(&self) -> PathBuf {
+        self.dir.join("saved.json")
+    }
     /// QEMU's QMP socket.
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")

@@ -52,6 +52,9 @@ pub struct QemuVm {
     pub primary_mac: Option<String>,
     /// NICs on networks between machines: each a stream socket of a switch.
     pub nics: Vec<QemuNic>,
+    /// Start paused, waiting for a saved state (`-incoming defer`: QMP's
+    /// `migrate-incoming` then names it).
+    pub incoming: bool,
 }
 
 /// A NIC on a network between machines.
@@ -237,7 +240,22 @@ impl QemuVm {
         if let Some(pid) = &self.pid_file {
             a.pair("-pidfile", pid.display().to_string());
         }
+        if self.incoming {
+            a.pair("-incoming", "defer".into());
+        }
         Ok(a.0)
+    }
+
+    /// The VM's devices, for a saved state to be loaded only into the same: the arguments
+    /// without what differs from one start to the next (the guest link's host ports,
+    /// waiting for a saved state).
+    pub fn devices(&self) -> Result<Vec<String>, QemuError> {
+        let mut same = self.clone();
+        same.incoming = false;
+        for (host, _) in &mut same.forwards {
+            host.set_port(0);
+        }
+        same.args()
     }
 
     fn accel_arg(&self) -> String {
@@ -339,6 +357,7 @@ mod tests {
             shares: vec![],
             primary_mac: None,
             nics: vec![],
+            incoming: false,
         }
     }
 
@@ -583,6 +602,22 @@ mod tests {
         let args = v.args().unwrap();
         assert_eq!(value(&args, "-M"), "virt");
         assert_eq!(value(&args, "-cpu"), "max,pauth-impdef=on");
+    }
+
+    #[test]
+    fn test_incoming_waits_and_devices_ignore_the_ports_of_a_start() {
+        let mut v = vm();
+        assert!(!v.args().unwrap().iter().any(|a| a == "-incoming"));
+        let devices = v.devices().unwrap();
+        v.incoming = true;
+        assert_eq!(value(&v.args().unwrap(), "-incoming"), "defer");
+        v.forwards = vec![("127.0.0.1:42000".parse().unwrap(), 1024)];
+        assert_eq!(v.devices().unwrap(), devices, "same devices on other ports");
+        v.memory_mib = 4096;
+        assert_ne!(v.devices().unwrap(), devices);
+        let mut other_guest_port = vm();
+        other_guest_port.forwards = vec![("127.0.0.1:41000".parse().unwrap(), 1025)];
+        assert_ne!(other_guest_port.devices().unwrap(), devices);
     }
 
     #[test]

@@ -72,6 +72,38 @@ pub enum StartKind {
     Boot,
     /// A VM left running by a host agent that died was taken over.
     TakeOver,
+    /// The VM `rmachine stop` saved was resumed (its processes kept running).
+    Resume,
+}
+
+/// What the last `rmachine stop` did with the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopReport {
+    /// The VM was saved: the next start resumes it.
+    pub saved: bool,
+    /// Why it was not saved (asked for a full shutdown, or it could not be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The saved state's size, how long the guest took to flush its writes, and the save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_ms: Option<u64>,
+}
+
+impl StopReport {
+    /// A full shutdown, and why.
+    pub fn shut_down(reason: impl Into<String>) -> StopReport {
+        StopReport {
+            saved: false,
+            reason: Some(reason.into()),
+            size_bytes: None,
+            flush_ms: None,
+            save_ms: None,
+        }
+    }
 }
 
 /// Whose clock measured a [`StartPhase`].
@@ -140,6 +172,16 @@ pub struct MachineState {
     /// own, and the guest agent's placed on the host's clock.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub start_phases: Vec<StartPhase>,
+    /// A resume's time from its start to the VM running again (QEMU started, the saved
+    /// state loaded), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_ms: Option<u64>,
+    /// Why the last start booted cold although the machine had a saved state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_boot_reason: Option<String>,
+    /// What the last stop did: saved the VM, or shut it down and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stop: Option<StopReport>,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
     /// Problems of a running machine that do not stop it (a shared folder's server exited).
@@ -165,6 +207,9 @@ impl MachineState {
             engine_ready_ms: None,
             start_kind: None,
             start_phases: Vec::new(),
+            resume_ms: None,
+            cold_boot_reason: None,
+            last_stop: None,
             ports: Vec::new(),
             warnings: Vec::new(),
         }
@@ -183,6 +228,19 @@ impl MachineState {
             }),
             Err(_) => MachineState::stopped(),
         }
+    }
+
+    /// The state of a machine that stopped, keeping what its last start and stop were
+    /// (for `rmachine inspect` after the stop).
+    pub fn stopped_after(&self, stop: Option<StopReport>) -> MachineState {
+        let mut s = MachineState::stopped();
+        s.image = self.image.clone();
+        s.start_kind = self.start_kind;
+        s.start_phases = self.start_phases.clone();
+        s.resume_ms = self.resume_ms;
+        s.cold_boot_reason = self.cold_boot_reason.clone();
+        s.last_stop = stop;
+        s
     }
 
     /// Whether the recorded VM process still runs.

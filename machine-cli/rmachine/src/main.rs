@@ -19,11 +19,13 @@ struct Cli {
 enum Command {
     /// Create a machine (default: `default`) without starting it.
     Create(cmd::create::CreateArgs),
-    /// Start a machine, creating `default` when no name is given and none exists.
+    /// Start a machine, creating `default` when no name is given and none exists; a machine
+    /// `rmachine stop` saved is resumed (else it boots cold and says why).
     Start(cmd::start::StartArgs),
-    /// Stop a machine cleanly.
+    /// Stop a machine: saved where the driver can (the next start resumes it), else shut
+    /// down cleanly.
     Stop(cmd::stop::StopArgs),
-    /// Stop and start a machine.
+    /// Shut a machine down (not saved) and start it again.
     Restart(cmd::restart::RestartArgs),
     /// Remove machines with their data disks and docker contexts.
     #[command(alias = "remove")]

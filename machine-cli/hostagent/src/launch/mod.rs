@@ -3,6 +3,14 @@
 
 mod process;
 mod qemu;
+// Saving and resuming a VM: QEMU's QMP socket is a unix socket.
+#[cfg(unix)]
+mod qmp;
+#[cfg(unix)]
+mod saved;
+#[cfg(not(unix))]
+#[path = "saved_unsupported.rs"]
+mod saved;
 // Shared folders: virtiofsd runs on Linux only.
 #[cfg(target_os = "linux")]
 mod virtiofsd;
@@ -27,6 +35,7 @@ use rmachine_protocol::config_disk::{GuestConfig, Mount};
 
 pub(crate) use process::Proc;
 pub(crate) use qemu::launch_qemu;
+pub(crate) use saved::{resume_qemu, save_qemu, Resumed, SaveOutcome};
 pub(crate) use vmm::launch_vmm;
 
 /// Address of the host as containers see it under QEMU user networking, and under passt
@@ -39,6 +48,11 @@ pub(crate) struct RunningVm {
     /// The VM's helper daemons: one virtiofsd per shared folder and, under rmachine-vmm,
     /// passt. They end when the VM disconnects, and are killed with the VM.
     pub daemons: Vec<Daemon>,
+    /// The VM's devices as a saved state records them (QEMU's command line without the
+    /// parts of one start); `None` when unknown (a VM taken over, rmachine-vmm). Read by
+    /// saves, which need QMP's unix socket.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub devices: Option<Vec<String>>,
 }
 
 /// A helper process of the VM and what its death costs the user.
@@ -105,6 +119,7 @@ pub(crate) fn adoptable(machine: &Machine, previous: &MachineState) -> Option<Ru
         vm: Proc::Adopted(vm),
         carrier,
         daemons,
+        devices: None,
     })
 }
 

@@ -90,6 +90,7 @@ pub(crate) async fn launch_vmm(
         vm: Proc::child(child),
         carrier,
         daemons,
+        devices: None,
     };
     state.update(|s| {
         vm.record(s);

@@ -51,7 +51,7 @@ impl Driver for FakeDriver {
         write(machine, &s)
     }
 
-    fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
+    fn stop(&self, machine: &Machine, _save: bool) -> Result<(), MachineError> {
         self.set(machine, State::Stopped)
     }
 

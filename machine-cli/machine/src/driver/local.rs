@@ -13,7 +13,7 @@ use crate::config::DriverKind;
 use crate::guest_link::ControlClient;
 use crate::hostagent_api::{HostAgentReply, HostAgentRequest};
 use crate::platform::{Arch, Platform};
-use crate::state::{MachineState, State};
+use crate::state::{MachineState, State, StopReport};
 use crate::store::{is_hostagent, Machine};
 use crate::sys::local_socket;
 use crate::sys::process::{self, ProcessId};
@@ -21,8 +21,9 @@ use rmachine_protocol::control::Request;
 
 /// How long a start may take (software emulation is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(900);
-/// How long a clean stop may take before the VM is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a clean stop may take before the VM is killed: a save (the guest's flush and
+/// its memory written out) or a shutdown.
+const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// What runs the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -419,7 +420,7 @@ impl Driver for LocalDriver {
         start_hostagent(machine, progress, None)
     }
 
-    fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
+    fn stop(&self, machine: &Machine, save: bool) -> Result<(), MachineError> {
         let Some(hostagent) = machine
             .state
             .hostagent
@@ -430,7 +431,7 @@ impl Driver for LocalDriver {
             shutdown_orphan(machine);
             return self.kill(machine);
         };
-        match hostagent_call(machine, &HostAgentRequest::Stop) {
+        match hostagent_call(machine, &HostAgentRequest::Stop { save }) {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "host agent did not take the stop request; terminating it");
@@ -479,8 +480,12 @@ impl Driver for LocalDriver {
         ] {
             endpoint.remove_stale();
         }
-        let mut stopped = MachineState::stopped();
-        stopped.image = s.image;
+        let stopped = s.stopped_after(Some(
+            s.last_stop
+                .clone()
+                .filter(|_| s.state == State::Stopped)
+                .unwrap_or_else(|| StopReport::shut_down("the VM was stopped at once")),
+        ));
         let path = machine.files.state();
         stopped.write(&path).map_err(|source| MachineError::Io {
             what: "cannot write",

@@ -106,8 +106,10 @@ pub trait Driver: Send + Sync {
     /// Starts the machine and waits until its engine answers; `progress` hears each
     /// change of what it is doing.
     fn start(&self, machine: &Machine, progress: &mut dyn FnMut(&str)) -> Result<(), MachineError>;
-    /// Stops the machine cleanly (the engine shuts down, data is synced).
-    fn stop(&self, machine: &Machine) -> Result<(), MachineError>;
+    /// Stops the machine cleanly: with `save`, saved where its backend can (the next
+    /// start resumes it; `state.json`'s `last_stop` says whether it was and why not),
+    /// else shut down (the engine shuts down, data is synced).
+    fn stop(&self, machine: &Machine, save: bool) -> Result<(), MachineError>;
     /// Stops the machine at once.
     fn kill(&self, machine: &Machine) -> Result<(), MachineError>;
     /// Removes what the driver made outside the machine folder.

@@ -198,8 +198,9 @@ impl Driver for SshDriver {
         )
     }
 
-    fn stop(&self, machine: &Machine) -> Result<(), MachineError> {
-        LocalDriver::new(DriverKind::Ssh).stop(machine)
+    fn stop(&self, machine: &Machine, _save: bool) -> Result<(), MachineError> {
+        // Nothing to save: the engine runs on the ssh host, untouched.
+        LocalDriver::new(DriverKind::Ssh).stop(machine, false)
     }
 
     fn kill(&self, machine: &Machine) -> Result<(), MachineError> {

@@ -21,9 +21,18 @@ pub fn run(args: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The STATE column: a stopped machine with a saved state (the next start resumes it)
+/// reads `stopped (saved)`.
+fn state_text(r: &MachineSummary) -> String {
+    match &r.saved_state {
+        Some(saved) if r.state == "stopped" && saved.damaged.is_none() => "stopped (saved)".into(),
+        _ => r.state.clone(),
+    }
+}
+
 fn table(rows: &[MachineSummary]) -> String {
     let mut out = format!(
-        "{:<16} {:<9} {:<7} {:<6} {:>4} {:>8} {:>8}  {:<24} PORTS\n",
+        "{:<16} {:<15} {:<7} {:<6} {:>4} {:>8} {:>8}  {:<24} PORTS\n",
         "NAME", "STATE", "DRIVER", "ARCH", "CPUS", "MEMORY", "DISK", "DOCKER CONTEXT"
     );
     let dash = || "-".to_string();
@@ -40,9 +49,9 @@ fn table(rows: &[MachineSummary]) -> String {
             .map(|h| format!(" @ {h}"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:<16} {:<9} {:<7} {:<6} {:>4} {:>8} {:>8}  {:<24} {}\n",
+            "{:<16} {:<15} {:<7} {:<6} {:>4} {:>8} {:>8}  {:<24} {}\n",
             r.name,
-            r.state,
+            state_text(r),
             r.driver.as_deref().unwrap_or("-"),
             r.arch.as_deref().unwrap_or("-"),
             r.cpus.map(|c| c.to_string()).unwrap_or_else(dash),

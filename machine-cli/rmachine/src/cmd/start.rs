@@ -3,7 +3,7 @@
 
 use rmachine_machine::docker_context;
 use rmachine_machine::lifecycle::Lifecycle;
-use rmachine_machine::state::State;
+use rmachine_machine::state::{StartKind, State};
 
 use super::create::SettingsArgs;
 use super::DEFAULT_MACHINE;
@@ -52,11 +52,23 @@ pub fn started_message(machine: &rmachine_machine::store::Machine) -> String {
             machine.state.engine_ready_ms.unwrap_or(0) as f64 / 1000.0
         );
     }
+    let s = &machine.state;
+    let backend = s.backend.as_deref().unwrap_or("?");
+    let ready_s = s.engine_ready_ms.unwrap_or(0) as f64 / 1000.0;
+    if s.start_kind == Some(StartKind::Resume) {
+        return format!(
+            "machine {} is running, resumed from its saved state ({backend}; VM running again in {:.1} s, engine answering {ready_s:.1} s after the start)",
+            machine.name,
+            s.resume_ms.unwrap_or(0) as f64 / 1000.0
+        );
+    }
+    let cold = match &s.cold_boot_reason {
+        Some(reason) => format!("; booted cold, the saved state was not resumed: {reason}"),
+        None => String::new(),
+    };
     format!(
-        "machine {} is running ({}; engine ready {:.1} s after boot)",
+        "machine {} is running ({backend}; engine ready {ready_s:.1} s after boot{cold})",
         machine.name,
-        machine.state.backend.as_deref().unwrap_or("?"),
-        machine.state.engine_ready_ms.unwrap_or(0) as f64 / 1000.0
     )
 }
 

@@ -23,10 +23,22 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let m = super::load(&args.name)?;
     let s = &m.state;
     if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&s.redacted())?);
+        // state.json's fields, and the saved state the next start resumes (if any).
+        let mut json = s.redacted();
+        json["saved_state"] =
+            serde_json::to_value(rmachine_machine::saved_state::summary(&m.files))?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
-    println!("machine {}: {}", m.name, s.state.name());
+    let saved = rmachine_machine::saved_state::summary(&m.files);
+    match (&saved, &s.state) {
+        (Some(saved), State::Stopped) => println!(
+            "machine {}: stopped, {}",
+            m.name,
+            saved_line(&m.name, saved)
+        ),
+        _ => println!("machine {}: {}", m.name, s.state.name()),
+    }
     if let State::Error(reason) = &s.state {
         println!("error: {reason}");
     }
@@ -41,6 +53,25 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             "backend: {b} ({})",
             s.backend_reason.as_deref().unwrap_or("")
         );
+    }
+    match (s.start_kind, s.resume_ms) {
+        (Some(StartKind::Resume), Some(ms)) => println!(
+            "last start: resumed from the saved state (VM running again after {:.1} s)",
+            ms as f64 / 1000.0
+        ),
+        _ => {
+            if let Some(reason) = &s.cold_boot_reason {
+                println!("last start: booted cold, the saved state was not resumed: {reason}");
+            }
+        }
+    }
+    if let Some(stop) = s.last_stop.as_ref().filter(|_| s.state == State::Stopped) {
+        if !stop.saved {
+            println!(
+                "last stop: not saved ({})",
+                stop.reason.as_deref().unwrap_or("no reason recorded")
+            );
+        }
     }
     if let (Some(p), Some(e)) = (s.ping_ms, s.engine_ready_ms) {
         println!(
@@ -79,6 +110,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A saved state in one line: how big, when, and what the next start does.
+pub fn saved_line(name: &str, saved: &rmachine_machine::saved_state::SavedSummary) -> String {
+    match &saved.damaged {
+        Some(why) => format!(
+            "with a saved state that will not be resumed ({why}): the next start discards it and boots cold"
+        ),
+        None => format!(
+            "saved state of {} MiB (saved in {:.1} s): `rmachine start {name}` resumes it, `rmachine stop --no-save {name}` discards it",
+            saved.size_bytes >> 20,
+            saved.save_ms as f64 / 1000.0
+        ),
+    }
+}
+
 /// The last start's steps as a table: when each finished (seconds since the host agent
 /// began the start), how long after the step before, and whose clock saw it.
 fn phase_table(s: &MachineState) -> String {
@@ -87,6 +132,7 @@ fn phase_table(s: &MachineState) -> String {
     }
     let kind = match s.start_kind {
         Some(StartKind::TakeOver) => "took over the running VM",
+        Some(StartKind::Resume) => "resumed from the saved state",
         Some(StartKind::Boot) | None => "boot",
     };
     let mut out = format!("last start ({kind}):\n      at     step  clock  what\n");
@@ -111,6 +157,28 @@ fn phase_table(s: &MachineState) -> String {
 mod tests {
     use super::*;
     use rmachine_machine::state::StartPhase;
+
+    #[test]
+    fn test_saved_line_says_what_the_next_start_does() {
+        let mut saved = rmachine_machine::saved_state::SavedSummary {
+            saved_at_unix: 1,
+            size_bytes: 300 << 20,
+            save_ms: 2_700,
+            damaged: None,
+        };
+        assert_eq!(
+            saved_line("m", &saved),
+            "saved state of 300 MiB (saved in 2.7 s): `rmachine start m` resumes it, `rmachine stop --no-save m` discards it"
+        );
+        saved.damaged = Some("the saved state is damaged".into());
+        assert!(
+            saved_line("m", &saved).contains("will not be resumed (the saved state is damaged)")
+        );
+        let mut s = MachineState::stopped();
+        s.start_kind = Some(StartKind::Resume);
+        s.start_phases = vec![StartPhase::host("VM resumed", 700)];
+        assert!(phase_table(&s).starts_with("last start (resumed from the saved state):"));
+    }
 
     #[test]
     fn test_phase_table_shows_each_step_and_its_share() {
