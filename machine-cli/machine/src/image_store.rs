@@ -328,10 +328,13 @@ struct Checked {
 
 impl Checked {
     fn of(artifact: &Artifact, dir: &Path) -> Option<Checked> {
-        let meta = std::fs::metadata(dir.join(&artifact.file)).ok()?;
+        // The file itself, whatever links lead to it: homes that link one images folder
+        // (the test environments do) share one record instead of overwriting each other's.
+        let path = std::fs::canonicalize(dir.join(&artifact.file)).ok()?;
+        let meta = std::fs::metadata(&path).ok()?;
         let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH);
         Some(Checked {
-            file: dir.join(&artifact.file).display().to_string(),
+            file: path.display().to_string(),
             sha256: artifact.sha256.clone(),
             len: meta.len(),
             modified_ns: modified.ok()?.as_nanos(),
@@ -551,6 +554,36 @@ mod tests {
         // A missing file is never taken as unchanged.
         std::fs::remove_file(&rootfs).unwrap();
         assert!(verify_unless_unchanged(&m, &image, &seen).is_err());
+    }
+
+    /// Homes whose images folder is a link to one folder share the record: a check made
+    /// through one link spares the others the hashing.
+    #[cfg(unix)]
+    #[test]
+    fn test_linked_image_folders_share_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("h"), dir.path().join("c"));
+        let m = fake_image(&paths, "0.1.0-abc");
+        let image = paths.image_dir("0.1.0-abc");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::os::unix::fs::symlink(&image, &a).unwrap();
+        std::os::unix::fs::symlink(&image, &b).unwrap();
+        let seen = dir.path().join("seen");
+        verify_unless_unchanged(&m, &a, &seen).unwrap();
+        let recorded = std::fs::read(seen.join("0.1.0-abc.json")).unwrap();
+        // Content changed behind the metadata's back (same size, the old time put back):
+        // taken from the record through the other link, so not hashed again.
+        let rootfs = image.join(files::ROOTFS);
+        let time = std::fs::metadata(&rootfs).unwrap().modified().unwrap();
+        std::fs::write(&rootfs, b"ROOTFS").unwrap();
+        let file = std::fs::File::options().write(true).open(&rootfs).unwrap();
+        file.set_modified(time).unwrap();
+        drop(file);
+        verify_unless_unchanged(&m, &b, &seen).unwrap();
+        assert_eq!(
+            std::fs::read(seen.join("0.1.0-abc.json")).unwrap(),
+            recorded
+        );
     }
 
     #[test]
