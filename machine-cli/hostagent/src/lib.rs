@@ -10,8 +10,15 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod host_disk;
 mod launch;
 mod phases;
+// QEMU's machine protocol: a unix socket.
+#[cfg(unix)]
+mod qmp;
+#[cfg(not(unix))]
+#[path = "qmp_unsupported.rs"]
+mod qmp;
 mod remote;
 // Networks between machines: their switches run on unix sockets.
 #[cfg(unix)]
@@ -210,6 +217,11 @@ async fn serve(
     };
     tracing::info!(ping_ms, "agent answered ping");
     state.update(|s| s.start_kind = Some(kind));
+    // QEMU's events from now on: a full host disk pauses the VM, said and undone here.
+    let mut disk_monitor = match choice.backend {
+        Backend::Qemu => host_disk::Monitor::start(machine, state).await,
+        Backend::Vmm => host_disk::Monitor::none(machine),
+    };
     let first_step = match kind {
         StartKind::Boot => "VM process started",
         StartKind::TakeOver => "took over the running VM",
@@ -280,10 +292,14 @@ async fn serve(
         }
     }
 
+    // A VM paused for lack of host space meanwhile stays `paused` until it continues.
+    let paused = disk_monitor.paused();
     state.update(|s| {
-        s.state = State::Running;
+        if !paused {
+            s.state = State::Running;
+            s.detail.clear();
+        }
         s.engine_ready_ms = Some(engine_ms);
-        s.detail.clear();
     });
     tracing::info!(endpoint = %docker_endpoint, "machine running");
 
@@ -291,9 +307,12 @@ async fn serve(
     let networks = networks::attach(machine, &paths)?;
     let mut switch_check = tokio::time::interval(SWITCH_CHECK);
     let mut switches_lost: Vec<String> = Vec::new();
+    let mut space_check = tokio::time::interval(host_disk::CHECK_INTERVAL);
     let result = loop {
         tokio::select! {
             status = vm.vm.wait() => break Err(vm_died(machine, status)),
+            event = disk_monitor.next_event() => disk_monitor.on_event(event, state),
+            _ = space_check.tick(), if disk_monitor.paused() => disk_monitor.try_resume().await,
             // A network's switch that died: this machine's NIC on it stays down until it
             // restarts (QEMU cannot reconnect a stream netdev), and it says so; the next
             // member to start starts the switch again.
@@ -312,6 +331,13 @@ async fn serve(
                 }
             }
             _ = stop_rx.recv() => {
+                if disk_monitor.paused() {
+                    // A paused guest cannot shut down: its disk writes wait for space.
+                    tracing::warn!("stop asked while the VM is paused for lack of host disk space: killing it (the writes it was making are lost; its filesystem's journal keeps the data disk consistent)");
+                    state.update(|s| { s.state = State::Stopping; s.detail = "killing the paused VM".into(); });
+                    vm.kill().await;
+                    break Ok(());
+                }
                 state.update(|s| { s.state = State::Stopping; s.detail = "shutting down the guest".into(); });
                 shutdown(&carrier, &mut vm).await;
                 break Ok(());
@@ -329,6 +355,7 @@ async fn serve(
             }
         }
     };
+    disk_monitor.release();
     ports_shutdown.cancel();
     let _ = ports_task.await;
     engine_task.abort();

@@ -219,6 +219,11 @@ impl MachinePaths {
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
+    /// Space the host agent holds on the machine's filesystem while it runs, and lets go
+    /// of when that filesystem fills up, so `state.json` can still say so.
+    pub fn space_reserve(&self) -> PathBuf {
+        self.dir.join("space.reserve")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }

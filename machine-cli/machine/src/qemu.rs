@@ -164,7 +164,15 @@ impl QemuVm {
         ];
         let mut bus = Buses::new(self.arch);
         for (id, path, read_only) in disks {
-            let ro = if read_only { ",readonly=on" } else { "" };
+            // A write the host cannot make for lack of space pauses the VM (the request
+            // waits, retried when it continues) instead of failing in the guest; other
+            // errors reach the guest. QEMU's defaults, stated: the host agent relies on
+            // the pause (hostagent's host_disk.rs).
+            let ro = if read_only {
+                ",readonly=on"
+            } else {
+                ",werror=enospc,rerror=report"
+            };
             a.pair(
                 "-drive",
                 format!(
@@ -385,6 +393,10 @@ mod tests {
         assert!(
             joined.contains("file=/m/data,,1.img"),
             "commas must be doubled: {joined}"
+        );
+        assert!(
+            joined.contains("discard=unmap,werror=enospc,rerror=report"),
+            "a full host disk pauses the VM: {joined}"
         );
         assert!(
             joined.contains("hostfwd=tcp:127.0.0.1:41000-:1024"),
