@@ -211,9 +211,15 @@ impl MachinePaths {
     pub fn vmm_socket(&self) -> PathBuf {
         self.dir.join("vmm.sock")
     }
-    /// rmachine-vmm's hybrid vsock socket.
+    /// rmachine-vmm's hybrid vsock socket, in a folder of its own: a jailed VMM sees that
+    /// folder (where guest connections to the host go, `vsock.sock_PORT`), nothing else of
+    /// the machine's.
     pub fn vsock_socket(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+        self.vsock_dir().join("vsock.sock")
+    }
+    /// The folder of [`MachinePaths::vsock_socket`].
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.dir.join("vsock")
     }
     /// QEMU's QMP socket.
     pub fn qmp_socket(&self) -> PathBuf {
