@@ -3,8 +3,10 @@
 //! volume, each synced and its checksum recorded. The VM pauses instead of failing the
 //! guest's writes; `rmachine status` and `ls` say `paused`, naming the full file and how
 //! the machine resumes; once the ballast is gone the machine continues by itself, the
-//! container finishes, every recorded chunk reads back with its checksum, and after a
-//! clean stop `e2fsck -fn` finds the data disk's filesystem clean.
+//! container finishes and every recorded chunk reads back with its checksum. Filled
+//! again, the paused machine is stopped: at once, nothing left running, and the next boot
+//! still verifies every recorded chunk. After a clean stop `e2fsck -fn` finds the data
+//! disk's filesystem clean.
 //!
 //! Mounting the tmpfs needs root (CAP_SYS_ADMIN): without it the test says why and
 //! skips, or fails when `REQUIRE_ROOT=1` (CI sets it). The mount is undone in every path
@@ -262,6 +264,70 @@ fn test_host_disk_full_pauses_and_resumes_losing_nothing() {
         lines,
         ["done", &CHUNKS.to_string(), &CHUNKS.to_string()],
         "{check}"
+    );
+
+    // Full again, and this time stopped while paused: the VM is killed at once (a paused
+    // guest cannot shut down), nothing is left running, and the next boot finds every
+    // write that completed before (the ones that waited are lost, never half-made).
+    let free_mib = free_bytes(&t.mount) >> 20;
+    ballast(&ballast_path, free_mib.saturating_sub(HEADROOM_MIB));
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "writer2",
+        "-v",
+        "fillvol:/data",
+        IMG,
+        "sh",
+        "-c",
+        &script
+            .replace("/data/c$i", "/data/d$i")
+            .replace("md5sum c$i", "md5sum d$i"),
+    ]);
+    wait_until("paused again", Duration::from_secs(180), || {
+        let m = env.listed(M);
+        (m["state"] == "paused").then_some(()).ok_or(m.to_string())
+    });
+    let stopping = Instant::now();
+    env.rmachine_ok(&["stop", M]);
+    eprintln!("stopped while paused in {:?}", stopping.elapsed());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "stop of a paused machine took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(env.listed(M)["state"], "stopped");
+    assert!(
+        env.hostagent_log(M)
+            .contains("stop asked while the VM is paused"),
+        "{}",
+        env.hostagent_log(M)
+    );
+    wait_until(
+        "no process holding the machine's folder",
+        Duration::from_secs(15),
+        || {
+            let left = holders(&t.mount);
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        },
+    );
+    std::fs::remove_file(&ballast_path).unwrap();
+    env.rmachine_ok(&["start", M]);
+    let check = env.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "fillvol:/data",
+        IMG,
+        "sh",
+        "-c",
+        "cd /data && wc -l < sums && md5sum -c sums | grep -c ': OK$'",
+    ]);
+    let lines: Vec<&str> = check.split_whitespace().collect();
+    assert!(
+        lines.len() == 2 && lines[0] == lines[1] && lines[0].parse::<u32>().unwrap() > CHUNKS,
+        "every recorded chunk (the first writer's {CHUNKS} and the second's before the stop) verifies: {check}"
     );
 
     // A clean stop, then the data disk's filesystem checked: clean.
