@@ -178,6 +178,7 @@ impl Guest {
             forwards,
             vsock_cid: None,
             qmp_socket: None,
+            qmp_events_socket: None,
             pid_file: None,
             shares: vec![],
             primary_mac: None,

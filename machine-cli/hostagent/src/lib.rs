@@ -10,8 +10,15 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod host_disk;
 mod launch;
 mod phases;
+// QEMU's machine protocol: a unix socket.
+#[cfg(unix)]
+mod qmp;
+#[cfg(not(unix))]
+#[path = "qmp_unsupported.rs"]
+mod qmp;
 mod remote;
 // Networks between machines: their switches run on unix sockets.
 #[cfg(unix)]
@@ -207,6 +214,11 @@ async fn serve(
     };
     tracing::info!(ping_ms, "agent answered ping");
     state.update(|s| s.start_kind = Some(kind));
+    // QEMU's events from now on: a full host disk pauses the VM, said and undone here.
+    let mut disk_monitor = match choice.backend {
+        Backend::Qemu => host_disk::Monitor::start(machine, state).await,
+        Backend::Vmm => host_disk::Monitor::none(machine),
+    };
     let first_step = match kind {
         StartKind::Boot => "VM process started",
         StartKind::TakeOver => "took over the running VM",
@@ -288,10 +300,14 @@ async fn serve(
         }
     }
 
+    // A VM paused for lack of host space meanwhile stays `paused` until it continues.
+    let paused = disk_monitor.paused();
     state.update(|s| {
-        s.state = State::Running;
+        if !paused {
+            s.state = State::Running;
+            s.detail.clear();
+        }
         s.engine_ready_ms = Some(engine_ms);
-        s.detail.clear();
     });
     tracing::info!(endpoint = %docker_endpoint, "machine running");
 
@@ -299,9 +315,12 @@ async fn serve(
     let networks = networks::attach(machine, &paths)?;
     let mut switch_check = tokio::time::interval(SWITCH_CHECK);
     let mut switches_lost: Vec<String> = Vec::new();
+    let mut space_check = tokio::time::interval(host_disk::CHECK_INTERVAL);
     let result = loop {
         tokio::select! {
             status = vm.vm.wait() => break Err(vm_died(machine, status)),
+            event = disk_monitor.next_event() => disk_monitor.on_event(event, state),
+            _ = space_check.tick(), if disk_monitor.paused() => disk_monitor.try_resume().await,
             // A network's switch that died: this machine's NIC on it stays down until it
             // restarts (QEMU cannot reconnect a stream netdev), and it says so; the next
             // member to start starts the switch again.
@@ -320,6 +339,14 @@ async fn serve(
                 }
             }
             reason = stop_rx.recv() => {
+                if disk_monitor.paused() {
+                    // A paused guest can neither shut down nor be saved: its disk writes
+                    // wait for space.
+                    tracing::warn!("stop asked while the VM is paused for lack of host disk space: killing it (the writes it was making are lost; its filesystem's journal keeps the data disk consistent)");
+                    state.update(|s| { s.state = State::Stopping; s.detail = "killing the paused VM".into(); });
+                    vm.kill().await;
+                    break Ok(());
+                }
                 stop_vm(machine, choice.backend, &carrier, &mut vm, state, reason).await;
                 break Ok(());
             }
@@ -336,6 +363,7 @@ async fn serve(
             }
         }
     };
+    disk_monitor.release();
     ports_shutdown.cancel();
     let _ = ports_task.await;
     engine_task.abort();

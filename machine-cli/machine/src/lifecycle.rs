@@ -52,9 +52,10 @@ pub enum LifecycleError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MachineSummary {
     pub name: String,
-    /// `stopped`, `starting`, `running`, `stopping`, `error`, …
+    /// `stopped`, `starting`, `running`, `paused`, `stopping`, `error`, …
     pub state: String,
-    /// Why the machine is in the error state, or why it could not be loaded.
+    /// Why the machine is in the error state (or paused, with how it resumes), or why it
+    /// could not be loaded.
     pub error: Option<String>,
     /// What the host agent is doing (progress of a start).
     pub detail: String,
@@ -100,7 +101,7 @@ impl MachineSummary {
             name: machine.name.clone(),
             state: s.state.name().to_string(),
             error: match &s.state {
-                State::Error(r) => Some(r.clone()),
+                State::Error(r) | State::Paused(r) => Some(r.clone()),
                 _ => None,
             },
             detail: s.detail.clone(),

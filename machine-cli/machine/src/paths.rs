@@ -211,9 +211,15 @@ impl MachinePaths {
     pub fn vmm_socket(&self) -> PathBuf {
         self.dir.join("vmm.sock")
     }
-    /// rmachine-vmm's hybrid vsock socket.
+    /// rmachine-vmm's hybrid vsock socket, in a folder of its own: a jailed VMM sees that
+    /// folder (where guest connections to the host go, `vsock.sock_PORT`), nothing else of
+    /// the machine's.
     pub fn vsock_socket(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+        self.vsock_dir().join("vsock.sock")
+    }
+    /// The folder of [`MachinePaths::vsock_socket`].
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.dir.join("vsock")
     }
     /// The saved VM of a machine `rmachine stop` saved (see [`crate::saved_state`]).
     pub fn saved_state(&self) -> PathBuf {
@@ -223,9 +229,18 @@ impl MachinePaths {
     pub fn saved_header(&self) -> PathBuf {
         self.dir.join("saved.json")
     }
-    /// QEMU's QMP socket.
+    /// QEMU's QMP socket for commands.
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+    /// QEMU's QMP socket the host agent holds open for its events.
+    pub fn qmp_events_socket(&self) -> PathBuf {
+        self.dir.join("qmp-events.sock")
+    }
+    /// Space the host agent holds on the machine's filesystem while it runs, and lets go
+    /// of when that filesystem fills up, so `state.json` can still say so.
+    pub fn space_reserve(&self) -> PathBuf {
+        self.dir.join("space.reserve")
     }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")

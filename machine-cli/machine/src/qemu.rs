@@ -42,8 +42,11 @@ pub struct QemuVm {
     pub forwards: Vec<(SocketAddr, u16)>,
     /// AF_VSOCK guest CID through the host's vhost-vsock, when available.
     pub vsock_cid: Option<u32>,
-    /// QEMU's QMP control socket.
+    /// QEMU's QMP control socket (commands: a save, a resume).
     pub qmp_socket: Option<PathBuf>,
+    /// A second QMP socket, held open for QEMU's events (a full host disk). A QMP socket
+    /// serves one client at a time: one held open would keep every other command out.
+    pub qmp_events_socket: Option<PathBuf>,
     /// QEMU's pid file.
     pub pid_file: Option<PathBuf>,
     /// Shared folders: vhost-user-fs devices fed by virtiofsd over these sockets.
@@ -167,7 +170,15 @@ impl QemuVm {
         ];
         let mut bus = Buses::new(self.arch);
         for (id, path, read_only) in disks {
-            let ro = if read_only { ",readonly=on" } else { "" };
+            // A write the host cannot make for lack of space pauses the VM (the request
+            // waits, retried when it continues) instead of failing in the guest; other
+            // errors reach the guest. QEMU's defaults, stated: the host agent relies on
+            // the pause (hostagent's host_disk.rs).
+            let ro = if read_only {
+                ",readonly=on"
+            } else {
+                ",werror=enospc,rerror=report"
+            };
             a.pair(
                 "-drive",
                 format!(
@@ -234,7 +245,10 @@ impl QemuVm {
                 bus.pin(format!("vhost-vsock-device,guest-cid={cid}")),
             );
         }
-        if let Some(qmp) = &self.qmp_socket {
+        for qmp in [&self.qmp_socket, &self.qmp_events_socket]
+            .into_iter()
+            .flatten()
+        {
             a.pair("-qmp", format!("unix:{},server=on,wait=off", escape(qmp)));
         }
         if let Some(pid) = &self.pid_file {
@@ -353,6 +367,7 @@ mod tests {
             forwards: vec![("127.0.0.1:41000".parse().unwrap(), 1024)],
             vsock_cid: None,
             qmp_socket: None,
+            qmp_events_socket: None,
             pid_file: None,
             shares: vec![],
             primary_mac: None,
@@ -404,6 +419,10 @@ mod tests {
         assert!(
             joined.contains("file=/m/data,,1.img"),
             "commas must be doubled: {joined}"
+        );
+        assert!(
+            joined.contains("discard=unmap,werror=enospc,rerror=report"),
+            "a full host disk pauses the VM: {joined}"
         );
         assert!(
             joined.contains("hostfwd=tcp:127.0.0.1:41000-:1024"),
@@ -481,9 +500,24 @@ mod tests {
             },
         ];
         v.qmp_socket = Some("/m/qmp.sock".into());
+        v.qmp_events_socket = Some("/m/qmp-events.sock".into());
         let cmd = v.command().unwrap();
         assert_eq!(cmd.get_program(), "qemu-system-aarch64");
         let args = v.args().unwrap();
+        // Two QMP monitors: one for commands, one held open for events.
+        let monitors: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "-qmp")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            monitors,
+            [
+                "unix:/m/qmp.sock,server=on,wait=off",
+                "unix:/m/qmp-events.sock,server=on,wait=off"
+            ]
+        );
         assert_eq!(value(&args, "-M"), "virt,memory-backend=mem");
         assert_eq!(value(&args, "-accel"), "tcg", "arm64 keeps MTTCG");
         assert_eq!(value(&args, "-cpu"), "max,pauth-impdef=on");

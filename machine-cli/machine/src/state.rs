@@ -19,6 +19,10 @@ pub enum State {
     Starting,
     Running,
     Stopping,
+    /// The VM is paused by something outside it, which the reason names with how it
+    /// resumes (the host disk holding its data disk is full): the host agent runs and
+    /// resumes it, nothing is lost meanwhile.
+    Paused(String),
     /// Something failed; the reason says what (for a dead VM, the console's last lines).
     Error(String),
     /// The state cannot be known (an unreachable host).
@@ -33,6 +37,7 @@ impl State {
             State::Starting => "starting",
             State::Running => "running",
             State::Stopping => "stopping",
+            State::Paused(_) => "paused",
             State::Error(_) => "error",
             State::Unknown => "unknown",
         }
@@ -40,7 +45,10 @@ impl State {
 
     /// Whether a host agent process should be alive in this state.
     pub fn has_hostagent(&self) -> bool {
-        matches!(self, State::Starting | State::Running | State::Stopping)
+        matches!(
+            self,
+            State::Starting | State::Running | State::Paused(_) | State::Stopping
+        )
     }
 }
 
@@ -301,6 +309,20 @@ mod tests {
         s.write(&path).unwrap();
         assert_eq!(MachineState::read(&path), s);
         assert_eq!(s.redacted()["carrier"]["token"], "(hidden)");
+    }
+
+    #[test]
+    fn test_paused_round_trips_with_its_reason_and_keeps_the_host_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = MachineState::stopped();
+        s.state = State::Paused("the host disk is full".into());
+        s.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""state": "paused""#), "{text}");
+        assert_eq!(MachineState::read(&path), s);
+        assert_eq!(s.state.name(), "paused");
+        assert!(s.state.has_hostagent());
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub struct VmmConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extra_nets: Vec<Net>,
     pub api_socket: PathBuf,
+    /// Run confined: as this user, in namespaces of its own, seeing only its files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jail: Option<Jail>,
+}
+
+/// Who a jailed rmachine-vmm runs as (its `jail` module says what it sees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Jail {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -167,6 +177,7 @@ mod tests {
                 mac: "02:72:6d:01:02:03".into(),
             }],
             api_socket: p("vmm.sock"),
+            jail: None,
         };
         (dir, cfg, listeners)
     }
@@ -213,6 +224,21 @@ mod tests {
             parsed.cpu.as_ref().map(|c| c.disable_features.clone()),
             Some(vec!["tsc_deadline_timer".to_string()])
         );
+    }
+
+    #[test]
+    fn test_jailed_document_is_accepted_by_the_vmm_parser() {
+        let (_dir, mut cfg, _l) = config(None, None);
+        cfg.jail = Some(Jail {
+            uid: 1_900_000_123,
+            gid: 1_900_000_123,
+        });
+        let parsed = vmm::config::VmConfig::from_json(&cfg.to_json()).unwrap();
+        parsed.validate_with_host_memory(Some(1 << 40)).unwrap();
+        let jail = parsed.jail.expect("a jail");
+        assert_eq!((jail.uid, jail.gid), (1_900_000_123, 1_900_000_123));
+        cfg.jail = None;
+        assert!(!cfg.to_json().contains("jail"));
     }
 
     #[test]

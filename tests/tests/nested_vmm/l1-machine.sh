@@ -31,6 +31,8 @@ mkdir -p /root "$SHARE"
 echo "hello from L1" > "$SHARE/hello.txt"
 # The image's root filesystem is L1's disk rm-root (the same bytes as the host's file).
 ln -s /dev/rm-root "$RMACHINE_HOME/images/$IMAGE_VERSION/rootfs.erofs"
+# The jailed VMM opens it as its own user: readable by all, as the image's file is on a host.
+chmod 0644 "$(readlink -f /dev/rm-root)"
 
 echo "NESTED L1 rmachine create uptime=$(up)"
 rmachine create nested --driver vmm --cpus 1 --memory "$L2_MEMORY_MIB" --disk 4G --mount "$SHARE" \
@@ -39,11 +41,25 @@ echo "NESTED L1 rmachine start uptime=$(up)"
 rmachine start nested --no-use </dev/null || { show_logs; fail "rmachine start nested"; }
 echo "NESTED L1 machine running uptime=$(up)"
 rmachine status nested | sed 's/^/NESTED STATUS /'
+# The VMM runs jailed (the host agent's default as root): the host agent says so, and both
+# of its processes (the jail's parent and the VMM, PID 1 of its own PID namespace) run as
+# an unprivileged user in mount and network namespaces other than L1's.
+grep -q "rmachine-vmm runs jailed" "$M/hostagent.log" || { show_logs; fail "the host agent did not run the VMM jailed"; }
+VMM_PIDS=$(pidof rmachine-vmm)
+[ -n "$VMM_PIDS" ] || { show_logs; fail "no rmachine-vmm process"; }
+for P in $VMM_PIDS; do
+  U=$(awk '/^Uid:/ {print $3}' "/proc/$P/status")
+  [ "$U" != 0 ] || fail "rmachine-vmm $P runs as root"
+  for NS in mnt net pid_for_children; do
+    [ "$(readlink "/proc/$P/ns/$NS")" != "$(readlink "/proc/1/ns/$NS")" ] || fail "rmachine-vmm $P shares L1's $NS namespace"
+  done
+  echo "NESTED L1 rmachine-vmm $P jailed: uid $U, mnt $(readlink "/proc/$P/ns/mnt"), net $(readlink "/proc/$P/ns/net")"
+done
 # The guest's address comes from passt's DHCP server (L1 has no route, so passt runs in its
 # local mode and offers a link-local address rather than 10.0.2.15).
 IP=$(rmachine ip nested 2>&1) || { show_logs; fail "rmachine ip: $IP"; }
 echo "NESTED L1 guest address from passt: $IP"
-rmachine-nested-client --uds "$M/vsock.sock" --timeout-s "$CLIENT_TIMEOUT_S" --share-dir "$SHARE" \
+rmachine-nested-client --uds "$M/vsock/vsock.sock" --timeout-s "$CLIENT_TIMEOUT_S" --share-dir "$SHARE" \
   --docker-sock "$M/docker.sock" --publish-port 18080 --vmm-api "$M/vmm.sock" --no-shutdown || { show_logs; fail "the client failed (see its NESTED CLIENT FAIL line)"; }
 grep -q "passt started" "$M/hostagent.log" || { show_logs; fail "the host agent did not start passt"; }
 # The exec service over vsock: a command's output and exit status, and `rmachine cp`.

@@ -75,11 +75,27 @@ pub(crate) async fn daemon_exited(daemons: &mut Vec<Daemon>) -> (Daemon, String)
     }
 }
 
+/// How long the helpers of a killed VM may take to end by themselves.
+const HELPERS_END: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RunningVm {
+    /// Kills the VM, then its helpers once they ended by themselves (they do when their
+    /// VM is gone) or after [`HELPERS_END`]. Killed outright, virtiofsd's sandboxed child
+    /// outlives it for a moment, holding the pid file the next start's virtiofsd needs
+    /// ("Resource temporarily unavailable"): seen when a start followed at once.
     pub(crate) async fn kill(&mut self) {
         self.vm.kill().await;
+        let started = std::time::Instant::now();
+        while started.elapsed() < HELPERS_END
+            && (self.daemons.iter_mut()).any(|d| d.process.try_exited().is_none())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         for daemon in &mut self.daemons {
-            daemon.process.kill().await;
+            if daemon.process.try_exited().is_none() {
+                tracing::warn!(serves = %daemon.serves, "a helper still runs {HELPERS_END:?} after its VM was killed: killing it");
+                daemon.process.kill().await;
+            }
         }
     }
 

@@ -76,6 +76,7 @@ pub(crate) async fn launch_qemu(
         forwards,
         vsock_cid: None,
         qmp_socket: Some(machine.files.qmp_socket()),
+        qmp_events_socket: Some(machine.files.qmp_events_socket()),
         pid_file: None,
         shares,
         primary_mac: networks.primary_mac(),

@@ -37,6 +37,7 @@ pub(crate) async fn launch_vmm(
     let (mut daemons, shares, guest_mounts) = super::virtiofsd::start(machine, &paths).await?;
     let passt = start_passt(machine, &paths).await?;
     let net_socket = passt.is_some().then(|| machine.files.passt_socket());
+    let jail = jail_for(machine);
     daemons.extend(passt.map(|child| Daemon {
         process: Proc::child(child),
         serves: "network".into(),
@@ -59,7 +60,16 @@ pub(crate) async fn launch_vmm(
     for stale in [&uds, &api] {
         let _ = std::fs::remove_file(stale);
     }
-    let vm_config = vmm_config(
+    let vsock_dir = machine.files.vsock_dir();
+    std::fs::create_dir_all(&vsock_dir)
+        .with_context(|| format!("cannot create {}", vsock_dir.display()))?;
+    if let Some(jail) = &jail {
+        let sockets: Vec<&std::path::Path> = (shares.iter().map(|s| s.socket.as_path()))
+            .chain(net_socket.as_deref())
+            .collect();
+        jail.give(machine, &sockets)?;
+    }
+    let mut vm_config = vmm_config(
         machine,
         &manifest,
         &image_dir,
@@ -68,6 +78,7 @@ pub(crate) async fn launch_vmm(
         net_socket.as_deref(),
         &networks.attachments,
     );
+    vm_config.jail = jail.map(|j| j.ids);
     let config_path = machine.files.dir().join("vmm.json");
     std::fs::write(&config_path, vm_config.to_json())
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -233,7 +244,141 @@ fn vmm_config(
             })
             .collect(),
         api_socket: machine.files.vmm_socket(),
+        jail: None,
     }
+}
+
+/// The environment variable that turns the jail off (`RMACHINE_VMM_JAIL=0`).
+const JAIL_SWITCH: &str = "RMACHINE_VMM_JAIL";
+/// Started as root, each machine's VMM runs as a user of its own with no name, from this
+/// uid (and gid) on: above the ranges distributions give people and systemd gives
+/// containers (up to 0x6fff0000), below 2^31.
+const JAIL_ID_BASE: u32 = 1_900_000_000;
+
+/// How the VMM of a machine is jailed.
+struct JailPlan {
+    ids: vmm_config::Jail,
+    /// Started as root: the jail user is not the host agent's, and is given the files the
+    /// VMM opens in the jail.
+    privileged: bool,
+}
+
+/// Whether and how `machine`'s VMM runs jailed: by default wherever the host allows it
+/// (root, or a user where unprivileged user namespaces are allowed), as the log says;
+/// `RMACHINE_VMM_JAIL=0` turns it off.
+fn jail_for(machine: &Machine) -> Option<JailPlan> {
+    let plan = jail_plan(machine);
+    match &plan {
+        Ok(p) => tracing::info!(
+            uid = p.ids.uid,
+            gid = p.ids.gid,
+            mode = if p.privileged { "root" } else { "user namespace" },
+            "rmachine-vmm runs jailed: its own user and mount, PID, network and IPC namespaces, seeing only its kernel, disks, sockets and /dev/kvm"
+        ),
+        Err(why) => tracing::warn!("rmachine-vmm runs without its jail: {why}"),
+    }
+    plan.ok()
+}
+
+fn jail_plan(machine: &Machine) -> Result<JailPlan, String> {
+    if std::env::var(JAIL_SWITCH).is_ok_and(|v| v == "0") {
+        return Err(format!("{JAIL_SWITCH}=0"));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let cap_sys_admin = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 21) != 0);
+    if cap_sys_admin {
+        // A switch's socket is shared by the machines of a network: a jail user of this
+        // machine's own could not connect to it.
+        let networks = &machine.spec.networks;
+        if !networks.is_empty() {
+            return Err(format!(
+                "started as root, a jailed VMM cannot reach the switches of networks {} (their sockets are root's)",
+                networks.join(", ")
+            ));
+        }
+        let id = JAIL_ID_BASE + (fnv1a(machine.name.as_bytes()) & 0xffff);
+        return Ok(JailPlan {
+            ids: vmm_config::Jail { uid: id, gid: id },
+            privileged: true,
+        });
+    }
+    let (Some(uid), Some(gid)) = (ids("Uid:"), ids("Gid:")) else {
+        return Err("cannot read this process's user from /proc/self/status".into());
+    };
+    if let Some(why) = user_namespaces_refused() {
+        return Err(format!(
+            "not started as root, and unprivileged user namespaces are refused here ({why})"
+        ));
+    }
+    Ok(JailPlan {
+        ids: vmm_config::Jail { uid, gid },
+        privileged: false,
+    })
+}
+
+/// Why this host refuses unprivileged user namespaces, if it says so in /proc/sys.
+fn user_namespaces_refused() -> Option<String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|v| v.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some("kernel.unprivileged_userns_clone is 0".into());
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return Some(
+            "AppArmor restricts them: kernel.apparmor_restrict_unprivileged_userns is 1".into(),
+        );
+    }
+    None
+}
+
+impl JailPlan {
+    /// Started as root: gives the jail user what the VMM opens by its own rights in the
+    /// jail: the data disk, the backends' `sockets`, the vsock socket's folder.
+    fn give(&self, machine: &Machine, sockets: &[&std::path::Path]) -> anyhow::Result<()> {
+        if !self.privileged {
+            return Ok(());
+        }
+        let (uid, gid) = (Some(self.ids.uid), Some(self.ids.gid));
+        let data_disk = machine.files.data_disk();
+        let vsock_dir = machine.files.vsock_dir();
+        for path in [data_disk.as_path(), vsock_dir.as_path()]
+            .into_iter()
+            .chain(sockets.iter().copied())
+        {
+            std::os::unix::fs::chown(path, uid, gid).with_context(|| {
+                format!(
+                    "cannot give {} to the jailed VMM's user {} (set {JAIL_SWITCH}=0 to run it unjailed)",
+                    path.display(),
+                    self.ids.uid
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a, 32 bits: a machine's name to its jail user (stable across starts and builds).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// CPU features to hide from the guest, from `RMACHINE_VMM_DISABLE_CPU_FEATURES` (comma
@@ -263,6 +408,41 @@ mod tests {
         let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
         s.read_exact(&mut frame).unwrap();
         frame
+    }
+
+    /// Started as root (this test's CI), a machine's jail user is its own, stable, never
+    /// root and in the reserved range; one on a network runs unjailed, saying why. As a
+    /// user, the jail is that user's own.
+    #[test]
+    fn test_jail_plan_by_default_and_its_exceptions() {
+        assert_eq!(fnv1a(b"default"), fnv1a(b"default"));
+        assert_ne!(fnv1a(b"default"), fnv1a(b"other"));
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::with_roots(dir.path().join("home"), dir.path().join("cache"));
+        let store = Store::new(paths);
+        let machine = store.create("jailed", &Settings::default()).unwrap();
+        let plan = jail_plan(&machine).expect("jailed by default");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if plan.privileged {
+            assert!(plan.ids.uid >= JAIL_ID_BASE && plan.ids.uid <= JAIL_ID_BASE + 0xffff);
+            assert_eq!(plan.ids.uid, plan.ids.gid);
+            let settings = Settings {
+                networks: Some(vec!["swarm".into()]),
+                ..Settings::default()
+            };
+            let on_network = store.create("onnet", &settings).unwrap();
+            let why = jail_plan(&on_network).err().expect("unjailed on a network");
+            assert!(why.contains("networks swarm"), "{why}");
+        } else {
+            assert_eq!(plan.ids.uid, uid);
+        }
     }
 
     /// The next frame of EtherType `ether_type` (passt may send others on its own).

@@ -280,8 +280,13 @@ pub(super) fn start_hostagent(
     secret: Option<&str>,
 ) -> Result<(), MachineError> {
     if machine.state.state.has_hostagent() {
-        return match machine.state.state {
+        return match &machine.state.state {
             State::Running => Ok(()),
+            // The host agent resumes it by itself: the reason says when.
+            State::Paused(reason) => Err(MachineError::StartFailed {
+                name: machine.name.clone(),
+                reason: format!("it is paused: {reason}"),
+            }),
             _ => Err(MachineError::StartFailed {
                 name: machine.name.clone(),
                 reason: format!("it is {}", machine.state.state.name()),

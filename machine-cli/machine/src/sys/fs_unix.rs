@@ -27,6 +27,19 @@ pub fn set_executable(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }
 
+/// Bytes free on the filesystem holding `path`, for this process: root may write the
+/// blocks ext4 reserves for it, other users may not.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let blocks = if nix::unistd::geteuid().is_root() {
+        st.blocks_free()
+    } else {
+        st.blocks_available()
+    };
+    // Both are `c_ulong`-sized integers (u32 or u64 by platform).
+    Ok((blocks as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 #[cfg(test)]
 pub(super) fn assert_owner_only_or_executable(path: &Path) {
     let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;

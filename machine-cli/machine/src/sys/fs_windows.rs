@@ -26,6 +26,24 @@ pub fn set_executable(path: &Path) -> std::io::Result<()> {
     std::fs::metadata(path).map(|_| ())
 }
 
+/// Bytes free on the volume holding `path`: the disk whose mount point is the longest
+/// prefix of it.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    let path = std::fs::canonicalize(path)?;
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    disks
+        .iter()
+        .filter(|d| path.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.available_space())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no volume holds {}", path.display()),
+            )
+        })
+}
+
 #[cfg(test)]
 pub(super) fn assert_owner_only_or_executable(path: &Path) {
     assert!(path.is_file());

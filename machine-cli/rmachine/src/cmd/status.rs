@@ -39,8 +39,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         ),
         _ => println!("machine {}: {}", m.name, s.state.name()),
     }
-    if let State::Error(reason) = &s.state {
-        println!("error: {reason}");
+    match &s.state {
+        State::Error(reason) => println!("error: {reason}"),
+        State::Paused(reason) => println!("paused: {reason}"),
+        _ => {}
     }
     if !s.detail.is_empty() {
         println!("doing: {}", s.detail);
