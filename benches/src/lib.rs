@@ -93,6 +93,33 @@ pub fn build_rmachine() {
     }
 }
 
+/// A number from the environment variable `name` (a bench's size or count), else `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One `GET /_ping` on a new connection to the engine's unix socket, as the docker CLI
+/// does; an answer other than `200 OK` is the error.
+#[cfg(unix)]
+pub fn engine_ping(socket: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.starts_with("HTTP/1.1 200") && out.ends_with("OK") {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

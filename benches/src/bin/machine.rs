@@ -14,35 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmachine_bench::{cpu_time, median, report, rss_kib, secs};
+use rmachine_bench::{cpu_time, engine_ping, env_num, median, report, rss_kib, secs};
 use rmachine_e2e::{busybox_tarball, free_local_port, runtime, MachineEnv};
 use rmachine_machine::guest_link::Carrier;
 use rmachine_protocol::Service;
 
 const M: &str = "bench";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// One `GET /_ping` on a new connection to a unix socket, as the docker CLI does.
-fn ping(socket: &Path) -> Result<(), String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if out.starts_with("HTTP/1.1 200") && out.ends_with("OK") {
-        Ok(())
-    } else {
-        Err(out)
-    }
-}
 
 /// `GET /version` round trips on fresh connections; the median.
 fn version_round_trips(socket: &Path, n: usize) -> Duration {
@@ -114,7 +91,7 @@ fn main() {
     for i in 0..runs {
         let t = Instant::now();
         env.rmachine_ok(&["start", M]);
-        ping(&socket).expect("engine _ping after start");
+        engine_ping(&socket).expect("engine _ping after start");
         starts.push(t.elapsed());
         eprintln!("start {i}: {:?}", t.elapsed());
         let state = env.state(M);
@@ -148,7 +125,7 @@ fn main() {
         sizes.push(stopped["last_stop"]["size_bytes"].as_u64().unwrap_or(0));
         let t = Instant::now();
         env.rmachine_ok(&["start", M]);
-        ping(&socket).expect("engine _ping after the resume");
+        engine_ping(&socket).expect("engine _ping after the resume");
         resumes.push(t.elapsed());
         let state = env.state(M);
         assert_eq!(state["start_kind"], "resume", "not resumed: {state}");

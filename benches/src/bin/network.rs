@@ -13,17 +13,10 @@
 
 use std::time::Duration;
 
-use rmachine_bench::{cpu_time, median, report};
+use rmachine_bench::{cpu_time, env_num, median, report};
 use rmachine_e2e::{busybox_tarball, MachineEnv};
 
 const IMG: &str = "bench/busybox:1";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn docker_in(env: &MachineEnv, machine: &str, args: &[&str]) -> String {
     let context = format!("rmachine-{machine}");

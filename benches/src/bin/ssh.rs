@@ -16,19 +16,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rmachine_bench::{median, report};
+use rmachine_bench::{env_num, median, report};
 use rmachine_e2e::remote::{docker_image, RemoteHost, SSH_PORT};
 use rmachine_e2e::{busybox_tarball, free_local_port, MachineEnv};
 
 const M: &str = "far";
 const REQUEST: &[u8] = b"GET /version HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn ssh_args(host: &RemoteHost) -> Vec<String> {
     [

@@ -5,37 +5,19 @@
 //!
 //! `cargo run --profile benchmark -p rmachine-bench --bin takeover` (BENCH_RUNS=5).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rmachine_bench::{median, report, secs};
+use rmachine_bench::{engine_ping, median, report, secs};
 use rmachine_e2e::MachineEnv;
 
 const M: &str = "bench";
-
-/// One `GET /_ping` on a new connection to a unix socket, as the docker CLI does.
-fn ping(socket: &Path) -> Result<(), String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if out.starts_with("HTTP/1.1 200") && out.ends_with("OK") {
-        Ok(())
-    } else {
-        Err(out)
-    }
-}
 
 /// `rmachine start` until docker.sock answers `_ping`.
 fn start_to_ping(env: &MachineEnv, socket: &Path) -> Duration {
     let t = Instant::now();
     env.rmachine_ok(&["start", M, "--no-use"]);
-    ping(socket).expect("engine _ping after start");
+    engine_ping(socket).expect("engine _ping after start");
     t.elapsed()
 }
 

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-use rmachine_bench::{build_benchmark_profile, median, workspace_root};
+use rmachine_bench::{build_benchmark_profile, env_num, median, workspace_root};
 use serde_json::json;
 
 /// Bound on anything a guest does; only catches hangs.
@@ -64,13 +64,6 @@ const CHUNK: usize = 64 * 1024;
 /// Ports of the vsock bench.
 const G2H_PORT: u32 = 5000;
 const H2G_PORT: u32 = 6000;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `rmachine-vmm` of the `benchmark` profile, built now, or RMACHINE_VMM_BIN.
 fn vmm_binary() -> Result<PathBuf> {
