@@ -156,7 +156,7 @@ fn test_rmachine_vmm_boots_an_arm64_guest_under_nested_kvm() {
         log.display(),
         make_cmd()
     );
-    let run = l1::run_once_more_if_frozen(make_cmd, L1_TIMEOUT, &log);
+    let run = l1::run_again_if_frozen(make_cmd, L1_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
     let l2_init = aarch64::first_line_time(&run.lines, "L2| NESTED L2 init");
     let l2_checked = aarch64::first_line_time(&run.lines, "L2| NESTED L2 root=");
@@ -350,7 +350,7 @@ fn test_rmachine_vmm_boots_the_arm64_image_to_the_agent_under_nested_kvm() {
         log.display(),
         make_cmd()
     );
-    let run = l1::run_once_more_if_frozen(make_cmd, L1_AGENT_TIMEOUT, &log);
+    let run = l1::run_again_if_frozen(make_cmd, L1_AGENT_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     eprintln!(

@@ -23,8 +23,8 @@ const SHARE: &str = "/home/share";
 /// Where L1 keeps rmachine's state and caches.
 const L1_HOME: &str = "opt/rmhome";
 const L1_CACHE: &str = "opt/rmcache";
-/// The whole L1 run.
-const L1_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// The whole L1 run (up to three when L1 freezes: `l1::FROZEN_RERUNS`).
+const L1_TIMEOUT: Duration = Duration::from_secs(28 * 60);
 
 fn file(path: &str, data: impl Into<Vec<u8>>) -> Entry {
     Entry::file(path, 0o644, data.into())
@@ -125,7 +125,7 @@ fn test_rmachine_start_with_the_vmm_driver_under_nested_kvm() {
         manifest.version,
         log.display()
     );
-    let run = l1::run_once_more_if_frozen(make_cmd, L1_TIMEOUT, &log);
+    let run = l1::run_again_if_frozen(make_cmd, L1_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
     let at = |needle: &str| {
         run.lines

@@ -119,7 +119,7 @@ fn test_rmachine_vmm_boots_the_guest_to_docker_under_nested_kvm() {
         log.display(),
         make_cmd()
     );
-    let run = l1::run_once_more_if_frozen(make_cmd, L1_TIMEOUT, &log);
+    let run = l1::run_again_if_frozen(make_cmd, L1_TIMEOUT, &log);
     let o = l1::parse(&run.lines);
 
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
