@@ -26,22 +26,14 @@ pub fn set_executable(path: &Path) -> std::io::Result<()> {
     std::fs::metadata(path).map(|_| ())
 }
 
-/// Bytes free on the volume holding `path`: the disk whose mount point is the longest
-/// prefix of it.
+/// Bytes free to this user on the volume holding `path` (which must exist). Windows answers
+/// for any folder on a volume (`GetDiskFreeSpaceExW`), drive letter or mounted folder; a
+/// table of volumes (sysinfo's) is empty under wine.
 pub fn free_space(path: &Path) -> std::io::Result<u64> {
-    let path = std::fs::canonicalize(path)?;
-    let disks = sysinfo::Disks::new_with_refreshed_list();
-    disks
-        .iter()
-        .filter(|d| path.starts_with(d.mount_point()))
-        .max_by_key(|d| d.mount_point().as_os_str().len())
-        .map(|d| d.available_space())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no volume holds {}", path.display()),
-            )
-        })
+    std::fs::metadata(path)?;
+    fs4::available_space(path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("free space of {}: {e}", path.display()))
+    })
 }
 
 #[cfg(test)]
