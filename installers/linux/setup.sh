@@ -33,6 +33,16 @@ if [ "$deps" = 1 ]; then
   step "installing Debian packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # QEMU's packages go together: a newer qemu-utils (a backport, as some images carry)
+  # breaks the distribution's qemu-system-x86, so apt would refuse both. qemu-utils is
+  # moved to the version of the QEMU that is installed here, and says so.
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  utils_version=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q 'ok installed' \
+    && [ -n "$utils_version" ] && [ -n "$qemu_version" ] && [ "$utils_version" != "$qemu_version" ]; then
+    echo "qemu-utils ${utils_version} is changed to ${qemu_version}, the version of the distribution's qemu-system-x86 (the two must match)"
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "qemu-utils=${qemu_version}" >/dev/null
+  fi
   apt-get install -y -qq --no-install-recommends \
     qemu-system-x86 qemu-utils openssh-client openssl debootstrap erofs-utils e2fsprogs busybox-static \
     make gcc libc6-dev bc bison flex libelf-dev libssl-dev cpio xz-utils dpkg-dev \
