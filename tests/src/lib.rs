@@ -585,6 +585,95 @@ pub fn registry_tarball(dir: &Path) -> PathBuf {
     tarball
 }
 
+/// A container registry on the host's loopback: Debian trixie's `docker-registry`
+/// (Distribution 2.8) run from its package tree with the tree's own C library (trixie's
+/// is newer than the host's), storing under `storage`; killed on drop.
+pub struct HostRegistry {
+    pub port: u16,
+    pub storage: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HostRegistry {
+    pub fn start() -> HostRegistry {
+        let arch = Arch::host();
+        let tree = trixie_tree("registry", arch, &["docker-registry", "libc6"]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let port = free_local_port();
+        let config = dir.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let multiarch = match arch {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        };
+        let libs = tree.join("usr/lib").join(multiarch);
+        let loader = std::fs::read_dir(&libs)
+            .expect("the tree's C library")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("ld-linux"))
+            })
+            .expect("the tree's dynamic loader");
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(loader)
+            .arg("--library-path")
+            .arg(&libs)
+            .arg(tree.join("usr/bin/docker-registry"))
+            .arg("serve")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = HostRegistry {
+            port,
+            storage,
+            child,
+            _dir: dir,
+        };
+        wait_until("the registry answering /v2/", Duration::from_secs(30), || {
+            http_get(port, "/v2/").map(|_| ())
+        });
+        registry
+    }
+
+    /// What the registry logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The file holding blob `digest` (`sha256:HEX`) in the registry's storage.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for HostRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A root filesystem tarball of `busybox` with its applets linked.
 fn busybox_tarball_from(dir: &Path, busybox: &Path) -> PathBuf {
     let root = dir.join("busybox-root");
@@ -675,6 +764,16 @@ impl MachineEnv {
     pub fn with_image_of(arch: Arch) -> MachineEnv {
         let (_, image_dir) = image_of(arch);
         let images = image_dir.parent().expect("images folder").to_path_buf();
+        MachineEnv::with_images(Some(&images))
+    }
+
+    /// An env with no guest image at all (as on a host that cannot build one): its images
+    /// folder is its own and empty.
+    pub fn without_images() -> MachineEnv {
+        MachineEnv::with_images(None)
+    }
+
+    fn with_images(images: Option<&Path>) -> MachineEnv {
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("rm")
@@ -682,7 +781,10 @@ impl MachineEnv {
             .expect("temp dir");
         let home = dir.path().join("h");
         std::fs::create_dir_all(&home).unwrap();
-        std::os::unix::fs::symlink(&images, home.join("images")).unwrap();
+        match images {
+            Some(images) => std::os::unix::fs::symlink(images, home.join("images")).unwrap(),
+            None => std::fs::create_dir_all(home.join("images")).unwrap(),
+        }
         let docker_config = dir.path().join("d");
         std::fs::create_dir_all(&docker_config).unwrap();
         let user_config = std::env::var_os("DOCKER_CONFIG")

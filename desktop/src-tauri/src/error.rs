@@ -107,6 +107,8 @@ impl From<LifecycleError> for CommandError {
                 ErrorKind::Busy
             }
             LifecycleError::Network(_) => ErrorKind::Invalid,
+            // The image source (a registry) refused or could not be reached.
+            LifecycleError::Pull { .. } => ErrorKind::Remote,
             LifecycleError::Config(_) | LifecycleError::Context(_) | LifecycleError::Paths(_) => {
                 ErrorKind::Io
             }

@@ -94,6 +94,11 @@ pub struct Settings {
     /// than the host's runs under QEMU's software emulation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<Arch>,
+    /// An OCI reference (`REGISTRY/REPOSITORY:TAG`, as `rmachine image push` made it) that
+    /// a start pulls the guest image from when none of the machine's architecture is
+    /// installed; default none (the start then fails saying how to get one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<String>,
     /// Shared folders; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<MountSpec>>,
@@ -118,6 +123,8 @@ pub struct MachineSpec {
     pub disk_size_gib: u32,
     pub image: Option<String>,
     pub arch: Arch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<String>,
     pub mounts: Vec<MountSpec>,
     pub ssh: Option<crate::ssh::SshSettings>,
     #[serde(default)]
@@ -159,6 +166,7 @@ impl Settings {
             disk_size_gib: other.disk_size_gib.or(self.disk_size_gib),
             image: other.image.clone().or_else(|| self.image.clone()),
             arch: other.arch.or(self.arch),
+            image_source: (other.image_source.clone()).or_else(|| self.image_source.clone()),
             mounts: other.mounts.clone().or_else(|| self.mounts.clone()),
             ssh: other.ssh.clone().or_else(|| self.ssh.clone()),
             networks: other.networks.clone().or_else(|| self.networks.clone()),
@@ -221,6 +229,12 @@ impl Settings {
                 message,
             })?;
         }
+        if let Some(source) = &self.image_source {
+            crate::image_registry::check_reference(source).map_err(|e| ConfigError::Invalid {
+                field: "image-source",
+                message: e.to_string(),
+            })?;
+        }
         for n in self.networks.iter().flatten() {
             if crate::store::validate_name(n).is_err() {
                 return invalid("networks", format!("{n:?} is not a network name"));
@@ -259,6 +273,7 @@ impl Settings {
             disk_size_gib: self.disk_size_gib.unwrap_or(DEFAULT_DISK_SIZE_GIB),
             image: self.image.clone(),
             arch: self.arch.unwrap_or_else(Arch::host),
+            image_source: self.image_source.clone(),
             mounts: self.mounts.clone().unwrap_or_else(default_mounts),
             ssh: self.ssh.clone(),
             networks: self.networks.clone().unwrap_or_default(),
@@ -269,8 +284,16 @@ impl Settings {
 
 /// The settings `rmachine config get|set` (and the desktop's Settings) name by key.
 /// (`engine.KEY` sets one engine setting: `rmachine config set engine.log-driver local`.)
-pub const KEYS: [&str; 8] = [
-    "cpus", "memory", "disk", "driver", "image", "arch", "networks", "engine",
+pub const KEYS: [&str; 9] = [
+    "cpus",
+    "memory",
+    "disk",
+    "driver",
+    "image",
+    "image-source",
+    "arch",
+    "networks",
+    "engine",
 ];
 
 impl MachineSpec {
@@ -282,6 +305,7 @@ impl MachineSpec {
             "disk" => format!("{}G", self.disk_size_gib),
             "driver" => self.driver.as_str().to_string(),
             "image" => self.image.clone().unwrap_or_else(|| "(newest)".into()),
+            "image-source" => self.image_source.clone().unwrap_or_else(|| "(none)".into()),
             "arch" => self.arch.to_string(),
             "ssh-host" => (self.ssh.as_ref())
                 .map(|s| s.target().to_string())
@@ -331,6 +355,13 @@ impl Settings {
                 self.image = match value.trim() {
                     "" | "newest" => None,
                     version => Some(version.to_string()),
+                }
+            }
+            // `none` (or nothing): no pull at start.
+            "image-source" => {
+                self.image_source = match value.trim() {
+                    "" | "none" => None,
+                    reference => Some(reference.to_string()),
                 }
             }
             "arch" => self.arch = Some(Arch::parse(value).map_err(|m| invalid("arch", m))?),

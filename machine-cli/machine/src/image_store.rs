@@ -90,7 +90,7 @@ pub enum ImageStoreError {
         arch: Arch,
         installed: String,
     },
-    #[error("no {0} guest image is installed: run `rmachine image build --arch {0}`, or install an rmachine package that carries one")]
+    #[error("no {0} guest image is installed: run `rmachine image build --arch {0}`, pull one (`rmachine image pull REF`, or `rmachine config set --defaults image-source REF` for starts to pull it), or install an rmachine package that carries one")]
     NoneInstalled(Arch),
     #[error("image {version} is an {image} image; this machine runs {machine} guests (leave the image setting unset for the newest {machine} image)")]
     WrongArch {

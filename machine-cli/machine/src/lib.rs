@@ -12,6 +12,7 @@ pub mod forward;
 pub mod guest_link;
 pub mod host_tools;
 pub mod hostagent_api;
+pub mod image_registry;
 pub mod image_store;
 pub mod lifecycle;
 pub mod network;

@@ -40,6 +40,13 @@ pub enum LifecycleError {
     ShrinkDisk { from: u32, to: u32 },
     #[error(transparent)]
     Bundle(#[from] crate::ssh::bundle::BundleError),
+    #[error("no {arch} guest image is installed; pulling one from {source_ref} (the image-source setting) failed")]
+    Pull {
+        arch: rmachine_protocol::image::Arch,
+        source_ref: String,
+        #[source]
+        source: Box<crate::image_registry::RegistryError>,
+    },
     #[error("cannot prepare machine {name}")]
     Prepare {
         name: String,
@@ -495,10 +502,63 @@ impl Lifecycle {
                 .into());
             }
             let _span = tracing::info_span!("start", machine = name).entered();
+            self.pull_image_if_missing(&machine, progress)?;
             d.start(&machine, progress)?;
             tracing::info!("machine running");
         }
         Ok(self.store.load(name)?)
+    }
+
+    /// A VM machine that boots the newest image of its architecture, with none installed:
+    /// the image is pulled from its `image-source` setting (the machine's, else the
+    /// defaults'), when there is one. Otherwise nothing happens here (the driver says that
+    /// no image is installed, and how to get one).
+    fn pull_image_if_missing(
+        &self,
+        machine: &Machine,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LifecycleError> {
+        let spec = &machine.spec;
+        if spec.ssh.is_some() || spec.image.is_some() {
+            return Ok(());
+        }
+        let paths = self.store.paths();
+        let installed = crate::image_store::list(paths)
+            .map(|l| {
+                l.images
+                    .iter()
+                    .any(|i| i.manifest.arch == spec.arch && i.usable())
+            })
+            .unwrap_or(true);
+        if installed {
+            return Ok(());
+        }
+        let source_ref = match spec.image_source.clone() {
+            Some(s) => s,
+            None => match self.defaults()?.image_source {
+                Some(s) => s,
+                None => return Ok(()),
+            },
+        };
+        progress(&format!(
+            "no {} guest image is installed: pulling {source_ref}",
+            spec.arch
+        ));
+        let options = crate::image_registry::Options {
+            plain_http: false,
+            docker_config: Some(self.docker_config.clone()),
+        };
+        let pulled = crate::image_registry::pull(paths, &source_ref, spec.arch, &options, progress)
+            .map_err(|source| LifecycleError::Pull {
+                arch: spec.arch,
+                source_ref: source_ref.clone(),
+                source: Box::new(source),
+            })?;
+        progress(&format!(
+            "installed image {}",
+            pulled.image.manifest.version
+        ));
+        Ok(())
     }
 
     /// Starts machine `name`, creating it with `settings` first when it does not exist (as

@@ -1,11 +1,13 @@
-//! `rmachine image build|ls|rm`.
+//! `rmachine image build|ls|rm|push|pull`.
 
 use std::path::PathBuf;
 
+use rmachine_machine::image_registry;
 use rmachine_machine::paths::Paths;
 use rmachine_protocol::image::Arch;
 
 use super::Format;
+use crate::progress::StepProgress;
 
 // The image is built from Debian packages with debootstrap and a kernel build: on Linux.
 #[cfg(target_os = "linux")]
@@ -24,6 +26,55 @@ pub enum ImageCommand {
     Ls(LsArgs),
     /// Remove one of the user's guest images (images installed with rmachine go with it).
     Rm(RmArgs),
+    /// Publish guest images to an OCI registry: one image per architecture under an
+    /// image index at REF.
+    Push(PushArgs),
+    /// Install a guest image from an OCI registry (REF, as `image push` made it),
+    /// verified by digest and by the image's own checksums.
+    Pull(PullArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to the registry (a registry on the loopback always is spoken to
+    /// in plain HTTP, as Docker does).
+    #[arg(long)]
+    plain_http: bool,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> anyhow::Result<image_registry::Options> {
+        Ok(image_registry::Options {
+            plain_http: self.plain_http,
+            docker_config: rmachine_machine::docker_context::docker_config_dir().ok(),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Where to push: REGISTRY/REPOSITORY:TAG (e.g. localhost:5000/rmachine/guest:0.1.0).
+    reference: String,
+    /// The image versions to push, one per architecture (default: the newest usable
+    /// image of each architecture installed).
+    #[arg(long = "image", value_name = "VERSION")]
+    images: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Output format of the result.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// What to pull: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@DIGEST.
+    reference: String,
+    /// Guest architecture: amd64 or arm64 (default: the host's).
+    #[arg(long, value_parser = Arch::parse)]
+    arch: Option<Arch>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,7 +121,86 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
             println!("removed image {}", args.image);
             Ok(())
         }
+        ImageCommand::Push(args) => push(&paths, args),
+        ImageCommand::Pull(args) => pull(&paths, args),
     }
+}
+
+fn push(paths: &Paths, args: PushArgs) -> anyhow::Result<()> {
+    let images = if args.images.is_empty() {
+        image_registry::default_push_set(paths)?
+    } else {
+        let listing = rmachine_machine::image_store::list(paths)?;
+        let mut images = Vec::new();
+        for version in &args.images {
+            let image = (listing.images.iter())
+                .find(|i| &i.manifest.version == version)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("image {version} is not installed (see `rmachine image ls`)")
+                })?;
+            images.push(image.clone());
+        }
+        images
+    };
+    let progress = StepProgress::new();
+    progress.step(1, 1, &format!("pushing to {}", args.reference));
+    let pushed = image_registry::push(
+        &args.reference,
+        &images,
+        &args.registry.options()?,
+        &mut |line| progress.detail(line),
+    )?;
+    progress.done(&format!(
+        "pushed {} to {} ({} sent)",
+        pushed.images.join(", "),
+        pushed.reference,
+        mib(pushed.bytes)
+    ));
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&pushed)?),
+        Format::Table => println!(
+            "{}@{}",
+            pushed.reference.split('@').next().unwrap_or_default(),
+            pushed.digest
+        ),
+    }
+    Ok(())
+}
+
+fn pull(paths: &Paths, args: PullArgs) -> anyhow::Result<()> {
+    let arch = args.arch.unwrap_or_else(Arch::host);
+    let progress = StepProgress::new();
+    progress.step(
+        1,
+        1,
+        &format!("pulling the {arch} image of {}", args.reference),
+    );
+    let pulled = image_registry::pull(
+        paths,
+        &args.reference,
+        arch,
+        &args.registry.options()?,
+        &mut |line| progress.detail(line),
+    )?;
+    let m = &pulled.image.manifest;
+    if pulled.already_installed {
+        progress.done(&format!(
+            "image {} ({arch}) is installed already",
+            m.version
+        ));
+    } else {
+        progress.done(&format!(
+            "installed image {} ({arch}, {} downloaded) in {}",
+            m.version,
+            mib(pulled.bytes),
+            pulled.image.dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {
