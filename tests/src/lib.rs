@@ -645,9 +645,11 @@ impl HostRegistry {
             child,
             _dir: dir,
         };
-        wait_until("the registry answering /v2/", Duration::from_secs(30), || {
-            http_get(port, "/v2/").map(|_| ())
-        });
+        wait_until(
+            "the registry answering /v2/",
+            Duration::from_secs(30),
+            || http_get(port, "/v2/").map(|_| ()),
+        );
         registry
     }
 

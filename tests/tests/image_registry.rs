@@ -30,37 +30,34 @@ fn test_push_pull_start_and_a_tampered_blob_refused() {
     let source = MachineEnv::new();
 
     // Push the host's image alone.
-    let out = source.rmachine_ok(&[
-        "image",
-        "push",
-        &reference,
-        "--image",
-        &manifest.version,
-        "--format",
-        "json",
-    ]);
-    let pushed: serde_json::Value = serde_json::from_str(&out).expect("push json");
+    let push = || -> serde_json::Value {
+        let out = source.rmachine_ok(&[
+            "image",
+            "push",
+            &reference,
+            "--image",
+            &manifest.version,
+            "--format",
+            "json",
+        ]);
+        serde_json::from_str(&out).expect("push json")
+    };
+    let pushed = push();
     assert!(
         pushed["digest"].as_str().unwrap().starts_with("sha256:"),
         "{pushed}"
     );
-    assert_eq!(pushed["images"][0], format!("{} ({host})", manifest.version));
+    assert_eq!(
+        pushed["images"][0],
+        format!("{} ({host})", manifest.version)
+    );
     let sent = pushed["bytes"].as_u64().unwrap();
     assert!(
         sent >= manifest.rootfs.size_bytes + manifest.kernel.size_bytes,
         "pushed {sent} bytes"
     );
     // Again: every blob is there already, nothing is sent, the digest is the same.
-    let again: serde_json::Value = serde_json::from_str(&source.rmachine_ok(&[
-        "image",
-        "push",
-        &reference,
-        "--image",
-        &manifest.version,
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let again = push();
     assert_eq!(again["bytes"], 0, "{again}");
     assert_eq!(again["digest"], pushed["digest"]);
     eprintln!("image registry: pushed at {} s", began.elapsed().as_secs());
@@ -79,7 +76,10 @@ fn test_push_pull_start_and_a_tampered_blob_refused() {
     assert_eq!(listed[0]["version"], manifest.version.as_str());
     assert_eq!(listed[0]["arch"], host.as_str());
     assert_eq!(listed[0]["source"], "user");
-    assert_eq!(listed[0]["rootfs"]["sha256"], manifest.rootfs.sha256.as_str());
+    assert_eq!(
+        listed[0]["rootfs"]["sha256"],
+        manifest.rootfs.sha256.as_str()
+    );
     let pulled_dir = empty.home.join("images").join(&manifest.version);
     assert_eq!(
         rmachine_machine::image_store::sha256_file(&pulled_dir.join("rootfs.erofs")).unwrap(),
@@ -147,7 +147,9 @@ fn test_push_pull_start_and_a_tampered_blob_refused() {
     let text = stderr_of(&out);
     assert!(out.status.success(), "start: {text}");
     assert!(
-        text.contains(&format!("no {host} guest image is installed: pulling {reference}")),
+        text.contains(&format!(
+            "no {host} guest image is installed: pulling {reference}"
+        )),
         "{text}"
     );
     let version = fresh.docker_ok(&["version", "--format", "{{.Server.Version}}"]);

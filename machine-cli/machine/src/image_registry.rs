@@ -99,13 +99,6 @@ pub enum RegistryError {
     },
     #[error("no image to push: {0}")]
     NothingToPush(String),
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Store(#[from] image_store::ImageStoreError),
     #[error(transparent)]
@@ -114,9 +107,10 @@ pub enum RegistryError {
     Internal(String),
 }
 
+/// A file of the image store that could not be read or written.
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError {
-    let path = path.to_path_buf();
-    move |source| RegistryError::Io { what, path, source }
+    let error = image_store::io(what, path);
+    move |source| RegistryError::Store(error(source))
 }
 
 /// How to reach a registry.

@@ -134,7 +134,10 @@ pub enum ImageStoreError {
     Manifest(#[from] ManifestError),
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageStoreError {
+pub(crate) fn io(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> ImageStoreError {
     let path = path.to_path_buf();
     move |source| ImageStoreError::Io { what, path, source }
 }

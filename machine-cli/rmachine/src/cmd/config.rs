@@ -9,7 +9,8 @@ use super::DEFAULT_MACHINE;
 pub enum ConfigCommand {
     /// Print settings (one key, or all).
     Get(GetArgs),
-    /// Change a setting: cpus, memory, disk, driver, image, arch, networks (a,b) or the
+    /// Change a setting: cpus, memory, disk, driver, image, image-source (an OCI reference a
+    /// start pulls the image from when none is installed), arch, networks (a,b) or the
     /// engine's daemon.json (`engine` as a JSON object, or `engine.KEY VALUE`).
     Set(SetArgs),
 }
@@ -26,7 +27,8 @@ pub struct Target {
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// cpus, memory, disk, driver, image, arch, networks, engine or engine.KEY (default: all).
+    /// cpus, memory, disk, driver, image, image-source, arch, networks, engine or engine.KEY
+    /// (default: all).
     pub key: Option<String>,
     #[command(flatten)]
     pub target: Target,
@@ -34,7 +36,7 @@ pub struct GetArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
-    /// cpus, memory, disk, driver, image, arch, networks, engine or engine.KEY.
+    /// cpus, memory, disk, driver, image, image-source, arch, networks, engine or engine.KEY.
     pub key: String,
     /// The new value (memory and disk take units: 4G, 512M; engine.KEY takes JSON or
     /// text: `'["r:5000"]'`, `local`; an empty value removes it).
