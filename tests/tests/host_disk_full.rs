@@ -220,6 +220,14 @@ fn test_host_disk_full_pauses_and_resumes_losing_nothing() {
     // `rmachine start` says why it cannot do more.
     let err = env.rmachine_err(&["start", M]);
     assert!(err.contains("paused") && err.contains("is full"), "{err}");
+    // The docker CLI is answered with the reason instead of waiting on the paused VM.
+    let out = env.docker(&["ps"], None, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "docker ps while paused: {err}");
+    assert!(
+        err.contains(&format!("machine \"{M}\"")) && err.contains("is full"),
+        "{err}"
+    );
 
     // Space is freed: the machine continues by itself, the container finishes.
     std::fs::remove_file(&ballast_path).unwrap();

@@ -40,6 +40,8 @@ pub(crate) struct Monitor {
     qmp: Option<(Qmp, mpsc::UnboundedReceiver<QmpEvent>)>,
     /// Paused for lack of host space.
     paused: bool,
+    /// The reason while paused, for the docker.sock proxy (which answers with it).
+    paused_tx: tokio::sync::watch::Sender<Option<String>>,
     /// I/O errors other than a full disk, already reported.
     reported: Vec<String>,
 }
@@ -55,6 +57,7 @@ impl Monitor {
             reserve: machine.files.space_reserve(),
             qmp: None,
             paused: false,
+            paused_tx: tokio::sync::watch::channel(None).0,
             reported: Vec::new(),
         };
         match Qmp::connect(&machine.files.qmp_events_socket()).await {
@@ -85,6 +88,7 @@ impl Monitor {
             reserve: machine.files.space_reserve(),
             qmp: None,
             paused: false,
+            paused_tx: tokio::sync::watch::channel(None).0,
             reported: Vec::new(),
         }
     }
@@ -92,6 +96,11 @@ impl Monitor {
     /// Whether the VM is paused for lack of host space.
     pub(crate) fn paused(&self) -> bool {
         self.paused
+    }
+
+    /// The pause's reason as it changes (`None` while the VM runs).
+    pub(crate) fn paused_watch(&self) -> rmachine_hostproxy::Paused {
+        self.paused_tx.subscribe()
     }
 
     /// QEMU's next event; never returns without a QMP connection.
@@ -133,6 +142,7 @@ impl Monitor {
             }
             QmpEvent::Resume if self.paused => {
                 self.paused = false;
+                self.paused_tx.send_replace(None);
                 state.update(|s| {
                     s.state = State::Running;
                     s.detail.clear();
@@ -176,6 +186,7 @@ impl Monitor {
         self.paused = true;
         let _ = std::fs::remove_file(&self.reserve);
         let reason = paused_reason(&self.name, &self.data_disk, what);
+        self.paused_tx.send_replace(Some(reason.clone()));
         state.update(|s| {
             s.state = State::Paused(reason.clone());
             s.detail.clear();

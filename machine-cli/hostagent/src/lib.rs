@@ -280,6 +280,7 @@ async fn serve(
         machine.name.clone(),
         Arc::new(carrier.as_ref().clone()),
         Arc::new(policy),
+        disk_monitor.paused_watch(),
     ));
     let ports_shutdown = tokio_util::sync::CancellationToken::new();
     let shares: Vec<std::path::PathBuf> =

@@ -307,6 +307,7 @@ pub(crate) async fn serve(
         machine.name.clone(),
         connector.clone(),
         Arc::new(policy),
+        rmachine_hostproxy::never_paused(),
     ));
     let ports_task = publish_ports(connector, state.clone(), shutdown.clone());
     state.update(|s| {

@@ -66,20 +66,33 @@ enum ProxyError {
     Send(#[source] hyper::Error),
 }
 
+/// Why the machine's VM is paused (its host disk is full), or `None` while it runs: a
+/// request that arrives while paused is answered at once with the reason (503) instead
+/// of waiting on a VM that cannot answer; requests already sent wait for it to continue.
+pub type Paused = tokio::sync::watch::Receiver<Option<String>>;
+
+/// A [`Paused`] that never pauses (a machine whose VM is not watched, an ssh machine).
+pub fn never_paused() -> Paused {
+    tokio::sync::watch::channel(None).1
+}
+
 /// Serves the Engine API on `listener` until the returned future is dropped (which
 /// also ends the connections it accepted), forwarding to the engine service that
 /// `connector` reaches and reviewing container creations with `policy`. `machine`
-/// names the machine in error messages.
+/// names the machine in error messages; while `paused` holds a reason, new requests are
+/// answered with it.
 pub async fn serve_engine(
     mut listener: LocalListener,
     machine: String,
     connector: Arc<dyn GuestConnector>,
     policy: Arc<dyn CreatePolicy>,
+    paused: Paused,
 ) {
     let proxy = Arc::new(Proxy {
         machine,
         connector,
         policy,
+        paused,
     });
     let mut connections = JoinSet::new();
     loop {
@@ -102,6 +115,7 @@ struct Proxy {
     machine: String,
     connector: Arc<dyn GuestConnector>,
     policy: Arc<dyn CreatePolicy>,
+    paused: Paused,
 }
 
 /// Both ends of an accepted upgrade, waiting for their connections to let go.
@@ -193,6 +207,11 @@ impl Proxy {
 
 impl Session {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let paused = self.proxy.paused.borrow().clone();
+        if let Some(reason) = paused {
+            let message = format!("rmachine: machine \"{}\": {reason}", self.proxy.machine);
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
+        }
         let client_upgrade = hyper::upgrade::on(&mut request);
         let client_wants_upgrade = wants_upgrade(request.headers());
         let request = if request.method() == Method::POST && is_create_path(request.uri().path()) {
@@ -509,6 +528,14 @@ mod tests {
     }
 
     fn start_proxy(connector: Arc<dyn GuestConnector>, policy: Arc<dyn CreatePolicy>) -> TestProxy {
+        start_gated_proxy(connector, policy, never_paused())
+    }
+
+    fn start_gated_proxy(
+        connector: Arc<dyn GuestConnector>,
+        policy: Arc<dyn CreatePolicy>,
+        paused: Paused,
+    ) -> TestProxy {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "rmachine-engine-proxy-{}-{}",
@@ -518,7 +545,13 @@ mod tests {
         let endpoint =
             Endpoint::for_machine(&std::env::temp_dir(), &format!("{name}.sock"), name.clone());
         let listener = LocalListener::bind(&endpoint).unwrap();
-        let task = tokio::spawn(serve_engine(listener, "default".into(), connector, policy));
+        let task = tokio::spawn(serve_engine(
+            listener,
+            "default".into(),
+            connector,
+            policy,
+            paused,
+        ));
         TestProxy { endpoint, task }
     }
 
@@ -896,6 +929,44 @@ mod tests {
         let (status, _, _) = send(&mut client, request(Method::GET, "/_ping", Bytes::new())).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(engine.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn test_requests_while_paused_are_answered_with_the_reason_at_once() {
+        let engine = FakeEngine::new();
+        let (pause, paused) = tokio::sync::watch::channel(None);
+        let proxy = start_gated_proxy(engine.connector(), machine_policy(), paused);
+        let mut first = client(&proxy).await;
+        let (status, _, _) = send(&mut first, request(Method::GET, "/_ping", Bytes::new())).await;
+        assert_eq!(status, StatusCode::OK);
+        pause.send_replace(Some("the VM is paused: the host disk is full".into()));
+        // Neither a new client nor the open one waits on the guest.
+        let mut other = client(&proxy).await;
+        for c in [&mut first, &mut other] {
+            let (status, _, body) = tokio::time::timeout(
+                Duration::from_secs(5),
+                send(
+                    c,
+                    request(Method::GET, "/v1.45/containers/json", Bytes::new()),
+                ),
+            )
+            .await
+            .expect("answered at once");
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                message(&body),
+                "rmachine: machine \"default\": the VM is paused: the host disk is full"
+            );
+        }
+        assert_eq!(
+            engine.connections(),
+            1,
+            "no request reached the guest while paused"
+        );
+        pause.send_replace(None);
+        let (status, _, _) = send(&mut first, request(Method::GET, "/_ping", Bytes::new())).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -58,7 +58,7 @@ mod fake_guest;
 
 pub use connector::{GuestConnector, GuestIo};
 pub use create_policy::{CreatePolicy, MachinePolicy, RemotePolicy, Share};
-pub use engine_proxy::serve_engine;
+pub use engine_proxy::{never_paused, serve_engine, Paused};
 pub use port::{ContainerRef, HostPorts, PortEvent, PortStatus, PublishedPort, Transport};
 pub use publisher::{run, Publisher};
 pub use share_events::BindEvent;
