@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 
+use crate::downloads::{self, Saved};
 use crate::engine::{
     self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow,
 };
 use crate::error::{CommandError, CommandResult, ErrorKind};
+use crate::logs::{self, LogEvent};
 use crate::machines::{
     self, Defaults, LogText, MachineList, NewDefaults, NewMachine, NewSshMachine,
 };
@@ -278,21 +280,89 @@ pub async fn inspect_container(
     engine::inspect_container(&engine::connect(&state.lc, &machine)?, &id).await
 }
 
+/// Sends a container's last `tail` lines, then (when `follow`) each new line, on
+/// `events` until `close_container_logs`.
 #[tauri::command]
-pub async fn follow_container_logs(
+pub async fn open_container_logs(
     state: State<'_, AppState>,
     machine: String,
     id: String,
-) -> CommandResult<()> {
+    tail: u32,
+    follow: bool,
+    events: Channel<LogEvent>,
+) -> CommandResult<u64> {
     let docker = engine::connect(&state.lc, &machine)?;
-    state.logs.follow(docker, machine, id, 500);
-    Ok(())
+    let tail = tail.clamp(1, 100_000);
+    Ok(state.logs.open(logs::stream_lines(
+        docker,
+        id,
+        tail,
+        follow,
+        channel_sink(events),
+    )))
 }
 
 #[tauri::command]
-pub async fn stop_container_logs(state: State<'_, AppState>) -> CommandResult<()> {
-    state.logs.stop();
-    Ok(())
+pub fn close_container_logs(state: State<'_, AppState>, stream: u64) {
+    state.logs.close(stream);
+}
+
+/// Where a download goes: the path the user picks (`None`: they cancelled), or a new file
+/// in the Downloads folder when no file chooser can be shown.
+async fn save_target(
+    app: &AppHandle,
+    file_name: String,
+    filter: (&'static str, &'static [&'static str]),
+) -> CommandResult<Option<(std::path::PathBuf, bool)>> {
+    if !downloads::chooser_available() {
+        return Ok(Some((downloads::in_downloads(&file_name)?, false)));
+    }
+    let app = app.clone();
+    blocking(move || {
+        use tauri_plugin_dialog::DialogExt;
+        let mut dialog = app
+            .dialog()
+            .file()
+            .set_file_name(&file_name)
+            .add_filter(filter.0, filter.1);
+        if let Some(dir) = downloads::downloads_dir().ok().filter(|d| d.is_dir()) {
+            dialog = dialog.set_directory(dir);
+        }
+        Ok(dialog
+            .blocking_save_file()
+            .and_then(|p| p.into_path().ok())
+            .map(|p| (p, true)))
+    })
+    .await
+}
+
+/// Saves a container's whole log (with timestamps when `timestamps`) to a file the user
+/// picks, or to the Downloads folder; `None` when they cancelled.
+#[tauri::command]
+pub async fn save_container_logs(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+    name: String,
+    timestamps: bool,
+) -> CommandResult<Option<Saved>> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    let Some((path, chosen)) = save_target(
+        &app,
+        downloads::file_name_of(&name, "log"),
+        ("Log files", &["log", "txt"]),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let count = logs::save(&docker, &id, timestamps, &path).await?;
+    Ok(Some(Saved {
+        path: path.display().to_string(),
+        chosen,
+        count,
+    }))
 }
 
 #[tauri::command]

@@ -1,8 +1,9 @@
 // The Containers page: containers grouped by compose project, their actions and logs.
-import { S, $, h, invoke, listen, toast, reportError, confirmDialog, textDialog, setTextDialogOnClose, appendText, errMsg, stateBadge } from './core.js';
+import { S, $, h, invoke, reportError, confirmDialog, textDialog, stateBadge } from './core.js';
 import { registerView, showPage } from './nav.js';
 import { engineLoad } from './engine.js';
 import { showContainer, openContainerTerminal } from './container.js';
+import { showLogs } from './logs.js';
 
 export async function containerAction(c, action) {
   if (action === 'remove') {
@@ -17,18 +18,6 @@ export async function containerAction(c, action) {
     reportError(`Cannot ${action} ${c.name}`, e);
   }
   loadContainers();
-}
-
-export async function showContainerLogs(c) {
-  const machine = S.engineMachine;
-  S.logsFollowing = c.id;
-  textDialog(`Logs of ${c.name}`, '');
-  setTextDialogOnClose(() => { S.logsFollowing = null; invoke('stop_container_logs').catch(() => {}); });
-  try {
-    await invoke('follow_container_logs', { machine, id: c.id });
-  } catch (e) {
-    appendText(errMsg(e));
-  }
 }
 
 export async function inspectContainer(c) {
@@ -60,7 +49,7 @@ export function containerRow(c) {
         : h('button', { class: 'small primary', 'data-action': 'start', onclick: () => containerAction(c, 'start') }, 'Start'),
       h('button', { class: 'small', 'data-action': 'restart', onclick: () => containerAction(c, 'restart') }, 'Restart'),
       running ? h('button', { class: 'small', 'data-action': 'terminal', onclick: () => openContainerTerminal(S.engineMachine, c) }, 'Terminal') : null,
-      h('button', { class: 'small', 'data-action': 'logs', onclick: () => showContainerLogs(c) }, 'Logs'),
+      h('button', { class: 'small', 'data-action': 'logs', onclick: () => showLogs(S.engineMachine, c) }, 'Logs'),
       h('button', { class: 'small', 'data-action': 'inspect', onclick: () => inspectContainer(c) }, 'Inspect'),
       h('button', { class: 'small danger', 'data-action': 'remove', 'aria-label': `Remove ${c.name}`, onclick: () => containerAction(c, 'remove') }, 'Remove')));
 }
