@@ -12,10 +12,12 @@ use crate::engine::{
     self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow,
 };
 use crate::error::{CommandError, CommandResult, ErrorKind};
+use crate::image_build::{self, BuildEvent, BuildForm};
 use crate::logs::{self, LogEvent};
 use crate::machines::{
     self, Defaults, LogText, MachineList, NewDefaults, NewMachine, NewSshMachine,
 };
+use crate::run_spec::{self, RunForm, Started};
 use crate::stats::{ContainerStatsEvent, MachineStatsEvent};
 use crate::terminal::{SessionId, Size, TerminalEvent};
 use crate::AppState;
@@ -397,6 +399,69 @@ pub async fn import_image(
     engine::import_image(&engine::connect(&state.lc, &machine)?, &request).await
 }
 
+/// Saves an image as a `docker save` archive to a file the user picks, or to the
+/// Downloads folder; `None` when they cancelled.
+#[tauri::command]
+pub async fn save_image(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    machine: String,
+    reference: String,
+) -> CommandResult<Option<Saved>> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    let Some((path, chosen)) = save_target(
+        &app,
+        downloads::file_name_of(&reference, "tar"),
+        ("Image archives", &["tar"]),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let count = engine::save_image(&docker, &reference, &path).await?;
+    Ok(Some(Saved {
+        path: path.display().to_string(),
+        chosen,
+        count,
+    }))
+}
+
+/// Creates and starts a container from the Run form.
+#[tauri::command]
+pub async fn run_image(
+    state: State<'_, AppState>,
+    machine: String,
+    form: RunForm,
+) -> CommandResult<Started> {
+    let lc = state.lc.clone();
+    let name = machine.clone();
+    let m = blocking(move || Ok(lc.store().load(&name)?)).await?;
+    // An ssh machine's bind sources are its host's folders, not this computer's.
+    let spec = form.parse(m.spec.ssh.is_none())?;
+    run_spec::run(&engine::connect(&state.lc, &machine)?, &spec).await
+}
+
+/// Builds an image from a folder; its progress, then `done` or `failed`, come on
+/// `events`. Closing the stream (`close_build`) stops the build.
+#[tauri::command]
+pub async fn open_build(
+    state: State<'_, AppState>,
+    machine: String,
+    form: BuildForm,
+    events: Channel<BuildEvent>,
+) -> CommandResult<u64> {
+    let spec = form.parse()?;
+    let docker = engine::connect(&state.lc, &machine)?;
+    Ok(state
+        .builds
+        .open(image_build::build(docker, spec, channel_sink(events))))
+}
+
+#[tauri::command]
+pub fn close_build(state: State<'_, AppState>, stream: u64) {
+    state.builds.close(stream);
+}
+
 #[tauri::command]
 pub async fn list_volumes(
     state: State<'_, AppState>,
@@ -542,6 +607,7 @@ pub struct LiveStreams {
     pub stats: usize,
     pub terminals: usize,
     pub logs: usize,
+    pub builds: usize,
 }
 
 #[tauri::command]
@@ -550,6 +616,7 @@ pub fn live_streams(state: State<'_, AppState>) -> LiveStreams {
         stats: state.stats.active(),
         terminals: state.terminals.active(),
         logs: state.logs.active(),
+        builds: state.builds.active(),
     }
 }
 
@@ -591,6 +658,28 @@ pub async fn pick_tarball(app: AppHandle) -> CommandResult<Option<String>> {
             .add_filter("Tarballs", &["tar", "gz", "tgz", "xz", "zst"])
             .blocking_pick_file();
         Ok(picked
+            .and_then(|p| p.into_path().ok())
+            .map(|p| p.display().to_string()))
+    })
+    .await
+}
+
+/// Asks for a folder with the system's file chooser; `None` when cancelled, or when no
+/// chooser can be shown (then the path is typed).
+#[tauri::command]
+pub async fn pick_folder(app: AppHandle) -> CommandResult<Option<String>> {
+    if !downloads::chooser_available() {
+        return Err(CommandError::new(
+            ErrorKind::Unsupported,
+            "no file chooser can be shown here: type the folder's path instead",
+        ));
+    }
+    use tauri_plugin_dialog::DialogExt;
+    blocking(move || {
+        Ok(app
+            .dialog()
+            .file()
+            .blocking_pick_folder()
             .and_then(|p| p.into_path().ok())
             .map(|p| p.display().to_string()))
     })

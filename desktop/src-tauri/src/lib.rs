@@ -7,13 +7,17 @@
 //! a view's own streams (logs, charts, terminals, builds) come on a channel it passes.
 #![forbid(unsafe_code)]
 
+pub mod build_context;
 pub mod commands;
+pub mod dockerignore;
 pub mod downloads;
 pub mod engine;
 pub mod error;
+pub mod image_build;
 pub mod live;
 pub mod logs;
 pub mod machines;
+pub mod run_spec;
 pub mod stats;
 pub mod terminal;
 pub mod tray;
@@ -34,6 +38,8 @@ pub struct AppState {
     pub events: live::EngineEvents,
     /// The log views' streams.
     pub logs: live::Streams,
+    /// The Build view's builds.
+    pub builds: live::Streams,
     pub terminals: terminal::Terminals,
     pub stats: stats::Stats,
     pub tray: Mutex<Option<tray::Tray>>,
@@ -87,6 +93,11 @@ pub fn run() -> std::process::ExitCode {
             commands::remove_image,
             commands::prune_images,
             commands::import_image,
+            commands::save_image,
+            commands::run_image,
+            commands::open_build,
+            commands::close_build,
+            commands::pick_folder,
             commands::list_volumes,
             commands::remove_volume,
             commands::prune_volumes,
@@ -123,6 +134,7 @@ pub fn run() -> std::process::ExitCode {
                 lc: lc.clone(),
                 events,
                 logs: live::Streams::new(),
+                builds: live::Streams::new(),
                 terminals: terminal::Terminals::new(),
                 stats: stats::Stats::new(),
                 tray: Mutex::new(tray),

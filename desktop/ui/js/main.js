@@ -11,6 +11,7 @@ import './volumes.js';
 import './settings.js';
 import './container.js';
 import './logs.js';
+import './build.js';
 import './machine.js';
 
 // ---------- live updates ----------
