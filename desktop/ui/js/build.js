@@ -68,8 +68,8 @@ async function start() {
       $('#build-output').dataset.imageId = ev.image_id;
       $('#build-result').replaceChildren(
         h('span', {}, 'Built ', h('strong', {}, ev.tag), h('span', { class: 'mono muted' }, ` ${ev.image_id.replace('sha256:', '').slice(0, 12)}`)),
-        h('button', { class: 'primary', id: 'build-run', onclick: () => openRunDialog(machine, ev.tag) }, 'Run…'),
-        h('button', { id: 'build-show', onclick: () => showPage('images') }, 'Show in Images'));
+        h('button', { type: 'button', class: 'primary', id: 'build-run', onclick: () => openRunDialog(machine, ev.tag) }, 'Run…'),
+        h('button', { type: 'button', id: 'build-show', onclick: () => showPage('images') }, 'Show in Images'));
       toast(`Built ${ev.tag}`);
     } else if (ev.kind === 'failed') {
       current = null;

@@ -9,7 +9,7 @@ export function loadImages() {
     if (!images.length) return h('div', { class: 'card empty' }, h('h2', {}, 'No images'), h('p', {}, 'Build one from a folder, load a saved archive, or pull with docker.'));
     return h('table', { id: 'images-table' },
       h('thead', {}, h('tr', {}, ['Tags', 'ID', 'Size', 'Created', 'Used by', ''].map((c) => h('th', { scope: 'col' }, c)))),
-      h('tbody', {}, images.map((i) => h('tr', { 'data-key': i.id },
+      h('tbody', {}, images.map((i) => h('tr', { 'data-key': i.id, 'data-tags': i.tags.join(' ') },
         h('td', {}, i.tags.length ? i.tags.map((t) => h('span', { class: 'tag' }, t)) : h('span', { class: 'muted' }, '<none>')),
         h('td', { class: 'mono' }, i.id.replace('sha256:', '').slice(0, 12)),
         h('td', { class: 'num' }, fmtBytes(i.size)),
@@ -84,7 +84,7 @@ $('#import-dialog').addEventListener('close', async () => {
   toast(`Loading ${path}…`);
   try {
     const said = await invoke('import_image', { machine: S.engineMachine, request });
-    toast(`Loaded ${said || path}`);
+    toast(said || `Loaded ${path}`);
   } catch (e) { reportError(`Cannot load ${path}`, e); }
   loadImages();
 });
