@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 
+use crate::compose::{self, ComposeEvent, ComposeRequest};
 use crate::downloads::{self, Saved};
 use crate::engine::{
     self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow,
@@ -462,6 +463,50 @@ pub fn close_build(state: State<'_, AppState>, stream: u64) {
     state.builds.close(stream);
 }
 
+/// Runs `docker compose up -d` or `down` on a machine; compose's output, then `done` or
+/// `failed`, come on `events`. Closing the stream (`close_compose`) stops compose.
+#[tauri::command]
+pub async fn open_compose(
+    state: State<'_, AppState>,
+    machine: String,
+    request: ComposeRequest,
+    events: Channel<ComposeEvent>,
+) -> CommandResult<u64> {
+    let spec = request.parse()?;
+    let lc = state.lc.clone();
+    let host = blocking(move || engine::docker_host(&lc, &machine)).await?;
+    Ok(state
+        .compose
+        .open(compose::run(host, spec, channel_sink(events))))
+}
+
+#[tauri::command]
+pub fn close_compose(state: State<'_, AppState>, stream: u64) {
+    state.compose.close(stream);
+}
+
+/// Asks for a compose file with the system's file chooser; `None` when cancelled.
+#[tauri::command]
+pub async fn pick_compose_file(app: AppHandle) -> CommandResult<Option<String>> {
+    if !downloads::chooser_available() {
+        return Err(CommandError::new(
+            ErrorKind::Unsupported,
+            "no file chooser can be shown here: type the compose file's path instead",
+        ));
+    }
+    use tauri_plugin_dialog::DialogExt;
+    blocking(move || {
+        Ok(app
+            .dialog()
+            .file()
+            .add_filter("Compose files", &["yaml", "yml"])
+            .blocking_pick_file()
+            .and_then(|p| p.into_path().ok())
+            .map(|p| p.display().to_string()))
+    })
+    .await
+}
+
 #[tauri::command]
 pub async fn list_volumes(
     state: State<'_, AppState>,
@@ -608,6 +653,7 @@ pub struct LiveStreams {
     pub terminals: usize,
     pub logs: usize,
     pub builds: usize,
+    pub compose: usize,
 }
 
 #[tauri::command]
@@ -617,6 +663,7 @@ pub fn live_streams(state: State<'_, AppState>) -> LiveStreams {
         terminals: state.terminals.active(),
         logs: state.logs.active(),
         builds: state.builds.active(),
+        compose: state.compose.active(),
     }
 }
 

@@ -43,6 +43,16 @@ pub fn socket(lc: &Lifecycle, name: &str) -> CommandResult<PathBuf> {
     Ok(machine.files.docker_endpoint().path())
 }
 
+/// Machine `name`'s engine as the docker CLI's `DOCKER_HOST` (`unix://…`, `npipe://…`); a
+/// machine that is not running is `NotRunning`.
+pub fn docker_host(lc: &Lifecycle, name: &str) -> CommandResult<String> {
+    let machine = lc.store().load(name)?;
+    if machine.state.state != State::Running {
+        return Err(CommandError::not_running(name));
+    }
+    Ok(machine.files.docker_endpoint().docker_host())
+}
+
 /// A client of the engine at a local endpoint (a unix socket, a named pipe on Windows).
 pub fn connect_socket(socket: &Path) -> CommandResult<Docker> {
     Docker::connect_with_local(

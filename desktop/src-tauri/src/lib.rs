@@ -9,6 +9,7 @@
 
 pub mod build_context;
 pub mod commands;
+pub mod compose;
 pub mod dockerignore;
 pub mod downloads;
 pub mod engine;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub logs: live::Streams,
     /// The Build view's builds.
     pub builds: live::Streams,
+    /// The Compose dialog's runs.
+    pub compose: live::Streams,
     pub terminals: terminal::Terminals,
     pub stats: stats::Stats,
     pub tray: Mutex<Option<tray::Tray>>,
@@ -98,6 +101,9 @@ pub fn run() -> std::process::ExitCode {
             commands::open_build,
             commands::close_build,
             commands::pick_folder,
+            commands::open_compose,
+            commands::close_compose,
+            commands::pick_compose_file,
             commands::list_volumes,
             commands::remove_volume,
             commands::prune_volumes,
@@ -135,6 +141,7 @@ pub fn run() -> std::process::ExitCode {
                 events,
                 logs: live::Streams::new(),
                 builds: live::Streams::new(),
+                compose: live::Streams::new(),
                 terminals: terminal::Terminals::new(),
                 stats: stats::Stats::new(),
                 tray: Mutex::new(tray),

@@ -383,6 +383,17 @@ fn test_window_starts_machine_and_stops_container() {
     let downloads = tmp.path().join("Downloads");
     let docker_config = tmp.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
+    // The user's docker CLI plugins (compose), which `rmachine setup` installs.
+    let user_plugins = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| user_home.join(".docker"))
+        .join("cli-plugins");
+    assert!(
+        user_plugins.join("docker-compose").exists(),
+        "no docker compose plugin in {}: install it with `rmachine setup` (as installers/linux/setup.sh does)",
+        user_plugins.display()
+    );
+    std::os::unix::fs::symlink(&user_plugins, docker_config.join("cli-plugins")).unwrap();
     let shots = profile_dir()
         .parent()
         .expect("target dir")
@@ -1024,6 +1035,95 @@ fn test_window_starts_machine_and_stops_container() {
     );
     assert_eq!(arg, "arg=from-gui");
     eprintln!("save and load: {:.1} s", step.elapsed().as_secs_f64());
+
+    // Compose: a file brought up from the Containers page shows as a group whose
+    // services run (one publishes a port); the group's Down takes it down.
+    let step = Instant::now();
+    let proj = tmp.path().join("guiproj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(
+        proj.join("compose.yaml"),
+        "services:\n  web:\n    image: gui-built:1\n    environment:\n      NAME: composed\n    ports: [\"18082:80\"]\n  \
+         worker:\n    image: busybox-gui:1\n    command: [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    d.click("#nav-containers");
+    d.click("#compose-open");
+    d.wait_for(
+        "the compose dialog",
+        "document.querySelector('#compose-dialog').open",
+        Duration::from_secs(10),
+    );
+    d.type_into(
+        "#compose-file",
+        &proj.join("missing.yaml").display().to_string(),
+    );
+    d.click("#compose-up");
+    let refused = d.wait_for(
+        "the missing compose file refused",
+        "document.querySelector('#compose-status').dataset.state === 'error' && document.querySelector('#compose-status').textContent",
+        Duration::from_secs(10),
+    );
+    assert!(
+        refused.as_str().unwrap().contains("does not exist"),
+        "{refused}"
+    );
+    d.type_into(
+        "#compose-file",
+        &proj.join("compose.yaml").display().to_string(),
+    );
+    d.type_into("#compose-project", "guiproj");
+    d.click("#compose-up");
+    d.wait_for_unless(
+        "the project up",
+        "document.querySelector('#compose-status').dataset.state === 'done'",
+        "document.querySelector('#compose-status').dataset.state === 'error'",
+        Duration::from_secs(120),
+    );
+    d.screenshot("30-compose-up");
+    d.click("#compose-close");
+    for service in ["web", "worker"] {
+        d.wait_for(
+            "the project's group",
+            &format!("document.querySelector('section[aria-label=\"Compose project guiproj\"] tr[data-name=\"guiproj-{service}-1\"]')?.dataset.state === 'running'"),
+            Duration::from_secs(30),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let r = ureq::get("http://127.0.0.1:18082/index.html")
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok());
+        if let Some(p) = r {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the compose service's port 18082 never answered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(page.trim(), "built-page");
+    d.screenshot("31-compose-group");
+    d.click("section[aria-label='Compose project guiproj'] [data-action='compose-down']");
+    d.click("#confirm-ok");
+    d.wait_for_unless(
+        "the project down",
+        "document.querySelector('#compose-status').dataset.state === 'done'",
+        "document.querySelector('#compose-status').dataset.state === 'error'",
+        Duration::from_secs(120),
+    );
+    d.click("#compose-close");
+    d.wait_for(
+        "the group gone",
+        "document.querySelector('#containers-list') && !document.querySelector('section[aria-label=\"Compose project guiproj\"]')",
+        Duration::from_secs(30),
+    );
+    d.screenshot("32-compose-down");
+    assert_eq!(d.live_streams()["compose"], json!(0), "compose runs ended");
+    eprintln!("compose up and down: {:.1} s", step.elapsed().as_secs_f64());
 
     // The other pages.
     d.click("#nav-images");

@@ -4,6 +4,7 @@ import { registerView, showPage } from './nav.js';
 import { engineLoad } from './engine.js';
 import { showContainer, openContainerTerminal } from './container.js';
 import { showLogs } from './logs.js';
+import { openCompose } from './compose.js';
 
 export async function containerAction(c, action) {
   if (action === 'remove') {
@@ -64,7 +65,8 @@ export function loadContainers() {
       const running = g.containers.filter((c) => c.state === 'running').length;
       return h('section', { class: 'group', 'aria-label': g.project ? `Compose project ${g.project}` : 'Standalone containers' },
         h('div', { class: 'group-head' }, h('h2', {}, g.project ? `${g.project}` : 'Containers'),
-          h('span', { class: 'muted' }, g.project ? `compose project · ${running}/${g.containers.length} running` : `${running}/${g.containers.length} running`)),
+          h('span', { class: 'muted' }, g.project ? `compose project · ${running}/${g.containers.length} running` : `${running}/${g.containers.length} running`),
+          g.project ? h('button', { class: 'small', 'data-action': 'compose-down', 'aria-label': `Take compose project ${g.project} down`, onclick: () => openCompose({ project: g.project, down: true }) }, 'Down') : null),
         h('table', {},
           h('thead', {}, h('tr', {}, ['Name', 'Image', 'State', 'Ports', ''].map((c) => h('th', { scope: 'col' }, c)))),
           h('tbody', {}, g.containers.map(containerRow))));
@@ -72,4 +74,5 @@ export function loadContainers() {
   });
 }
 
+$('#compose-open').addEventListener('click', () => openCompose());
 registerView('containers', { load: loadContainers, engine: true });
