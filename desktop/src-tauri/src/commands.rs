@@ -7,13 +7,18 @@ use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Emitter, State};
 
+use crate::compose::{self, ComposeEvent, ComposeRequest};
+use crate::downloads::{self, Saved};
 use crate::engine::{
     self, ContainerAction, ContainerGroup, ImageRow, ImportRequest, NetworkRow, Pruned, VolumeRow,
 };
 use crate::error::{CommandError, CommandResult, ErrorKind};
+use crate::image_build::{self, BuildEvent, BuildForm};
+use crate::logs::{self, LogEvent};
 use crate::machines::{
     self, Defaults, LogText, MachineList, NewDefaults, NewMachine, NewSshMachine,
 };
+use crate::run_spec::{self, RunForm, Started};
 use crate::stats::{ContainerStatsEvent, MachineStatsEvent};
 use crate::terminal::{SessionId, Size, TerminalEvent};
 use crate::AppState;
@@ -278,21 +283,89 @@ pub async fn inspect_container(
     engine::inspect_container(&engine::connect(&state.lc, &machine)?, &id).await
 }
 
+/// Sends a container's last `tail` lines, then (when `follow`) each new line, on
+/// `events` until `close_container_logs`.
 #[tauri::command]
-pub async fn follow_container_logs(
+pub async fn open_container_logs(
     state: State<'_, AppState>,
     machine: String,
     id: String,
-) -> CommandResult<()> {
+    tail: u32,
+    follow: bool,
+    events: Channel<LogEvent>,
+) -> CommandResult<u64> {
     let docker = engine::connect(&state.lc, &machine)?;
-    state.logs.follow(docker, machine, id, 500);
-    Ok(())
+    let tail = tail.clamp(1, 100_000);
+    Ok(state.logs.open(logs::stream_lines(
+        docker,
+        id,
+        tail,
+        follow,
+        channel_sink(events),
+    )))
 }
 
 #[tauri::command]
-pub async fn stop_container_logs(state: State<'_, AppState>) -> CommandResult<()> {
-    state.logs.stop();
-    Ok(())
+pub fn close_container_logs(state: State<'_, AppState>, stream: u64) {
+    state.logs.close(stream);
+}
+
+/// Where a download goes: the path the user picks (`None`: they cancelled), or a new file
+/// in the Downloads folder when no file chooser can be shown.
+async fn save_target(
+    app: &AppHandle,
+    file_name: String,
+    filter: (&'static str, &'static [&'static str]),
+) -> CommandResult<Option<(std::path::PathBuf, bool)>> {
+    if !downloads::chooser_available() {
+        return Ok(Some((downloads::in_downloads(&file_name)?, false)));
+    }
+    let app = app.clone();
+    blocking(move || {
+        use tauri_plugin_dialog::DialogExt;
+        let mut dialog = app
+            .dialog()
+            .file()
+            .set_file_name(&file_name)
+            .add_filter(filter.0, filter.1);
+        if let Some(dir) = downloads::downloads_dir().ok().filter(|d| d.is_dir()) {
+            dialog = dialog.set_directory(dir);
+        }
+        Ok(dialog
+            .blocking_save_file()
+            .and_then(|p| p.into_path().ok())
+            .map(|p| (p, true)))
+    })
+    .await
+}
+
+/// Saves a container's whole log (with timestamps when `timestamps`) to a file the user
+/// picks, or to the Downloads folder; `None` when they cancelled.
+#[tauri::command]
+pub async fn save_container_logs(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    machine: String,
+    id: String,
+    name: String,
+    timestamps: bool,
+) -> CommandResult<Option<Saved>> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    let Some((path, chosen)) = save_target(
+        &app,
+        downloads::file_name_of(&name, "log"),
+        ("Log files", &["log", "txt"]),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let count = logs::save(&docker, &id, timestamps, &path).await?;
+    Ok(Some(Saved {
+        path: path.display().to_string(),
+        chosen,
+        count,
+    }))
 }
 
 #[tauri::command]
@@ -325,6 +398,113 @@ pub async fn import_image(
     request: ImportRequest,
 ) -> CommandResult<String> {
     engine::import_image(&engine::connect(&state.lc, &machine)?, &request).await
+}
+
+/// Saves an image as a `docker save` archive to a file the user picks, or to the
+/// Downloads folder; `None` when they cancelled.
+#[tauri::command]
+pub async fn save_image(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    machine: String,
+    reference: String,
+) -> CommandResult<Option<Saved>> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    let Some((path, chosen)) = save_target(
+        &app,
+        downloads::file_name_of(&reference, "tar"),
+        ("Image archives", &["tar"]),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let count = engine::save_image(&docker, &reference, &path).await?;
+    Ok(Some(Saved {
+        path: path.display().to_string(),
+        chosen,
+        count,
+    }))
+}
+
+/// Creates and starts a container from the Run form.
+#[tauri::command]
+pub async fn run_image(
+    state: State<'_, AppState>,
+    machine: String,
+    form: RunForm,
+) -> CommandResult<Started> {
+    let lc = state.lc.clone();
+    let name = machine.clone();
+    let m = blocking(move || Ok(lc.store().load(&name)?)).await?;
+    // An ssh machine's bind sources are its host's folders, not this computer's.
+    let spec = form.parse(m.spec.ssh.is_none())?;
+    run_spec::run(&engine::connect(&state.lc, &machine)?, &spec).await
+}
+
+/// Builds an image from a folder; its progress, then `done` or `failed`, come on
+/// `events`. Closing the stream (`close_build`) stops the build.
+#[tauri::command]
+pub async fn open_build(
+    state: State<'_, AppState>,
+    machine: String,
+    form: BuildForm,
+    events: Channel<BuildEvent>,
+) -> CommandResult<u64> {
+    let spec = form.parse()?;
+    let docker = engine::connect(&state.lc, &machine)?;
+    Ok(state
+        .builds
+        .open(image_build::build(docker, spec, channel_sink(events))))
+}
+
+#[tauri::command]
+pub fn close_build(state: State<'_, AppState>, stream: u64) {
+    state.builds.close(stream);
+}
+
+/// Runs `docker compose up -d` or `down` on a machine; compose's output, then `done` or
+/// `failed`, come on `events`. Closing the stream (`close_compose`) stops compose.
+#[tauri::command]
+pub async fn open_compose(
+    state: State<'_, AppState>,
+    machine: String,
+    request: ComposeRequest,
+    events: Channel<ComposeEvent>,
+) -> CommandResult<u64> {
+    let spec = request.parse()?;
+    let lc = state.lc.clone();
+    let host = blocking(move || engine::docker_host(&lc, &machine)).await?;
+    Ok(state
+        .compose
+        .open(compose::run(host, spec, channel_sink(events))))
+}
+
+#[tauri::command]
+pub fn close_compose(state: State<'_, AppState>, stream: u64) {
+    state.compose.close(stream);
+}
+
+/// Asks for a compose file with the system's file chooser; `None` when cancelled.
+#[tauri::command]
+pub async fn pick_compose_file(app: AppHandle) -> CommandResult<Option<String>> {
+    if !downloads::chooser_available() {
+        return Err(CommandError::new(
+            ErrorKind::Unsupported,
+            "no file chooser can be shown here: type the compose file's path instead",
+        ));
+    }
+    use tauri_plugin_dialog::DialogExt;
+    blocking(move || {
+        Ok(app
+            .dialog()
+            .file()
+            .add_filter("Compose files", &["yaml", "yml"])
+            .blocking_pick_file()
+            .and_then(|p| p.into_path().ok())
+            .map(|p| p.display().to_string()))
+    })
+    .await
 }
 
 #[tauri::command]
@@ -472,6 +652,8 @@ pub struct LiveStreams {
     pub stats: usize,
     pub terminals: usize,
     pub logs: usize,
+    pub builds: usize,
+    pub compose: usize,
 }
 
 #[tauri::command]
@@ -480,6 +662,8 @@ pub fn live_streams(state: State<'_, AppState>) -> LiveStreams {
         stats: state.stats.active(),
         terminals: state.terminals.active(),
         logs: state.logs.active(),
+        builds: state.builds.active(),
+        compose: state.compose.active(),
     }
 }
 
@@ -521,6 +705,28 @@ pub async fn pick_tarball(app: AppHandle) -> CommandResult<Option<String>> {
             .add_filter("Tarballs", &["tar", "gz", "tgz", "xz", "zst"])
             .blocking_pick_file();
         Ok(picked
+            .and_then(|p| p.into_path().ok())
+            .map(|p| p.display().to_string()))
+    })
+    .await
+}
+
+/// Asks for a folder with the system's file chooser; `None` when cancelled, or when no
+/// chooser can be shown (then the path is typed).
+#[tauri::command]
+pub async fn pick_folder(app: AppHandle) -> CommandResult<Option<String>> {
+    if !downloads::chooser_available() {
+        return Err(CommandError::new(
+            ErrorKind::Unsupported,
+            "no file chooser can be shown here: type the folder's path instead",
+        ));
+    }
+    use tauri_plugin_dialog::DialogExt;
+    blocking(move || {
+        Ok(app
+            .dialog()
+            .file()
+            .blocking_pick_folder()
             .and_then(|p| p.into_path().ok())
             .map(|p| p.display().to_string()))
     })

@@ -43,6 +43,16 @@ pub fn socket(lc: &Lifecycle, name: &str) -> CommandResult<PathBuf> {
     Ok(machine.files.docker_endpoint().path())
 }
 
+/// Machine `name`'s engine as the docker CLI's `DOCKER_HOST` (`unix://…`, `npipe://…`); a
+/// machine that is not running is `NotRunning`.
+pub fn docker_host(lc: &Lifecycle, name: &str) -> CommandResult<String> {
+    let machine = lc.store().load(name)?;
+    if machine.state.state != State::Running {
+        return Err(CommandError::not_running(name));
+    }
+    Ok(machine.files.docker_endpoint().docker_host())
+}
+
 /// A client of the engine at a local endpoint (a unix socket, a named pipe on Windows).
 pub fn connect_socket(socket: &Path) -> CommandResult<Docker> {
     Docker::connect_with_local(
@@ -321,9 +331,12 @@ pub async fn import_image(docker: &Docker, request: &ImportRequest) -> CommandRe
     let path = match request {
         ImportRequest::Archive { path } | ImportRequest::Rootfs { path, .. } => path,
     };
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| CommandError::new(ErrorKind::Io, format!("cannot read {path}: {e}")))?;
+    let bytes = tokio::fs::read(path).await.map_err(|e| {
+        CommandError::new(
+            ErrorKind::Io,
+            format!("cannot read {path}: {e}; check the path, or choose the file with Browse…"),
+        )
+    })?;
     let mut said = Vec::new();
     match request {
         ImportRequest::Archive { .. } => {
@@ -333,7 +346,17 @@ pub async fn import_image(docker: &Docker, request: &ImportRequest) -> CommandRe
                 None,
             );
             while let Some(item) = stream.next().await {
-                if let Some(s) = item?.stream {
+                let item = item.map_err(|e| {
+                    let e = CommandError::from(e);
+                    CommandError::new(
+                        e.kind,
+                        format!(
+                            "{}; is {path} an archive written by docker save (or Save… here)? A root filesystem tarball is imported with the kind \"Root filesystem\"",
+                            e.message
+                        ),
+                    )
+                })?;
+                if let Some(s) = item.stream {
                     said.push(s.trim().to_string());
                 }
             }
@@ -359,6 +382,40 @@ pub async fn import_image(docker: &Docker, request: &ImportRequest) -> CommandRe
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("\n"))
+}
+
+/// Writes image `reference` (a name:tag or an id) as a `docker save` archive to `path`;
+/// returns its size in bytes. A failed save leaves no file behind.
+pub async fn save_image(docker: &Docker, reference: &str, path: &Path) -> CommandResult<u64> {
+    use tokio::io::AsyncWriteExt;
+    let io_err = |e: std::io::Error| {
+        CommandError::new(
+            ErrorKind::Io,
+            format!(
+                "cannot write {}: {e}; choose a folder you can write to, with room for the image",
+                path.display()
+            ),
+        )
+    };
+    let file = tokio::fs::File::create(path).await.map_err(io_err)?;
+    let mut file = tokio::io::BufWriter::new(file);
+    let mut stream = docker.export_image(reference);
+    let mut size = 0u64;
+    let result: CommandResult<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io_err)?;
+        }
+        file.flush().await.map_err(io_err)
+    }
+    .await;
+    if let Err(e) = result {
+        drop(file);
+        let _ = tokio::fs::remove_file(path).await;
+        return Err(e);
+    }
+    Ok(size)
 }
 
 /// `repo[:tag]` (a registry port is not a tag) into repo and tag (default `latest`).

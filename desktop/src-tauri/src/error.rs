@@ -54,7 +54,9 @@ impl CommandError {
     pub fn not_running(machine: &str) -> CommandError {
         CommandError::new(
             ErrorKind::NotRunning,
-            format!("machine {machine} is not running"),
+            format!(
+                "machine {machine} is not running: start it on the Machines page (or `rmachine start {machine}`)"
+            ),
         )
     }
 }

@@ -3,15 +3,22 @@
 //! `docker.sock`). It has no VM logic of its own.
 //!
 //! Events the UI hears: `machines-changed` (a new [`machines::MachineList`]),
-//! `machine-progress` ([`commands::Progress`]), `engine-event` ([`live::EngineEvent`]) and
-//! `container-log` ([`live::LogChunk`]).
+//! `machine-progress` ([`commands::Progress`]) and `engine-event` ([`live::EngineEvent`]);
+//! a view's own streams (logs, charts, terminals, builds) come on a channel it passes.
 #![forbid(unsafe_code)]
 
+pub mod build_context;
 pub mod commands;
+pub mod compose;
+pub mod dockerignore;
+pub mod downloads;
 pub mod engine;
 pub mod error;
+pub mod image_build;
 pub mod live;
+pub mod logs;
 pub mod machines;
+pub mod run_spec;
 pub mod stats;
 pub mod terminal;
 pub mod tray;
@@ -30,7 +37,12 @@ pub const UI_DIGEST: &str = env!("RMACHINE_UI_DIGEST");
 pub struct AppState {
     pub lc: Lifecycle,
     pub events: live::EngineEvents,
-    pub logs: live::LogFollower,
+    /// The log views' streams.
+    pub logs: live::Streams,
+    /// The Build view's builds.
+    pub builds: live::Streams,
+    /// The Compose dialog's runs.
+    pub compose: live::Streams,
     pub terminals: terminal::Terminals,
     pub stats: stats::Stats,
     pub tray: Mutex<Option<tray::Tray>>,
@@ -77,12 +89,21 @@ pub fn run() -> std::process::ExitCode {
             commands::list_containers,
             commands::container_action,
             commands::inspect_container,
-            commands::follow_container_logs,
-            commands::stop_container_logs,
+            commands::open_container_logs,
+            commands::close_container_logs,
+            commands::save_container_logs,
             commands::list_images,
             commands::remove_image,
             commands::prune_images,
             commands::import_image,
+            commands::save_image,
+            commands::run_image,
+            commands::open_build,
+            commands::close_build,
+            commands::pick_folder,
+            commands::open_compose,
+            commands::close_compose,
+            commands::pick_compose_file,
             commands::list_volumes,
             commands::remove_volume,
             commands::prune_volumes,
@@ -108,10 +129,6 @@ pub fn run() -> std::process::ExitCode {
             let events = live::EngineEvents::new(Arc::new(move |ev| {
                 let _ = h.emit("engine-event", ev);
             }));
-            let h = handle.clone();
-            let logs = live::LogFollower::new(Arc::new(move |chunk| {
-                let _ = h.emit("container-log", chunk);
-            }));
             let tray = match tray::build(&handle) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -122,7 +139,9 @@ pub fn run() -> std::process::ExitCode {
             app.manage(AppState {
                 lc: lc.clone(),
                 events,
-                logs,
+                logs: live::Streams::new(),
+                builds: live::Streams::new(),
+                compose: live::Streams::new(),
                 terminals: terminal::Terminals::new(),
                 stats: stats::Stats::new(),
                 tray: Mutex::new(tray),

@@ -1,15 +1,15 @@
 //! Live streams from the engines: each running machine's `/events` (so the UI refreshes
-//! a list when something changed, without polling the engine) and the followed logs of
-//! one container. Both end when the machine stops or the UI stops following.
+//! a list when something changed, without polling the engine), which end when the
+//! machine stops; and what every stream a view holds open shares ([`ActiveCount`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::query_parameters::{EventsOptions, LogsOptionsBuilder};
-use bollard::Docker;
+use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tauri::async_runtime::JoinHandle;
@@ -26,16 +26,6 @@ pub struct EngineEvent {
     /// `start`, `die`, `destroy`, `pull`, …
     pub action: String,
     pub id: String,
-}
-
-/// A piece of a followed container log (`container-log`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogChunk {
-    pub machine: String,
-    pub id: String,
-    pub text: String,
-    /// The stream ended (the container stopped or the engine went away).
-    pub end: bool,
 }
 
 /// Where events go (the Tauri app handle, a session's channel, or a test's collector).
@@ -65,6 +55,60 @@ impl ActiveCount {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Streams that views open and close by id (a log, a build): each is a task holding its
+/// connection, aborted by [`Streams::close`] (the connection drops with it).
+#[derive(Default)]
+pub struct Streams {
+    tasks: Mutex<HashMap<u64, JoinHandle<()>>>,
+    next: AtomicU64,
+    active: ActiveCount,
+}
+
+impl Streams {
+    pub fn new() -> Streams {
+        Streams::default()
+    }
+
+    /// Runs `stream` until it ends or is closed; returns its id.
+    pub fn open(&self, stream: impl Future<Output = ()> + Send + 'static) -> u64 {
+        let guard = self.active.guard();
+        let task = tauri::async_runtime::spawn(async move {
+            let _guard = guard;
+            stream.await
+        });
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|_, t| !t.inner().is_finished());
+            t.insert(id, task);
+        }
+        id
+    }
+
+    /// Stops a stream (its connection closes at once).
+    pub fn close(&self, stream: u64) {
+        if let Ok(mut t) = self.tasks.lock() {
+            if let Some(t) = t.remove(&stream) {
+                t.abort();
+            }
+        }
+    }
+
+    /// Streams still running.
+    pub fn active(&self) -> usize {
+        self.active.get()
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        if let Ok(t) = self.tasks.lock() {
+            for t in t.values() {
+                t.abort();
+            }
+        }
     }
 }
 
@@ -159,90 +203,5 @@ async fn follow_events(machine: String, socket: PathBuf, sink: Sink<EngineEvent>
             Err(e) => tracing::debug!(machine, error = %e, "cannot reach the engine"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// The one container log the UI follows.
-pub struct LogFollower {
-    current: Mutex<Option<JoinHandle<()>>>,
-    sink: Sink<LogChunk>,
-    active: ActiveCount,
-}
-
-/// How long chunks are gathered before they are sent, in milliseconds.
-const LOG_BATCH_MS: u64 = 100;
-
-impl LogFollower {
-    pub fn new(sink: Sink<LogChunk>) -> LogFollower {
-        LogFollower {
-            current: Mutex::new(None),
-            sink,
-            active: ActiveCount::default(),
-        }
-    }
-
-    /// Follows container `id` (its last `tail` lines first), replacing the one followed.
-    pub fn follow(&self, docker: Docker, machine: String, id: String, tail: u32) {
-        self.stop();
-        let sink = self.sink.clone();
-        let guard = self.active.guard();
-        let task = tauri::async_runtime::spawn(async move {
-            let _guard = guard;
-            let options = LogsOptionsBuilder::new()
-                .follow(true)
-                .stdout(true)
-                .stderr(true)
-                .tail(&tail.to_string())
-                .build();
-            let mut stream = docker.logs(&id, Some(options));
-            let mut buf = String::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(LOG_BATCH_MS));
-            let send = |text: String, end: bool| {
-                sink(LogChunk {
-                    machine: machine.clone(),
-                    id: id.clone(),
-                    text,
-                    end,
-                })
-            };
-            loop {
-                tokio::select! {
-                    item = stream.next() => match item {
-                        Some(Ok(out)) => buf.push_str(&String::from_utf8_lossy(&out.into_bytes())),
-                        Some(Err(e)) => {
-                            buf.push_str(&format!("\n[log stream error: {e}]\n"));
-                            send(std::mem::take(&mut buf), true);
-                            return;
-                        }
-                        None => {
-                            send(std::mem::take(&mut buf), true);
-                            return;
-                        }
-                    },
-                    _ = tick.tick() => {
-                        if !buf.is_empty() {
-                            send(std::mem::take(&mut buf), false);
-                        }
-                    }
-                }
-            }
-        });
-        if let Ok(mut cur) = self.current.lock() {
-            *cur = Some(task);
-        }
-    }
-
-    /// Log streams still open (0 or 1).
-    pub fn active(&self) -> usize {
-        self.active.get()
-    }
-
-    /// Stops following.
-    pub fn stop(&self) {
-        if let Ok(mut cur) = self.current.lock() {
-            if let Some(task) = cur.take() {
-                task.abort();
-            }
-        }
     }
 }

@@ -332,7 +332,7 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "echo", "httpd", "stty", "printf"] {
+    for applet in ["sh", "sleep", "echo", "httpd", "stty", "printf", "cat"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tarball = dir.join("busybox.tar");
@@ -380,8 +380,20 @@ fn test_window_starts_machine_and_stops_container() {
         "driver = \"qemu\"\ncpus = 2\nmemory_mib = 2048\ndisk_size_gib = 8\n",
     )
     .unwrap();
+    let downloads = tmp.path().join("Downloads");
     let docker_config = tmp.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
+    // The user's docker CLI plugins (compose), which `rmachine setup` installs.
+    let user_plugins = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| user_home.join(".docker"))
+        .join("cli-plugins");
+    assert!(
+        user_plugins.join("docker-compose").exists(),
+        "no docker compose plugin in {}: install it with `rmachine setup` (as installers/linux/setup.sh does)",
+        user_plugins.display()
+    );
+    std::os::unix::fs::symlink(&user_plugins, docker_config.join("cli-plugins")).unwrap();
     let shots = profile_dir()
         .parent()
         .expect("target dir")
@@ -393,6 +405,9 @@ fn test_window_starts_machine_and_stops_container() {
         ("RMACHINE_HOME".into(), home.display().to_string()),
         ("DOCKER_CONFIG".into(), docker_config.display().to_string()),
         ("RMACHINE_BIN".into(), rmachine.display().to_string()),
+        // Downloads go to the Downloads folder, without a file chooser the test cannot click.
+        ("RMACHINE_DESKTOP_NO_FILE_DIALOG".into(), "1".into()),
+        ("XDG_DOWNLOAD_DIR".into(), downloads.display().to_string()),
     ];
     let _guard = MachineGuard {
         rmachine: rmachine.clone(),
@@ -753,6 +768,362 @@ fn test_window_starts_machine_and_stops_container() {
         "machine chart and shell steps: {:.1} s",
         step.elapsed().as_secs_f64()
     );
+
+    // Build and run: an image built from a folder (its Dockerfile FROM the image imported
+    // above, a build argument, a .dockerignore), run with a published port and
+    // environment; its log searched, filtered, shown with timestamps and downloaded; the
+    // image saved, removed and loaded again, and run.
+    let step = Instant::now();
+    let ctx = tmp.path().join("site-src");
+    std::fs::create_dir_all(ctx.join("site")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox-gui:1\nARG GREETING=unset\nCOPY site/ /www/\nRUN echo \"arg=$GREETING\" > /www/arg.txt\n\
+         CMD [\"sh\", \"-c\", \"echo hello from $NAME; echo second line; echo oops >&2; exec httpd -f -p 80 -h /www\"]\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("site/index.html"), "built-page\n").unwrap();
+    std::fs::write(ctx.join("site/secret.txt"), "not for the image\n").unwrap();
+    std::fs::write(
+        ctx.join(".dockerignore"),
+        "# keep the secret out\nsite/secret.txt\n",
+    )
+    .unwrap();
+    d.click("#nav-images");
+    d.click("#build-image");
+    d.wait_for(
+        "the build form",
+        "!document.querySelector('#page-build').hidden",
+        Duration::from_secs(10),
+    );
+    // A folder that does not exist: refused by name, with what to do.
+    d.type_into("#build-folder", "/no/such/folder");
+    d.type_into("#build-tag", "gui-built:1");
+    d.click("#build-submit");
+    let refused = d.wait_for(
+        "the missing folder refused",
+        "document.querySelector('#build-status').dataset.state === 'error' && document.querySelector('#build-status').textContent",
+        Duration::from_secs(10),
+    );
+    assert!(
+        refused
+            .as_str()
+            .unwrap()
+            .contains("/no/such/folder does not exist")
+            && refused.as_str().unwrap().contains("Browse"),
+        "{refused}"
+    );
+    d.type_into("#build-tag", "Not A Tag");
+    d.type_into("#build-folder", &ctx.display().to_string());
+    d.click("#build-submit");
+    let refused = d.wait_for(
+        "the bad tag refused",
+        "document.querySelector('#build-status').dataset.state === 'error' && document.querySelector('#build-status').textContent",
+        Duration::from_secs(10),
+    );
+    assert!(
+        refused.as_str().unwrap().contains("has a space in it"),
+        "{refused}"
+    );
+    d.screenshot("22-build-refused");
+    d.type_into("#build-tag", "gui-built:1");
+    d.type_into("#build-args", "GREETING=from-gui");
+    d.click("#build-submit");
+    d.wait_for_unless(
+        "the build done",
+        "document.querySelector('#build-status').dataset.state === 'done'",
+        "document.querySelector('#build-status').dataset.state === 'error'",
+        Duration::from_secs(300),
+    );
+    let out = d.js("return document.querySelector('#build-output').textContent");
+    let out = out.as_str().unwrap();
+    assert!(out.contains("(1 left out by .dockerignore)"), "{out}");
+    assert!(out.contains("Successfully tagged gui-built:1"), "{out}");
+    d.screenshot("23-build-done");
+    let builds = d.js("return document.querySelector('#build-output').textContent.split('Sent the build context').length - 1");
+    assert_eq!(builds, json!(1), "one build");
+    assert_eq!(
+        d.live_streams()["builds"],
+        json!(0),
+        "the build's stream ended"
+    );
+    eprintln!("build: {:.1} s", step.elapsed().as_secs_f64());
+
+    // Run it from the build's result: bad input first (a port out of range; a folder the
+    // machine does not share, refused by the host agent's proxy), then for real.
+    d.click("#build-run");
+    d.wait_for(
+        "the run dialog",
+        "document.querySelector('#run-dialog').open",
+        Duration::from_secs(10),
+    );
+    d.type_into("#run-name", "built-web");
+    d.type_into("#run-ports", "99999:80");
+    d.click("#run-submit");
+    let refused = d.wait_for(
+        "the bad port refused",
+        "!document.querySelector('#run-error').hidden && document.querySelector('#run-error').textContent",
+        Duration::from_secs(10),
+    );
+    assert!(
+        refused
+            .as_str()
+            .unwrap()
+            .contains("99999 is not a port number (1 to 65535)"),
+        "{refused}"
+    );
+    d.type_into("#run-ports", "18081:80");
+    d.type_into("#run-volumes", &format!("{}:/src:ro", ctx.display()));
+    d.type_into("#run-env", "NAME=gui-test");
+    d.click("#run-submit");
+    let refused = d.wait_for(
+        "the unshared folder refused by the proxy",
+        "document.querySelector('#run-error').textContent.includes('not shared') && document.querySelector('#run-error').textContent",
+        Duration::from_secs(30),
+    );
+    assert!(
+        refused.as_str().unwrap().contains(&format!(
+            "bind mount source {} is not shared with machine \"default\"",
+            ctx.display()
+        )) && refused
+            .as_str()
+            .unwrap()
+            .contains("rmachine create --mount"),
+        "{refused}"
+    );
+    d.screenshot("24-run-refused");
+    assert_eq!(
+        d.js("return document.querySelector('#build-status').dataset.state"),
+        json!("done"),
+        "Run… opened the dialog and started no second build"
+    );
+    d.type_into("#run-volumes", "gui-built-data:/data");
+    d.click("#run-submit");
+    // The new container's log view opens and follows it.
+    d.wait_for_unless(
+        "the container's log",
+        "!document.querySelector('#page-logs').hidden && document.querySelector('#logs-body').textContent.includes('hello from gui-test')",
+        "!document.querySelector('#run-error').hidden",
+        Duration::from_secs(60),
+    );
+    let get = |path: &str| -> Option<String> {
+        ureq::get(&format!("http://127.0.0.1:18081{path}"))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        if let Some(p) = get("/index.html") {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the published port 18081 never answered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(page.trim(), "built-page");
+    assert_eq!(get("/arg.txt").unwrap_or_default().trim(), "arg=from-gui");
+    assert_eq!(
+        get("/secret.txt"),
+        None,
+        ".dockerignore kept the secret out"
+    );
+    assert_eq!(d.live_streams()["logs"], json!(1), "the log view's stream");
+    d.screenshot("25-logs");
+    // Search: the matching line is marked; the filter leaves only it; timestamps show.
+    d.type_into("#logs-search", "SECOND");
+    d.wait_for(
+        "the search's match",
+        "document.querySelector('#logs-body').dataset.matches === '1' && document.querySelector('#logs-body mark')?.textContent === 'second'",
+        Duration::from_secs(10),
+    );
+    d.click("#logs-filter");
+    d.wait_for(
+        "only the matching line",
+        "document.querySelectorAll('#logs-body .log-line').length === 1 && document.querySelector('#logs-body .log-line').textContent.includes('second line')",
+        Duration::from_secs(10),
+    );
+    d.click("#logs-timestamps");
+    d.wait_for(
+        "the timestamps",
+        "document.querySelector('#logs-body').classList.contains('show-ts') && /^\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d/.test(document.querySelector('#logs-body .log-line .ts').textContent) && document.querySelector('#logs-body .log-line .ts').offsetWidth > 0",
+        Duration::from_secs(10),
+    );
+    d.screenshot("26-logs-search-filtered-timestamps");
+    // Download: no file chooser in this test (RMACHINE_DESKTOP_NO_FILE_DIALOG), so the
+    // Downloads folder, which the toast names.
+    d.click("#logs-download");
+    let saved = d.wait_for(
+        "the downloaded log",
+        "document.querySelector('#logs-download').dataset.saved",
+        Duration::from_secs(30),
+    );
+    let saved = PathBuf::from(saved.as_str().unwrap());
+    assert_eq!(saved, downloads.join("built-web.log"));
+    let log = std::fs::read_to_string(&saved).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" hello from gui-test") && l.starts_with("20")),
+        "timestamps as shown: {log}"
+    );
+    assert!(log.contains("oops"), "stderr too: {log}");
+    d.wait_for(
+        "the toast naming the Downloads folder",
+        "[...document.querySelectorAll('.toast')].some((t) => t.textContent.includes('built-web.log') && t.textContent.includes('Downloads folder'))",
+        Duration::from_secs(10),
+    );
+    d.screenshot("27-logs-downloaded");
+    d.click("#logs-back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.live_streams()["logs"] != json!(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the log stream outlived its view: {}",
+            d.live_streams()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("run and logs: {:.1} s", step.elapsed().as_secs_f64());
+
+    // Save the image, remove it, load it back from the file; it runs.
+    let step = Instant::now();
+    docker(&socket, &["rm", "-f", "built-web"]);
+    d.click("#nav-images");
+    d.wait_for(
+        "the built image in the list",
+        "document.querySelector(\"tr[data-tags~='gui-built:1'] [data-action='save']\")",
+        Duration::from_secs(30),
+    );
+    d.click("tr[data-tags~='gui-built:1'] [data-action='save']");
+    let archive = d.wait_for(
+        "the saved image",
+        "document.body.dataset.lastSaved",
+        Duration::from_secs(120),
+    );
+    let archive = PathBuf::from(archive.as_str().unwrap());
+    assert_eq!(archive, downloads.join("gui-built_1.tar"));
+    assert!(
+        std::fs::metadata(&archive).unwrap().len() > 100_000,
+        "a whole image"
+    );
+    d.screenshot("28-image-saved");
+    docker(&socket, &["rmi", "gui-built:1"]);
+    d.wait_for(
+        "the image gone from the list",
+        "document.querySelector('#images-table') && !document.querySelector(\"tr[data-tags~='gui-built:1']\")",
+        Duration::from_secs(30),
+    );
+    d.click("#import-image");
+    d.type_into("#import-path", &archive.display().to_string());
+    d.click("#import-ok");
+    d.wait_for(
+        "the image loaded again",
+        "document.querySelector(\"tr[data-tags~='gui-built:1']\")",
+        Duration::from_secs(120),
+    );
+    d.screenshot("29-image-loaded");
+    let arg = docker(
+        &socket,
+        &["run", "--rm", "gui-built:1", "cat", "/www/arg.txt"],
+    );
+    assert_eq!(arg, "arg=from-gui");
+    eprintln!("save and load: {:.1} s", step.elapsed().as_secs_f64());
+
+    // Compose: a file brought up from the Containers page shows as a group whose
+    // services run (one publishes a port); the group's Down takes it down.
+    let step = Instant::now();
+    let proj = tmp.path().join("guiproj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(
+        proj.join("compose.yaml"),
+        "services:\n  web:\n    image: gui-built:1\n    environment:\n      NAME: composed\n    ports: [\"18082:80\"]\n  \
+         worker:\n    image: busybox-gui:1\n    command: [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    d.click("#nav-containers");
+    d.click("#compose-open");
+    d.wait_for(
+        "the compose dialog",
+        "document.querySelector('#compose-dialog').open",
+        Duration::from_secs(10),
+    );
+    d.type_into(
+        "#compose-file",
+        &proj.join("missing.yaml").display().to_string(),
+    );
+    d.click("#compose-up");
+    let refused = d.wait_for(
+        "the missing compose file refused",
+        "document.querySelector('#compose-status').dataset.state === 'error' && document.querySelector('#compose-status').textContent",
+        Duration::from_secs(10),
+    );
+    assert!(
+        refused.as_str().unwrap().contains("does not exist"),
+        "{refused}"
+    );
+    d.type_into(
+        "#compose-file",
+        &proj.join("compose.yaml").display().to_string(),
+    );
+    d.type_into("#compose-project", "guiproj");
+    d.click("#compose-up");
+    d.wait_for_unless(
+        "the project up",
+        "document.querySelector('#compose-status').dataset.state === 'done'",
+        "document.querySelector('#compose-status').dataset.state === 'error'",
+        Duration::from_secs(120),
+    );
+    d.screenshot("30-compose-up");
+    d.click("#compose-close");
+    for service in ["web", "worker"] {
+        d.wait_for(
+            "the project's group",
+            &format!("document.querySelector('section[aria-label=\"Compose project guiproj\"] tr[data-name=\"guiproj-{service}-1\"]')?.dataset.state === 'running'"),
+            Duration::from_secs(30),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let r = ureq::get("http://127.0.0.1:18082/index.html")
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok());
+        if let Some(p) = r {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the compose service's port 18082 never answered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(page.trim(), "built-page");
+    d.screenshot("31-compose-group");
+    d.click("section[aria-label='Compose project guiproj'] [data-action='compose-down']");
+    d.click("#confirm-ok");
+    d.wait_for_unless(
+        "the project down",
+        "document.querySelector('#compose-status').dataset.state === 'done'",
+        "document.querySelector('#compose-status').dataset.state === 'error'",
+        Duration::from_secs(120),
+    );
+    d.click("#compose-close");
+    d.wait_for(
+        "the group gone",
+        "document.querySelector('#containers-list') && !document.querySelector('section[aria-label=\"Compose project guiproj\"]')",
+        Duration::from_secs(30),
+    );
+    d.screenshot("32-compose-down");
+    assert_eq!(d.live_streams()["compose"], json!(0), "compose runs ended");
+    eprintln!("compose up and down: {:.1} s", step.elapsed().as_secs_f64());
 
     // The other pages.
     d.click("#nav-images");

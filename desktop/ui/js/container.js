@@ -27,6 +27,7 @@ function render() {
   $('#container-state').replaceChildren(stateBadge(v.state), h('span', { class: 'detail', id: 'container-stream-status' }, v.streamNote || ''));
   $('#container-tools').replaceChildren(
     h('button', { id: 'container-terminal', class: 'primary', disabled: !running, onclick: () => openContainerTerminal(v.machine, v) }, 'Open terminal'),
+    h('button', { id: 'container-logs', onclick: () => showPage('logs', { machine: v.machine, id: v.id, name: v.name, state: v.state }) }, 'Logs'),
     running
       ? h('button', { id: 'container-stop', onclick: () => act('stop') }, 'Stop')
       : h('button', { id: 'container-start', onclick: () => act('start') }, 'Start'));

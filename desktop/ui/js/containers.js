@@ -1,8 +1,10 @@
 // The Containers page: containers grouped by compose project, their actions and logs.
-import { S, $, h, invoke, listen, toast, reportError, confirmDialog, textDialog, setTextDialogOnClose, appendText, errMsg, stateBadge } from './core.js';
+import { S, $, h, invoke, reportError, confirmDialog, textDialog, stateBadge } from './core.js';
 import { registerView, showPage } from './nav.js';
 import { engineLoad } from './engine.js';
 import { showContainer, openContainerTerminal } from './container.js';
+import { showLogs } from './logs.js';
+import { openCompose } from './compose.js';
 
 export async function containerAction(c, action) {
   if (action === 'remove') {
@@ -17,18 +19,6 @@ export async function containerAction(c, action) {
     reportError(`Cannot ${action} ${c.name}`, e);
   }
   loadContainers();
-}
-
-export async function showContainerLogs(c) {
-  const machine = S.engineMachine;
-  S.logsFollowing = c.id;
-  textDialog(`Logs of ${c.name}`, '');
-  setTextDialogOnClose(() => { S.logsFollowing = null; invoke('stop_container_logs').catch(() => {}); });
-  try {
-    await invoke('follow_container_logs', { machine, id: c.id });
-  } catch (e) {
-    appendText(errMsg(e));
-  }
 }
 
 export async function inspectContainer(c) {
@@ -60,7 +50,7 @@ export function containerRow(c) {
         : h('button', { class: 'small primary', 'data-action': 'start', onclick: () => containerAction(c, 'start') }, 'Start'),
       h('button', { class: 'small', 'data-action': 'restart', onclick: () => containerAction(c, 'restart') }, 'Restart'),
       running ? h('button', { class: 'small', 'data-action': 'terminal', onclick: () => openContainerTerminal(S.engineMachine, c) }, 'Terminal') : null,
-      h('button', { class: 'small', 'data-action': 'logs', onclick: () => showContainerLogs(c) }, 'Logs'),
+      h('button', { class: 'small', 'data-action': 'logs', onclick: () => showLogs(S.engineMachine, c) }, 'Logs'),
       h('button', { class: 'small', 'data-action': 'inspect', onclick: () => inspectContainer(c) }, 'Inspect'),
       h('button', { class: 'small danger', 'data-action': 'remove', 'aria-label': `Remove ${c.name}`, onclick: () => containerAction(c, 'remove') }, 'Remove')));
 }
@@ -75,7 +65,8 @@ export function loadContainers() {
       const running = g.containers.filter((c) => c.state === 'running').length;
       return h('section', { class: 'group', 'aria-label': g.project ? `Compose project ${g.project}` : 'Standalone containers' },
         h('div', { class: 'group-head' }, h('h2', {}, g.project ? `${g.project}` : 'Containers'),
-          h('span', { class: 'muted' }, g.project ? `compose project · ${running}/${g.containers.length} running` : `${running}/${g.containers.length} running`)),
+          h('span', { class: 'muted' }, g.project ? `compose project · ${running}/${g.containers.length} running` : `${running}/${g.containers.length} running`),
+          g.project ? h('button', { class: 'small', 'data-action': 'compose-down', 'aria-label': `Take compose project ${g.project} down`, onclick: () => openCompose({ project: g.project, down: true }) }, 'Down') : null),
         h('table', {},
           h('thead', {}, h('tr', {}, ['Name', 'Image', 'State', 'Ports', ''].map((c) => h('th', { scope: 'col' }, c)))),
           h('tbody', {}, g.containers.map(containerRow))));
@@ -83,4 +74,5 @@ export function loadContainers() {
   });
 }
 
+$('#compose-open').addEventListener('click', () => openCompose());
 registerView('containers', { load: loadContainers, engine: true });

@@ -19,7 +19,6 @@ export const S = {
   currentContext: null,
   progress: {},        // machine -> { op, detail }
   engineMachine: null, // machine the engine pages show
-  logsFollowing: null, // container id whose logs the dialog shows
   firstPaintSent: false,
 };
 

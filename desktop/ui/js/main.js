@@ -2,7 +2,7 @@
 // network; third-party libraries are vendored in ../vendor). Each page is a view module
 // that registers itself with nav.js; this file wires the app's live events to them.
 import './locale.js';
-import { S, listen, appendText } from './core.js';
+import { S, listen } from './core.js';
 import { refreshPage, showsEngine } from './nav.js';
 import { applyMachineList, loadMachines, renderMachines } from './machines.js';
 import './containers.js';
@@ -10,6 +10,8 @@ import './images.js';
 import './volumes.js';
 import './settings.js';
 import './container.js';
+import './logs.js';
+import './build.js';
 import './machine.js';
 
 // ---------- live updates ----------
@@ -32,11 +34,6 @@ listen('machine-progress', (p) => {
 });
 listen('engine-event', (ev) => {
   if (ev.machine === S.engineMachine) scheduleEngineRefresh();
-});
-listen('container-log', (chunk) => {
-  if (chunk.id !== S.logsFollowing) return;
-  appendText(chunk.text);
-  if (chunk.end) appendText('\n[end of log stream]\n');
 });
 
 // ---------- start ----------
