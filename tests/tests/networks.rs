@@ -203,16 +203,16 @@ fn test_two_machines_reach_each_other_on_a_network() {
     let mut args = vec!["create", "n3"];
     args.extend(settings);
     env.rmachine_ok(&args);
+    let a3 = "192.168.105.4";
     let hosts = shell_ok(&env, "n1", "cat /etc/hosts");
-    assert!(
-        hosts.contains("192.168.105.4") && hosts.contains("n3"),
-        "{hosts}"
-    );
+    assert!(hosts.contains(a3) && hosts.contains("n3"), "{hosts}");
+    third_node_joins(&env, &a1, a3);
 
     // The switch ends after its last machine stops (a full shutdown: a save would only
     // cost time here).
-    env.rmachine_ok(&["stop", "--no-save", "n1"]);
-    env.rmachine_ok(&["stop", "--no-save", "n2"]);
+    for m in ["n1", "n2", "n3"] {
+        env.rmachine_ok(&["stop", "--no-save", m]);
+    }
     // (Its socket and pid file go with it; a connection to test it would be a port.)
     let socket = env.home.join("networks/lan/switch.sock");
     let pid_file = env.home.join("networks/lan/switch.pid");
@@ -365,6 +365,96 @@ fn swarm_across_machines(env: &MachineEnv, a1: &str, a2: &str) {
     }
 
     registry_global_update_stack(env);
+}
+
+/// A third machine started after the swarm was made joins it as a worker: the global
+/// service starts a task on it (its image pulled from the registry service through the
+/// mesh), and the replicated `web` service, which has no task on n3, answers through n3's
+/// address from both replicas (the routing mesh on a node without a task).
+fn third_node_joins(env: &MachineEnv, a1: &str, a3: &str) {
+    let t = std::time::Instant::now();
+    env.rmachine_ok(&["start", "n3", "--no-use"]);
+    let d = |m: &str, args: &[&str]| {
+        let context = format!("rmachine-{m}");
+        let mut all = vec!["--context", context.as_str()];
+        all.extend(args);
+        env.docker_ok(&all)
+    };
+    let token = d("n1", &["swarm", "join-token", "-q", "worker"]);
+    d(
+        "n3",
+        &[
+            "swarm",
+            "join",
+            "--token",
+            token.trim(),
+            &format!("{a1}:2377"),
+        ],
+    );
+    wait_until(
+        "the manager sees n3 ready",
+        Duration::from_secs(120),
+        || {
+            let nodes = d(
+                "n1",
+                &["node", "ls", "--format", "{{.Hostname}} {{.Status}}"],
+            );
+            nodes.contains("n3 Ready").then_some(()).ok_or(nodes)
+        },
+    );
+    eprintln!("swarm: n3 joined at {:.0} s", t.elapsed().as_secs_f64());
+    wait_until(
+        "the global service runs on n3 too",
+        Duration::from_secs(240),
+        || {
+            let tasks = d(
+                "n1",
+                &[
+                    "service",
+                    "ps",
+                    "everywhere",
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.Node}} {{.CurrentState}}",
+                ],
+            );
+            tasks
+                .lines()
+                .any(|l| l.starts_with("n3 Running"))
+                .then_some(())
+                .ok_or(tasks)
+        },
+    );
+    let web_nodes = d(
+        "n1",
+        &[
+            "service",
+            "ps",
+            "web",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}}",
+        ],
+    );
+    assert!(
+        !web_nodes.contains("n3"),
+        "web has a task on n3: {web_nodes}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until(
+        "both web replicas answer through n3's address",
+        Duration::from_secs(240),
+        || {
+            seen.insert(fetch_in(env, "n1", "host", a3, 8081)?);
+            (seen.len() == 2).then_some(()).ok_or(format!("{seen:?}"))
+        },
+    );
+    eprintln!(
+        "swarm: n3 runs the global task and serves the mesh at {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// The host's `GET path` on 127.0.0.1:`port`: the whole reply.
