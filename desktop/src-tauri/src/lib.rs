@@ -3,7 +3,8 @@
 //! `docker.sock`). It has no VM logic of its own.
 //!
 //! Events the UI hears: `machines-changed` (a new [`machines::MachineList`]),
-//! `machine-progress` ([`commands::Progress`]) and `engine-event` ([`live::EngineEvent`]);
+//! `machine-progress` ([`commands::Progress`]), `engine-event` ([`live::EngineEvent`]) and
+//! `tray-show-machine` (a machine's name: the tray's "Open window", [`tray`]);
 //! a view's own streams (logs, charts, terminals, builds) come on a channel it passes.
 #![forbid(unsafe_code)]
 
@@ -154,8 +155,8 @@ pub fn run() -> std::process::ExitCode {
                     watch::watch(&lc, |list| {
                         let state = h.state::<AppState>();
                         state.events.sync(list);
-                        if let Ok(t) = state.tray.lock() {
-                            if let Some(t) = t.as_ref() {
+                        if let Ok(mut t) = state.tray.lock() {
+                            if let Some(t) = t.as_mut() {
                                 t.update(list);
                             }
                         }

@@ -12,7 +12,7 @@ import './settings.js';
 import './container.js';
 import './logs.js';
 import './build.js';
-import './machine.js';
+import { showMachine } from './machine.js';
 
 // ---------- live updates ----------
 let engineRefresh = null;
@@ -35,6 +35,8 @@ listen('machine-progress', (p) => {
 listen('engine-event', (ev) => {
   if (ev.machine === S.engineMachine) scheduleEngineRefresh();
 });
+// The tray's "Open window" on a machine: its page.
+listen('tray-show-machine', (name) => showMachine(name));
 
 // ---------- start ----------
 loadMachines();
