@@ -47,10 +47,11 @@ if [ "$deps" = 1 ]; then
     qemu-system-x86 qemu-utils openssh-client openssl debootstrap erofs-utils e2fsprogs busybox-static \
     make gcc libc6-dev bc bison flex libelf-dev libssl-dev cpio xz-utils dpkg-dev \
     debian-archive-keyring ca-certificates tar >/dev/null
-  # The desktop app (Tauri: WebKitGTK 4.1) and its window test (Xvfb, WebKitWebDriver).
+  # The desktop app (Tauri: WebKitGTK 4.1), its window test (Xvfb, WebKitWebDriver) and
+  # its tray test (a private session bus: dbus-daemon, from the package dbus).
   apt-get install -y -qq --no-install-recommends \
     pkg-config libwebkit2gtk-4.1-dev libsoup-3.0-dev libjavascriptcoregtk-4.1-dev librsvg2-dev \
-    libayatana-appindicator3-dev libxdo-dev fonts-dejavu-core xvfb xauth webkit2gtk-driver >/dev/null
+    libayatana-appindicator3-dev libxdo-dev fonts-dejavu-core xvfb xauth webkit2gtk-driver dbus >/dev/null
   if ! command -v docker >/dev/null; then
     # The host's docker CLI (client only).
     apt-get install -y -qq --no-install-recommends docker.io >/dev/null || apt-get install -y -qq docker-cli >/dev/null
