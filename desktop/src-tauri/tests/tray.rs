@@ -497,6 +497,18 @@ fn test_tray_menu_over_dbus_drives_machines() {
         l.find("alpha: running (docker)").is_some()
     });
     assert!(!item(&layout, "alpha", "Start").enabled && item(&layout, "alpha", "Stop").enabled);
+    // Restart alpha: the fake driver stops and starts it, writing its state file again.
+    let state_file = lc.store().paths().machine("alpha").state();
+    let modified = || {
+        std::fs::metadata(&state_file)
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let before = modified();
+    menu.click(item(&layout, "alpha", "Restart").id);
+    wait_until("alpha restarted", &app_log, || {
+        modified() != before && state(&lc, "alpha") == "running"
+    });
     menu.click(item(&layout, "beta", "Stop").id);
     wait_until("beta stopped", &app_log, || state(&lc, "beta") == "stopped");
     let layout = menu.wait_for("beta stopped in the menu", &app_log, |l| {
