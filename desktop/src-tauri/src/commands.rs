@@ -264,6 +264,17 @@ pub async fn list_containers(
     engine::containers(&engine::connect(&state.lc, &machine)?).await
 }
 
+/// Each running container's CPU and memory (the Containers list's summary column, asked
+/// every few seconds while the list is shown).
+#[tauri::command]
+pub async fn container_usage(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<Vec<crate::stats::ContainerUsage>> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    Ok(crate::stats::containers_usage(&docker).await?)
+}
+
 #[tauri::command]
 pub async fn container_action(
     state: State<'_, AppState>,

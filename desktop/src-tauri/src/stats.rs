@@ -274,6 +274,56 @@ pub fn container_sample(
     (sample, now)
 }
 
+/// One running container's CPU and memory now, for the list's summary column.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerUsage {
+    pub id: String,
+    /// Percent of one CPU over the engine's last second (as `docker stats`).
+    pub cpu_percent: f64,
+    pub mem_bytes: u64,
+    pub mem_limit_bytes: u64,
+}
+
+/// The CPU and memory of every running container: one stats document each (the engine
+/// measures CPU over a second of its own before it answers), asked for all at once. A
+/// container that stops meanwhile, or whose stats fail, is left out: the list shows `–`.
+pub async fn containers_usage(
+    docker: &Docker,
+) -> Result<Vec<ContainerUsage>, bollard::errors::Error> {
+    let running = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new().build(),
+        ))
+        .await?;
+    let asks = running
+        .into_iter()
+        .filter_map(|c| c.id)
+        .map(|id| async move {
+            let options = StatsOptionsBuilder::new()
+                .stream(false)
+                .one_shot(false)
+                .build();
+            let first = docker.stats(&id, Some(options)).next().await;
+            match first {
+                Some(Ok(s)) if s.precpu_stats.is_some() => {
+                    let (sample, _) = container_sample(&s, None);
+                    Some(ContainerUsage {
+                        id,
+                        cpu_percent: sample.cpu_percent,
+                        mem_bytes: sample.mem_bytes,
+                        mem_limit_bytes: sample.mem_limit_bytes,
+                    })
+                }
+                _ => None,
+            }
+        });
+    Ok(futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 async fn follow_container(docker: Docker, id: String, sink: Sink<ContainerStatsEvent>) {
     let options = StatsOptionsBuilder::new().stream(true).build();
     let mut stream = docker.stats(&id, Some(options));

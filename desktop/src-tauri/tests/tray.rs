@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use rmachine_machine::config::{DriverKind, Settings};
 use rmachine_machine::lifecycle::Lifecycle;
 use rmachine_machine::paths::Paths;
@@ -69,36 +71,8 @@ impl Drop for Procs {
 
 /// An X display of our own (displays 300 and up: the window test takes them from 90).
 fn start_xvfb(xvfb: &Path, tmp: &Path, procs: &mut Procs) -> String {
-    let display = (300..400)
-        .find(|n| {
-            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        })
-        .expect("a free X display");
-    let log = tmp.join("xvfb.log");
-    let x = Command::new(xvfb)
-        .args([
-            format!(":{display}"),
-            "-screen".into(),
-            "0".into(),
-            "1280x800x24".into(),
-            "-nolisten".into(),
-            "tcp".into(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start Xvfb");
+    let (x, display) = support::start_xvfb(xvfb, &tmp.join("xvfb.log"), 300..400);
     procs.0.push(x);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "Xvfb did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     format!(":{display}")
 }
 

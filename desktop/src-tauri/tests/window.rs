@@ -11,7 +11,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -416,36 +416,9 @@ fn test_window_starts_machine_and_stops_container() {
     };
 
     // An X display of our own.
-    let display = (90..200)
-        .find(|n| {
-            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        })
-        .expect("a free X display");
     let mut procs = Procs(Vec::new());
-    let x = Command::new(&xvfb)
-        .args([
-            format!(":{display}"),
-            "-screen".into(),
-            "0".into(),
-            "1280x800x24".into(),
-            "-nolisten".into(),
-            "tcp".into(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("xvfb.log")).unwrap())
-        .spawn()
-        .expect("start Xvfb");
+    let (x, display) = support::start_xvfb(&xvfb, &tmp.path().join("xvfb.log"), 90..200);
     procs.0.push(("Xvfb", x));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "Xvfb did not start: {}",
-            std::fs::read_to_string(tmp.path().join("xvfb.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 
     let port = free_port();
     let wd = Command::new(&webdriver)
@@ -690,6 +663,14 @@ fn test_window_starts_machine_and_stops_container() {
             "while :; do :; done",
         ],
     );
+    // The list's summary column: the busy container's CPU climbs there too (asked every
+    // 5 s while the list shows, one stats document each), beside its memory and limit.
+    d.wait_for(
+        "the list's CPU column climbing",
+        "(() => { const r = document.querySelector(\"tr[data-name='burner']\"); if (!r) return false; const c = parseFloat(r.querySelector('[data-usage=cpu]').textContent); return c > 20 && r.querySelector('[data-usage=mem]').textContent.includes(' / '); })()",
+        Duration::from_secs(60),
+    );
+    d.screenshot("17b-containers-usage");
     d.click("tr[data-name='burner'] [data-action='details']");
     let cpu = d.wait_for_unless(
         "the CPU chart climbing",

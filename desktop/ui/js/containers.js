@@ -1,5 +1,5 @@
 // The Containers page: containers grouped by compose project, their actions and logs.
-import { S, $, h, invoke, reportError, confirmDialog, textDialog, stateBadge } from './core.js';
+import { S, $, $$, h, invoke, reportError, confirmDialog, textDialog, stateBadge, fmtBytes } from './core.js';
 import { registerView, showPage } from './nav.js';
 import { engineLoad } from './engine.js';
 import { showContainer, openContainerTerminal } from './container.js';
@@ -43,6 +43,8 @@ export function containerRow(c) {
       h('div', { class: 'detail mono' }, c.id.slice(0, 12))),
     h('td', { class: 'mono' }, c.image),
     h('td', {}, stateBadge(c.state), h('div', { class: 'detail' }, c.status)),
+    h('td', { class: 'usage num', 'data-usage': 'cpu' }, running ? usageText(c.id, 'cpu') : '–'),
+    h('td', { class: 'usage num', 'data-usage': 'mem' }, running ? usageText(c.id, 'mem') : '–'),
     h('td', {}, portLinks(c.ports)),
     h('td', { class: 'actions' },
       running
@@ -55,7 +57,52 @@ export function containerRow(c) {
       h('button', { class: 'small danger', 'data-action': 'remove', 'aria-label': `Remove ${c.name}`, onclick: () => containerAction(c, 'remove') }, 'Remove')));
 }
 
+// The summary column: each running container's CPU and memory, asked every few seconds
+// while the list is shown (one stats document each: no stream is held), stopped when
+// the page closes.
+const USAGE_PERIOD_MS = 5000;
+let usage = { machine: null, byId: new Map() };
+let usageTimer = null;
+let usageAsking = false;
+
+function usageText(id, what) {
+  const u = usage.machine === S.engineMachine ? usage.byId.get(id) : null;
+  if (!u) return '…';
+  if (what === 'cpu') return `${u.cpu_percent.toFixed(1)} %`;
+  return u.mem_limit_bytes ? `${fmtBytes(u.mem_bytes)} / ${fmtBytes(u.mem_limit_bytes)}` : fmtBytes(u.mem_bytes);
+}
+
+async function askUsage() {
+  if (usageAsking || S.page !== 'containers') return;
+  usageAsking = true;
+  const machine = S.engineMachine;
+  try {
+    const rows = await invoke('container_usage', { machine });
+    usage = { machine, byId: new Map(rows.map((r) => [r.id, r])) };
+    if (S.page !== 'containers' || S.engineMachine !== machine) return;
+    for (const row of $$('#containers-list tr[data-key]')) {
+      const running = row.dataset.state === 'running';
+      for (const cell of row.querySelectorAll('td[data-usage]')) {
+        cell.textContent = running ? (usage.byId.has(row.dataset.key) ? usageText(row.dataset.key, cell.dataset.usage) : '–') : '–';
+      }
+    }
+  } catch (e) {
+    // The list itself reports an engine that cannot be reached; the column waits.
+  } finally {
+    usageAsking = false;
+  }
+}
+
+function stopUsage() {
+  if (usageTimer) clearInterval(usageTimer);
+  usageTimer = null;
+}
+
 export function loadContainers() {
+  if (!usageTimer) {
+    usageTimer = setInterval(askUsage, USAGE_PERIOD_MS);
+    askUsage();
+  }
   return engineLoad('containers', 'list_containers', (groups) => {
     if (!groups.length) {
       return h('div', { class: 'card empty' }, h('h2', {}, 'No containers'),
@@ -68,11 +115,11 @@ export function loadContainers() {
           h('span', { class: 'muted' }, g.project ? `compose project · ${running}/${g.containers.length} running` : `${running}/${g.containers.length} running`),
           g.project ? h('button', { class: 'small', 'data-action': 'compose-down', 'aria-label': `Take compose project ${g.project} down`, onclick: () => openCompose({ project: g.project, down: true }) }, 'Down') : null),
         h('table', {},
-          h('thead', {}, h('tr', {}, ['Name', 'Image', 'State', 'Ports', ''].map((c) => h('th', { scope: 'col' }, c)))),
+          h('thead', {}, h('tr', {}, ['Name', 'Image', 'State', 'CPU', 'Memory', 'Ports', ''].map((c) => h('th', { scope: 'col' }, c)))),
           h('tbody', {}, g.containers.map(containerRow))));
     }));
   });
 }
 
 $('#compose-open').addEventListener('click', () => openCompose());
-registerView('containers', { load: loadContainers, engine: true });
+registerView('containers', { load: loadContainers, close: stopUsage, engine: true });
