@@ -1,7 +1,7 @@
 // A container's detail view: its live charts (CPU, memory against its limit, network and
 // block I/O from the engine's stats stream) and its terminal. The stream is opened when
 // the view shows and closed when another page replaces it.
-import { S, $, h, invoke, channel, closeStatsView, reportError, stateBadge, fmtBytes, fmtPercent, fmtRate } from './core.js';
+import { S, $, h, invoke, channel, closeStatsView, reportError, stateBadge, fmtBytes, fmtPercent, fmtRate, findContainer } from './core.js';
 import { registerView, showPage } from './nav.js';
 
 // The charting and terminal libraries load when first used: the lists start without them,
@@ -106,8 +106,7 @@ async function refresh() {
   const v = view;
   if (!v) return;
   try {
-    const groups = await invoke('list_containers', { machine: v.machine });
-    const c = groups.flatMap((g) => g.containers).find((x) => x.id === v.id);
+    const c = await findContainer(v.machine, v.id);
     if (view !== v) return;
     v.state = c ? c.state : 'removed';
     if (!c) v.streamNote = 'the container was removed';

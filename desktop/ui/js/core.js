@@ -123,3 +123,9 @@ export function closeStatsView(v) {
   v.stream = null;
   for (const c of v.charts || []) c.destroy();
 }
+
+/** Container `id` of `machine` as the Containers list shows it, or null when it is gone. */
+export async function findContainer(machine, id) {
+  const groups = await invoke('list_containers', { machine });
+  return groups.flatMap((g) => g.containers).find((x) => x.id === id) || null;
+}

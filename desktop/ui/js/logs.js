@@ -2,7 +2,7 @@
 // or hidden), followed while "Follow" is on, searched and filtered here, and downloaded
 // whole. The stream is opened when the view shows and closed when another page replaces
 // it, when Follow is turned off, or when the container stops.
-import { $, h, invoke, channel, toast, reportError, stateBadge, errMsg } from './core.js';
+import { $, h, invoke, channel, toast, reportError, stateBadge, errMsg, findContainer } from './core.js';
 import { registerView, showPage } from './nav.js';
 
 /** The most lines the view keeps (the oldest go first). */
@@ -148,8 +148,7 @@ async function refresh() {
   const v = view;
   if (!v) return;
   try {
-    const groups = await invoke('list_containers', { machine: v.machine });
-    const c = groups.flatMap((g) => g.containers).find((x) => x.id === v.id);
+    const c = await findContainer(v.machine, v.id);
     if (view !== v) return;
     const was = v.state;
     v.state = c ? c.state : 'removed';
