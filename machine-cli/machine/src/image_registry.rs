@@ -21,7 +21,8 @@
 //! that the image's own manifest (the config blob) names for that file — so a file that
 //! lands in the image folder is the file the image's builder hashed. The image's
 //! architecture and agent protocol are checked before any layer is fetched; files are
-//! written to `images/<version>.partial/` and renamed into place only when all are
+//! written to `images/<version>.<pid>.partial/` (two pulls at once never share one) and
+//! renamed into place only when all are
 //! complete (a failed pull leaves nothing behind).
 //!
 //! Transport: HTTPS, except for a registry on the loopback (`localhost`, `127.0.0.0/8`,
@@ -828,7 +829,9 @@ async fn pull_async(
         let _ = tx.send(format!("image {} is installed already", image.version));
         return Ok((image, None));
     }
-    let partial = images_dir.join(format!("{}.partial", image.version));
+    // This process's own folder: another pull of the same image (a second start) writes
+    // its own; the first to finish installs, the other finds it installed.
+    let partial = images_dir.join(format!("{}.{}.partial", image.version, std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(io("cannot create", &partial))?;
     let result = async {
@@ -871,7 +874,14 @@ async fn pull_async(
         // every start verifies).
         let manifest_path = partial.join(files::MANIFEST);
         std::fs::write(&manifest_path, &config).map_err(io("cannot write", &manifest_path))?;
-        std::fs::rename(&partial, &dir).map_err(io("cannot move the pulled image to", &dir))?;
+        if let Err(e) = std::fs::rename(&partial, &dir) {
+            if dir.join(files::MANIFEST).exists() {
+                // Another pull installed it meanwhile.
+                let _ = std::fs::remove_dir_all(&partial);
+                return Ok(bytes);
+            }
+            return Err(io("cannot move the pulled image to", &dir)(e));
+        }
         Ok::<u64, RegistryError>(bytes)
     }
     .await;
