@@ -264,6 +264,23 @@ pub async fn list_containers(
     engine::containers(&engine::connect(&state.lc, &machine)?).await
 }
 
+/// What a running machine's data disk holds (`docker system df`) and costs the host (the
+/// machine detail view).
+#[tauri::command]
+pub async fn machine_disk_usage(
+    state: State<'_, AppState>,
+    machine: String,
+) -> CommandResult<crate::stats::DiskUsage> {
+    let docker = engine::connect(&state.lc, &machine)?;
+    let m = state.lc.store().load(&machine)?;
+    Ok(crate::stats::disk_usage(
+        &docker,
+        &m.files.data_disk(),
+        u64::from(m.spec.disk_size_gib) << 30,
+    )
+    .await?)
+}
+
 /// Each running container's CPU and memory (the Containers list's summary column, asked
 /// every few seconds while the list is shown).
 #[tauri::command]

@@ -119,6 +119,7 @@ pub fn run() -> std::process::ExitCode {
             commands::close_terminal,
             commands::open_container_stats,
             commands::container_usage,
+            commands::machine_disk_usage,
             commands::open_machine_stats,
             commands::close_stats,
             commands::live_streams,

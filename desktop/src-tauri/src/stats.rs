@@ -274,6 +274,71 @@ pub fn container_sample(
     (sample, now)
 }
 
+/// What a machine's data disk holds, as `docker system df` counts it, and what the disk
+/// file takes on the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DiskUsage {
+    pub images_bytes: u64,
+    /// Containers' writable layers.
+    pub containers_bytes: u64,
+    pub volumes_bytes: u64,
+    pub build_cache_bytes: u64,
+    /// Blocks the sparse data disk file holds on the host (`None` where the host cannot
+    /// say: Windows).
+    pub disk_allocated_bytes: Option<u64>,
+    /// The data disk's size (what the guest may fill).
+    pub disk_size_bytes: u64,
+}
+
+/// The engine's `system df` of a running machine, with its data disk file's host cost.
+pub async fn disk_usage(
+    docker: &Docker,
+    data_disk: &std::path::Path,
+    disk_size_bytes: u64,
+) -> Result<DiskUsage, bollard::errors::Error> {
+    let df = docker
+        .df(None::<bollard::query_parameters::DataUsageOptions>)
+        .await?;
+    let positive = |n: Option<i64>| n.filter(|&n| n > 0).unwrap_or(0) as u64;
+    let images_bytes = df.layers_size.filter(|&n| n > 0).map_or_else(
+        || {
+            (df.images.iter().flatten())
+                .map(|i| positive(Some(i.size)))
+                .sum()
+        },
+        |n| n as u64,
+    );
+    let containers_bytes = (df.containers.iter().flatten())
+        .map(|c| positive(c.size_rw))
+        .sum();
+    let volumes_bytes = (df.volumes.iter().flatten())
+        .map(|v| positive(v.usage_data.as_ref().map(|u| u.size)))
+        .sum();
+    let build_cache_bytes = (df.build_cache.iter().flatten())
+        .map(|b| positive(b.size))
+        .sum();
+    Ok(DiskUsage {
+        images_bytes,
+        containers_bytes,
+        volumes_bytes,
+        build_cache_bytes,
+        disk_allocated_bytes: allocated_bytes(data_disk),
+        disk_size_bytes,
+    })
+}
+
+/// The bytes a (sparse) file really holds on the host.
+#[cfg(unix)]
+fn allocated_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
+}
+
+#[cfg(not(unix))]
+fn allocated_bytes(_path: &std::path::Path) -> Option<u64> {
+    None
+}
+
 /// One running container's CPU and memory now, for the list's summary column.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerUsage {

@@ -714,6 +714,13 @@ fn test_window_starts_machine_and_stops_container() {
         Duration::from_secs(60),
     );
     assert_eq!(d.live_streams()["stats"], json!(1), "the machine's stream");
+    // The data disk: what the engine's images take (the imported busybox at least), and
+    // the sparse file's blocks on the host.
+    d.wait_for(
+        "the data disk's figures",
+        "(() => { const t = document.querySelector('#machine-disk')?.textContent || ''; return t.includes('on the host') && /images [1-9]/.test(t); })()",
+        Duration::from_secs(30),
+    );
     d.screenshot("20-machine-charts");
     d.click("#machine-shell");
     d.wait_for_unless(

@@ -79,14 +79,32 @@ async function load(arg) {
     new LiveChart('chart-host-mem', 'Host memory (RSS)', [{ label: 'all processes', color: COLORS.b }, { label: 'VM process', color: COLORS.a }], fmtBytes, 64e6),
   ];
   $('#machine-charts').replaceChildren(...view.charts.map((c) => c.el));
+  $('#machine-disk').replaceChildren();
   render();
+  loadDisk(view);
   for (const c of view.charts) c.fit();
   if (machine()?.state === 'running') openStream();
+}
+
+/** The data disk: what the engine's objects take (`docker system df`) and the file's cost on the host. */
+async function loadDisk(v) {
+  if (machine()?.state !== 'running' || machine()?.host) return;
+  try {
+    const d = await invoke('machine_disk_usage', { machine: v.name });
+    if (view !== v) return;
+    const host = d.disk_allocated_bytes == null ? '' : ` · ${fmtBytes(d.disk_allocated_bytes)} on the host`;
+    $('#machine-disk').replaceChildren(
+      h('strong', {}, 'Data disk '), h('span', {}, `${fmtBytes(d.disk_size_bytes)}${host}`),
+      h('span', { class: 'detail' }, ` · images ${fmtBytes(d.images_bytes)} · containers ${fmtBytes(d.containers_bytes)} · volumes ${fmtBytes(d.volumes_bytes)} · build cache ${fmtBytes(d.build_cache_bytes)}`));
+  } catch (e) {
+    if (view === v) $('#machine-disk').replaceChildren(h('span', { class: 'detail' }, `Data disk: ${e.message || e}`));
+  }
 }
 
 function refresh() {
   if (!view) return;
   render();
+  if (!$('#machine-disk').childElementCount) loadDisk(view);
   if (machine()?.state === 'running') openStream();
 }
 
