@@ -894,7 +894,9 @@ async fn pull_async(
     }
 }
 
-/// A file writer that tells its meter what it wrote.
+/// A file writer that tells its meter what it wrote, and refuses bytes past the size the
+/// image's manifest names (an endless blob cannot fill the host's disk before its digest
+/// is found wrong).
 struct MeteredWriter {
     inner: tokio::fs::File,
     meter: Meter,
@@ -907,6 +909,15 @@ impl tokio::io::AsyncWrite for MeteredWriter {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        if this.meter.done + buf.len() as u64 > this.meter.total {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the registry sent more than the {} bytes of {}",
+                    this.meter.total, this.meter.file
+                ),
+            )));
+        }
         let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &polled {
             this.meter.add(*n as u64);
@@ -1084,6 +1095,31 @@ mod tests {
         assert!(parse_reference("localhost:5000/rmachine/guest:1").is_ok());
         let e = parse_reference("UPPER/Case:??").unwrap_err().to_string();
         assert!(e.contains("is not an image reference"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn test_a_blob_longer_than_its_size_is_refused_as_it_streams() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.erofs");
+        let (tx, rx) = mpsc::channel();
+        let mut out = MeteredWriter {
+            inner: tokio::fs::File::create(&path).await.unwrap(),
+            meter: Meter::new(&tx, "pulling", "rootfs.erofs", 4),
+        };
+        out.write_all(b"abcd").await.unwrap();
+        let e = out.write_all(b"e").await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("more than the 4 bytes of rootfs.erofs"),
+            "{e}"
+        );
+        out.flush().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcd");
+        drop(out);
+        drop(tx);
+        let said: Vec<String> = rx.iter().collect();
+        assert_eq!(said[0], "pulling rootfs.erofs (0.0 MiB)", "{said:?}");
     }
 
     #[test]
