@@ -363,6 +363,68 @@ fn swarm_across_machines(env: &MachineEnv, a1: &str, a2: &str) {
             || fetch_in(env, "n1", "apps", name, 80).map(|_| ()),
         );
     }
+    // A second service on the overlay finds the first by its name, which resolves to the
+    // service's VIP, and through it reaches a task (what its log says).
+    let vip = d1(&[
+        "service",
+        "inspect",
+        "api",
+        "--format",
+        "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}",
+    ]);
+    // (The test image's busybox has no getent or sed: its own nslookup and awk.)
+    let caller = "while :; do \
+                  busybox nslookup api 2>/dev/null | busybox awk '/^Address/ {a=$2} END {print \"resolved \" a}'; \
+                  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 api 80 | busybox tail -n 1 | busybox awk '{print \"answered \" $0}'; \
+                  sleep 5; done";
+    d1(&[
+        "service",
+        "create",
+        "--name",
+        "caller",
+        "--network",
+        "apps",
+        "--no-resolve-image",
+        "--detach",
+        IMG,
+        "sh",
+        "-c",
+        caller,
+    ]);
+    wait_until(
+        "the caller service reaches api by name",
+        Duration::from_secs(240),
+        || {
+            let out = env.docker(
+                &[
+                    "--context",
+                    "rmachine-n1",
+                    "service",
+                    "logs",
+                    "--raw",
+                    "caller",
+                ],
+                None,
+                &[],
+            );
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            let resolved = log
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("resolved "));
+            let via_vip = resolved
+                .map(|addr| addr.trim())
+                .any(|addr| !addr.is_empty() && vip.contains(&format!("{addr}/")));
+            let answered = log.lines().any(|l| {
+                l.trim()
+                    .strip_prefix("answered ")
+                    .is_some_and(|a| !a.trim().is_empty())
+            });
+            (via_vip && answered)
+                .then_some(())
+                .ok_or(format!("VIPs {vip}; log: {log}"))
+        },
+    );
+    d1(&["service", "rm", "caller"]);
 
     registry_global_update_stack(env);
 }
