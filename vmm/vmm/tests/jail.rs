@@ -192,6 +192,13 @@ fn test_jailed_vmm_drives_disk_and_vsock_and_sees_only_its_files() {
         assert!(!inside(&hidden).exists(), "{} is visible", hidden.display());
     }
 
+    // The API answers at its host path (asked while the guest waits for the host's
+    // connection below: once the echo is done the guest ends, and with it the VMM).
+    let (status, body) = http(&api, "GET", "/vm");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["config"]["jail"], json!({"uid": JAIL_ID, "gid": JAIL_ID}));
+
     // Host -> guest through the hybrid socket at its host path.
     let mut s = UnixStream::connect(&uds).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -206,11 +213,6 @@ fn test_jailed_vmm_drives_disk_and_vsock_and_sees_only_its_files() {
     assert_eq!(&back, b"hello-guest");
     drop(reader);
     drop(s);
-    // The API answers at its host path.
-    let (status, body) = http(&api, "GET", "/vm");
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["config"]["jail"], json!({"uid": JAIL_ID, "gid": JAIL_ID}));
 
     let status = vmm.wait_exit();
     let console = vmm.console();
