@@ -374,7 +374,8 @@ impl Meter {
     }
 }
 
-fn mib(bytes: u64) -> String {
+/// Bytes as MiB with one decimal, as transfers are reported.
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
@@ -724,13 +725,14 @@ fn check_layers(
     Ok(fetch)
 }
 
+/// A version from a registry as a folder name: the image store's rule, and only the
+/// characters the image builder writes (untrusted input stays plain).
 fn valid_version(version: &str) -> bool {
-    !version.is_empty()
+    image_store::valid_version(version)
         && version.len() <= 128
         && version
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
-        && !version.starts_with('.')
 }
 
 /// Pulls the `arch` image of `reference` into the user's images (unless that version is
@@ -748,6 +750,10 @@ pub fn pull(
         runtime()?.block_on(pull_async(&session, &images_dir, arch, &tx))
     })?;
     let dir = images_dir.join(&image_manifest.version);
+    if bytes.is_some() {
+        // Every file was checked against its sha256 as it streamed.
+        image_store::record_verified(&image_manifest, &dir, paths);
+    }
     let image = Installed {
         built: std::fs::metadata(dir.join(files::MANIFEST))
             .and_then(|m| m.modified())

@@ -214,7 +214,7 @@ fn read_image(source: Source, dir: &Path) -> Result<Installed, ImageStoreError> 
 }
 
 /// A version as a folder name: one path component, not hidden.
-fn valid_version(version: &str) -> bool {
+pub(crate) fn valid_version(version: &str) -> bool {
     !version.is_empty() && !version.contains(['/', '\\']) && !version.starts_with('.')
 }
 
@@ -373,14 +373,34 @@ pub fn verify_unless_unchanged(
     }
     verify(manifest, dir)?;
     if let Some(now) = now {
-        let written = std::fs::create_dir_all(seen_dir).and_then(|()| {
-            crate::store::write_atomic(&record, &serde_json::to_vec(&now).unwrap_or_default())
-        });
-        if let Err(e) = written {
-            tracing::debug!(error = %e, path = %record.display(), "cannot record the verified image");
-        }
+        write_record(&record, seen_dir, &now);
     }
     Ok(())
+}
+
+/// Records the files of an image whose checksums were just checked another way (a pull
+/// checks every file's sha256 as it streams), so the next start does not hash them again.
+pub(crate) fn record_verified(manifest: &Manifest, dir: &Path, paths: &Paths) {
+    let seen_dir = paths.cache().join(VERIFIED_DIR);
+    let now: Option<Vec<Checked>> = manifest
+        .artifacts()
+        .into_iter()
+        .map(|a| Checked::of(a, dir))
+        .collect();
+    if let Some(now) = now {
+        let record = seen_dir.join(format!("{}.json", manifest.version));
+        write_record(&record, &seen_dir, &now);
+    }
+}
+
+/// Writes a record of checked files; a failure only means hashing again next time.
+fn write_record(record: &Path, seen_dir: &Path, checked: &[Checked]) {
+    let written = std::fs::create_dir_all(seen_dir).and_then(|()| {
+        crate::store::write_atomic(record, &serde_json::to_vec(checked).unwrap_or_default())
+    });
+    if let Err(e) = written {
+        tracing::debug!(error = %e, path = %record.display(), "cannot record the verified image");
+    }
 }
 
 /// Checks the image's protocol version and each file's sha256.

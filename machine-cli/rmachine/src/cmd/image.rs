@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rmachine_machine::image_registry;
+use rmachine_machine::image_registry::{self, mib};
 use rmachine_machine::paths::Paths;
 use rmachine_protocol::image::Arch;
 
@@ -197,10 +197,6 @@ fn pull(paths: &Paths, args: PullArgs) -> anyhow::Result<()> {
         ));
     }
     Ok(())
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 fn ls(paths: &Paths, args: LsArgs) -> anyhow::Result<()> {
