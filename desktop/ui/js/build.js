@@ -1,7 +1,7 @@
 // The Build view: an image built from a folder (its Dockerfile, build arguments and a
 // tag), the engine's output streamed in as it goes. The build is a stream of this view:
 // leaving the view stops it (the engine cancels a build whose client went away).
-import { S, $, h, invoke, channel, toast, errMsg, fmtBytes } from './core.js';
+import { S, $, h, invoke, channel, toast, errMsg, fmtBytes, setStatus, appendOutput } from './core.js';
 import { registerView, showPage } from './nav.js';
 import { renderEnginePicker } from './engine.js';
 import { openRunDialog } from './run.js';
@@ -9,20 +9,8 @@ import { openRunDialog } from './run.js';
 let view = null; // { machine, stream, opening, closed }
 let current = null; // the build under way: { stream, view }
 
-function status(text, kind) {
-  const el = $('#build-status');
-  el.textContent = text;
-  el.className = `detail${kind === 'error' ? ' error' : ''}`;
-  if (kind) el.dataset.state = kind; else delete el.dataset.state;
-}
-
-function output(text) {
-  const pre = $('#build-output');
-  const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20;
-  pre.append(text);
-  if (pre.textContent.length > 2_000_000) pre.textContent = pre.textContent.slice(-1_000_000);
-  if (atEnd) pre.scrollTop = pre.scrollHeight;
-}
+const status = (text, kind) => setStatus($('#build-status'), text, kind);
+const output = (text) => appendOutput($('#build-output'), text);
 
 function setBuilding(on) {
   $('#build-submit').disabled = on;

@@ -3,23 +3,12 @@
 // DOCKER_HOST on the machine's socket), its output streamed in. The project then shows as
 // a group on the Containers page; a group's Down takes it down by name. Closing the dialog
 // stops a run under way.
-import { S, $, invoke, channel, confirmDialog, errMsg } from './core.js';
+import { S, $, invoke, channel, confirmDialog, errMsg, setStatus, appendOutput } from './core.js';
 
 let current = null; // { stream, closed }
 
-function status(text, state) {
-  const el = $('#compose-status');
-  el.textContent = text;
-  el.className = `detail${state === 'error' ? ' error' : ''}`;
-  if (state) el.dataset.state = state; else delete el.dataset.state;
-}
-
-function output(line) {
-  const pre = $('#compose-output');
-  const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20;
-  pre.append(`${line}\n`);
-  if (atEnd) pre.scrollTop = pre.scrollHeight;
-}
+const status = (text, state) => setStatus($('#compose-status'), text, state);
+const output = (line) => appendOutput($('#compose-output'), `${line}\n`);
 
 function busy(on) {
   $('#compose-up').disabled = on;

@@ -91,13 +91,20 @@ export function textDialog(title, text, tools) {
 }
 $('#text-close').addEventListener('click', () => $('#text-dialog').close());
 $('#text-dialog').addEventListener('close', () => { if (textDialogOnClose) { const f = textDialogOnClose; textDialogOnClose = null; f(); } });
-export function appendText(text) {
-  const pre = $('#text-body');
+/** Appends streamed output to `pre`, bounded for chatty streams, following the end when the reader is there. */
+export function appendOutput(pre, text) {
   const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20;
   pre.append(text);
-  // Keep the view bounded for chatty containers.
   if (pre.textContent.length > 2_000_000) pre.textContent = pre.textContent.slice(-1_000_000);
   if (atEnd) pre.scrollTop = pre.scrollHeight;
+}
+export function appendText(text) { appendOutput($('#text-body'), text); }
+
+/** A status line's text and state (`data-state`: what a view and its tests read; `error` is shown as one). */
+export function setStatus(el, text, state) {
+  el.textContent = text;
+  el.className = `detail${state === 'error' ? ' error' : ''}`;
+  if (state) el.dataset.state = state; else delete el.dataset.state;
 }
 
 
